@@ -1,0 +1,169 @@
+"""GPU descriptions: one TOML data file per GPU, validated on load into frozen dataclasses."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from sparsesim.hwmodels.errors import ConfigError
+
+GPU_DIR = Path(__file__).parent / "gpus"
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Read a TOML file, turning every failure into a one-line :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} file {str(path)!r} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} file {str(path)!r} cannot be read: {exc}") from None
+
+
+def _get(table: Mapping[str, Any], key: str, where: str, kind: type | tuple = (int, float)) -> Any:
+    if key not in table:
+        raise ConfigError(f"{where}: missing key {key!r}")
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{where}: {key}={value!r} has the wrong type")
+    return value
+
+
+def _positive(table: Mapping[str, Any], key: str, where: str) -> float:
+    value = _get(table, key, where)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key}={value!r} must be positive")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One GPU's figures; units are in the field names (rates are dense, never 2:4-sparse)."""
+
+    name: str
+    full_name: str
+    architecture: str
+    compute_capability: str
+    aliases: tuple[str, ...]
+    sm_count: int
+    clock_GHz: float
+    tensor_TFLOPs: Mapping[str, float]
+    fp32_TFLOPs: float
+    exp_per_clk_per_SM: float
+    hbm_TBps: float
+    hbm_GB: float
+    l2_MB: float
+    l2_TBps: float
+    smem_per_SM_KB: float
+    max_ctas_per_SM: int
+    registers_per_SM: int
+    max_threads_per_SM: int
+    tiles_kernel: str
+    default_tiles: Mapping[int, tuple[tuple[int, ...], tuple[int, ...]]]
+    sources: Mapping[str, str]
+    path: str
+
+    @property
+    def exp_per_s(self) -> float:
+        """Exponentials per second over the whole chip."""
+        return self.exp_per_clk_per_SM * self.sm_count * self.clock_GHz * 1e9
+
+    def tensor_flops_per_s(self, dtype: str) -> float:
+        """Dense tensor-core FLOP/s for ``dtype``; a clear error where the GPU has no such rate."""
+        if dtype not in self.tensor_TFLOPs:
+            raise ConfigError(f"dtype={dtype!r} has no tensor-core rate on {self.name}; "
+                              f"allowed: {', '.join(sorted(self.tensor_TFLOPs))}")
+        return self.tensor_TFLOPs[dtype] * 1e12
+
+    def tiles_for(self, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Default (Q tile, KV tile) for a layout of ``rank`` axes."""
+        if rank not in self.default_tiles:
+            raise ConfigError(f"{self.name} has no default tile for rank {rank}; give --q-tile and --kv-tile")
+        return self.default_tiles[rank]
+
+
+def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
+    """Validate a GPU table (as read from TOML) into a :class:`GPU`."""
+    where = f"GPU file {path!r}"
+    for section in ("compute", "memory", "limits", "tiles"):
+        if not isinstance(data.get(section), dict):
+            raise ConfigError(f"{where}: missing section [{section}]")
+    comp, mem, lim, tiles = data["compute"], data["memory"], data["limits"], data["tiles"]
+    tensor = _get(comp, "tensor_TFLOPs", where + " [compute]", dict)
+    for k, v in tensor.items():
+        if k not in DTYPE_BYTES or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"{where}: tensor_TFLOPs.{k}={v!r}; keys must be among "
+                              f"{', '.join(DTYPE_BYTES)} with positive rates")
+    default_tiles: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for rank in (1, 2, 3):
+        q, kv = tiles.get(f"q_{rank}d"), tiles.get(f"kv_{rank}d")
+        if q is None and kv is None:
+            continue
+        for key, t in ((f"q_{rank}d", q), (f"kv_{rank}d", kv)):
+            if (not isinstance(t, list) or len(t) != rank
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in t)):
+                raise ConfigError(f"{where}: [tiles] {key}={t!r} must be {rank} positive integers")
+        default_tiles[rank] = (tuple(q), tuple(kv))  # type: ignore[arg-type]
+    name = _get(data, "name", where, str)
+    return GPU(
+        name=name,
+        full_name=str(data.get("full_name", name)),
+        architecture=_get(data, "architecture", where, str),
+        compute_capability=str(data.get("compute_capability", "")),
+        aliases=tuple(str(a) for a in data.get("aliases", [])),
+        sm_count=int(_positive(comp, "sm_count", where)),
+        clock_GHz=_positive(comp, "clock_GHz", where),
+        tensor_TFLOPs={k: float(v) for k, v in tensor.items()},
+        fp32_TFLOPs=_positive(comp, "fp32_TFLOPs", where),
+        exp_per_clk_per_SM=_positive(comp, "exp_per_clk_per_SM", where),
+        hbm_TBps=_positive(mem, "hbm_TBps", where),
+        hbm_GB=_positive(mem, "hbm_GB", where),
+        l2_MB=_positive(mem, "l2_MB", where),
+        l2_TBps=_positive(mem, "l2_TBps", where),
+        smem_per_SM_KB=_positive(mem, "smem_per_SM_KB", where),
+        max_ctas_per_SM=int(_positive(lim, "max_ctas_per_SM", where)),
+        registers_per_SM=int(_positive(lim, "registers_per_SM", where)),
+        max_threads_per_SM=int(_positive(lim, "max_threads_per_SM", where)),
+        tiles_kernel=str(tiles.get("kernel", "")),
+        default_tiles=default_tiles,
+        sources={str(k): str(v) for k, v in data.get("sources", {}).items()},
+        path=path,
+    )
+
+
+@lru_cache(maxsize=None)
+def _builtin() -> dict[str, GPU]:
+    return {p.stem: parse_gpu(read_toml(p, "GPU"), str(p)) for p in sorted(GPU_DIR.glob("*.toml"))}
+
+
+def list_gpus() -> list[GPU]:
+    """The built-in GPUs."""
+    return list(_builtin().values())
+
+
+def load_gpu(name_or_path: str | GPU) -> GPU:
+    """A built-in GPU by name or alias (case-insensitive), or a user's GPU file by path."""
+    if isinstance(name_or_path, GPU):
+        return name_or_path
+    key = str(name_or_path)
+    if key.endswith(".toml") or "/" in key or Path(key).is_file():
+        path = Path(key)
+        return parse_gpu(read_toml(path, "GPU"), str(path))
+    for gpu in _builtin().values():
+        if key.lower() in {gpu.name.lower(), *(a.lower() for a in gpu.aliases)}:
+            return gpu
+    known = ", ".join(g.name for g in _builtin().values())
+    raise ConfigError(f"unknown GPU {key!r}; allowed: {known}, or a path to a GPU .toml file")

@@ -1,0 +1,307 @@
+"""Sparsity patterns: generalized neighborhood attention (GNA) and explicit block-sparse maps.
+
+This module is the one definition of "which keys a query sees" (DESIGN.md, Semantics). The
+tiling, the cost model, the kernels, the torch reference and the tests all derive from
+:func:`axis_bounds` and :func:`dense_mask`.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sparsesim.simulator.errors import ConfigError
+
+#: Largest layout :func:`dense_mask` builds (an N x N bool mask of 16K tokens is 256 MiB).
+DENSE_MASK_MAX_TOKENS = 16384
+
+
+def _as_tuple(value: int | bool | Sequence[int] | Sequence[bool] | None, rank: int, name: str,
+              default: int | bool) -> tuple:
+    """Broadcast a scalar (or None) to ``rank`` entries; check a sequence has ``rank`` entries."""
+    if value is None:
+        return (default,) * rank
+    if isinstance(value, (bool, int, np.integer, np.bool_)):
+        return (value,) * rank
+    values = tuple(value)
+    if len(values) == 1:
+        return values * rank
+    if len(values) != rank:
+        raise ConfigError(
+            f"{name}={list(values)} has {len(values)} entries but the layout has rank {rank}; "
+            f"give one value per axis or a single value for all axes")
+    return values
+
+
+def _check_positive_ints(values: tuple, name: str) -> tuple[int, ...]:
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"{name}={list(values)}: every entry must be a positive integer, got {v!r}")
+        out.append(int(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class GNAPattern:
+    """Generalized neighborhood attention over a 1D, 2D or 3D token layout.
+
+    Per axis (outermost first): window ``w``, stride ``s``, dilation ``d`` and a causal flag,
+    with ``1 <= s <= w`` and ``w * d <= L``. ``s = 1`` is a sliding window, ``s = w`` blocked
+    attention, ``w = L`` dense.
+
+    Example:
+        >>> p = GNAPattern(input_size=(30, 48, 80), window=(18, 24, 24))
+        >>> p.num_tokens
+        115200
+    """
+
+    input_size: tuple[int, ...]
+    window: tuple[int, ...]
+    stride: tuple[int, ...] = field(default=())
+    dilation: tuple[int, ...] = field(default=())
+    causal: tuple[bool, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if isinstance(size, (int, np.integer)):
+            size = (size,)
+        size = _check_positive_ints(tuple(size), "input_size")
+        rank = len(size)
+        if not 1 <= rank <= 3:
+            raise ConfigError(f"input_size={list(size)} has rank {rank}; allowed ranks are 1, 2 and 3")
+        window = _check_positive_ints(_as_tuple(self.window, rank, "window", 0), "window")
+        stride = _check_positive_ints(_as_tuple(self.stride or None, rank, "stride", 1), "stride")
+        dilation = _check_positive_ints(_as_tuple(self.dilation or None, rank, "dilation", 1), "dilation")
+        causal_raw = _as_tuple(self.causal if self.causal != () else None, rank, "causal", False)
+        causal = []
+        for c in causal_raw:
+            if isinstance(c, (bool, np.bool_)) or (isinstance(c, (int, np.integer)) and c in (0, 1)):
+                causal.append(bool(c))
+            else:
+                raise ConfigError(f"causal={list(causal_raw)}: entries must be 0/1 or true/false, got {c!r}")
+        for axis, (n, w, s, d) in enumerate(zip(size, window, stride, dilation)):
+            if w * d > n:
+                what = f"window {w} x dilation {d} = {w * d}" if d > 1 else f"window {w}"
+                raise ConfigError(f"axis {axis}: {what} is larger than the axis length {n}; "
+                                  f"allowed: window x dilation <= {n}")
+            if s > w:
+                raise ConfigError(f"axis {axis}: stride {s} is larger than window {w}; allowed: 1 <= stride <= window")
+        object.__setattr__(self, "input_size", size)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "stride", stride)
+        object.__setattr__(self, "dilation", dilation)
+        object.__setattr__(self, "causal", tuple(causal))
+
+    @property
+    def rank(self) -> int:
+        return len(self.input_size)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.input_size)
+
+    @property
+    def is_causal(self) -> bool:
+        return any(self.causal)
+
+    def dense(self) -> GNAPattern:
+        """The dense baseline of this pattern: full windows, keeping the causal axes causal."""
+        return GNAPattern(input_size=self.input_size, window=self.input_size, causal=self.causal)
+
+    def axis_bounds(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`axis_bounds` for one axis of this pattern."""
+        return axis_bounds(self.input_size[axis], self.window[axis], self.stride[axis],
+                           self.dilation[axis], self.causal[axis])
+
+    def visible_pairs(self) -> int:
+        """Exact number of visible (query, key) pairs, computed per axis."""
+        total = 1
+        for axis in range(self.rank):
+            lo, hi = self.axis_bounds(axis)
+            d = self.dilation[axis]
+            total *= int(((hi - lo) // d + 1).sum())
+        return total
+
+    def density(self) -> float:
+        """Visible pairs over N^2."""
+        return self.visible_pairs() / float(self.num_tokens) ** 2
+
+
+def group_bounds(length: int, window: int, stride: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive visible key range ``[lo, hi]`` of each query of one undilated axis.
+
+    DESIGN.md's formulas: non-causal ``leader = min(floor(i/s)*s + floor(s/2), L-1)``, centre
+    clamped to ``[wl, L-1-wr]``; causal ``leader = min(floor(i/s)*s + s-1, L-1)``, keys
+    ``j <= i`` with ``leader - j < w``. Both ``lo`` and ``hi`` are non-decreasing in ``i`` and
+    ``lo[i] <= i <= hi[i]``: the tiling relies on both facts.
+    """
+    i = np.arange(length, dtype=np.int64)
+    block = (i // stride) * stride
+    if causal:
+        leader = np.minimum(block + stride - 1, length - 1)
+        return np.maximum(leader - window + 1, 0), i
+    wl = window // 2
+    wr = window // 2 + window % 2 - 1
+    leader = np.minimum(block + stride // 2, length - 1)
+    center = np.clip(leader, wl, length - 1 - wr)
+    return center - wl, center + wr
+
+
+def axis_bounds(length: int, window: int, stride: int = 1, dilation: int = 1,
+                causal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Visible key range of each query position on one axis, in the axis' own coordinates.
+
+    Returns ``(lo, hi)``, int64 arrays of length ``length``: key ``j`` is visible from query ``i``
+    iff ``j % dilation == i % dilation`` and ``lo[i] <= j <= hi[i]``.
+    """
+    if dilation == 1:
+        return group_bounds(length, window, stride, causal)
+    lo = np.empty(length, dtype=np.int64)
+    hi = np.empty(length, dtype=np.int64)
+    for g in range(dilation):
+        glo, ghi = group_bounds(len(range(g, length, dilation)), window, stride, causal)
+        lo[g::dilation] = g + dilation * glo
+        hi[g::dilation] = g + dilation * ghi
+    return lo, hi
+
+
+def axis_mask(length: int, window: int, stride: int = 1, dilation: int = 1,
+              causal: bool = False) -> np.ndarray:
+    """The ``[L, L]`` bool mask of one axis (row = query, column = key)."""
+    lo, hi = axis_bounds(length, window, stride, dilation, causal)
+    j = np.arange(length)
+    same_group = (j[None, :] % dilation) == (j[:, None] % dilation)
+    return same_group & (j[None, :] >= lo[:, None]) & (j[None, :] <= hi[:, None])
+
+
+def dense_mask(*, input_size: int | Sequence[int], window: int | Sequence[int],
+               stride: int | Sequence[int] = 1, dilation: int | Sequence[int] = 1,
+               causal: bool | Sequence[bool] = False,
+               max_tokens: int = DENSE_MASK_MAX_TOKENS) -> np.ndarray:
+    """The explicit ``[N, N]`` bool mask of a GNA pattern (row = query, column = key, row-major tokens).
+
+    Meant for small layouts: the tests, the kernels' torch reference and debugging.
+
+    Example:
+        >>> dense_mask(input_size=5, window=3).astype(int)[0]
+        array([1, 1, 1, 0, 0])
+    """
+    pattern = GNAPattern(input_size=input_size, window=window, stride=stride,
+                         dilation=dilation, causal=causal)
+    n = pattern.num_tokens
+    if n > max_tokens:
+        raise ConfigError(f"dense_mask: the layout has {n} tokens; allowed: at most {max_tokens} "
+                          f"(an N x N mask would need {n * n / 2**30:.1f} GiB)")
+    mask = np.ones((1, 1), dtype=bool)
+    for axis in range(pattern.rank):
+        m = axis_mask(pattern.input_size[axis], pattern.window[axis], pattern.stride[axis],
+                      pattern.dilation[axis], pattern.causal[axis])
+        # Row-major tokens: the new axis varies fastest, for queries and keys alike.
+        mask = (mask[:, None, :, None] & m[None, :, None, :]).reshape(mask.shape[0] * m.shape[0], -1)
+    return mask
+
+
+@dataclass(frozen=True)
+class BlockSparsePattern:
+    """An explicit per-head map of visited (Q tile, KV tile) blocks over ``seq_len`` tokens.
+
+    ``block_map`` is a bool array ``[heads, q_blocks, kv_blocks]`` (a 2D map means one head)
+    with ``q_blocks = ceil(seq_len / q_tile)`` and ``kv_blocks = ceil(seq_len / kv_tile)``.
+    Every visited block is processed whole (no element mask) except for padding at the end.
+    """
+
+    block_map: np.ndarray
+    seq_len: int
+    q_tile: int
+    kv_tile: int
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "q_tile", "kv_tile"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"{name}={value!r}: must be a positive integer")
+        bm = np.asarray(self.block_map)
+        if bm.dtype != bool:
+            if not np.issubdtype(bm.dtype, np.integer) or not np.isin(bm, (0, 1)).all():
+                raise ConfigError(f"block_map has dtype {bm.dtype} with values other than 0/1; "
+                                  f"allowed: a bool array or 0/1 integers")
+            bm = bm.astype(bool)
+        if bm.ndim == 2:
+            bm = bm[None]
+        if bm.ndim != 3:
+            raise ConfigError(f"block_map has shape {bm.shape}; allowed: [q_blocks, kv_blocks] "
+                              f"or [heads, q_blocks, kv_blocks]")
+        expected = (-(-self.seq_len // self.q_tile), -(-self.seq_len // self.kv_tile))
+        if bm.shape[1:] != expected:
+            raise ConfigError(f"block_map has {bm.shape[1]} x {bm.shape[2]} blocks but seq_len={self.seq_len} "
+                              f"with q_tile={self.q_tile}, kv_tile={self.kv_tile} needs "
+                              f"{expected[0]} x {expected[1]}")
+        bm = bm.copy()
+        bm.setflags(write=False)
+        object.__setattr__(self, "block_map", bm)
+
+    @property
+    def heads(self) -> int:
+        return int(self.block_map.shape[0])
+
+    def visible_pairs(self) -> int:
+        """Visible (query, key) pairs summed over heads."""
+        q_sizes = _tile_sizes(self.seq_len, self.q_tile)
+        k_sizes = _tile_sizes(self.seq_len, self.kv_tile)
+        return int(np.einsum("hqk,q,k->", self.block_map.astype(np.int64), q_sizes, k_sizes))
+
+    def density(self) -> float:
+        """Visible pairs over heads x N^2."""
+        return self.visible_pairs() / (self.heads * float(self.seq_len) ** 2)
+
+    def dense_mask(self, head: int = 0, max_tokens: int = DENSE_MASK_MAX_TOKENS) -> np.ndarray:
+        """The explicit ``[N, N]`` mask of one head."""
+        if self.seq_len > max_tokens:
+            raise ConfigError(f"dense_mask: seq_len={self.seq_len}; allowed: at most {max_tokens}")
+        m = np.repeat(np.repeat(self.block_map[head], self.q_tile, axis=0), self.kv_tile, axis=1)
+        return m[: self.seq_len, : self.seq_len]
+
+    @classmethod
+    def load(cls, path: str | Path, *, seq_len: int, q_tile: int, kv_tile: int,
+             key: str | None = None) -> BlockSparsePattern:
+        """Load a block map from ``.npy`` or ``.npz`` without pickle (a file never runs code)."""
+        return cls(block_map=load_block_map(path, key=key), seq_len=seq_len, q_tile=q_tile, kv_tile=kv_tile)
+
+
+def _tile_sizes(n: int, tile: int) -> np.ndarray:
+    """Real (unpadded) size of each of the ``ceil(n / tile)`` tiles."""
+    starts = np.arange(0, n, tile, dtype=np.int64)
+    return np.minimum(starts + tile, n) - starts
+
+
+def load_block_map(path: str | Path, key: str | None = None) -> np.ndarray:
+    """Read a block map from a ``.npy`` file or one array of a ``.npz`` file, never unpickling."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ConfigError(f"block map file {str(path)!r} does not exist") from None
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"block map file {str(path)!r} is not a readable .npy/.npz array without pickle: "
+                          f"{exc}") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            names = list(data.files)
+            if key is None:
+                if len(names) != 1 and "block_map" not in names:
+                    raise ConfigError(f"{str(path)!r} holds arrays {names}; name one with key=..., "
+                                      f"or store it as 'block_map'")
+                key = "block_map" if "block_map" in names else names[0]
+            if key not in names:
+                raise ConfigError(f"{str(path)!r} has no array {key!r}; it holds {names}")
+            try:
+                return np.asarray(data[key])
+            except ValueError as exc:
+                raise ConfigError(f"array {key!r} in {str(path)!r} cannot be read without pickle: {exc}") from None
+    return np.asarray(data)

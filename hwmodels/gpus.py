@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin() -> dict[str, GPU]:
     return {p.stem: parse_gpu(read_toml(p, "GPU"), str(p)) for p in sorted(GPU_DIR.glob("*.toml"))}
 

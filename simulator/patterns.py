@@ -85,7 +85,7 @@ class GNAPattern:
                 causal.append(bool(c))
             else:
                 raise ConfigError(f"causal={list(causal_raw)}: entries must be 0/1 or true/false, got {c!r}")
-        for axis, (n, w, s, d) in enumerate(zip(size, window, stride, dilation)):
+        for axis, (n, w, s, d) in enumerate(zip(size, window, stride, dilation, strict=True)):
             if w * d > n:
                 what = f"window {w} x dilation {d} = {w * d}" if d > 1 else f"window {w}"
                 raise ConfigError(f"axis {axis}: {what} is larger than the axis length {n}; "
@@ -192,8 +192,8 @@ def dense_mask(*, input_size: int | Sequence[int], window: int | Sequence[int],
         >>> dense_mask(input_size=5, window=3).astype(int)[0]
         array([1, 1, 1, 0, 0])
     """
-    pattern = GNAPattern(input_size=input_size, window=window, stride=stride,
-                         dilation=dilation, causal=causal)
+    pattern = GNAPattern(input_size=input_size, window=window, stride=stride,  # type: ignore[arg-type]
+                         dilation=dilation, causal=causal)  # type: ignore[arg-type]
     n = pattern.num_tokens
     if n > max_tokens:
         raise ConfigError(f"dense_mask: the layout has {n} tokens; allowed: at most {max_tokens} "

@@ -104,7 +104,7 @@ class AxisRule:
                  ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(any visible, all visible) for query intervals (via ``qside``) against key intervals."""
         d = self.dilation
-        any_ = None
+        any_: np.ndarray | None = None
         for g, (q_ok, lo_seen, hi_seen) in enumerate(qside):
             k_lo = (ka - g + d - 1) // d
             k_hi = (kb - g) // d
@@ -118,6 +118,7 @@ class AxisRule:
             # Two positions of an interval fall in different groups: only single positions can
             # see every key, and only a single key of their own group.
             all_ = any_ & (qa == qb) & (ka == kb)
+        assert any_ is not None
         return any_, all_
 
     def _point(self, q: np.ndarray) -> tuple[None, np.ndarray, np.ndarray]:

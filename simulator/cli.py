@@ -16,8 +16,14 @@ PRESETS = Path(__file__).parent / "presets" / "main.toml"
 
 #: Columns of the text table (JSON output keeps every key of the record).
 TABLE_COLUMNS = [
-    "preset", "gpu", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile",
-    "density", "flop_speedup", "tile_speedup", "tile_speedup_mean", "partial_fraction", "block_sparse",
+    "preset", "gpu", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile", "tiling",
+    "density", "flop_speedup", "tile_speedup", "tile_speedup_mean", "block_sparse", "predicted_speedup",
+    "predicted_ms", "dense_ms", "bound",
+]
+E2E_COLUMNS = [
+    "preset", "gpu", "window", "stride", "q_tile", "kv_tile", "dense_steps", "attention_share", "flop_speedup",
+    "tile_speedup", "predicted_speedup", "e2e_flop_speedup", "e2e_tile_speedup", "e2e_predicted_speedup",
+    "dense_run_s", "sparse_run_s",
 ]
 
 
@@ -66,13 +72,18 @@ def add_pattern_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     h = p.add_argument_group("problem")
     h.add_argument("--gpu", nargs="+", default=["H100"], metavar="GPU", help="GPU names or GPU .toml files")
     h.add_argument("--heads", type=_int, default=24)
+    h.add_argument("--heads-kv", type=_int, default=None, help="KV heads (GQA); default: --heads")
     h.add_argument("--head-dim", type=_int, default=128)
     h.add_argument("--batch", type=_int, default=1)
-    h.add_argument("--dtype", default="bf16")
+    h.add_argument("--dtype", default="bf16", help="fp16, bf16 or fp8")
+    h.add_argument("--backprop", action="store_true", help="forward + backward (dQ and dK/dV passes)")
+    h.add_argument("--kernel-profile", default="reference",
+                   help="modelled kernel: 'reference' (best published for the GPU) or a profile name/.toml")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default="table", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--format", default="table", help=f"one of {', '.join(FORMATS)} (csv and json: every column)")
+    p.add_argument("--wide", action="store_true", help="every column in table and markdown output too")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
 
 
@@ -83,7 +94,8 @@ def pattern_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     base: dict[str, Any] = {
         "input_size": args.input_size, "window": args.window, "stride": args.stride, "dilation": args.dilation,
         "causal": args.causal, "q_tile": args.q_tile, "kv_tile": args.kv_tile, "tiling": args.tiling,
-        "heads": args.heads, "head_dim": args.head_dim, "batch": args.batch, "dtype": args.dtype,
+        "heads": args.heads, "heads_kv": args.heads_kv, "head_dim": args.head_dim, "batch": args.batch,
+        "dtype": args.dtype, "backprop": args.backprop, "kernel_profile": args.kernel_profile,
     }
     if args.block_map is not None:
         base["block_map"] = args.block_map
@@ -93,16 +105,20 @@ def pattern_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _emit(df: Any, args: argparse.Namespace, columns: Sequence[str]) -> None:
     if args.format not in FORMATS:
         fail(f"simulate: --format {args.format!r} is unknown; allowed: {', '.join(FORMATS)}")
-    if args.format != "json":
+    if args.format in ("csv", "json") or getattr(args, "wide", False):
+        columns = list(df.columns)
+    else:
         columns = [c for c in columns if c in df.columns and not _all_default(df, c)]
     write_text(render(df, args.format, columns), args.out)
 
 
 def _all_default(df: Any, column: str) -> bool:
     """Hide dilation/causal columns that say nothing (all 1 / all 0) in text tables."""
-    if column not in ("dilation", "causal", "preset"):
+    if column not in ("dilation", "causal", "preset", "tiling"):
         return False
     values = [v for v in df[column] if v is not None]
+    if column == "tiling":
+        return all(v == "box" for v in values)
     if column == "preset":
         return not values
     return all(all(int(x) == (1 if column == "dilation" else 0) for x in v) for v in values)
@@ -170,6 +186,32 @@ def cmd_gpus(args: argparse.Namespace) -> None:
     _emit(pd.DataFrame(rows), args, list(rows[0]))
 
 
+def cmd_e2e(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from sparsesim.simulator.workloads import simulate_e2e
+    rows = []
+    for gpu in args.gpu:
+        rows += simulate_e2e(preset=args.preset, gpu=gpu, window=args.window, stride=args.stride,
+                             dilation=args.dilation, q_tile=args.q_tile, kv_tile=args.kv_tile, tiling=args.tiling,
+                             dense_steps=args.dense_steps, attention_share=args.attention_share,
+                             kernel_profile=args.kernel_profile)
+    _emit(pd.DataFrame(rows), args, E2E_COLUMNS)
+
+
+def cmd_workloads(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from sparsesim.simulator.workloads import list_workloads
+    rows = [{"preset": w.name, "layout": w.layout, "tokens": w.tokens, "text_tokens": w.text_tokens,
+             "layers": w.layers, "hidden": w.hidden, "heads": w.heads, "heads_kv": w.heads_kv,
+             "head_dim": w.head_dim, "mlp": w.mlp, "steps": w.steps, "batch": w.batch,
+             "patterns": "; ".join("w" + "x".join(map(str, p["window"])) + " s" + "x".join(map(str, p.get("stride", [1])))
+                                   for p in w.patterns), "description": w.description}
+            for w in list_workloads()]
+    _emit(pd.DataFrame(rows), args, list(rows[0]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="simulate", description="Speedup bounds and predictions for sparse attention on GPUs. "
                      "With no subcommand: the built-in presets on A100, H100 and B200.")
@@ -189,6 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", nargs="+", metavar="GPU", help="only these (names or .toml files)")
     add_output_args(p)
     p.set_defaults(func=cmd_gpus)
+    p = sub.add_parser("e2e", help="end-to-end speedup of a workload with a sparse pattern")
+    p.add_argument("--preset", required=True, help="a workload name (see `simulate workloads`) or .toml file")
+    p.add_argument("--window", nargs="+", type=_int, metavar="W", help="default: the workload's own patterns")
+    p.add_argument("--stride", nargs="+", type=_int, default=None, metavar="S")
+    p.add_argument("--dilation", nargs="+", type=_int, default=[1], metavar="D")
+    p.add_argument("--q-tile", nargs="+", type=_int, metavar="T")
+    p.add_argument("--kv-tile", nargs="+", type=_int, metavar="T")
+    p.add_argument("--tiling", default="box")
+    p.add_argument("--gpu", nargs="+", default=["H100"], metavar="GPU")
+    p.add_argument("--dense-steps", type=_int, default=0, help="first K diffusion steps keep dense attention")
+    p.add_argument("--attention-share", type=float, default=None,
+                   help="attention's share of the whole dense run, as profiled (replaces the modelled share)")
+    p.add_argument("--kernel-profile", default="reference")
+    add_output_args(p)
+    p.set_defaults(func=cmd_e2e)
+    p = sub.add_parser("workloads", help="the built-in workloads")
+    add_output_args(p)
+    p.set_defaults(func=cmd_workloads)
     parser.set_defaults(func=cmd_main)
     return parser
 

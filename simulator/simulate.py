@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 
 from sparsesim.hwmodels import GPU, load_gpu
+from sparsesim.hwmodels.profiles import load_profile
+from sparsesim.simulator.cost import Problem
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, load_block_map
+from sparsesim.simulator.predict import COST_COLUMNS, predict
 from sparsesim.simulator.tiling import TileMap, block_sparse_tilemap, check_tiles, tilemap
 
 #: Columns of the tile-level result, in order (the record also carries array fields).
@@ -20,6 +23,8 @@ TILE_COLUMNS = [
     "density", "flop_speedup", "tile_speedup", "tile_speedup_mean", "kv_tiles_dense", "max_kv_tiles",
     "mean_kv_tiles", "partial_fraction", "block_sparse",
 ]
+#: Every column of a result, in order.
+COLUMNS = [*TILE_COLUMNS, "heads", "heads_kv", "head_dim", "batch", "dtype", "backprop", *COST_COLUMNS]
 #: Record keys holding arrays (per-Q-tile counts for pictures); left out of tables.
 ARRAY_KEYS = ("visits", "full_visits", "q_grid")
 
@@ -78,12 +83,15 @@ def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | N
              stride: int | Sequence[int] = 1, dilation: int | Sequence[int] = 1,
              causal: bool | Sequence[bool] = False, q_tile: int | Sequence[int] | None = None,
              kv_tile: int | Sequence[int] | None = None, tiling: str = "box", gpu: str | GPU = "H100",
-             block_map: str | Path | np.ndarray | None = None, **extra: Any) -> dict[str, Any]:
+             block_map: str | Path | np.ndarray | None = None, heads: int = 24, heads_kv: int | None = None,
+             head_dim: int = 128, batch: int = 1, dtype: str = "bf16", backprop: bool = False,
+             kernel_profile: str = "reference") -> dict[str, Any]:
     """Simulate one configuration; keyword names are the CLI flags with underscores.
 
     Without ``block_map`` the pattern is GNA over ``input_size``; with it, ``input_size`` is the
     sequence length and the map (array or ``.npy``/``.npz`` path) is tiled by ``q_tile``/``kv_tile``.
-    Unknown keywords raise :class:`ConfigError`.
+    The record holds the tile-level bounds and the cost model's prediction on ``gpu`` with
+    ``kernel_profile`` (``reference``: the best published kernel of the GPU's architecture).
 
     Example:
         >>> r = simulate(input_size=(256, 256), window=(80, 80), stride=(16, 16),
@@ -91,14 +99,18 @@ def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | N
         >>> round(r["tile_speedup"], 2), r["block_sparse"]
         (10.24, True)
     """
-    allowed_extra = {"heads", "head_dim", "batch", "dtype"}
-    unknown = set(extra) - allowed_extra
-    if unknown:
-        raise ConfigError(f"unknown option(s) {sorted(unknown)}; allowed: input_size, window, stride, dilation, "
-                          f"causal, q_tile, kv_tile, tiling, gpu, block_map, {', '.join(sorted(allowed_extra))}")
     gpu_spec = load_gpu(gpu)
+    problem = Problem(batch=batch, heads=heads, heads_kv=heads_kv, head_dim=head_dim, dtype=dtype)
+    prof = load_profile(kernel_profile, gpu_spec)
+    extra = {"heads": heads, "heads_kv": problem.heads_kv, "head_dim": head_dim, "batch": batch, "dtype": dtype,
+             "backprop": bool(backprop)}
     if block_map is not None:
-        return _simulate_block_sparse(input_size, block_map, q_tile, kv_tile, gpu_spec, extra)
+        record = _simulate_block_sparse(input_size, block_map, q_tile, kv_tile, gpu_spec, extra)
+        bm = record.pop("_pattern")
+        record.update(predict(gpu=gpu_spec, prof=prof, problem=problem, tm=record.pop("_tilemap"), pattern=None,
+                              tokens=bm.seq_len, pairs_per_head=bm.visible_pairs() / bm.heads,
+                              dense_pairs_per_head=float(bm.seq_len) ** 2, backprop=bool(backprop)))
+        return record
     if window is None:
         raise ConfigError("window is required for a GNA pattern (or give block_map)")
     pattern = GNAPattern(input_size=input_size, window=window, stride=stride, dilation=dilation, causal=causal)
@@ -117,6 +129,9 @@ def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | N
     }
     record.update(tile_stats(tm, dense_tm, flop_speedup))
     record.update(extra)
+    record.update(predict(gpu=gpu_spec, prof=prof, problem=problem, tm=tm, pattern=pattern,
+                          tokens=pattern.num_tokens, pairs_per_head=float(pairs),
+                          dense_pairs_per_head=float(dense_pattern.visible_pairs()), backprop=bool(backprop)))
     return record
 
 
@@ -139,6 +154,7 @@ def _simulate_block_sparse(input_size: Any, block_map: Any, q_tile: Any, kv_tile
     }
     record.update(tile_stats(tm, None, flop_speedup))
     record.update(extra)
+    record["_pattern"], record["_tilemap"] = pattern, tm
     return record
 
 

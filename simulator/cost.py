@@ -1,0 +1,219 @@
+"""The hardware-realistic tile-level cost model (pure functions).
+
+Per CTA (one Q tile of one head): a fixed cost, the Q load and O store, and per visited KV tile
+the max of tensor-core time, softmax time (exponentials on the special-function units plus FP32
+arithmetic, partly hidden under the matrix units) and K/V load time; partial tiles add the cost
+of masking each element. CTAs are scheduled onto SMs (:mod:`schedule`); the kernel takes at
+least the time to move its unique bytes through HBM. The backward pass runs a dK/dV pass over
+the transposed tile map and a dQ pass over the forward one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU
+from sparsesim.hwmodels.profiles import KernelProfile
+from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.schedule import makespan
+from sparsesim.simulator.tiling import TileMap
+
+BREAKDOWN = ("useful_ms", "masking_ms", "softmax_ms", "overhead_ms", "imbalance_ms", "memory_ms")
+
+# Matrix FLOPs per (query, key) element per head-dim unit: forward QK^T + PV; backward dK/dV
+# pass recomputes S and does dP, dV, dK; the dQ pass recomputes S and does dP, dQ.
+FWD_FLOPS, BWD_KV_FLOPS, BWD_Q_FLOPS = 4, 8, 6
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Attention problem sizes around a pattern."""
+
+    batch: int = 1
+    heads: int = 24
+    heads_kv: int | None = None
+    head_dim: int = 128
+    dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "heads", "head_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{name}={v!r}: must be a positive integer")
+        kv = self.heads if self.heads_kv is None else self.heads_kv
+        if isinstance(kv, bool) or not isinstance(kv, (int, np.integer)) or kv < 1 or self.heads % kv:
+            raise ConfigError(f"heads_kv={kv!r}: must be a positive divisor of heads={self.heads}")
+        object.__setattr__(self, "heads_kv", int(kv))
+        if self.dtype not in ("fp16", "bf16", "fp8"):
+            raise ConfigError(f"dtype={self.dtype!r}; allowed: fp16, bf16, fp8")
+
+    @property
+    def bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def group(self) -> int:
+        return self.heads // int(self.heads_kv or self.heads)
+
+    def io_bytes(self, tokens: int, tensors_q: int, tensors_kv: int) -> float:
+        """Bytes of ``tensors_q`` query-shaped and ``tensors_kv`` key-shaped tensors."""
+        per_token = (tensors_q * self.heads + tensors_kv * int(self.heads_kv or self.heads)) * self.head_dim
+        return float(self.batch * tokens * per_token * self.bytes)
+
+
+@dataclass(frozen=True)
+class PairCost:
+    """Seconds one SM spends on one (Q tile, KV tile) pair, by term; ``full`` overlaps them."""
+
+    elements: int
+    mma: float
+    softmax: float
+    load: float
+    mask: float
+    full: float
+
+    @property
+    def partial(self) -> float:
+        return self.full + self.mask
+
+    @property
+    def bound(self) -> str:
+        return max((self.mma, "compute"), (self.softmax, "exp"), (self.load, "memory"))[1]
+
+
+def pair_cost(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vol: int, *,
+              flops_per_element: float, mma_efficiency: float, load_bytes: float) -> PairCost:
+    """Cost of one (Q tile, KV tile) pair on one SM."""
+    fwd = prof.forward
+    sms = gpu.sm_count
+    elements = q_vol * kv_vol
+    mma = elements * flops_per_element * problem.head_dim / (
+        gpu.tensor_flops_per_s(problem.dtype) / sms * mma_efficiency)
+    fp32_per_sm = gpu.fp32_TFLOPs * 1e12 / sms
+    exp_per_sm = gpu.exp_per_s / sms * fwd.exp_throughput_scale
+    softmax = elements / exp_per_sm + elements * fwd.softmax_fp32_ops_per_element / fp32_per_sm
+    core = max(mma, softmax) + (1.0 - fwd.softmax_overlap) * min(mma, softmax)
+    hit = fwd.l2_hit_fraction
+    bandwidth = 1.0 / (hit / (gpu.l2_TBps * 1e12) + (1 - hit) / (gpu.hbm_TBps * 1e12 * fwd.hbm_efficiency))
+    load = load_bytes / (bandwidth / sms)
+    mask = elements * fwd.mask_ops_per_element / fp32_per_sm
+    return PairCost(elements=elements, mma=mma, softmax=softmax, load=load, mask=mask, full=max(core, load))
+
+
+@dataclass(frozen=True)
+class PassTime:
+    """Predicted time of one kernel launch and where it goes (ms)."""
+
+    ms: float
+    breakdown: dict[str, float]
+    bound: str
+    wave_efficiency: float
+    num_ctas: int
+
+
+def schedule_pass(gpu: GPU, prof: KernelProfile, cost: PairCost, full: np.ndarray, partial: np.ndarray, *,
+                  repeat: int, fixed_s: float, useful_elements: float, hbm_bytes: float) -> PassTime:
+    """Schedule CTAs with per-CTA ``full``/``partial`` pair counts, the whole set ``repeat`` times."""
+    fwd = prof.forward
+    sms = gpu.sm_count
+    per_cta = (fixed_s + full * cost.full + partial * cost.partial).ravel()
+    costs = np.tile(per_cta, repeat) if repeat > 1 else per_cta
+    span = makespan(costs, sms, fwd.ctas_per_SM, fwd.persistent)
+    hbm_s = hbm_bytes / (gpu.hbm_TBps * 1e12 * fwd.hbm_efficiency)
+    total = float(costs.sum())
+    n_partial = float(partial.sum()) * repeat
+    n_pairs = float(full.sum()) * repeat + n_partial
+    useful_s = cost.mma * useful_elements / cost.elements
+    seconds = {
+        "useful_ms": useful_s,
+        "masking_ms": max(0.0, cost.mma * n_pairs - useful_s) + n_partial * cost.mask,
+        "softmax_ms": n_pairs * (cost.full - cost.mma),
+        "overhead_ms": fixed_s * costs.size,
+    }
+    breakdown = {k: v / sms * 1e3 for k, v in seconds.items()}
+    breakdown["imbalance_ms"] = max(0.0, span - total / sms) * 1e3
+    breakdown["memory_ms"] = max(0.0, hbm_s - span) * 1e3
+    return PassTime(ms=max(span, hbm_s) * 1e3, breakdown=breakdown,
+                    bound="memory" if hbm_s >= span else cost.bound,
+                    wave_efficiency=(total / sms) / span if span > 0 else 1.0, num_ctas=int(costs.size))
+
+
+def _tile_volume(tile: tuple[int, ...]) -> int:
+    return math.prod(tile)
+
+
+def _heads_rows(counts: np.ndarray, heads: int) -> tuple[np.ndarray, int]:
+    """Per-head count rows and how often to repeat them to cover ``heads`` (maps hold 1 or all heads)."""
+    if counts.shape[0] == 1:
+        return counts, heads
+    if counts.shape[0] != heads:
+        raise ConfigError(f"the block map has {counts.shape[0]} heads but the problem has heads={heads}")
+    return counts, 1
+
+
+def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
+                 useful_pairs_per_head: float) -> PassTime:
+    """Forward kernel: one CTA per (batch, head, Q tile) over its visited KV tiles."""
+    q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
+    b, d = problem.bytes, problem.head_dim
+    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=FWD_FLOPS,
+                     mma_efficiency=prof.forward.mma_efficiency, load_bytes=2 * kv_vol * d * b)
+    hbm_s_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
+    fixed = prof.forward.cta_overhead_us * 1e-6 + 2 * q_vol * d * b / hbm_s_per_sm  # + Q load, O store
+    full, reps = _heads_rows(tm.full, problem.heads)
+    partial, _ = _heads_rows(tm.partial, problem.heads)
+    return schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch, fixed_s=fixed,
+                         useful_elements=useful_pairs_per_head * problem.heads * problem.batch,
+                         hbm_bytes=problem.io_bytes(tokens, 2, 2))
+
+
+def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
+                  useful_pairs_per_head: float) -> PassTime:
+    """Backward: a dK/dV pass (CTA per KV tile, transposed map) and a dQ pass (CTA per Q tile)."""
+    bwd = prof.backward
+    q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
+    b, d = problem.bytes, problem.head_dim
+    hbm_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
+    useful = useful_pairs_per_head * problem.heads * problem.batch
+    # dK/dV: each KV-head CTA walks the Q tiles of every query head of its group, loading Q and dO.
+    kv_cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=BWD_KV_FLOPS,
+                        mma_efficiency=bwd.mma_efficiency, load_bytes=2 * q_vol * d * b)
+    kv_full, reps = _heads_rows(tm.kv_full, problem.heads)
+    kv_partial, _ = _heads_rows(tm.kv_partial, problem.heads)
+    group = problem.group if tm.kv_full.shape[0] == 1 else 1
+    kv_reps = max(1, reps // group) if tm.kv_full.shape[0] == 1 else 1
+    kv_pass = schedule_pass(
+        gpu, prof, kv_cost, kv_full * group, kv_partial * group, repeat=kv_reps * problem.batch,
+        fixed_s=bwd.cta_overhead_us * 1e-6 + 4 * kv_vol * d * b / hbm_per_sm, useful_elements=useful,
+        hbm_bytes=problem.io_bytes(tokens, 2, 4))
+    q_cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=BWD_Q_FLOPS,
+                       mma_efficiency=bwd.mma_efficiency, load_bytes=2 * kv_vol * d * b)
+    full, reps = _heads_rows(tm.full, problem.heads)
+    partial, _ = _heads_rows(tm.partial, problem.heads)
+    q_pass = schedule_pass(
+        gpu, prof, q_cost, full, partial, repeat=reps * problem.batch,
+        fixed_s=bwd.cta_overhead_us * 1e-6 + 3 * q_vol * d * b / hbm_per_sm, useful_elements=useful,
+        hbm_bytes=problem.io_bytes(tokens, 3, 2))
+    return combine(kv_pass, q_pass)
+
+
+def combine(*passes: PassTime) -> PassTime:
+    """Passes run one after the other."""
+    ms = sum(p.ms for p in passes)
+    breakdown = {k: sum(p.breakdown[k] for p in passes) for k in BREAKDOWN}
+    slowest = max(passes, key=lambda p: p.ms)
+    work = sum(p.wave_efficiency * p.ms for p in passes)
+    return PassTime(ms=ms, breakdown=breakdown, bound=slowest.bound, wave_efficiency=work / ms if ms else 1.0,
+                    num_ctas=sum(p.num_ctas for p in passes))
+
+
+def permute_ms(gpu: GPU, prof: KernelProfile, problem: Problem, tokens: int, backprop: bool = False) -> float:
+    """Token permutation: a memory-bound pass over Q, K, V in and the output back (and gradients)."""
+    # Forward: read+write Q, K, V into tiles, read+write O back. Backward adds dO in, dQ/dK/dV out.
+    moved = problem.io_bytes(tokens, 2 * 2, 2 * 2)
+    if backprop:
+        moved += problem.io_bytes(tokens, 2 * 2, 2 * 2)
+    return moved / (gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency) * 1e3

@@ -8,6 +8,9 @@ Nothing here is fitted per row: every prediction comes from the same GPU files a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from sparsesim.simulator import simulate
 from sparsesim.simulator.workloads import simulate_e2e
 
@@ -40,6 +43,17 @@ def main() -> None:
     r = simulate_e2e(preset="flux-4k", gpu="B200", window=(80, 80), stride=(16, 16))[0]
     rows.append(("GNA paper: FLUX-4K attention share of e2e time on B200", "51.8% (measured, whole pipeline)",
                  f"{r['modelled_attention_share']:.1%} (modelled: transformer steps only, no VAE/text encoders)"))
+    measured = Path(__file__).parent.parent / "hwmodels" / "measurements" / "ceilings_NVIDIA_H200_2026-11-29.json"
+    data = json.loads(measured.read_text())
+    for row in data["sdpa"]:
+        if row["impl"] != "cudnn" or "ms" not in row:
+            continue
+        n = row["n"]
+        r = simulate(input_size=n, window=n, gpu="H200", heads=24, head_dim=128)
+        rows.append((f"cuDNN SDPA fwd measured on our H200 (torch {data['torch']}), bf16, 24x128, {n} tokens",
+                     f"{row['ms']:.1f} ms ({row['TFLOPs']:.0f} TFLOP/s), measured here",
+                     f"{r['dense_ms']:.1f} ms ({r['dense_TFLOPs']:.0f} TFLOP/s), {r['dense_ms'] / row['ms'] - 1:+.0%} "
+                     f"vs measured (the reference profile models FA3-class kernels)"))
     print("| case | published | sparsesim |")
     print("|---|---|---|")
     for case, pub, ours in rows:

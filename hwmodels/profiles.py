@@ -8,6 +8,7 @@ published kernels); calibration (a later issue) writes profiles fitted to measur
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -79,11 +80,12 @@ def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing section [{name}]")
     values = {}
-    for field in cls.__dataclass_fields__:
+    for f in dataclasses.fields(cls):
+        field = f.name
         if field not in table:
             raise ConfigError(f"{where}: [{name}] is missing {field!r}")
         value = table[field]
-        want = cls.__dataclass_fields__[field].type
+        want = f.type
         if want == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: [{name}] {field}={value!r} must be true or false")

@@ -199,6 +199,10 @@ def cmd_e2e(args: argparse.Namespace) -> None:
     _emit(pd.DataFrame(rows), args, E2E_COLUMNS)
 
 
+def _pattern_label(p: dict[str, Any]) -> str:
+    return "w" + "x".join(map(str, p["window"])) + " s" + "x".join(map(str, p.get("stride", [1])))
+
+
 def cmd_workloads(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -206,8 +210,7 @@ def cmd_workloads(args: argparse.Namespace) -> None:
     rows = [{"preset": w.name, "layout": w.layout, "tokens": w.tokens, "text_tokens": w.text_tokens,
              "layers": w.layers, "hidden": w.hidden, "heads": w.heads, "heads_kv": w.heads_kv,
              "head_dim": w.head_dim, "mlp": w.mlp, "steps": w.steps, "batch": w.batch,
-             "patterns": "; ".join("w" + "x".join(map(str, p["window"])) + " s" + "x".join(map(str, p.get("stride", [1])))
-                                   for p in w.patterns), "description": w.description}
+             "patterns": "; ".join(_pattern_label(p) for p in w.patterns), "description": w.description}
             for w in list_workloads()]
     _emit(pd.DataFrame(rows), args, list(rows[0]))
 

@@ -4,8 +4,10 @@ Per CTA (one Q tile of one head): a fixed cost, the Q load and O store, and per 
 the max of tensor-core time, softmax time (exponentials on the special-function units plus FP32
 arithmetic, partly hidden under the matrix units) and K/V load time; partial tiles add the cost
 of masking each element. CTAs are scheduled onto SMs (:mod:`schedule`); the kernel takes at
-least the time to move its unique bytes through HBM. The backward pass runs a dK/dV pass over
-the transposed tile map and a dQ pass over the forward one.
+least the time to move its unique bytes through HBM. The backward pass is FlashAttention-2/3
+style: one CTA per KV tile walks the transposed tile map, recomputes P, computes dV, dP, dS and
+dK and accumulates dQ with fp32 atomics; memory-bound passes before (rowsum of dO * O) and after
+(dQ from fp32) complete it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from sparsesim.simulator.tiling import TileMap
 
 BREAKDOWN = ("useful_ms", "masking_ms", "softmax_ms", "overhead_ms", "imbalance_ms", "memory_ms")
 
-# Matrix FLOPs per (query, key) element per head-dim unit: forward QK^T + PV; backward dK/dV
-# pass recomputes S and does dP, dV, dK; the dQ pass recomputes S and does dP, dQ.
-FWD_FLOPS, BWD_KV_FLOPS, BWD_Q_FLOPS = 4, 8, 6
+# Matrix FLOPs per (query, key) element per head-dim unit: forward QK^T and PV (2 GEMMs);
+# backward recomputes S and does dP, dV, dK and dQ (5 GEMMs): 2.5x the forward.
+FWD_FLOPS, BWD_FLOPS = 4, 10
 
 
 @dataclass(frozen=True)
@@ -172,32 +174,34 @@ def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, t
 
 def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
                   useful_pairs_per_head: float) -> PassTime:
-    """Backward: a dK/dV pass (CTA per KV tile, transposed map) and a dQ pass (CTA per Q tile)."""
+    """Backward: a CTA per (batch, query head, KV tile) over the transposed map, plus pre/post passes.
+
+    With GQA the dK/dV of each query head are summed into its KV head afterwards (memory-bound).
+    """
     bwd = prof.backward
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
     b, d = problem.bytes, problem.head_dim
     hbm_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
-    useful = useful_pairs_per_head * problem.heads * problem.batch
-    # dK/dV: each KV-head CTA walks the Q tiles of every query head of its group, loading Q and dO.
-    kv_cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=BWD_KV_FLOPS,
-                        mma_efficiency=bwd.mma_efficiency, load_bytes=2 * q_vol * d * b)
+    # Per pair: Q and dO tiles in, dQ accumulated with 4-byte atomics.
+    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=BWD_FLOPS,
+                     mma_efficiency=bwd.mma_efficiency, load_bytes=q_vol * d * (2 * b + 4))
     kv_full, reps = _heads_rows(tm.kv_full, problem.heads)
     kv_partial, _ = _heads_rows(tm.kv_partial, problem.heads)
-    group = problem.group if tm.kv_full.shape[0] == 1 else 1
-    kv_reps = max(1, reps // group) if tm.kv_full.shape[0] == 1 else 1
-    kv_pass = schedule_pass(
-        gpu, prof, kv_cost, kv_full * group, kv_partial * group, repeat=kv_reps * problem.batch,
-        fixed_s=bwd.cta_overhead_us * 1e-6 + 4 * kv_vol * d * b / hbm_per_sm, useful_elements=useful,
-        hbm_bytes=problem.io_bytes(tokens, 2, 4))
-    q_cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=BWD_Q_FLOPS,
-                       mma_efficiency=bwd.mma_efficiency, load_bytes=2 * kv_vol * d * b)
-    full, reps = _heads_rows(tm.full, problem.heads)
-    partial, _ = _heads_rows(tm.partial, problem.heads)
-    q_pass = schedule_pass(
-        gpu, prof, q_cost, full, partial, repeat=reps * problem.batch,
-        fixed_s=bwd.cta_overhead_us * 1e-6 + 3 * q_vol * d * b / hbm_per_sm, useful_elements=useful,
-        hbm_bytes=problem.io_bytes(tokens, 3, 2))
-    return combine(kv_pass, q_pass)
+    main = schedule_pass(
+        gpu, prof, cost, kv_full, kv_partial, repeat=reps * problem.batch,
+        fixed_s=bwd.cta_overhead_us * 1e-6 + 4 * kv_vol * d * b / hbm_per_sm,  # K, V in; dK, dV out
+        useful_elements=useful_pairs_per_head * problem.heads * problem.batch,
+        hbm_bytes=problem.io_bytes(tokens, 3, 4))
+    # Pre: read O and dO, write the row sums; post: read fp32 dQ, write dQ; GQA: sum dK/dV per group.
+    hbm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency
+    side = problem.io_bytes(tokens, 2, 0) + problem.io_bytes(tokens, 1 + 4 // b, 0)
+    if problem.group > 1:
+        side += problem.io_bytes(tokens, 2, 2)
+    side_ms = side / hbm * 1e3
+    breakdown = dict(main.breakdown)
+    breakdown["memory_ms"] += side_ms
+    return PassTime(ms=main.ms + side_ms, breakdown=breakdown, bound=main.bound,
+                    wave_efficiency=main.wave_efficiency * main.ms / (main.ms + side_ms), num_ctas=main.num_ctas)
 
 
 def combine(*passes: PassTime) -> PassTime:

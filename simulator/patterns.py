@@ -242,6 +242,8 @@ class BlockSparsePattern:
             raise ConfigError(f"block_map has {bm.shape[1]} x {bm.shape[2]} blocks but seq_len={self.seq_len} "
                               f"with q_tile={self.q_tile}, kv_tile={self.kv_tile} needs "
                               f"{expected[0]} x {expected[1]}")
+        if not bm.any():
+            raise ConfigError("block_map visits no block; allowed: a map with at least one true entry")
         bm = bm.copy()
         bm.setflags(write=False)
         object.__setattr__(self, "block_map", bm)

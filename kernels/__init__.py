@@ -1,1 +1,44 @@
-"""Placeholder; filled by a later issue."""
+"""Triton kernels that run the simulator's tile schedule, their torch reference and GPU benchmarks.
+
+Public surface (imported lazily, so ``from sparsesim.kernels import dense_configs`` needs
+neither torch nor triton):
+
+- :func:`attention`: dense fused attention forward, ``[batch, tokens, heads, head_dim]``.
+- :func:`gna_attention`: generalized neighborhood attention, 1D/2D/3D, NATTEN layout.
+- :func:`block_sparse_attention`: explicit per-head block maps.
+- :func:`reference_attention`: torch reference from the simulator's masks.
+- :func:`dense_configs`: the dense kernel's autotune space.
+
+On a machine without a GPU, set ``TRITON_INTERPRET=1`` before importing triton to run the
+kernels on CPU tensors through the Triton interpreter.
+
+Example:
+    >>> from sparsesim.kernels import dense_configs
+    >>> len(dense_configs(128, "bf16")) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["attention", "block_sparse_attention", "dense_configs", "gna_attention", "reference_attention"]
+
+_WHERE = {
+    "attention": "sparsesim.kernels.dense",
+    "gna_attention": "sparsesim.kernels.gna",
+    "block_sparse_attention": "sparsesim.kernels.block_sparse",
+    "reference_attention": "sparsesim.kernels.reference",
+    "dense_configs": "sparsesim.kernels._launch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'sparsesim.kernels' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,269 @@
+"""Launch heuristics, config spaces and the one input check shared by every kernel entry point.
+
+Pure Python at import time: the config spaces can be listed (by the search, the cost model, the
+benchmark's ``--dry-run``) without importing torch or triton. The checks import torch lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Head dims the kernels compile for (``tl.arange`` needs a power of two; ``tl.dot`` needs >= 16).
+HEAD_DIMS = (16, 32, 64, 128, 256)
+#: Smallest and largest tile volume (tokens of one Q or KV tile) the fused kernels take.
+MIN_TILE_VOLUME = 16
+MAX_TILE_VOLUME = 256
+#: Shared memory one CTA's pipeline may take (H100/H200: 232448 bytes per block, less some slack).
+SMEM_BUDGET_BYTES = 230 * 1024
+
+_DTYPE_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "fp16": "fp16", "bf16": "bf16",
+                "fp32": "fp32", "half": "fp16"}
+_DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+def interpret() -> bool:
+    """Whether kernels run through the Triton interpreter (CPU tensors accepted)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def dtype_name(dtype: Any) -> str:
+    """'fp16' / 'bf16' / 'fp32' for a torch dtype or a name; ValueError for anything else."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"dtype={dtype!r}; allowed: float16, bfloat16 (float32 under TRITON_INTERPRET=1)")
+    return _DTYPE_NAMES[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Config spaces: a comprehension over a small grid filtered by a plain predicate.
+# --------------------------------------------------------------------------------------------
+
+DENSE_SPACE = {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)}
+#: The one config used under the interpreter (no autotune sweep there).
+INTERPRET_DENSE_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+
+
+def pipeline_smem_bytes(block_m: int, block_n: int, head_dim: int, num_stages: int, elt_bytes: int) -> int:
+    """Shared memory of the Q tile plus ``num_stages`` buffered K and V tiles."""
+    return (block_m + 2 * num_stages * block_n) * head_dim * elt_bytes
+
+
+def keep_dense_config(cfg: dict[str, int], head_dim: int, dtype: str) -> bool:
+    """The predicate that prunes :data:`DENSE_SPACE` for one head dim and dtype (Hopper habits).
+
+    One warpgroup (4 warps) per 64 query rows (measured on the H200: 128 rows with 4 warps runs at
+    a third of the speed); K and V stages must fit the shared-memory budget; the 64-row tile only
+    with its best pipeline depth (3) and a 64-key tile; head dim 256 keeps the key tile at 64 so
+    the score tile and the accumulator stay in registers.
+    """
+    bm, bn, warps, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]
+    if warps * 16 != bm:  # 64 rows -> 4 warps, 128 rows -> 8 warps
+        return False
+    if bm == 64 and (bn != 64 or stages != 3):
+        return False
+    if head_dim >= 256 and bn > 64:
+        return False
+    return pipeline_smem_bytes(bm, bn, head_dim, stages, _DTYPE_BYTES[dtype]) <= SMEM_BUDGET_BYTES
+
+
+def dense_configs(head_dim: int = 128, dtype: Any = "bf16") -> list[dict[str, int]]:
+    """The dense kernel's autotune space for one head dim and dtype: dicts of BLOCK_M, BLOCK_N,
+    num_warps, num_stages.
+
+    Example:
+        >>> sorted({(c["BLOCK_M"], c["BLOCK_N"]) for c in dense_configs(128, "bf16")})
+        [(64, 64), (128, 64), (128, 128)]
+    """
+    name = dtype_name(dtype)
+    keys = list(DENSE_SPACE)
+    grid = [dict(zip(keys, values, strict=True)) for values in _product(*(DENSE_SPACE[k] for k in keys))]
+    return [c for c in grid if keep_dense_config(c, head_dim, name)]
+
+
+def _product(*axes: Sequence[int]) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = [()]
+    for axis in axes:
+        out = [t + (v,) for t in out for v in axis]
+    return out
+
+
+@dataclass(frozen=True)
+class FusedLaunch:
+    """Warps and pipeline depth of a fused kernel whose tiles are fixed by the caller."""
+
+    num_warps: int
+    num_stages: int
+
+
+def fused_launch(block_m: int, block_n: int, head_dim: int, dtype: Any = "bf16") -> FusedLaunch:
+    """Launch heuristic of the GNA and block-sparse kernels (tile shapes come from the schedule).
+
+    8 warps (two warpgroups) for 128-row Q tiles, 4 below; the deepest pipeline (<= 3) whose K/V
+    stages fit the shared-memory budget (H200, 128x128 tiles, head dim 128: 3 stages ran 5-13%
+    faster than 2; 4 does not fit).
+    """
+    if interpret():
+        return FusedLaunch(num_warps=4, num_stages=1)
+    elt = _DTYPE_BYTES[dtype_name(dtype)]
+    warps = 8 if block_m >= 128 else 4
+    stages = 3
+    while stages > 1 and pipeline_smem_bytes(block_m, block_n, head_dim, stages, elt) > SMEM_BUDGET_BYTES:
+        stages -= 1
+    return FusedLaunch(num_warps=warps, num_stages=stages)
+
+
+def copy_launch(tile_volume: int, block_d: int) -> FusedLaunch:
+    """Launch heuristic of the permutation kernels (memory bound: 16-byte accesses, 4-8 warps)."""
+    if interpret():
+        return FusedLaunch(num_warps=4, num_stages=1)
+    return FusedLaunch(num_warps=8 if tile_volume * block_d >= 16384 else 4, num_stages=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks.
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttnDims:
+    """Shapes of a checked q/k/v triple in the layout [batch, *spatial, heads, head_dim]."""
+
+    batch: int
+    spatial: tuple[int, ...]
+    heads: int
+    heads_kv: int
+    head_dim: int
+    dtype: str
+
+    @property
+    def tokens(self) -> int:
+        return math.prod(self.spatial)
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.heads_kv
+
+
+def allowed_dtypes_text() -> str:
+    return "float16, bfloat16, float32" if interpret() else "float16, bfloat16 (float32 under TRITON_INTERPRET=1)"
+
+
+def check_tensor_device(x: Any, name: str) -> None:
+    """CUDA required, unless the interpreter runs (then CPU tensors are taken too)."""
+    if x.device.type == "cuda":
+        return
+    if interpret() and x.device.type == "cpu":
+        return
+    raise ValueError(f"{name} is on device {x.device}; allowed: a CUDA tensor "
+                     f"(or a CPU tensor with TRITON_INTERPRET=1, the Triton interpreter)")
+
+
+def check_qkv(q: Any, k: Any, v: Any, *, spatial_ranks: Sequence[int] = (1,), what: str = "attention") -> AttnDims:
+    """Check q, k, v of layout ``[batch, *spatial, heads, head_dim]``; one-line ValueError otherwise.
+
+    ``spatial_ranks`` lists the allowed numbers of spatial axes (1 for ``[B, N, H, D]``).
+    """
+    import torch
+
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{what}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    ranks = sorted(r + 3 for r in spatial_ranks)
+    flat = tuple(spatial_ranks) == (1,)
+    layout = "[batch, tokens, heads, head_dim]" if flat else "[batch, *spatial, heads, head_dim]"
+    if q.dim() not in ranks:
+        raise ValueError(f"{what}: q has shape {list(q.shape)} (rank {q.dim()}); allowed: {layout}, "
+                         f"rank {' or '.join(map(str, ranks))}")
+    for name, x in (("k", k), ("v", v)):
+        if x.dim() != q.dim():
+            raise ValueError(f"{what}: {name} has shape {list(x.shape)} but q has {list(q.shape)}; "
+                             f"allowed: the same rank and layout {layout}")
+    if k.shape != v.shape:
+        raise ValueError(f"{what}: k has shape {list(k.shape)} but v has {list(v.shape)}; allowed: equal shapes")
+    names = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        dname = str(x.dtype).removeprefix("torch.")
+        if dname not in names or (dname == "float32" and not interpret()):
+            raise ValueError(f"{what}: {name}.dtype={x.dtype}; allowed: {allowed_dtypes_text()}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"{what}: dtypes differ (q {q.dtype}, k {k.dtype}, v {v.dtype}); allowed: one dtype for all")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_tensor_device(x, name)
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"{what}: devices differ (q {q.device}, k {k.device}, v {v.device}); "
+                         f"allowed: all on one device")
+    head_dim = int(q.shape[-1])
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"{what}: head_dim={head_dim}; allowed: {', '.join(map(str, HEAD_DIMS))}")
+    if int(k.shape[-1]) != head_dim:
+        raise ValueError(f"{what}: k head_dim={int(k.shape[-1])} but q head_dim={head_dim}; allowed: equal")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"{what}: batch differs (q {q.shape[0]}, k {k.shape[0]}); allowed: equal batch")
+    if tuple(spatial_ranks) != (1,) and q.shape[1:-2] != k.shape[1:-2]:
+        raise ValueError(f"{what}: spatial sizes differ (q {list(q.shape[1:-2])}, k {list(k.shape[1:-2])}); "
+                         f"allowed: equal (cross-attention needs the dense entry point)")
+    heads, heads_kv = int(q.shape[-2]), int(k.shape[-2])
+    if heads_kv < 1 or heads % heads_kv:
+        raise ValueError(f"{what}: heads={heads} is not a multiple of heads_kv={heads_kv}; "
+                         f"allowed: heads % heads_kv == 0 (GQA/MQA)")
+    if q.numel() == 0 or k.numel() == 0:
+        raise ValueError(f"{what}: empty input (q {list(q.shape)}, k {list(k.shape)}); allowed: every size >= 1")
+    return AttnDims(batch=int(q.shape[0]), spatial=tuple(int(s) for s in q.shape[1:-2]), heads=heads,
+                    heads_kv=heads_kv, head_dim=head_dim, dtype=names[str(q.dtype).removeprefix("torch.")])
+
+
+def check_scale(scale: Any, head_dim: int) -> float:
+    """The softmax scale: ``1/sqrt(head_dim)`` by default, else a positive finite number."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale={scale!r}; allowed: None (1/sqrt(head_dim)) or a positive finite number")
+    return float(scale)
+
+
+def check_out(out: Any, like: Any, shape: Sequence[int], what: str) -> Any:
+    """A caller's output buffer (same dtype and device, the expected shape), or a new one."""
+    import torch
+
+    if out is None:
+        return torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"{what}: out must be a torch.Tensor or None, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(f"{what}: out has shape {list(out.shape)}, {out.dtype} on {out.device}; "
+                         f"allowed: shape {list(shape)}, {like.dtype} on {like.device}")
+    return out
+
+
+def check_tile_volume(tile: Sequence[int], name: str) -> int:
+    """A tile's volume; ValueError unless it is a power of two in [16, 256] (each entry a power of two)."""
+    vol = math.prod(tile)
+    if vol < MIN_TILE_VOLUME or vol > MAX_TILE_VOLUME or vol & (vol - 1):
+        raise ValueError(f"{name}={list(tile)} has volume {vol}; allowed: a power of two from "
+                         f"{MIN_TILE_VOLUME} to {MAX_TILE_VOLUME} (every entry a power of two)")
+    return vol
+
+
+def descriptors_ok(*tensors: Any) -> bool:
+    """Whether TMA tensor descriptors can address these tensors: 16-byte aligned base and strides,
+    contiguous last dim (Hopper's bulk tensor copy rules). ``SPARSESIM_NO_TMA=1`` turns them off."""
+    if os.environ.get("SPARSESIM_NO_TMA") == "1":
+        return False
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:  # pragma: no cover - triton without host descriptors
+        return False
+    for t in tensors:
+        elt = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any((s * elt) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())

@@ -1,0 +1,167 @@
+"""Dense fused attention forward: private Triton kernel, one launcher, one functional wrapper.
+
+Layout ``[batch, tokens, heads, head_dim]`` (NATTEN's, tokens before heads); every stride is
+passed, so any layout whose last dim is contiguous runs at full speed and any other still runs.
+GQA/MQA: query head ``h`` reads KV head ``h // (heads / heads_kv)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from sparsesim.kernels._common import LOG2E, attn_tile_update
+from sparsesim.kernels._launch import (
+    INTERPRET_DENSE_CONFIG,
+    check_out,
+    check_qkv,
+    check_scale,
+    dense_configs,
+    descriptors_ok,
+    interpret,
+)
+
+
+@triton.jit
+def _dense_fwd_kernel(
+    Q, K, V, Out, qk_scale, N_Q, N_KV, H, GROUP,
+    s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd,
+    s_vb, s_vn, s_vh, s_vd, s_ob, s_on, s_oh, s_od,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DESC: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    h32 = tl.program_id(1)
+    b32 = tl.program_id(2)
+    hk32 = h32 // GROUP
+    b = b32.to(tl.int64)
+    h = h32.to(tl.int64)
+    hk = hk32.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N_Q
+    rows = offs_m.to(tl.int64)
+
+    q_ptrs = Q + b * s_qb + h * s_qh + rows[:, None] * s_qn + offs_d[None, :] * s_qd
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_full = N_KV // BLOCK_N
+    has_tail = n_full * BLOCK_N < N_KV
+
+    if USE_DESC:
+        # K and V are 4D tensor descriptors [B, N, H_kv, D] with block [1, BLOCK_N, 1, D] (TMA);
+        # rows past N_KV come back as zeros, so only the scores of the last tile need a mask.
+        for j in range(0, n_full):
+            k = K.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
+            v = V.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
+            acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, 0, False)
+        if has_tail:
+            kv_ok = n_full * BLOCK_N + offs_n < N_KV
+            k = K.load([b32, n_full * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
+            v = V.load([b32, n_full * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
+            acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, kv_ok[None, :], True)
+    else:
+        k_ptrs = K + b * s_kb + hk * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
+        v_ptrs = V + b * s_vb + hk * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
+        # Hot loop: whole KV tiles, no mask work at all.
+        for _ in range(0, n_full):
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+            acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, 0, False)
+            k_ptrs += BLOCK_N * s_kn
+            v_ptrs += BLOCK_N * s_vn
+        # The ragged last KV tile, masked.
+        if has_tail:
+            kv_ok = n_full * BLOCK_N + offs_n < N_KV
+            k = tl.load(k_ptrs, mask=kv_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=kv_ok[:, None], other=0.0)
+            acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, kv_ok[None, :], True)
+
+    acc = acc / l_i[:, None]
+    o_ptrs = Out + b * s_ob + h * s_oh + rows[:, None] * s_on + offs_d[None, :] * s_od
+    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _set_block_shape(nargs: dict[str, Any]) -> None:
+    """Autotune pre-hook: a config's BLOCK_N fixes the descriptors' block shape."""
+    for name in ("K", "V"):
+        desc = nargs[name]
+        if hasattr(desc, "block_shape"):
+            desc.block_shape = [1, nargs["BLOCK_N"], 1, nargs["HEAD_DIM"]]
+
+
+@functools.cache
+def _autotuned(head_dim: int, dtype: str) -> Any:
+    """The kernel wrapped in an autotuner over :func:`dense_configs` (built on first use)."""
+    configs = [triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]},
+                             num_warps=c["num_warps"], num_stages=c["num_stages"], pre_hook=_set_block_shape)
+               for c in dense_configs(head_dim, dtype)]
+    return triton.autotune(configs=configs, key=["N_Q", "N_KV", "HEAD_DIM"])(_dense_fwd_kernel)
+
+
+def _strides(x: Any) -> tuple[int, int, int, int]:
+    return tuple(int(s) for s in x.stride())  # type: ignore[return-value]
+
+
+def launch_dense(q: Any, k: Any, v: Any, out: Any, scale: float, config: dict[str, int] | None = None,
+                 use_desc: bool | None = None) -> Any:
+    """Launch on checked ``[B, N, H, D]`` tensors; ``config`` pins one config (else autotune).
+
+    ``use_desc``: load K/V through TMA tensor descriptors (default: where the strides allow).
+    """
+    batch, n_q, heads, head_dim = (int(s) for s in q.shape)
+    n_kv, heads_kv = int(k.shape[1]), int(k.shape[2])
+    use_desc = descriptors_ok(k, v) if use_desc is None else use_desc
+    kk, vv = k, v
+    if use_desc:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        block = [1, (config or {}).get("BLOCK_N", 16), 1, head_dim]
+        kk, vv = TensorDescriptor.from_tensor(k, block), TensorDescriptor.from_tensor(v, block)
+    args = (q, kk, vv, out, scale * LOG2E, n_q, n_kv, heads, heads // heads_kv,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out))
+    if config is None and interpret():
+        config = INTERPRET_DENSE_CONFIG
+    if config is not None:
+        if use_desc:
+            _set_block_shape({"K": kk, "V": vv, "BLOCK_N": config["BLOCK_N"], "HEAD_DIM": head_dim})
+        grid = (triton.cdiv(n_q, config["BLOCK_M"]), heads, batch)
+        _dense_fwd_kernel[grid](*args, HEAD_DIM=head_dim, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
+                                USE_DESC=use_desc, num_warps=config["num_warps"], num_stages=config["num_stages"])
+    else:
+        from sparsesim.kernels._launch import dtype_name
+
+        def grid(meta: dict[str, Any]) -> tuple[int, int, int]:
+            return (triton.cdiv(n_q, meta["BLOCK_M"]), heads, batch)
+
+        _autotuned(head_dim, dtype_name(q.dtype))[grid](*args, HEAD_DIM=head_dim, USE_DESC=use_desc)
+    return out
+
+
+def attention(q: Any, k: Any, v: Any, *, scale: float | None = None, out: Any = None,
+              config: dict[str, int] | None = None) -> Any:
+    """Dense attention forward ``softmax(q k^T * scale) v``.
+
+    Args:
+        q: ``[batch, tokens_q, heads, head_dim]``, fp16/bf16 on CUDA (fp32 and CPU under
+            ``TRITON_INTERPRET=1``); head_dim a power of two in 16..256.
+        k, v: ``[batch, tokens_kv, heads_kv, head_dim]`` with ``heads % heads_kv == 0``.
+        scale: softmax scale, default ``1/sqrt(head_dim)``.
+        out: optional output buffer shaped like ``q``.
+        config: pin one of :func:`dense_configs` instead of autotuning.
+
+    Returns:
+        ``[batch, tokens_q, heads, head_dim]`` in q's dtype.
+
+    Example:
+        >>> o = attention(q, k, v)  # doctest: +SKIP
+    """
+    dims = check_qkv(q, k, v, spatial_ranks=(1,), what="attention")
+    del dims
+    out = check_out(out, q, q.shape, "attention")
+    return launch_dense(q, k, v, out, check_scale(scale, int(q.shape[-1])), config)

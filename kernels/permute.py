@@ -1,0 +1,199 @@
+"""Token permutation into box tiles (and back), with dilation groups folded into the batch.
+
+``[B, *spatial, H, D] -> [B * G, H, n_tiles * tile_volume, D]``: the tokens of one box tile are
+contiguous (tile grid row-major, row-major inside a tile). Each axis of length ``L`` with
+dilation ``d`` is first split into ``d`` groups (positions ``g, g + d, ...``) of at most
+``ceil(L / d)`` positions; the group index moves into the batch (``G`` = product of the
+dilations, group index row-major over axes), and each group axis is padded to a multiple of the
+tile. Padding is written as zeros; the inverse writes back only real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from sparsesim.kernels._launch import check_tensor_device, check_tile_volume, copy_launch, next_pow2
+
+
+@triton.jit
+def _permute_kernel(
+    X, Y, L0, L1, L2, D0, D1, D2, NT1, NT2,
+    s_xb, s_x0, s_x1, s_x2, s_xh, s_xd, s_yb, s_yh, s_yn, s_yd,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+    INVERSE: tl.constexpr,
+):
+    TV: tl.constexpr = T0 * T1 * T2
+    t = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    bg = tl.program_id(2)
+    groups = D0 * D1 * D2
+    b = (bg // groups).to(tl.int64)
+    g = bg % groups
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
+    t2 = t % NT2
+    t1 = (t // NT2) % NT1
+    t0 = t // (NT1 * NT2)
+    r = tl.arange(0, TV)
+    x0 = (t0 * T0 + r // (T1 * T2)) * D0 + g0
+    x1 = (t1 * T1 + (r // T2) % T1) * D1 + g1
+    x2 = (t2 * T2 + r % T2) * D2 + g2
+    valid = (x0 < L0) & (x1 < L1) & (x2 < L2)
+    d = tl.arange(0, BLOCK_D)
+    src = (X + b * s_xb + h * s_xh + x0.to(tl.int64)[:, None] * s_x0 + x1.to(tl.int64)[:, None] * s_x1
+           + x2.to(tl.int64)[:, None] * s_x2 + d[None, :] * s_xd)
+    rows = t.to(tl.int64) * TV + r
+    dst = Y + bg.to(tl.int64) * s_yb + h * s_yh + rows[:, None] * s_yn + d[None, :] * s_yd
+    if BLOCK_D == HEAD_DIM:
+        if INVERSE:
+            tl.store(src, tl.load(dst), mask=valid[:, None])
+        else:
+            tl.store(dst, tl.load(src, mask=valid[:, None], other=0.0))
+    else:
+        d_ok = d[None, :] < HEAD_DIM
+        if INVERSE:
+            tl.store(src, tl.load(dst, mask=d_ok), mask=valid[:, None] & d_ok)
+        else:
+            tl.store(dst, tl.load(src, mask=valid[:, None] & d_ok, other=0.0), mask=d_ok)
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Geometry of a permuted layout: per-axis length, dilation, group length, tile and tile count."""
+
+    input_size: tuple[int, ...]
+    tile: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.input_size)
+
+    @property
+    def group_size(self) -> tuple[int, ...]:
+        """Length of each folded axis: ``ceil(L / d)`` (the longest dilation group)."""
+        return tuple(-(-n // d) for n, d in zip(self.input_size, self.dilation, strict=True))
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(-(-n // t) for n, t in zip(self.group_size, self.tile, strict=True))
+
+    @property
+    def groups(self) -> int:
+        return math.prod(self.dilation)
+
+    @property
+    def volume(self) -> int:
+        return math.prod(self.tile)
+
+    @property
+    def num_tiles(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.num_tiles * self.volume
+
+    def padded3(self, values: Sequence[int], fill: int = 1) -> tuple[int, int, int]:
+        """Prepend ``fill`` so a rank-1/2 quantity has three axes (outermost first)."""
+        return (fill,) * (3 - len(values)) + tuple(values)  # type: ignore[return-value]
+
+
+def make_layout(input_size: Sequence[int], tile: Any, dilation: Any = 1) -> TileLayout:
+    """Validate and build a :class:`TileLayout` (ValueError on bad tiles or dilations)."""
+    size = tuple(int(s) for s in input_size)
+    rank = len(size)
+    if not 1 <= rank <= 3 or any(s < 1 for s in size):
+        raise ValueError(f"input_size={list(size)}; allowed: 1 to 3 axes, each >= 1")
+    tile_t = _per_axis(tile, rank, "tile")
+    dil_t = _per_axis(dilation, rank, "dilation")
+    check_tile_volume(tile_t, "tile")
+    return TileLayout(input_size=size, tile=tile_t, dilation=dil_t)
+
+
+def _per_axis(value: Any, rank: int, name: str) -> tuple[int, ...]:
+    vals = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(vals) == 1:
+        vals = vals * rank
+    if len(vals) != rank or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in vals):
+        raise ValueError(f"{name}={value!r}; allowed: a positive int or {rank} positive ints (one per axis)")
+    return vals
+
+
+def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool) -> None:
+    batch, heads, head_dim = int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1])
+    L0, L1, L2 = layout.padded3(layout.input_size)
+    D0, D1, D2 = layout.padded3(layout.dilation)
+    _, NT1, NT2 = layout.padded3(layout.grid)
+    T0, T1, T2 = layout.padded3(layout.tile)
+    xs = [int(s) for s in x.stride()]
+    s_sp = [0] * (3 - layout.rank) + xs[1:1 + layout.rank]
+    block_d = next_pow2(head_dim)
+    cfg = copy_launch(layout.volume, block_d)
+    grid = (layout.num_tiles, heads, batch * layout.groups)
+    _permute_kernel[grid](
+        x, y, L0, L1, L2, D0, D1, D2, NT1, NT2,
+        xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, T0=T0, T1=T1, T2=T2, INVERSE=inverse,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _check_input(x: Any, rank: int | None, what: str) -> None:
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{what}: expected a torch.Tensor, got {type(x).__name__}")
+    if rank is not None and x.dim() != rank:
+        raise ValueError(f"{what}: tensor has shape {list(x.shape)} (rank {x.dim()}); allowed rank {rank}")
+    check_tensor_device(x, what)
+
+
+def tile_permute(x: Any, tile: Any, *, dilation: Any = 1, out: Any = None) -> Any:
+    """``[B, *spatial, H, D] -> [B * G, H, n_tiles * tile_volume, D]`` (see module docstring).
+
+    Example:
+        >>> xp = tile_permute(x, (4, 4, 8))  # doctest: +SKIP
+    """
+    import torch
+
+    _check_input(x, None, "tile_permute")
+    if not 4 <= x.dim() <= 6:
+        raise ValueError(f"tile_permute: x has shape {list(x.shape)}; allowed: [batch, *spatial, heads, head_dim] "
+                         f"with 1 to 3 spatial axes")
+    layout = make_layout(x.shape[1:-2], tile, dilation)
+    shape = (x.shape[0] * layout.groups, x.shape[-2], layout.padded_tokens, x.shape[-1])
+    if out is None:
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"tile_permute: out has shape {list(out.shape)} {out.dtype} on {out.device}; "
+                         f"allowed: {list(shape)} {x.dtype} on {x.device}")
+    _launch(x, out, layout, inverse=False)
+    return out
+
+
+def tile_unpermute(xp: Any, input_size: Sequence[int], tile: Any, *, dilation: Any = 1, out: Any = None) -> Any:
+    """Inverse of :func:`tile_permute`: writes the real tokens of ``xp`` into ``[B, *spatial, H, D]``."""
+    import torch
+
+    _check_input(xp, 4, "tile_unpermute")
+    layout = make_layout(input_size, tile, dilation)
+    bg, heads, n_pad, head_dim = (int(s) for s in xp.shape)
+    if bg % layout.groups or n_pad != layout.padded_tokens:
+        raise ValueError(f"tile_unpermute: xp has shape {list(xp.shape)}; allowed: [batch * {layout.groups}, heads, "
+                         f"{layout.padded_tokens}, head_dim] for input_size={list(layout.input_size)}, "
+                         f"tile={list(layout.tile)}, dilation={list(layout.dilation)}")
+    shape = (bg // layout.groups, *layout.input_size, heads, head_dim)
+    if out is None:
+        out = torch.empty(shape, dtype=xp.dtype, device=xp.device)
+    elif tuple(out.shape) != shape or out.dtype != xp.dtype or out.device != xp.device:
+        raise ValueError(f"tile_unpermute: out has shape {list(out.shape)} {out.dtype} on {out.device}; "
+                         f"allowed: {list(shape)} {xp.dtype} on {xp.device}")
+    _launch(out, xp, layout, inverse=True)
+    return out

@@ -1,0 +1,80 @@
+"""Kernels compiled for a real GPU, bf16 and fp16 (the interpreter's bf16 ``tl.dot`` is unreliable,
+so bf16 is checked here). Skipped without a CUDA device or under ``TRITON_INTERPRET=1``.
+
+Run alone (the interpreter conftest of ``tests/kernels`` sets ``TRITON_INTERPRET=1`` for the
+whole process): ``python -m pytest tests/gpu``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("needs a CUDA GPU and compiled (not interpreted) Triton kernels", allow_module_level=True)
+
+from sparsesim.kernels import attention, block_sparse_attention, gna_attention  # noqa: E402
+from sparsesim.kernels.reference import block_sparse_reference, gna_reference, reference_attention  # noqa: E402
+
+#: Bound on ||out - ref|| / ||ref|| against the float64 reference (METHOD.md: bf16 ~ 8 mantissa bits).
+REL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+DTYPES = [torch.bfloat16, torch.float16]
+
+
+def rand(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32).to(dtype)
+
+
+def check(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    assert torch.isfinite(out).all()
+    rel = float((out.double() - ref.double()).norm() / ref.double().norm())
+    assert rel < REL[dtype], f"rel_err={rel:.3g} >= {REL[dtype]}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "heads", "heads_kv", "head_dim"), [(1000, 4, 4, 128), (777, 8, 2, 64)])
+def test_dense_cuda(dtype, n, heads, heads_kv, head_dim):
+    q = rand(2, n, heads, head_dim, dtype=dtype, seed=1)
+    k = rand(2, n, heads_kv, head_dim, dtype=dtype, seed=2)
+    v = rand(2, n, heads_kv, head_dim, dtype=dtype, seed=3)
+    check(attention(q, k, v), reference_attention(q, k, v), dtype)
+
+
+GNA_CASES = [
+    # size, window, stride, dilation, causal, q_tile, kv_tile
+    ((1000,), 129, 1, 1, True, 128, 128),
+    ((1000,), 256, 64, 2, False, 128, 64),
+    ((40, 36), (17, 9), (4, 1), (1, 2), (False, True), (16, 8), (16, 8)),
+    ((64, 64), (32, 32), (16, 16), 1, False, (16, 8), (16, 8)),  # perfectly block-sparse
+    ((10, 20, 24), (6, 8, 8), (1, 4, 8), 1, (True, False, False), (2, 8, 8), (2, 8, 8)),
+    ((12, 16, 16), (5, 7, 9), (1, 2, 3), (2, 1, 1), False, (4, 4, 8), (4, 4, 8)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GNA_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_gna_cuda(dtype, case):
+    size, window, stride, dilation, causal, q_tile, kv_tile = case
+    q = rand(1, *size, 4, 128, dtype=dtype, seed=4)
+    k = rand(1, *size, 2, 128, dtype=dtype, seed=5)
+    v = rand(1, *size, 2, 128, dtype=dtype, seed=6)
+    kw = {"window": window, "stride": stride, "dilation": dilation, "causal": causal}
+    out = gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)
+    check(out, gna_reference(q, k, v, **kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_block_sparse_cuda(dtype):
+    n, tile = 1000, 128  # 8 blocks, the last one padded
+    rng = np.random.default_rng(0)
+    bm = rng.random((4, 8, 8)) < 0.4
+    bm[:, np.arange(8), np.arange(8)] = True
+    q = rand(1, n, 4, 128, dtype=dtype, seed=7)
+    k = rand(1, n, 2, 128, dtype=dtype, seed=8)
+    v = rand(1, n, 2, 128, dtype=dtype, seed=9)
+    out = block_sparse_attention(q, k, v, bm, q_tile=tile, kv_tile=tile)
+    check(out, block_sparse_reference(q, k, v, bm, q_tile=tile, kv_tile=tile), dtype)

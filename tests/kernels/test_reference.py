@@ -1,0 +1,53 @@
+"""The torch reference and the row-subset masks used by the benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sparsesim.kernels.reference import gna_row_mask, reference_attention, rel_error, row_reference
+from sparsesim.simulator import dense_mask
+from sparsesim.simulator.patterns import axis_bounds
+
+
+def test_reference_matches_explicit_loops():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 6, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = dense_mask(input_size=6, window=3, causal=True)
+    out = reference_attention(q, k, v, mask)
+    for h in range(2):
+        for i in range(6):
+            keys = np.flatnonzero(mask[i])
+            s = torch.stack([q[0, i, h] @ k[0, j, h] for j in keys]) / 2.0
+            want = (torch.softmax(s, 0)[:, None] * v[0, keys, h]).sum(0)
+            assert torch.allclose(out[0, i, h], want)
+
+
+def test_reference_gqa_and_empty_rows():
+    q = torch.randn(1, 4, 4, 8)
+    k = torch.randn(1, 4, 2, 8)
+    mask = np.ones((4, 4), dtype=bool)
+    mask[1] = False
+    out = reference_attention(q, k, k, mask)
+    assert torch.count_nonzero(out[0, 1]) == 0
+    full = reference_attention(q, k.repeat_interleave(2, dim=2), k.repeat_interleave(2, dim=2))
+    assert torch.allclose(out[0, [0, 2, 3]], full[0, [0, 2, 3]])
+
+
+def test_row_mask_matches_dense_mask_rows():
+    size, window, stride, dilation = (5, 9), (3, 4), (1, 2), (1, 2)
+    bounds = [axis_bounds(n, w, s, d) for n, w, s, d in zip(size, window, stride, dilation, strict=True)]
+    rows = [0, 3, 17, 34]
+    want = dense_mask(input_size=size, window=window, stride=stride, dilation=dilation)[rows]
+    assert np.array_equal(gna_row_mask(rows, size, bounds, dilation), want)
+
+
+def test_row_reference_equals_full_reference_rows():
+    q, k, v = (torch.randn(1, 10, 4, 8) for _ in range(3))
+    kv = k[:, :, :2], v[:, :, :2]
+    mask = dense_mask(input_size=10, window=5)
+    rows = torch.tensor([1, 4, 9])
+    got = row_reference(q[:, rows], *kv, torch.from_numpy(mask[rows.numpy()]), head_chunk=3)
+    want = reference_attention(q, *kv, mask, dtype=torch.float32)[:, rows]
+    assert rel_error(got, want) < 1e-6
+    assert rel_error(torch.full_like(got, float("nan")), want) == float("inf")

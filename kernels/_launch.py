@@ -97,6 +97,8 @@ class FusedLaunch:
 
     num_warps: int
     num_stages: int
+    #: Triton's automatic warp specialization of the main KV loop (producer/consumer warps).
+    warp_specialize: bool = False
 
 
 def fused_launch(block_m: int, block_n: int, head_dim: int, dtype: Any = "bf16") -> FusedLaunch:

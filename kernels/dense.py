@@ -31,6 +31,7 @@ def _dense_fwd_kernel(
     s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd,
     s_vb, s_vn, s_vh, s_vd, s_ob, s_on, s_oh, s_od,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DESC: tl.constexpr,
+    WARP_SPEC: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     h32 = tl.program_id(1)
@@ -56,7 +57,7 @@ def _dense_fwd_kernel(
     if USE_DESC:
         # K and V are 4D tensor descriptors [B, N, H_kv, D] with block [1, BLOCK_N, 1, D] (TMA);
         # rows past N_KV come back as zeros, so only the scores of the last tile need a mask.
-        for j in range(0, n_full):
+        for j in tl.range(0, n_full, warp_specialize=WARP_SPEC):
             k = K.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
             v = V.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
             acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, 0, False)
@@ -132,7 +133,8 @@ def launch_dense(q: Any, k: Any, v: Any, out: Any, scale: float, config: dict[st
             _set_block_shape({"K": kk, "V": vv, "BLOCK_N": config["BLOCK_N"], "HEAD_DIM": head_dim})
         grid = (triton.cdiv(n_q, config["BLOCK_M"]), heads, batch)
         _dense_fwd_kernel[grid](*args, HEAD_DIM=head_dim, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
-                                USE_DESC=use_desc, num_warps=config["num_warps"], num_stages=config["num_stages"])
+                                USE_DESC=use_desc, WARP_SPEC=bool(config.get("warp_specialize", False)),
+                                num_warps=config["num_warps"], num_stages=config["num_stages"])
     else:
         from sparsesim.kernels._launch import dtype_name
 

@@ -63,7 +63,7 @@ def _gna_fwd_kernel(
     QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-    USE_DESC: tl.constexpr,
+    USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
@@ -111,7 +111,7 @@ def _gna_fwd_kernel(
 
     # Full KV tiles: the product of the per-axis full ranges; no mask work.
     n_full = nf0 * nf1 * nf2
-    for it in range(0, n_full):
+    for it in tl.range(0, n_full, warp_specialize=WARP_SPEC):
         i2 = it % nf2
         i1 = (it // nf2) % nf1
         i0 = it // (nf2 * nf1)
@@ -217,7 +217,8 @@ def launch_gna(plan: GNAPlan, qp: Any, kp: Any, vp: Any, op: Any, scale: float,
         *_strides(qp), *_strides(kp), *_strides(vp), *_strides(op),
         HEAD_DIM=head_dim, QT0=QT0, QT1=QT1, QT2=QT2, KT0=KT0, KT1=KT1, KT2=KT2,
         MASK0=plan.mask_axes[0], MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2],
-        BLOCK_SPARSE=plan.block_sparse, USE_DESC=use_desc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        BLOCK_SPARSE=plan.block_sparse, USE_DESC=use_desc, WARP_SPEC=cfg.warp_specialize,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return op
 
 

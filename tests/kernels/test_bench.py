@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -56,3 +57,24 @@ def test_flex_block_mask_equals_create_block_mask():
     q_idx = torch.arange(nq)[:, None]
     k_idx = torch.arange(nk)[None, :]
     assert mm(0, 0, q_idx, k_idx).dtype == torch.bool
+
+
+def test_summary_of_committed_results(capsys, tmp_path):
+    from sparsesim.kernels import summary
+
+    path = summary.latest_csv()
+    df = pd.read_csv(path)
+    assert summary.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "NVIDIA" in out and all(c.name in out for c in GNA_CASES)
+    g = summary.gna_table(df).set_index("case")
+    # Recompute one ratio by hand from the raw rows.
+    case = "flux_w80x80_s16x16"
+    ms = df.set_index(["case", "impl"])["ms"]
+    want = ms[("dense_N65536", "cudnn_dense")] / ms[(case, "ours_gna_kernel")]
+    assert g.loc[case, "vs_cudnn_kernel"] == pytest.approx(want)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert summary.main([str(bad)]) == 2
+    assert summary.main([str(tmp_path / "missing.csv")]) == 2
+    assert "error:" in capsys.readouterr().err

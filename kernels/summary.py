@@ -11,6 +11,7 @@ H200 with the reference profile). Speedups of our kernels are taken over our own
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -75,6 +76,21 @@ def gna_table(df: pd.DataFrame, gpu: str = "H200") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def block_sparse_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Explicit block maps: our kernel vs our dense kernel (and the simulator's bound) and FlexAttention."""
+    rows = []
+    for case in sorted({c for c in df["case"] if str(c).startswith("block_sparse_N")}):
+        n = int(str(case)[len("block_sparse_N"):].split("_")[0])
+        ours, flex = _ms(df, case, "ours_block_sparse"), _ms(df, case, "flex_block_sparse")
+        note = df[(df["case"] == case) & (df["impl"] == "ours_block_sparse")]["note"].astype(str)
+        found = re.search(r"sim_tile_speedup=([0-9.]+)", note.iloc[0]) if len(note) else None
+        tile_x = float(found.group(1)) if found else float("nan")
+        ours_x = _ms(df, f"dense_N{n}", "ours_dense") / ours
+        rows.append({"case": case, "tile_x": tile_x, "kernel_ms": ours, "ours_x": ours_x, "of_tile_x": ours_x / tile_x,
+                     "flex_ms": flex, "flex_over_ours": flex / ours})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsesim.kernels.summary", description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="?", type=Path, help="benchmark CSV (default: newest under kernels/results)")
@@ -95,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{path.name}: {head['gpu']}, {head['date']}, commit {head['commit']}, torch {head['torch']}, "
           f"triton {head['triton']}\n")
     print(render(dense_table(df), args.format))
-    print(render(gna_table(df), args.format), end="")
+    print(render(gna_table(df), args.format))
+    print(render(block_sparse_table(df), args.format), end="")
     return 0
 
 

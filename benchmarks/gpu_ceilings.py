@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 from pathlib import Path
 
 
@@ -24,13 +23,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
+    parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     args = parser.parse_args()
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
+    from sparsesim.kernels.bench import git_commit
+
+    commit = args.commit or git_commit(Path(__file__).parent)
     res: dict = {"gpu": props.name, "sms": props.multi_processor_count, "l2_bytes": props.L2_cache_size,
                  "date": dt.date.today().isoformat(), "commit": commit or "unknown", "torch": torch.__version__,
                  "triton": triton.__version__}

@@ -18,6 +18,7 @@ import argparse
 import csv
 import datetime as dt
 import math
+import re
 import subprocess
 import sys
 import traceback
@@ -43,13 +44,15 @@ TOLERANCE = 1e-2
 CHECK_ROWS = 256
 
 
-def git_commit() -> str:
+def git_commit(where: Path | None = None) -> str:
+    """The checked-out commit's hash, or 'unknown' (a failing ``git rev-parse`` may print 'HEAD' itself)."""
     try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where or Path(__file__).parent, capture_output=True,
                              text=True, timeout=10)
-        return res.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    sha = res.stdout.strip()
+    return sha if res.returncode == 0 and re.fullmatch(r"[0-9a-f]{7,64}", sha) else "unknown"
 
 
 def time_ms(fn: Callable[[], Any]) -> float:

@@ -1,5 +1,6 @@
 """GPU: launch variants of our kernels side by side (pipeline depth, TMA or pointer loads, Triton's
-warp specialization), on the benchmark's block-sparse cases and the dense kernel's configs.
+warp specialization, scores of the next tile issued before the softmax of this one), on the
+benchmark's block-sparse cases and the dense kernel's configs.
 
     python benchmarks/kernel_variants.py [--out DIR] [--commit SHA]
 
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-VARIANTS = {  # name: (num_stages, use_desc, warp_specialize)
+VARIANTS = {  # GNA kernel, name: (num_stages, use_desc, warp_specialize)
     "s3_tma": (3, True, False),
     "s2_tma": (2, True, False),
     "s3_ptr": (3, False, False),
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--commit", default=None)
+    parser.add_argument("--dense-only", action="store_true", help="only the dense kernel's variants")
     args = parser.parse_args(argv)
     commit = args.commit or git_commit()
     rows: list[dict[str, Any]] = []
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     q, k, v = rand_qkv((1, n, HEADS, HEAD_DIM), seed=5)
     first = None
     configs = [dict(c) for c in dense_configs(HEAD_DIM, "bf16")]
-    configs += [{**c, "warp_specialize": True} for c in configs if c["num_stages"] == 3]
+    configs += [{**c, "warp_specialize": True} for c in configs if c["num_stages"] == 3 and not args.dense_only]
+    configs += [{**c, "pipe_qk": True} for c in configs if c["BLOCK_M"] == 128 and "warp_specialize" not in c]
     for cfg in configs:
         name = "dense_" + "_".join(f"{k_}{v_}" for k_, v_ in cfg.items())
         try:
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     add(f"dense_N{n}", "autotune_pick", None, dense_flops(n), None, str(_autotuned(HEAD_DIM, "bf16").best_config))
     del q, k, v, first
 
-    for case in (c for c in GNA_CASES if c.name in CASES):
+    for case in (c for c in GNA_CASES if c.name in CASES and not args.dense_only):
         plan = plan_gna(case.input_size, window=case.window, stride=case.stride, q_tile=case.q_tile,
                         kv_tile=case.kv_tile)
         q, k, v = rand_qkv((1, *case.input_size, HEADS, HEAD_DIM), seed=case.tokens)

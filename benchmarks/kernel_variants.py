@@ -1,6 +1,5 @@
 """GPU: launch variants of our kernels side by side (pipeline depth, TMA or pointer loads, Triton's
-warp specialization, scores of the next tile issued before the softmax of this one), on the
-benchmark's block-sparse cases and the dense kernel's configs.
+warp specialization), on the benchmark's block-sparse cases and the dense kernel's configs.
 
     python benchmarks/kernel_variants.py [--out DIR] [--commit SHA]
 
@@ -18,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-VARIANTS = {  # GNA kernel, name: (num_stages, use_desc, warp_specialize)
+VARIANTS = {  # name: (num_stages, use_desc, warp_specialize)
     "s3_tma": (3, True, False),
     "s2_tma": (2, True, False),
     "s3_ptr": (3, False, False),
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     q, k, v = rand_qkv((1, n, HEADS, HEAD_DIM), seed=5)
     first = None
     configs = [dict(c) for c in dense_configs(HEAD_DIM, "bf16")]
-    configs += [{**c, "warp_specialize": True} for c in configs if c["num_stages"] == 3 and not args.dense_only]
-    configs += [{**c, "pipe_qk": True} for c in configs if c["BLOCK_M"] == 128 and "warp_specialize" not in c]
+    configs += [{**c, "warp_specialize": True} for c in configs if c["num_stages"] == 3]
     for cfg in configs:
         name = "dense_" + "_".join(f"{k_}{v_}" for k_, v_ in cfg.items())
         try:

@@ -21,12 +21,7 @@ def attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, mask, MASKED: tl.constexp
     ``q`` is ``[BLOCK_M, D]``, ``k`` and ``v`` are ``[BLOCK_N, D]``; ``mask`` (``[BLOCK_M, BLOCK_N]``
     bool, True = visible) is read only when ``MASKED``.
     """
-    return softmax_pv(acc, l_i, m_i, tl.dot(q, tl.trans(k)), v, qk_scale, mask, MASKED)
-
-
-@triton.jit
-def softmax_pv(acc, l_i, m_i, qk, v, qk_scale, mask, MASKED: tl.constexpr):
-    """The online-softmax update for raw scores ``qk`` (``[BLOCK_M, BLOCK_N]``) and values ``v``."""
+    qk = tl.dot(q, tl.trans(k))
     if MASKED:
         qk = tl.where(mask, qk * qk_scale, -1.0e6)
         m_ij = tl.maximum(m_i, tl.max(qk, 1))

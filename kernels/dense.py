@@ -13,7 +13,7 @@ from typing import Any
 import triton
 import triton.language as tl
 
-from sparsesim.kernels._common import LOG2E, attn_tile_update, softmax_pv
+from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     INTERPRET_DENSE_CONFIG,
     check_out,
@@ -31,7 +31,7 @@ def _dense_fwd_kernel(
     s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd,
     s_vb, s_vn, s_vh, s_vd, s_ob, s_on, s_oh, s_od,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DESC: tl.constexpr,
-    WARP_SPEC: tl.constexpr = False, PIPE_QK: tl.constexpr = False,
+    WARP_SPEC: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     h32 = tl.program_id(1)
@@ -57,25 +57,10 @@ def _dense_fwd_kernel(
     if USE_DESC:
         # K and V are 4D tensor descriptors [B, N, H_kv, D] with block [1, BLOCK_N, 1, D] (TMA);
         # rows past N_KV come back as zeros, so only the scores of the last tile need a mask.
-        if PIPE_QK:
-            # Software pipelining across tiles (FA3's intra-warpgroup overlap): issue the scores
-            # of tile j before the softmax and PV product of tile j - 1.
-            if n_full > 0:
-                k = K.load([b32, 0, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
-                qk = tl.dot(q, tl.trans(k))
-                for j in range(1, n_full):
-                    k = K.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
-                    v = V.load([b32, (j - 1) * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
-                    qk_next = tl.dot(q, tl.trans(k))
-                    acc, l_i, m_i = softmax_pv(acc, l_i, m_i, qk, v, qk_scale, 0, False)
-                    qk = qk_next
-                v = V.load([b32, (n_full - 1) * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
-                acc, l_i, m_i = softmax_pv(acc, l_i, m_i, qk, v, qk_scale, 0, False)
-        else:
-            for j in tl.range(0, n_full, warp_specialize=WARP_SPEC):
-                k = K.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
-                v = V.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
-                acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, 0, False)
+        for j in tl.range(0, n_full, warp_specialize=WARP_SPEC):
+            k = K.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
+            v = V.load([b32, j * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
+            acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, 0, False)
         if has_tail:
             kv_ok = n_full * BLOCK_N + offs_n < N_KV
             k = K.load([b32, n_full * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
@@ -149,7 +134,6 @@ def launch_dense(q: Any, k: Any, v: Any, out: Any, scale: float, config: dict[st
         grid = (triton.cdiv(n_q, config["BLOCK_M"]), heads, batch)
         _dense_fwd_kernel[grid](*args, HEAD_DIM=head_dim, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
                                 USE_DESC=use_desc, WARP_SPEC=bool(config.get("warp_specialize", False)),
-                                PIPE_QK=bool(config.get("pipe_qk", False)),
                                 num_warps=config["num_warps"], num_stages=config["num_stages"])
     else:
         from sparsesim.kernels._launch import dtype_name

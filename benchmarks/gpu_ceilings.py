@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
-    from sparsesim.kernels.bench import git_commit
+    from kernel_bench import git_commit
 
     commit = args.commit or git_commit(Path(__file__).parent)
     res: dict = {"gpu": props.name, "sms": props.multi_processor_count, "l2_bytes": props.L2_cache_size,
@@ -75,7 +75,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = props.name.replace(" ", "_")
-    path = out / f"ceilings_{name}_{res['date']}.json"
+    path = out / f"ceilings_{name}_{res['date']}_{str(res['commit'])[:7]}.json"
     path.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,9 +45,16 @@ def _get(table: Mapping[str, Any], key: str, where: str, kind: type | tuple = (i
 
 def _positive(table: Mapping[str, Any], key: str, where: str) -> float:
     value = _get(table, key, where)
-    if value <= 0:
-        raise ConfigError(f"{where}: {key}={value!r} must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where}: {key}={value!r} must be a positive finite number")
     return float(value)
+
+
+def _positive_int(table: Mapping[str, Any], key: str, where: str) -> int:
+    value = _get(table, key, where, int)
+    if value <= 0:
+        raise ConfigError(f"{where}: {key}={value!r} must be a positive integer")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -68,13 +76,20 @@ class GPU:
     l2_MB: float
     l2_TBps: float
     smem_per_SM_KB: float
+    smem_per_block_KB: float
     max_ctas_per_SM: int
     registers_per_SM: int
+    registers_per_thread: int
     max_threads_per_SM: int
     tiles_kernel: str
     default_tiles: Mapping[int, tuple[tuple[int, ...], tuple[int, ...]]]
     sources: Mapping[str, str]
     path: str
+
+    @property
+    def smem_per_block_bytes(self) -> int:
+        """Largest shared memory one CTA may take (opt-in), in bytes."""
+        return int(self.smem_per_block_KB * 1024)
 
     @property
     def exp_per_s(self) -> float:
@@ -95,6 +110,12 @@ class GPU:
         return self.default_tiles[rank]
 
 
+def _aliases(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise ConfigError(f"{where}: aliases={value!r} must be a list of strings")
+    return tuple(value)
+
+
 def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
     """Validate a GPU table (as read from TOML) into a :class:`GPU`."""
     where = f"GPU file {path!r}"
@@ -104,7 +125,8 @@ def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
     comp, mem, lim, tiles = data["compute"], data["memory"], data["limits"], data["tiles"]
     tensor = _get(comp, "tensor_TFLOPs", where + " [compute]", dict)
     for k, v in tensor.items():
-        if k not in DTYPE_BYTES or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        if (k not in DTYPE_BYTES or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                or v <= 0):
             raise ConfigError(f"{where}: tensor_TFLOPs.{k}={v!r}; keys must be among "
                               f"{', '.join(DTYPE_BYTES)} with positive rates")
     default_tiles: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -123,8 +145,8 @@ def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
         full_name=str(data.get("full_name", name)),
         architecture=_get(data, "architecture", where, str),
         compute_capability=str(data.get("compute_capability", "")),
-        aliases=tuple(str(a) for a in data.get("aliases", [])),
-        sm_count=int(_positive(comp, "sm_count", where)),
+        aliases=_aliases(data.get("aliases", []), where),
+        sm_count=_positive_int(comp, "sm_count", where),
         clock_GHz=_positive(comp, "clock_GHz", where),
         tensor_TFLOPs={k: float(v) for k, v in tensor.items()},
         fp32_TFLOPs=_positive(comp, "fp32_TFLOPs", where),
@@ -134,9 +156,11 @@ def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
         l2_MB=_positive(mem, "l2_MB", where),
         l2_TBps=_positive(mem, "l2_TBps", where),
         smem_per_SM_KB=_positive(mem, "smem_per_SM_KB", where),
-        max_ctas_per_SM=int(_positive(lim, "max_ctas_per_SM", where)),
-        registers_per_SM=int(_positive(lim, "registers_per_SM", where)),
-        max_threads_per_SM=int(_positive(lim, "max_threads_per_SM", where)),
+        smem_per_block_KB=_positive(mem, "smem_per_block_KB", where),
+        max_ctas_per_SM=_positive_int(lim, "max_ctas_per_SM", where),
+        registers_per_SM=_positive_int(lim, "registers_per_SM", where),
+        registers_per_thread=_positive_int(lim, "registers_per_thread", where),
+        max_threads_per_SM=_positive_int(lim, "max_threads_per_SM", where),
         tiles_kernel=str(tiles.get("kernel", "")),
         default_tiles=default_tiles,
         sources={str(k): str(v) for k, v in data.get("sources", {}).items()},

@@ -9,6 +9,7 @@ published kernels); calibration (a later issue) writes profiles fitted to measur
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -89,8 +90,9 @@ def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
         if want == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}: [{name}] {field}={value!r} must be true or false")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{where}: [{name}] {field}={value!r} must be a non-negative number")
+        elif (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+              or value < 0):
+            raise ConfigError(f"{where}: [{name}] {field}={value!r} must be a non-negative finite number")
         elif want == "int" and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"{where}: [{name}] {field}={value!r} must be a positive integer")
         elif field in _FRACTIONS and not 0 < value <= 1:

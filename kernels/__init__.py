@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["attention", "block_sparse_attention", "dense_configs", "gna_attention", "reference_attention"]
+__all__ = ["attention", "block_sparse_attention", "dense_configs", "gna_attention", "plan_gna", "reference_attention"]
 
 _WHERE = {
     "attention": "sparsesim.kernels.dense",
@@ -31,12 +31,21 @@ _WHERE = {
     "block_sparse_attention": "sparsesim.kernels.block_sparse",
     "reference_attention": "sparsesim.kernels.reference",
     "dense_configs": "sparsesim.kernels._launch",
+    "plan_gna": "sparsesim.kernels.gna_plan",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
+        try:
+            module = importlib.import_module(_WHERE[name])
+        except ModuleNotFoundError as exc:
+            if exc.name in ("torch", "triton"):
+                raise ModuleNotFoundError(
+                    f"sparsesim.kernels.{name} needs {exc.name}, which is not installed; "
+                    f"install the kernels extra: pip install 'sparsesim[kernels]'", name=exc.name) from None
+            raise
+        return getattr(module, name)
     raise AttributeError(f"module 'sparsesim.kernels' has no attribute {name!r}")
 
 

@@ -6,23 +6,20 @@ benchmark's ``--dry-run``) without importing torch or triton. The checks import 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: Head dims the kernels compile for (``tl.arange`` needs a power of two; ``tl.dot`` needs >= 16).
-HEAD_DIMS = (16, 32, 64, 128, 256)
-#: Smallest and largest tile volume (tokens of one Q or KV tile) the fused kernels take.
-MIN_TILE_VOLUME = 16
-MAX_TILE_VOLUME = 256
-#: Shared memory one CTA's pipeline may take (H100/H200: 232448 bytes per block, less some slack).
-SMEM_BUDGET_BYTES = 230 * 1024
+from sparsesim.simulator.feasibility import HEAD_DIMS, kernel_problem, kernel_warps, max_stages, pipeline_smem_bytes
 
 _DTYPE_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "fp16": "fp16", "bf16": "bf16",
                 "fp32": "fp32", "half": "fp16"}
 _DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+#: The GPU file whose figures apply under the interpreter (no device to ask).
+INTERPRET_GPU = "H200"
 
 
 def interpret() -> bool:
@@ -47,41 +44,36 @@ DENSE_SPACE = {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), 
 INTERPRET_DENSE_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
 
 
-def pipeline_smem_bytes(block_m: int, block_n: int, head_dim: int, num_stages: int, elt_bytes: int) -> int:
-    """Shared memory of the Q tile plus ``num_stages`` buffered K and V tiles."""
-    return (block_m + 2 * num_stages * block_n) * head_dim * elt_bytes
-
-
-def keep_dense_config(cfg: dict[str, int], head_dim: int, dtype: str) -> bool:
-    """The predicate that prunes :data:`DENSE_SPACE` for one head dim and dtype (Hopper habits).
+def keep_dense_config(cfg: dict[str, int], head_dim: int, dtype: str, gpu: Any, smem_bytes: int) -> bool:
+    """The predicate that prunes :data:`DENSE_SPACE` for one head dim, dtype and shared-memory budget.
 
     One warpgroup (4 warps) per 64 query rows (measured on the H200: 128 rows with 4 warps runs at
-    a third of the speed); K and V stages must fit the shared-memory budget; the 64-row tile only
-    with its best pipeline depth (3) and a 64-key tile; head dim 256 keeps the key tile at 64 so
-    the score tile and the accumulator stay in registers.
+    a third of the speed); the 64-row tile only with its best pipeline depth (3) and a 64-key tile;
+    registers and shared memory as the one feasibility check says (:mod:`sparsesim.simulator.feasibility`).
     """
     bm, bn, warps, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]
-    if warps * 16 != bm:  # 64 rows -> 4 warps, 128 rows -> 8 warps
+    if warps != kernel_warps(bm) or (bm == 64 and (bn != 64 or stages != 3)):
         return False
-    if bm == 64 and (bn != 64 or stages != 3):
+    if kernel_problem(q_tile=(bm,), kv_tile=(bn,), head_dim=head_dim, dtype=dtype, gpu=gpu, smem_bytes=smem_bytes):
         return False
-    if head_dim >= 256 and bn > 64:
-        return False
-    return pipeline_smem_bytes(bm, bn, head_dim, stages, _DTYPE_BYTES[dtype]) <= SMEM_BUDGET_BYTES
+    return pipeline_smem_bytes(bm, bn, head_dim, stages, _DTYPE_BYTES[dtype]) <= smem_bytes
 
 
-def dense_configs(head_dim: int = 128, dtype: Any = "bf16") -> list[dict[str, int]]:
-    """The dense kernel's autotune space for one head dim and dtype: dicts of BLOCK_M, BLOCK_N,
+def dense_configs(head_dim: int = 128, dtype: Any = "bf16", gpu: Any = INTERPRET_GPU) -> list[dict[str, int]]:
+    """The dense kernel's autotune space for one head dim, dtype and GPU: dicts of BLOCK_M, BLOCK_N,
     num_warps, num_stages.
 
     Example:
         >>> sorted({(c["BLOCK_M"], c["BLOCK_N"]) for c in dense_configs(128, "bf16")})
         [(64, 64), (128, 64), (128, 128)]
     """
+    from sparsesim.hwmodels import load_gpu
+
     name = dtype_name(dtype)
+    spec = load_gpu(gpu)
     keys = list(DENSE_SPACE)
     grid = [dict(zip(keys, values, strict=True)) for values in _product(*(DENSE_SPACE[k] for k in keys))]
-    return [c for c in grid if keep_dense_config(c, head_dim, name)]
+    return [c for c in grid if keep_dense_config(c, head_dim, name, spec, spec.smem_per_block_bytes)]
 
 
 def _product(*axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -101,21 +93,47 @@ class FusedLaunch:
     warp_specialize: bool = False
 
 
-def fused_launch(block_m: int, block_n: int, head_dim: int, dtype: Any = "bf16") -> FusedLaunch:
+def fused_launch(block_m: int, block_n: int, head_dim: int, dtype: Any = "bf16",
+                 smem_bytes: int | None = None) -> FusedLaunch:
     """Launch heuristic of the GNA and block-sparse kernels (tile shapes come from the schedule).
 
-    8 warps (two warpgroups) for 128-row Q tiles, 4 below; the deepest pipeline (<= 3) whose K/V
-    stages fit the shared-memory budget (H200, 128x128 tiles, head dim 128: 3 stages ran 5-13%
-    faster than 2; 4 does not fit).
+    One warpgroup per 64 query rows (4 warps below 128 rows); the deepest pipeline (<= 3) whose K/V
+    stages fit the shared memory (H200, 128x128 tiles, head dim 128: 3 stages ran 5-13% faster
+    than 2; 4 does not fit). ``smem_bytes``: the device's per-CTA budget (default: the H200 file's).
     """
     if interpret():
         return FusedLaunch(num_warps=4, num_stages=1)
-    elt = _DTYPE_BYTES[dtype_name(dtype)]
-    warps = 8 if block_m >= 128 else 4
-    stages = 3
-    while stages > 1 and pipeline_smem_bytes(block_m, block_n, head_dim, stages, elt) > SMEM_BUDGET_BYTES:
-        stages -= 1
-    return FusedLaunch(num_warps=warps, num_stages=stages)
+    if smem_bytes is None:
+        from sparsesim.hwmodels import load_gpu
+
+        smem_bytes = load_gpu(INTERPRET_GPU).smem_per_block_bytes
+    stages = max_stages(block_m, block_n, head_dim, _DTYPE_BYTES[dtype_name(dtype)], smem_bytes)
+    return FusedLaunch(num_warps=kernel_warps(block_m), num_stages=max(1, stages))
+
+
+@functools.lru_cache(maxsize=16)
+def device_gpu(device: Any) -> tuple[Any, int]:
+    """The GPU file of a CUDA device and its per-CTA shared-memory budget in bytes.
+
+    The file is found by the device's name (aliases in the GPU files), else by compute capability
+    (8.x: A100, 9.x: H100, 10.x: B200); the budget is the smaller of the file's and what the device
+    reports. Under the interpreter: the H200 file.
+    """
+    from sparsesim.hwmodels import load_gpu
+    from sparsesim.hwmodels.errors import ConfigError
+
+    if interpret() or getattr(device, "type", "cuda") != "cuda":
+        gpu = load_gpu(INTERPRET_GPU)
+        return gpu, gpu.smem_per_block_bytes
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    try:
+        gpu = load_gpu(props.name)
+    except ConfigError:
+        gpu = load_gpu({8: "A100", 9: "H100", 10: "B200"}.get(props.major, "A100"))
+    reported = int(getattr(props, "shared_memory_per_block_optin", gpu.smem_per_block_bytes))
+    return gpu, min(gpu.smem_per_block_bytes, reported)
 
 
 def copy_launch(tile_volume: int, block_d: int) -> FusedLaunch:
@@ -238,15 +256,6 @@ def check_out(out: Any, like: Any, shape: Sequence[int], what: str) -> Any:
         raise ValueError(f"{what}: out has shape {list(out.shape)}, {out.dtype} on {out.device}; "
                          f"allowed: shape {list(shape)}, {like.dtype} on {like.device}")
     return out
-
-
-def check_tile_volume(tile: Sequence[int], name: str) -> int:
-    """A tile's volume; ValueError unless it is a power of two in [16, 256] (each entry a power of two)."""
-    vol = math.prod(tile)
-    if vol < MIN_TILE_VOLUME or vol > MAX_TILE_VOLUME or vol & (vol - 1):
-        raise ValueError(f"{name}={list(tile)} has volume {vol}; allowed: a power of two from "
-                         f"{MIN_TILE_VOLUME} to {MAX_TILE_VOLUME} (every entry a power of two)")
-    return vol
 
 
 def descriptors_ok(*tensors: Any) -> bool:

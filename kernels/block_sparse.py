@@ -17,8 +17,16 @@ import triton
 import triton.language as tl
 
 from sparsesim.kernels._common import LOG2E, attn_tile_update
-from sparsesim.kernels._launch import check_out, check_qkv, check_scale, descriptors_ok, dtype_name, fused_launch
-from sparsesim.simulator import BlockSparsePattern
+from sparsesim.kernels._launch import (
+    check_out,
+    check_qkv,
+    check_scale,
+    descriptors_ok,
+    device_gpu,
+    fused_launch,
+    interpret,
+)
+from sparsesim.simulator import BlockSparsePattern, can_run
 
 
 @triton.jit
@@ -136,8 +144,11 @@ def block_sparse_attention(q: Any, k: Any, v: Any, block_map: Any, *, q_tile: in
     if int(k.shape[1]) != n:
         raise ValueError(f"block_sparse_attention: q has {n} tokens but k has {int(k.shape[1])}; allowed: equal")
     for name, t in (("q_tile", q_tile), ("kv_tile", kv_tile)):
-        if isinstance(t, bool) or not isinstance(t, int) or t < 16 or t > 256 or t & (t - 1):
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
             raise ValueError(f"block_sparse_attention: {name}={t!r}; allowed: a power of two from 16 to 256")
+    gpu, smem = device_gpu(q.device)
+    can_run(q_tile=(q_tile,), kv_tile=(kv_tile,), head_dim=dims.head_dim, dtype=dims.dtype, gpu=gpu, raise_error=True,
+            **({"interpreter": True} if interpret() else {"smem_bytes": smem}))
     bm = block_map.detach().cpu().numpy() if isinstance(block_map, torch.Tensor) else np.asarray(block_map)
     pattern = BlockSparsePattern(block_map=bm, seq_len=n, q_tile=q_tile, kv_tile=kv_tile)
     if pattern.heads not in (1, dims.heads):
@@ -147,7 +158,7 @@ def block_sparse_attention(q: Any, k: Any, v: Any, block_map: Any, *, q_tile: in
     out = check_out(out, q, q.shape, "block_sparse_attention")
     bmap = np.ascontiguousarray(pattern.block_map)
     kv_num, kv_idx, tail = _device_lists(bmap.tobytes(), bmap.shape, n, kv_tile, q.device)
-    cfg = fused_launch(q_tile, kv_tile, dims.head_dim, dtype_name(q.dtype))
+    cfg = fused_launch(q_tile, kv_tile, dims.head_dim, dims.dtype, smem)
     qbs, kbs = bmap.shape[1], bmap.shape[2]
     grid = (qbs, dims.heads, dims.batch)
     tail_start = (kbs - 1) * kv_tile

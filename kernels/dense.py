@@ -21,6 +21,7 @@ from sparsesim.kernels._launch import (
     check_scale,
     dense_configs,
     descriptors_ok,
+    device_gpu,
     interpret,
 )
 
@@ -97,11 +98,11 @@ def _set_block_shape(nargs: dict[str, Any]) -> None:
 
 
 @functools.cache
-def _autotuned(head_dim: int, dtype: str) -> Any:
-    """The kernel wrapped in an autotuner over :func:`dense_configs` (built on first use)."""
+def _autotuned(head_dim: int, dtype: str, gpu: str = "H200") -> Any:
+    """The kernel wrapped in an autotuner over :func:`dense_configs` of ``gpu`` (built on first use)."""
     configs = [triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]},
                              num_warps=c["num_warps"], num_stages=c["num_stages"], pre_hook=_set_block_shape)
-               for c in dense_configs(head_dim, dtype)]
+               for c in dense_configs(head_dim, dtype, gpu)]
     return triton.autotune(configs=configs, key=["N_Q", "N_KV", "HEAD_DIM"])(_dense_fwd_kernel)
 
 
@@ -141,7 +142,8 @@ def launch_dense(q: Any, k: Any, v: Any, out: Any, scale: float, config: dict[st
         def grid(meta: dict[str, Any]) -> tuple[int, int, int]:
             return (triton.cdiv(n_q, meta["BLOCK_M"]), heads, batch)
 
-        _autotuned(head_dim, dtype_name(q.dtype))[grid](*args, HEAD_DIM=head_dim, USE_DESC=use_desc)
+        _autotuned(head_dim, dtype_name(q.dtype), device_gpu(q.device)[0].name)[grid](
+            *args, HEAD_DIM=head_dim, USE_DESC=use_desc)
     return out
 
 

@@ -1,21 +1,34 @@
 """Generalized neighborhood attention (1D/2D/3D) on box tiles: kernel, launcher, functional wrapper.
 
-Pipeline: permute q, k, v into box tiles (dilation groups folded into the batch), run the fused
-kernel over the schedule of :mod:`sparsesim.kernels.gna_plan`, inverse-permute the output.
+One fused kernel reads q and writes o in the caller's layout ``[batch, *spatial, heads, head_dim]``:
+each CTA gathers its Q tile (a box of one dilation group's sub-layout, rows ``g + d * m`` per
+axis) and scatters its output rows back, so the token permutation of Q and O is folded into the
+kernel. K and V are read in one of three ways (``kv_layout``):
 
-Kernel grid ``(num_q_tiles, heads, batch * groups)``. A Q tile's visited KV tiles are the
-product of per-axis ranges; the full ones the product of per-axis sub-ranges. The kernel runs
-two flattened loops: first the full KV tiles (no mask work at all: the hot loop is as tight as
-the dense kernel's, plus a few scalar div/mods to find the tile), then the partial ones, i.e.
-the visited box minus the full box, enumerated as at most three disjoint boxes without branches.
-Partial tiles mask per element from query/key coordinates (compile-time tile shapes) against
-the per-axis ``lo``/``hi`` tables, only on the axes that can be partial (constexpr flags). When
-no tile is partial (perfectly block-sparse) the partial loop and all mask code are compiled out.
+- ``"direct"`` (1D, no dilation): KV tiles are runs of tokens; TMA loads straight from k and v.
+- ``"gather"``: each KV tile's rows are gathered from k and v like the Q tile's (no extra pass).
+- ``"permute"``: k and v are first permuted into contiguous box tiles (one Triton pass for both),
+  then loaded with TMA; this pays off once the problem is large (see :data:`PERMUTE_MIN_KV_ROWS`).
+
+Kernel grid ``(Q tiles of the longest group, heads, batch * groups)``. A Q tile's visited KV tiles
+are the product of per-axis ranges, the full ones the product of per-axis sub-ranges (launch
+arrays from :mod:`sparsesim.kernels.gna_plan`). Two flattened loops: first the full KV tiles (no
+mask work), then the partial ones, i.e. the visited box minus the full box, enumerated as at most
+three disjoint boxes without branches. Partial tiles mask per element from query/key coordinates
+against the per-axis ``lo``/``hi`` tables, only on the axes that can be partial (constexpr flags).
+When no tile is partial (perfectly block-sparse) the partial loop and all mask code compile out.
+
+The host side validates a call once and caches its launch (plan, device tables, constants) per
+shapes, strides, dtypes, device and pattern: a repeated call only builds two descriptors and
+launches. Nothing on the repeated path synchronizes or copies to the device, so it can be captured
+in a CUDA graph (warm it up first).
 """
 
 from __future__ import annotations
 
-import functools
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import triton
@@ -28,11 +41,18 @@ from sparsesim.kernels._launch import (
     check_qkv,
     check_scale,
     descriptors_ok,
-    dtype_name,
+    device_gpu,
     fused_launch,
+    interpret,
 )
 from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
-from sparsesim.kernels.permute import tile_permute, tile_unpermute
+from sparsesim.kernels.permute import tile_permute_pair, tile_unpermute
+
+KV_LAYOUTS = ("direct", "gather", "permute")
+#: ``kv_layout=None`` permutes K/V once ``batch * tokens * heads_kv`` reaches this many rows
+#: (below it the extra pass costs more than gathering: measured on the H200, kernels/NOTES.md).
+PERMUTE_MIN_KV_ROWS = 1 << 21
+_MODE = {"gather": 0, "permute_ptr": 1, "permute": 2, "direct": 3}
 
 
 @triton.jit
@@ -41,41 +61,75 @@ def _axis_mask(mask, lo, hi, kc):
 
 
 @triton.jit
-def _load_kv(K, V, k_base, v_base, kv_row0, kt, s_kn, s_vn, BLOCK_N: tl.constexpr, USE_DESC: tl.constexpr):
-    """K and V of flat KV tile ``kt``: a TMA descriptor load or plain pointers (no mask: padded buffers)."""
-    if USE_DESC:
-        row = kv_row0 + kt * BLOCK_N
+def _rows(base, idx, t0, t1, t2, g0, g1, g2, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+          D0, D1, D2, L0, L1, L2, s0, s1, s2):
+    """Offsets (int64) and validity of the rows of box tile ``(t0, t1, t2)`` of group ``(g0, g1, g2)``."""
+    x0 = g0 + D0 * (t0 * T0 + idx // (T1 * T2))
+    x1 = g1 + D1 * (t1 * T1 + (idx // T2) % T1)
+    x2 = g2 + D2 * (t2 * T2 + idx % T2)
+    ok = (x0 < L0) & (x1 < L1) & (x2 < L2)
+    off = base + x0.to(tl.int64) * s0 + x1.to(tl.int64) * s1 + x2.to(tl.int64) * s2
+    return off, ok
+
+
+@triton.jit
+def _load_kv(K, V, k_base, v_base, offs_n, offs_d, t0, t1, t2, g0, g1, g2, D0, D1, D2, L0, L1, L2, NK1, NK2,
+             s_k0, s_k1, s_k2, s_kd, s_v0, s_v1, s_v2, s_vd, kv_row0, b32, hk32,
+             KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr, BLOCK_N: tl.constexpr,
+             HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr, PADDED: tl.constexpr):
+    """K and V of KV tile ``(t0, t1, t2)``; ``PADDED``: the tile may hold positions past the layout."""
+    if KV_MODE == 0:  # gather rows from the caller's layout
+        k_off, ok = _rows(k_base, offs_n, t0, t1, t2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2, L0, L1, L2,
+                          s_k0, s_k1, s_k2)
+        v_off, _ = _rows(v_base, offs_n, t0, t1, t2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2, L0, L1, L2,
+                         s_v0, s_v1, s_v2)
+        if PADDED:
+            k = tl.load(K + k_off[:, None] + offs_d[None, :] * s_kd, mask=ok[:, None], other=0.0)
+            v = tl.load(V + v_off[:, None] + offs_d[None, :] * s_vd, mask=ok[:, None], other=0.0)
+        else:
+            k = tl.load(K + k_off[:, None] + offs_d[None, :] * s_kd)
+            v = tl.load(V + v_off[:, None] + offs_d[None, :] * s_vd)
+    elif KV_MODE == 1:  # permuted, zero-padded buffers [B * G, H_kv, tiles * BLOCK_N, D], pointers
+        row = ((t0 * NK1 + t1) * NK2 + t2).to(tl.int64) * BLOCK_N + offs_n
+        k = tl.load(K + k_base + row[:, None] * s_k2 + offs_d[None, :] * s_kd)
+        v = tl.load(V + v_base + row[:, None] * s_v2 + offs_d[None, :] * s_vd)
+    elif KV_MODE == 2:  # permuted buffers through a 2D TMA descriptor [B * G * H_kv * padded, D]
+        row = kv_row0 + ((t0 * NK1 + t1) * NK2 + t2) * BLOCK_N
         k = K.load([row, 0])
         v = V.load([row, 0])
-    else:
-        off = kt.to(tl.int64) * BLOCK_N
-        k = tl.load(k_base + off * s_kn)
-        v = tl.load(v_base + off * s_vn)
+    else:  # 1D runs of tokens straight from [B, N, H_kv, D] (4D descriptor; rows past N read as zeros)
+        k = K.load([b32, t2 * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
+        v = V.load([b32, t2 * BLOCK_N, hk32, 0]).reshape([BLOCK_N, HEAD_DIM])
     return k, v
 
 
 @triton.jit
 def _gna_fwd_kernel(
     Q, K, V, Out, RANGES, LOHI, qk_scale,
-    GROUP, G0, G1, G2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NKP,
-    s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_on, s_od,
+    GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NKP,
+    s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
+    s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
+    s_vb, s_v0, s_v1, s_v2, s_vh, s_vd,
+    s_ob, s_o0, s_o1, s_o2, s_oh, s_od,
     HEAD_DIM: tl.constexpr,
     QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-    USE_DESC: tl.constexpr, WARP_SPEC: tl.constexpr,
+    KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
     qt = tl.program_id(0)
     h = tl.program_id(1)
     bg = tl.program_id(2)
-    hk = (h // GROUP).to(tl.int64)
-    # Folded batch index = batch * G + group; group -> per-axis dilation group (row-major over axes).
-    g = bg % (G0 * G1 * G2)
-    g2 = g % G2
-    g1 = (g // G2) % G1
-    g0 = g // (G1 * G2)
+    hk32 = h // GROUP
+    # Folded index = batch * G + group; group -> per-axis dilation group (row-major over axes).
+    G = D0 * D1 * D2
+    b32 = bg // G
+    g = bg % G
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
     q2 = qt % NQ2
     q1 = (qt // NQ2) % NQ1
     q0 = qt // (NQ1 * NQ2)
@@ -91,32 +145,34 @@ def _gna_fwd_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    bg64 = bg.to(tl.int64)
+    b64 = b32.to(tl.int64)
     h64 = h.to(tl.int64)
-    rows = qt.to(tl.int64) * BLOCK_M + offs_m
-    q = tl.load(Q + bg64 * s_qb + h64 * s_qh + rows[:, None] * s_qn + offs_d[None, :] * s_qd)
-    if USE_DESC:
-        # K, V: 2D descriptors over [B * G * H_kv * padded_tokens, D], block [BLOCK_N, D].
-        kv_row0 = (bg * HKV + h // GROUP) * NKP
-        k_base = 0
-        v_base = 0
+    hk64 = hk32.to(tl.int64)
+    # Q rows gathered from the caller's layout (the permutation folded into the load).
+    q_off, q_ok = _rows(b64 * s_qb + h64 * s_qh, offs_m, q0, q1, q2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2,
+                        L0, L1, L2, s_q0, s_q1, s_q2)
+    q = tl.load(Q + q_off[:, None] + offs_d[None, :] * s_qd, mask=q_ok[:, None], other=0.0)
+    kv_row0 = (bg * HKV + hk32) * NKP
+    if KV_MODE == 0:
+        k_base = b64 * s_kb + hk64 * s_kh
+        v_base = b64 * s_vb + hk64 * s_vh
     else:
-        kv_row0 = 0
-        k_base = K + bg64 * s_kb + hk * s_kh + offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
-        v_base = V + bg64 * s_vb + hk * s_vh + offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
+        k_base = bg.to(tl.int64) * s_kb + hk64 * s_kh
+        v_base = bg.to(tl.int64) * s_vb + hk64 * s_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # Full KV tiles: the product of the per-axis full ranges; no mask work.
+    # Full KV tiles: the product of the per-axis full ranges; no mask work, no padded keys.
     n_full = nf0 * nf1 * nf2
     for it in tl.range(0, n_full, warp_specialize=WARP_SPEC):
         i2 = it % nf2
         i1 = (it // nf2) % nf1
         i0 = it // (nf2 * nf1)
-        kt = ((ff0 + i0) * NK1 + ff1 + i1) * NK2 + ff2 + i2
-        k, v = _load_kv(K, V, k_base, v_base, kv_row0, kt, s_kn, s_vn, BLOCK_N, USE_DESC)
+        k, v = _load_kv(K, V, k_base, v_base, offs_n, offs_d, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2,
+                        D0, D1, D2, L0, L1, L2, NK1, NK2, s_k0, s_k1, s_k2, s_kd, s_v0, s_v1, s_v2, s_vd,
+                        kv_row0, b32, hk32, KT0, KT1, KT2, BLOCK_N, HEAD_DIM, KV_MODE, False)
         acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, 0, False)
 
     if not BLOCK_SPARSE:
@@ -152,7 +208,9 @@ def _gna_fwd_kernel(
             t0 = tl.where(in0, vf0 + i0 + tl.where(i0 >= ff0 - vf0, nf0, 0), ff0 + i0)
             t1 = tl.where(in0, vf1 + i1, tl.where(in1, vf1 + i1 + tl.where(i1 >= ff1 - vf1, nf1, 0), ff1 + i1))
             t2 = tl.where(in0 | in1, vf2 + i2, vf2 + i2 + tl.where(i2 >= ff2 - vf2, nf2, 0))
-            k, v = _load_kv(K, V, k_base, v_base, kv_row0, (t0 * NK1 + t1) * NK2 + t2, s_kn, s_vn, BLOCK_N, USE_DESC)
+            k, v = _load_kv(K, V, k_base, v_base, offs_n, offs_d, t0, t1, t2, g0, g1, g2,
+                            D0, D1, D2, L0, L1, L2, NK1, NK2, s_k0, s_k1, s_k2, s_kd, s_v0, s_v1, s_v2, s_vd,
+                            kv_row0, b32, hk32, KT0, KT1, KT2, BLOCK_N, HEAD_DIM, KV_MODE, True)
             mask = tl.full([BLOCK_M, BLOCK_N], 1, tl.int1)
             if MASK0:
                 mask = _axis_mask(mask, lo0, hi0, t0 * KT0 + offs_n // (KT1 * KT2))
@@ -163,80 +221,164 @@ def _gna_fwd_kernel(
             acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, mask, True)
 
     acc = acc / l_i[:, None]
-    tl.store(Out + bg64 * s_ob + h64 * s_oh + rows[:, None] * s_on + offs_d[None, :] * s_od,
-             acc.to(Out.dtype.element_ty))
+    o_off, _ = _rows(b64 * s_ob + h64 * s_oh, offs_m, q0, q1, q2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2,
+                     L0, L1, L2, s_o0, s_o1, s_o2)
+    tl.store(Out + o_off[:, None] + offs_d[None, :] * s_od, acc.to(Out.dtype.element_ty), mask=q_ok[:, None])
 
 
-@functools.lru_cache(maxsize=64)
-def _device_tables(plan: GNAPlan, device: Any) -> tuple[Any, Any]:
-    """The plan's int32 tables on ``device`` (cached per plan object and device)."""
+def _spatial_strides(x: Any, rank: int) -> tuple[int, ...]:
+    """(batch, axis0, axis1, axis2, head, dim) strides of ``[B, *spatial, H, D]`` (unit axes stride 0)."""
+    st = [int(s) for s in x.stride()]
+    return (st[0], *([0] * (3 - rank)), *st[1:1 + rank], st[-2], st[-1])
+
+
+def _permuted_strides(x: Any) -> tuple[int, ...]:
+    """The same six strides for a permuted ``[B * G, H, padded, D]`` buffer (rows on the last axis)."""
+    st = [int(s) for s in x.stride()]
+    return (st[0], 0, 0, st[2], st[1], st[3])
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedKV:
+    """K and V ready for the kernel, with their strides, the padded KV length and the load mode."""
+
+    k: Any
+    v: Any
+    k_strides: tuple[int, ...]
+    v_strides: tuple[int, ...]
+    n_kp: int
+    mode: int
+    keep: tuple[Any, Any]  # the tensors behind descriptors, alive until the launch
+
+
+@dataclass(frozen=True, eq=False)
+class GNALaunch:
+    """Everything a call needs after validation: the plan, its device tables and the kernel's constants."""
+
+    plan: GNAPlan
+    heads: int
+    heads_kv: int
+    head_dim: int
+    batch: int
+    scale: float
+    kv_layout: str
+    ranges: Any
+    lohi: Any
+    config: FusedLaunch
+    constants: dict[str, Any]
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return (self.plan.num_q_tiles, self.heads, self.batch * self.plan.groups)
+
+    def prepare_kv(self, k: Any, v: Any) -> PreparedKV:
+        """K and V as the kernel reads them: descriptors, permuted buffers or the tensors themselves."""
+        plan, rank, mode = self.plan, self.plan.pattern.rank, self.kv_layout
+        if mode == "permute":
+            kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile, dilation=plan.pattern.dilation)
+            strides = (_permuted_strides(kp), _permuted_strides(vp))
+            if descriptors_ok(kp, vp) and kp.numel() // self.head_dim < 2**31:
+                from triton.tools.tensor_descriptor import TensorDescriptor
+
+                block = [plan.kv_volume, self.head_dim]
+                return PreparedKV(TensorDescriptor.from_tensor(kp.view(-1, self.head_dim), block),
+                                  TensorDescriptor.from_tensor(vp.view(-1, self.head_dim), block),
+                                  *strides, int(kp.shape[2]), _MODE["permute"], (kp, vp))
+            return PreparedKV(kp, vp, *strides, int(kp.shape[2]), _MODE["permute_ptr"], (kp, vp))
+        strides = (_spatial_strides(k, rank), _spatial_strides(v, rank))
+        if mode == "direct" and descriptors_ok(k, v):
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            block = [1, plan.kv_volume, 1, self.head_dim]
+            return PreparedKV(TensorDescriptor.from_tensor(k, block), TensorDescriptor.from_tensor(v, block),
+                              *strides, 0, _MODE["direct"], (k, v))
+        return PreparedKV(k, v, *strides, 0, _MODE["gather"], (k, v))
+
+    def launch(self, q: Any, kv: PreparedKV, out: Any) -> Any:
+        """The fused kernel alone, on prepared K/V (:meth:`prepare_kv`)."""
+        plan = self.plan
+        rank = plan.pattern.rank
+        _gna_fwd_kernel[self.grid](
+            q, kv.k, kv.v, out, self.ranges, self.lohi, self.scale * LOG2E,
+            self.heads // self.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:], *plan.kv_grid3[1:],
+            int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), self.heads_kv, kv.n_kp,
+            *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank),
+            KV_MODE=kv.mode, **self.constants)
+        return out
+
+    def run(self, q: Any, k: Any, v: Any, out: Any = None) -> Any:
+        """Prepare K/V and launch, on tensors already checked to match this launch."""
+        import torch
+
+        return self.launch(q, self.prepare_kv(k, v), torch.empty_like(q) if out is None else out)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    hash(value)
+    return value
+
+
+def choose_kv_layout(plan: GNAPlan, batch: int, heads_kv: int) -> str:
+    """``direct`` for 1D without dilation, else ``permute`` for large problems and ``gather`` below."""
+    if plan.pattern.rank == 1 and plan.groups == 1:
+        return "direct"
+    rows = batch * plan.pattern.num_tokens * heads_kv
+    return "permute" if rows >= PERMUTE_MIN_KV_ROWS else "gather"
+
+
+def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: Any, causal: Any, q_tile: Any,
+                 kv_tile: Any, scale: Any, kv_layout: str | None) -> GNALaunch:
+    """Validate a call (one-line ValueErrors) and prepare its launch."""
     import torch
 
-    return (torch.from_numpy(plan.ranges.copy()).to(device),
-            torch.from_numpy(plan.lohi.copy()).to(device))
+    from sparsesim.simulator.feasibility import can_run
+
+    dims = check_qkv(q, k, v, spatial_ranks=(1, 2, 3), what="gna_attention")
+    gpu, smem = device_gpu(q.device)
+    plan = plan_gna(dims.spatial, window=window, stride=stride, dilation=dilation, causal=causal,
+                    q_tile=q_tile, kv_tile=kv_tile, gpu=gpu)
+    can_run(q_tile=plan.schedule.q_tile, kv_tile=plan.schedule.kv_tile, head_dim=dims.head_dim, dtype=dims.dtype,
+            gpu=gpu, raise_error=True, **({"interpreter": True} if interpret() else {"smem_bytes": smem}))
+    if dims.heads > 65535 or dims.batch * plan.groups > 65535:
+        raise ValueError(f"gna_attention: heads={dims.heads}, batch x dilation groups={dims.batch * plan.groups}; "
+                         f"allowed: each at most 65535")
+    if kv_layout is None:
+        kv_layout = choose_kv_layout(plan, dims.batch, dims.heads_kv)
+    elif kv_layout not in KV_LAYOUTS:
+        raise ValueError(f"gna_attention: kv_layout={kv_layout!r}; allowed: None (automatic), "
+                         f"{', '.join(map(repr, KV_LAYOUTS))}")
+    elif kv_layout == "direct" and (plan.pattern.rank != 1 or plan.groups != 1):
+        raise ValueError("gna_attention: kv_layout='direct' needs a 1D layout without dilation; "
+                         "allowed there: 'gather' or 'permute'")
+    cfg = fused_launch(plan.q_volume, plan.kv_volume, dims.head_dim, dims.dtype, smem)
+    if os.environ.get("SPARSESIM_WARP_SPECIALIZE") == "1":
+        cfg = FusedLaunch(cfg.num_warps, cfg.num_stages, warp_specialize=True)
+    qt, kt = plan.q_tile3, plan.kv_tile3
+    constants = dict(HEAD_DIM=dims.head_dim, QT0=qt[0], QT1=qt[1], QT2=qt[2], KT0=kt[0], KT1=kt[1], KT2=kt[2],
+                     MASK0=plan.mask_axes[0], MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2],
+                     BLOCK_SPARSE=plan.block_sparse, WARP_SPEC=cfg.warp_specialize,
+                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    ranges = torch.from_numpy(plan.ranges.copy()).to(q.device)
+    lohi = torch.from_numpy(plan.lohi.copy()).to(q.device)
+    return GNALaunch(plan=plan, heads=dims.heads, heads_kv=dims.heads_kv, head_dim=dims.head_dim, batch=dims.batch,
+                     scale=check_scale(scale, dims.head_dim), kv_layout=kv_layout, ranges=ranges, lohi=lohi,
+                     config=cfg, constants=constants)
 
 
-def _strides(x: Any) -> list[int]:
-    return [int(s) for s in x.stride()]
+_LAUNCHES: OrderedDict[Any, GNALaunch] = OrderedDict()
+_MAX_LAUNCHES = 256
 
 
-def launch_gna(plan: GNAPlan, qp: Any, kp: Any, vp: Any, op: Any, scale: float,
-               launch: FusedLaunch | None = None, use_desc: bool | None = None) -> Any:
-    """Run the fused kernel on permuted tensors ``[B * G, H, padded_tokens, D]`` (see :func:`permute_qkv`).
-
-    ``launch`` overrides the warps/stages heuristic of :func:`sparsesim.kernels._launch.fused_launch`;
-    ``use_desc`` loads K/V through TMA tensor descriptors (default: when the buffers allow it).
-    """
-    bg, heads, _, head_dim = (int(s) for s in qp.shape)
-    heads_kv = int(kp.shape[1])
-    if heads > 65535 or bg > 65535:
-        raise ValueError(f"gna_attention: heads={heads}, batch x dilation groups={bg}; allowed: each <= 65535")
-    ranges, lohi = _device_tables(plan, qp.device)
-    G0, G1, G2 = plan.q_layout.padded3(plan.q_layout.dilation)
-    _, NQ1, NQ2 = plan.q_layout.padded3(plan.q_layout.grid)
-    _, NK1, NK2 = plan.kv_layout.padded3(plan.kv_layout.grid)
-    QT0, QT1, QT2 = plan.q_tile3
-    KT0, KT1, KT2 = plan.kv_tile3
-    cfg = launch or fused_launch(plan.q_layout.volume, plan.kv_layout.volume, head_dim, dtype_name(qp.dtype))
-    grid = (plan.q_layout.num_tiles, heads, bg)
-    n_kp = int(kp.shape[2])
-    if use_desc is None:
-        use_desc = (kp.is_contiguous() and vp.is_contiguous() and kp.numel() // head_dim < 2**31
-                    and descriptors_ok(kp, vp))
-    kk, vv = kp, vp
-    if use_desc:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        block = [plan.kv_layout.volume, head_dim]
-        kk = TensorDescriptor.from_tensor(kp.view(-1, head_dim), block)
-        vv = TensorDescriptor.from_tensor(vp.view(-1, head_dim), block)
-    _gna_fwd_kernel[grid](
-        qp, kk, vv, op, ranges, lohi, scale * LOG2E,
-        heads // heads_kv, G0, G1, G2, NQ1, NQ2, NK1, NK2,
-        int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), heads_kv, n_kp,
-        *_strides(qp), *_strides(kp), *_strides(vp), *_strides(op),
-        HEAD_DIM=head_dim, QT0=QT0, QT1=QT1, QT2=QT2, KT0=KT0, KT1=KT1, KT2=KT2,
-        MASK0=plan.mask_axes[0], MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2],
-        BLOCK_SPARSE=plan.block_sparse, USE_DESC=use_desc, WARP_SPEC=cfg.warp_specialize,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return op
-
-
-def permute_qkv(plan: GNAPlan, q: Any, k: Any, v: Any) -> tuple[Any, Any, Any]:
-    """Token-permute q (Q tiles) and k, v (KV tiles) for :func:`launch_gna`."""
-    dil = plan.pattern.dilation
-    return (tile_permute(q, plan.q_layout.tile, dilation=dil),
-            tile_permute(k, plan.kv_layout.tile, dilation=dil),
-            tile_permute(v, plan.kv_layout.tile, dilation=dil))
-
-
-def unpermute_out(plan: GNAPlan, op: Any, out: Any) -> Any:
-    """Write the real tokens of the permuted output into ``out`` ``[B, *spatial, H, D]``."""
-    return tile_unpermute(op, plan.pattern.input_size, plan.q_layout.tile, dilation=plan.pattern.dilation, out=out)
+def _call_key(q: Any, k: Any, v: Any, args: tuple) -> Any:
+    return (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
+            v.shape, v.stride(), v.dtype, v.device, type(q), type(k), type(v), _hashable(args))
 
 
 def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
-                  q_tile: Any = None, kv_tile: Any = None, scale: float | None = None, out: Any = None) -> Any:
+                  q_tile: Any = None, kv_tile: Any = None, scale: float | None = None, out: Any = None,
+                  kv_layout: str | None = None) -> Any:
     """Generalized neighborhood attention forward on a 1D, 2D or 3D token layout.
 
     Args:
@@ -245,10 +387,13 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         k, v: ``[batch, *spatial, heads_kv, head_dim]``, ``heads % heads_kv == 0``.
         window, stride, dilation, causal: an int/bool or one per axis (DESIGN.md, Semantics);
             validated by :class:`sparsesim.simulator.GNAPattern`.
-        q_tile, kv_tile: box tile shapes (power-of-two volume in 16..256); default the Hopper FNA
-            tiles of the H200 data file (1D 128/128, 2D (16,8)/(16,8), 3D (4,4,8)/(4,4,8)).
+        q_tile, kv_tile: box tile shapes (power-of-two entries, volume 16..256, as
+            :func:`sparsesim.simulator.can_run` says); a lone one sets both; default: the tiles of
+            the GPU file of the device (H100/H200: 1D 128/128, 2D (16,8)/(16,8), 3D (4,4,8)/(4,4,8)).
         scale: softmax scale, default ``1/sqrt(head_dim)``.
         out: optional output buffer shaped like ``q``.
+        kv_layout: how K/V are read (a performance knob): ``None`` chooses; ``"direct"`` (1D without
+            dilation), ``"gather"`` or ``"permute"`` (see the module docstring).
 
     Returns:
         ``[batch, *spatial, heads, head_dim]`` in q's dtype.
@@ -257,13 +402,27 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         >>> o = gna_attention(q, k, v, window=(18, 24, 24), stride=(16, 8, 8),
         ...                   q_tile=(2, 8, 8), kv_tile=(2, 8, 8))  # doctest: +SKIP
     """
-    import torch
+    call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
+    try:
+        key = _call_key(q, k, v, call)
+        launch = _LAUNCHES.get(key)
+    except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path says why
+        key, launch = None, None
+    if launch is None:
+        launch = build_launch(q, k, v, window=window, stride=stride, dilation=dilation, causal=causal, q_tile=q_tile,
+                              kv_tile=kv_tile, scale=scale, kv_layout=kv_layout)
+        if key is not None:
+            _LAUNCHES[key] = launch
+            if len(_LAUNCHES) > _MAX_LAUNCHES:
+                _LAUNCHES.popitem(last=False)
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
+        check_out(out, q, q.shape, "gna_attention")
+    return launch.run(q, k, v, out)
 
-    dims = check_qkv(q, k, v, spatial_ranks=(1, 2, 3), what="gna_attention")
-    plan = plan_gna(dims.spatial, window=window, stride=stride, dilation=dilation, causal=causal,
-                    q_tile=q_tile, kv_tile=kv_tile)
-    scale = check_scale(scale, dims.head_dim)
-    out = check_out(out, q, q.shape, "gna_attention")
-    qp, kp, vp = permute_qkv(plan, q, k, v)
-    op = launch_gna(plan, qp, kp, vp, torch.empty_like(qp), scale)
-    return unpermute_out(plan, op, out)
+
+def unpermute_out(plan: GNAPlan, op: Any, out: Any) -> Any:
+    """Write the real tokens of a permuted output ``[B * G, H, padded, D]`` into ``out`` ``[B, *spatial, H, D]``."""
+    return tile_unpermute(op, plan.pattern.input_size, plan.schedule.q_tile, dilation=plan.pattern.dilation, out=out)
+
+
+__all__ = ["GNALaunch", "KV_LAYOUTS", "build_launch", "choose_kv_layout", "gna_attention", "unpermute_out"]

@@ -1,20 +1,19 @@
-"""Host side of the GNA kernel: the tile schedule and mask tables, derived from the simulator core.
+"""Host side of the GNA kernel: the core's tile schedule packed into launch arrays.
 
-Dilation groups are folded into the batch (see :mod:`sparsesim.kernels.permute`), so the kernel
-only runs undilated patterns. Each axis ``a`` and dilation group ``g`` is the undilated 1D
-pattern of the group's own length ``len_g = ceil((L - g) / d)`` (DESIGN.md, Semantics); the core
-classifies its tiles (:func:`sparsesim.simulator.tiling.axis_tile_classes`) and gives its bounds
-(:func:`sparsesim.simulator.patterns.axis_bounds`). Per axis and group the kernel gets:
+Nothing here re-derives the schedule: :func:`sparsesim.simulator.box_schedule` gives, per axis and
+dilation group, each Q tile's visited and full KV tile ranges and the per-position ``lo``/``hi``
+bounds; this module only lays them out for the kernel:
 
-- ``ranges[a, g, qt] = (first visited KV tile, visited count, first full KV tile, full count)``:
-  the visited KV tiles of a Q tile form one contiguous range and the full ones a contiguous
-  sub-range (``lo``/``hi`` are monotone; checked here). With no full tile, ``first full`` is
-  ``first visited + visited count`` so the kernel's complement arithmetic needs no branch.
-- ``lohi[a, g, i] = (lo, hi)`` for every padded query position ``i`` (padded positions repeat
-  the last real one), the per-element rule used inside partial tiles. Padded keys need no extra
-  test: ``hi <= len_g - 1`` for every row.
+- ``ranges[a, g, qt] = (first visited KV tile, visited count, first full KV tile, full count)``;
+  with no full tile, ``first full`` is ``first visited + visited count`` so the kernel's complement
+  arithmetic needs no branch. Rows past a group's own Q tiles are zeros (nothing visited).
+- ``lohi[a, g, i] = (lo, hi)`` for every padded query position ``i`` of group ``g`` (padded
+  positions repeat the last real one), the per-element rule used inside partial tiles. Padded keys
+  need no extra test: ``hi <= len_g - 1`` for every row.
 
-Everything is normalized to three axes by prepending unit axes (length 1, tile 1).
+Everything is normalized to three axes by prepending unit axes (length 1, tile 1). The kernel
+launches one grid over the longest group's tile grid; a group with fewer tiles leaves the extra
+CTAs with nothing to do.
 """
 
 from __future__ import annotations
@@ -27,179 +26,148 @@ from typing import Any
 
 import numpy as np
 
-from sparsesim.kernels._launch import check_tile_volume
-from sparsesim.kernels.permute import TileLayout
-from sparsesim.simulator import GNAPattern, tilemap
-from sparsesim.simulator.patterns import axis_bounds
-from sparsesim.simulator.tiling import axis_tile_classes
+from sparsesim.simulator import GNAPattern, box_schedule
+from sparsesim.simulator.patterns import per_axis, positive_ints
+from sparsesim.simulator.schedule import BoxSchedule
+from sparsesim.simulator.simulate import resolve_tiles
 
-#: Default tiles when the caller gives none: the H100/H200 Hopper FNA defaults (hwmodels data file).
+#: GPU whose default tiles apply when a call names none and no GPU is given (the interpreter, tests).
 DEFAULT_GPU = "H200"
+
+
+def pad3(values: Sequence[int], fill: int = 1) -> tuple[int, int, int]:
+    """Prepend ``fill`` so a rank-1/2 quantity has three axes (outermost first)."""
+    return (fill,) * (3 - len(values)) + tuple(values)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, eq=False)
 class GNAPlan:
-    """The schedule of one GNA configuration; arrays are int32 and read-only."""
+    """The launch arrays of one GNA configuration (int32, read-only) and the schedule they pack."""
 
-    pattern: GNAPattern
-    q_layout: TileLayout
-    kv_layout: TileLayout
+    schedule: BoxSchedule
     ranges: np.ndarray  # [3, GMAX, NQMAX, 4]
     lohi: np.ndarray  # [3, GMAX, LPMAX, 2]
-    mask_axes: tuple[bool, bool, bool]
-    visited: np.ndarray  # [G, num_q_tiles] visited KV tiles per folded group and Q tile
+
+    @property
+    def pattern(self) -> GNAPattern:
+        return self.schedule.pattern
+
+    @property
+    def q_tile3(self) -> tuple[int, int, int]:
+        return pad3(self.schedule.q_tile)
+
+    @property
+    def kv_tile3(self) -> tuple[int, int, int]:
+        return pad3(self.schedule.kv_tile)
+
+    @property
+    def size3(self) -> tuple[int, int, int]:
+        return pad3(self.pattern.input_size)
+
+    @property
+    def dilation3(self) -> tuple[int, int, int]:
+        return pad3(self.pattern.dilation)
+
+    @property
+    def groups(self) -> int:
+        return math.prod(self.pattern.dilation)
+
+    @property
+    def q_grid3(self) -> tuple[int, int, int]:
+        """Q tiles per axis of the longest group (the launch grid)."""
+        return pad3(tuple(a.groups[0].q_tiles for a in self.schedule.axes))
+
+    @property
+    def kv_grid3(self) -> tuple[int, int, int]:
+        """KV tiles per axis of the longest group (the permuted K/V layout)."""
+        return pad3(tuple(a.groups[0].kv_tiles for a in self.schedule.axes))
+
+    @property
+    def num_q_tiles(self) -> int:
+        return math.prod(self.q_grid3)
+
+    @property
+    def q_volume(self) -> int:
+        return math.prod(self.schedule.q_tile)
+
+    @property
+    def kv_volume(self) -> int:
+        return math.prod(self.schedule.kv_tile)
+
+    @property
+    def mask_axes(self) -> tuple[bool, bool, bool]:
+        """Per (padded) axis: whether the kernel compiles a mask for it."""
+        return pad3(self.schedule.mask_axes, False)  # type: ignore[arg-type]
 
     @property
     def block_sparse(self) -> bool:
         """No partial tile anywhere: the kernel is compiled without any mask code."""
         return not any(self.mask_axes)
 
-    @property
-    def q_tile3(self) -> tuple[int, int, int]:
-        return self.q_layout.padded3(self.q_layout.tile)
 
-    @property
-    def kv_tile3(self) -> tuple[int, int, int]:
-        return self.kv_layout.padded3(self.kv_layout.tile)
-
-    @property
-    def tile_speedup(self) -> float:
-        """KV tiles of a dense pass over this schedule's KV tiles / max visited (the simulator's rule)."""
-        return self.kv_layout.num_tiles / float(self.visited.max())
-
-
-def _as_rank(value: Any, rank: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value),) * rank
-    try:
-        vals = tuple(value)
-    except TypeError:
-        raise ValueError(f"{name}={value!r}; allowed: a positive int or {rank} positive ints") from None
-    if len(vals) == 1:
-        vals = vals * rank
-    if len(vals) != rank or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in vals):
-        raise ValueError(f"{name}={value!r}; allowed: a positive int or {rank} positive ints (one per axis)")
-    return tuple(int(v) for v in vals)
-
-
-def default_tiles(rank: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The Hopper FNA default (Q tile, KV tile) for a rank, read from the GPU data file."""
-    from sparsesim.hwmodels import load_gpu
-
-    return load_gpu(DEFAULT_GPU).tiles_for(rank)
-
-
-def _contiguous(row: np.ndarray, what: str) -> tuple[int, int]:
-    idx = np.flatnonzero(row)
-    if idx.size == 0:
-        return 0, 0
-    if idx[-1] - idx[0] + 1 != idx.size:
-        raise RuntimeError(f"internal: {what} KV tiles are not contiguous: {idx.tolist()}")
-    return int(idx[0]), int(idx.size)
-
-
-def _axis_tables(n: int, window: int, stride: int, dilation: int, causal: bool, qt: int, kt: int,
-                 nq: int, lp: int) -> tuple[np.ndarray, np.ndarray, bool, list[np.ndarray]]:
-    """Ranges ``[d, nq, 4]``, bounds ``[d, lp, 2]``, whether any tile is partial, visited counts per group."""
-    ranges = np.zeros((dilation, nq, 4), dtype=np.int32)
-    lohi = np.zeros((dilation, lp, 2), dtype=np.int32)
-    partial = False
-    counts = []
-    for g in range(dilation):
-        len_g = len(range(g, n, dilation))
-        pat = GNAPattern(input_size=(len_g,), window=(window,), stride=(stride,), causal=(causal,))
-        visited, full = axis_tile_classes(pat, 0, qt, kt)
-        partial |= bool((visited & ~full).any())
-        cnt = np.zeros(nq, dtype=np.int64)
-        for row in range(visited.shape[0]):
-            vf, nv = _contiguous(visited[row], "visited")
-            ff, nf = _contiguous(full[row], "full")
-            if nf == 0:
-                ff = vf + nv
-            elif not (vf <= ff and ff + nf <= vf + nv):
-                raise RuntimeError("internal: full KV tiles outside the visited range")
-            ranges[g, row] = (vf, nv, ff, nf)
-            cnt[row] = nv
-        counts.append(cnt)
-        lo, hi = axis_bounds(len_g, window, stride, 1, causal)
-        pad = lp - len_g
-        lohi[g, :, 0] = np.concatenate([lo, np.full(pad, lo[-1])])
-        lohi[g, :, 1] = np.concatenate([hi, np.full(pad, hi[-1])])
-    return ranges, lohi, partial, counts
-
-
-def _build(size: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
-           causal: tuple[bool, ...], q_tile: tuple[int, ...], kv_tile: tuple[int, ...]) -> GNAPlan:
-    pattern = GNAPattern(input_size=size, window=window, stride=stride, dilation=dilation, causal=causal)
-    rank = pattern.rank
-    q_layout = TileLayout(input_size=pattern.input_size, tile=q_tile, dilation=pattern.dilation)
-    kv_layout = TileLayout(input_size=pattern.input_size, tile=kv_tile, dilation=pattern.dilation)
-    pad = 3 - rank
-    nq3 = q_layout.padded3(q_layout.grid)
-    lp3 = tuple(n * t for n, t in zip(nq3, q_layout.padded3(q_tile), strict=True))
-    gmax, nqmax, lpmax = max(pattern.dilation), max(nq3), max(lp3)
+def _pack(schedule: BoxSchedule) -> GNAPlan:
+    axes = schedule.axes
+    pad = 3 - len(axes)
+    gmax = max(a.dilation for a in axes)
+    nqmax = max(a.groups[0].q_tiles for a in axes)
+    lpmax = max(a.groups[0].q_tiles * a.q_tile for a in axes)
     ranges = np.zeros((3, gmax, nqmax, 4), dtype=np.int32)
     lohi = np.zeros((3, gmax, lpmax, 2), dtype=np.int32)
     ranges[:pad, 0, 0] = (0, 1, 0, 1)  # unit axes: one KV tile, full
-    mask_axes = [False] * 3
-    group_counts = []
-    for a in range(rank):
-        A = a + pad
-        r, lh, partial, counts = _axis_tables(pattern.input_size[a], pattern.window[a], pattern.stride[a],
-                                              pattern.dilation[a], pattern.causal[a], q_tile[a], kv_tile[a],
-                                              nq3[A], lp3[A])
-        ranges[A, : r.shape[0], : r.shape[1]] = r
-        lohi[A, : lh.shape[0], : lh.shape[1]] = lh
-        mask_axes[A] = partial
-        group_counts.append(counts)
-    # Visited KV tiles per (folded group, Q tile): the outer product of per-axis counts.
-    visited = np.ones((1, 1), dtype=np.int64)
-    for counts in group_counts:
-        per = np.stack(counts)  # [d_a, nq_a]
-        visited = (visited[:, None, :, None] * per[None, :, None, :]).reshape(visited.shape[0] * per.shape[0], -1)
-    if all(d == 1 for d in pattern.dilation):
-        # Cross-check with the core's tile map (same tiles, same layout): no partial tile iff no axis masks.
-        tm = tilemap(pattern, q_tile, kv_tile)
-        if (int(tm.partial.sum()) == 0) != (not any(mask_axes)) or not np.array_equal(tm.visited[0], visited[0]):
-            raise RuntimeError("internal: kernel schedule disagrees with the simulator's tile map")
-    for arr in (ranges, lohi, visited):
+    for a, axis in enumerate(axes):
+        for g, s in enumerate(axis.groups):
+            ff = np.where(s.full_count > 0, s.full_first, s.first + s.count)
+            ranges[a + pad, g, :s.q_tiles] = np.stack([s.first, s.count, ff, s.full_count], axis=1)
+            lo, hi = axis.bounds(g)
+            lp = axis.groups[0].q_tiles * axis.q_tile
+            lohi[a + pad, g, :lp, 0] = np.concatenate([lo, np.full(lp - lo.size, lo[-1])])
+            lohi[a + pad, g, :lp, 1] = np.concatenate([hi, np.full(lp - hi.size, hi[-1])])
+    for arr in (ranges, lohi):
         arr.setflags(write=False)
-    return GNAPlan(pattern=pattern, q_layout=q_layout, kv_layout=kv_layout, ranges=ranges, lohi=lohi,
-                   mask_axes=tuple(mask_axes), visited=visited)  # type: ignore[arg-type]
+    return GNAPlan(schedule=schedule, ranges=ranges, lohi=lohi)
 
 
-_build_cached = functools.lru_cache(maxsize=64)(_build)
+@functools.lru_cache(maxsize=128)
+def _plan_cached(pattern: GNAPattern, q_tile: tuple[int, ...], kv_tile: tuple[int, ...]) -> GNAPlan:
+    return _pack(box_schedule(pattern, q_tile, kv_tile))
 
 
 def plan_gna(input_size: Sequence[int], *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
-             q_tile: Any = None, kv_tile: Any = None) -> GNAPlan:
-    """Validate a GNA configuration and build (or fetch from a small cache) its kernel schedule.
+             q_tile: Any = None, kv_tile: Any = None, gpu: Any = DEFAULT_GPU) -> GNAPlan:
+    """Validate a GNA configuration and pack (or fetch from a cache) its launch arrays.
 
-    Raises ValueError (``ConfigError`` from the core for window/stride/dilation/causal; tiles
-    must have a power-of-two volume in [16, 256]).
+    Tiles follow the simulator's rules (:func:`sparsesim.simulator.simulate.resolve_tiles`): a lone
+    ``q_tile`` or ``kv_tile`` sets both; none gives ``gpu``'s default tiles. Raises ``ConfigError``
+    (a ``ValueError``) for anything the simulator refuses.
     """
-    size = tuple(int(s) for s in input_size)
-    probe = GNAPattern(input_size=size, window=window, stride=stride, dilation=dilation, causal=causal)
-    rank = probe.rank
-    if q_tile is None and kv_tile is None:
-        q_t, kv_t = default_tiles(rank)
-    else:
-        q_t = _as_rank(q_tile if q_tile is not None else kv_tile, rank, "q_tile")
-        kv_t = _as_rank(kv_tile if kv_tile is not None else q_tile, rank, "kv_tile")
-    check_tile_volume(q_t, "q_tile")
-    check_tile_volume(kv_t, "kv_tile")
-    return _build_cached(probe.input_size, probe.window, probe.stride, probe.dilation, probe.causal,
-                         tuple(q_t), tuple(kv_t))
+    from sparsesim.hwmodels import load_gpu
+    from sparsesim.simulator.tiling import check_tiles
+
+    pattern = GNAPattern(input_size=tuple(input_size), window=window, stride=stride, dilation=dilation,
+                         causal=causal)
+    rank = pattern.rank
+    q, kv = resolve_tiles(load_gpu(gpu), pattern.input_size, q_tile, kv_tile)
+    q_t = positive_ints(per_axis(q, rank, "q_tile"), "q_tile")
+    kv_t = positive_ints(per_axis(kv, rank, "kv_tile"), "kv_tile")
+    check_tiles(pattern, q_t, kv_t, "box")
+    return _plan_cached(pattern, q_t, kv_t)
 
 
-def plan_summary(plan: GNAPlan) -> dict[str, Any]:
-    """Numbers for reports: tiles, grid sizes, visited tiles, block sparsity."""
-    return {
-        "q_tile": plan.q_layout.tile, "kv_tile": plan.kv_layout.tile,
-        "q_tiles": plan.q_layout.num_tiles, "kv_tiles": plan.kv_layout.num_tiles,
-        "groups": plan.q_layout.groups, "max_kv_tiles": int(plan.visited.max()),
-        "mean_kv_tiles": float(plan.visited.mean()), "tile_speedup": plan.tile_speedup,
-        "block_sparse": plan.block_sparse, "mask_axes": plan.mask_axes,
-        "padded_q_tokens": plan.q_layout.padded_tokens * plan.q_layout.groups,
-        "tokens": math.prod(plan.pattern.input_size),
-    }
+def packed_counts(plan: GNAPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Visited and full KV tiles per CTA as the launch arrays say, CTAs in the simulator's order.
+
+    Group tuples row-major, each group's own Q tiles row-major: the layout of
+    ``simulate(...).visits``. The tests hold the launch data to the simulator's record with it.
+    """
+    pad = 3 - plan.pattern.rank
+    visited, full = [], []
+    for group in plan.schedule.group_tuples:
+        v = np.ones(1, dtype=np.int64)
+        f = np.ones(1, dtype=np.int64)
+        for a, (axis, g) in enumerate(zip(plan.schedule.axes, group, strict=True)):
+            rows = plan.ranges[a + pad, g, :axis.groups[g].q_tiles].astype(np.int64)
+            v = (v[:, None] * rows[None, :, 1]).reshape(-1)
+            f = (f[:, None] * rows[None, :, 3]).reshape(-1)
+        visited.append(v)
+        full.append(f)
+    return np.concatenate(visited), np.concatenate(full)

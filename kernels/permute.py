@@ -18,20 +18,27 @@ from typing import Any
 import triton
 import triton.language as tl
 
-from sparsesim.kernels._launch import check_tensor_device, check_tile_volume, copy_launch, next_pow2
+from sparsesim.kernels._launch import check_tensor_device, copy_launch, next_pow2
+from sparsesim.simulator.feasibility import tile_problem
+from sparsesim.simulator.patterns import per_axis, positive_ints
 
 
 @triton.jit
 def _permute_kernel(
-    X, Y, L0, L1, L2, D0, D1, D2, NT1, NT2,
+    X, Y, X2, Y2, L0, L1, L2, D0, D1, D2, NT1, NT2, BG,
     s_xb, s_x0, s_x1, s_x2, s_xh, s_xd, s_yb, s_yh, s_yn, s_yd,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
-    INVERSE: tl.constexpr,
+    INVERSE: tl.constexpr, PAIR: tl.constexpr,
 ):
     TV: tl.constexpr = T0 * T1 * T2
     t = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     bg = tl.program_id(2)
+    if PAIR:  # the second half of the grid moves the second tensor (same shape and strides)
+        if bg >= BG:
+            X = X2
+            Y = Y2
+            bg -= BG
     groups = D0 * D1 * D2
     b = (bg // groups).to(tl.int64)
     g = bg % groups
@@ -107,27 +114,20 @@ class TileLayout:
 
 
 def make_layout(input_size: Sequence[int], tile: Any, dilation: Any = 1) -> TileLayout:
-    """Validate and build a :class:`TileLayout` (ValueError on bad tiles or dilations)."""
+    """Validate and build a :class:`TileLayout` (``ConfigError``, a ValueError, on bad tiles or dilations)."""
     size = tuple(int(s) for s in input_size)
     rank = len(size)
     if not 1 <= rank <= 3 or any(s < 1 for s in size):
         raise ValueError(f"input_size={list(size)}; allowed: 1 to 3 axes, each >= 1")
-    tile_t = _per_axis(tile, rank, "tile")
-    dil_t = _per_axis(dilation, rank, "dilation")
-    check_tile_volume(tile_t, "tile")
+    tile_t = positive_ints(per_axis(tile, rank, "tile"), "tile")
+    dil_t = positive_ints(per_axis(dilation, rank, "dilation"), "dilation")
+    problem = tile_problem(tile_t, "tile")
+    if problem:
+        raise ValueError(problem)
     return TileLayout(input_size=size, tile=tile_t, dilation=dil_t)
 
 
-def _per_axis(value: Any, rank: int, name: str) -> tuple[int, ...]:
-    vals = (value,) * rank if isinstance(value, int) else tuple(value)
-    if len(vals) == 1:
-        vals = vals * rank
-    if len(vals) != rank or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in vals):
-        raise ValueError(f"{name}={value!r}; allowed: a positive int or {rank} positive ints (one per axis)")
-    return vals
-
-
-def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool) -> None:
+def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y2: Any = None) -> None:
     batch, heads, head_dim = int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1])
     L0, L1, L2 = layout.padded3(layout.input_size)
     D0, D1, D2 = layout.padded3(layout.dilation)
@@ -137,11 +137,12 @@ def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool) -> None:
     s_sp = [0] * (3 - layout.rank) + xs[1:1 + layout.rank]
     block_d = next_pow2(head_dim)
     cfg = copy_launch(layout.volume, block_d)
-    grid = (layout.num_tiles, heads, batch * layout.groups)
+    pair = x2 is not None
+    grid = (layout.num_tiles, heads, batch * layout.groups * (2 if pair else 1))
     _permute_kernel[grid](
-        x, y, L0, L1, L2, D0, D1, D2, NT1, NT2,
+        x, y, x2 if pair else x, y2 if pair else y, L0, L1, L2, D0, D1, D2, NT1, NT2, batch * layout.groups,
         xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, T0=T0, T1=T1, T2=T2, INVERSE=inverse,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, T0=T0, T1=T1, T2=T2, INVERSE=inverse, PAIR=pair,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -176,6 +177,23 @@ def tile_permute(x: Any, tile: Any, *, dilation: Any = 1, out: Any = None) -> An
                          f"allowed: {list(shape)} {x.dtype} on {x.device}")
     _launch(x, out, layout, inverse=False)
     return out
+
+
+def tile_permute_pair(k: Any, v: Any, tile: Any, *, dilation: Any = 1) -> tuple[Any, Any]:
+    """:func:`tile_permute` of two tensors of one shape, dtype and strides (K and V) in one launch."""
+    import torch
+
+    _check_input(k, None, "tile_permute_pair")
+    _check_input(v, k.dim(), "tile_permute_pair")
+    if k.shape != v.shape or k.dtype != v.dtype or k.stride() != v.stride() or k.device != v.device:
+        raise ValueError(f"tile_permute_pair: k {list(k.shape)} {k.dtype} and v {list(v.shape)} {v.dtype}; "
+                         f"allowed: one shape, dtype, device and strides")
+    layout = make_layout(k.shape[1:-2], tile, dilation)
+    shape = (k.shape[0] * layout.groups, k.shape[-2], layout.padded_tokens, k.shape[-1])
+    kp = torch.empty(shape, dtype=k.dtype, device=k.device)
+    vp = torch.empty(shape, dtype=k.dtype, device=k.device)
+    _launch(k, kp, layout, inverse=False, x2=v, y2=vp)
+    return kp, vp
 
 
 def tile_unpermute(xp: Any, input_size: Sequence[int], tile: Any, *, dilation: Any = 1, out: Any = None) -> Any:

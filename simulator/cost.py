@@ -20,14 +20,13 @@ import numpy as np
 from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU
 from sparsesim.hwmodels.profiles import KernelProfile
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.schedule import makespan
+from sparsesim.simulator.flops import BWD_FLOPS_PER_PAIR, FWD_FLOPS_PER_PAIR
+from sparsesim.simulator.makespan import makespan
 from sparsesim.simulator.tiling import TileMap
 
 BREAKDOWN = ("useful_ms", "masking_ms", "softmax_ms", "overhead_ms", "imbalance_ms", "memory_ms")
-
-# Matrix FLOPs per (query, key) element per head-dim unit: forward QK^T and PV (2 GEMMs);
-# backward recomputes S and does dP, dV, dK and dQ (5 GEMMs): 2.5x the forward.
-FWD_FLOPS, BWD_FLOPS = 4, 10
+#: Largest heads, batch and head dim a problem takes (the kernels' grid limits; beyond any model).
+MAX_HEADS, MAX_BATCH, MAX_HEAD_DIM = 4096, 65535, 1024
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,14 @@ class Problem:
     dtype: str = "bf16"
 
     def __post_init__(self) -> None:
-        for name in ("batch", "heads", "head_dim"):
+        for name, top in (("batch", MAX_BATCH), ("heads", MAX_HEADS), ("head_dim", MAX_HEAD_DIM)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{name}={v!r}: must be a positive integer")
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not 1 <= v <= top:
+                raise ConfigError(f"{name}={v!r}; allowed: an integer from 1 to {top}")
+            object.__setattr__(self, name, int(v))
         kv = self.heads if self.heads_kv is None else self.heads_kv
-        if isinstance(kv, bool) or not isinstance(kv, (int, np.integer)) or kv < 1 or self.heads % kv:
-            raise ConfigError(f"heads_kv={kv!r}: must be a positive divisor of heads={self.heads}")
+        if isinstance(kv, (bool, np.bool_)) or not isinstance(kv, (int, np.integer)) or kv < 1 or self.heads % kv:
+            raise ConfigError(f"heads_kv={kv!r}; allowed: a positive divisor of heads={self.heads}")
         object.__setattr__(self, "heads_kv", int(kv))
         if self.dtype not in ("fp16", "bf16", "fp8"):
             raise ConfigError(f"dtype={self.dtype!r}; allowed: fp16, bf16, fp8")
@@ -122,10 +122,10 @@ def schedule_pass(gpu: GPU, prof: KernelProfile, cost: PairCost, full: np.ndarra
     fwd = prof.forward
     sms = gpu.sm_count
     per_cta = (fixed_s + full * cost.full + partial * cost.partial).ravel()
-    costs = np.tile(per_cta, repeat) if repeat > 1 else per_cta
-    span = makespan(costs, sms, fwd.ctas_per_SM, fwd.persistent)
+    span = makespan(per_cta, sms, fwd.ctas_per_SM, fwd.persistent, repeat=repeat)
     hbm_s = hbm_bytes / (gpu.hbm_TBps * 1e12 * fwd.hbm_efficiency)
-    total = float(costs.sum())
+    total = float(per_cta.sum()) * repeat
+    num_ctas = per_cta.size * repeat
     n_partial = float(partial.sum()) * repeat
     n_pairs = float(full.sum()) * repeat + n_partial
     useful_s = cost.mma * useful_elements / cost.elements
@@ -133,14 +133,14 @@ def schedule_pass(gpu: GPU, prof: KernelProfile, cost: PairCost, full: np.ndarra
         "useful_ms": useful_s,
         "masking_ms": max(0.0, cost.mma * n_pairs - useful_s) + n_partial * cost.mask,
         "softmax_ms": n_pairs * (cost.full - cost.mma),
-        "overhead_ms": fixed_s * costs.size,
+        "overhead_ms": fixed_s * num_ctas,
     }
     breakdown = {k: v / sms * 1e3 for k, v in seconds.items()}
     breakdown["imbalance_ms"] = max(0.0, span - total / sms) * 1e3
     breakdown["memory_ms"] = max(0.0, hbm_s - span) * 1e3
     return PassTime(ms=max(span, hbm_s) * 1e3, breakdown=breakdown,
                     bound="memory" if hbm_s >= span else cost.bound,
-                    wave_efficiency=(total / sms) / span if span > 0 else 1.0, num_ctas=int(costs.size))
+                    wave_efficiency=(total / sms) / span if span > 0 else 1.0, num_ctas=int(num_ctas))
 
 
 def _tile_volume(tile: tuple[int, ...]) -> int:
@@ -161,7 +161,7 @@ def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, t
     """Forward kernel: one CTA per (batch, head, Q tile) over its visited KV tiles."""
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
     b, d = problem.bytes, problem.head_dim
-    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=FWD_FLOPS,
+    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=FWD_FLOPS_PER_PAIR,
                      mma_efficiency=prof.forward.mma_efficiency, load_bytes=2 * kv_vol * d * b)
     hbm_s_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
     fixed = prof.forward.cta_overhead_us * 1e-6 + 2 * q_vol * d * b / hbm_s_per_sm  # + Q load, O store
@@ -183,7 +183,7 @@ def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, 
     b, d = problem.bytes, problem.head_dim
     hbm_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
     # Per pair: Q and dO tiles in, dQ accumulated with 4-byte atomics.
-    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=BWD_FLOPS,
+    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=BWD_FLOPS_PER_PAIR,
                      mma_efficiency=bwd.mma_efficiency, load_bytes=q_vol * d * (2 * b + 4))
     kv_full, reps = _heads_rows(tm.kv_full, problem.heads)
     kv_partial, _ = _heads_rows(tm.kv_partial, problem.heads)

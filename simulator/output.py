@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,19 +79,96 @@ def render(df: pd.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> 
     return shown.to_string(index=False) + "\n"
 
 
+#: Widest text table printed by default; the rest of the columns are in --wide, CSV and JSON.
+TABLE_WIDTH = 120
+
+
+def _hidden_default(df: pd.DataFrame, column: str) -> bool:
+    """Columns that say nothing in a text table (all dilation 1, all non-causal, all box tiles, no preset)."""
+    if column not in ("dilation", "causal", "preset", "tiling"):
+        return False
+    values = [v for v in df[column] if v is not None]
+    if column == "tiling":
+        return all(v == "box" for v in values)
+    if column == "preset":
+        return not values
+    return all(all(int(x) == (1 if column == "dilation" else 0) for x in v) for v in values)
+
+
+def fit_columns(df: pd.DataFrame, columns: Sequence[str], priority: Sequence[str],
+                width: int = TABLE_WIDTH) -> list[str]:
+    """The display columns that fit ``width`` characters, dropping the lowest in ``priority`` first."""
+    keep = [c for c in columns if c in df.columns and not _hidden_default(df, c)]
+    order = [c for c in priority if c in keep] + [c for c in keep if c not in priority]
+    while len(keep) > 1:
+        text = text_frame(df.head(200), keep).to_string(index=False)
+        if max((len(line) for line in text.splitlines()), default=0) <= width:
+            break
+        drop = order.pop()
+        keep.remove(drop)
+    return keep
+
+
+def choose_columns(df: pd.DataFrame, fmt: str, wanted: str | None, wide: bool, columns: Sequence[str],
+                   priority: Sequence[str]) -> list[str]:
+    """Columns to print: ``--columns``, else every column (CSV, JSON, ``--wide``), else what fits."""
+    if wanted is not None:
+        names = [c.strip() for c in wanted.split(",") if c.strip()]
+        unknown = [c for c in names if c not in df.columns]
+        if unknown or not names:
+            raise ConfigError(f"--columns {wanted!r}: unknown column(s) {unknown}; allowed: {', '.join(df.columns)}")
+        return names
+    if fmt in ("csv", "json") or wide:
+        return list(df.columns)
+    return fit_columns(df, columns, priority)
+
+
+def emit(df: pd.DataFrame, args: Any, columns: Sequence[str], priority: Sequence[str]) -> None:
+    """Render ``df`` as the output options of ``args`` ask (format, columns, wide, out) and write it."""
+    fmt = args.format
+    cols = choose_columns(df, fmt, getattr(args, "columns", None), getattr(args, "wide", False), columns, priority)
+    if fmt == "json":
+        df = df[cols]
+    write_text(render(df, fmt, cols), getattr(args, "out", None))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text(text: str, out: str | os.PathLike[str] | None) -> None:
-    """Print ``text``, or write it to ``out`` atomically (a crash never leaves half a file)."""
-    if out is None:
-        print(text, end="")
+    """Print ``text`` (``out`` None or ``-``), or write it to ``out`` atomically with the umask's mode.
+
+    A crash never leaves half a file; a directory, a missing folder or an unwritable place is a
+    one-line :class:`ConfigError`.
+    """
+    if out is None or str(out) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
         return
+    if str(out) == "":
+        raise ConfigError("--out ''; allowed: a file path, or - for standard output")
     path = Path(out)
-    if path.parent and not path.parent.exists():
-        raise ConfigError(f"--out {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise ConfigError(f"--out {str(path)!r} is a directory; allowed: a file path, or - for standard output")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"--out {str(path)!r}: folder {str(parent)!r} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"--out {str(path)!r} cannot be written: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ConfigError(f"--out {str(path)!r} cannot be written: {exc.strerror or exc}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

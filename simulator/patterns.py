@@ -19,16 +19,26 @@ from sparsesim.simulator.errors import ConfigError
 
 #: Largest layout :func:`dense_mask` builds (an N x N bool mask of 16K tokens is 256 MiB).
 DENSE_MASK_MAX_TOKENS = 16384
+#: Largest layout any pattern takes: what a signed 32-bit token index addresses (the kernels' limit).
+MAX_TOKENS = 2**31 - 1
+
+_INT_TYPES = (int, np.integer)
+_BOOL_TYPES = (bool, np.bool_)
 
 
-def _as_tuple(value: int | bool | Sequence[int] | Sequence[bool] | None, rank: int, name: str,
-              default: int | bool) -> tuple:
-    """Broadcast a scalar (or None) to ``rank`` entries; check a sequence has ``rank`` entries."""
+def per_axis(value: object, rank: int, name: str, default: object = None) -> tuple:
+    """Broadcast a scalar (or ``None`` -> ``default``) to ``rank`` entries; check a sequence has ``rank``.
+
+    The one broadcasting rule of the package: one value per axis, or a single value for all axes.
+    Anything else (a float, a string, a nested list) is a :class:`ConfigError` naming ``name``.
+    """
     if value is None:
         return (default,) * rank
-    if isinstance(value, (bool, int, np.integer, np.bool_)):
+    if isinstance(value, (*_INT_TYPES, *_BOOL_TYPES)):
         return (value,) * rank
-    values = tuple(value)
+    if isinstance(value, (str, bytes, float, np.floating)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{name}={value!r}: allowed: an integer or a list of integers, one per axis")
+    values = tuple(value)  # type: ignore[call-overload]
     if len(values) == 1:
         return values * rank
     if len(values) != rank:
@@ -38,13 +48,31 @@ def _as_tuple(value: int | bool | Sequence[int] | Sequence[bool] | None, rank: i
     return values
 
 
-def _check_positive_ints(values: tuple, name: str) -> tuple[int, ...]:
+def positive_ints(values: tuple, name: str, maximum: int | None = None) -> tuple[int, ...]:
+    """Check every entry is a positive integer (not a bool, not a float), at most ``maximum``."""
     out = []
     for v in values:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        if isinstance(v, _BOOL_TYPES) or not isinstance(v, _INT_TYPES) or v < 1:
             raise ConfigError(f"{name}={list(values)}: every entry must be a positive integer, got {v!r}")
+        if maximum is not None and v > maximum:
+            raise ConfigError(f"{name}={list(values)}: entry {v} is too large; allowed: at most {maximum}")
         out.append(int(v))
     return tuple(out)
+
+
+def layout_tuple(value: object, name: str = "input_size") -> tuple[int, ...]:
+    """A layout (1 to 3 positive axis lengths, at most :data:`MAX_TOKENS` tokens) from an int or a list."""
+    if isinstance(value, (*_INT_TYPES, *_BOOL_TYPES)):
+        value = (value,)
+    if isinstance(value, (str, bytes, float, np.floating)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{name}={value!r}: allowed: 1 to 3 positive integers (axis lengths, outermost first)")
+    size = positive_ints(tuple(value), name)  # type: ignore[call-overload]
+    if not 1 <= len(size) <= 3:
+        raise ConfigError(f"{name}={list(size)} has rank {len(size)}; allowed ranks are 1, 2 and 3")
+    tokens = math.prod(size)
+    if tokens > MAX_TOKENS:
+        raise ConfigError(f"{name}={list(size)} has {tokens:.3g} tokens; allowed: at most 2^31 - 1 = {MAX_TOKENS}")
+    return size
 
 
 @dataclass(frozen=True)
@@ -68,20 +96,18 @@ class GNAPattern:
     causal: tuple[bool, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        size = self.input_size
-        if isinstance(size, (int, np.integer)):
-            size = (size,)
-        size = _check_positive_ints(tuple(size), "input_size")
+        size = layout_tuple(self.input_size)
         rank = len(size)
-        if not 1 <= rank <= 3:
-            raise ConfigError(f"input_size={list(size)} has rank {rank}; allowed ranks are 1, 2 and 3")
-        window = _check_positive_ints(_as_tuple(self.window, rank, "window", 0), "window")
-        stride = _check_positive_ints(_as_tuple(self.stride or None, rank, "stride", 1), "stride")
-        dilation = _check_positive_ints(_as_tuple(self.dilation or None, rank, "dilation", 1), "dilation")
-        causal_raw = _as_tuple(self.causal if self.causal != () else None, rank, "causal", False)
+        if self.window is None:
+            raise ConfigError("window is required: one per axis or one for all axes")
+        window = positive_ints(per_axis(self.window, rank, "window"), "window")
+        stride = positive_ints(per_axis(self.stride if self.stride != () else None, rank, "stride", 1), "stride")
+        dilation = positive_ints(per_axis(self.dilation if self.dilation != () else None, rank, "dilation", 1),
+                                 "dilation")
+        causal_raw = per_axis(self.causal if self.causal != () else None, rank, "causal", False)
         causal = []
         for c in causal_raw:
-            if isinstance(c, (bool, np.bool_)) or (isinstance(c, (int, np.integer)) and c in (0, 1)):
+            if isinstance(c, _BOOL_TYPES) or (isinstance(c, _INT_TYPES) and c in (0, 1)):
                 causal.append(bool(c))
             else:
                 raise ConfigError(f"causal={list(causal_raw)}: entries must be 0/1 or true/false, got {c!r}")
@@ -120,12 +146,12 @@ class GNAPattern:
                            self.dilation[axis], self.causal[axis])
 
     def visible_pairs(self) -> int:
-        """Exact number of visible (query, key) pairs, computed per axis."""
+        """Exact number of visible (query, key) pairs: the product of per-axis counts (closed form)."""
         total = 1
         for axis in range(self.rank):
-            lo, hi = self.axis_bounds(axis)
-            d = self.dilation[axis]
-            total *= int(((hi - lo) // d + 1).sum())
+            n, w, s, d, c = (self.input_size[axis], self.window[axis], self.stride[axis], self.dilation[axis],
+                             self.causal[axis])
+            total *= sum(group_pairs(group_length(n, d, g), w, s, c) for g in range(d))
         return total
 
     def density(self) -> float:
@@ -133,15 +159,18 @@ class GNAPattern:
         return self.visible_pairs() / float(self.num_tokens) ** 2
 
 
-def group_bounds(length: int, window: int, stride: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive visible key range ``[lo, hi]`` of each query of one undilated axis.
+def group_bounds(length: int, window: int, stride: int, causal: bool,
+                 positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive visible key range ``[lo, hi]`` of queries of one undilated axis of ``length``.
 
-    DESIGN.md's formulas: non-causal ``leader = min(floor(i/s)*s + floor(s/2), L-1)``, centre
-    clamped to ``[wl, L-1-wr]``; causal ``leader = min(floor(i/s)*s + s-1, L-1)``, keys
-    ``j <= i`` with ``leader - j < w``. Both ``lo`` and ``hi`` are non-decreasing in ``i`` and
+    ``positions`` (int64 array, default every position) picks the queries: the rule is evaluated
+    point-wise, so a tile's end points cost O(1) whatever the axis length. DESIGN.md's formulas:
+    non-causal ``leader = min(floor(i/s)*s + floor(s/2), L-1)``, centre clamped to
+    ``[wl, L-1-wr]``; causal ``leader = min(floor(i/s)*s + s-1, L-1)``, keys ``j <= i`` with
+    ``leader - j < w``. Both ``lo`` and ``hi`` are non-decreasing in ``i`` and
     ``lo[i] <= i <= hi[i]``: the tiling relies on both facts.
     """
-    i = np.arange(length, dtype=np.int64)
+    i = np.arange(length, dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
     block = (i // stride) * stride
     if causal:
         leader = np.minimum(block + stride - 1, length - 1)
@@ -151,6 +180,34 @@ def group_bounds(length: int, window: int, stride: int, causal: bool) -> tuple[n
     leader = np.minimum(block + stride // 2, length - 1)
     center = np.clip(leader, wl, length - 1 - wr)
     return center - wl, center + wr
+
+
+def group_pairs(length: int, window: int, stride: int, causal: bool) -> int:
+    """Visible (query, key) pairs of one undilated axis, in closed form (O(1) work).
+
+    Non-causal: every query sees exactly ``window`` keys. Causal: query ``i`` of the stride block
+    whose leader is ``e`` sees ``i - max(e - w + 1, 0) + 1`` keys; the first blocks (``e < w``) see
+    ``i + 1`` each, every whole block after them ``s * w - s * (s - 1) / 2`` in all, and the last
+    block (possibly short) is summed on its own.
+    """
+    if not causal:
+        return length * window
+    n, w, s = length, window, stride
+    blocks = -(-n // s)
+    head = min(blocks, (w - s) // s + 1)  # blocks whose leader is < w: nothing cut at the left
+    if head == blocks:
+        return n * (n + 1) // 2
+    total = head * s * (head * s + 1) // 2
+    total += (blocks - head - 1) * (s * w - s * (s - 1) // 2)
+    start, end = (blocks - 1) * s, n - 1
+    lo = max(end - w + 1, 0)
+    count = end - start + 1
+    return total + count * (1 - lo) + (start + end) * count // 2
+
+
+def group_length(length: int, dilation: int, group: int) -> int:
+    """Positions of dilation group ``group`` on an axis of ``length``: ``ceil((length - group) / dilation)``."""
+    return -(-(length - group) // dilation)
 
 
 def axis_bounds(length: int, window: int, stride: int = 1, dilation: int = 1,
@@ -165,7 +222,7 @@ def axis_bounds(length: int, window: int, stride: int = 1, dilation: int = 1,
     lo = np.empty(length, dtype=np.int64)
     hi = np.empty(length, dtype=np.int64)
     for g in range(dilation):
-        glo, ghi = group_bounds(len(range(g, length, dilation)), window, stride, causal)
+        glo, ghi = group_bounds(group_length(length, dilation, g), window, stride, causal)
         lo[g::dilation] = g + dilation * glo
         hi[g::dilation] = g + dilation * ghi
     return lo, hi

@@ -1,25 +1,50 @@
-"""Predicted milliseconds of a sparse kernel and of its dense baseline, as result columns."""
+"""Predicted milliseconds of a sparse kernel and of its dense baseline, as a typed record."""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
 from sparsesim.hwmodels.gpus import GPU
 from sparsesim.hwmodels.profiles import KernelProfile
-from sparsesim.simulator.cost import BREAKDOWN, PassTime, Problem, backward_time, combine, forward_time, permute_ms
+from sparsesim.simulator.cost import PassTime, Problem, backward_time, combine, forward_time, permute_ms
+from sparsesim.simulator.flops import attention_flops
 from sparsesim.simulator.patterns import GNAPattern
+from sparsesim.simulator.schedule import box_schedule
 from sparsesim.simulator.tiling import TileMap, tilemap
 
-#: Columns the cost model adds to a result, in order.
-COST_COLUMNS = [
-    "kernel_profile", "predicted_ms", "permute_ms", "dense_ms", "predicted_speedup",
-    "predicted_speedup_with_permute", "bound", "wave_efficiency", "achieved_TFLOPs", "effective_TFLOPs",
-    "dense_TFLOPs", *BREAKDOWN,
-]
 
-BWD_FLOP_FACTOR = 2.5  # convention: backward FLOPs = 2.5 x forward
+@dataclass(frozen=True)
+class Prediction:
+    """The cost model's columns of a result (times in ms, rates in TFLOP/s).
+
+    The ``*_ms`` breakdown (useful work, masking, softmax, per-CTA overhead, imbalance, memory)
+    sums to ``predicted_ms``.
+    """
+
+    kernel_profile: str
+    predicted_ms: float
+    permute_ms: float
+    dense_ms: float
+    predicted_speedup: float
+    predicted_speedup_with_permute: float
+    bound: str
+    wave_efficiency: float
+    achieved_TFLOPs: float
+    effective_TFLOPs: float
+    dense_TFLOPs: float
+    useful_ms: float
+    masking_ms: float
+    softmax_ms: float
+    overhead_ms: float
+    imbalance_ms: float
+    memory_ms: float
+
+
+#: Columns the cost model adds to a result, in order.
+COST_COLUMNS = [f.name for f in dataclasses.fields(Prediction)]
 
 
 def full_tilemap(tokens: int, q_tile: int, kv_tile: int) -> TileMap:
@@ -35,19 +60,7 @@ def full_tilemap(tokens: int, q_tile: int, kv_tile: int) -> TileMap:
     for a in (visited, full, kv_visited, kv_full):
         a.setflags(write=False)
     return TileMap(tiling="flat", q_tile=(q_tile,), kv_tile=(kv_tile,), q_grid=(nq,), kv_grid=(nk,),
-                   visited=visited, full=full, kv_visited=kv_visited, kv_full=kv_full)
-
-
-def dense_baseline_tilemap(pattern: GNAPattern | None, tokens: int, sparse_tm: TileMap,
-                           prof: KernelProfile) -> TileMap:
-    """The dense kernel's tile map: the profile's dense tiles, causal axes kept causal."""
-    q, kv = prof.forward.dense_q_tile, prof.forward.dense_kv_tile
-    if pattern is None or not pattern.is_causal:
-        return full_tilemap(tokens, q, kv)
-    dense = pattern.dense()
-    if dense.rank == 1:
-        return tilemap(dense, (q,), (kv,), "box")
-    return tilemap(dense, sparse_tm.q_tile, sparse_tm.kv_tile, sparse_tm.tiling)
+                   visited=visited, full=full, kv_visited=kv_visited, kv_full=kv_full, dense_kv_tiles=nk)
 
 
 def run_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs: float,
@@ -57,29 +70,32 @@ def run_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tok
     return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, pairs)) if backprop else fwd
 
 
-def predict(*, gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, pattern: GNAPattern | None,
-            tokens: int, pairs_per_head: float, dense_pairs_per_head: float, backprop: bool = False) -> dict[str, Any]:
-    """Cost-model columns for one configuration (``pattern`` is None for block maps)."""
+def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPattern | None, tokens: int,
+               sparse_tm: TileMap, backprop: bool) -> PassTime:
+    """The dense kernel's time: the profile's dense tiles over flat tokens, causal axes kept causal."""
+    q, kv = prof.forward.dense_q_tile, prof.forward.dense_kv_tile
+    if pattern is None or not pattern.is_causal:
+        tm = full_tilemap(tokens, q, kv)
+    elif pattern.rank == 1:  # the dense kernel's own tiles, however short the sequence
+        tm = box_schedule(pattern.dense(), (q,), (kv,)).tilemap
+    else:
+        tm = tilemap(pattern.dense(), sparse_tm.q_tile, sparse_tm.kv_tile, sparse_tm.tiling)
+    pairs = float(tokens) ** 2 if pattern is None else float(pattern.dense().visible_pairs())
+    return run_passes(gpu, prof, problem, tm, tokens, pairs, backprop)
+
+
+def predict(*, gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs_per_head: float,
+            dense_pairs_per_head: float, dense: PassTime, backprop: bool = False) -> Prediction:
+    """Cost-model columns of one configuration, given its dense baseline's :class:`PassTime`."""
     sparse = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop)
-    dense_tm = dense_baseline_tilemap(pattern, tokens, tm, prof)
-    dense = run_passes(gpu, prof, problem, dense_tm, tokens, dense_pairs_per_head, backprop)
-    needs_permute = tm.tiling == "box" and len(tm.q_tile) > 1
+    needs_permute = tm.tiling == "box" and (len(tm.q_tile) > 1 or tm.groups > 1)
     perm = permute_ms(gpu, prof, problem, tokens, backprop) if needs_permute else 0.0
-    flop_factor = (1 + BWD_FLOP_FACTOR) if backprop else 1.0
-    bh = problem.batch * problem.heads * problem.head_dim * 4 * flop_factor
-    useful_flops, dense_flops = bh * pairs_per_head, bh * dense_pairs_per_head
-    out: dict[str, Any] = {
-        "kernel_profile": prof.name,
-        "predicted_ms": sparse.ms,
-        "permute_ms": perm,
-        "dense_ms": dense.ms,
-        "predicted_speedup": dense.ms / sparse.ms,
-        "predicted_speedup_with_permute": dense.ms / (sparse.ms + perm),
-        "bound": sparse.bound,
-        "wave_efficiency": sparse.wave_efficiency,
-        "achieved_TFLOPs": useful_flops / sparse.ms / 1e9,
-        "effective_TFLOPs": dense_flops / sparse.ms / 1e9,
-        "dense_TFLOPs": dense_flops / dense.ms / 1e9,
-    }
-    out.update(sparse.breakdown)
-    return out
+    kw = {"heads": problem.heads, "head_dim": problem.head_dim, "batch": problem.batch, "backprop": backprop}
+    useful_flops = attention_flops(pairs_per_head, **kw)
+    dense_flops = attention_flops(dense_pairs_per_head, **kw)
+    return Prediction(
+        kernel_profile=prof.name, predicted_ms=sparse.ms, permute_ms=perm, dense_ms=dense.ms,
+        predicted_speedup=dense.ms / sparse.ms, predicted_speedup_with_permute=dense.ms / (sparse.ms + perm),
+        bound=sparse.bound, wave_efficiency=sparse.wave_efficiency,
+        achieved_TFLOPs=useful_flops / sparse.ms / 1e9, effective_TFLOPs=dense_flops / sparse.ms / 1e9,
+        dense_TFLOPs=dense_flops / dense.ms / 1e9, **sparse.breakdown)

@@ -1,8 +1,10 @@
-"""One configuration in, one result record out; many configurations in, a DataFrame out."""
+"""One configuration in, one typed result out; many configurations in, a DataFrame out."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,168 +13,285 @@ import pandas as pd
 
 from sparsesim.hwmodels import GPU, load_gpu
 from sparsesim.hwmodels.profiles import KernelProfile, load_profile
-from sparsesim.simulator.cost import Problem
+from sparsesim.simulator.cost import PassTime, Problem
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, load_block_map
-from sparsesim.simulator.predict import COST_COLUMNS, predict
-from sparsesim.simulator.tiling import TileMap, block_sparse_tilemap, check_tiles, tilemap
+from sparsesim.simulator.feasibility import kernel_problem
+from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, layout_tuple, load_block_map
+from sparsesim.simulator.predict import Prediction, dense_pass, predict
+from sparsesim.simulator.tiling import TileMap, block_sparse_tilemap, check_tiles, shrink_tile, tile_stats, tilemap
 
-#: Columns of the tile-level result, in order (the record also carries array fields).
-TILE_COLUMNS = [
-    "gpu", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile", "tiling",
-    "density", "flop_speedup", "tile_speedup", "tile_speedup_mean", "kv_tiles_dense", "max_kv_tiles",
-    "mean_kv_tiles", "partial_fraction", "block_sparse",
-]
-#: Every column of a result, in order.
-COLUMNS = [*TILE_COLUMNS, "heads", "heads_kv", "head_dim", "batch", "dtype", "backprop", *COST_COLUMNS]
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Everything :func:`simulate` says about one configuration: the pattern, its tile-level bounds,
+    the problem and the cost model's prediction (DESIGN.md, Tiles and bounds; README, columns).
+
+    ``feasible`` says whether sparsesim's Triton kernels run these tiles at this head dim and dtype
+    on this GPU (``infeasible_because`` says why not). ``visits``/``full_visits`` (per Q tile) and
+    ``q_grid`` are for pictures; :meth:`to_dict` leaves them out unless asked.
+    """
+
+    gpu: str
+    input_size: Shape
+    window: Shape | None
+    stride: Shape | None
+    dilation: Shape | None
+    causal: tuple[bool, ...] | None
+    q_tile: Shape
+    kv_tile: Shape
+    tiling: str
+    density: float
+    flop_speedup: float
+    tile_speedup: float
+    tile_speedup_mean: float
+    kv_tiles_dense: float
+    max_kv_tiles: int
+    mean_kv_tiles: float
+    partial_fraction: float
+    block_sparse: bool
+    feasible: bool
+    infeasible_because: str
+    heads: int
+    heads_kv: int
+    head_dim: int
+    batch: int
+    dtype: str
+    backprop: bool
+    kernel_profile: str
+    predicted_ms: float
+    permute_ms: float
+    dense_ms: float
+    predicted_speedup: float
+    predicted_speedup_with_permute: float
+    bound: str
+    wave_efficiency: float
+    achieved_TFLOPs: float
+    effective_TFLOPs: float
+    dense_TFLOPs: float
+    useful_ms: float
+    masking_ms: float
+    softmax_ms: float
+    overhead_ms: float
+    imbalance_ms: float
+    memory_ms: float
+    visits: np.ndarray = field(repr=False, compare=False)
+    full_visits: np.ndarray = field(repr=False, compare=False)
+    q_grid: Shape = field(repr=False, compare=False)
+
+    def to_dict(self, arrays: bool = False) -> dict[str, Any]:
+        """The record as a dict of columns (plus ``visits``, ``full_visits``, ``q_grid`` with ``arrays``)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not arrays:
+            for key in ARRAY_KEYS:
+                del out[key]
+        return out
+
+
 #: Record keys holding arrays (per-Q-tile counts for pictures); left out of tables.
 ARRAY_KEYS = ("visits", "full_visits", "q_grid")
+#: Every column of a result, in order.
+COLUMNS = [f.name for f in dataclasses.fields(SimResult) if f.name not in ARRAY_KEYS]
+#: The tile-level columns (no cost model).
+TILE_COLUMNS = COLUMNS[:COLUMNS.index("infeasible_because") + 1]
 
 
-def _tile_tuple(value: int | Sequence[int] | None, name: str) -> tuple[int, ...] | None:
+def _tile_tuple(value: Any, name: str) -> Shape | None:
     if value is None:
         return None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return (int(value),)
-    try:
-        return tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigError(f"{name}={value!r}: must be an integer or a list of integers") from None
+    if isinstance(value, (str, bytes, float, np.floating)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{name}={value!r}: allowed: an integer or a list of integers, one per axis")
+    return tuple(value)
 
 
-def resolve_tiles(gpu: GPU, rank: int, tiling: str, q_tile: Any, kv_tile: Any) -> tuple[tuple[int, ...], ...]:
+def resolve_tiles(gpu: GPU, lengths: Sequence[int], q_tile: Any, kv_tile: Any) -> tuple[Shape, Shape]:
     """The tiles to use: the given ones, or the GPU's default fused-kernel tiles for this rank.
 
-    A lone ``q_tile`` also sets ``kv_tile``. Flat tiling defaults to the GPU's 1D tiles.
+    A lone ``q_tile`` also sets ``kv_tile`` and a lone ``kv_tile`` also sets ``q_tile``. Default tiles
+    shrink to short axes (:func:`~sparsesim.simulator.tiling.shrink_tile`; ``lengths``: the axis
+    lengths of box tiles, or the token count alone for flat tiles).
     """
     q, kv = _tile_tuple(q_tile, "q_tile"), _tile_tuple(kv_tile, "kv_tile")
     if q is None and kv is None:
-        return gpu.tiles_for(1 if tiling == "flat" else rank)
-    if q is None:
-        raise ConfigError(f"kv_tile={list(kv or ())} given without q_tile; give both, or q_tile alone")
-    return q, (kv if kv is not None else q)
+        dq, dkv = gpu.tiles_for(len(lengths))
+        return shrink_tile(dq, lengths), shrink_tile(dkv, lengths)
+    q = q if q is not None else kv
+    kv = kv if kv is not None else q
+    assert q is not None and kv is not None
+    return q, kv
 
 
-def tile_stats(tm: TileMap, dense: TileMap | None, flop_speedup: float) -> dict[str, Any]:
-    """The tile-level columns of a result from a tile map and its dense baseline's tile map."""
-    visited = tm.visited.astype(np.float64)
-    worst = float(visited.max())
-    mean = float(visited.mean())
-    # Non-causal: the dense baseline visits every KV tile from every Q tile, and the worst Q tile
-    # bounds the sparse kernel (the GNA paper's convention). Causal: the dense triangle is
-    # load-balanced across SMs, so its worst Q tile is not its cost; both sides use the mean.
-    if dense is None:
-        dense_tiles = float(tm.num_kv_tiles)
-        tile_speedup = dense_tiles / worst
-    else:
-        dense_tiles = float(dense.visited.mean())
-        tile_speedup = dense_tiles / mean
-    partial = float(tm.partial.sum())
-    total = float(tm.visited.sum())
-    block_sparse = partial == 0 and bool(np.isclose(tile_speedup, flop_speedup, rtol=1e-9))
-    return {
-        "tile_speedup": tile_speedup,
-        "tile_speedup_mean": dense_tiles / mean,
-        "kv_tiles_dense": dense_tiles if dense is not None else int(dense_tiles),
-        "max_kv_tiles": int(worst),
-        "mean_kv_tiles": mean,
-        "partial_fraction": partial / total if total else 0.0,
-        "block_sparse": block_sparse,
-        "visits": tm.visited,
-        "full_visits": tm.full,
-        "q_grid": tm.q_grid,
-    }
+def _int_arg(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name}={value!r}; allowed: a positive integer")
+    return int(value)
+
+
+@dataclass
+class _Cache:
+    """What a batch of simulations shares: GPUs, profiles and dense baselines, each built once."""
+
+    gpus: dict[Any, GPU] = field(default_factory=dict)
+    profiles: dict[Any, KernelProfile] = field(default_factory=dict)
+    dense: dict[Any, Any] = field(default_factory=dict)
+
+    def gpu(self, name: Any) -> GPU:
+        key = name if isinstance(name, str) else id(name)
+        if key not in self.gpus:
+            self.gpus[key] = load_gpu(name)
+        return self.gpus[key]
+
+    def profile(self, name: Any, gpu: GPU) -> KernelProfile:
+        key = (name if isinstance(name, str) else id(name), id(gpu))
+        if key not in self.profiles:
+            self.profiles[key] = load_profile(name, gpu)
+        return self.profiles[key]
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key not in self.dense:
+            self.dense[key] = build()
+        return self.dense[key]
 
 
 def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | None = None,
-             stride: int | Sequence[int] = 1, dilation: int | Sequence[int] = 1,
-             causal: bool | Sequence[bool] = False, q_tile: int | Sequence[int] | None = None,
+             stride: int | Sequence[int] | None = None, dilation: int | Sequence[int] | None = None,
+             causal: bool | Sequence[bool] | None = None, q_tile: int | Sequence[int] | None = None,
              kv_tile: int | Sequence[int] | None = None, tiling: str = "box", gpu: str | GPU = "H100",
              block_map: str | Path | np.ndarray | None = None, heads: int = 24, heads_kv: int | None = None,
              head_dim: int = 128, batch: int = 1, dtype: str = "bf16", backprop: bool = False,
-             kernel_profile: str | KernelProfile = "reference") -> dict[str, Any]:
+             kernel_profile: str | KernelProfile = "reference") -> SimResult:
     """Simulate one configuration; keyword names are the CLI flags with underscores.
 
-    Without ``block_map`` the pattern is GNA over ``input_size``; with it, ``input_size`` is the
-    sequence length and the map (array or ``.npy``/``.npz`` path) is tiled by ``q_tile``/``kv_tile``.
-    The record holds the tile-level bounds and the cost model's prediction on ``gpu`` with
-    ``kernel_profile`` (``reference``: the best published kernel of the GPU's architecture).
+    Without ``block_map`` the pattern is GNA over ``input_size`` (stride, dilation default 1,
+    causal off); with it, ``input_size`` is the sequence length and the map (array or
+    ``.npy``/``.npz`` path) is tiled by ``q_tile``/``kv_tile``. The record holds the tile-level
+    bounds and the cost model's prediction on ``gpu`` with ``kernel_profile`` (``reference``: the
+    best published kernel of the GPU's architecture).
 
     Example:
         >>> r = simulate(input_size=(256, 256), window=(80, 80), stride=(16, 16),
         ...              q_tile=(16, 16), kv_tile=(16, 8))
-        >>> round(r["tile_speedup"], 2), r["block_sparse"]
+        >>> round(r.tile_speedup, 2), r.block_sparse
         (10.24, True)
     """
-    gpu_spec = load_gpu(gpu)
-    problem = Problem(batch=batch, heads=heads, heads_kv=heads_kv, head_dim=head_dim, dtype=dtype)
-    prof = load_profile(kernel_profile, gpu_spec)
-    extra = {"heads": heads, "heads_kv": problem.heads_kv, "head_dim": head_dim, "batch": batch, "dtype": dtype,
-             "backprop": bool(backprop)}
-    if block_map is not None:
-        bs_record = _simulate_block_sparse(input_size, block_map, q_tile, kv_tile, gpu_spec, extra)
-        bm = bs_record.pop("_pattern")
-        bs_record.update(predict(gpu=gpu_spec, prof=prof, problem=problem, tm=bs_record.pop("_tilemap"),
-                                 pattern=None, tokens=bm.seq_len, pairs_per_head=bm.visible_pairs() / bm.heads,
-                                 dense_pairs_per_head=float(bm.seq_len) ** 2, backprop=bool(backprop)))
-        return bs_record
-    if window is None:
-        raise ConfigError("window is required for a GNA pattern (or give block_map)")
-    pattern = GNAPattern(input_size=input_size, window=window, stride=stride, dilation=dilation, causal=causal)
-    q, kv = resolve_tiles(gpu_spec, pattern.rank, tiling, q_tile, kv_tile)
+    return _simulate(dict(input_size=input_size, window=window, stride=stride, dilation=dilation, causal=causal,
+                          q_tile=q_tile, kv_tile=kv_tile, tiling=tiling, gpu=gpu, block_map=block_map, heads=heads,
+                          heads_kv=heads_kv, head_dim=head_dim, batch=batch, dtype=dtype, backprop=backprop,
+                          kernel_profile=kernel_profile), _Cache())
+
+
+_DEFAULTS = {"stride": None, "dilation": None, "causal": None, "q_tile": None, "kv_tile": None, "tiling": "box",
+             "gpu": "H100", "block_map": None, "window": None, "heads": 24, "heads_kv": None, "head_dim": 128,
+             "batch": 1, "dtype": "bf16", "backprop": False, "kernel_profile": "reference"}
+
+
+def _simulate(cfg: Mapping[str, Any], cache: _Cache) -> SimResult:
+    unknown = sorted(set(cfg) - set(_DEFAULTS) - {"input_size"})
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; allowed: input_size, {', '.join(sorted(_DEFAULTS))}")
+    if "input_size" not in cfg:
+        raise ConfigError("input_size is required")
+    c = {**_DEFAULTS, **cfg}
+    gpu = cache.gpu(c["gpu"])
+    if not isinstance(c["backprop"], (bool, np.bool_)):
+        raise ConfigError(f"backprop={c['backprop']!r}; allowed: true or false")
+    backprop = bool(c["backprop"])
+    problem = Problem(batch=c["batch"], heads=c["heads"], heads_kv=c["heads_kv"], head_dim=c["head_dim"],
+                      dtype=c["dtype"])
+    prof = cache.profile(c["kernel_profile"], gpu)
+    if c["block_map"] is not None:
+        given = [k for k in ("window", "stride", "dilation", "causal") if c[k] is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} cannot be combined with block_map (the map is the pattern); "
+                              f"allowed: block_map with input_size, q_tile, kv_tile")
+        if c["tiling"] != "box":
+            raise ConfigError(f"tiling={c['tiling']!r} cannot be combined with block_map (maps are tiled as given)")
+        return _block_sparse(c, gpu, prof, problem, backprop, cache)
+    unset = {k: () if c[k] is None else c[k] for k in ("stride", "dilation", "causal")}
+    pattern = GNAPattern(input_size=c["input_size"], window=c["window"], **unset)
+    tiling = c["tiling"]
+    if tiling not in ("box", "flat"):
+        raise ConfigError(f"tiling={tiling!r}; allowed: box, flat")
+    lengths = (pattern.num_tokens,) if tiling == "flat" else pattern.input_size
+    q, kv = resolve_tiles(gpu, lengths, c["q_tile"], c["kv_tile"])
     check_tiles(pattern, q, kv, tiling)
     tm = tilemap(pattern, q, kv, tiling)
     dense_pattern = pattern.dense()
-    dense_tm = tilemap(dense_pattern, q, kv, tiling) if pattern.is_causal else None
+    dense_pairs = float(dense_pattern.visible_pairs())
     pairs = pattern.visible_pairs()
-    flop_speedup = dense_pattern.visible_pairs() / pairs
-    record: dict[str, Any] = {
-        "gpu": gpu_spec.name, "input_size": pattern.input_size, "window": pattern.window,
-        "stride": pattern.stride, "dilation": pattern.dilation, "causal": pattern.causal,
-        "q_tile": q, "kv_tile": kv, "tiling": tiling,
-        "density": pairs / float(pattern.num_tokens) ** 2, "flop_speedup": flop_speedup,
-    }
-    record.update(tile_stats(tm, dense_tm, flop_speedup))
-    record.update(extra)
-    record.update(predict(gpu=gpu_spec, prof=prof, problem=problem, tm=tm, pattern=pattern,
-                          tokens=pattern.num_tokens, pairs_per_head=float(pairs),
-                          dense_pairs_per_head=float(dense_pattern.visible_pairs()), backprop=bool(backprop)))
-    return record
+    flop_speedup = dense_pairs / pairs
+    dense_tm = None
+    if pattern.is_causal:
+        dense_tm = cache.get(("dense-tilemap", dense_pattern, q, kv, tiling),
+                             lambda: tilemap(dense_pattern, q, kv, tiling))
+    stats = tile_stats(tm, flop_speedup, dense_tm)
+    causal_key = (dense_pattern, q, kv, tiling) if pattern.is_causal else None
+    dense = cache.get(("dense", id(gpu), id(prof), problem, pattern.num_tokens, causal_key, backprop),
+                      lambda: dense_pass(gpu, prof, problem, pattern, pattern.num_tokens, tm, backprop))
+    pred = predict(gpu=gpu, prof=prof, problem=problem, tm=tm, tokens=pattern.num_tokens,
+                   pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop)
+    return _record(gpu, problem, backprop, tm, stats, pred, q, kv, tiling,
+                   input_size=pattern.input_size, window=pattern.window, stride=pattern.stride,
+                   dilation=pattern.dilation, causal=pattern.causal, density=pairs / float(pattern.num_tokens) ** 2,
+                   flop_speedup=flop_speedup)
 
 
-def _simulate_block_sparse(input_size: Any, block_map: Any, q_tile: Any, kv_tile: Any, gpu: GPU,
-                           extra: Mapping[str, Any]) -> dict[str, Any]:
-    size = _tile_tuple(input_size, "input_size")
-    if size is None or len(size) != 1:
-        raise ConfigError(f"input_size={input_size!r}: a block map takes one sequence length")
-    q, kv = resolve_tiles(gpu, 1, "flat", q_tile, kv_tile)
+def _record(gpu: GPU, problem: Problem, backprop: bool, tm: TileMap, stats: Any, pred: Prediction, q: Shape,
+            kv: Shape, tiling: str, **pattern_fields: Any) -> SimResult:
+    why = kernel_problem(q_tile=q, kv_tile=kv, head_dim=problem.head_dim, dtype=problem.dtype, gpu=gpu)
+    return SimResult(
+        gpu=gpu.name, q_tile=q, kv_tile=kv, tiling=tiling, **pattern_fields, **dataclasses.asdict(stats),
+        feasible=not why, infeasible_because=why, heads=problem.heads, heads_kv=int(problem.heads_kv or problem.heads),
+        head_dim=problem.head_dim, batch=problem.batch, dtype=problem.dtype, backprop=backprop,
+        **dataclasses.asdict(pred), visits=tm.visited, full_visits=tm.full, q_grid=tm.q_grid)
+
+
+def _block_sparse(c: Mapping[str, Any], gpu: GPU, prof: KernelProfile, problem: Problem, backprop: bool,
+                  cache: _Cache) -> SimResult:
+    size = layout_tuple(c["input_size"])
+    if len(size) != 1:
+        raise ConfigError(f"input_size={list(size)}: a block map takes one sequence length")
+    q, kv = resolve_tiles(gpu, size, c["q_tile"], c["kv_tile"])
     if len(q) != 1 or len(kv) != 1:
         raise ConfigError(f"q_tile={list(q)}, kv_tile={list(kv)}: a block map takes one tile size each")
-    bm = load_block_map(block_map) if isinstance(block_map, (str, Path)) else block_map
-    pattern = BlockSparsePattern(block_map=bm, seq_len=int(size[0]), q_tile=int(q[0]), kv_tile=int(kv[0]))
+    q = (_int_arg(q[0], "q_tile"),)
+    kv = (_int_arg(kv[0], "kv_tile"),)
+    bm = c["block_map"]
+    bm = load_block_map(bm) if isinstance(bm, (str, Path)) else bm
+    pattern = BlockSparsePattern(block_map=bm, seq_len=size[0], q_tile=q[0], kv_tile=kv[0])
+    if pattern.heads not in (1, problem.heads):
+        raise ConfigError(f"the block map has {pattern.heads} heads but heads={problem.heads}; allowed: a map "
+                          f"shared by all heads ([q_blocks, kv_blocks]) or one per head (pass --heads {pattern.heads})")
     tm = block_sparse_tilemap(pattern)
-    flop_speedup = 1.0 / pattern.density()
-    record: dict[str, Any] = {
-        "gpu": gpu.name, "input_size": size, "window": None, "stride": None, "dilation": None,
-        "causal": None, "q_tile": q, "kv_tile": kv, "tiling": "block",
-        "density": pattern.density(), "flop_speedup": flop_speedup,
-    }
-    record.update(tile_stats(tm, None, flop_speedup))
-    record.update(extra)
-    record["_pattern"], record["_tilemap"] = pattern, tm
-    return record
+    density = pattern.density()
+    flop_speedup = 1.0 / density
+    stats = tile_stats(tm, flop_speedup)
+    n = pattern.seq_len
+    dense: PassTime = cache.get(("dense", id(gpu), id(prof), problem, n, None, backprop),
+                                lambda: dense_pass(gpu, prof, problem, None, n, tm, backprop))
+    pred = predict(gpu=gpu, prof=prof, problem=problem, tm=tm, tokens=n,
+                   pairs_per_head=pattern.visible_pairs() / pattern.heads, dense_pairs_per_head=float(n) ** 2,
+                   dense=dense, backprop=backprop)
+    return _record(gpu, problem, backprop, tm, stats, pred, q, kv, "block", input_size=size, window=None,
+                   stride=None, dilation=None, causal=None, density=density, flop_speedup=flop_speedup)
 
 
 def simulate_many(configs: Iterable[Mapping[str, Any]], *, include_arrays: bool = False,
                   progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """Simulate many configurations (each a dict of :func:`simulate` keywords) into a DataFrame."""
+    """Simulate many configurations (each a dict of :func:`simulate` keywords) into a DataFrame.
+
+    GPUs, kernel profiles and dense baselines are built once for the whole batch.
+    """
+    cache = _Cache()
     rows = []
     for i, cfg in enumerate(configs):
-        record = simulate(**cfg)
-        if not include_arrays:
-            for key in ARRAY_KEYS:
-                record.pop(key, None)
-        rows.append(record)
+        rows.append(_simulate(cfg, cache).to_dict(arrays=include_arrays))
         if progress is not None:
             progress(i + 1)
-    return pd.DataFrame.from_records(rows)
+    return pd.DataFrame.from_records(rows, columns=None if include_arrays else COLUMNS)
+
+
+__all__ = ["COLUMNS", "SimResult", "TILE_COLUMNS", "resolve_tiles", "simulate", "simulate_many"]

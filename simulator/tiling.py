@@ -1,13 +1,14 @@
-"""Tile maps: for every Q tile, how many KV tiles it visits and how many of those are full.
+"""Tile maps: for every Q tile (a CTA), how many KV tiles it visits and how many of those are full.
 
 A KV tile is *empty* for a Q tile (skipped) when no real query of the Q tile sees any real key
 of the KV tile, *full* when every real query sees every key and the KV tile holds no padding,
 and *partial* otherwise (it needs element masking). Padded queries are ignored: their rows are
 computed and thrown away, which needs no mask.
 
-Box tiles factorize over axes (full iff full on every axis, empty iff empty on some axis), so
-box tiling works per axis and never builds an ``N x N`` mask. Flat tiles (runs of row-major
-tokens) are split into at most ``2 * rank - 1`` boxes each and classified box pair by box pair.
+Box tiles come from the schedule (:mod:`sparsesim.simulator.schedule`, dilation groups tiled
+separately as the kernels run them); flat tiles (runs of row-major tokens, no permutation) from
+:mod:`sparsesim.simulator.flat`; explicit block maps are tiled as given. :func:`tile_stats` turns
+any tile map into the bounds of a result.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, group_bounds
+from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern
 
 TILINGS = ("box", "flat")
-
-# Box pairs classified per chunk in flat tiling (bounds the memory of the pair matrices).
-_PAIR_CHUNK = 1 << 22
+#: Tokens of the smallest tile the kernels take (sparsesim.simulator.feasibility.MIN_TILE_VOLUME).
+SMALL_TILE = 16
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,11 @@ class TileMap:
     """Per-tile visit counts of a pattern under one tiling.
 
     ``visited`` and ``full`` are int64 ``[heads, q_tiles]`` (one row for patterns shared by all
-    heads); ``kv_visited`` and ``kv_full`` are the transposed counts ``[heads, kv_tiles]`` (Q
-    tiles that visit each KV tile), which the backward pass iterates over. ``q_grid`` and
-    ``kv_grid`` give the tile grid's shape (box tiling) for pictures.
+    heads; under dilation the Q tiles of every group, group by group); ``kv_visited`` and
+    ``kv_full`` are the transposed counts ``[heads, kv_tiles]`` (Q tiles that visit each KV tile),
+    which the backward pass iterates over. ``q_grid`` and ``kv_grid`` give one group's tile grid
+    (box tiling) for pictures; ``dense_kv_tiles`` is what a dense pass over the undilated layout
+    visits per Q tile with the same KV tile.
     """
 
     tiling: str
@@ -46,6 +48,8 @@ class TileMap:
     full: np.ndarray
     kv_visited: np.ndarray
     kv_full: np.ndarray
+    groups: int = 1
+    dense_kv_tiles: int = 0
 
     @property
     def num_q_tiles(self) -> int:
@@ -64,7 +68,8 @@ class TileMap:
         return self.kv_visited - self.kv_full
 
 
-def _freeze(*arrays: np.ndarray) -> list[np.ndarray]:
+def freeze(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Contiguous read-only int64 copies (tile maps are immutable)."""
     out = []
     for a in arrays:
         a = np.ascontiguousarray(a, dtype=np.int64)
@@ -73,171 +78,58 @@ def _freeze(*arrays: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-class AxisRule:
-    """The visibility rule of one axis, evaluated on intervals of positions.
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= ``n``."""
+    return 1 << max(0, (int(n) - 1).bit_length())
 
-    ``classify(qa, qb, ka, kb)`` answers, for query interval ``[qa, qb]`` and key interval
-    ``[ka, kb]`` (inclusive, broadcastable arrays), whether *some* pair is visible and whether
-    *every* pair is. It relies on ``lo``/``hi`` being non-decreasing with ``lo[i] <= i <= hi[i]``
-    within each dilation group, so the keys seen by an interval of queries form one interval.
-    """
 
-    def __init__(self, length: int, window: int, stride: int, dilation: int, causal: bool) -> None:
-        self.length = length
-        self.dilation = dilation
-        self.groups = [group_bounds(len(range(g, length, dilation)), window, stride, causal)
-                       for g in range(dilation)]
-
-    def query_side(self, qa: np.ndarray, qb: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per dilation group: (query interval non-empty, lowest and highest key seen), in group indices."""
-        d = self.dilation
-        out = []
-        for g, (lo, hi) in enumerate(self.groups):
-            m_lo = (qa - g + d - 1) // d
-            m_hi = (qb - g) // d
-            ok = m_lo <= m_hi
-            last = len(lo) - 1
-            out.append((ok, lo[np.clip(m_lo, 0, last)], hi[np.clip(m_hi, 0, last)]))
-        return out
-
-    def classify(self, qside: list, qa: np.ndarray, qb: np.ndarray,
-                 ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(any visible, all visible) for query intervals (via ``qside``) against key intervals."""
-        d = self.dilation
-        any_: np.ndarray | None = None
-        for g, (q_ok, lo_seen, hi_seen) in enumerate(qside):
-            k_lo = (ka - g + d - 1) // d
-            k_hi = (kb - g) // d
-            hit = q_ok & (k_lo <= k_hi) & (lo_seen <= k_hi) & (hi_seen >= k_lo)
-            any_ = hit if any_ is None else (any_ | hit)
-        if d == 1:
-            _, lo_seen_hi_q, _ = self._point(qb)
-            _, _, hi_seen_lo_q = self._point(qa)
-            all_ = (lo_seen_hi_q <= ka) & (hi_seen_lo_q >= kb)
+def shrink_tile(tile: Sequence[int], lengths: Sequence[int]) -> tuple[int, ...]:
+    """A default tile fitted to a layout: each entry at most its axis rounded up to a power of two,
+    then the last entries doubled back until the tile holds :data:`SMALL_TILE` tokens (or its own)."""
+    out = [min(int(t), next_pow2(n)) for t, n in zip(tile, lengths, strict=True)]
+    target = min(SMALL_TILE, math.prod(tile))
+    a = len(out) - 1
+    while math.prod(out) < target:
+        if out[a] < tile[a] or a == 0:
+            out[a] *= 2
         else:
-            # Two positions of an interval fall in different groups: only single positions can
-            # see every key, and only a single key of their own group.
-            all_ = any_ & (qa == qb) & (ka == kb)
-        assert any_ is not None
-        return any_, all_
-
-    def _point(self, q: np.ndarray) -> tuple[None, np.ndarray, np.ndarray]:
-        lo, hi = self.groups[0]
-        return None, lo[q], hi[q]
+            a -= 1
+    return tuple(out)
 
 
-def _interval_tiles(length: int, tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start, inclusive real end and padded flag of the ``ceil(length / tile)`` tiles of an axis."""
-    starts = np.arange(0, length, tile, dtype=np.int64)
-    ends = starts + tile - 1
-    return starts, np.minimum(ends, length - 1), ends > length - 1
+def check_tiles(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[int], tiling: str) -> None:
+    """Raise :class:`ConfigError` unless the tile shapes suit the layout and the tiling.
+
+    Tiles are positive integers, one per axis (box) or one in all (flat), and no entry exceeds
+    its axis (the token count for flat tiles) rounded up to a power of two (a larger tile only adds
+    padding), unless the whole tile holds at most :data:`SMALL_TILE` tokens, the smallest tile the
+    kernels take (so a tiny layout still runs).
+    """
+    if tiling not in TILINGS:
+        raise ConfigError(f"tiling={tiling!r}; allowed: {', '.join(TILINGS)}")
+    lengths = (pattern.num_tokens,) if tiling == "flat" else pattern.input_size
+    for name, tile in (("q_tile", q_tile), ("kv_tile", kv_tile)):
+        if len(tile) != len(lengths):
+            raise ConfigError(f"{name}={list(tile)} has {len(tile)} entries; {tiling} tiling of a rank-"
+                              f"{pattern.rank} layout needs {len(lengths)}")
+        for axis, (t, n) in enumerate(zip(tile, lengths, strict=True)):
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 1:
+                raise ConfigError(f"{name}={list(tile)}: every entry must be a positive integer, got {t!r}")
+            if t > next_pow2(n) and math.prod(tile) > SMALL_TILE:
+                where = "the layout's" if tiling == "flat" else f"axis {axis}'s"
+                raise ConfigError(f"{name}={list(tile)}: {t} is larger than {where} length {n} rounded up to a "
+                                  f"power of two ({next_pow2(n)}); allowed: at most {next_pow2(n)}")
 
 
-def axis_tile_classes(pattern: GNAPattern, axis: int, q_tile: int,
-                      kv_tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-axis classification ``(visited, full)``, bool ``[q_tiles, kv_tiles]`` along one axis."""
-    n = pattern.input_size[axis]
-    rule = AxisRule(n, pattern.window[axis], pattern.stride[axis], pattern.dilation[axis], pattern.causal[axis])
-    qa, qb, _ = _interval_tiles(n, q_tile)
-    ka, kb, k_pad = _interval_tiles(n, kv_tile)
-    qside = rule.query_side(qa[:, None], qb[:, None])
-    any_, all_ = rule.classify(qside, qa[:, None], qb[:, None], ka[None, :], kb[None, :])
-    return any_, all_ & ~k_pad[None, :]
+def tilemap(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[int], tiling: str = "box") -> TileMap:
+    """Tile map of a GNA pattern under box tiling (the schedule the kernels run) or flat tiling."""
+    from sparsesim.simulator.flat import flat_tilemap
+    from sparsesim.simulator.schedule import box_schedule
 
-
-def _outer_product(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    out = np.ones(1, dtype=np.int64)
-    for v in vectors:
-        out = (out[:, None] * v.astype(np.int64)[None, :]).reshape(-1)
-    return out
-
-
-def box_tilemap(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[int]) -> TileMap:
-    """Tile map with box tiles (token permutation), computed per axis and combined."""
-    q_tile, kv_tile = tuple(q_tile), tuple(kv_tile)
-    classes = [axis_tile_classes(pattern, a, q_tile[a], kv_tile[a]) for a in range(pattern.rank)]
-    visited = _outer_product([v.sum(axis=1) for v, _ in classes])
-    full = _outer_product([f.sum(axis=1) for _, f in classes])
-    kv_visited = _outer_product([v.sum(axis=0) for v, _ in classes])
-    kv_full = _outer_product([f.sum(axis=0) for _, f in classes])
-    visited, full, kv_visited, kv_full = _freeze(visited[None], full[None], kv_visited[None], kv_full[None])
-    return TileMap(tiling="box", q_tile=q_tile, kv_tile=kv_tile,
-                   q_grid=tuple(v.shape[0] for v, _ in classes), kv_grid=tuple(v.shape[1] for v, _ in classes),
-                   visited=visited, full=full, kv_visited=kv_visited, kv_full=kv_full)
-
-
-def range_boxes(start: int, stop: int, shape: Sequence[int]) -> list[list[tuple[int, int]]]:
-    """Split the row-major token range ``[start, stop)`` into boxes of inclusive per-axis intervals."""
-    if start >= stop:
-        return []
-    if len(shape) == 1:
-        return [[(start, stop - 1)]]
-    inner = math.prod(shape[1:])
-    s0, s_rest = divmod(start, inner)
-    e0, e_rest = divmod(stop - 1, inner)
-    if s0 == e0:
-        return [[(s0, s0)] + box for box in range_boxes(s_rest, e_rest + 1, shape[1:])]
-    boxes = []
-    first_full = s0
-    if s_rest != 0:
-        boxes += [[(s0, s0)] + box for box in range_boxes(s_rest, inner, shape[1:])]
-        first_full = s0 + 1
-    last_full = e0 if e_rest == inner - 1 else e0 - 1
-    if first_full <= last_full:
-        boxes.append([(first_full, last_full)] + [(0, n - 1) for n in shape[1:]])
-    if e_rest != inner - 1:
-        boxes += [[(e0, e0)] + box for box in range_boxes(0, e_rest + 1, shape[1:])]
-    return boxes
-
-
-def _flat_boxes(n: int, tile: int, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes of every flat tile: owner tile index, lows ``[boxes, rank]``, highs ``[boxes, rank]``."""
-    owners, lows, highs = [], [], []
-    for t, start in enumerate(range(0, n, tile)):
-        for box in range_boxes(start, min(start + tile, n), shape):
-            owners.append(t)
-            lows.append([lo for lo, _ in box])
-            highs.append([hi for _, hi in box])
-    return np.array(owners), np.array(lows, dtype=np.int64), np.array(highs, dtype=np.int64)
-
-
-def flat_tilemap(pattern: GNAPattern, q_tile: int, kv_tile: int) -> TileMap:
-    """Tile map with flat tiles (runs of consecutive row-major tokens), exact at any size."""
-    n, shape = pattern.num_tokens, pattern.input_size
-    rules = [AxisRule(shape[a], pattern.window[a], pattern.stride[a], pattern.dilation[a], pattern.causal[a])
-             for a in range(pattern.rank)]
-    q_owner, q_lo, q_hi = _flat_boxes(n, q_tile, shape)
-    k_owner, k_lo, k_hi = _flat_boxes(n, kv_tile, shape)
-    nq, nk = -(-n // q_tile), -(-n // kv_tile)
-    k_starts = np.flatnonzero(np.r_[True, k_owner[1:] != k_owner[:-1]])
-    q_sides = [rules[a].query_side(q_lo[:, a], q_hi[:, a]) for a in range(pattern.rank)]
-    tile_any = np.zeros((nq, nk), dtype=bool)
-    tile_all = np.ones((nq, nk), dtype=bool)
-    chunk = max(1, _PAIR_CHUNK // max(1, len(k_owner)))
-    for c0 in range(0, len(q_owner), chunk):
-        sl = slice(c0, c0 + chunk)
-        pair_any = np.ones((len(q_owner[sl]), len(k_owner)), dtype=bool)
-        pair_all = np.ones_like(pair_any)
-        for a, rule in enumerate(rules):
-            qside = [(ok[sl, None], lo[sl, None], hi[sl, None]) for ok, lo, hi in q_sides[a]]
-            a_any, a_all = rule.classify(qside, q_lo[sl, a, None], q_hi[sl, a, None],
-                                         k_lo[None, :, a], k_hi[None, :, a])
-            pair_any &= a_any
-            pair_all &= a_all
-        # Reduce box pairs to tile pairs: any over boxes, all over boxes.
-        k_any = np.logical_or.reduceat(pair_any, k_starts, axis=1)
-        k_all = np.logical_and.reduceat(pair_all, k_starts, axis=1)
-        owners = q_owner[sl]
-        q_starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        rows = owners[q_starts]  # unique and increasing; a tile may straddle two chunks
-        tile_any[rows] |= np.logical_or.reduceat(k_any, q_starts, axis=0)
-        tile_all[rows] &= np.logical_and.reduceat(k_all, q_starts, axis=0)
-    k_pad = (np.arange(nk) + 1) * kv_tile > n
-    tile_full = tile_all & tile_any & ~k_pad[None, :]
-    visited, full, kv_visited, kv_full = _freeze(tile_any.sum(1)[None], tile_full.sum(1)[None],
-                                                  tile_any.sum(0)[None], tile_full.sum(0)[None])
-    return TileMap(tiling="flat", q_tile=(q_tile,), kv_tile=(kv_tile,), q_grid=(nq,), kv_grid=(nk,),
-                   visited=visited, full=full, kv_visited=kv_visited, kv_full=kv_full)
+    check_tiles(pattern, q_tile, kv_tile, tiling)
+    if tiling == "flat":
+        return flat_tilemap(pattern, int(q_tile[0]), int(kv_tile[0]))
+    return box_schedule(pattern, tuple(int(t) for t in q_tile), tuple(int(t) for t in kv_tile)).tilemap
 
 
 def block_sparse_tilemap(pattern: BlockSparsePattern) -> TileMap:
@@ -246,29 +138,48 @@ def block_sparse_tilemap(pattern: BlockSparsePattern) -> TileMap:
     n = pattern.seq_len
     k_pad = (np.arange(bm.shape[2]) + 1) * pattern.kv_tile > n
     full = bm & ~k_pad[None, None, :]
-    visited, full_c, kv_visited, kv_full = _freeze(bm.sum(2), full.sum(2), bm.sum(1), full.sum(1))
-    return TileMap(tiling="flat", q_tile=(pattern.q_tile,), kv_tile=(pattern.kv_tile,),
-                   q_grid=(bm.shape[1],), kv_grid=(bm.shape[2],),
-                   visited=visited, full=full_c, kv_visited=kv_visited, kv_full=kv_full)
+    visited, full_c, kv_visited, kv_full = freeze(bm.sum(2), full.sum(2), bm.sum(1), full.sum(1))
+    return TileMap(tiling="block", q_tile=(pattern.q_tile,), kv_tile=(pattern.kv_tile,),
+                   q_grid=(bm.shape[1],), kv_grid=(bm.shape[2],), visited=visited, full=full_c,
+                   kv_visited=kv_visited, kv_full=kv_full, dense_kv_tiles=int(bm.shape[2]))
 
 
-def check_tiles(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[int], tiling: str) -> None:
-    """Raise :class:`ConfigError` unless the tile shapes suit the layout and the tiling."""
-    if tiling not in TILINGS:
-        raise ConfigError(f"tiling={tiling!r}; allowed: {', '.join(TILINGS)}")
-    for name, tile in (("q_tile", q_tile), ("kv_tile", kv_tile)):
-        want = 1 if tiling == "flat" else pattern.rank
-        if len(tile) != want:
-            raise ConfigError(f"{name}={list(tile)} has {len(tile)} entries; {tiling} tiling of a rank-"
-                              f"{pattern.rank} layout needs {want}")
-        for t in tile:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
-                raise ConfigError(f"{name}={list(tile)}: every entry must be a positive integer, got {t!r}")
+@dataclass(frozen=True)
+class TileStats:
+    """The tile-level bounds of a tile map (DESIGN.md, Tiles and bounds)."""
+
+    tile_speedup: float
+    tile_speedup_mean: float
+    kv_tiles_dense: float
+    max_kv_tiles: int
+    mean_kv_tiles: float
+    partial_fraction: float
+    block_sparse: bool
 
 
-def tilemap(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[int], tiling: str = "box") -> TileMap:
-    """Tile map of a GNA pattern under box or flat tiling."""
-    check_tiles(pattern, q_tile, kv_tile, tiling)
-    if tiling == "flat":
-        return flat_tilemap(pattern, int(q_tile[0]), int(kv_tile[0]))
-    return box_tilemap(pattern, q_tile, kv_tile)
+def tile_stats(tm: TileMap, flop_speedup: float, dense: TileMap | None = None) -> TileStats:
+    """Bounds of ``tm`` against its dense baseline.
+
+    Non-causal (``dense`` None): the dense baseline visits ``tm.dense_kv_tiles`` KV tiles from every
+    Q tile and the worst Q tile bounds the sparse kernel (the GNA paper's convention). Causal
+    (``dense`` the causal dense tile map): the dense triangle is load-balanced across SMs, so its
+    worst Q tile is not its cost; both sides use the mean.
+    """
+    visited = tm.visited
+    worst = int(visited.max())
+    mean = float(visited.mean())
+    dense_tiles = float(tm.dense_kv_tiles) if dense is None else float(dense.visited.mean())
+    tile_speedup = dense_tiles / (worst if dense is None else mean)
+    partial = float(tm.partial.sum())
+    total = float(visited.sum())
+    return TileStats(
+        tile_speedup=tile_speedup, tile_speedup_mean=dense_tiles / mean,
+        kv_tiles_dense=dense_tiles, max_kv_tiles=worst, mean_kv_tiles=mean,
+        partial_fraction=partial / total if total else 0.0,
+        block_sparse=partial == 0 and bool(np.isclose(tile_speedup, flop_speedup, rtol=1e-9)),
+    )
+
+
+def grid_tokens(grid: Sequence[int], tile: Sequence[int]) -> int:
+    """Tokens of a tile grid including padding."""
+    return math.prod(g * t for g, t in zip(grid, tile, strict=True))

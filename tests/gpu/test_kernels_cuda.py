@@ -55,16 +55,47 @@ GNA_CASES = [
 ]
 
 
+def _layouts(size, dilation):
+    one_d = len(size) == 1 and dilation == 1
+    return ["gather", "permute"] + (["direct"] if one_d else [])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", GNA_CASES, ids=lambda c: "x".join(map(str, c[0])))
 def test_gna_cuda(dtype, case):
     size, window, stride, dilation, causal, q_tile, kv_tile = case
-    q = rand(1, *size, 4, 128, dtype=dtype, seed=4)
-    k = rand(1, *size, 2, 128, dtype=dtype, seed=5)
-    v = rand(1, *size, 2, 128, dtype=dtype, seed=6)
+    q = rand(2, *size, 4, 128, dtype=dtype, seed=4)
+    k = rand(2, *size, 2, 128, dtype=dtype, seed=5)
+    v = rand(2, *size, 2, 128, dtype=dtype, seed=6)
     kw = {"window": window, "stride": stride, "dilation": dilation, "causal": causal}
-    out = gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)
-    check(out, gna_reference(q, k, v, **kw), dtype)
+    ref = gna_reference(q, k, v, **kw)
+    for kv_layout in [None, *_layouts(size, dilation)]:
+        out = torch.full_like(q, float("nan"))
+        gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=out, kv_layout=kv_layout, **kw)
+        check(out, ref, dtype)
+
+
+def test_gna_cuda_graph_capture_and_replay():
+    """The repeated call path has no host sync and no host-to-device copy: it captures in a CUDA graph."""
+    size, kw = (24, 40), {"window": (9, 13), "stride": (2, 3)}
+    q, k, v = (rand(1, *size, 8, 128, dtype=torch.bfloat16, seed=s) for s in (10, 11, 12))
+    for kv_layout in ("gather", "permute"):
+        out = torch.empty_like(q)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: compiles and caches the launch
+            gna_attention(q, k, v, out=out, kv_layout=kv_layout, **kw)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            gna_attention(q, k, v, out=out, kv_layout=kv_layout, **kw)
+        for seed in (13, 14):  # new data in the captured buffers, then replay
+            for x, s in zip((q, k, v), (seed, seed + 10, seed + 20), strict=True):
+                x.copy_(rand(*x.shape, dtype=x.dtype, seed=s))
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            check(out, gna_reference(q, k, v, **kw), torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -38,7 +38,7 @@ def test_reference_resolves_per_architecture(gpu, profile):
     p = load_profile("reference", load_gpu(gpu))
     assert p.name == profile
     assert p.architecture == load_gpu(gpu).architecture
-    assert simulate(input_size=4096, window=512, gpu=gpu)["kernel_profile"] == profile
+    assert simulate(input_size=4096, window=512, gpu=gpu).kernel_profile == profile
 
 
 def test_every_builtin_profile_is_valid_and_sourced():
@@ -64,8 +64,8 @@ def test_user_profile_file_loads_and_is_used(tmp_path):
     assert p.name == "my-hopper" and p.forward.mma_efficiency == 0.41 and p.path == str(path)
     ours = simulate(input_size=4096, window=4096, gpu="H100", kernel_profile=str(path))
     ref = simulate(input_size=4096, window=4096, gpu="H100")
-    assert ours["kernel_profile"] == "my-hopper"
-    assert ours["predicted_ms"] > ref["predicted_ms"]  # half the matrix efficiency: slower
+    assert ours.kernel_profile == "my-hopper"
+    assert ours.predicted_ms > ref.predicted_ms  # half the matrix efficiency: slower
 
 
 def test_simulate_e2e_with_a_user_profile_file(tmp_path):
@@ -74,7 +74,7 @@ def test_simulate_e2e_with_a_user_profile_file(tmp_path):
     (ours,) = simulate_e2e(kernel_profile=str(path), **kw)
     op = simulate(input_size=(256, 256), window=(80, 80), stride=(16, 16), gpu="H100", heads=24,
                   kernel_profile=str(path))
-    assert ours["predicted_speedup"] == pytest.approx(op["predicted_speedup"])
+    assert ours.predicted_speedup == pytest.approx(op.predicted_speedup)
 
 
 def test_simulate_e2e_user_profile_named_like_a_builtin_is_not_replaced(tmp_path):
@@ -82,7 +82,7 @@ def test_simulate_e2e_user_profile_named_like_a_builtin_is_not_replaced(tmp_path
     kw = dict(preset="flux-4k", gpu="H100", window=(80, 80), stride=(16, 16))
     (ours,) = simulate_e2e(kernel_profile=str(path), **kw)
     (ref,) = simulate_e2e(**kw)
-    assert ours["self_attention_ms"] > ref["self_attention_ms"]
+    assert ours.self_attention_ms > ref.self_attention_ms
 
 
 @pytest.mark.parametrize("section,key,value,message", [

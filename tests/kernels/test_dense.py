@@ -6,6 +6,7 @@ import pytest
 import torch
 from kernel_testing import assert_close, randn
 
+from sparsesim.hwmodels import load_gpu
 from sparsesim.kernels import attention, dense_configs, reference_attention
 from sparsesim.kernels._launch import DENSE_SPACE, keep_dense_config
 
@@ -44,10 +45,14 @@ def test_dense_out_buffer_fully_written():
 
 
 def test_dense_configs_listed_and_pruned():
+    h200 = load_gpu("H200")
     for head_dim in (64, 128, 256):
         for dtype in ("fp16", "bf16"):
             configs = dense_configs(head_dim, dtype)
             assert 1 <= len(configs) <= 8
-            assert all(keep_dense_config(c, head_dim, dtype) for c in configs)
+            assert all(keep_dense_config(c, head_dim, dtype, h200, h200.smem_per_block_bytes) for c in configs)
             assert all(set(c) == set(DENSE_SPACE) for c in configs)
     assert dense_configs(128, torch.bfloat16) == dense_configs(128, "bf16")
+    # Head dim 256 keeps the key tile at 64 (registers); A100's 163 KB lets fewer stages fit than the H200's 227 KB.
+    assert {c["BLOCK_N"] for c in dense_configs(256, "bf16")} == {64}
+    assert len(dense_configs(128, "bf16", "A100")) < len(dense_configs(128, "bf16", "H200"))

@@ -20,13 +20,13 @@ from sparsesim.simulator import ConfigError, simulate
 from sparsesim.simulator.cli import main
 from sparsesim.simulator.cost import (
     BREAKDOWN,
-    FWD_FLOPS,
     PassTime,
     Problem,
     combine,
     forward_time,
     pair_cost,
 )
+from sparsesim.simulator.flops import FWD_FLOPS_PER_PAIR as FWD_FLOPS
 from sparsesim.simulator.predict import COST_COLUMNS
 from sparsesim.simulator.tiling import TileMap
 
@@ -191,14 +191,14 @@ def test_single_cta_through_simulate(gpu, case):
                  batch=1, head_dim=128)
     _, t = fwd_pair(gpu)
     pair = t["full"] if case == "full" else t["full"] + t["mask"]  # padding and the diagonal need masks
-    assert r["visits"].tolist() == [[1]]
-    assert r["full_visits"].tolist() == [[1 if case == "full" else 0]]
+    assert r.visits.tolist() == [[1]]
+    assert r.full_visits.tolist() == [[1 if case == "full" else 0]]
     hbm_floor = n * 4 * 128 * 2 / (g.hbm_TBps * 1e12 * p.forward.hbm_efficiency)  # Q, K, V, O once
     cta = fixed_seconds(g, p) + pair
     assert hbm_floor < cta  # the HBM floor does not bind here
-    assert r["predicted_ms"] == pytest.approx(cta * p.forward.ctas_per_SM * 1e3, rel=1e-12)
-    assert r["memory_ms"] == 0.0
-    assert r["bound"] == t_bound(t)
+    assert r.predicted_ms == pytest.approx(cta * p.forward.ctas_per_SM * 1e3, rel=1e-12)
+    assert r.memory_ms == 0.0
+    assert r.bound == t_bound(t)
 
 
 def t_bound(t):
@@ -211,9 +211,9 @@ def test_hbm_floor_binds():
     g, p = ref("H100")
     r = simulate(input_size=32768, window=1, q_tile=128, kv_tile=128, gpu="H100", heads=24, head_dim=256)
     floor_ms = 32768 * (2 * 24 + 2 * 24) * 256 * 2 / (g.hbm_TBps * 1e12 * p.forward.hbm_efficiency) * 1e3
-    assert r["bound"] == "memory"
-    assert r["memory_ms"] > 0
-    assert r["predicted_ms"] == pytest.approx(floor_ms, rel=1e-12)
+    assert r.bound == "memory"
+    assert r.memory_ms > 0
+    assert r.predicted_ms == pytest.approx(floor_ms, rel=1e-12)
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -225,12 +225,12 @@ def test_dense_useful_time_and_flops(gpu):
     n, heads, d = 8192, 16, 128
     r = simulate(input_size=n, window=n, q_tile=q, kv_tile=kv, gpu=gpu, heads=heads, head_dim=d)
     flops = 4 * 1 * heads * n * n * d
-    assert r["masking_ms"] == pytest.approx(0.0, abs=1e-12)
-    assert r["useful_ms"] == pytest.approx(flops / (g.tensor_TFLOPs["bf16"] * 1e12 * p.forward.mma_efficiency) * 1e3,
+    assert r.masking_ms == pytest.approx(0.0, abs=1e-12)
+    assert r.useful_ms == pytest.approx(flops / (g.tensor_TFLOPs["bf16"] * 1e12 * p.forward.mma_efficiency) * 1e3,
                                            rel=1e-9)
-    assert r["dense_TFLOPs"] == pytest.approx(flops / (r["dense_ms"] * 1e-3) / 1e12, rel=1e-9)
-    assert r["achieved_TFLOPs"] == pytest.approx(flops / (r["predicted_ms"] * 1e-3) / 1e12, rel=1e-9)
-    assert r["predicted_speedup"] == pytest.approx(1.0, abs=1e-12)
+    assert r.dense_TFLOPs == pytest.approx(flops / (r.dense_ms * 1e-3) / 1e12, rel=1e-9)
+    assert r.achieved_TFLOPs == pytest.approx(flops / (r.predicted_ms * 1e-3) / 1e12, rel=1e-9)
+    assert r.predicted_speedup == pytest.approx(1.0, abs=1e-12)
 
 
 def test_permute_ms_by_hand():
@@ -238,10 +238,10 @@ def test_permute_ms_by_hand():
     r = simulate(input_size=(64, 64), window=(16, 16), gpu="H100", heads=8, head_dim=64, batch=2)
     # Q, K, V in and out of tile order, and O back: 8 tensor passes of B x N x H x D x 2 bytes.
     moved = 2 * 64 * 64 * (4 * 8 + 4 * 8) * 64 * 2
-    assert r["permute_ms"] == pytest.approx(moved / (g.hbm_TBps * 1e12 * p.forward.hbm_efficiency) * 1e3, rel=1e-12)
-    assert r["predicted_speedup_with_permute"] == pytest.approx(r["dense_ms"] / (r["predicted_ms"] + r["permute_ms"]))
+    assert r.permute_ms == pytest.approx(moved / (g.hbm_TBps * 1e12 * p.forward.hbm_efficiency) * 1e3, rel=1e-12)
+    assert r.predicted_speedup_with_permute == pytest.approx(r.dense_ms / (r.predicted_ms + r.permute_ms))
     bp = simulate(input_size=(64, 64), window=(16, 16), gpu="H100", heads=8, head_dim=64, batch=2, backprop=True)
-    assert bp["permute_ms"] == pytest.approx(2 * r["permute_ms"], rel=1e-12)
+    assert bp.permute_ms == pytest.approx(2 * r.permute_ms, rel=1e-12)
 
 
 def test_combine_adds_passes():
@@ -291,15 +291,15 @@ def configs(draw):
 @given(cfg=configs())
 def test_breakdown_sums_to_predicted_ms(cfg):
     r = simulate(**cfg)
-    parts = sum(r[k] for k in BREAKDOWN)
-    assert parts == pytest.approx(r["predicted_ms"], rel=1e-9)
-    assert all(r[k] >= 0 for k in BREAKDOWN)
-    assert 0 < r["wave_efficiency"] <= 1 + 1e-12
-    assert r["bound"] in ("compute", "exp", "memory")
-    assert r["predicted_ms"] > 0 and r["dense_ms"] > 0
-    assert r["predicted_speedup"] == pytest.approx(r["dense_ms"] / r["predicted_ms"])
-    assert r["predicted_speedup_with_permute"] <= r["predicted_speedup"] * (1 + 1e-12)
-    assert r["achieved_TFLOPs"] <= r["effective_TFLOPs"] * (1 + 1e-12)
+    parts = sum(getattr(r, k) for k in BREAKDOWN)
+    assert parts == pytest.approx(r.predicted_ms, rel=1e-9)
+    assert all(getattr(r, k) >= 0 for k in BREAKDOWN)
+    assert 0 < r.wave_efficiency <= 1 + 1e-12
+    assert r.bound in ("compute", "exp", "memory")
+    assert r.predicted_ms > 0 and r.dense_ms > 0
+    assert r.predicted_speedup == pytest.approx(r.dense_ms / r.predicted_ms)
+    assert r.predicted_speedup_with_permute <= r.predicted_speedup * (1 + 1e-12)
+    assert r.achieved_TFLOPs <= r.effective_TFLOPs * (1 + 1e-12)
 
 
 def no_mask_profile(gpu: str):
@@ -316,15 +316,15 @@ def test_more_visited_tiles_never_predict_less_time(size, gpu, data):
     w2 = tuple(data.draw(st.integers(a, n)) for a, n in zip(w1, size, strict=True))
     kw = dict(input_size=size, heads=4, gpu=gpu)
     a, b = simulate(window=w1, **kw), simulate(window=w2, **kw)
-    assert (b["visits"] >= a["visits"]).all()
+    assert (b.visits >= a.visits).all()
     # Per CTA the cost is fixed + visited x full + partial x mask, so with no fewer partial tiles the time
     # cannot drop. (A growing window can turn partial tiles full and save their masking: see below.)
-    if ((b["visits"] - b["full_visits"]) >= (a["visits"] - a["full_visits"])).all():
-        assert b["predicted_ms"] >= a["predicted_ms"] * (1 - 1e-12)
+    if ((b.visits - b.full_visits) >= (a.visits - a.full_visits)).all():
+        assert b.predicted_ms >= a.predicted_ms * (1 - 1e-12)
     # With free masking, more visited tiles never predict less time, whatever turns full.
     prof = no_mask_profile(gpu)
     a, b = simulate(window=w1, kernel_profile=prof, **kw), simulate(window=w2, kernel_profile=prof, **kw)
-    assert b["predicted_ms"] >= a["predicted_ms"] * (1 - 1e-12)
+    assert b.predicted_ms >= a.predicted_ms * (1 - 1e-12)
 
 
 @pytest.mark.parametrize("size,windows", [
@@ -334,7 +334,7 @@ def test_more_visited_tiles_never_predict_less_time(size, gpu, data):
 @pytest.mark.parametrize("gpu", ["H100", "A100"])
 def test_growing_window_is_monotone_with_free_masking(size, windows, gpu):
     prof = no_mask_profile(gpu)
-    ms = [simulate(input_size=size, window=w, heads=8, gpu=gpu, kernel_profile=prof)["predicted_ms"] for w in windows]
+    ms = [simulate(input_size=size, window=w, heads=8, gpu=gpu, kernel_profile=prof).predicted_ms for w in windows]
     assert all(b >= a * (1 - 1e-12) for a, b in zip(ms, ms[1:], strict=False))
 
 
@@ -343,9 +343,9 @@ def test_growing_window_can_save_masking():
     # are full, so the kernel masks less and is predicted faster.
     a = simulate(input_size=4096, window=505, gpu="H100", heads=8)
     b = simulate(input_size=4096, window=512, gpu="H100", heads=8)
-    assert (b["visits"] == a["visits"]).all()
-    assert (b["full_visits"] >= a["full_visits"]).all() and (b["full_visits"] > a["full_visits"]).any()
-    assert b["predicted_ms"] < a["predicted_ms"]
+    assert (b.visits == a.visits).all()
+    assert (b.full_visits >= a.full_visits).all() and (b.full_visits > a.full_visits).any()
+    assert b.predicted_ms < a.predicted_ms
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -354,7 +354,7 @@ def test_dense_pattern_with_dense_tiles_predicts_exactly_one(gpu, causal):
     _, p = ref(gpu)
     r = simulate(input_size=8192, window=8192, causal=causal, q_tile=p.forward.dense_q_tile,
                  kv_tile=p.forward.dense_kv_tile, gpu=gpu, heads=16)
-    assert r["predicted_speedup"] == pytest.approx(1.0, rel=1e-12)
+    assert r.predicted_speedup == pytest.approx(1.0, rel=1e-12)
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -362,16 +362,16 @@ def test_dense_pattern_with_dense_tiles_predicts_exactly_one(gpu, causal):
                                          ((64, 128), "flat"), ((30, 48, 80), "box")])
 def test_dense_pattern_predicts_about_one(gpu, size, tiling):
     r = simulate(input_size=size, window=size, tiling=tiling, gpu=gpu, heads=16)
-    assert r["predicted_speedup"] == pytest.approx(1.0, rel=0.15)
+    assert r.predicted_speedup == pytest.approx(1.0, rel=0.15)
 
 
 @pytest.mark.parametrize("gpu", GPUS)
 def test_perfectly_block_sparse_predicts_close_to_flop_bound(gpu):
     r = simulate(input_size=(256, 256), window=(80, 80), stride=(16, 16), q_tile=(16, 16), kv_tile=(16, 8), gpu=gpu)
-    assert r["block_sparse"]
-    assert r["flop_speedup"] == pytest.approx(10.24)
-    assert r["predicted_speedup"] == pytest.approx(r["flop_speedup"], rel=0.10)
-    assert r["predicted_speedup"] <= r["flop_speedup"]
+    assert r.block_sparse
+    assert r.flop_speedup == pytest.approx(10.24)
+    assert r.predicted_speedup == pytest.approx(r.flop_speedup, rel=0.10)
+    assert r.predicted_speedup <= r.flop_speedup
 
 
 @pytest.mark.parametrize("gpu", GPUS)
@@ -380,26 +380,26 @@ def test_permutation_cost_only_for_multi_dimensional_box_tiles(gpu):
     one_d = simulate(input_size=4096, window=512, gpu=gpu)
     box2 = simulate(input_size=(64, 64), window=(16, 16), gpu=gpu)
     box3 = simulate(input_size=(16, 32, 32), window=(8, 8, 8), gpu=gpu)
-    assert flat["permute_ms"] == 0.0 and one_d["permute_ms"] == 0.0
-    assert flat["predicted_speedup_with_permute"] == flat["predicted_speedup"]
-    assert box2["permute_ms"] > 0 and box3["permute_ms"] > 0
-    assert box3["predicted_speedup_with_permute"] < box3["predicted_speedup"]
+    assert flat.permute_ms == 0.0 and one_d.permute_ms == 0.0
+    assert flat.predicted_speedup_with_permute == flat.predicted_speedup
+    assert box2.permute_ms > 0 and box3.permute_ms > 0
+    assert box3.predicted_speedup_with_permute < box3.predicted_speedup
 
 
 @pytest.mark.parametrize("gpu", GPUS)
 def test_backprop_costs_more_than_forward(gpu):
     kw = dict(input_size=(32, 64), window=(16, 16), gpu=gpu, heads=8)
     fwd, both = simulate(**kw), simulate(backprop=True, **kw)
-    assert both["predicted_ms"] > fwd["predicted_ms"]
-    assert both["dense_ms"] > fwd["dense_ms"]
-    assert sum(both[k] for k in BREAKDOWN) == pytest.approx(both["predicted_ms"], rel=1e-9)
+    assert both.predicted_ms > fwd.predicted_ms
+    assert both.dense_ms > fwd.dense_ms
+    assert sum(getattr(both, k) for k in BREAKDOWN) == pytest.approx(both.predicted_ms, rel=1e-9)
 
 
 @pytest.mark.parametrize("gpu", GPUS)
 def test_dense_backward_over_forward_is_plausible(gpu):
     kw = dict(input_size=16384, window=16384, gpu=gpu, heads=16, head_dim=128)
     fwd, both = simulate(**kw), simulate(backprop=True, **kw)
-    ratio = (both["dense_ms"] - fwd["dense_ms"]) / fwd["dense_ms"]  # backward alone over forward
+    ratio = (both.dense_ms - fwd.dense_ms) / fwd.dense_ms  # backward alone over forward
     assert 2.0 <= ratio <= 4.5
 
 
@@ -409,25 +409,25 @@ def test_dense_backward_over_forward_is_plausible(gpu):
 def test_gqa_forward_never_slower_than_mha(gpu, size, window, heads_kv):
     kw = dict(input_size=size, window=window, gpu=gpu, heads=32, batch=2)
     gqa, mha = simulate(heads_kv=heads_kv, **kw), simulate(**kw)
-    assert gqa["predicted_ms"] <= mha["predicted_ms"] * (1 + 1e-12)
-    assert gqa["dense_ms"] <= mha["dense_ms"] * (1 + 1e-12)
+    assert gqa.predicted_ms <= mha.predicted_ms * (1 + 1e-12)
+    assert gqa.dense_ms <= mha.dense_ms * (1 + 1e-12)
 
 
 def test_gqa_backward_costs_at_most_its_dkdv_reduction_over_mha():
     # dK/dV are computed per query head and summed per KV head afterwards: a memory-bound extra.
     kw = dict(input_size=1024, window=1024, gpu="H100", heads=32, backprop=True)
     gqa, mha = simulate(heads_kv=1, **kw), simulate(**kw)
-    assert gqa["predicted_ms"] <= mha["predicted_ms"] * 1.10
-    assert gqa["memory_ms"] > mha["memory_ms"]
+    assert gqa.predicted_ms <= mha.predicted_ms * 1.10
+    assert gqa.memory_ms > mha.memory_ms
 
 
 def test_fp8_faster_than_bf16_on_h100():
     kw = dict(input_size=(256, 256), window=(80, 80), stride=(16, 16), q_tile=(16, 16), kv_tile=(16, 8), gpu="H100")
     fp8, bf16 = simulate(dtype="fp8", **kw), simulate(dtype="bf16", **kw)
-    assert fp8["predicted_ms"] < bf16["predicted_ms"]
-    assert fp8["dense_ms"] < bf16["dense_ms"]
+    assert fp8.predicted_ms < bf16.predicted_ms
+    assert fp8.dense_ms < bf16.dense_ms
     b200 = dict(kw, gpu="B200")
-    assert simulate(dtype="fp8", **b200)["predicted_ms"] <= simulate(dtype="bf16", **b200)["predicted_ms"]
+    assert simulate(dtype="fp8", **b200).predicted_ms <= simulate(dtype="bf16", **b200).predicted_ms
 
 
 def test_fp8_on_a100_is_a_config_error():
@@ -440,12 +440,12 @@ def test_fp8_on_a100_is_a_config_error():
 @pytest.mark.parametrize("backprop", [False, True])
 def test_every_gpu_works(gpu, size, window, backprop):
     r = simulate(input_size=size, window=window, gpu=gpu, backprop=backprop)
-    assert r["gpu"] == gpu
+    assert r.gpu == gpu
     for col in COST_COLUMNS:
-        assert col in r
-    assert 0 < r["wave_efficiency"] <= 1
-    assert r["kernel_profile"] == f"reference-{load_gpu(gpu).architecture}"
-    assert np.isfinite([r["predicted_ms"], r["dense_ms"], r["predicted_speedup"]]).all()
+        assert col in r.to_dict()
+    assert 0 < r.wave_efficiency <= 1
+    assert r.kernel_profile == f"reference-{load_gpu(gpu).architecture}"
+    assert np.isfinite([r.predicted_ms, r.dense_ms, r.predicted_speedup]).all()
 
 
 # ---------------------------------------------------------------- published figures (regression)
@@ -459,20 +459,20 @@ def dense_16k(gpu, dtype):
 def test_flashattention2_a100_forward():
     # FlashAttention-2 paper: forward reaches 50-73% of the A100's 312 TFLOP/s.
     r = dense_16k("A100", "fp16")
-    assert 0.50 * 312 <= r["dense_TFLOPs"] <= 0.73 * 312
+    assert 0.50 * 312 <= r.dense_TFLOPs <= 0.73 * 312
 
 
 def test_flashattention3_h100_forward():
     # FlashAttention-3 paper: up to ~740 TFLOP/s fp16 forward at head dim 128, long sequences.
     r = dense_16k("H100", "fp16")
-    assert r["dense_TFLOPs"] == pytest.approx(740, rel=0.10)
+    assert r.dense_TFLOPs == pytest.approx(740, rel=0.10)
 
 
 def test_flashattention4_b200_forward_is_exp_bound():
     # FlashAttention-4: ~1.6 PFLOP/s bf16 forward on B200, limited by exponentials.
     r = dense_16k("B200", "bf16")
-    assert r["dense_TFLOPs"] == pytest.approx(1600, rel=0.12)
-    assert r["bound"] == "exp"
+    assert r.dense_TFLOPs == pytest.approx(1600, rel=0.12)
+    assert r.bound == "exp"
 
 
 # ---------------------------------------------------------------- CLI
@@ -497,7 +497,7 @@ def test_cli_table_has_the_cost_columns(capsys):
     assert row["backprop"] is True and row["heads_kv"] == 8 and row["heads"] == 32
     assert sum(row[k] for k in BREAKDOWN) == pytest.approx(row["predicted_ms"], rel=1e-9)
     direct = simulate(input_size=4096, window=512, backprop=True, heads_kv=8, heads=32)
-    assert row["predicted_ms"] == pytest.approx(direct["predicted_ms"], rel=1e-12)
+    assert row["predicted_ms"] == pytest.approx(direct.predicted_ms, rel=1e-12)
 
 
 def test_cli_table_fp8_on_a100_exits_2(capsys):

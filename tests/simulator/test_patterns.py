@@ -343,22 +343,22 @@ def test_block_sparse_pattern_and_tilemap_match_brute_force(cfg):
 
     # The simulate record of the same map.
     r = simulate(input_size=seq_len, block_map=bm, q_tile=q_tile, kv_tile=kv_tile, heads=heads)
-    assert r["density"] == pytest.approx(pairs / (heads * seq_len**2), rel=1e-12)
-    assert r["flop_speedup"] == pytest.approx(heads * seq_len**2 / pairs, rel=1e-12)
-    assert r["tile_speedup"] == pytest.approx(nk / visited.max(), rel=1e-12)
-    assert r["tile_speedup_mean"] == pytest.approx(nk / visited.mean(), rel=1e-12)
-    assert r["max_kv_tiles"] == visited.max()
-    assert r["partial_fraction"] == pytest.approx((visited - full).sum() / visited.sum(), rel=1e-12)
+    assert r.density == pytest.approx(pairs / (heads * seq_len**2), rel=1e-12)
+    assert r.flop_speedup == pytest.approx(heads * seq_len**2 / pairs, rel=1e-12)
+    assert r.tile_speedup == pytest.approx(nk / visited.max(), rel=1e-12)
+    assert r.tile_speedup_mean == pytest.approx(nk / visited.mean(), rel=1e-12)
+    assert r.max_kv_tiles == visited.max()
+    assert r.partial_fraction == pytest.approx((visited - full).sum() / visited.sum(), rel=1e-12)
 
 
 def test_block_sparse_full_blocks_are_block_sparse():
     # seq_len divisible by both tiles, a diagonal map: no padding, no partial tiles.
     bm = np.eye(4, dtype=bool)
     r = simulate(input_size=32, block_map=bm, q_tile=8, kv_tile=8)
-    assert r["partial_fraction"] == 0.0
-    assert r["tile_speedup"] == pytest.approx(4.0)
-    assert r["flop_speedup"] == pytest.approx(4.0)
-    assert r["block_sparse"] is True
+    assert r.partial_fraction == 0.0
+    assert r.tile_speedup == pytest.approx(4.0)
+    assert r.flop_speedup == pytest.approx(4.0)
+    assert r.block_sparse is True
 
 
 def test_block_sparse_all_empty_map_is_a_config_error():

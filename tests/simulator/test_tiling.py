@@ -4,6 +4,9 @@ The GNA mask brute force is repeated here (not imported from the package nor fro
 module) so this file stands alone: DESIGN.md's per-axis formulas evaluated with plain loops for
 every (query, key) position, combined with "visible iff visible on every axis". Tile classes are
 then counted from that mask, tile pair by tile pair, with no interval reasoning at all.
+
+Box tiles follow the kernels: every dilation group tuple (positions ``x = g + d * m`` per axis) is
+tiled on its own over its group coordinates ``m``; flat tiles are runs of row-major tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sparsesim.simulator import ConfigError, GNAPattern, dense_mask, simulate, tilemap
-from sparsesim.simulator.tiling import range_boxes
+from sparsesim.simulator.flat import range_boxes
 
 #: Non-causal: tile_speedup = all KV tiles / the worst Q tile's visited KV tiles (GNA convention).
 #: Causal: the dense triangle is load-balanced, so tile_speedup = mean dense visits / mean visits
@@ -68,19 +71,30 @@ def bf_mask(shape, window, stride, dilation, causal) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def bf_box_tiles(shape, tile):
-    """Tile id of every row-major token, number of tiles, and which tiles hold padding."""
-    grid = [-(-n // t) for n, t in zip(shape, tile, strict=True)]
-    ids = []
-    for coord in itertools.product(*[range(n) for n in shape]):
-        tid = 0
-        for a in range(len(shape)):
-            tid = tid * grid[a] + coord[a] // tile[a]
-        ids.append(tid)
-    padded = []
-    for idx in itertools.product(*[range(g) for g in grid]):
-        padded.append(any((idx[a] + 1) * tile[a] > shape[a] for a in range(len(shape))))
-    return np.array(ids), math.prod(grid), np.array(padded, dtype=bool), tuple(grid)
+def bf_box_tiles(shape, tile, dilation):
+    """Per dilation group tuple (row-major): member tokens' tile ids, tile count, padded tiles, grid.
+
+    Tokens are row-major; a token of group tuple ``g`` has group coordinates ``m = x // d`` and its
+    tile is ``m // tile`` row-major over the group's grid ``ceil(len_g / tile)``.
+    """
+    out = []
+    coords = list(itertools.product(*[range(n) for n in shape]))
+    for group in itertools.product(*[range(d) for d in dilation]):
+        glen = [len(range(g, n, d)) for g, n, d in zip(group, shape, dilation, strict=True)]
+        grid = [-(-m // t) for m, t in zip(glen, tile, strict=True)]
+        members, ids = [], []
+        for tok, coord in enumerate(coords):
+            if any(c % d != g for c, d, g in zip(coord, dilation, group, strict=True)):
+                continue
+            tid = 0
+            for a in range(len(shape)):
+                tid = tid * grid[a] + (coord[a] // dilation[a]) // tile[a]
+            members.append(tok)
+            ids.append(tid)
+        padded = [any((idx[a] + 1) * tile[a] > glen[a] for a in range(len(shape)))
+                  for idx in itertools.product(*[range(g) for g in grid])]
+        out.append((np.array(members), np.array(ids), math.prod(grid), np.array(padded, dtype=bool), tuple(grid)))
+    return out
 
 
 def bf_flat_tiles(n_tokens, tile):
@@ -105,17 +119,27 @@ def bf_tile_classes(mask, q_ids, nq, k_ids, nk, k_padded):
     return visited, full
 
 
-def bf_tiles(mask, shape, q_tile, kv_tile, tiling):
+def bf_tiles(mask, shape, q_tile, kv_tile, tiling, dilation=None):
+    """(visited, full) per CTA and per KV tile: lists of bool ``[nq_g, nk_g]`` blocks, one per group."""
     if tiling == "box":
-        q_ids, nq, _, q_grid = bf_box_tiles(shape, q_tile)
-        k_ids, nk, k_pad, kv_grid = bf_box_tiles(shape, kv_tile)
-    else:
-        n = math.prod(shape)
-        q_ids, nq, _ = bf_flat_tiles(n, q_tile)
-        k_ids, nk, k_pad = bf_flat_tiles(n, kv_tile)
-        q_grid, kv_grid = (nq,), (nk,)
-    visited, full = bf_tile_classes(mask, q_ids, nq, k_ids, nk, k_pad)
-    return visited, full, q_grid, kv_grid
+        dilation = dilation or (1,) * len(shape)
+        blocks, grids = [], []
+        for (qm, q_ids, nq, _, q_grid), (km, k_ids, nk, k_pad, kv_grid) in zip(
+                bf_box_tiles(shape, q_tile, dilation), bf_box_tiles(shape, kv_tile, dilation), strict=True):
+            sub = mask[np.ix_(qm, km)]
+            blocks.append(bf_tile_classes(sub, q_ids, nq, k_ids, nk, k_pad))
+            grids.append((q_grid, kv_grid))
+        return blocks, grids[0][0], grids[0][1]
+    n = math.prod(shape)
+    q_ids, nq, _ = bf_flat_tiles(n, q_tile)
+    k_ids, nk, k_pad = bf_flat_tiles(n, kv_tile)
+    return [bf_tile_classes(mask, q_ids, nq, k_ids, nk, k_pad)], (nq,), (nk,)
+
+
+def per_cta(blocks):
+    """Per-CTA and per-KV-tile counts, concatenated over groups: visited, full, kv_visited, kv_full."""
+    return (np.concatenate([v.sum(1) for v, _ in blocks]), np.concatenate([f.sum(1) for _, f in blocks]),
+            np.concatenate([v.sum(0) for v, _ in blocks]), np.concatenate([f.sum(0) for _, f in blocks]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,16 +167,20 @@ def gna_configs(draw, max_tokens: int = MAX_TOKENS, max_len: int = 12):
             "dilation": tuple(dilation), "causal": tuple(causal)}
 
 
+def pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
 @st.composite
 def tiled_configs(draw, tiling: str):
     cfg = draw(gna_configs())
     shape = cfg["input_size"]
-    if tiling == "box":
-        q = tuple(draw(st.integers(1, n + 3)) for n in shape)
-        kv = tuple(draw(st.integers(1, n + 3)) for n in shape)
+    if tiling == "box":  # tiles up to the axis rounded up to a power of two (larger ones are refused)
+        q = tuple(draw(st.integers(1, pow2(n))) for n in shape)
+        kv = tuple(draw(st.integers(1, pow2(n))) for n in shape)
     else:
         n = math.prod(shape)
-        sizes = st.one_of(st.integers(1, 12), st.integers(1, n + 3))
+        sizes = st.one_of(st.integers(1, min(12, pow2(n))), st.integers(1, pow2(n)))
         q, kv = draw(sizes), draw(sizes)
     return cfg, q, kv
 
@@ -160,50 +188,57 @@ def tiled_configs(draw, tiling: str):
 def check_tilemap(cfg, q_tile, kv_tile, tiling):
     shape = cfg["input_size"]
     mask = bf_mask(shape, cfg["window"], cfg["stride"], cfg["dilation"], cfg["causal"])
-    visited, full, q_grid, kv_grid = bf_tiles(mask, shape, q_tile, kv_tile, tiling)
+    blocks, q_grid, kv_grid = bf_tiles(mask, shape, q_tile, kv_tile, tiling, cfg["dilation"])
+    visited, full, kv_visited, kv_full = per_cta(blocks)
     tm = tilemap(GNAPattern(**cfg), q_tile if tiling == "box" else (q_tile,),
                  kv_tile if tiling == "box" else (kv_tile,), tiling)
-    nq, nk = visited.shape
+    nq, nk = visited.size, kv_visited.size
     assert tm.tiling == tiling
     assert tm.visited.shape == (1, nq) and tm.full.shape == (1, nq)
     assert tm.kv_visited.shape == (1, nk) and tm.kv_full.shape == (1, nk)
     assert tm.num_q_tiles == nq and tm.num_kv_tiles == nk
     assert tuple(tm.q_grid) == tuple(q_grid) and tuple(tm.kv_grid) == tuple(kv_grid)
-    np.testing.assert_array_equal(tm.visited[0], visited.sum(1), err_msg="visited")
-    np.testing.assert_array_equal(tm.full[0], full.sum(1), err_msg="full")
-    np.testing.assert_array_equal(tm.kv_visited[0], visited.sum(0), err_msg="kv_visited")
-    np.testing.assert_array_equal(tm.kv_full[0], full.sum(0), err_msg="kv_full")
-    np.testing.assert_array_equal(tm.partial[0], (visited & ~full).sum(1))
+    assert tm.groups == (math.prod(cfg["dilation"]) if tiling == "box" else 1)
+    np.testing.assert_array_equal(tm.visited[0], visited, err_msg="visited")
+    np.testing.assert_array_equal(tm.full[0], full, err_msg="full")
+    np.testing.assert_array_equal(tm.kv_visited[0], kv_visited, err_msg="kv_visited")
+    np.testing.assert_array_equal(tm.kv_full[0], kv_full, err_msg="kv_full")
+    np.testing.assert_array_equal(tm.partial[0], visited - full)
     return mask
 
 
 def expected_record(cfg, q_tile, kv_tile, tiling):
-    """simulate()'s tile-level columns, from brute-force masks and tile classes."""
+    """simulate()'s tile-level columns, from brute-force masks and tile classes.
+
+    The dense baseline is the undilated layout with the same tiles (its box and flat tiles coincide
+    with plain tiles); non-causal it visits every KV tile, causal its mean counts.
+    """
     shape = cfg["input_size"]
     mask = bf_mask(shape, cfg["window"], cfg["stride"], cfg["dilation"], cfg["causal"])
     rank = len(shape)
     dmask = bf_mask(shape, shape, (1,) * rank, (1,) * rank, cfg["causal"])
-    visited, full, _, _ = bf_tiles(mask, shape, q_tile, kv_tile, tiling)
-    dvisited, _, _, _ = bf_tiles(dmask, shape, q_tile, kv_tile, tiling)
-    per_q, per_q_dense = visited.sum(1), dvisited.sum(1)
+    blocks, _, _ = bf_tiles(mask, shape, q_tile, kv_tile, tiling, cfg["dilation"])
+    dblocks, _, _ = bf_tiles(dmask, shape, q_tile, kv_tile, tiling)
+    per_q, full_q, _, _ = per_cta(blocks)
+    per_q_dense = dblocks[0][0].sum(1)
     pairs, dense_pairs, n = int(mask.sum()), int(dmask.sum()), math.prod(shape)
-    partial = int((visited & ~full).sum())
+    partial = int((per_q - full_q).sum())
     flop = Fraction(dense_pairs, pairs)
     if any(cfg["causal"]):
         dense_tiles = Fraction(int(per_q_dense.sum()), len(per_q_dense))
         tile = dense_tiles / Fraction(int(per_q.sum()), len(per_q))
     else:
-        dense_tiles = Fraction(int(per_q_dense.max()))
+        dense_tiles = Fraction(int(dblocks[0][0].shape[1]))
         tile = dense_tiles / int(per_q.max())
     return {
         "density": pairs / n**2,
         "flop_speedup": float(flop),
         "tile_speedup": float(tile),
-        "tile_speedup_mean": float(per_q_dense.mean() / per_q.mean()),
+        "tile_speedup_mean": float(dense_tiles / Fraction(int(per_q.sum()), len(per_q))),
         "kv_tiles_dense": float(dense_tiles),
         "max_kv_tiles": int(per_q.max()),
         "mean_kv_tiles": float(per_q.mean()),
-        "partial_fraction": partial / int(visited.sum()),
+        "partial_fraction": partial / int(per_q.sum()),
         "block_sparse": partial == 0 and flop == tile,
     }
 
@@ -213,10 +248,10 @@ def check_record(cfg, q_tile, kv_tile, tiling):
     got = simulate(**cfg, q_tile=q_tile, kv_tile=kv_tile, tiling=tiling)
     for key in ("density", "flop_speedup", "tile_speedup", "tile_speedup_mean", "mean_kv_tiles", "partial_fraction",
                 "kv_tiles_dense"):
-        assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-15), key
-    assert got["max_kv_tiles"] == want["max_kv_tiles"]
-    assert bool(got["block_sparse"]) is want["block_sparse"]
-    assert got["tiling"] == tiling
+        assert getattr(got, key) == pytest.approx(want[key], rel=1e-12, abs=1e-15), key
+    assert got.max_kv_tiles == want["max_kv_tiles"]
+    assert bool(got.block_sparse) is want["block_sparse"]
+    assert got.tiling == tiling
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,14 +309,14 @@ def test_simulate_flat_record_matches_brute_force(case):
 def test_block_sparse_flag_examples():
     # Blocked attention with tiles equal to the blocks: perfectly block-sparse.
     r = simulate(input_size=(8, 12), window=(4, 4), stride=(4, 4), q_tile=(4, 4), kv_tile=(4, 4))
-    assert r["partial_fraction"] == 0.0 and r["block_sparse"] is True
-    assert r["tile_speedup"] == pytest.approx(6.0) and r["flop_speedup"] == pytest.approx(6.0)
+    assert r.partial_fraction == 0.0 and r.block_sparse is True
+    assert r.tile_speedup == pytest.approx(6.0) and r.flop_speedup == pytest.approx(6.0)
     # Same pattern, KV tiles straddling blocks: partial tiles, not block-sparse.
     r = simulate(input_size=(8, 12), window=(4, 4), stride=(4, 4), q_tile=(4, 4), kv_tile=(4, 3))
-    assert r["partial_fraction"] > 0 and r["block_sparse"] is False
+    assert r.partial_fraction > 0 and r.block_sparse is False
     # Sliding window: never block-sparse at these tiles.
     r = simulate(input_size=(16,), window=(5,), q_tile=(4,), kv_tile=(4,))
-    assert r["block_sparse"] is False
+    assert r.block_sparse is False
 
 
 @pytest.mark.parametrize("causal", [False, True, (True, False)], ids=["non-causal", "causal", "causal-axis0"])
@@ -289,15 +324,15 @@ def test_block_sparse_flag_examples():
 def test_dense_pattern_has_speedup_one(causal, tiling, q, kv):
     """A pattern that is its own dense baseline is exactly as fast as dense, by every measure."""
     r = simulate(input_size=(6, 9), window=(6, 9), causal=causal, q_tile=q, kv_tile=kv, tiling=tiling)
-    assert r["flop_speedup"] == pytest.approx(1.0)
-    assert r["tile_speedup_mean"] == pytest.approx(1.0)
-    assert r["tile_speedup"] == pytest.approx(1.0)
-    assert r["kv_tiles_dense"] == pytest.approx(r["mean_kv_tiles"] if any(np.atleast_1d(causal)) else r["max_kv_tiles"])
+    assert r.flop_speedup == pytest.approx(1.0)
+    assert r.tile_speedup_mean == pytest.approx(1.0)
+    assert r.tile_speedup == pytest.approx(1.0)
+    assert r.kv_tiles_dense == pytest.approx(r.mean_kv_tiles if any(np.atleast_1d(causal)) else r.max_kv_tiles)
 
 
 def test_causal_density():
     r = simulate(input_size=(6, 9), window=(6, 9), causal=True, q_tile=(3, 3), kv_tile=(3, 3))
-    assert r["density"] == pytest.approx((6 * 7 / 2) * (9 * 10 / 2) / 54**2)
+    assert r.density == pytest.approx((6 * 7 / 2) * (9 * 10 / 2) / 54**2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,8 +395,6 @@ def test_bad_tiles_raise_config_error(q, kv, tiling, needle):
 
 
 def test_simulate_bad_options():
-    with pytest.raises(ConfigError, match="kv_tile"):
-        simulate(input_size=(8,), window=(3,), kv_tile=4)
     with pytest.raises(ConfigError, match="window"):
         simulate(input_size=(8,), q_tile=4)
     with pytest.raises(ConfigError, match="window 9"):
@@ -372,11 +405,12 @@ def test_simulate_bad_options():
         dense_mask(input_size=(200, 200), window=(3, 3))
 
 
-def test_lone_q_tile_sets_kv_tile():
+def test_lone_tile_sets_the_other():
     a = simulate(input_size=(9, 10), window=(3, 4), q_tile=(4, 3))
     b = simulate(input_size=(9, 10), window=(3, 4), q_tile=(4, 3), kv_tile=(4, 3))
-    assert a["kv_tile"] == (4, 3)
-    assert a["tile_speedup"] == b["tile_speedup"] and a["partial_fraction"] == b["partial_fraction"]
+    c = simulate(input_size=(9, 10), window=(3, 4), kv_tile=(4, 3))
+    assert a.kv_tile == (4, 3) and c.q_tile == (4, 3)
+    assert a.tile_speedup == b.tile_speedup == c.tile_speedup and a.partial_fraction == b.partial_fraction
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,10 +420,10 @@ def test_lone_q_tile_sets_kv_tile():
 
 def test_hunyuan_video_tile_speedup():
     r = simulate(input_size=(30, 48, 80), window=(18, 24, 24), stride=1, q_tile=(4, 8, 8), kv_tile=(2, 8, 8))
-    assert r["tile_speedup"] == pytest.approx(3.27, abs=0.005)
-    assert r["tile_speedup"] == pytest.approx(900 / 275)
-    assert r["flop_speedup"] == pytest.approx(1 / 0.09)
-    assert r["block_sparse"] is False
+    assert r.tile_speedup == pytest.approx(3.27, abs=0.005)
+    assert r.tile_speedup == pytest.approx(900 / 275)
+    assert r.flop_speedup == pytest.approx(1 / 0.09)
+    assert r.block_sparse is False
 
 
 @pytest.mark.parametrize(("stride", "tile_speedup", "block_sparse"), [
@@ -399,9 +433,9 @@ def test_hunyuan_video_tile_speedup():
 ])
 def test_flux_tile_speedups(stride, tile_speedup, block_sparse):
     r = simulate(input_size=(256, 256), window=(80, 80), stride=stride, q_tile=(16, 16), kv_tile=(16, 8))
-    assert r["tile_speedup"] == pytest.approx(tile_speedup, abs=0.005)
-    assert r["flop_speedup"] == pytest.approx(10.24)
-    assert r["block_sparse"] is block_sparse
+    assert r.tile_speedup == pytest.approx(tile_speedup, abs=0.005)
+    assert r.flop_speedup == pytest.approx(10.24)
+    assert r.block_sparse is block_sparse
     if block_sparse:
-        assert r["tile_speedup"] == pytest.approx(10.24, rel=1e-12)
-        assert r["partial_fraction"] == 0.0
+        assert r.tile_speedup == pytest.approx(10.24, rel=1e-12)
+        assert r.partial_fraction == 0.0

@@ -70,7 +70,7 @@ def test_user_workload_file(tmp_path):
     w = load_workload(str(path))
     assert w.name == "my-flux" and w.layout == (256, 256)
     rows = simulate_e2e(preset=str(path), gpu="H100", window=(80, 80), stride=(16, 16))
-    assert rows[0]["preset"] == "my-flux"
+    assert rows[0].preset == "my-flux"
 
 
 def test_invalid_workloads():
@@ -169,21 +169,21 @@ def test_simulate_e2e_rejects_bad_input():
 
 def test_all_steps_dense_gives_speedup_one():
     (row,) = simulate_e2e(preset="flux-4k", gpu="B200", window=(80, 80), stride=(16, 16), dense_steps=28)
-    assert row["e2e_flop_speedup"] == row["e2e_tile_speedup"] == row["e2e_predicted_speedup"] == 1.0
-    assert row["sparse_run_s"] == pytest.approx(row["dense_run_s"])
+    assert row.e2e_flop_speedup == row.e2e_tile_speedup == row.e2e_predicted_speedup == 1.0
+    assert row.sparse_run_s == pytest.approx(row.dense_run_s)
 
 
 def test_e2e_row_uses_the_op_level_speedups():
     kw = dict(window=(80, 80), stride=(16, 1), q_tile=(16, 16), kv_tile=(16, 8))
     (row,) = simulate_e2e(preset="flux-4k", gpu="B200", dense_steps=7, **kw)
     op = simulate(input_size=(256, 256), gpu="B200", heads=24, head_dim=128, **kw)
-    f = row["modelled_attention_share"] * 21 / 28
-    assert row["attention_share"] == row["modelled_attention_share"]
+    f = row.modelled_attention_share * 21 / 28
+    assert row.attention_share == row.modelled_attention_share
     assert 0 < f < 1
-    assert row["e2e_tile_speedup"] == pytest.approx(1 / ((1 - f) + f / op["tile_speedup"]), rel=1e-12)
-    assert row["e2e_predicted_speedup"] == pytest.approx(1 / ((1 - f) + f / op["predicted_speedup"]), rel=1e-12)
-    assert row["self_attention_ms"] == pytest.approx(57 * op["dense_ms"], rel=1e-12)
-    assert row["modelled_attention_share"] == pytest.approx(row["self_attention_ms"] / row["dense_step_ms"])
+    assert row.e2e_tile_speedup == pytest.approx(1 / ((1 - f) + f / op.tile_speedup), rel=1e-12)
+    assert row.e2e_predicted_speedup == pytest.approx(1 / ((1 - f) + f / op.predicted_speedup), rel=1e-12)
+    assert row.self_attention_ms == pytest.approx(57 * op.dense_ms, rel=1e-12)
+    assert row.modelled_attention_share == pytest.approx(row.self_attention_ms / row.dense_step_ms)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -192,9 +192,9 @@ def test_every_workload_on_every_gpu(preset):
         rows = simulate_e2e(preset=preset, gpu=gpu)
         assert len(rows) == len(load_workload(preset).patterns)
         for r in rows:
-            assert 0 < r["attention_share"] < 1
+            assert 0 < r.attention_share < 1
             for kind in ("flop", "tile", "predicted"):
-                op, e2e = r[f"{kind}_speedup"], r[f"e2e_{kind}_speedup"]
+                op, e2e = getattr(r, f"{kind}_speedup"), getattr(r, f"e2e_{kind}_speedup")
                 assert op >= 1, (gpu, kind)
                 assert 1 <= e2e <= op * (1 + 1e-12), (gpu, kind)
 
@@ -206,8 +206,8 @@ def test_every_workload_on_every_gpu(preset):
 def test_gna_paper_flux_4k_b200(stride, expected):
     (row,) = simulate_e2e(preset="flux-4k", gpu="B200", window=(80, 80), stride=stride, q_tile=(16, 16),
                           kv_tile=(16, 8), attention_share=0.518)
-    assert row["attention_share"] == 0.518
-    assert row["e2e_tile_speedup"] == pytest.approx(expected, abs=0.01)
+    assert row.attention_share == 0.518
+    assert row.e2e_tile_speedup == pytest.approx(expected, abs=0.01)
 
 
 @pytest.mark.parametrize("stride,measured", [((1, 1), 1.65), ((16, 1), 1.72), ((16, 16), 1.82)])
@@ -215,7 +215,7 @@ def test_gna_paper_flux_4k_b200_predicted_near_measured(stride, measured):
     # The paper measured 1.65x / 1.72x / 1.82x on B200; the cost model should land within 10%.
     (row,) = simulate_e2e(preset="flux-4k", gpu="B200", window=(80, 80), stride=stride, q_tile=(16, 16),
                           kv_tile=(16, 8), attention_share=0.518)
-    assert row["e2e_predicted_speedup"] == pytest.approx(measured, rel=0.10)
+    assert row.e2e_predicted_speedup == pytest.approx(measured, rel=0.10)
 
 
 def test_full_workload_on_four_gpus_is_consistent():
@@ -224,10 +224,10 @@ def test_full_workload_on_four_gpus_is_consistent():
     # spreads many CTAs over the SMs, so the mean load counts.)
     for gpu in GPUS:
         for row in simulate_e2e(preset="hunyuan-video", gpu=gpu):
-            f = row["attention_share"]
+            f = row.attention_share
             assert 0 < f < 1
-            assert 1 < row["e2e_predicted_speedup"] <= row["e2e_flop_speedup"] + 1e-9
-            assert 1 < row["e2e_tile_speedup"] <= row["e2e_flop_speedup"] + 1e-9 < 1 / (1 - f)
+            assert 1 < row.e2e_predicted_speedup <= row.e2e_flop_speedup + 1e-9
+            assert 1 < row.e2e_tile_speedup <= row.e2e_flop_speedup + 1e-9 < 1 / (1 - f)
 
 
 # ---------------------------------------------------------------- CLI

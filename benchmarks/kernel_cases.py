@@ -1,10 +1,10 @@
-"""The benchmark's cases, FLOP/byte floors, simulator numbers and FlexAttention block masks.
+"""The kernel benchmark's cases, floors, simulator numbers and FlexAttention block masks.
 
-Imports no torch at module level: ``python -m sparsesim.kernels.bench --dry-run`` lists the
-cases with the simulator's numbers on any machine.
-
-FLOP convention (DESIGN.md): dense attention forward = ``4 * B * H * N^2 * D``; effective
-TFLOP/s = dense FLOPs / measured time, for dense and sparse kernels alike.
+Imports no torch at module level: ``python benchmarks/kernel_bench.py --dry-run`` lists the cases
+with the simulator's numbers on any machine. FLOPs come from the core's one rule
+(:func:`sparsesim.simulator.flops.dense_flops`: ``4 * B * H * N^2 * D`` forward), bytes from
+``Problem.io_bytes``, and the ceilings (GEMM rate, copy bandwidth) from the newest measurement file
+under ``hwmodels/measurements`` (:func:`sparsesim.hwmodels.measurements.load_ceilings`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
-#: Measured ceilings on the H200 (KINDS.md / REFERENCE.md): bf16 GEMM on random data, D2D copy.
-GEMM_TFLOPS = 790.0
-COPY_TBPS = 4.3
-BATCH, HEADS, HEAD_DIM = 1, 24, 128
-ELT_BYTES = 2  # bf16
+from sparsesim.hwmodels.measurements import load_ceilings
+from sparsesim.simulator import SimResult, simulate
+from sparsesim.simulator.cost import Problem
+from sparsesim.simulator.flops import dense_flops
+
+BATCH, HEADS, HEAD_DIM, DTYPE = 1, 24, 128, "bf16"
 DENSE_NS = (16384, 65536, 115200)
 QUICK_DENSE_NS = (16384,)
+GPU = "H200"
 
 
 @dataclass(frozen=True)
@@ -34,23 +36,26 @@ class GNACase:
     stride: tuple[int, ...]
     q_tile: tuple[int, ...]
     kv_tile: tuple[int, ...]
+    dilation: tuple[int, ...] | None = None
     quick: bool = False
 
     @property
     def tokens(self) -> int:
         return math.prod(self.input_size)
 
-    def simulate(self, gpu: str = "H200") -> dict[str, Any]:
-        """The simulator's record for this case with the same tiles (box tiling)."""
-        from sparsesim.simulator import simulate
+    @property
+    def pattern(self) -> dict[str, Any]:
+        """The pattern keywords of :func:`simulate` and :func:`gna_attention`."""
+        return {"window": self.window, "stride": self.stride, "dilation": self.dilation or 1}
 
-        return simulate(input_size=self.input_size, window=self.window, stride=self.stride,
-                        q_tile=self.q_tile, kv_tile=self.kv_tile, gpu=gpu)
+    def simulate(self, gpu: str = GPU) -> SimResult:
+        """The simulator's record for this case with the same tiles (box tiling)."""
+        return simulate(input_size=self.input_size, q_tile=self.q_tile, kv_tile=self.kv_tile, gpu=gpu,
+                        heads=HEADS, head_dim=HEAD_DIM, batch=BATCH, dtype=DTYPE, **self.pattern)
 
 
 # Tiles: Q volume 128 (one 128-row CTA, 8 warps); KV volume 128 where a block-sparse choice
-# exists, otherwise the KV tile with the least visited work by the simulator's tile map
-# (full + 1.25 x partial tiles, weighted by KV volume; searched over power-of-two boxes).
+# exists, otherwise the KV tile with the least visited work by the simulator's tile map.
 # Block-sparse cases first: the benchmark writes its CSV row by row, so a cut-off run keeps them.
 GNA_CASES = (
     GNACase("hunyuan_w18x24x24_s16x8x8", (30, 48, 80), (18, 24, 24), (16, 8, 8), (2, 8, 8), (2, 8, 8)),
@@ -60,6 +65,7 @@ GNA_CASES = (
     GNACase("hunyuan_w18x24x24_s1", (30, 48, 80), (18, 24, 24), (1, 1, 1), (8, 4, 4), (2, 8, 4)),
     GNACase("flux_w80x80_s1", (256, 256), (80, 80), (1, 1), (16, 8), (8, 8)),
     GNACase("1d_w2048_s1", (32768,), (2048,), (1,), (128,), (128,), quick=True),
+    GNACase("2d_128x128_w32x32_d2x2", (128, 128), (32, 32), (1, 1), (16, 8), (16, 8), dilation=(2, 2), quick=True),
 )
 #: Other tiles timed for our kernel only (the Hopper FNA defaults and KV volume 128 alternatives).
 ALT_TILES = (
@@ -69,28 +75,26 @@ ALT_TILES = (
 )
 
 
-def dense_flops(n: int, batch: int = BATCH, heads: int = HEADS, head_dim: int = HEAD_DIM) -> float:
-    """Dense attention forward FLOPs: ``4 * B * H * N^2 * D``."""
-    return 4.0 * batch * heads * float(n) ** 2 * head_dim
+def case_flops(n: int) -> float:
+    """Dense attention forward FLOPs of the benchmark's problem at ``n`` tokens."""
+    return dense_flops(n, heads=HEADS, head_dim=HEAD_DIM, batch=BATCH)
 
 
-def qkvo_bytes(n: int, batch: int = BATCH, heads: int = HEADS, head_dim: int = HEAD_DIM) -> float:
-    """Bytes of reading q, k, v once and writing o once (bf16)."""
-    return 4.0 * batch * n * heads * head_dim * ELT_BYTES
-
-
-def floors(case: GNACase | None, n: int, sim: dict[str, Any] | None = None) -> dict[str, float]:
-    """Time floors (ms) on the H200 ceilings: FLOP floor (visited pairs), tile floor, byte floor."""
-    flops = dense_flops(n)
-    out = {"dense_flop_ms": flops / (GEMM_TFLOPS * 1e12) * 1e3, "byte_ms": qkvo_bytes(n) / (COPY_TBPS * 1e12) * 1e3}
+def floors(case: GNACase | None, n: int, sim: SimResult | None = None) -> dict[str, float]:
+    """Time floors (ms) on the measured ceilings: dense FLOP floor, tile and FLOP floors, byte floors."""
+    c = load_ceilings(GPU)
+    problem = Problem(batch=BATCH, heads=HEADS, head_dim=HEAD_DIM, dtype=DTYPE)
+    copy = c.hbm_copy_TBps * 1e12
+    out = {"dense_flop_ms": case_flops(n) / (c.gemm_bf16_TFLOPs * 1e12) * 1e3,
+           "byte_ms": problem.io_bytes(n, 2, 2) / copy * 1e3}
     if case is not None and sim is not None:
-        out["sparse_flop_ms"] = out["dense_flop_ms"] / sim["flop_speedup"]
-        out["tile_ms"] = out["dense_flop_ms"] / sim["tile_speedup"]
-        padded_q = math.prod(-(-s // t) * t for s, t in zip(case.input_size, case.q_tile, strict=True))
-        padded_kv = math.prod(-(-s // t) * t for s, t in zip(case.input_size, case.kv_tile, strict=True))
-        # q, k, v read + padded copies written, padded o read + o written.
-        moved = (3 * n + padded_q + 2 * padded_kv + padded_q + n) * BATCH * HEADS * HEAD_DIM * ELT_BYTES
-        out["permute_ms"] = moved / (COPY_TBPS * 1e12) * 1e3
+        out["sparse_flop_ms"] = out["dense_flop_ms"] / sim.flop_speedup
+        out["tile_ms"] = out["dense_flop_ms"] / sim.tile_speedup
+        dil = case.dilation or (1,) * len(case.input_size)
+        padded_kv = math.prod(d * math.ceil(math.ceil(s / d) / t) * t
+                              for s, t, d in zip(case.input_size, case.kv_tile, dil, strict=True))
+        # The K/V permutation reads k and v and writes their padded tiles.
+        out["permute_ms"] = (problem.io_bytes(n, 0, 2) + problem.io_bytes(padded_kv, 0, 2)) / copy * 1e3
     return out
 
 
@@ -98,43 +102,34 @@ def dry_run_rows(quick: bool = False) -> list[dict[str, Any]]:
     """What the benchmark would run, with the simulator's numbers and the floors (no GPU needed)."""
     rows = []
     for n in (QUICK_DENSE_NS if quick else DENSE_NS):
-        f = floors(None, n)
         rows.append({"case": f"dense_N{n}", "tiles": "autotune", "tile_speedup": 1.0, "flop_speedup": 1.0,
-                     "block_sparse": True, "dense_tflop": dense_flops(n) / 1e12, **f})
+                     "block_sparse": True, "dense_tflop": case_flops(n) / 1e12, **floors(None, n)})
     for case in GNA_CASES:
         if quick and not case.quick:
             continue
         sim = case.simulate()
-        f = floors(case, case.tokens, sim)
         rows.append({"case": case.name, "tiles": f"q{case.q_tile}/kv{case.kv_tile}",
-                     "tile_speedup": sim["tile_speedup"], "flop_speedup": sim["flop_speedup"],
-                     "block_sparse": bool(sim["block_sparse"]), "dense_tflop": dense_flops(case.tokens) / 1e12, **f})
+                     "tile_speedup": sim.tile_speedup, "flop_speedup": sim.flop_speedup,
+                     "block_sparse": bool(sim.block_sparse), "dense_tflop": case_flops(case.tokens) / 1e12,
+                     **floors(case, case.tokens, sim)})
     return rows
+
+
+def topk_block_map(n: int, tile: int, keep: int, seed: int | None = None) -> np.ndarray:
+    """A top-k-style block map shared by all heads: each Q block keeps its diagonal and ``keep - 1``
+    random other KV blocks (seed: ``n`` unless given), the benchmark's block-sparse case."""
+    nb = -(-n // tile)
+    rng = np.random.default_rng(n if seed is None else seed)
+    bm = np.zeros((nb, nb), dtype=bool)
+    for i in range(nb):
+        bm[i, i] = True
+        bm[i, rng.choice(np.delete(np.arange(nb), i), keep - 1, replace=False)] = True
+    return bm
 
 
 # --------------------------------------------------------------------------------------------
 # FlexAttention: the same schedule as a BlockMask over the same token-permuted tensors.
 # --------------------------------------------------------------------------------------------
-
-def tile_classes_3d(plan: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(visited, full) bool ``[num_q_tiles, num_kv_tiles]`` of an undilated plan (outer product over axes)."""
-    if plan.q_layout.groups != 1:
-        raise ValueError("FlexAttention block masks are built for undilated plans only")
-    nk3 = plan.kv_layout.padded3(plan.kv_layout.grid)
-    nq3 = plan.q_layout.padded3(plan.q_layout.grid)
-    visited = np.ones((1, 1), dtype=bool)
-    full = np.ones((1, 1), dtype=bool)
-    for a in range(3):
-        vis_a = np.zeros((nq3[a], nk3[a]), dtype=bool)
-        full_a = np.zeros_like(vis_a)
-        for qt in range(nq3[a]):
-            vf, nv, ff, nf = (int(x) for x in plan.ranges[a, 0, qt])
-            vis_a[qt, vf:vf + nv] = True
-            full_a[qt, ff:ff + nf] = True
-        visited = (visited[:, None, :, None] & vis_a[None, :, None, :]).reshape(visited.shape[0] * nq3[a], -1)
-        full = (full[:, None, :, None] & full_a[None, :, None, :]).reshape(full.shape[0] * nq3[a], -1)
-    return visited, full
-
 
 def _lists(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     num = sel.sum(axis=1).astype(np.int32)
@@ -148,9 +143,8 @@ def flex_mask_mod(plan: Any, device: Any) -> Any:
 
     lohi = torch.from_numpy(plan.lohi[:, 0].astype(np.int64)).to(device)  # [3, LP, 2]
     qt3, kt3 = plan.q_tile3, plan.kv_tile3
-    nq3 = plan.q_layout.padded3(plan.q_layout.grid)
-    nk3 = plan.kv_layout.padded3(plan.kv_layout.grid)
-    qv, kv = plan.q_layout.volume, plan.kv_layout.volume
+    nq3, nk3 = plan.q_grid3, plan.kv_grid3
+    qv, kv = plan.q_volume, plan.kv_volume
     axes = [a for a in range(3) if plan.mask_axes[a]]
 
     def coord(idx: Any, a: int, tile: tuple, grid: tuple, vol: int) -> Any:
@@ -171,20 +165,21 @@ def flex_mask_mod(plan: Any, device: Any) -> Any:
 
 
 def flex_block_mask(plan: Any, device: Any) -> Any:
-    """``BlockMask.from_kv_blocks`` with our full/partial split: flex skips mask_mod on full blocks."""
+    """``BlockMask.from_kv_blocks`` with the core's full/partial split: Flex skips mask_mod on full blocks."""
     import torch
     from torch.nn.attention.flex_attention import BlockMask
 
-    visited, full = tile_classes_3d(plan)
-    partial = visited & ~full
-    kv_num, kv_idx = _lists(partial)
+    if plan.groups != 1:
+        raise ValueError("FlexAttention block masks are built for undilated plans only")
+    visited, full = plan.schedule.tile_classes()
+    kv_num, kv_idx = _lists(visited & ~full)
     full_num, full_idx = _lists(full)
 
     def t(a: np.ndarray) -> Any:
         return torch.from_numpy(a)[None, None].to(device)
 
-    block = (plan.q_layout.volume, plan.kv_layout.volume)
-    seq = (plan.q_layout.padded_tokens, plan.kv_layout.padded_tokens)
+    block = (plan.q_volume, plan.kv_volume)
+    seq = (plan.num_q_tiles * plan.q_volume, math.prod(plan.kv_grid3) * plan.kv_volume)
     kwargs = {"BLOCK_SIZE": block, "mask_mod": flex_mask_mod(plan, device)}
     try:
         return BlockMask.from_kv_blocks(t(kv_num), t(kv_idx), t(full_num), t(full_idx), seq_lengths=seq, **kwargs)

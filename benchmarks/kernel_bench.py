@@ -2,14 +2,19 @@
 
 Run on the GPU machine (bf16, batch 1, 24 heads, head dim 128)::
 
-    python -m sparsesim.kernels.bench [--out DIR] [--quick] [--dry-run]
+    python benchmarks/kernel_bench.py [--out DIR] [--quick] [--dry-run] [--cases a,b]
 
-FLOPs: dense attention forward = 4 * B * H * N^2 * D; every row's effective TFLOP/s is that
-dense count divided by the row's time (sparse kernels included), as in the GNA paper.
-Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs), median, at least
-three timed repetitions. Correctness: fresh ``torch.randn`` bf16 inputs, outputs poisoned with
-NaN before the call and checked all written, then ``||out - ref|| / ||ref||`` against an fp32
-reference on 256 random query rows with their exact masks (from ``axis_bounds``) must be < 1e-2.
+FLOPs: dense attention forward = 4 * B * H * N^2 * D (the core's rule, sparsesim.simulator.flops); every
+row's effective TFLOP/s is that dense count divided by the row's time (sparse kernels included), as in the
+GNA paper. Timing: ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs), median, at least
+three timed repetitions. Correctness: fresh ``torch.randn`` bf16 inputs, outputs poisoned with NaN before
+the call and checked all written, then ``||out - ref|| / ||ref||`` against an fp32 reference on 256 random
+query rows with their exact masks (from ``axis_bounds``) must be < 1e-2.
+
+GNA rows: ``ours_gna_total`` is a whole ``gna_attention`` call (its automatic K/V layout, named in
+``kv_layout``), ``ours_gna_kernel`` the fused kernel alone on K/V already prepared (permuted or not);
+``ours_gna_gather_total``/``ours_gna_permute_total``/``ours_gna_direct_total`` are whole calls with the
+layout forced, side by side.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sparsesim.kernels.bench_cases import (
+from kernel_cases import (
     ALT_TILES,
     BATCH,
     DENSE_NS,
@@ -34,14 +39,17 @@ from sparsesim.kernels.bench_cases import (
     HEAD_DIM,
     HEADS,
     QUICK_DENSE_NS,
-    dense_flops,
+    case_flops,
     dry_run_rows,
     floors,
+    topk_block_map,
 )
 
-COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "ms", "eff_tflops", "rel_err", "note"]
+COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "kv_layout", "q_tile", "kv_tile", "ms",
+           "eff_tflops", "rel_err", "tile_speedup", "flop_speedup", "block_sparse", "note"]
 TOLERANCE = 1e-2
 CHECK_ROWS = 256
+RESULTS = Path(__file__).resolve().parent.parent / "kernels" / "results"
 
 
 def git_commit(where: Path | None = None) -> str:
@@ -85,15 +93,16 @@ class Bench:
             return
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
             writer.writeheader()
             writer.writerows(self.rows)
         tmp.replace(self.path)
 
     def add(self, case: str, impl: str, ms: float | None = None, flops: float | None = None,
-            rel_err: float | None = None, note: str = "") -> None:
+            rel_err: float | None = None, note: str = "", **fields: Any) -> None:
         eff = flops / (ms * 1e-3) / 1e12 if ms and flops else None
-        row = {**self.env, "case": case, "impl": impl, "ms": ms, "eff_tflops": eff, "rel_err": rel_err, "note": note}
+        row = {**self.env, "case": case, "impl": impl, "ms": ms, "eff_tflops": eff, "rel_err": rel_err, "note": note,
+               **{k: ("x".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in fields.items()}}
         self.rows.append(row)
         self.save()
         print(f"  {case:32s} {impl:22s} ms={_fmt(ms, 3)} TFLOP/s={_fmt(eff, 1)} rel_err={_fmt(rel_err, 5)} {note}",
@@ -179,7 +188,7 @@ class DenseCache:
 
         case = case or f"dense_N{n}"
         b = self.bench
-        flops = dense_flops(n)
+        flops = case_flops(n)
         q, k, v = rand_qkv((BATCH, n, HEADS, HEAD_DIM), seed=n)
 
         def ours() -> None:
@@ -210,68 +219,75 @@ def _status(err: float) -> str:
 # ----------------------------------------------------------------------------- GNA
 
 def run_gna(bench: Bench, dense: DenseCache, case: Any, flex: Any, alt: list[tuple] | None = None) -> None:
-    import torch
 
-    from sparsesim.kernels.gna import gna_attention, launch_gna, permute_qkv, unpermute_out
-    from sparsesim.kernels.gna_plan import plan_gna
+    from sparsesim.kernels.gna import build_launch, gna_attention, unpermute_out
+    from sparsesim.kernels.permute import tile_permute
     from sparsesim.kernels.reference import gna_row_mask
     from sparsesim.simulator.patterns import axis_bounds
 
     n, name = case.tokens, case.name
-    flops = dense_flops(n)
+    flops = case_flops(n)
     if n not in dense.ours or n not in dense.cudnn:
         dense.run(n, case=f"dense_N{n}", full=False)
-    sim = bench.guard(name, "simulator", case.simulate) or {}
+    sim = case.simulate()
+    facts = {"tile_speedup": sim.tile_speedup, "flop_speedup": sim.flop_speedup, "block_sparse": sim.block_sparse}
     q, k, v = rand_qkv((BATCH, *case.input_size, HEADS, HEAD_DIM), seed=n + 1)
-    kw = {"window": case.window, "stride": case.stride}
-    bounds = [axis_bounds(s, w, st) for s, w, st in zip(case.input_size, case.window, case.stride, strict=True)]
+    kw = case.pattern
+    dil = case.dilation or (1,) * len(case.input_size)
+    bounds = [axis_bounds(s, w, st, d) for s, w, st, d in zip(case.input_size, case.window, case.stride, dil,
+                                                              strict=True)]
 
     def mask_fn(rows: Any) -> Any:
-        return gna_row_mask(rows, case.input_size, bounds, (1,) * len(case.input_size))
+        return gna_row_mask(rows, case.input_size, bounds, dil)
 
-    scale = 1.0 / math.sqrt(HEAD_DIM)
+    layouts = ["gather", "permute"] + (["direct"] if len(case.input_size) == 1 and case.dilation is None else [])
     tiles = [(case.q_tile, case.kv_tile, "ours_gna")] + [(qt, kt, "ours_gna_alt") for qt, kt in (alt or [])]
     for q_tile, kv_tile, impl in tiles:
-        tag = f"q{list(q_tile)}/kv{list(kv_tile)}"
-
-        def ours(q_tile: tuple = q_tile, kv_tile: tuple = kv_tile, impl: str = impl, tag: str = tag) -> None:
-            plan = plan_gna(case.input_size, q_tile=q_tile, kv_tile=kv_tile, **kw)
+        def ours(q_tile: tuple = q_tile, kv_tile: tuple = kv_tile, impl: str = impl) -> None:
+            launch = build_launch(q, k, v, q_tile=q_tile, kv_tile=kv_tile, scale=None, kv_layout=None, **kw,
+                                  causal=False)
+            auto = launch.kv_layout
             out, note = poisoned_call(lambda o: gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=o, **kw), q)
             err = check_rows(out, q, k, v, mask_fn, seed=n + 2)
-            qp, kp, vp = permute_qkv(plan, q, k, v)
-            op = torch.empty_like(qp)
-            ms_k = time_ms(lambda: launch_gna(plan, qp, kp, vp, op, scale))
+            tags = {"q_tile": q_tile, "kv_tile": kv_tile, "kv_layout": auto, **facts}
+            prepared = launch.prepare_kv(k, v)
+            ms_k = time_ms(lambda: launch.launch(q, prepared, out))
             speed = dense.ours.get(n, float("nan")) / ms_k
-            ts = plan.tile_speedup
-            sim_note = (f"{tag} block_sparse={plan.block_sparse} sim_tile_speedup={ts:.2f} "
-                        f"measured_vs_ours_dense={speed:.2f} ratio={speed / ts:.2f} "
-                        f"vs_cudnn_dense={dense.cudnn.get(n, float('nan')) / ms_k:.2f}")
-            bench.add(name, f"{impl}_kernel", ms_k, flops, err, note + _status(err) + " " + sim_note)
+            vs_cudnn = dense.cudnn.get(n, float("nan")) / ms_k
+            ratios = f" measured_vs_ours_dense={speed:.2f} vs_cudnn_dense={vs_cudnn:.2f}"
+            bench.add(name, f"{impl}_kernel", ms_k, flops, err, note + _status(err) + ratios, **tags)
+            ms_t = time_ms(lambda: gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=out, **kw))
+            bench.add(name, f"{impl}_total", ms_t, flops, err, "whole call", **tags)
             if impl != "ours_gna":
                 return
-            ms_p = time_ms(lambda: (permute_qkv(plan, q, k, v), unpermute_out(plan, op, out)))
-            bench.add(name, "ours_permute_qkv_o", ms_p, None, None, "permute q,k,v + inverse of o")
-            ms_t = time_ms(lambda: gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=out, **kw))
-            bench.add(name, "ours_gna_total", ms_t, flops, err, f"{tag} incl. permutation")
-            if flex is not None:
-                bench.guard(name, "flex_gna", lambda: run_flex(bench, case, plan, flex, qp, kp, vp, q, k, v,
-                                                             mask_fn, flops, scale))
+            for layout in layouts:
+                def forced(layout: str = layout) -> None:
+                    o, note2 = poisoned_call(lambda o: gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=o,
+                                                                     kv_layout=layout, **kw), q)
+                    e = check_rows(o, q, k, v, mask_fn, seed=n + 3)
+                    ms = time_ms(lambda: gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=o,
+                                                       kv_layout=layout, **kw))
+                    bench.add(name, f"ours_gna_{layout}_total", ms, flops, e, note2 + _status(e),
+                              **{**tags, "kv_layout": layout})
+
+                bench.guard(name, f"ours_gna_{layout}_total", forced)
+            if flex is not None and launch.plan.groups == 1:
+                bench.guard(name, "flex_gna", lambda: run_flex(bench, case, launch.plan, flex, q, k, v, mask_fn, flops,
+                                                              tile_permute, unpermute_out, tags))
 
         bench.guard(name, f"{impl}_kernel", ours)
-    if sim:
-        bench.add(name, "simulator", None, None, None,
-                  f"tile_speedup={sim['tile_speedup']:.2f} flop_speedup={sim['flop_speedup']:.2f} "
-                  f"block_sparse={sim['block_sparse']} tiles=q{list(case.q_tile)}/kv{list(case.kv_tile)}")
 
 
-def run_flex(bench: Bench, case: Any, plan: Any, flex: Any, qp: Any, kp: Any, vp: Any, q: Any, k: Any, v: Any,
-             mask_fn: Callable, flops: float, scale: float) -> None:
+def run_flex(bench: Bench, case: Any, plan: Any, flex: Any, q: Any, k: Any, v: Any, mask_fn: Callable, flops: float,
+             tile_permute: Any, unpermute_out: Any, tags: dict[str, Any]) -> None:
     import torch
+    from kernel_cases import flex_block_mask
 
-    from sparsesim.kernels.bench_cases import flex_block_mask
-    from sparsesim.kernels.gna import unpermute_out
-
+    qp = tile_permute(q, plan.schedule.q_tile)
+    kp, vp = tile_permute(k, plan.schedule.kv_tile), tile_permute(v, plan.schedule.kv_tile)
     block_mask = flex_block_mask(plan, qp.device)
+    scale = HEAD_DIM ** -0.5
+
     def fn() -> Any:
         return flex(qp, kp, vp, block_mask=block_mask, scale=scale)
 
@@ -279,8 +295,9 @@ def run_flex(bench: Bench, case: Any, plan: Any, flex: Any, qp: Any, kp: Any, vp
     err = check_rows(out, q, k, v, mask_fn, seed=case.tokens + 2)
     ms = time_ms(fn)
     bench.add(case.name, "flex_gna", ms, flops, err,
-              f"torch.compile(flex_attention), BlockMask from our tile classes, BLOCK_SIZE="
-              f"({plan.q_layout.volume},{plan.kv_layout.volume}), same permuted layout" + _status(err))
+              f"torch.compile(flex_attention), BlockMask from the core's tile classes, BLOCK_SIZE="
+              f"({plan.q_volume},{plan.kv_volume}), on permuted q, k, v" + _status(err),
+              **{**tags, "kv_layout": "permute"})
 
 
 def run_block_sparse(bench: Bench, dense: DenseCache, flex: Any, n: int = 32768, tile: int = 128,
@@ -294,16 +311,14 @@ def run_block_sparse(bench: Bench, dense: DenseCache, flex: Any, n: int = 32768,
     from sparsesim.simulator import simulate
 
     case = f"block_sparse_N{n}_top{keep}"
-    nb = -(-n // tile)
-    rng = np.random.default_rng(n)
-    bm = np.zeros((nb, nb), dtype=bool)
-    for i in range(nb):
-        bm[i, i] = True
-        bm[i, rng.choice(np.delete(np.arange(nb), i), keep - 1, replace=False)] = True
-    flops = dense_flops(n)
+    bm = topk_block_map(n, tile, keep)
+    flops = case_flops(n)
     if n not in dense.ours:
         dense.run(n, full=False)
     q, k, v = rand_qkv((BATCH, n, HEADS, HEAD_DIM), seed=n + 3)
+    rec = simulate(input_size=n, block_map=bm, q_tile=tile, kv_tile=tile, gpu="H200", heads=HEADS)
+    tags = {"q_tile": (tile,), "kv_tile": (tile,), "tile_speedup": rec.tile_speedup,
+            "flop_speedup": rec.flop_speedup, "block_sparse": rec.block_sparse}
 
     def mask_fn(rows: Any) -> Any:
         return np.repeat(bm[rows // tile], tile, axis=1)[:, :n]
@@ -312,11 +327,7 @@ def run_block_sparse(bench: Bench, dense: DenseCache, flex: Any, n: int = 32768,
         out, note = poisoned_call(lambda o: block_sparse_attention(q, k, v, bm, q_tile=tile, kv_tile=tile, out=o), q)
         err = check_rows(out, q, k, v, mask_fn, seed=n + 4)
         ms = time_ms(lambda: block_sparse_attention(q, k, v, bm, q_tile=tile, kv_tile=tile, out=out))
-        rec = simulate(input_size=n, block_map=bm, q_tile=tile, kv_tile=tile, gpu="H200")
-        speed = dense.ours.get(n, float("nan")) / ms
-        bench.add(case, "ours_block_sparse", ms, flops, err,
-                  note + _status(err) + f" sim_tile_speedup={rec['tile_speedup']:.2f} measured_vs_ours_dense="
-                  f"{speed:.2f} ratio={speed / rec['tile_speedup']:.2f}")
+        bench.add(case, "ours_block_sparse", ms, flops, err, note + _status(err), **tags)
 
     bench.guard(case, "ours_block_sparse", ours)
     if flex is None:
@@ -336,7 +347,7 @@ def run_block_sparse(bench: Bench, dense: DenseCache, flex: Any, n: int = 32768,
         err = check_rows(fn().transpose(1, 2), q, k, v, mask_fn, seed=n + 4)
         ms = time_ms(fn)
         bench.add(case, "flex_block_sparse", ms, flops, err, "torch.compile(flex_attention), full blocks only"
-                  + _status(err))
+                  + _status(err), **tags)
 
     bench.guard(case, "flex_block_sparse", flex_run)
 
@@ -375,7 +386,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def dry_run(quick: bool) -> None:
-    print("FLOPs: dense forward 4*B*H*N^2*D (B=1, H=24, D=128); floors on the H200 at 790 TFLOP/s, 4.3 TB/s")
+    from sparsesim.hwmodels.measurements import load_ceilings
+
+    c = load_ceilings("H200")
+    print(f"FLOPs: dense forward 4*B*H*N^2*D (B={BATCH}, H={HEADS}, D={HEAD_DIM}); floors on the H200 at the "
+          f"measured {c.gemm_bf16_TFLOPs:.0f} TFLOP/s and {c.hbm_copy_TBps:.2f} TB/s ({c.date}, {Path(c.path).name})")
     print(f"{'case':28s} {'tiles':26s} {'tile_x':>7s} {'flop_x':>7s} {'bsparse':>7s} {'TFLOP':>7s} "
           f"{'dense_ms':>9s} {'tile_ms':>8s} {'flop_ms':>8s} {'byte_ms':>8s} {'perm_ms':>8s}")
     for r in dry_run_rows(quick):
@@ -384,12 +399,12 @@ def dry_run(quick: bool) -> None:
               f"{_fmt(r.get('tile_ms'), 2):>8s} {_fmt(r.get('sparse_flop_ms'), 2):>8s} {r['byte_ms']:8.3f} "
               f"{_fmt(r.get('permute_ms'), 3):>8s}")
     print("impls per dense case: ours_dense, cudnn_dense, flash_dense; per GNA case: ours_gna_kernel, "
-          "ours_permute_qkv_o, ours_gna_total, flex_gna, dense (ours, cudnn) at the same N")
+          "ours_gna_total, ours_gna_{gather,permute,direct}_total, flex_gna, dense (ours, cudnn) at the same N")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsesim.kernels.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="CSV folder")
+    parser = argparse.ArgumentParser(prog="python benchmarks/kernel_bench.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="CSV folder")
     parser.add_argument("--quick", action="store_true", help="reduced set for a first smoke test")
     parser.add_argument("--dry-run", action="store_true", help="list the cases with the simulator's numbers (CPU)")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (no torch.compile)")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsesim.hwmodels import load_gpu
-from sparsesim.simulator.schedule import makespan, wave_count
+from sparsesim.simulator.makespan import makespan, wave_count
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

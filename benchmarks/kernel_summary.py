@@ -1,6 +1,6 @@
 """Summarize a committed benchmark CSV (no GPU): the README's kernel tables, with the simulator beside.
 
-    python -m sparsesim.kernels.summary [CSV]     # default: the newest kernels/results/bench_*.csv
+    python benchmarks/kernel_summary.py [CSV]     # default: the newest kernels/results/bench_*.csv
 
 Every number comes from the CSV's measured times, except the simulator's columns (``tile_x``, the
 tile-level bound with the case's tiles; ``model_x``, the cost model's predicted speedup on the
@@ -11,16 +11,16 @@ H200 with the reference profile). Speedups of our kernels are taken over our own
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import pandas as pd
+from kernel_cases import GNA_CASES, HEADS, case_flops, topk_block_map
 
-from sparsesim.kernels.bench_cases import GNA_CASES
+from sparsesim.simulator import simulate
 from sparsesim.simulator.output import FORMATS, render
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "kernels" / "results"
 
 
 def latest_csv() -> Path:
@@ -42,7 +42,7 @@ def dense_table(df: pd.DataFrame) -> pd.DataFrame:
     for case in sorted({c for c in df["case"] if str(c).startswith("dense_N")}, key=lambda c: int(c[7:])):
         ours, cudnn, flash = (_ms(df, case, f"{i}_dense") for i in ("ours", "cudnn", "flash"))
         n = int(case[7:])
-        flops = 4.0 * 24 * n * n * 128
+        flops = case_flops(n)
         rows.append({"N": n, "ours_ms": ours, "cudnn_ms": cudnn, "flash_ms": flash,
                      "ours_TFLOPs": flops / ours / 1e9, "cudnn_TFLOPs": flops / cudnn / 1e9,
                      "ours_vs_cudnn": cudnn / ours})
@@ -66,10 +66,10 @@ def gna_table(df: pd.DataFrame, gpu: str = "H200") -> pd.DataFrame:
         total, flex = _ms(df, case.name, "ours_gna_total"), _ms(df, case.name, "flex_gna")
         rows.append({
             "case": case.name, "tiles": f"{_shape(case.q_tile)}/{_shape(case.kv_tile)}",
-            "block_sparse": bool(sim["block_sparse"]),
-            "tile_x": sim["tile_speedup"], "model_x": sim["predicted_speedup"],
-            "kernel_ms": kernel, "permute_ms": _ms(df, case.name, "ours_permute_qkv_o"), "total_ms": total,
-            "ours_x": ours_dense / kernel, "of_tile_x": ours_dense / kernel / sim["tile_speedup"],
+            "block_sparse": bool(sim.block_sparse),
+            "tile_x": sim.tile_speedup, "model_x": sim.predicted_speedup,
+            "kernel_ms": kernel, "total_ms": total,
+            "ours_x": ours_dense / kernel, "of_tile_x": ours_dense / kernel / sim.tile_speedup,
             "vs_cudnn_kernel": cudnn / kernel, "vs_cudnn_total": cudnn / total,
             "flex_ms": flex, "flex_over_ours": flex / kernel,
         })
@@ -77,22 +77,39 @@ def gna_table(df: pd.DataFrame, gpu: str = "H200") -> pd.DataFrame:
 
 
 def block_sparse_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Explicit block maps: our kernel vs our dense kernel (and the simulator's bound) and FlexAttention."""
+    """Explicit block maps: our kernel vs our dense kernel (and the simulator's bound) and FlexAttention.
+
+    The map is rebuilt from the case's name (``block_sparse_N<tokens>_top<keep>``, 128-token blocks,
+    the benchmark's seeded generator) and simulated, so the bound never comes from a note.
+    """
     rows = []
     for case in sorted({c for c in df["case"] if str(c).startswith("block_sparse_N")}):
-        n = int(str(case)[len("block_sparse_N"):].split("_")[0])
+        n_text, keep_text = str(case)[len("block_sparse_N"):].split("_top")
+        n, keep, tile = int(n_text), int(keep_text), 128
+        rec = simulate(input_size=n, block_map=topk_block_map(n, tile, keep), q_tile=tile, kv_tile=tile, heads=HEADS)
         ours, flex = _ms(df, case, "ours_block_sparse"), _ms(df, case, "flex_block_sparse")
-        note = df[(df["case"] == case) & (df["impl"] == "ours_block_sparse")]["note"].astype(str)
-        found = re.search(r"sim_tile_speedup=([0-9.]+)", note.iloc[0]) if len(note) else None
-        tile_x = float(found.group(1)) if found else float("nan")
         ours_x = _ms(df, f"dense_N{n}", "ours_dense") / ours
-        rows.append({"case": case, "tile_x": tile_x, "kernel_ms": ours, "ours_x": ours_x, "of_tile_x": ours_x / tile_x,
-                     "flex_ms": flex, "flex_over_ours": flex / ours})
+        rows.append({"case": case, "tile_x": rec.tile_speedup, "kernel_ms": ours, "ours_x": ours_x,
+                     "of_tile_x": ours_x / rec.tile_speedup, "flex_ms": flex, "flex_over_ours": flex / ours})
+    return pd.DataFrame(rows)
+
+
+def layout_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Whole calls with each K/V layout forced, side by side (runs that recorded them)."""
+    rows = []
+    for case in GNA_CASES:
+        row: dict[str, object] = {"case": case.name, "tokens": case.tokens}
+        for layout in ("direct", "gather", "permute"):
+            row[f"{layout}_ms"] = _ms(df, case.name, f"ours_gna_{layout}_total")
+        sel = df[(df["case"] == case.name) & (df["impl"] == "ours_gna_total")]
+        row["auto"] = str(sel["kv_layout"].iloc[0]) if "kv_layout" in df.columns and len(sel) else "-"
+        if any(row[f"{x}_ms"] == row[f"{x}_ms"] for x in ("gather", "permute")):
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsesim.kernels.summary", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/kernel_summary.py", description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="?", type=Path, help="benchmark CSV (default: newest under kernels/results)")
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     args = parser.parse_args(argv)
@@ -104,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     missing = {"case", "impl", "ms", "gpu", "commit"} - set(df.columns)
     if missing:
-        print(f"error: {path} lacks columns {sorted(missing)}; allowed: a CSV written by kernels.bench",
+        print(f"error: {path} lacks columns {sorted(missing)}; allowed: a CSV written by benchmarks/kernel_bench.py",
               file=sys.stderr)
         return 2
     head = df.iloc[0]
@@ -113,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     print(render(dense_table(df), args.format))
     print(render(gna_table(df), args.format))
     print(render(block_sparse_table(df), args.format), end="")
+    layouts = layout_table(df)
+    if len(layouts):
+        print()
+        print(render(layouts, args.format), end="")
     return 0
 
 

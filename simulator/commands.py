@@ -1,0 +1,228 @@
+"""What each `simulate` subcommand does: build configurations, simulate, print (see :mod:`cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sparsesim.hwmodels.gpus import list_gpus, load_gpu, read_toml
+from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.output import emit
+
+PRESETS = Path(__file__).parent / "presets" / "main.toml"
+
+#: Text-table columns, in display order; the table keeps as many as fit 120 characters, dropping
+#: the lowest in :data:`PRIORITY` first (``--wide``, CSV and JSON keep every column).
+TABLE_COLUMNS = [
+    "preset", "gpu", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile", "tiling",
+    "flop_speedup", "tile_speedup", "predicted_speedup", "predicted_ms", "dense_ms", "bound",
+]
+PRIORITY = [
+    "preset", "gpu", "window", "stride", "flop_speedup", "tile_speedup", "predicted_speedup", "q_tile", "kv_tile",
+    "predicted_ms", "causal", "dilation", "tiling", "input_size", "bound", "dense_ms",
+]
+E2E_COLUMNS = [
+    "preset", "gpu", "window", "stride", "q_tile", "kv_tile", "dense_steps", "attention_share", "tile_speedup",
+    "predicted_speedup", "e2e_tile_speedup", "e2e_predicted_speedup", "dense_run_s", "sparse_run_s",
+]
+E2E_PRIORITY = [
+    "preset", "gpu", "window", "stride", "attention_share", "predicted_speedup", "e2e_predicted_speedup",
+    "e2e_tile_speedup", "tile_speedup", "q_tile", "kv_tile", "dense_steps", "dense_run_s", "sparse_run_s",
+]
+
+
+def version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("sparsesim")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def pattern_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One :func:`simulate` keyword dict per GPU from the pattern flags."""
+    if args.block_map is not None:
+        given = [f"--{k}" for k in ("window", "stride", "dilation", "causal") if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} cannot be combined with --block-map (the map is the pattern); "
+                              f"allowed with --block-map: --input-size, --q-tile, --kv-tile and the problem flags")
+        if args.tiling != "box":
+            raise ConfigError("--tiling cannot be combined with --block-map (the map's blocks are the tiles)")
+    elif args.window is None:
+        raise ConfigError("--window is required (or --block-map FILE)")
+    base: dict[str, Any] = {
+        "input_size": args.input_size, "window": args.window, "stride": args.stride, "dilation": args.dilation,
+        "causal": args.causal, "q_tile": args.q_tile, "kv_tile": args.kv_tile, "tiling": args.tiling,
+        "heads": args.heads, "heads_kv": args.heads_kv, "head_dim": args.head_dim, "batch": args.batch,
+        "dtype": args.dtype, "backprop": args.backprop, "kernel_profile": args.kernel_profile,
+    }
+    if args.block_map is not None:
+        base["block_map"] = args.block_map
+    return [{**base, "gpu": gpu} for gpu in args.gpu]
+
+
+def _note_infeasible(df: Any) -> None:
+    if "feasible" not in df.columns:
+        return
+    bad = df[~df["feasible"].astype(bool)]
+    if len(bad):
+        print(f"simulate: note: {len(bad)} of {len(df)} row(s) use tiles sparsesim's kernels cannot run "
+              f"(column feasible): {bad['infeasible_because'].iloc[0]}", file=sys.stderr)
+
+
+def _simulate_rows(configs: Sequence[dict[str, Any]], progress: Callable[[int], None] | None = None) -> Any:
+    from sparsesim.simulator.simulate import simulate_many
+
+    return simulate_many(configs, progress=progress)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    df = _simulate_rows(pattern_configs(args))
+    _note_infeasible(df)
+    emit(df, args, TABLE_COLUMNS, PRIORITY)
+
+
+def main_table_configs() -> list[dict[str, Any]]:
+    """The built-in presets behind `simulate` with no arguments."""
+    data = read_toml(PRESETS, "presets")
+    return [{**row, "gpu": gpu} for row in data["rows"] for gpu in data["gpus"]]
+
+
+def cmd_main(args: argparse.Namespace) -> None:
+    configs = main_table_configs()
+    presets = [c.pop("preset") for c in configs]
+    df = _simulate_rows(configs)
+    df.insert(0, "preset", presets)
+    emit(df, args, TABLE_COLUMNS, PRIORITY)
+
+
+def _progress_bar(total: int) -> Callable[[int], None]:
+    def show(done: int) -> None:
+        if done == total or done % max(1, total // 100) == 0:
+            width = 30
+            filled = width * done // total
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+    return show
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from sparsesim.simulator.simulate import simulate_many
+    from sparsesim.simulator.sweep import load_sweep
+
+    configs, skipped = load_sweep(args.file)
+    show = args.progress if args.progress is not None else (len(configs) >= 200 and sys.stderr.isatty())
+    bar = _progress_bar(len(configs)) if show else None
+    done: list[int] = []
+
+    def count(i: int) -> None:
+        done.append(i)
+        if bar is not None:
+            bar(i)
+
+    try:
+        df = simulate_many(configs, progress=count)
+    except ConfigError as exc:
+        bad = configs[len(done)]
+        raise ConfigError(f"sweep: configuration {len(done) + 1} {bad}: {exc}") from None
+    if skipped:
+        print(f"sweep: skipped {skipped} invalid configuration(s)", file=sys.stderr)
+    _note_infeasible(df)
+    emit(df, args, TABLE_COLUMNS, PRIORITY)
+
+
+def cmd_gpus(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    gpus = [load_gpu(g) for g in args.gpu] if args.gpu else list_gpus()
+    rows = []
+    for g in gpus:
+        row: dict[str, Any] = {
+            "gpu": g.name, "full_name": g.full_name, "arch": g.architecture, "sms": g.sm_count,
+            "bf16_TFLOPs": g.tensor_TFLOPs.get("bf16"), "fp8_TFLOPs": g.tensor_TFLOPs.get("fp8"),
+            "hbm_TBps": g.hbm_TBps, "exp_TOPs": g.exp_per_s / 1e12,
+        }
+        for rank in (1, 2, 3):
+            if rank in g.default_tiles:
+                q, kv = g.default_tiles[rank]
+                row[f"tiles_{rank}d"] = "/".join("x".join(map(str, t)) for t in (q, kv))
+        row["tile_kernel"] = g.tiles_kernel
+        rows.append(row)
+    cols = list(rows[0])
+    emit(pd.DataFrame(rows), args, cols, cols)
+
+
+def cmd_tiles(args: argparse.Namespace) -> None:
+    import math
+
+    import pandas as pd
+
+    from sparsesim.hwmodels.gpus import DTYPE_BYTES
+    from sparsesim.simulator.feasibility import candidate_tiles, max_stages, registers_per_thread
+    from sparsesim.simulator.patterns import layout_tuple
+
+    size = layout_tuple(args.input_size) if args.input_size else None
+    rank = args.rank if args.rank is not None else (len(size) if size else None)
+    if rank is None:
+        raise ConfigError("give --rank or --input-size")
+    if size is not None and len(size) != rank:
+        raise ConfigError(f"--rank {rank} but --input-size has {len(size)} axes; allowed: the same rank")
+    for name, vols in (("--q-volume", args.q_volume), ("--kv-volume", args.kv_volume)):
+        for v in vols:
+            if v < 16 or v > 256 or v & (v - 1):
+                raise ConfigError(f"{name} {v}; allowed: powers of two from 16 to 256")
+    gpu = load_gpu(args.gpu)
+    pairs = candidate_tiles(rank, gpu=gpu, head_dim=args.head_dim, dtype=args.dtype, input_size=size,
+                            q_volumes=args.q_volume, kv_volumes=args.kv_volume)
+    elt = DTYPE_BYTES[args.dtype]
+    rows = [{"gpu": gpu.name, "q_tile": q, "kv_tile": kv, "q_volume": math.prod(q), "kv_volume": math.prod(kv),
+             "stages": max_stages(math.prod(q), math.prod(kv), args.head_dim, elt, gpu.smem_per_block_bytes),
+             "registers_per_thread": registers_per_thread(math.prod(q), math.prod(kv), args.head_dim, elt)}
+            for q, kv in pairs]
+    if not rows:
+        raise ConfigError(f"no tile pair of volumes {args.q_volume}/{args.kv_volume} runs at head_dim={args.head_dim} "
+                          f"on {gpu.name}")
+    cols = list(rows[0])
+    emit(pd.DataFrame(rows), args, cols, cols)
+
+
+def cmd_e2e(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from sparsesim.simulator.workloads import simulate_e2e
+
+    rows = []
+    for gpu in args.gpu:
+        rows += simulate_e2e(preset=args.preset, gpu=gpu, window=args.window, stride=args.stride,
+                             dilation=args.dilation, q_tile=args.q_tile, kv_tile=args.kv_tile, tiling=args.tiling,
+                             dense_steps=args.dense_steps, attention_share=args.attention_share,
+                             kernel_profile=args.kernel_profile)
+    emit(pd.DataFrame([r.to_dict() for r in rows]), args, E2E_COLUMNS, E2E_PRIORITY)
+
+
+def _pattern_label(p: dict[str, Any]) -> str:
+    return "w" + "x".join(map(str, p["window"])) + " s" + "x".join(map(str, p.get("stride", [1])))
+
+
+def cmd_workloads(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from sparsesim.simulator.workloads import list_workloads
+
+    rows = [{"preset": w.name, "layout": w.layout, "tokens": w.tokens, "text_tokens": w.text_tokens,
+             "layers": w.layers, "hidden": w.hidden, "heads": w.heads, "heads_kv": w.heads_kv,
+             "head_dim": w.head_dim, "mlp": w.mlp, "steps": w.steps, "batch": w.batch,
+             "patterns": "; ".join(_pattern_label(p) for p in w.patterns), "description": w.description}
+            for w in list_workloads()]
+    cols = list(rows[0])
+    priority = ["preset", "layout", "tokens", "layers", "heads", "head_dim", "steps", "patterns", "hidden", "mlp",
+                "heads_kv", "batch", "text_tokens", "description"]
+    emit(pd.DataFrame(rows), args, cols, priority)

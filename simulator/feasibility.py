@@ -1,0 +1,167 @@
+"""Which tiles, head dims and dtypes sparsesim's Triton kernels run on a GPU: the one feasibility check.
+
+The simulator flags tiles our kernels cannot run (``feasible`` column), the kernels raise its
+message, and the tile listings (``candidate_tiles``, the search space) are filtered by it. Rules:
+
+- tiles: every entry a power of two, volume (tokens per tile) a power of two from 16 to 256
+  (``tl.arange`` and ``tl.dot`` shapes);
+- head dim a power of two from 16 to 256; dtype fp16 or bf16 (fp32 only in the interpreter);
+- shared memory: the Q tile and at least one stage of K and V fit the GPU's per-CTA limit
+  (``smem_per_block_KB`` of the GPU file); the kernels take the deepest pipeline, up to 3 stages;
+- registers: an estimate of what one thread holds (fp32 accumulator and scores, Q and P in
+  the input dtype) within the per-thread limit of the GPU file (one warpgroup per 64 query rows,
+  4 warps below 128 rows, 8 from 128). It reproduces the rule measured on the H200: at head dim
+  256 a 128-row Q tile keeps the KV tile at 64 keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU, load_gpu
+from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.tiling import SMALL_TILE
+
+HEAD_DIMS = (16, 32, 64, 128, 256)
+MIN_TILE_VOLUME = SMALL_TILE
+MAX_TILE_VOLUME = 256
+KERNEL_DTYPES = ("fp16", "bf16")
+#: Deepest K/V pipeline the kernels use (H200: 3 stages ran 5-13% faster than 2; kernels/NOTES.md).
+MAX_STAGES = 3
+
+
+def kernel_warps(q_volume: int) -> int:
+    """Warps of a fused kernel CTA: one warpgroup per 64 query rows, 4 below 128 rows."""
+    return 8 if q_volume >= 128 else 4
+
+
+def pipeline_smem_bytes(q_volume: int, kv_volume: int, head_dim: int, stages: int, elt_bytes: int) -> int:
+    """Shared memory of the Q tile plus ``stages`` buffered K and V tiles."""
+    return (q_volume + 2 * stages * kv_volume) * head_dim * elt_bytes
+
+
+def max_stages(q_volume: int, kv_volume: int, head_dim: int, elt_bytes: int, smem_bytes: int) -> int:
+    """The deepest K/V pipeline (at most :data:`MAX_STAGES`) that fits ``smem_bytes``; 0 if none does."""
+    for stages in range(MAX_STAGES, 0, -1):
+        if pipeline_smem_bytes(q_volume, kv_volume, head_dim, stages, elt_bytes) <= smem_bytes:
+            return stages
+    return 0
+
+
+def registers_per_thread(q_volume: int, kv_volume: int, head_dim: int, elt_bytes: int) -> float:
+    """Estimated registers one thread holds: fp32 O accumulator and S tile, Q and P in the input dtype."""
+    threads = 32 * kernel_warps(q_volume)
+    fp32_words = q_volume * head_dim + q_volume * kv_volume
+    input_words = (q_volume * head_dim + q_volume * kv_volume) * elt_bytes / 4
+    return (fp32_words + input_words) / threads
+
+
+def _is_pow2(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def tile_problem(tile: Sequence[int], name: str) -> str:
+    """Why a tile shape is not one our kernels take ('' when it is): power-of-two entries, volume 16..256."""
+    bad = [t for t in tile if not _is_pow2(int(t))]
+    if bad:
+        return f"{name}={list(tile)}: entry {bad[0]} is not a power of two"
+    vol = math.prod(tile)
+    if not MIN_TILE_VOLUME <= vol <= MAX_TILE_VOLUME:
+        return f"{name}={list(tile)} has volume {vol}; allowed: {MIN_TILE_VOLUME} to {MAX_TILE_VOLUME} tokens per tile"
+    return ""
+
+
+def kernel_problem(*, q_tile: Sequence[int], kv_tile: Sequence[int], head_dim: int, dtype: str,
+                   gpu: str | GPU, smem_bytes: int | None = None, interpreter: bool = False) -> str:
+    """Why sparsesim's kernels cannot run this configuration on ``gpu`` ('' when they can).
+
+    ``smem_bytes`` overrides the GPU file's per-CTA shared memory (a device that reports less);
+    ``interpreter`` (the Triton interpreter on the CPU) also takes fp32 and has no resource limits.
+    """
+    spec = load_gpu(gpu)
+    for name, tile in (("q_tile", q_tile), ("kv_tile", kv_tile)):
+        problem = tile_problem(tile, name)
+        if problem:
+            return problem
+    if head_dim not in HEAD_DIMS:
+        return f"head_dim={head_dim}; allowed: {', '.join(map(str, HEAD_DIMS))}"
+    dtypes = (*KERNEL_DTYPES, "fp32") if interpreter else KERNEL_DTYPES
+    if dtype not in dtypes:
+        return f"dtype={dtype!r}; allowed: {', '.join(dtypes)}"
+    if interpreter:
+        return ""
+    qv, kv, elt = math.prod(q_tile), math.prod(kv_tile), DTYPE_BYTES[dtype]
+    smem = spec.smem_per_block_bytes if smem_bytes is None else smem_bytes
+    if max_stages(qv, kv, head_dim, elt, smem) == 0:
+        need = pipeline_smem_bytes(qv, kv, head_dim, 1, elt)
+        return (f"q_tile={list(q_tile)}, kv_tile={list(kv_tile)} at head_dim={head_dim} need {need // 1024} KB of "
+                f"shared memory; {spec.name} allows {smem // 1024} KB per CTA")
+    regs = registers_per_thread(qv, kv, head_dim, elt)
+    if regs > spec.registers_per_thread:
+        return (f"q_tile={list(q_tile)}, kv_tile={list(kv_tile)} at head_dim={head_dim} need about {regs:.0f} "
+                f"registers per thread; allowed: {spec.registers_per_thread}")
+    return ""
+
+
+def can_run(*, q_tile: Sequence[int], kv_tile: Sequence[int], head_dim: int = 128, dtype: str = "bf16",
+            gpu: str | GPU = "H200", raise_error: bool = False, smem_bytes: int | None = None,
+            interpreter: bool = False) -> bool:
+    """Whether sparsesim's kernels run these tiles at this head dim and dtype on ``gpu``.
+
+    With ``raise_error`` a failure raises :class:`ConfigError` naming the offending value;
+    ``smem_bytes`` and ``interpreter`` as in :func:`kernel_problem`.
+
+    Example:
+        >>> can_run(q_tile=(16, 8), kv_tile=(16, 8), head_dim=128, gpu="H100")
+        True
+        >>> can_run(q_tile=(128,), kv_tile=(128,), head_dim=256, gpu="H100")
+        False
+    """
+    problem = kernel_problem(q_tile=q_tile, kv_tile=kv_tile, head_dim=head_dim, dtype=dtype, gpu=gpu,
+                             smem_bytes=smem_bytes, interpreter=interpreter)
+    if problem and raise_error:
+        raise ConfigError(problem)
+    return not problem
+
+
+def _boxes(rank: int, volume: int, limits: Sequence[int] | None) -> list[tuple[int, ...]]:
+    exps = int(math.log2(volume))
+    out = []
+    for split in itertools.product(range(exps + 1), repeat=rank):
+        if sum(split) != exps:
+            continue
+        tile = tuple(1 << e for e in split)
+        if limits is None or all(t <= lim for t, lim in zip(tile, limits, strict=True)):
+            out.append(tile)
+    return out
+
+
+def candidate_tiles(rank: int, *, gpu: str | GPU = "H200", head_dim: int = 128, dtype: str = "bf16",
+                    input_size: Sequence[int] | None = None, q_volumes: Sequence[int] = (64, 128),
+                    kv_volumes: Sequence[int] = (64, 128)) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every (Q tile, KV tile) box pair our kernels run for a rank, GPU, head dim and dtype.
+
+    Boxes have power-of-two entries and the given volumes; with ``input_size`` no entry exceeds its
+    axis rounded up to a power of two (larger only pads).
+
+    Example:
+        >>> candidate_tiles(1, gpu="H100")
+        [((64,), (64,)), ((64,), (128,)), ((128,), (64,)), ((128,), (128,))]
+    """
+    if rank not in (1, 2, 3):
+        raise ConfigError(f"rank={rank}; allowed: 1, 2, 3")
+    limits = None
+    if input_size is not None:
+        if len(input_size) != rank:
+            raise ConfigError(f"input_size={list(input_size)} has rank {len(input_size)}, not {rank}")
+        limits = [1 << max(0, (int(n) - 1).bit_length()) for n in input_size]
+    pairs = []
+    for qv in q_volumes:
+        for kv in kv_volumes:
+            for q in _boxes(rank, qv, limits):
+                for k in _boxes(rank, kv, limits):
+                    if can_run(q_tile=q, kv_tile=k, head_dim=head_dim, dtype=dtype, gpu=gpu):
+                        pairs.append((q, k))
+    return pairs

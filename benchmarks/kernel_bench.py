@@ -267,8 +267,13 @@ def run_gna(bench: Bench, dense: DenseCache, case: Any, flex: Any, alt: list[tup
                     e = check_rows(o, q, k, v, mask_fn, seed=n + 3)
                     ms = time_ms(lambda: gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=o,
                                                        kv_layout=layout, **kw))
-                    bench.add(name, f"ours_gna_{layout}_total", ms, flops, e, note2 + _status(e),
-                              **{**tags, "kv_layout": layout})
+                    ltags = {**tags, "kv_layout": layout}
+                    bench.add(name, f"ours_gna_{layout}_total", ms, flops, e, note2 + _status(e), **ltags)
+                    forced_launch = build_launch(q, k, v, q_tile=q_tile, kv_tile=kv_tile, scale=None, kv_layout=layout,
+                                                 causal=False, **kw)
+                    ready = forced_launch.prepare_kv(k, v)
+                    ms_k = time_ms(lambda: forced_launch.launch(q, ready, o))
+                    bench.add(name, f"ours_gna_{layout}_kernel", ms_k, flops, e, "fused kernel alone", **ltags)
 
                 bench.guard(name, f"ours_gna_{layout}_total", forced)
             if flex is not None and launch.plan.groups == 1:

@@ -24,8 +24,22 @@ from sparsesim.simulator.patterns import per_axis, positive_ints
 
 
 @triton.jit
+def _move(X, Y, src, dst, valid, d_ok, FULL_D: tl.constexpr, INVERSE: tl.constexpr):
+    if FULL_D:
+        if INVERSE:
+            tl.store(X + src, tl.load(Y + dst), mask=valid[:, None])
+        else:
+            tl.store(Y + dst, tl.load(X + src, mask=valid[:, None], other=0.0))
+    else:
+        if INVERSE:
+            tl.store(X + src, tl.load(Y + dst, mask=d_ok), mask=valid[:, None] & d_ok)
+        else:
+            tl.store(Y + dst, tl.load(X + src, mask=valid[:, None] & d_ok, other=0.0), mask=d_ok)
+
+
+@triton.jit
 def _permute_kernel(
-    X, Y, X2, Y2, L0, L1, L2, D0, D1, D2, NT1, NT2, BG,
+    X, Y, X2, Y2, L0, L1, L2, D0, D1, D2, NT1, NT2,
     s_xb, s_x0, s_x1, s_x2, s_xh, s_xd, s_yb, s_yh, s_yn, s_yd,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
     INVERSE: tl.constexpr, PAIR: tl.constexpr,
@@ -34,11 +48,6 @@ def _permute_kernel(
     t = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     bg = tl.program_id(2)
-    if PAIR:  # the second half of the grid moves the second tensor (same shape and strides)
-        if bg >= BG:
-            X = X2
-            Y = Y2
-            bg -= BG
     groups = D0 * D1 * D2
     b = (bg // groups).to(tl.int64)
     g = bg % groups
@@ -54,21 +63,14 @@ def _permute_kernel(
     x2 = (t2 * T2 + r % T2) * D2 + g2
     valid = (x0 < L0) & (x1 < L1) & (x2 < L2)
     d = tl.arange(0, BLOCK_D)
-    src = (X + b * s_xb + h * s_xh + x0.to(tl.int64)[:, None] * s_x0 + x1.to(tl.int64)[:, None] * s_x1
+    src = (b * s_xb + h * s_xh + x0.to(tl.int64)[:, None] * s_x0 + x1.to(tl.int64)[:, None] * s_x1
            + x2.to(tl.int64)[:, None] * s_x2 + d[None, :] * s_xd)
     rows = t.to(tl.int64) * TV + r
-    dst = Y + bg.to(tl.int64) * s_yb + h * s_yh + rows[:, None] * s_yn + d[None, :] * s_yd
-    if BLOCK_D == HEAD_DIM:
-        if INVERSE:
-            tl.store(src, tl.load(dst), mask=valid[:, None])
-        else:
-            tl.store(dst, tl.load(src, mask=valid[:, None], other=0.0))
-    else:
-        d_ok = d[None, :] < HEAD_DIM
-        if INVERSE:
-            tl.store(src, tl.load(dst, mask=d_ok), mask=valid[:, None] & d_ok)
-        else:
-            tl.store(dst, tl.load(src, mask=valid[:, None] & d_ok, other=0.0), mask=d_ok)
+    dst = bg.to(tl.int64) * s_yb + h * s_yh + rows[:, None] * s_yn + d[None, :] * s_yd
+    d_ok = d[None, :] < HEAD_DIM
+    _move(X, Y, src, dst, valid, d_ok, BLOCK_D == HEAD_DIM, INVERSE)
+    if PAIR:  # a second tensor of the same shape and strides (K and V), same offsets
+        _move(X2, Y2, src, dst, valid, d_ok, BLOCK_D == HEAD_DIM, INVERSE)
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,9 @@ def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y
     block_d = next_pow2(head_dim)
     cfg = copy_launch(layout.volume, block_d)
     pair = x2 is not None
-    grid = (layout.num_tiles, heads, batch * layout.groups * (2 if pair else 1))
+    grid = (layout.num_tiles, heads, batch * layout.groups)
     _permute_kernel[grid](
-        x, y, x2 if pair else x, y2 if pair else y, L0, L1, L2, D0, D1, D2, NT1, NT2, batch * layout.groups,
+        x, y, x2 if pair else x, y2 if pair else y, L0, L1, L2, D0, D1, D2, NT1, NT2,
         xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()),
         HEAD_DIM=head_dim, BLOCK_D=block_d, T0=T0, T1=T1, T2=T2, INVERSE=inverse, PAIR=pair,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -51,7 +51,7 @@ from sparsesim.kernels.permute import tile_permute_pair, tile_unpermute
 KV_LAYOUTS = ("direct", "gather", "permute")
 #: ``kv_layout=None`` permutes K/V once ``batch * tokens * heads_kv`` reaches this many rows
 #: (below it the extra pass costs more than gathering: measured on the H200, kernels/NOTES.md).
-PERMUTE_MIN_KV_ROWS = 1 << 21
+PERMUTE_MIN_KV_ROWS = 1 << 18
 _MODE = {"gather": 0, "permute_ptr": 1, "permute": 2, "direct": 3}
 #: Repeated calls launch the compiled kernel directly (``SPARSESIM_FAST_LAUNCH=0`` always goes through Triton's
 #: launcher; the host-overhead benchmark times both).

@@ -127,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     head = df.iloc[0]
     print(f"{path.name}: {head['gpu']}, {head['date']}, commit {head['commit']}, torch {head['torch']}, "
           f"triton {head['triton']}\n")
-    print(render(dense_table(df), args.format))
-    print(render(gna_table(df), args.format))
-    print(render(block_sparse_table(df), args.format), end="")
+    for i, table in enumerate((dense_table(df), gna_table(df), block_sparse_table(df))):
+        print(("\n" if i else "") + render(table.dropna(axis=1, how="all"), args.format), end="")
     layouts = layout_table(df)
     if len(layouts):
         print()

@@ -49,9 +49,11 @@ from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
 from sparsesim.kernels.permute import tile_permute_pair, tile_unpermute
 
 KV_LAYOUTS = ("direct", "gather", "permute")
-#: ``kv_layout=None`` permutes K/V once ``batch * tokens * heads_kv`` reaches this many rows
-#: (below it the extra pass costs more than gathering: measured on the H200, kernels/NOTES.md).
-PERMUTE_MIN_KV_ROWS = 1 << 18
+#: ``kv_layout=None`` reads K/V through TMA (``permute``, or ``direct`` in 1D) once ``batch * tokens * heads_kv``
+#: reaches this many rows, and gathers below it. Measured on the H200 (kernels/NOTES.md): gathering costs
+#: 8-17% of kernel time on every benchmark case (393K to 2.8M rows), and the extra launch and two TMA
+#: descriptors cost 50-70 us of host time, which is most of a call below ~64K rows (0.05-0.16 ms kernels).
+PERMUTE_MIN_KV_ROWS = 1 << 16
 _MODE = {"gather": 0, "permute_ptr": 1, "permute": 2, "direct": 3}
 #: Repeated calls launch the compiled kernel directly (``SPARSESIM_FAST_LAUNCH=0`` always goes through Triton's
 #: launcher; the host-overhead benchmark times both).
@@ -339,11 +341,12 @@ def _hashable(value: Any) -> Any:
 
 
 def choose_kv_layout(plan: GNAPlan, batch: int, heads_kv: int) -> str:
-    """``direct`` for 1D without dilation, else ``permute`` for large problems and ``gather`` below."""
-    if plan.pattern.rank == 1 and plan.groups == 1:
-        return "direct"
+    """``gather`` for small problems (host-bound); above :data:`PERMUTE_MIN_KV_ROWS` rows ``direct`` for 1D
+    without dilation, ``permute`` otherwise."""
     rows = batch * plan.pattern.num_tokens * heads_kv
-    return "permute" if rows >= PERMUTE_MIN_KV_ROWS else "gather"
+    if rows < PERMUTE_MIN_KV_ROWS:
+        return "gather"
+    return "direct" if plan.pattern.rank == 1 and plan.groups == 1 else "permute"
 
 
 def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: Any, causal: Any, q_tile: Any,

@@ -23,7 +23,7 @@ from sparsesim.simulator.patterns import GNAPattern, group_bounds, group_length
 from sparsesim.simulator.tiling import TileMap, freeze
 
 #: Token runs generated per chunk of Q tiles (bounds the working memory: ~10 arrays of int64).
-_RUN_CHUNK = 1 << 20
+_RUN_CHUNK = 1 << 18
 #: Box pairs classified per chunk in the dilated fallback.
 _PAIR_CHUNK = 1 << 22
 

@@ -78,12 +78,13 @@ def test_gna_default_tiles_and_gqa():
 def test_kv_layout_choice():
     from sparsesim.kernels.gna import PERMUTE_MIN_KV_ROWS
 
-    plan = plan_gna((256, 256), window=80)
-    heads = PERMUTE_MIN_KV_ROWS // 65536
-    assert choose_kv_layout(plan_gna((4096,), window=512), 1, 8) == "direct"
-    assert choose_kv_layout(plan_gna((4096,), window=512, dilation=2), 1, 8) == "gather"
+    plan = plan_gna((64, 64), window=8)
+    heads = PERMUTE_MIN_KV_ROWS // 4096
     assert choose_kv_layout(plan, 1, heads - 1) == "gather"
     assert choose_kv_layout(plan, 1, heads) == "permute"
+    one_d = plan_gna((4096,), window=512)
+    assert choose_kv_layout(one_d, 1, heads) == "direct" and choose_kv_layout(one_d, 1, heads - 1) == "gather"
+    assert choose_kv_layout(plan_gna((4096,), window=512, dilation=2), 1, heads) == "permute"
 
 
 def test_repeated_call_reuses_the_launch():

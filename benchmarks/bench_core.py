@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         before = _child(name, str(args.before), 6 << 30, 120) if args.before else None
         rows.append((name, what, target, before, after))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-    head = "| case | " + ("before: time | before: peak memory | " if args.before else "") + "time | peak memory | target |"
+    before_cols = "before: time | before: peak memory | " if args.before else ""
+    head = "| case | " + before_cols + "time | peak memory | target |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for _, what, target, before, after in rows:

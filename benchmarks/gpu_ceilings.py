@@ -29,6 +29,8 @@ def main() -> None:
     props = torch.cuda.get_device_properties(dev)
     from kernel_bench import git_commit
 
+    from sparsesim.simulator.flops import dense_flops
+
     commit = args.commit or git_commit(Path(__file__).parent)
     res: dict = {"gpu": props.name, "sms": props.multi_processor_count, "l2_bytes": props.L2_cache_size,
                  "date": dt.date.today().isoformat(), "commit": commit or "unknown", "torch": torch.__version__,
@@ -63,7 +65,7 @@ def main() -> None:
     rows = []
     for n_tok in (16384, 65536, 115200):
         q, k, v = (torch.randn(1, 24, n_tok, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
-        flops = 4 * 24 * n_tok**2 * 128
+        flops = dense_flops(n_tok, heads=24, head_dim=128)
         for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
             try:
                 with sdpa_kernel(backend):

@@ -1,7 +1,7 @@
 """GPU: launch variants of our kernels side by side (pipeline depth, TMA or pointer loads, Triton's
 warp specialization), on the benchmark's block-sparse cases and the dense kernel's configs.
 
-    python benchmarks/kernel_variants.py [--out DIR] [--commit SHA]
+    cd benchmarks && python kernel_variants.py [--out DIR] [--commit SHA]
 
 Each variant is checked against the first one's output (same tiles, so the same arithmetic up to
 scheduling) and timed with the benchmark's ``time_ms``; one CSV row per variant. Notes on what
@@ -17,25 +17,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-VARIANTS = {  # name: (num_stages, use_desc, warp_specialize)
-    "s3_tma": (3, True, False),
-    "s2_tma": (2, True, False),
-    "s3_ptr": (3, False, False),
-    "s3_tma_ws": (3, True, True),
-    "s2_tma_ws": (2, True, True),
+VARIANTS = {  # name: (num_stages, kv_layout, warp_specialize); "permute" loads K/V with TMA, "gather" with pointers
+    "s3_tma": (3, "permute", False),
+    "s2_tma": (2, "permute", False),
+    "s3_ptr": (3, "gather", False),
+    "s3_tma_ws": (3, "permute", True),
+    "s2_tma_ws": (2, "permute", True),
 }
 CASES = ("flux_w80x80_s16x16", "1d_w2048_s256", "hunyuan_w18x24x24_s16x8x8", "flux_w80x80_s1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    import dataclasses
 
-    from sparsesim.kernels._launch import FusedLaunch, dense_configs
-    from sparsesim.kernels.bench import git_commit, rand_qkv, time_ms
-    from sparsesim.kernels.bench_cases import GNA_CASES, HEAD_DIM, HEADS, dense_flops
+    import torch
+    from kernel_bench import git_commit, rand_qkv, time_ms
+    from kernel_cases import GNA_CASES, HEAD_DIM, HEADS
+    from kernel_cases import case_flops as dense_flops
+
+    from sparsesim.kernels._launch import dense_configs
     from sparsesim.kernels.dense import _autotuned, attention, launch_dense
-    from sparsesim.kernels.gna import launch_gna, permute_qkv
-    from sparsesim.kernels.gna_plan import plan_gna
+    from sparsesim.kernels.gna import build_launch
     from sparsesim.kernels.reference import rel_error
 
     parser = argparse.ArgumentParser()
@@ -77,25 +79,26 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a variant that does not compile is a result too
             add(f"dense_N{n}", name, None, dense_flops(n), None, f"ERROR {type(exc).__name__}: {str(exc)[:120]}")
     attention(q, k, v)
-    add(f"dense_N{n}", "autotune_pick", None, dense_flops(n), None, str(_autotuned(HEAD_DIM, "bf16").best_config))
+    add(f"dense_N{n}", "autotune_pick", None, dense_flops(n), None, str(_autotuned(HEAD_DIM, "bf16", "H200").best_config))
     del q, k, v, first
 
     for case in (c for c in GNA_CASES if c.name in CASES and not args.dense_only):
-        plan = plan_gna(case.input_size, window=case.window, stride=case.stride, q_tile=case.q_tile,
-                        kv_tile=case.kv_tile)
         q, k, v = rand_qkv((1, *case.input_size, HEADS, HEAD_DIM), seed=case.tokens)
-        qp, kp, vp = permute_qkv(plan, q, k, v)
         first = None
         flops = dense_flops(math.prod(case.input_size))
-        for name, (stages, desc, ws) in VARIANTS.items():
-            launch = FusedLaunch(num_warps=8, num_stages=stages, warp_specialize=ws)
+        tile_x = case.simulate().tile_speedup
+        for name, (stages, layout, ws) in VARIANTS.items():
             try:
-                op = torch.empty_like(qp)
-                run = _runner(launch_gna, plan, qp, kp, vp, op, launch, desc)
-                run()
+                base = build_launch(q, k, v, q_tile=case.q_tile, kv_tile=case.kv_tile, scale=None, kv_layout=layout,
+                                    causal=False, **case.pattern)
+                launch = dataclasses.replace(base, compiled={}, constants={**base.constants, "num_stages": stages,
+                                                                           "WARP_SPEC": ws})
+                ready = launch.prepare_kv(k, v)
+                op = torch.empty_like(q)
+                launch.launch(q, ready, op)
                 first = op if first is None else first
-                ms = time_ms(run)
-                add(case.name, name, ms, flops, rel_error(op, first), f"tile_speedup={plan.tile_speedup:.2f}")
+                ms = time_ms(_runner(launch, q, ready, op))
+                add(case.name, name, ms, flops, rel_error(op, first), f"tile_speedup={tile_x:.2f}")
             except Exception as exc:  # noqa: BLE001
                 add(case.name, name, None, flops, None, f"ERROR {type(exc).__name__}: {str(exc)[:120]}")
         torch.cuda.empty_cache()
@@ -103,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _runner(launch_gna: Any, plan: Any, qp: Any, kp: Any, vp: Any, op: Any, launch: Any, desc: bool) -> Any:
+def _runner(launch: Any, q: Any, ready: Any, out: Any) -> Any:
     def run() -> Any:
-        return launch_gna(plan, qp, kp, vp, op, qp.shape[-1] ** -0.5, launch=launch, use_desc=desc)
+        return launch.launch(q, ready, out)
 
     return run
 

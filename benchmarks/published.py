@@ -12,12 +12,19 @@ import json
 import sys
 from pathlib import Path
 
-from sparsesim.simulator import simulate
+from sparsesim.hwmodels import load_gpu
+from sparsesim.hwmodels.measurements import load_ceilings
+from sparsesim.simulator import SimResult, simulate
 from sparsesim.simulator.workloads import simulate_e2e
 
 
-def dense(gpu: str, dtype: str = "bf16", n: int = 16384) -> dict:
+def dense(gpu: str, dtype: str = "bf16", n: int = 16384) -> SimResult:
     return simulate(input_size=n, window=n, gpu=gpu, heads=16, head_dim=128, dtype=dtype)
+
+
+def peak(gpu: str, dtype: str = "bf16") -> float:
+    """The GPU file's dense tensor-core rate (TFLOP/s)."""
+    return load_gpu(gpu).tensor_TFLOPs[dtype]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,29 +32,30 @@ def main(argv: list[str] | None = None) -> int:
     del argv
     rows = []
     a100 = dense("A100")
-    rows.append(("FlashAttention-2 fwd, A100, hdim 128, 16K tokens", "50-73% of 312 TFLOP/s",
-                 f"{a100['dense_TFLOPs']:.0f} TFLOP/s ({a100['dense_TFLOPs'] / 312:.0%}), {a100['bound']}-bound"))
+    rows.append(("FlashAttention-2 fwd, A100, hdim 128, 16K tokens", f"50-73% of {peak('A100'):.0f} TFLOP/s",
+                 f"{a100.dense_TFLOPs:.0f} TFLOP/s ({a100.dense_TFLOPs / peak('A100'):.0%}), {a100.bound}-bound"))
     h100 = dense("H100", "fp16")
     rows.append(("FlashAttention-3 fwd, H100, fp16, hdim 128, 16K tokens", "up to ~740 TFLOP/s",
-                 f"{h100['dense_TFLOPs']:.0f} TFLOP/s ({h100['dense_TFLOPs'] / 989:.0%}), {h100['bound']}-bound"))
+                 f"{h100.dense_TFLOPs:.0f} TFLOP/s ({h100.dense_TFLOPs / peak('H100', 'fp16'):.0%}), "
+                 f"{h100.bound}-bound"))
     b200 = dense("B200")
     rows.append(("FlashAttention-4 fwd, B200, bf16, hdim 128, 16K tokens", "~1,600 TFLOP/s (~71%), exp-bound",
-                 f"{b200['dense_TFLOPs']:.0f} TFLOP/s ({b200['dense_TFLOPs'] / 2250:.0%}), {b200['bound']}-bound"))
+                 f"{b200.dense_TFLOPs:.0f} TFLOP/s ({b200.dense_TFLOPs / peak('B200'):.0%}), {b200.bound}-bound"))
     hv = simulate(input_size=(30, 48, 80), window=(18, 24, 24), q_tile=(4, 8, 8), kv_tile=(2, 8, 8), gpu="B200")
     rows.append(("GNA paper Fig. 3: HunyuanVideo w 18x24x24, tiles (4,8,8)/(2,8,8), tile bound", "~3.3x",
-                 f"{hv['tile_speedup']:.2f}x (predicted kernel speedup on B200: {hv['predicted_speedup']:.2f}x)"))
+                 f"{hv.tile_speedup:.2f}x (predicted kernel speedup on B200: {hv.predicted_speedup:.2f}x)"))
     published = {(1, 1): (1.76, 1.65), (16, 1): (1.84, 1.72), (16, 16): (1.88, 1.82)}
     for stride, (sim, measured) in published.items():
         r = simulate_e2e(preset="flux-4k", gpu="B200", window=(80, 80), stride=stride, q_tile=(16, 16),
                          kv_tile=(16, 8), attention_share=0.518)[0]
         rows.append((f"GNA paper: FLUX-4K e2e on B200, w 80x80 stride {stride[0]}x{stride[1]}, attention 51.8%",
                      f"simulator {sim}x, measured {measured}x",
-                     f"tile-level {r['e2e_tile_speedup']:.2f}x, predicted {r['e2e_predicted_speedup']:.2f}x"))
+                     f"tile-level {r.e2e_tile_speedup:.2f}x, predicted {r.e2e_predicted_speedup:.2f}x"))
     r = simulate_e2e(preset="flux-4k", gpu="B200", window=(80, 80), stride=(16, 16))[0]
     rows.append(("GNA paper: FLUX-4K attention share of e2e time on B200", "51.8% (measured, whole pipeline)",
-                 f"{r['modelled_attention_share']:.1%} (modelled: transformer steps only, no VAE/text encoders)"))
-    measured = Path(__file__).parent.parent / "hwmodels" / "measurements" / "ceilings_NVIDIA_H200_2026-11-29.json"
-    data = json.loads(measured.read_text())
+                 f"{r.modelled_attention_share:.1%} (modelled: transformer steps only, no VAE/text encoders)"))
+    c = load_ceilings("H200")
+    data = json.loads(Path(c.path).read_text())
     for row in data["sdpa"]:
         if row["impl"] != "cudnn" or "ms" not in row:
             continue
@@ -55,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         r = simulate(input_size=n, window=n, gpu="H200", heads=24, head_dim=128)
         rows.append((f"cuDNN SDPA fwd measured on our H200 (torch {data['torch']}), bf16, 24x128, {n} tokens",
                      f"{row['ms']:.1f} ms ({row['TFLOPs']:.0f} TFLOP/s), measured here",
-                     f"{r['dense_ms']:.1f} ms ({r['dense_TFLOPs']:.0f} TFLOP/s), {r['dense_ms'] / row['ms'] - 1:+.0%} "
+                     f"{r.dense_ms:.1f} ms ({r.dense_TFLOPs:.0f} TFLOP/s), {r.dense_ms / row['ms'] - 1:+.0%} "
                      f"vs measured (the reference profile models FA3-class kernels)"))
     print("| case | published | sparsesim |")
     print("|---|---|---|")

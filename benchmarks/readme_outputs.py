@@ -44,6 +44,9 @@ def run(command: str) -> str:
         entry = importlib.import_module(argv[2]).main
         args = argv[3:]
     elif argv[0] == "python" and argv[1].endswith(".py"):
+        folder = str((ROOT / argv[1]).parent)
+        if folder not in sys.path:  # the scripts import their neighbours (benchmarks/ is not a package)
+            sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(Path(argv[1]).stem, ROOT / argv[1])
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

@@ -147,3 +147,51 @@ def test_equal_costs_are_exact_waves(n, sms, k, cost, persistent):
 def test_accepts_any_shape():
     c = np.arange(12.0).reshape(3, 4)
     assert makespan(c, 4) == makespan(c.ravel(), 4)
+
+
+# ---------------------------------------------------------------- bulk runs, repeats, fluid
+
+
+@st.composite
+def run_sequences(draw):
+    """A launch of runs of equal costs (as tile maps make them) and how often it repeats (heads x batch)."""
+    values = draw(st.lists(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.25]), min_size=1, max_size=6))
+    lengths = draw(st.lists(st.integers(1, 40), min_size=len(values), max_size=len(values)))
+    return np.repeat(values, lengths), draw(st.integers(1, 4))
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=run_sequences(), sms=st.integers(1, 9), k=k_st, persistent=st.booleans())
+def test_bulk_runs_and_repeats_equal_the_greedy_schedule(case, sms, k, persistent):
+    costs, repeat = case
+    launch = np.tile(costs, repeat) * k
+    if persistent:
+        launch = np.sort(launch)[::-1]
+    want = greedy_list_schedule(launch, sms * k)
+    assert makespan(costs, sms, k, persistent, repeat=repeat) == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(costs=st.lists(st.floats(0.01, 5.0), min_size=20, max_size=200), sms=st.integers(1, 8),
+       persistent=st.booleans())
+def test_fluid_placement_ends_within_one_cta_of_the_greedy(costs, sms, persistent):
+    import sparsesim.simulator.makespan as m
+
+    c = np.array(costs)
+    exact = makespan(c, sms, persistent=persistent)
+    old = m.EXACT_LIMIT
+    m.EXACT_LIMIT = 4  # force the fluid path on every stretch of short runs
+    try:
+        fluid = makespan(c, sms, persistent=persistent)
+    finally:
+        m.EXACT_LIMIT = old
+    assert abs(fluid - exact) <= c.max() + 1e-9
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_long_1d_launch_in_bulk_equals_the_greedy(persistent):
+    # Edge tiles with their own costs around one long run of interior tiles, x 24 heads: a few bulk steps.
+    costs = np.r_[np.linspace(1.0, 2.0, 33), np.full(7_800, 2.0), np.linspace(2.0, 1.0, 33)]
+    launch = np.tile(costs, 24)
+    want = greedy_list_schedule(np.sort(launch)[::-1] if persistent else launch, 132)
+    assert makespan(costs, 132, persistent=persistent, repeat=24) == pytest.approx(want, rel=1e-12)

@@ -439,3 +439,43 @@ def test_flux_tile_speedups(stride, tile_speedup, block_sparse):
     if block_sparse:
         assert r.tile_speedup == pytest.approx(10.24, rel=1e-12)
         assert r.partial_fraction == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# 8. The schedule against the package's own dense_mask, and chunk boundaries
+# --------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=tiled_configs("box"))
+def test_schedule_tile_classes_equal_dense_mask_brute_force(case):
+    """Per dilation group, the schedule's (visited, full) classes are what dense_mask says, tile pair by pair."""
+    from sparsesim.simulator import box_schedule
+
+    cfg, q, kv = case
+    shape = cfg["input_size"]
+    mask = dense_mask(**cfg)
+    sched = box_schedule(GNAPattern(**cfg), q, kv)
+    blocks, _, _ = bf_tiles(mask, shape, q, kv, "box", cfg["dilation"])
+    for group, (want_visited, want_full) in zip(sched.group_tuples, blocks, strict=True):
+        visited, full = sched.tile_classes(group)
+        np.testing.assert_array_equal(visited, want_visited)
+        np.testing.assert_array_equal(full, want_full)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"input_size": (9, 11, 7), "window": (5, 4, 3), "stride": (2, 1, 3), "dilation": (1, 1, 1),
+     "causal": (False, True, False)},
+    {"input_size": (9, 11, 7), "window": (3, 4, 3), "stride": (2, 1, 3), "dilation": (2, 1, 2),
+     "causal": (True, False, False)},
+])
+def test_flat_chunks_do_not_change_the_counts(cfg, monkeypatch):
+    import sparsesim.simulator.flat as flat
+
+    p = GNAPattern(**cfg)
+    whole = flat.flat_tilemap(p, 13, 10)
+    monkeypatch.setattr(flat, "_RUN_CHUNK", 7)
+    monkeypatch.setattr(flat, "_PAIR_CHUNK", 50)
+    chunked = flat.flat_tilemap(p, 13, 10)
+    for name in ("visited", "full", "kv_visited", "kv_full"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)

@@ -26,6 +26,7 @@ in a CUDA graph (warm it up first).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -273,9 +274,23 @@ class GNALaunch:
     constants: dict[str, Any]
     compiled: dict[Any, Any] = field(default_factory=dict)  # compiled kernels of repeated calls
 
-    @property
+    @functools.cached_property
     def grid(self) -> tuple[int, int, int]:
         return (self.plan.num_q_tiles, self.heads, self.batch * self.plan.groups)
+
+    @functools.cached_property
+    def shape_args(self) -> tuple[int, ...]:
+        """The kernel's integer arguments that the plan and the heads fix (computed once per launch)."""
+        plan = self.plan
+        return (self.heads // self.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:], *plan.kv_grid3[1:],
+                int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), self.heads_kv)
+
+    @functools.cached_property
+    def constexprs(self) -> tuple[Any, ...]:
+        """The constexpr values in the kernel's signature order, KV_MODE excepted (for direct launches)."""
+        c = self.constants
+        return (c["HEAD_DIM"], c["QT0"], c["QT1"], c["QT2"], c["KT0"], c["KT1"], c["KT2"], c["MASK0"], c["MASK1"],
+                c["MASK2"], c["BLOCK_SPARSE"])
 
     def prepare_kv(self, k: Any, v: Any) -> PreparedKV:
         """K and V as the kernel reads them: descriptors, permuted buffers or the tensors themselves."""
@@ -307,19 +322,14 @@ class GNALaunch:
         binds and specializes every argument; later ones call the compiled kernel directly with the
         same arguments (specializations depend only on what the call key and the alignments fix).
         """
-        plan = self.plan
-        rank = plan.pattern.rank
-        args = (q, kv.k, kv.v, out, self.ranges, self.lohi, self.scale * LOG2E,
-                self.heads // self.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:], *plan.kv_grid3[1:],
-                int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), self.heads_kv,
-                kv.n_kp, *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank))
+        rank = self.plan.pattern.rank
+        args = (q, kv.k, kv.v, out, self.ranges, self.lohi, self.scale * LOG2E, *self.shape_args, kv.n_kp,
+                *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank))
         key = (kv.mode, q.data_ptr() % 16, out.data_ptr() % 16,
                *(x.data_ptr() % 16 for x in kv.keep if kv.mode in (0, 1)))
         compiled = self.compiled.get(key)
         if compiled is not None:
-            c = self.constants
-            compiled[self.grid](*args, c["HEAD_DIM"], c["QT0"], c["QT1"], c["QT2"], c["KT0"], c["KT1"], c["KT2"],
-                                c["MASK0"], c["MASK1"], c["MASK2"], c["BLOCK_SPARSE"], kv.mode, c["WARP_SPEC"])
+            compiled[self.grid](*args, *self.constexprs, kv.mode, self.constants["WARP_SPEC"])
             return out
         kernel = _gna_fwd_kernel[self.grid](*args, KV_MODE=kv.mode, **self.constants)
         if FAST_LAUNCH and not interpret() and hasattr(kernel, "packed_metadata"):

@@ -18,20 +18,22 @@ from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.feasibility import kernel_problem
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, layout_tuple, load_block_map
 from sparsesim.simulator.predict import Prediction, dense_pass, predict
-from sparsesim.simulator.tiling import TileMap, block_sparse_tilemap, check_tiles, shrink_tile, tile_stats, tilemap
+from sparsesim.simulator.tiling import (
+    TileMap,
+    TileStats,
+    block_sparse_tilemap,
+    check_tiles,
+    shrink_tile,
+    tile_stats,
+    tilemap,
+)
 
 Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
-class SimResult:
-    """Everything :func:`simulate` says about one configuration: the pattern, its tile-level bounds,
-    the problem and the cost model's prediction (DESIGN.md, Tiles and bounds; README, columns).
-
-    ``feasible`` says whether sparsesim's Triton kernels run these tiles at this head dim and dtype
-    on this GPU (``infeasible_because`` says why not). ``visits``/``full_visits`` (per Q tile) and
-    ``q_grid`` are for pictures; :meth:`to_dict` leaves them out unless asked.
-    """
+class PatternColumns:
+    """The configuration of a result: GPU, pattern (``None`` for block maps), tiles and FLOP-wise bound."""
 
     gpu: str
     input_size: Shape
@@ -44,13 +46,12 @@ class SimResult:
     tiling: str
     density: float
     flop_speedup: float
-    tile_speedup: float
-    tile_speedup_mean: float
-    kv_tiles_dense: float
-    max_kv_tiles: int
-    mean_kv_tiles: float
-    partial_fraction: float
-    block_sparse: bool
+
+
+@dataclass(frozen=True)
+class ProblemColumns:
+    """Whether our kernels run the tiles (and why not), and the problem sizes around the pattern."""
+
     feasible: bool
     infeasible_because: str
     heads: int
@@ -59,23 +60,20 @@ class SimResult:
     batch: int
     dtype: str
     backprop: bool
-    kernel_profile: str
-    predicted_ms: float
-    permute_ms: float
-    dense_ms: float
-    predicted_speedup: float
-    predicted_speedup_with_permute: float
-    bound: str
-    wave_efficiency: float
-    achieved_TFLOPs: float
-    effective_TFLOPs: float
-    dense_TFLOPs: float
-    useful_ms: float
-    masking_ms: float
-    softmax_ms: float
-    overhead_ms: float
-    imbalance_ms: float
-    memory_ms: float
+
+
+@dataclass(frozen=True)
+class SimResult(Prediction, ProblemColumns, TileStats, PatternColumns):
+    """Everything :func:`simulate` says about one configuration, in column order: the pattern
+    (:class:`PatternColumns`), its tile-level bounds (:class:`~sparsesim.simulator.tiling.TileStats`),
+    the problem (:class:`ProblemColumns`) and the cost model's prediction
+    (:class:`~sparsesim.simulator.predict.Prediction`); DESIGN.md, Tiles and bounds; README, columns.
+
+    ``feasible`` says whether sparsesim's Triton kernels run these tiles at this head dim and dtype
+    on this GPU (``infeasible_because`` says why not). ``visits``/``full_visits`` (per Q tile) and
+    ``q_grid`` are for pictures; :meth:`to_dict` leaves them out unless asked.
+    """
+
     visits: np.ndarray = field(repr=False, compare=False)
     full_visits: np.ndarray = field(repr=False, compare=False)
     q_grid: Shape = field(repr=False, compare=False)

@@ -259,7 +259,7 @@ def flat_tilemap(pattern: GNAPattern, q_tile: int, kv_tile: int) -> TileMap:
         >>> p = GNAPattern(input_size=(30, 48, 80), window=(18, 24, 24))
         >>> tm = flat_tilemap(p, 128, 128)
         >>> tm.num_q_tiles, int(tm.visited.max())
-        (900, 304)
+        (900, 288)
     """
     n = pattern.num_tokens
     if any(d > 1 for d in pattern.dilation):

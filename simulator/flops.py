@@ -19,7 +19,7 @@ def attention_flops(pairs: float, *, heads: int, head_dim: int, batch: int = 1, 
 
     Example:
         >>> attention_flops(115200.0 ** 2, heads=24, head_dim=128) / 1e12  # HunyuanVideo, dense
-        163.08770304
+        163.07453952
     """
     per_pair = FWD_FLOPS_PER_PAIR + (BWD_FLOPS_PER_PAIR if backprop else 0.0)
     return per_pair * batch * heads * head_dim * float(pairs)

@@ -1,9 +1,18 @@
-"""Kernel profiles: the fused-attention kernel being modelled, per architecture, as data files.
+"""Kernel profiles: the fused-attention kernel being modelled, as data files.
 
 A profile says how a kernel uses a GPU: its tiles, CTAs per SM, persistence, how far softmax
-overlaps the matrix units, the cost of masking, fixed per-CTA costs and achievable fractions of
-peak. ``reference`` resolves to ``reference-<architecture>`` of the chosen GPU (the best
-published kernels); calibration (a later issue) writes profiles fitted to measurements.
+overlaps the matrix units, the cost of masking, fixed costs per CTA, per KV tile, per launch and
+per call, and achievable fractions of peak. Profiles are picked by name:
+
+- ``reference``: ``reference-<architecture>`` of the chosen GPU, the best published kernels, with
+  hand-set figures from their papers (kept for comparison; never fitted);
+- ``triton``: sparsesim's own Triton kernels, fitted to measurements on an H200 by
+  ``simulate calibrate`` and carried to other GPUs through their hardware figures;
+- ``cudnn``: dense cuDNN attention (the default dense baseline), ``cudnn-<architecture>`` where it
+  was measured and fitted, else the architecture's reference profile.
+
+Hand-set priors live in ``profiles/``; a fitted profile of the same name in ``calibration/``
+(written by ``simulate calibrate``, with the data it came from) takes precedence.
 """
 
 from __future__ import annotations
@@ -20,6 +29,13 @@ from sparsesim.hwmodels.errors import ConfigError
 from sparsesim.hwmodels.gpus import GPU, read_toml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
+CALIBRATION_DIR = Path(__file__).parent / "calibration"
+#: How a kernel gets box tiles from the caller's token order: NATTEN-style (permute q, k, v in and o out
+#: for 2D/3D or dilated layouts), or sparsesim's kernels (K/V permuted, gathered or read directly,
+#: by :func:`sparsesim.simulator.feasibility.kv_layout`; Q/O gathered in the kernel).
+TOKEN_PERMUTATIONS = ("qkvo", "kv-auto")
+#: Families of profiles resolved per GPU.
+FAMILIES = ("reference", "triton", "cudnn")
 
 _FRACTIONS = ("mma_efficiency", "softmax_overlap", "l2_hit_fraction", "hbm_efficiency", "efficiency")
 
@@ -40,6 +56,18 @@ class ForwardProfile:
     cta_overhead_us: float
     l2_hit_fraction: float
     hbm_efficiency: float
+    #: Fixed time per visited (Q tile, KV tile) pair: loop bookkeeping, barriers, row-reduction latency.
+    kv_tile_overhead_ns: float
+    #: Device time of one kernel launch (the launch itself and the ramp of the first wave).
+    launch_latency_us: float
+    #: Host time of one call from Python; a call timed back to back takes at least this long.
+    host_overhead_us: float
+    #: Extra pair time when K/V rows are gathered instead of loaded with TMA (sparsesim's ``gather``).
+    gather_penalty: float
+    #: Extra pair time per K/V pipeline stage the shared memory takes away (below the kernel's deepest).
+    stage_penalty: float
+    #: CTAs per SM from shared memory and registers (the feasibility check), capped by ``ctas_per_SM``.
+    occupancy_from_resources: bool
 
 
 @dataclass(frozen=True)
@@ -69,11 +97,13 @@ class KernelProfile:
     name: str
     architecture: str
     description: str
+    token_permutation: str
     forward: ForwardProfile
     backward: BackwardProfile
     gemm: GemmProfile
     sources: Mapping[str, str]
     path: str
+    fit: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
@@ -104,11 +134,18 @@ def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
 def parse_profile(data: Mapping[str, Any], path: str) -> KernelProfile:
     """Validate a profile table (as read from TOML) into a :class:`KernelProfile`."""
     where = f"kernel profile {path!r}"
-    for key in ("name", "architecture"):
+    for key in ("name", "architecture", "token_permutation"):
         if not isinstance(data.get(key), str):
             raise ConfigError(f"{where}: missing {key!r}")
+    if data["token_permutation"] not in TOKEN_PERMUTATIONS:
+        raise ConfigError(f"{where}: token_permutation={data['token_permutation']!r}; "
+                          f"allowed: {', '.join(TOKEN_PERMUTATIONS)}")
+    fit = data.get("fit", {})
+    if not isinstance(fit, dict):
+        raise ConfigError(f"{where}: [fit] must be a table")
     return KernelProfile(
         name=data["name"], architecture=data["architecture"], description=str(data.get("description", "")),
+        token_permutation=data["token_permutation"], fit=fit,
         forward=_section(data, "forward", ForwardProfile, where),
         backward=_section(data, "backward", BackwardProfile, where),
         gemm=_section(data, "gemm", GemmProfile, where),
@@ -118,26 +155,44 @@ def parse_profile(data: Mapping[str, Any], path: str) -> KernelProfile:
 
 @cache
 def _builtin() -> dict[str, KernelProfile]:
-    return {p.stem: parse_profile(read_toml(p, "kernel profile"), str(p)) for p in sorted(PROFILE_DIR.glob("*.toml"))}
+    """Built-in profiles by name: the priors, then the fitted ones of the same name over them."""
+    out = {}
+    for folder in (PROFILE_DIR, CALIBRATION_DIR):
+        for p in sorted(folder.glob("*.toml")):
+            out[p.stem] = parse_profile(read_toml(p, "kernel profile"), str(p))
+    return out
 
 
 def list_profiles() -> list[KernelProfile]:
-    """The built-in kernel profiles."""
+    """The built-in kernel profiles (fitted ones in place of their priors)."""
     return list(_builtin().values())
 
 
+def resolve_name(name: str, gpu: GPU) -> str:
+    """The built-in profile a family name means on ``gpu`` (other names are returned as they are).
+
+    ``reference`` -> ``reference-<arch>``; ``triton`` -> ``triton`` (our kernels, one profile for every
+    GPU); ``cudnn`` -> ``cudnn-<arch>`` where measured, else ``reference-<arch>``.
+    """
+    if name == "reference":
+        return f"reference-{gpu.architecture}"
+    if name == "cudnn":
+        own = f"cudnn-{gpu.architecture}"
+        return own if own in _builtin() else f"reference-{gpu.architecture}"
+    return name
+
+
 def load_profile(name_or_path: str | KernelProfile, gpu: GPU) -> KernelProfile:
-    """A profile by name (``reference`` picks the GPU's architecture) or by path to a TOML file."""
+    """A profile by family or file name (see :func:`resolve_name`) or by path to a TOML file."""
     if isinstance(name_or_path, KernelProfile):
         return name_or_path
     key = str(name_or_path)
     if key.endswith(".toml") or "/" in key:
         return parse_profile(read_toml(Path(key), "kernel profile"), key)
-    if key == "reference":
-        key = f"reference-{gpu.architecture}"
+    key = resolve_name(key, gpu)
     profiles = _builtin()
     if key not in profiles:
-        known = ", ".join(["reference", *profiles])
+        known = ", ".join([*FAMILIES, *profiles])
         raise ConfigError(f"unknown kernel profile {name_or_path!r} for {gpu.name}; allowed: {known}, "
                           f"or a path to a profile .toml file")
     return profiles[key]

@@ -48,13 +48,8 @@ from sparsesim.kernels._launch import (
 )
 from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
 from sparsesim.kernels.permute import tile_permute_pair, tile_unpermute
+from sparsesim.simulator.feasibility import KV_LAYOUTS, PERMUTE_MIN_KV_ROWS, kv_layout
 
-KV_LAYOUTS = ("direct", "gather", "permute")
-#: ``kv_layout=None`` reads K/V through TMA (``permute``, or ``direct`` in 1D) once ``batch * tokens * heads_kv``
-#: reaches this many rows, and gathers below it. Measured on the H200 (kernels/NOTES.md): gathering costs
-#: 8-17% of kernel time on every benchmark case (393K to 2.8M rows), and the extra launch and two TMA
-#: descriptors cost 50-70 us of host time, which is most of a call below ~64K rows (0.05-0.16 ms kernels).
-PERMUTE_MIN_KV_ROWS = 1 << 16
 _MODE = {"gather": 0, "permute_ptr": 1, "permute": 2, "direct": 3}
 #: Repeated calls launch the compiled kernel directly (``SPARSESIM_FAST_LAUNCH=0`` always goes through Triton's
 #: launcher; the host-overhead benchmark times both).
@@ -351,12 +346,8 @@ def _hashable(value: Any) -> Any:
 
 
 def choose_kv_layout(plan: GNAPlan, batch: int, heads_kv: int) -> str:
-    """``gather`` for small problems (host-bound); above :data:`PERMUTE_MIN_KV_ROWS` rows ``direct`` for 1D
-    without dilation, ``permute`` otherwise."""
-    rows = batch * plan.pattern.num_tokens * heads_kv
-    if rows < PERMUTE_MIN_KV_ROWS:
-        return "gather"
-    return "direct" if plan.pattern.rank == 1 and plan.groups == 1 else "permute"
+    """The core's rule (:func:`sparsesim.simulator.feasibility.kv_layout`), which the cost model uses too."""
+    return kv_layout(plan.pattern.rank, plan.groups, batch * plan.pattern.num_tokens * heads_kv)
 
 
 def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: Any, causal: Any, q_tile: Any,
@@ -456,4 +447,5 @@ def unpermute_out(plan: GNAPlan, op: Any, out: Any) -> Any:
     return tile_unpermute(op, plan.pattern.input_size, plan.schedule.q_tile, dilation=plan.pattern.dilation, out=out)
 
 
-__all__ = ["GNALaunch", "KV_LAYOUTS", "build_launch", "choose_kv_layout", "gna_attention", "unpermute_out"]
+__all__ = ["GNALaunch", "KV_LAYOUTS", "PERMUTE_MIN_KV_ROWS", "build_launch", "choose_kv_layout", "gna_attention",
+           "unpermute_out"]

@@ -90,7 +90,11 @@ def add_problem_args(p: argparse.ArgumentParser, gpus: Sequence[str] = ("H100",)
     h.add_argument("--dtype", default="bf16", choices=("fp16", "bf16", "fp8"), help="operand dtype")
     h.add_argument("--backprop", action="store_true", help="forward + backward (dQ and dK/dV passes)")
     h.add_argument("--kernel-profile", default="reference",
-                   help="modelled kernel: 'reference' (best published for the GPU) or a profile name or .toml file")
+                   help="modelled sparse kernel: 'reference' (best published for the GPU), 'triton' (ours, fitted "
+                        "on an H200) or a profile name or .toml file")
+    h.add_argument("--dense-profile", default="cudnn",
+                   help="modelled dense baseline: 'cudnn' (fitted where measured, else the reference), 'triton' "
+                        "(our dense kernel), 'reference' or a profile name or .toml file")
 
 
 def add_output_args(p: argparse.ArgumentParser, main: bool = False) -> None:
@@ -157,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-steps", type=_int, default=0, help="first K diffusion steps keep dense attention")
     p.add_argument("--attention-share", type=_float, default=None,
                    help="attention's share of the whole dense run, as profiled (default: the modelled share)")
-    p.add_argument("--kernel-profile", default="reference", help="modelled kernel (see table --help)")
+    p.add_argument("--kernel-profile", default="reference", help="modelled sparse kernel (see table --help)")
+    p.add_argument("--dense-profile", default="cudnn", help="modelled dense baseline (see table --help)")
     add_output_args(p)
     p.set_defaults(func=c.cmd_e2e)
     p = _sub(sub, "workloads", "the built-in workloads")

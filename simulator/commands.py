@@ -61,6 +61,7 @@ def pattern_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
         "causal": args.causal, "q_tile": args.q_tile, "kv_tile": args.kv_tile, "tiling": args.tiling,
         "heads": args.heads, "heads_kv": args.heads_kv, "head_dim": args.head_dim, "batch": args.batch,
         "dtype": args.dtype, "backprop": args.backprop, "kernel_profile": args.kernel_profile,
+        "dense_profile": args.dense_profile,
     }
     if args.block_map is not None:
         base["block_map"] = args.block_map
@@ -204,7 +205,7 @@ def cmd_e2e(args: argparse.Namespace) -> None:
         rows += simulate_e2e(preset=args.preset, gpu=gpu, window=args.window, stride=args.stride,
                              dilation=args.dilation, q_tile=args.q_tile, kv_tile=args.kv_tile, tiling=args.tiling,
                              dense_steps=args.dense_steps, attention_share=args.attention_share,
-                             kernel_profile=args.kernel_profile)
+                             kernel_profile=args.kernel_profile, dense_profile=args.dense_profile)
     emit(pd.DataFrame([r.to_dict() for r in rows]), args, E2E_COLUMNS, E2E_PRIORITY)
 
 

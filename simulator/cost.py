@@ -2,12 +2,16 @@
 
 Per CTA (one Q tile of one head): a fixed cost, the Q load and O store, and per visited KV tile
 the max of tensor-core time, softmax time (exponentials on the special-function units plus FP32
-arithmetic, partly hidden under the matrix units) and K/V load time; partial tiles add the cost
-of masking each element. CTAs are scheduled onto SMs (:mod:`schedule`); the kernel takes at
-least the time to move its unique bytes through HBM. The backward pass is FlashAttention-2/3
-style: one CTA per KV tile walks the transposed tile map, recomputes P, computes dV, dP, dS and
-dK and accumulates dQ with fp32 atomics; memory-bound passes before (rowsum of dO * O) and after
-(dQ from fp32) complete it.
+arithmetic, partly hidden under the matrix units) and K/V load time (L2 and HBM; query heads
+sharing a KV head reuse it in L2), plus a fixed cost per KV tile (loop bookkeeping, which small
+tiles pay more often); partial tiles add the cost of masking each element. Kernels that gather
+K/V rows, or whose tiles leave room for fewer pipeline stages, run their pairs slower by the
+profile's penalties. CTAs are scheduled onto SMs (:mod:`makespan`), as many at once per SM as the
+profile says or, for our kernels, as shared memory and registers allow; a launch costs a fixed
+latency; the kernel takes at least the time to move its unique bytes through HBM. The backward
+pass is FlashAttention-2/3 style: one CTA per KV tile walks the transposed tile map, recomputes
+P, computes dV, dP, dS and dK and accumulates dQ with fp32 atomics; memory-bound passes before
+(rowsum of dO * O) and after (dQ from fp32) complete it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU
 from sparsesim.hwmodels.profiles import KernelProfile
 from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.feasibility import MAX_STAGES, max_stages, resident_ctas
 from sparsesim.simulator.flops import BWD_FLOPS_PER_PAIR, FWD_FLOPS_PER_PAIR
 from sparsesim.simulator.makespan import makespan
 from sparsesim.simulator.tiling import TileMap
@@ -86,8 +91,30 @@ class PairCost:
         return max((self.mma, "compute"), (self.softmax, "exp"), (self.load, "memory"))[1]
 
 
+@dataclass(frozen=True)
+class LaunchShape:
+    """How one kernel's CTAs sit on the GPU: resident CTAs per SM and the slowdown of its pairs."""
+
+    ctas_per_sm: int
+    slowdown: float
+
+
+def launch_shape(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vol: int,
+                 kv_layout: str = "direct") -> LaunchShape:
+    """Resident CTAs (the profile's, or what resources allow for our kernels) and the pair slowdown
+    from gathering K/V and from pipeline stages the shared memory takes away."""
+    fwd = prof.forward
+    elt = problem.bytes
+    ctas = fwd.ctas_per_SM
+    if fwd.occupancy_from_resources:
+        ctas = min(ctas, resident_ctas(q_vol, kv_vol, problem.head_dim, elt, gpu))
+    missing = max(0, MAX_STAGES - max(1, max_stages(q_vol, kv_vol, problem.head_dim, elt, gpu.smem_per_block_bytes)))
+    slowdown = (1.0 + fwd.stage_penalty * missing) * (1.0 + (fwd.gather_penalty if kv_layout == "gather" else 0.0))
+    return LaunchShape(ctas_per_sm=ctas, slowdown=slowdown)
+
+
 def pair_cost(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vol: int, *,
-              flops_per_element: float, mma_efficiency: float, load_bytes: float) -> PairCost:
+              flops_per_element: float, mma_efficiency: float, load_bytes: float, slowdown: float = 1.0) -> PairCost:
     """Cost of one (Q tile, KV tile) pair on one SM."""
     fwd = prof.forward
     sms = gpu.sm_count
@@ -98,11 +125,12 @@ def pair_cost(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vo
     exp_per_sm = gpu.exp_per_s / sms * fwd.exp_throughput_scale
     softmax = elements / exp_per_sm + elements * fwd.softmax_fp32_ops_per_element / fp32_per_sm
     core = max(mma, softmax) + (1.0 - fwd.softmax_overlap) * min(mma, softmax)
-    hit = fwd.l2_hit_fraction
+    hit = 1.0 - (1.0 - fwd.l2_hit_fraction) / problem.group  # query heads of a group reuse their KV head in L2
     bandwidth = 1.0 / (hit / (gpu.l2_TBps * 1e12) + (1 - hit) / (gpu.hbm_TBps * 1e12 * fwd.hbm_efficiency))
     load = load_bytes / (bandwidth / sms)
-    mask = elements * fwd.mask_ops_per_element / fp32_per_sm
-    return PairCost(elements=elements, mma=mma, softmax=softmax, load=load, mask=mask, full=max(core, load))
+    mask = elements * fwd.mask_ops_per_element / fp32_per_sm * slowdown
+    full = (max(core, load) + fwd.kv_tile_overhead_ns * 1e-9) * slowdown
+    return PairCost(elements=elements, mma=mma, softmax=softmax, load=load, mask=mask, full=full)
 
 
 @dataclass(frozen=True)
@@ -117,12 +145,14 @@ class PassTime:
 
 
 def schedule_pass(gpu: GPU, prof: KernelProfile, cost: PairCost, full: np.ndarray, partial: np.ndarray, *,
-                  repeat: int, fixed_s: float, useful_elements: float, hbm_bytes: float) -> PassTime:
-    """Schedule CTAs with per-CTA ``full``/``partial`` pair counts, the whole set ``repeat`` times."""
+                  repeat: int, fixed_s: float, useful_elements: float, hbm_bytes: float,
+                  ctas_per_sm: int) -> PassTime:
+    """Schedule CTAs with per-CTA ``full``/``partial`` pair counts, the whole set ``repeat`` times,
+    plus the launch latency."""
     fwd = prof.forward
     sms = gpu.sm_count
     per_cta = (fixed_s + full * cost.full + partial * cost.partial).ravel()
-    span = makespan(per_cta, sms, fwd.ctas_per_SM, fwd.persistent, repeat=repeat)
+    span = makespan(per_cta, sms, ctas_per_sm, fwd.persistent, repeat=repeat)
     hbm_s = hbm_bytes / (gpu.hbm_TBps * 1e12 * fwd.hbm_efficiency)
     total = float(per_cta.sum()) * repeat
     num_ctas = per_cta.size * repeat
@@ -136,9 +166,10 @@ def schedule_pass(gpu: GPU, prof: KernelProfile, cost: PairCost, full: np.ndarra
         "overhead_ms": fixed_s * num_ctas,
     }
     breakdown = {k: v / sms * 1e3 for k, v in seconds.items()}
+    breakdown["overhead_ms"] += fwd.launch_latency_us * 1e-3
     breakdown["imbalance_ms"] = max(0.0, span - total / sms) * 1e3
     breakdown["memory_ms"] = max(0.0, hbm_s - span) * 1e3
-    return PassTime(ms=max(span, hbm_s) * 1e3, breakdown=breakdown,
+    return PassTime(ms=max(span, hbm_s) * 1e3 + fwd.launch_latency_us * 1e-3, breakdown=breakdown,
                     bound="memory" if hbm_s >= span else cost.bound,
                     wave_efficiency=(total / sms) / span if span > 0 else 1.0, num_ctas=int(num_ctas))
 
@@ -157,19 +188,21 @@ def _heads_rows(counts: np.ndarray, heads: int) -> tuple[np.ndarray, int]:
 
 
 def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
-                 useful_pairs_per_head: float) -> PassTime:
+                 useful_pairs_per_head: float, kv_layout: str = "direct") -> PassTime:
     """Forward kernel: one CTA per (batch, head, Q tile) over its visited KV tiles."""
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
     b, d = problem.bytes, problem.head_dim
+    shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, kv_layout)
     cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=FWD_FLOPS_PER_PAIR,
-                     mma_efficiency=prof.forward.mma_efficiency, load_bytes=2 * kv_vol * d * b)
+                     mma_efficiency=prof.forward.mma_efficiency, load_bytes=2 * kv_vol * d * b,
+                     slowdown=shape.slowdown)
     hbm_s_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
     fixed = prof.forward.cta_overhead_us * 1e-6 + 2 * q_vol * d * b / hbm_s_per_sm  # + Q load, O store
     full, reps = _heads_rows(tm.full, problem.heads)
     partial, _ = _heads_rows(tm.partial, problem.heads)
     return schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch, fixed_s=fixed,
                          useful_elements=useful_pairs_per_head * problem.heads * problem.batch,
-                         hbm_bytes=problem.io_bytes(tokens, 2, 2))
+                         hbm_bytes=problem.io_bytes(tokens, 2, 2), ctas_per_sm=shape.ctas_per_sm)
 
 
 def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
@@ -191,7 +224,7 @@ def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, 
         gpu, prof, cost, kv_full, kv_partial, repeat=reps * problem.batch,
         fixed_s=bwd.cta_overhead_us * 1e-6 + 4 * kv_vol * d * b / hbm_per_sm,  # K, V in; dK, dV out
         useful_elements=useful_pairs_per_head * problem.heads * problem.batch,
-        hbm_bytes=problem.io_bytes(tokens, 3, 4))
+        hbm_bytes=problem.io_bytes(tokens, 3, 4), ctas_per_sm=prof.forward.ctas_per_SM)
     # Pre: read O and dO, write the row sums; post: read fp32 dQ, write dQ; GQA: sum dK/dV per group.
     hbm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency
     side = problem.io_bytes(tokens, 2, 0) + problem.io_bytes(tokens, 1 + 4 // b, 0)
@@ -214,10 +247,21 @@ def combine(*passes: PassTime) -> PassTime:
                     num_ctas=sum(p.num_ctas for p in passes))
 
 
-def permute_ms(gpu: GPU, prof: KernelProfile, problem: Problem, tokens: int, backprop: bool = False) -> float:
-    """Token permutation: a memory-bound pass over Q, K, V in and the output back (and gradients)."""
-    # Forward: read+write Q, K, V into tiles, read+write O back. Backward adds dO in, dQ/dK/dV out.
-    moved = problem.io_bytes(tokens, 2 * 2, 2 * 2)
-    if backprop:
-        moved += problem.io_bytes(tokens, 2 * 2, 2 * 2)
-    return moved / (gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency) * 1e3
+def permute_ms(gpu: GPU, prof: KernelProfile, problem: Problem, tokens: int, padded_kv_tokens: int,
+               kv_layout: str, backprop: bool = False) -> float:
+    """Time of the token-permutation passes a box-tiled kernel needs, by the profile's way of permuting.
+
+    ``qkvo`` (NATTEN style): read and write q, k, v into tiles, read and write o back (the backward
+    adds dO in and dQ, dK, dV out), two launches. ``kv-auto`` (our kernels): with ``kv_layout``
+    ``permute`` one launch reads k and v and writes their padded tiles; ``direct`` and ``gather``
+    need no pass.
+    """
+    hbm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency
+    launch_ms = prof.forward.launch_latency_us * 1e-3
+    if prof.token_permutation == "qkvo":
+        moved = problem.io_bytes(tokens, 2 * 2, 2 * 2) * (2 if backprop else 1)
+        return moved / hbm * 1e3 + 2 * launch_ms
+    if kv_layout != "permute":
+        return 0.0
+    moved = problem.io_bytes(tokens, 0, 2) + problem.io_bytes(padded_kv_tokens, 0, 2)
+    return moved * (2 if backprop else 1) / hbm * 1e3 + launch_ms

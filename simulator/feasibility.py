@@ -73,6 +73,39 @@ def tile_problem(tile: Sequence[int], name: str) -> str:
     return ""
 
 
+#: sparsesim's GNA kernel permutes K/V (one extra pass, then TMA loads) once ``batch * tokens * heads_kv``
+#: reaches this many rows, and gathers them below it. Measured on the H200 (kernels/NOTES.md, version 7):
+#: gathering costs 8-17% of kernel time on every benchmark case (393K to 2.8M rows), and the extra launch
+#: and two TMA descriptors cost 50-70 us of host time, which is most of a call below ~64K rows.
+PERMUTE_MIN_KV_ROWS = 1 << 16
+KV_LAYOUTS = ("direct", "gather", "permute")
+
+
+def kv_layout(rank: int, groups: int, kv_rows: int) -> str:
+    """How sparsesim's GNA kernel reads K/V: ``gather`` below :data:`PERMUTE_MIN_KV_ROWS` rows, else
+    ``direct`` (TMA from the caller's tensors) for 1D without dilation and ``permute`` otherwise.
+
+    Example:
+        >>> kv_layout(3, 1, 115200 * 24), kv_layout(1, 1, 32768 * 8), kv_layout(2, 1, 1024 * 24)
+        ('permute', 'direct', 'gather')
+    """
+    if kv_rows < PERMUTE_MIN_KV_ROWS:
+        return "gather"
+    return "direct" if rank == 1 and groups == 1 else "permute"
+
+
+def resident_ctas(q_volume: int, kv_volume: int, head_dim: int, elt_bytes: int, gpu: GPU) -> int:
+    """CTAs of a fused kernel that fit one SM at once: shared memory (deepest pipeline that fits),
+    registers (the estimate above), threads and the CTA limit of the GPU file; at least 1."""
+    stages = max(1, max_stages(q_volume, kv_volume, head_dim, elt_bytes, gpu.smem_per_block_bytes))
+    smem = pipeline_smem_bytes(q_volume, kv_volume, head_dim, stages, elt_bytes)
+    threads = 32 * kernel_warps(q_volume)
+    regs = min(registers_per_thread(q_volume, kv_volume, head_dim, elt_bytes), gpu.registers_per_thread) * threads
+    limits = (int(gpu.smem_per_SM_KB * 1024) // smem, int(gpu.registers_per_SM // regs),
+              gpu.max_threads_per_SM // threads, gpu.max_ctas_per_SM)
+    return max(1, min(limits))
+
+
 def kernel_problem(*, q_tile: Sequence[int], kv_tile: Sequence[int], head_dim: int, dtype: str,
                    gpu: str | GPU, smem_bytes: int | None = None, interpreter: bool = False) -> str:
     """Why sparsesim's kernels cannot run this configuration on ``gpu`` ('' when they can).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from sparsesim.hwmodels.gpus import GPU
 from sparsesim.hwmodels.profiles import KernelProfile
 from sparsesim.simulator.cost import PassTime, Problem, backward_time, combine, forward_time, permute_ms
+from sparsesim.simulator.feasibility import kv_layout
 from sparsesim.simulator.flops import attention_flops
 from sparsesim.simulator.patterns import GNAPattern
 from sparsesim.simulator.schedule import box_schedule
@@ -20,16 +22,24 @@ from sparsesim.simulator.tiling import TileMap, tilemap
 class Prediction:
     """The cost model's columns of a result (times in ms, rates in TFLOP/s).
 
-    The ``*_ms`` breakdown (useful work, masking, softmax, per-CTA overhead, imbalance, memory)
-    sums to ``predicted_ms``.
+    ``predicted_ms`` is the sparse kernel on the GPU (its launch included), ``permute_ms`` the token
+    permutation passes it needs, ``call_ms`` a whole call timed back to back (kernel and passes, or
+    the profile's host time per call if that is longer); ``dense_ms`` and ``dense_call_ms`` the same
+    for the dense baseline under ``dense_profile``. ``predicted_speedup`` is dense call over sparse
+    call, ``kernel_speedup`` dense kernel over sparse kernel. The ``*_ms`` breakdown (useful work,
+    masking, softmax, fixed costs, imbalance, memory) sums to ``predicted_ms``.
     """
 
     kernel_profile: str
+    dense_profile: str
+    kv_layout: str
     predicted_ms: float
     permute_ms: float
+    call_ms: float
     dense_ms: float
+    dense_call_ms: float
     predicted_speedup: float
-    predicted_speedup_with_permute: float
+    kernel_speedup: float
     bound: str
     wave_efficiency: float
     achieved_TFLOPs: float
@@ -64,10 +74,25 @@ def full_tilemap(tokens: int, q_tile: int, kv_tile: int) -> TileMap:
 
 
 def run_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs: float,
-               backprop: bool) -> PassTime:
+               backprop: bool, kv_layout: str = "direct") -> PassTime:
     """Forward, plus backward when ``backprop``."""
-    fwd = forward_time(gpu, prof, problem, tm, tokens, pairs)
+    fwd = forward_time(gpu, prof, problem, tm, tokens, pairs, kv_layout)
     return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, pairs)) if backprop else fwd
+
+
+def layout_of(prof: KernelProfile, tm: TileMap, problem: Problem, tokens: int) -> str:
+    """How the modelled kernel gets its box tiles: ``qkvo`` (q, k, v, o permuted), ``permute``, ``gather``
+    or ``direct`` (our kernels, :func:`~sparsesim.simulator.feasibility.kv_layout`), or ``direct``."""
+    if tm.tiling != "box" or (len(tm.q_tile) == 1 and tm.groups == 1 and prof.token_permutation == "qkvo"):
+        return "direct"
+    if prof.token_permutation == "qkvo":
+        return "qkvo"
+    return kv_layout(len(tm.q_tile), tm.groups, problem.batch * tokens * int(problem.heads_kv or problem.heads))
+
+
+def host_floor_ms(prof: KernelProfile) -> float:
+    """The shortest a call of this kernel takes when timed back to back: its host time per call."""
+    return prof.forward.host_overhead_us * 1e-3
 
 
 def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPattern | None, tokens: int,
@@ -84,18 +109,24 @@ def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPatt
     return run_passes(gpu, prof, problem, tm, tokens, pairs, backprop)
 
 
-def predict(*, gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs_per_head: float,
-            dense_pairs_per_head: float, dense: PassTime, backprop: bool = False) -> Prediction:
+def predict(*, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
+            pairs_per_head: float, dense_pairs_per_head: float, dense: PassTime,
+            backprop: bool = False) -> Prediction:
     """Cost-model columns of one configuration, given its dense baseline's :class:`PassTime`."""
-    sparse = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop)
-    needs_permute = tm.tiling == "box" and (len(tm.q_tile) > 1 or tm.groups > 1)
-    perm = permute_ms(gpu, prof, problem, tokens, backprop) if needs_permute else 0.0
+    layout = layout_of(prof, tm, problem, tokens)
+    sparse = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout)
+    padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)
+    perm = permute_ms(gpu, prof, problem, tokens, padded_kv, layout, backprop) if layout in ("qkvo", "permute") \
+        else 0.0
+    call = max(sparse.ms + perm, host_floor_ms(prof))
+    dense_call = max(dense.ms, host_floor_ms(dense_prof))
     kw = {"heads": problem.heads, "head_dim": problem.head_dim, "batch": problem.batch, "backprop": backprop}
     useful_flops = attention_flops(pairs_per_head, **kw)
     dense_flops = attention_flops(dense_pairs_per_head, **kw)
     return Prediction(
-        kernel_profile=prof.name, predicted_ms=sparse.ms, permute_ms=perm, dense_ms=dense.ms,
-        predicted_speedup=dense.ms / sparse.ms, predicted_speedup_with_permute=dense.ms / (sparse.ms + perm),
+        kernel_profile=prof.name, dense_profile=dense_prof.name, kv_layout=layout, predicted_ms=sparse.ms,
+        permute_ms=perm, call_ms=call, dense_ms=dense.ms, dense_call_ms=dense_call,
+        predicted_speedup=dense_call / call, kernel_speedup=dense.ms / sparse.ms,
         bound=sparse.bound, wave_efficiency=sparse.wave_efficiency,
         achieved_TFLOPs=useful_flops / sparse.ms / 1e9, effective_TFLOPs=dense_flops / sparse.ms / 1e9,
         dense_TFLOPs=dense_flops / dense.ms / 1e9, **sparse.breakdown)

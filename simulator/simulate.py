@@ -160,7 +160,8 @@ def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | N
              kv_tile: int | Sequence[int] | None = None, tiling: str = "box", gpu: str | GPU = "H100",
              block_map: str | Path | np.ndarray | None = None, heads: int = 24, heads_kv: int | None = None,
              head_dim: int = 128, batch: int = 1, dtype: str = "bf16", backprop: bool = False,
-             kernel_profile: str | KernelProfile = "reference") -> SimResult:
+             kernel_profile: str | KernelProfile = "reference",
+             dense_profile: str | KernelProfile = "cudnn") -> SimResult:
     """Simulate one configuration; keyword names are the CLI flags with underscores.
 
     Without ``block_map`` the pattern is GNA over ``input_size`` (stride, dilation default 1,
@@ -178,12 +179,12 @@ def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | N
     return _simulate(dict(input_size=input_size, window=window, stride=stride, dilation=dilation, causal=causal,
                           q_tile=q_tile, kv_tile=kv_tile, tiling=tiling, gpu=gpu, block_map=block_map, heads=heads,
                           heads_kv=heads_kv, head_dim=head_dim, batch=batch, dtype=dtype, backprop=backprop,
-                          kernel_profile=kernel_profile), _Cache())
+                          kernel_profile=kernel_profile, dense_profile=dense_profile), _Cache())
 
 
 _DEFAULTS = {"stride": None, "dilation": None, "causal": None, "q_tile": None, "kv_tile": None, "tiling": "box",
              "gpu": "H100", "block_map": None, "window": None, "heads": 24, "heads_kv": None, "head_dim": 128,
-             "batch": 1, "dtype": "bf16", "backprop": False, "kernel_profile": "reference"}
+             "batch": 1, "dtype": "bf16", "backprop": False, "kernel_profile": "reference", "dense_profile": "cudnn"}
 
 
 def _simulate(cfg: Mapping[str, Any], cache: _Cache) -> SimResult:
@@ -200,6 +201,7 @@ def _simulate(cfg: Mapping[str, Any], cache: _Cache) -> SimResult:
     problem = Problem(batch=c["batch"], heads=c["heads"], heads_kv=c["heads_kv"], head_dim=c["head_dim"],
                       dtype=c["dtype"])
     prof = cache.profile(c["kernel_profile"], gpu)
+    dense_prof = cache.profile(c["dense_profile"], gpu)
     if c["block_map"] is not None:
         given = [k for k in ("window", "stride", "dilation", "causal") if c[k] is not None]
         if given:
@@ -207,7 +209,7 @@ def _simulate(cfg: Mapping[str, Any], cache: _Cache) -> SimResult:
                               f"allowed: block_map with input_size, q_tile, kv_tile")
         if c["tiling"] != "box":
             raise ConfigError(f"tiling={c['tiling']!r} cannot be combined with block_map (maps are tiled as given)")
-        return _block_sparse(c, gpu, prof, problem, backprop, cache)
+        return _block_sparse(c, gpu, prof, dense_prof, problem, backprop, cache)
     unset = {k: () if c[k] is None else c[k] for k in ("stride", "dilation", "causal")}
     pattern = GNAPattern(input_size=c["input_size"], window=c["window"], **unset)
     tiling = c["tiling"]
@@ -227,9 +229,9 @@ def _simulate(cfg: Mapping[str, Any], cache: _Cache) -> SimResult:
                              lambda: tilemap(dense_pattern, q, kv, tiling))
     stats = tile_stats(tm, flop_speedup, dense_tm)
     causal_key = (dense_pattern, q, kv, tiling) if pattern.is_causal else None
-    dense = cache.get(("dense", id(gpu), id(prof), problem, pattern.num_tokens, causal_key, backprop),
-                      lambda: dense_pass(gpu, prof, problem, pattern, pattern.num_tokens, tm, backprop))
-    pred = predict(gpu=gpu, prof=prof, problem=problem, tm=tm, tokens=pattern.num_tokens,
+    dense = cache.get(("dense", id(gpu), id(dense_prof), problem, pattern.num_tokens, causal_key, backprop),
+                      lambda: dense_pass(gpu, dense_prof, problem, pattern, pattern.num_tokens, tm, backprop))
+    pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=pattern.num_tokens,
                    pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop)
     return _record(gpu, problem, backprop, tm, stats, pred, q, kv, tiling,
                    input_size=pattern.input_size, window=pattern.window, stride=pattern.stride,
@@ -247,8 +249,8 @@ def _record(gpu: GPU, problem: Problem, backprop: bool, tm: TileMap, stats: Any,
         **dataclasses.asdict(pred), visits=tm.visited, full_visits=tm.full, q_grid=tm.q_grid)
 
 
-def _block_sparse(c: Mapping[str, Any], gpu: GPU, prof: KernelProfile, problem: Problem, backprop: bool,
-                  cache: _Cache) -> SimResult:
+def _block_sparse(c: Mapping[str, Any], gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem,
+                  backprop: bool, cache: _Cache) -> SimResult:
     size = layout_tuple(c["input_size"])
     if len(size) != 1:
         raise ConfigError(f"input_size={list(size)}: a block map takes one sequence length")
@@ -268,9 +270,9 @@ def _block_sparse(c: Mapping[str, Any], gpu: GPU, prof: KernelProfile, problem: 
     flop_speedup = 1.0 / density
     stats = tile_stats(tm, flop_speedup)
     n = pattern.seq_len
-    dense: PassTime = cache.get(("dense", id(gpu), id(prof), problem, n, None, backprop),
-                                lambda: dense_pass(gpu, prof, problem, None, n, tm, backprop))
-    pred = predict(gpu=gpu, prof=prof, problem=problem, tm=tm, tokens=n,
+    dense: PassTime = cache.get(("dense", id(gpu), id(dense_prof), problem, n, None, backprop),
+                                lambda: dense_pass(gpu, dense_prof, problem, None, n, tm, backprop))
+    pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=n,
                    pairs_per_head=pattern.visible_pairs() / pattern.heads, dense_pairs_per_head=float(n) ** 2,
                    dense=dense, backprop=backprop)
     return _record(gpu, problem, backprop, tm, stats, pred, q, kv, "block", input_size=size, window=None,

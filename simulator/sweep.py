@@ -27,7 +27,7 @@ from sparsesim.simulator.patterns import GNAPattern
 #: Keys whose value is a shape: a list of ints is one value, a list of lists sweeps.
 SHAPE_KEYS = {"input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile"}
 SWEEP_KEYS = SHAPE_KEYS | {"gpu", "tiling", "heads", "heads_kv", "head_dim", "batch", "dtype", "backprop",
-                           "kernel_profile"}
+                           "kernel_profile", "dense_profile"}
 
 
 def _values(key: str, value: Any) -> list[Any]:

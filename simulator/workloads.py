@@ -217,7 +217,8 @@ def sparse_share(attention_share: float, steps: int, dense_steps: int) -> float:
 def simulate_e2e(*, preset: str, gpu: str | GPU = "H100", window: Any = None, stride: Any = None,
                  dilation: Any = 1, q_tile: Any = None, kv_tile: Any = None, tiling: str = "box",
                  dense_steps: int = 0, attention_share: float | None = None,
-                 kernel_profile: str | KernelProfile = "reference") -> list[E2EResult]:
+                 kernel_profile: str | KernelProfile = "reference",
+                 dense_profile: str | KernelProfile = "cudnn") -> list[E2EResult]:
     """End-to-end speedups of a workload with a sparse pattern (default: the workload's own patterns).
 
     Example:
@@ -243,7 +244,7 @@ def simulate_e2e(*, preset: str, gpu: str | GPU = "H100", window: Any = None, st
     for pat in patterns:
         r = simulate(input_size=w.layout, causal=w.causal, q_tile=q_tile, kv_tile=kv_tile, tiling=tiling,
                      gpu=gpu_spec, heads=w.heads, heads_kv=w.heads_kv, head_dim=w.head_dim, batch=w.batch,
-                     dtype=w.dtype, kernel_profile=prof, **pat)
+                     dtype=w.dtype, kernel_profile=prof, dense_profile=dense_profile, **pat)
         step = dense_step(w, gpu_spec, prof, r.dense_ms, r.dense_TFLOPs)
         modelled = step.self_attention_ms / step.total_ms
         share = modelled if attention_share is None else attention_share

@@ -80,8 +80,8 @@ def test_simulate_e2e_with_a_user_profile_file(tmp_path):
 def test_simulate_e2e_user_profile_named_like_a_builtin_is_not_replaced(tmp_path):
     path = user_profile(tmp_path, name="reference-hopper", mma_efficiency=0.41)
     kw = dict(preset="flux-4k", gpu="H100", window=(80, 80), stride=(16, 16))
-    (ours,) = simulate_e2e(kernel_profile=str(path), **kw)
-    (ref,) = simulate_e2e(**kw)
+    (ours,) = simulate_e2e(kernel_profile=str(path), dense_profile=str(path), **kw)
+    (ref,) = simulate_e2e(dense_profile="reference", **kw)
     assert ours.self_attention_ms > ref.self_attention_ms
 
 

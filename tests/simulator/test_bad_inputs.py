@@ -27,7 +27,7 @@ def files(tmp: Path) -> dict[str, str]:
     gpu = (GPU_DIR / "H100.toml").read_text()
     (tmp / "gpu_missing.toml").write_text(gpu.replace("hbm_TBps", "hbm_TBps_typo"))
     (tmp / "gpu_nan.toml").write_text(gpu.replace("hbm_TBps = 3.35", "hbm_TBps = nan"))
-    (tmp / "profile.toml").write_text('name = "x"\narchitecture = "hopper"\n[forward]\n')
+    (tmp / "profile.toml").write_text('name = "x"\narchitecture = "hopper"\ntoken_permutation = "qkvo"\n[forward]\n')
     (tmp / "malformed.toml").write_text("input_size = [30\n")
     (tmp / "float_size.toml").write_text("input_size = 4096.5\nwindow = 8\n")
     (tmp / "unknown_key.toml").write_text("input_size = 64\nwindow = 8\nwindw = 4\n")

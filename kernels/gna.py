@@ -359,6 +359,15 @@ def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: 
 
     dims = check_qkv(q, k, v, spatial_ranks=(1, 2, 3), what="gna_attention")
     gpu, smem = device_gpu(q.device)
+    if q_tile is None and kv_tile is None:  # the cost model's pick for this GPU and problem
+        from sparsesim.simulator import GNAPattern
+        from sparsesim.simulator.tile_choice import choose_tiles
+
+        pattern = GNAPattern(input_size=dims.spatial, window=window, stride=stride, dilation=dilation, causal=causal)
+        picked = choose_tiles(pattern, gpu.name, dims.heads, dims.heads_kv, dims.head_dim, dims.batch,
+                              "fp16" if dims.dtype == "fp32" else dims.dtype)
+        if picked is not None:
+            q_tile, kv_tile = picked
     plan = plan_gna(dims.spatial, window=window, stride=stride, dilation=dilation, causal=causal,
                     q_tile=q_tile, kv_tile=kv_tile, gpu=gpu)
     can_run(q_tile=plan.schedule.q_tile, kv_tile=plan.schedule.kv_tile, head_dim=dims.head_dim, dtype=dims.dtype,
@@ -410,8 +419,9 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         window, stride, dilation, causal: an int/bool or one per axis (DESIGN.md, Semantics);
             validated by :class:`sparsesim.simulator.GNAPattern`.
         q_tile, kv_tile: box tile shapes (power-of-two entries, volume 16..256, as
-            :func:`sparsesim.simulator.can_run` says); a lone one sets both; default: the tiles of
-            the GPU file of the device (H100/H200: 1D 128/128, 2D (16,8)/(16,8), 3D (4,4,8)/(4,4,8)).
+            :func:`sparsesim.simulator.can_run` says); a lone one sets both; default: the cost model's
+            pick for this problem on the device's GPU (:func:`sparsesim.simulator.tile_choice.choose_tiles`,
+            ``triton`` profile, cached), or the GPU file's tiles for layouts too small for any candidate.
         scale: softmax scale, default ``1/sqrt(head_dim)``.
         out: optional output buffer shaped like ``q``.
         kv_layout: how K/V are read (a performance knob): ``None`` chooses; ``"direct"`` (1D without

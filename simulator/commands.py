@@ -181,6 +181,9 @@ def cmd_tiles(args: argparse.Namespace) -> None:
             if v < 16 or v > 256 or v & (v - 1):
                 raise ConfigError(f"{name} {v}; allowed: powers of two from 16 to 256")
     gpu = load_gpu(args.gpu)
+    if args.window is not None:
+        _rank_tiles(args, size, gpu)
+        return
     pairs = candidate_tiles(rank, gpu=gpu, head_dim=args.head_dim, dtype=args.dtype, input_size=size,
                             q_volumes=args.q_volume, kv_volumes=args.kv_volume)
     elt = DTYPE_BYTES[args.dtype]
@@ -193,6 +196,83 @@ def cmd_tiles(args: argparse.Namespace) -> None:
                           f"on {gpu.name}")
     cols = list(rows[0])
     emit(pd.DataFrame(rows), args, cols, cols)
+
+
+def _rank_tiles(args: argparse.Namespace, size: Any, gpu: Any) -> None:
+    import pandas as pd
+
+    from sparsesim.simulator.patterns import GNAPattern
+    from sparsesim.simulator.tile_choice import rank_tiles
+
+    if size is None:
+        raise ConfigError("--window needs --input-size")
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top}; allowed: 1 or more")
+    pattern = GNAPattern(input_size=size, window=args.window, stride=args.stride or (),
+                         dilation=args.dilation or (), causal=args.causal or ())
+    ranked = rank_tiles(pattern, gpu=gpu, kernel_profile=args.kernel_profile, dense_profile=args.dense_profile,
+                        heads=args.heads, heads_kv=args.heads_kv, head_dim=args.head_dim, batch=args.batch,
+                        dtype=args.dtype, top=args.top, q_volumes=tuple(args.q_volume),
+                        kv_volumes=tuple(args.kv_volume))
+    if not ranked:
+        raise ConfigError(f"no tile pair of volumes {args.q_volume}/{args.kv_volume} fits {list(size)} at "
+                          f"head_dim={args.head_dim} on {gpu.name}")
+    rows = [{"rank": i + 1, "gpu": gpu.name, "q_tile": c.q_tile, "kv_tile": c.kv_tile, "call_ms": c.call_ms,
+             "predicted_ms": c.predicted_ms, "tile_speedup": c.tile_speedup, "kv_layout": c.kv_layout,
+             "estimate_ms": c.estimate_ms} for i, c in enumerate(ranked)]
+    cols = list(rows[0])
+    emit(pd.DataFrame(rows), args, cols, cols)
+
+
+def validate_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The configurations of ``simulate validate``: a sweep file's, or the built-in workloads' patterns."""
+    if args.sweep:
+        from sparsesim.simulator.sweep import load_sweep
+
+        configs, _ = load_sweep(args.sweep)
+        return configs
+    from sparsesim.simulator.workloads import load_workload
+
+    out = []
+    for name in args.preset:
+        w = load_workload(name)
+        for pat in w.patterns:
+            out.append({"input_size": w.layout, "causal": w.causal, "heads": w.heads, "heads_kv": w.heads_kv,
+                        "head_dim": w.head_dim, "dtype": w.dtype, **pat})
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    import os
+
+    try:
+        import torch
+
+        from sparsesim.kernels import validate
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"simulate validate needs {exc.name}: pip install 'sparsesim[kernels]'") from None
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not torch.cuda.is_available() and not interpreted:
+        raise ConfigError("simulate validate needs a CUDA GPU (or TRITON_INTERPRET=1 for a CPU dry run of tiny "
+                          "shapes, timed on the host)")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}; allowed: 1 or more")
+    cases = validate.make_cases(validate_configs(args), [k.strip() for k in args.kernels.split(",") if k.strip()])
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+
+    def bar(done: int, total: int) -> None:
+        _progress_bar(total)(done)
+
+    rows = validate.run(cases, Path(args.out), resume=args.resume, jobs=1 if interpreted else args.jobs,
+                        seed=args.seed, commit=args.commit, progress=bar if show else None)
+    failed = [r for r in rows if not r["ok"]]
+    print(f"validate: {len(rows)} case(s) measured into {args.out}" +
+          (f", {len(failed)} failed their check (see the note column)" if failed else ""), file=sys.stderr)
+    import pandas as pd
+
+    table = validate.error_table(rows)
+    if table:
+        sys.stdout.write(pd.DataFrame(table).to_string(index=False) + "\n")
 
 
 def cmd_e2e(args: argparse.Namespace) -> None:

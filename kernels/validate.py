@@ -1,0 +1,422 @@
+"""``simulate validate``: measure configurations on a GPU, with the model's predictions beside them.
+
+Each configuration (a GNA pattern and its problem) becomes one case per kernel asked for:
+
+- ``gna``: :func:`~sparsesim.kernels.gna_attention` on the pattern (its tiles, or the model's pick);
+- ``block_sparse``: :func:`~sparsesim.kernels.block_sparse_attention` on the 1D pattern's visited
+  blocks (128-token tiles unless given);
+- ``dense`` (our dense kernel), ``cudnn`` and ``flash`` (torch SDPA backends): dense attention over
+  the same tokens, once per distinct dense problem.
+
+A case is checked first (fresh random inputs, the output poisoned with NaN, ``||out - ref|| /
+||ref||`` on sampled rows against a float32 reference with the exact mask), then timed as a whole
+call (median device time of back-to-back calls). Every finished row is appended to the CSV at
+once, so an interrupted run keeps it and ``--resume`` skips it. With ``jobs > 1`` the checks (and
+so the compiles) run in parallel worker processes before the timings, which stay serial.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KERNELS = ("gna", "block_sparse", "dense", "cudnn", "flash")
+#: The model's profile beside each kernel's measurement, and which of its times is compared.
+PREDICTION = {"gna": ("triton", "call_ms"), "block_sparse": ("triton", "call_ms"),
+              "dense": ("triton", "dense_call_ms"), "cudnn": ("cudnn", "dense_call_ms"), "flash": (None, None)}
+BLOCK_TILE = 128
+COLUMNS = [
+    "config_id", "case_id", "kernel", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile",
+    "tokens", "heads", "heads_kv", "head_dim", "batch", "dtype", "kv_layout", "measured_ms", "rel_err", "unwritten",
+    "ok", "predicted_ms", "predicted_profile", "reference_ms", "tile_speedup", "flop_speedup", "gpu", "driver",
+    "torch", "triton", "commit", "date", "note",
+]
+
+
+def _shape(value: Any) -> str:
+    if value is None:
+        return ""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if items and all(isinstance(v, bool) for v in items):
+        return "".join("1" if v else "0" for v in items)
+    return "x".join(str(int(v)) for v in items)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kernel on one configuration (the keywords of :func:`sparsesim.simulator.simulate`)."""
+
+    kernel: str
+    config: tuple[tuple[str, Any], ...]
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @property
+    def config_id(self) -> str:
+        """Identifies the configuration (for train/held-out splits: never split by row)."""
+        return hashlib.sha1(json.dumps(self.config, default=str).encode()).hexdigest()[:12]
+
+    @property
+    def case_id(self) -> str:
+        return f"{self.config_id}-{self.kernel}"
+
+
+def _freeze(cfg: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    def norm(v: Any) -> Any:
+        return tuple(norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+    return tuple(sorted((k, norm(v)) for k, v in cfg.items() if v is not None))
+
+
+PROBLEM_KEYS = ("heads", "heads_kv", "head_dim", "batch", "dtype")
+
+
+def make_cases(configs: Iterable[Mapping[str, Any]], kernels: Sequence[str]) -> list[Case]:
+    """The cases to measure, in order, without duplicates (dense problems once)."""
+    bad = [k for k in kernels if k not in KERNELS]
+    if bad or not kernels:
+        from sparsesim.simulator.errors import ConfigError
+
+        raise ConfigError(f"--kernels {','.join(kernels)}; allowed: a comma-separated subset of {','.join(KERNELS)}")
+    out: list[Case] = []
+    seen: set[Case] = set()
+    for cfg in configs:
+        pattern = {k: v for k, v in cfg.items() if k in ("input_size", "window", "stride", "dilation", "causal",
+                                                          "q_tile", "kv_tile")}
+        problem = {k: cfg[k] for k in PROBLEM_KEYS if k in cfg}
+        size = pattern["input_size"]
+        tokens = math.prod(size) if isinstance(size, (list, tuple)) else int(size)
+        for kernel in kernels:
+            if kernel == "gna":
+                case = Case("gna", _freeze({**pattern, **problem}))
+            elif kernel == "block_sparse":
+                if isinstance(size, (list, tuple)) and len(size) != 1:
+                    continue  # block maps are 1D here
+                case = Case("block_sparse", _freeze({**pattern, **problem}))
+            else:
+                case = Case(kernel, _freeze({"input_size": (tokens,), **problem}))
+            if case not in seen:
+                seen.add(case)
+                out.append(case)
+    return out
+
+
+def environment(commit: str | None = None) -> dict[str, str]:
+    """GPU, driver, torch, triton, commit and date of this run."""
+    import torch
+    import triton
+
+    gpu, driver = "cpu (Triton interpreter)", ""
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        gpu = torch.cuda.get_device_name()
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            driver = "unknown"
+    return {"gpu": gpu, "driver": driver, "torch": torch.__version__, "triton": triton.__version__,
+            "commit": commit or git_commit(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")}
+
+
+def git_commit(where: Path | None = None) -> str:
+    """The checked-out commit's hash, or 'unknown'."""
+    try:
+        res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = res.stdout.strip()
+    return sha if res.returncode == 0 and sha and all(c in "0123456789abcdef" for c in sha) else "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# One case: inputs, the call, its check, its prediction
+# --------------------------------------------------------------------------------------------
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    from sparsesim.kernels._launch import interpret
+
+    if interpret():
+        return torch.float32 if name == "fp32" else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _device() -> Any:
+    import torch
+
+    from sparsesim.kernels._launch import interpret
+
+    return torch.device("cpu") if interpret() else torch.device("cuda")
+
+
+def block_map_of(kw: Mapping[str, Any]) -> Any:
+    """The block map of a 1D pattern: its visited (Q tile, KV tile) pairs at the case's tiles."""
+    from sparsesim.simulator import GNAPattern, box_schedule
+
+    q = tuple(kw.get("q_tile") or (BLOCK_TILE,))
+    kv = tuple(kw.get("kv_tile") or q)
+    pattern = GNAPattern(input_size=kw["input_size"], window=kw["window"], stride=kw.get("stride", ()),
+                         dilation=kw.get("dilation", ()), causal=kw.get("causal", ()))
+    visited, _ = box_schedule(pattern, q, kv).tile_classes()
+    return visited, q[0], kv[0]
+
+
+def build_call(case: Case, seed: int) -> tuple[Callable[[Any], Any], Any, Any, Any, Callable[[Any], Any], str]:
+    """Inputs and the call of one case: ``(call(out), q, k, v, mask_fn, kv_layout)``."""
+    import numpy as np
+
+    kw = case.kw
+    dtype, device = _dtype(kw.get("dtype", "bf16")), _device()
+    heads, head_dim, batch = kw.get("heads", 24), kw.get("head_dim", 128), kw.get("batch", 1)
+    heads_kv = kw.get("heads_kv") or heads
+    size = tuple(kw["input_size"])
+    q = random_qkv((batch, *size, heads, head_dim), dtype, device, seed)
+    k = random_qkv((batch, *size, heads_kv, head_dim), dtype, device, seed + 1)
+    v = random_qkv((batch, *size, heads_kv, head_dim), dtype, device, seed + 2)
+    n = math.prod(size)
+    if case.kernel == "gna":
+        from sparsesim.kernels.gna import build_launch, gna_attention
+        from sparsesim.kernels.reference import gna_row_mask
+        from sparsesim.simulator.patterns import GNAPattern
+
+        pat = {"window": kw["window"], "stride": kw.get("stride", 1), "dilation": kw.get("dilation", 1),
+               "causal": kw.get("causal", False)}
+        tiles = {"q_tile": kw.get("q_tile"), "kv_tile": kw.get("kv_tile")}
+        launch = build_launch(q, k, v, scale=None, kv_layout=None, **pat, **tiles)
+        p = GNAPattern(input_size=size, **pat)
+        bounds = [p.axis_bounds(a) for a in range(p.rank)]
+
+        def mask_fn(rows: Any) -> Any:
+            return gna_row_mask(rows, size, bounds, p.dilation)
+
+        return (lambda out: gna_attention(q, k, v, out=out, **pat, **tiles)), q, k, v, mask_fn, launch.kv_layout
+    if case.kernel == "block_sparse":
+        from sparsesim.kernels import block_sparse_attention
+
+        bm, qt, kt = block_map_of(kw)
+
+        def mask_fn(rows: Any) -> Any:
+            return np.repeat(bm[rows // qt], kt, axis=1)[:, :n]
+
+        return (lambda out: block_sparse_attention(q, k, v, bm, q_tile=qt, kv_tile=kt, out=out)), q, k, v, mask_fn, \
+            "direct"
+
+    def dense_mask(rows: Any) -> Any:
+        return np.ones((len(rows), n), dtype=bool)
+
+    if case.kernel == "dense":
+        from sparsesim.kernels import attention
+
+        return (lambda out: attention(q, k, v, out=out)), q, k, v, dense_mask, "direct"
+    return _sdpa_call(case.kernel, q, k, v), q, k, v, dense_mask, "direct"
+
+
+def random_qkv(shape: tuple[int, ...], dtype: Any, device: Any, seed: int) -> Any:
+    from sparsesim.kernels.timing import random_tensor
+
+    return random_tensor(shape, dtype, device, seed)
+
+
+def _sdpa_call(name: str, q: Any, k: Any, v: Any) -> Callable[[Any], Any]:
+    """torch SDPA on the ``[B, H, N, D]`` copies of q, k, v; KV heads repeated for GQA.
+
+    The call writes into the given output (for the check); its ``timed`` attribute is the bare SDPA
+    call a user would time.
+    """
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if q.device.type != "cuda":
+        raise RuntimeError(f"kernel {name!r} (torch SDPA) needs a CUDA GPU")
+    backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[name]
+    group = q.shape[-2] // k.shape[-2]
+    qd = q.flatten(1, -3).transpose(1, 2).contiguous()
+    kd, vd = (x.flatten(1, -3).repeat_interleave(group, dim=-2).transpose(1, 2).contiguous() for x in (k, v))
+
+    def timed(out: Any = None) -> Any:
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(qd, kd, vd)
+
+    def call(out: Any) -> Any:
+        out.copy_(timed().transpose(1, 2).reshape(out.shape))
+        return out
+
+    call.timed = timed  # type: ignore[attr-defined]
+    return call
+
+
+def predict(case: Case) -> dict[str, Any]:
+    """The model's numbers beside a case: the kernel's profile (``triton``/``cudnn``) and the reference."""
+    from sparsesim.simulator import simulate
+
+    kw = case.kw
+    profile, column = PREDICTION[case.kernel]
+    gpu = os.environ.get("SPARSESIM_VALIDATE_GPU", "H200")
+    if profile is None:
+        return {}
+    base = {k: v for k, v in kw.items() if k in PROBLEM_KEYS}
+    if case.kernel in ("dense", "cudnn"):
+        n = kw["input_size"][0]
+        rec = simulate(input_size=n, window=n, gpu=gpu, dense_profile=profile, **base)
+        ref = simulate(input_size=n, window=n, gpu=gpu, dense_profile="reference", **base)
+        return {"predicted_ms": getattr(rec, column), "predicted_profile": rec.dense_profile,
+                "reference_ms": ref.dense_call_ms, "tile_speedup": 1.0, "flop_speedup": 1.0}
+    cfg = dict(kw)
+    if case.kernel == "block_sparse":
+        bm, qt, kt = block_map_of(kw)
+        cfg = {"input_size": kw["input_size"], "block_map": bm, "q_tile": qt, "kv_tile": kt, **base}
+    elif not kw.get("q_tile"):
+        from sparsesim.simulator.patterns import GNAPattern
+        from sparsesim.simulator.tile_choice import choose_tiles
+
+        p = GNAPattern(input_size=kw["input_size"], window=kw["window"], stride=kw.get("stride", ()),
+                       dilation=kw.get("dilation", ()), causal=kw.get("causal", ()))
+        heads = kw.get("heads", 24)
+        picked = choose_tiles(p, gpu, heads, kw.get("heads_kv") or heads, kw.get("head_dim", 128),
+                              kw.get("batch", 1), kw.get("dtype", "bf16"))
+        if picked:
+            cfg["q_tile"], cfg["kv_tile"] = picked
+    rec = simulate(gpu=gpu, kernel_profile=profile, **cfg)
+    ref = simulate(gpu=gpu, kernel_profile="reference", **cfg)
+    return {"predicted_ms": getattr(rec, column), "predicted_profile": rec.kernel_profile,
+            "reference_ms": ref.call_ms, "tile_speedup": rec.tile_speedup, "flop_speedup": rec.flop_speedup,
+            "q_tile": _shape(rec.q_tile), "kv_tile": _shape(rec.kv_tile)}
+
+
+def check_case(case: Case, seed: int) -> dict[str, Any]:
+    """Run a case once on poisoned output and check it (this also compiles its kernels)."""
+    from sparsesim.kernels.timing import TOLERANCE, check_rows, poisoned_call
+
+    try:
+        call, q, k, v, mask_fn, layout = build_call(case, seed)
+        out, unwritten = poisoned_call(call, q)
+        err = check_rows(out, q, k, v, mask_fn, seed=seed + 3)
+        return {"rel_err": err, "unwritten": unwritten, "ok": bool(err < TOLERANCE and unwritten == 0),
+                "kv_layout": layout, "note": ""}
+    except Exception as exc:  # noqa: BLE001 - one failing case is a result, not the end of the run
+        return {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "",
+                "note": f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+
+
+def time_case(case: Case, seed: int) -> float:
+    """Median ms of a whole call of the case, back to back."""
+    import torch
+
+    from sparsesim.kernels.timing import time_ms
+
+    call, q, *_ = build_call(case, seed)
+    out = torch.empty_like(q)
+    fn = getattr(call, "timed", None)
+    return time_ms((lambda: fn(out)) if fn is not None else (lambda: call(out)))
+
+
+def _check_worker(args: tuple[list[Case], int]) -> list[dict[str, Any]]:
+    cases, seed = args
+    return [check_case(c, seed) for c in cases]
+
+
+# --------------------------------------------------------------------------------------------
+# The run: resume, parallel checks, serial timings, one CSV row per case
+# --------------------------------------------------------------------------------------------
+
+def read_done(path: Path) -> set[str]:
+    """Case ids already measured in ``path`` (rows that parse); an unreadable or missing file has none."""
+    if not path.exists():
+        return set()
+    done = set()
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("case_id") and row.get("measured_ms") not in (None, ""):
+                done.add(row["case_id"])
+    return done
+
+
+def _row(case: Case, env: Mapping[str, str], check: Mapping[str, Any], ms: float | None,
+         pred: Mapping[str, Any]) -> dict[str, Any]:
+    kw = case.kw
+    size = kw["input_size"]
+    row = {"config_id": case.config_id, "case_id": case.case_id, "kernel": case.kernel,
+           "input_size": _shape(size), "window": _shape(kw.get("window")), "stride": _shape(kw.get("stride")),
+           "dilation": _shape(kw.get("dilation")), "causal": _shape(kw.get("causal")),
+           "q_tile": _shape(kw.get("q_tile")), "kv_tile": _shape(kw.get("kv_tile")),
+           "tokens": math.prod(size), "heads": kw.get("heads", 24),
+           "heads_kv": kw.get("heads_kv") or kw.get("heads", 24),
+           "head_dim": kw.get("head_dim", 128), "batch": kw.get("batch", 1), "dtype": kw.get("dtype", "bf16"),
+           "measured_ms": ms, **{k: check[k] for k in ("rel_err", "unwritten", "ok", "kv_layout", "note")}, **env}
+    row.update({k: v for k, v in pred.items() if v is not None and (k not in ("q_tile", "kv_tile") or not row[k])})
+    return row
+
+
+def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1, seed: int = 0,
+        commit: str | None = None, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Measure ``cases`` into ``out`` (appending; with ``resume`` skipping cases already there)."""
+    if out.exists() and not resume:
+        from sparsesim.simulator.errors import ConfigError
+
+        raise ConfigError(f"--out {str(out)!r} exists; pass --resume to continue it, or name a new file")
+    done = read_done(out) if resume else set()
+    todo = [c for c in cases if c.case_id not in done]
+    env = environment(commit)
+    checks: dict[str, dict[str, Any]] = {}
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        chunks = [todo[i::jobs] for i in range(jobs)]
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            for chunk, results in zip(chunks, pool.map(_check_worker, [(c, seed) for c in chunks]), strict=True):
+                checks.update({c.case_id: r for c, r in zip(chunk, results, strict=True)})
+    new_file = not out.exists() or out.stat().st_size == 0
+    rows = []
+    with open(out, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="", extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        for i, case in enumerate(todo):
+            check = checks.get(case.case_id) or check_case(case, seed)
+            ms = None
+            if check["ok"]:
+                try:
+                    ms = time_case(case, seed)
+                except Exception as exc:  # noqa: BLE001
+                    check = {**check, "ok": False, "note": f"ERROR timing {type(exc).__name__}: {exc}"[:200]}
+            try:
+                pred = predict(case)
+            except Exception as exc:  # noqa: BLE001 - a case the model refuses still keeps its measurement
+                pred = {"note": f"{check['note']} no prediction: {exc}"[:200]}
+            row = _row(case, env, check, ms, pred)
+            writer.writerow(row)
+            fh.flush()
+            rows.append(row)
+            if progress is not None:
+                progress(i + 1, len(todo))
+    return rows
+
+
+def error_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per kernel: rows, MAPE and signed mean error of the prediction against the measurement."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        try:
+            m, p = float(r["measured_ms"]), float(r["predicted_ms"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if m > 0 and math.isfinite(p):
+            by.setdefault(str(r["kernel"]), []).append(p / m - 1)
+    return [{"kernel": k, "rows": len(v), "mape": sum(abs(x) for x in v) / len(v), "mean_error": sum(v) / len(v)}
+            for k, v in by.items()]
+
+
+__all__ = ["COLUMNS", "Case", "KERNELS", "error_table", "make_cases", "run"]

@@ -191,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=c.cmd_validate, format="table", columns=None, wide=False)
+    p = _sub(sub, "calibrate", "fit a kernel profile to measurements of simulate validate (CPU)")
+    p.add_argument("--measurements", nargs="+", required=True, metavar="FILE.csv", help="simulate validate CSVs")
+    p.add_argument("--gpu", default="H200", help="the GPU the measurements were taken on")
+    p.add_argument("--kernel-profile", default="triton", help="the profile to fit: triton (ours) or cudnn")
+    p.add_argument("--holdout", type=_float, default=0.3, help="share of configurations held out of the fit")
+    p.add_argument("--seed", type=_int, default=0, help="seed of the train/held-out split")
+    p.add_argument("--profile-out", default=None, metavar="FILE.toml",
+                   help="where the fitted profile goes (default: hwmodels/calibration/<name>.toml)")
+    add_output_args(p)
+    p.set_defaults(func=c.cmd_calibrate)
     p = _sub(sub, "workloads", "the built-in workloads")
     add_output_args(p)
     p.set_defaults(func=c.cmd_workloads)

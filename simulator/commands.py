@@ -275,6 +275,27 @@ def cmd_validate(args: argparse.Namespace) -> None:
         sys.stdout.write(pd.DataFrame(table).to_string(index=False) + "\n")
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from sparsesim.simulator.calibrate import calibrate
+
+    result = calibrate(args.measurements, gpu=args.gpu, kernel_profile=args.kernel_profile, holdout=args.holdout,
+                       seed=args.seed, out=args.profile_out)
+    summary = {"profile": result.profile.name, "train_mape": result.train_mape, "heldout_mape": result.heldout_mape,
+               "n_train": result.n_train, "n_heldout": result.n_heldout,
+               "prior_heldout_mape": result.prior_heldout_mape, **{f"fit_{k}": v for k, v in result.params.items()}}
+    if args.format == "json":
+        import json
+
+        from sparsesim.simulator.output import write_text
+
+        write_text(json.dumps({**summary, "worst": result.worst}, indent=1) + "\n", args.out)
+        return
+    emit(pd.DataFrame([summary]), args, list(summary), list(summary))
+    print(pd.DataFrame(result.worst).to_string(index=False), file=sys.stderr)
+
+
 def cmd_e2e(args: argparse.Namespace) -> None:
     import pandas as pd
 

@@ -130,6 +130,8 @@ def makespan(costs: np.ndarray, sm_count: int, ctas_per_sm: int = 1, persistent:
         values, counts = np.unique(durations, return_counts=True)
         return float(_place_runs(finish, values[::-1], counts[::-1] * repeat)[-1])
     values, lengths = runs(durations)
+    if values.size == 1:  # one cost throughout: every pass continues the same run
+        return float(_place_runs(finish, values, lengths * repeat)[-1])
     for done in range(1, repeat + 1):
         before = finish
         finish = _place_runs(finish, values, lengths)

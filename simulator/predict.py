@@ -109,16 +109,34 @@ def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPatt
     return run_passes(gpu, prof, problem, tm, tokens, pairs, backprop)
 
 
+@dataclass(frozen=True)
+class SparseCall:
+    """A sparse call as the model sees it: the kernel pass(es), the permutation, the whole call, the layout."""
+
+    kernel: PassTime
+    permute_ms: float
+    call_ms: float
+    kv_layout: str
+
+
+def sparse_call(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs_per_head: float,
+                backprop: bool = False) -> SparseCall:
+    """The kernel, its permutation passes and the whole call (host floor included) of one configuration."""
+    layout = layout_of(prof, tm, problem, tokens)
+    kernel = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout)
+    padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)
+    perm = permute_ms(gpu, prof, problem, tokens, padded_kv, layout, backprop) if layout in ("qkvo", "permute") \
+        else 0.0
+    return SparseCall(kernel=kernel, permute_ms=perm, call_ms=max(kernel.ms + perm, host_floor_ms(prof)),
+                      kv_layout=layout)
+
+
 def predict(*, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
             pairs_per_head: float, dense_pairs_per_head: float, dense: PassTime,
             backprop: bool = False) -> Prediction:
     """Cost-model columns of one configuration, given its dense baseline's :class:`PassTime`."""
-    layout = layout_of(prof, tm, problem, tokens)
-    sparse = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout)
-    padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)
-    perm = permute_ms(gpu, prof, problem, tokens, padded_kv, layout, backprop) if layout in ("qkvo", "permute") \
-        else 0.0
-    call = max(sparse.ms + perm, host_floor_ms(prof))
+    sc = sparse_call(gpu, prof, problem, tm, tokens, pairs_per_head, backprop)
+    sparse, perm, call, layout = sc.kernel, sc.permute_ms, sc.call_ms, sc.kv_layout
     dense_call = max(dense.ms, host_floor_ms(dense_prof))
     kw = {"heads": problem.heads, "head_dim": problem.head_dim, "batch": problem.batch, "backprop": backprop}
     useful_flops = attention_flops(pairs_per_head, **kw)

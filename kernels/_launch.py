@@ -22,6 +22,60 @@ _DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 INTERPRET_GPU = "H200"
 
 
+#: Repeated calls launch the compiled kernel directly (``SPARSESIM_FAST_LAUNCH=0`` always goes through Triton's
+#: launcher; benchmarks/host_overhead.py times both).
+FAST_LAUNCH = os.environ.get("SPARSESIM_FAST_LAUNCH", "1") != "0"
+
+
+class CallCache:
+    """Validated launches of an entry point by call key (shapes, strides, dtypes, device, arguments), LRU."""
+
+    def __init__(self, size: int = 256) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        return self.items.get(key) if key is not None else None
+
+    def put(self, key: Any, value: Any) -> Any:
+        if key is not None:
+            self.items[key] = value
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+def hashable(value: Any) -> Any:
+    """Lists and tuples as (nested) tuples; a TypeError for anything unhashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(hashable(v) for v in value)
+    hash(value)
+    return value
+
+
+def tensors_key(*tensors: Any) -> tuple:
+    """What a cached launch depends on in its tensors: type, shape, strides, dtype, device, 16-byte alignment."""
+    return tuple((type(t), t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0) for t in tensors)
+
+
+def launch_compiled(compiled: dict[Any, Any], key: Any, kernel: Any, grid: tuple[int, ...], args: tuple,
+                    constexprs: dict[str, Any], options: dict[str, Any], direct: bool = True) -> None:
+    """Launch ``kernel``; the first launch per ``key`` goes through Triton's launcher (binding and specializing
+    every argument), later ones call the compiled kernel with the same arguments and the constexprs in
+    signature order (``constexprs`` must list them in that order). ``key`` must fix every specialization:
+    the call key, the K/V mode and the pointers' alignments. ``direct=False`` always uses Triton's launcher
+    (for kernels whose direct path has not been checked on a GPU yet)."""
+    hit = compiled.get(key)
+    if hit is not None:
+        hit[grid](*args, *constexprs.values())
+        return
+    done = kernel[grid](*args, **constexprs, **options)
+    if direct and FAST_LAUNCH and not interpret() and hasattr(done, "packed_metadata"):
+        compiled[key] = done
+
+
 def interpret() -> bool:
     """Whether kernels run through the Triton interpreter (CPU tensors accepted)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

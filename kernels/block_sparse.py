@@ -9,7 +9,8 @@ lists and visited once at the end with a padding mask (flag ``tail[h, qb]``).
 
 from __future__ import annotations
 
-import functools
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,13 +19,17 @@ import triton.language as tl
 
 from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
+    CallCache,
     check_out,
     check_qkv,
     check_scale,
     descriptors_ok,
     device_gpu,
     fused_launch,
+    hashable,
     interpret,
+    launch_compiled,
+    tensors_key,
 )
 from sparsesim.simulator import BlockSparsePattern, can_run
 
@@ -108,14 +113,6 @@ def block_lists(block_map: np.ndarray, seq_len: int, kv_tile: int) -> tuple[np.n
     return kv_num, kv_idx, tail
 
 
-@functools.lru_cache(maxsize=32)
-def _device_lists(key: bytes, shape: tuple[int, int, int], seq_len: int, kv_tile: int, device: Any) -> tuple:
-    import torch
-
-    bm = np.frombuffer(key, dtype=bool).reshape(shape)
-    return tuple(torch.from_numpy(a).to(device) for a in block_lists(bm, seq_len, kv_tile))
-
-
 def block_sparse_attention(q: Any, k: Any, v: Any, block_map: Any, *, q_tile: int = 128, kv_tile: int = 128,
                            scale: float | None = None, out: Any = None, use_desc: bool | None = None) -> Any:
     """Attention restricted to the (Q block, KV block) pairs set in ``block_map``.
@@ -131,12 +128,79 @@ def block_sparse_attention(q: Any, k: Any, v: Any, block_map: Any, *, q_tile: in
         out: optional output buffer shaped like ``q``.
         use_desc: load K/V through TMA tensor descriptors (default: where the strides allow).
 
+    A call is validated once per shapes, strides, dtypes, device, map (by content), tiles and scale;
+    repeated calls launch the compiled kernel directly.
+
     Returns:
         ``[batch, tokens, heads, head_dim]``; a query row whose block visits nothing is zero.
 
     Example:
         >>> o = block_sparse_attention(q, k, v, block_map, q_tile=128, kv_tile=128)  # doctest: +SKIP
     """
+    import torch
+
+    try:
+        bm_key = block_map_key(block_map)
+        key = (tensors_key(q, k, v), bm_key, hashable((q_tile, kv_tile, scale, use_desc)))
+    except (AttributeError, TypeError):
+        key = None
+    launch = _LAUNCHES.get(key)
+    if launch is None:
+        launch = _LAUNCHES.put(key, _build(q, k, v, block_map, q_tile, kv_tile, scale, use_desc))
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        check_out(out, q, q.shape, "block_sparse_attention")
+    return launch.run(q, k, v, out)
+
+
+def block_map_key(block_map: Any) -> tuple:
+    """A block map by content (shape, dtype and bytes), for the launch cache."""
+    import torch
+
+    bm = block_map.detach().cpu().numpy() if isinstance(block_map, torch.Tensor) else np.asarray(block_map)
+    bm = np.ascontiguousarray(bm)
+    return bm.shape, bm.dtype.str, hashlib.blake2b(bm.tobytes(), digest_size=16).digest()
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSparseLaunch:
+    """A validated block-sparse call: device lists, grid, tiles, constants."""
+
+    lists: tuple[Any, Any, Any]
+    grid: tuple[int, int, int]
+    args: tuple[Any, ...]
+    q_tile: int
+    kv_tile: int
+    head_dim: int
+    use_desc: bool
+    constexprs: dict[str, Any]
+    options: dict[str, Any]
+    compiled: dict[Any, Any] = field(default_factory=dict)
+
+    def run(self, q: Any, k: Any, v: Any, out: Any) -> Any:
+        kk, vv = k, v
+        use_desc = self.use_desc and descriptors_ok(k, v)
+        if use_desc:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            block = [1, self.kv_tile, 1, self.head_dim]
+            kk, vv = TensorDescriptor.from_tensor(k, block), TensorDescriptor.from_tensor(v, block)
+        tail_start = self.args[-1]
+        args = (q, kk, vv, out, *self.lists, *self.args[:-1], tail_start, tail_start * int(k.stride(1)),
+                tail_start * int(v.stride(1)), *q.stride(), *k.stride(), *v.stride(), *out.stride())
+        key = (use_desc, q.data_ptr() % 16, out.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16)
+        # direct=False: the compiled-kernel path of this kernel awaits its GPU check (tests/gpu, repeated calls)
+        launch_compiled(self.compiled, key, _block_sparse_fwd_kernel, self.grid, args,
+                        {**self.constexprs, "USE_DESC": use_desc}, self.options, direct=False)
+        return out
+
+
+_LAUNCHES = CallCache()
+
+
+def _build(q: Any, k: Any, v: Any, block_map: Any, q_tile: Any, kv_tile: Any, scale: Any,
+           use_desc: bool | None) -> BlockSparseLaunch:
     import torch
 
     dims = check_qkv(q, k, v, spatial_ranks=(1,), what="block_sparse_attention")
@@ -154,25 +218,15 @@ def block_sparse_attention(q: Any, k: Any, v: Any, block_map: Any, *, q_tile: in
     if pattern.heads not in (1, dims.heads):
         raise ValueError(f"block_sparse_attention: block_map has {pattern.heads} heads; allowed: 1 (shared) "
                          f"or heads={dims.heads}")
-    scale = check_scale(scale, dims.head_dim)
-    out = check_out(out, q, q.shape, "block_sparse_attention")
+    checked_scale = check_scale(scale, dims.head_dim)
     bmap = np.ascontiguousarray(pattern.block_map)
-    kv_num, kv_idx, tail = _device_lists(bmap.tobytes(), bmap.shape, n, kv_tile, q.device)
+    lists = tuple(torch.from_numpy(a).to(q.device) for a in block_lists(bmap, n, kv_tile))
     cfg = fused_launch(q_tile, kv_tile, dims.head_dim, dims.dtype, smem)
     qbs, kbs = bmap.shape[1], bmap.shape[2]
-    grid = (qbs, dims.heads, dims.batch)
     tail_start = (kbs - 1) * kv_tile
-    use_desc = descriptors_ok(k, v) if use_desc is None else use_desc
-    kk, vv = k, v
-    if use_desc:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        block = [1, kv_tile, 1, dims.head_dim]
-        kk, vv = TensorDescriptor.from_tensor(k, block), TensorDescriptor.from_tensor(v, block)
-    _block_sparse_fwd_kernel[grid](
-        q, kk, vv, out, kv_num, kv_idx, tail, scale * LOG2E, n, dims.group, pattern.heads, qbs, kbs,
-        tail_start, tail_start * int(k.stride(1)), tail_start * int(v.stride(1)),
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        HEAD_DIM=dims.head_dim, BLOCK_M=q_tile, BLOCK_N=kv_tile, HAS_TAIL=n % kv_tile != 0, USE_DESC=use_desc,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return out
+    return BlockSparseLaunch(
+        lists=lists, grid=(qbs, dims.heads, dims.batch),  # type: ignore[arg-type]
+        args=(checked_scale * LOG2E, n, dims.group, pattern.heads, qbs, kbs, tail_start),
+        q_tile=q_tile, kv_tile=kv_tile, head_dim=dims.head_dim, use_desc=True if use_desc is None else use_desc,
+        constexprs={"HEAD_DIM": dims.head_dim, "BLOCK_M": q_tile, "BLOCK_N": kv_tile, "HAS_TAIL": n % kv_tile != 0},
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})

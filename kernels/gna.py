@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +36,7 @@ import triton.language as tl
 
 from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
+    CallCache,
     FusedLaunch,
     check_out,
     check_qkv,
@@ -44,16 +44,16 @@ from sparsesim.kernels._launch import (
     descriptors_ok,
     device_gpu,
     fused_launch,
+    hashable,
     interpret,
+    launch_compiled,
+    tensors_key,
 )
 from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
 from sparsesim.kernels.permute import tile_permute_pair, tile_unpermute
 from sparsesim.simulator.feasibility import KV_LAYOUTS, PERMUTE_MIN_KV_ROWS, kv_layout
 
 _MODE = {"gather": 0, "permute_ptr": 1, "permute": 2, "direct": 3}
-#: Repeated calls launch the compiled kernel directly (``SPARSESIM_FAST_LAUNCH=0`` always goes through Triton's
-#: launcher; the host-overhead benchmark times both).
-FAST_LAUNCH = os.environ.get("SPARSESIM_FAST_LAUNCH", "1") != "0"
 
 
 @triton.jit
@@ -281,11 +281,10 @@ class GNALaunch:
                 int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), self.heads_kv)
 
     @functools.cached_property
-    def constexprs(self) -> tuple[Any, ...]:
-        """The constexpr values in the kernel's signature order, KV_MODE excepted (for direct launches)."""
-        c = self.constants
-        return (c["HEAD_DIM"], c["QT0"], c["QT1"], c["QT2"], c["KT0"], c["KT1"], c["KT2"], c["MASK0"], c["MASK1"],
-                c["MASK2"], c["BLOCK_SPARSE"])
+    def constexprs(self) -> dict[str, Any]:
+        """The constexprs in the kernel's signature order, KV_MODE and WARP_SPEC excepted."""
+        return {k: self.constants[k] for k in ("HEAD_DIM", "QT0", "QT1", "QT2", "KT0", "KT1", "KT2", "MASK0", "MASK1",
+                                               "MASK2", "BLOCK_SPARSE")}
 
     def prepare_kv(self, k: Any, v: Any) -> PreparedKV:
         """K and V as the kernel reads them: descriptors, permuted buffers or the tensors themselves."""
@@ -322,13 +321,10 @@ class GNALaunch:
                 *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank))
         key = (kv.mode, q.data_ptr() % 16, out.data_ptr() % 16,
                *(x.data_ptr() % 16 for x in kv.keep if kv.mode in (0, 1)))
-        compiled = self.compiled.get(key)
-        if compiled is not None:
-            compiled[self.grid](*args, *self.constexprs, kv.mode, self.constants["WARP_SPEC"])
-            return out
-        kernel = _gna_fwd_kernel[self.grid](*args, KV_MODE=kv.mode, **self.constants)
-        if FAST_LAUNCH and not interpret() and hasattr(kernel, "packed_metadata"):
-            self.compiled[key] = kernel
+        c = self.constants
+        launch_compiled(self.compiled, key, _gna_fwd_kernel, self.grid, args,
+                        {**self.constexprs, "KV_MODE": kv.mode, "WARP_SPEC": c["WARP_SPEC"]},
+                        {"num_warps": c["num_warps"], "num_stages": c["num_stages"]})
         return out
 
     def run(self, q: Any, k: Any, v: Any, out: Any = None) -> Any:
@@ -336,13 +332,6 @@ class GNALaunch:
         import torch
 
         return self.launch(q, self.prepare_kv(k, v), torch.empty_like(q) if out is None else out)
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    hash(value)
-    return value
 
 
 def choose_kv_layout(plan: GNAPlan, batch: int, heads_kv: int) -> str:
@@ -390,7 +379,7 @@ def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: 
     constants = dict(HEAD_DIM=dims.head_dim, QT0=qt[0], QT1=qt[1], QT2=qt[2], KT0=kt[0], KT1=kt[1], KT2=kt[2],
                      MASK0=plan.mask_axes[0], MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2],
                      BLOCK_SPARSE=plan.block_sparse, WARP_SPEC=cfg.warp_specialize,
-                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # constexprs in signature order
     ranges = torch.from_numpy(plan.ranges.copy()).to(q.device)
     lohi = torch.from_numpy(plan.lohi.copy()).to(q.device)
     return GNALaunch(plan=plan, heads=dims.heads, heads_kv=dims.heads_kv, head_dim=dims.head_dim, batch=dims.batch,
@@ -398,13 +387,7 @@ def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: 
                      config=cfg, constants=constants)
 
 
-_LAUNCHES: OrderedDict[Any, GNALaunch] = OrderedDict()
-_MAX_LAUNCHES = 256
-
-
-def _call_key(q: Any, k: Any, v: Any, args: tuple) -> Any:
-    return (q.shape, q.stride(), q.dtype, q.device, k.shape, k.stride(), k.dtype, k.device,
-            v.shape, v.stride(), v.dtype, v.device, type(q), type(k), type(v), _hashable(args))
+_LAUNCHES = CallCache()
 
 
 def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
@@ -436,17 +419,14 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
     """
     call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
     try:
-        key = _call_key(q, k, v, call)
-        launch = _LAUNCHES.get(key)
+        key = (tensors_key(q, k, v), hashable(call))
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path says why
-        key, launch = None, None
+        key = None
+    launch = _LAUNCHES.get(key)
     if launch is None:
-        launch = build_launch(q, k, v, window=window, stride=stride, dilation=dilation, causal=causal, q_tile=q_tile,
-                              kv_tile=kv_tile, scale=scale, kv_layout=kv_layout)
-        if key is not None:
-            _LAUNCHES[key] = launch
-            if len(_LAUNCHES) > _MAX_LAUNCHES:
-                _LAUNCHES.popitem(last=False)
+        launch = _LAUNCHES.put(key, build_launch(q, k, v, window=window, stride=stride, dilation=dilation,
+                                                 causal=causal, q_tile=q_tile, kv_tile=kv_tile, scale=scale,
+                                                 kv_layout=kv_layout))
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
         check_out(out, q, q.shape, "gna_attention")
     return launch.run(q, k, v, out)

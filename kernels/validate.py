@@ -32,7 +32,7 @@ from typing import Any
 KERNELS = ("gna", "block_sparse", "dense", "cudnn", "flash")
 #: The model's profile beside each kernel's measurement, and which of its times is compared.
 PREDICTION = {"gna": ("triton", "call_ms"), "block_sparse": ("triton", "call_ms"),
-              "dense": ("triton", "dense_call_ms"), "cudnn": ("cudnn", "dense_call_ms"), "flash": (None, None)}
+              "dense": ("triton", "dense_ms"), "cudnn": ("cudnn", "dense_ms"), "flash": (None, None)}
 BLOCK_TILE = 128
 COLUMNS = [
     "config_id", "case_id", "kernel", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile",
@@ -273,7 +273,7 @@ def predict(case: Case) -> dict[str, Any]:
         rec = simulate(input_size=n, window=n, gpu=gpu, dense_profile=profile, **base)
         ref = simulate(input_size=n, window=n, gpu=gpu, dense_profile="reference", **base)
         return {"predicted_ms": getattr(rec, column), "predicted_profile": rec.dense_profile,
-                "reference_ms": ref.dense_call_ms, "tile_speedup": 1.0, "flop_speedup": 1.0}
+                "reference_ms": ref.dense_ms, "tile_speedup": 1.0, "flop_speedup": 1.0}
     cfg = dict(kw)
     if case.kernel == "block_sparse":
         bm, qt, kt = block_map_of(kw)

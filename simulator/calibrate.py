@@ -26,18 +26,16 @@ from sparsesim.hwmodels.profiles import CALIBRATION_DIR, KernelProfile, load_pro
 from sparsesim.simulator.cost import Problem
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern
-from sparsesim.simulator.predict import dense_pass, host_floor_ms, sparse_call
+from sparsesim.simulator.predict import dense_pass, sparse_call
 from sparsesim.simulator.tiling import TileMap, block_sparse_tilemap, tilemap
 
 #: Free parameters of each family and their bounds; the others keep the prior's values.
 FREE = {
     "triton": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "mask_ops_per_element": (0.0, 64.0),
                "cta_overhead_us": (0.0, 40.0), "kv_tile_overhead_ns": (0.0, 3000.0),
-               "launch_latency_us": (0.0, 40.0), "host_overhead_us": (0.0, 300.0), "gather_penalty": (0.0, 1.0),
-               "stage_penalty": (0.0, 1.0)},
+               "launch_latency_us": (0.0, 40.0), "gather_penalty": (0.0, 1.0), "stage_penalty": (0.0, 1.0)},
     "cudnn": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "cta_overhead_us": (0.0, 40.0),
-              "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0),
-              "host_overhead_us": (0.0, 300.0)},
+              "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0)},
 }
 #: Which measured kernels each family is fitted to.
 KERNELS_OF = {"triton": ("gna", "block_sparse", "dense"), "cudnn": ("cudnn",)}
@@ -108,7 +106,7 @@ def prepare(rec: Mapping[str, Any], gpu: GPU) -> Row:
 def predicted_ms(row: Row, gpu: GPU, prof: KernelProfile) -> float:
     """The whole call the row measured, as ``prof`` predicts it."""
     if row.tm is None:
-        return max(dense_pass(gpu, prof, row.problem, None, row.tokens, _dummy(), False).ms, host_floor_ms(prof))
+        return dense_pass(gpu, prof, row.problem, None, row.tokens, _dummy(), False).ms
     return sparse_call(gpu, prof, row.problem, row.tm, row.tokens, row.pairs).call_ms
 
 

@@ -23,11 +23,11 @@ class Prediction:
     """The cost model's columns of a result (times in ms, rates in TFLOP/s).
 
     ``predicted_ms`` is the sparse kernel on the GPU (its launch included), ``permute_ms`` the token
-    permutation passes it needs, ``call_ms`` a whole call timed back to back (kernel and passes, or
-    the profile's host time per call if that is longer); ``dense_ms`` and ``dense_call_ms`` the same
-    for the dense baseline under ``dense_profile``. ``predicted_speedup`` is dense call over sparse
-    call, ``kernel_speedup`` dense kernel over sparse kernel. The ``*_ms`` breakdown (useful work,
-    masking, softmax, fixed costs, imbalance, memory) sums to ``predicted_ms``.
+    permutation passes it needs and ``call_ms`` the whole call's device time; ``dense_ms`` the dense
+    baseline (``dense_profile``). ``predicted_speedup`` is ``dense_ms / call_ms``, ``kernel_speedup``
+    ``dense_ms / predicted_ms``. ``host_us`` is the profile's host time per call: calls issued back to
+    back whose ``call_ms`` is shorter are host-bound. The ``*_ms`` breakdown (useful work, masking,
+    softmax, fixed costs, imbalance, memory) sums to ``predicted_ms``.
     """
 
     kernel_profile: str
@@ -37,7 +37,7 @@ class Prediction:
     permute_ms: float
     call_ms: float
     dense_ms: float
-    dense_call_ms: float
+    host_us: float
     predicted_speedup: float
     kernel_speedup: float
     bound: str
@@ -90,9 +90,7 @@ def layout_of(prof: KernelProfile, tm: TileMap, problem: Problem, tokens: int) -
     return kv_layout(len(tm.q_tile), tm.groups, problem.batch * tokens * int(problem.heads_kv or problem.heads))
 
 
-def host_floor_ms(prof: KernelProfile) -> float:
-    """The shortest a call of this kernel takes when timed back to back: its host time per call."""
-    return prof.forward.host_overhead_us * 1e-3
+
 
 
 def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPattern | None, tokens: int,
@@ -121,13 +119,13 @@ class SparseCall:
 
 def sparse_call(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs_per_head: float,
                 backprop: bool = False) -> SparseCall:
-    """The kernel, its permutation passes and the whole call (host floor included) of one configuration."""
+    """The kernel, its permutation passes and the whole call's device time of one configuration."""
     layout = layout_of(prof, tm, problem, tokens)
     kernel = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout)
     padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)
     perm = permute_ms(gpu, prof, problem, tokens, padded_kv, layout, backprop) if layout in ("qkvo", "permute") \
         else 0.0
-    return SparseCall(kernel=kernel, permute_ms=perm, call_ms=max(kernel.ms + perm, host_floor_ms(prof)),
+    return SparseCall(kernel=kernel, permute_ms=perm, call_ms=kernel.ms + perm,
                       kv_layout=layout)
 
 
@@ -137,14 +135,13 @@ def predict(*, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem
     """Cost-model columns of one configuration, given its dense baseline's :class:`PassTime`."""
     sc = sparse_call(gpu, prof, problem, tm, tokens, pairs_per_head, backprop)
     sparse, perm, call, layout = sc.kernel, sc.permute_ms, sc.call_ms, sc.kv_layout
-    dense_call = max(dense.ms, host_floor_ms(dense_prof))
     kw = {"heads": problem.heads, "head_dim": problem.head_dim, "batch": problem.batch, "backprop": backprop}
     useful_flops = attention_flops(pairs_per_head, **kw)
     dense_flops = attention_flops(dense_pairs_per_head, **kw)
     return Prediction(
         kernel_profile=prof.name, dense_profile=dense_prof.name, kv_layout=layout, predicted_ms=sparse.ms,
-        permute_ms=perm, call_ms=call, dense_ms=dense.ms, dense_call_ms=dense_call,
-        predicted_speedup=dense_call / call, kernel_speedup=dense.ms / sparse.ms,
+        permute_ms=perm, call_ms=call, dense_ms=dense.ms, host_us=prof.forward.host_overhead_us,
+        predicted_speedup=dense.ms / call, kernel_speedup=dense.ms / sparse.ms,
         bound=sparse.bound, wave_efficiency=sparse.wave_efficiency,
         achieved_TFLOPs=useful_flops / sparse.ms / 1e9, effective_TFLOPs=dense_flops / sparse.ms / 1e9,
         dense_TFLOPs=dense_flops / dense.ms / 1e9, **sparse.breakdown)

@@ -19,7 +19,6 @@ from sparsesim.simulator.cost import Problem, launch_shape, pair_cost, permute_m
 from sparsesim.simulator.feasibility import candidate_tiles, kv_layout
 from sparsesim.simulator.flops import FWD_FLOPS_PER_PAIR
 from sparsesim.simulator.patterns import GNAPattern, group_length
-from sparsesim.simulator.predict import host_floor_ms
 from sparsesim.simulator.schedule import group_schedule
 
 Shape = tuple[int, ...]
@@ -78,7 +77,7 @@ def estimate_ms(pattern: GNAPattern, q_tile: Shape, kv_tile: Shape, *, gpu: GPU,
     perm = 0.0
     if layout in ("permute", "qkvo") and (pattern.rank > 1 or groups > 1):
         perm = permute_ms(gpu, prof, problem, pattern.num_tokens, kv_tiles * kvv, layout)
-    return max(kernel_ms + perm, host_floor_ms(prof)), layout
+    return kernel_ms + perm, layout
 
 
 def rank_tiles(pattern: GNAPattern, *, gpu: str | GPU = "H200", kernel_profile: str | KernelProfile = "triton",

@@ -109,3 +109,18 @@ def test_block_sparse_cuda(dtype):
     v = rand(1, n, 2, 128, dtype=dtype, seed=9)
     out = block_sparse_attention(q, k, v, bm, q_tile=tile, kv_tile=tile)
     check(out, block_sparse_reference(q, k, v, bm, q_tile=tile, kv_tile=tile), dtype)
+
+
+def test_repeated_calls_stay_correct():
+    """Repeated calls take the cached (and, where enabled, compiled-kernel) path: new data, same answers."""
+    import numpy as np
+
+    bm = np.eye(8, dtype=bool) | np.eye(8, k=-1, dtype=bool)
+    for seed in (20, 21, 22):
+        q, k, v = (rand(1, 1000, 8, 128, dtype=torch.bfloat16, seed=seed + s) for s in (0, 100, 200))
+        check(attention(q, k, v), reference_attention(q, k, v), torch.bfloat16)
+        check(block_sparse_attention(q, k, v, bm, q_tile=128, kv_tile=128),
+              block_sparse_reference(q, k, v, bm, q_tile=128, kv_tile=128), torch.bfloat16)
+        q2, k2, v2 = (x.reshape(1, 40, 25, 8, 128) for x in (q, k, v))
+        kw = {"window": (9, 7), "stride": (2, 1)}
+        check(gna_attention(q2, k2, v2, **kw), gna_reference(q2, k2, v2, **kw), torch.bfloat16)

@@ -91,13 +91,14 @@ def test_repeated_call_reuses_the_launch():
     from sparsesim.kernels import gna
 
     q = randn(1, 8, 8, 2, 16, dtype=torch.float16, seed=1)
+    items = gna._LAUNCHES.items
     gna_attention(q, q, q, window=3, q_tile=(4, 4))
-    n = len(gna._LAUNCHES)
-    first = gna._LAUNCHES[next(reversed(gna._LAUNCHES))]
+    n = len(items)
+    first = items[next(reversed(items))]
     gna_attention(q + 1, q, q, window=3, q_tile=(4, 4))
-    assert len(gna._LAUNCHES) == n and gna._LAUNCHES[next(reversed(gna._LAUNCHES))] is first
+    assert len(items) == n and items[next(reversed(items))] is first
     gna_attention(q, q, q, window=5, q_tile=(4, 4))
-    assert len(gna._LAUNCHES) == n + 1
+    assert len(items) == n + 1
 
 
 @st.composite

@@ -219,7 +219,8 @@ def _toml_value(v: Any) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: float, seed: int) -> str:
+def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: float, seed: int,
+                 kernels: Sequence[str]) -> str:
     """The fitted profile as a TOML data file, with what it was fitted to and how well."""
     p = result.profile
     lines = [f"# Fitted by `simulate calibrate` on {gpu.name} measurements; do not edit by hand.",
@@ -234,6 +235,7 @@ def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: fl
     lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items()]
     lines.append(f"fit = {_toml_value('simulate calibrate: bounded least squares on log(predicted/measured)')}")
     lines += ["", "[fit]", f"gpu = {_toml_value(gpu.name)}", f"measurements = {_toml_value(list(measurements))}",
+              f"kernels = {_toml_value(list(kernels))}",
               f"free = {_toml_value(list(result.params))}", f"holdout = {holdout}", f"seed = {seed}",
               f"n_train = {result.n_train}", f"n_heldout = {result.n_heldout}",
               f"train_configs = {result.train_configs}", f"heldout_configs = {result.heldout_configs}",
@@ -244,11 +246,12 @@ def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: fl
 
 def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile: str = "triton",
               holdout: float = 0.3, seed: int = 0, out: str | Path | None = None, prior: str | None = None,
-              max_nfev: int = 100) -> Fit:
+              max_nfev: int = 100, kernels: Sequence[str] | None = None) -> Fit:
     """Fit ``kernel_profile`` (``triton`` or ``cudnn``) to the measurement files and write it.
 
     The prior is the hand-set file in ``hwmodels/profiles`` (never a previous fit); the result goes
-    to ``out`` (default ``hwmodels/calibration/<name>.toml``).
+    to ``out`` (default ``hwmodels/calibration/<name>.toml``). ``kernels`` picks the measured kernels
+    the profile is fitted to (default: every kernel it models, :data:`KERNELS_OF`).
     """
     from sparsesim.hwmodels.gpus import read_toml
     from sparsesim.hwmodels.profiles import PROFILE_DIR, parse_profile, resolve_name
@@ -263,9 +266,13 @@ def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile:
         base = parse_profile(read_toml(path, "kernel profile"), str(path))
     else:
         base = load_profile(prior, spec)
-    rows = load_rows(measurements, spec, KERNELS_OF[family(base)])
+    allowed = KERNELS_OF[family(base)]
+    chosen = tuple(kernels) if kernels else allowed
+    if not chosen or any(k not in allowed for k in chosen):
+        raise ConfigError(f"--kernels {','.join(chosen)}; allowed for {base.name}: a subset of {','.join(allowed)}")
+    rows = load_rows(measurements, spec, chosen)
     result = fit(rows, spec, base, holdout=holdout, seed=seed, max_nfev=max_nfev)
     target = Path(out) if out is not None else CALIBRATION_DIR / f"{base.name}.toml"
-    write_text(profile_toml(result, [str(m) for m in measurements], spec, holdout, seed), target)
+    write_text(profile_toml(result, [str(m) for m in measurements], spec, holdout, seed, chosen), target)
     print(f"calibrate: wrote {target}", file=sys.stderr)
     return result

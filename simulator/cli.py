@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measurements", nargs="+", required=True, metavar="FILE.csv", help="simulate validate CSVs")
     p.add_argument("--gpu", default="H200", help="the GPU the measurements were taken on")
     p.add_argument("--kernel-profile", default="triton", help="the profile to fit: triton (ours) or cudnn")
+    p.add_argument("--kernels", default=None,
+                   help="comma-separated measured kernels to fit to (default: all the profile models: "
+                        "gna,block_sparse,dense for triton; cudnn for cudnn)")
     p.add_argument("--holdout", type=_float, default=0.3, help="share of configurations held out of the fit")
     p.add_argument("--seed", type=_int, default=0, help="seed of the train/held-out split")
     p.add_argument("--profile-out", default=None, metavar="FILE.toml",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import kernel_bench
@@ -86,3 +87,36 @@ def test_summary_of_committed_results(capsys, tmp_path):
     assert kernel_summary.main([str(bad)]) == 2
     assert kernel_summary.main([str(tmp_path / "missing.csv")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_flux_block_runs_tiny(tmp_path):
+    import flux_block
+
+    assert flux_block.main(["--tiny", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "flux_block.json").read_text())
+    assert res["tiny"] and res["step_ms"] > 0 and 0 < res["attention_share"] < 1
+
+
+def test_tile_ranking_on_synthetic_measurements(tmp_path, capsys):
+    """Measured = predicted x noise: rank correlation near 1 and the pick within the noise of the fastest."""
+    import numpy as np
+    import tile_ranking
+
+    from sparsesim.simulator import simulate
+
+    rng = np.random.default_rng(0)
+    rows = []
+    base = {"kernel": "gna", "ok": "True", "input_size": "64x64", "window": "16x16", "stride": "", "dilation": "",
+            "causal": "", "heads": "24", "heads_kv": "24", "head_dim": "128", "batch": "1", "dtype": "bf16"}
+    for q in ((16, 8), (8, 16), (8, 8), (32, 4)):
+        for kv in ((16, 8), (8, 8), (8, 16)):
+            ms = simulate(input_size=(64, 64), window=16, q_tile=q, kv_tile=kv, gpu="H200",
+                          kernel_profile="triton").call_ms
+            rows.append({**base, "q_tile": "x".join(map(str, q)), "kv_tile": "x".join(map(str, kv)),
+                         "measured_ms": repr(ms * (1 + 0.01 * rng.standard_normal()))})
+    path = tmp_path / "tiles.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = tile_ranking.rank_table(pd.read_csv(path, dtype=str, keep_default_na=False), "H200", "triton")
+    assert len(table) == 1 and table["pairs"][0] == 12
+    assert table["spearman"][0] > 0.8 and table["pick_loss"][0] < 0.05
+    assert tile_ranking.main(["--measurements", str(path)]) == 0 and "spearman" in capsys.readouterr().out

@@ -45,6 +45,8 @@ from kernel_cases import (
     topk_block_map,
 )
 
+from sparsesim.kernels.timing import time_ms
+
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "kv_layout", "q_tile", "kv_tile", "ms",
            "eff_tflops", "rel_err", "tile_speedup", "flop_speedup", "block_sparse", "note"]
 TOLERANCE = 1e-2
@@ -61,22 +63,6 @@ def git_commit(where: Path | None = None) -> str:
         return "unknown"
     sha = res.stdout.strip()
     return sha if res.returncode == 0 and re.fullmatch(r"[0-9a-f]{7,64}", sha) else "unknown"
-
-
-def time_ms(fn: Callable[[], Any]) -> float:
-    """Median ms via do_bench, with at least three timed repetitions for long kernels."""
-    import torch
-    import triton
-
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    est = start.elapsed_time(end)
-    return float(triton.testing.do_bench(fn, warmup=max(25, est), rep=max(100, 3 * est), return_mode="median"))
 
 
 class Bench:

@@ -48,10 +48,11 @@ class GNACase:
         """The pattern keywords of :func:`simulate` and :func:`gna_attention`."""
         return {"window": self.window, "stride": self.stride, "dilation": self.dilation or 1}
 
-    def simulate(self, gpu: str = GPU) -> SimResult:
-        """The simulator's record for this case with the same tiles (box tiling)."""
+    def simulate(self, gpu: str = GPU, **profiles: str) -> SimResult:
+        """The simulator's record for this case with the same tiles (box tiling); ``profiles``: the
+        ``kernel_profile`` and ``dense_profile`` keywords of `simulate`."""
         return simulate(input_size=self.input_size, q_tile=self.q_tile, kv_tile=self.kv_tile, gpu=gpu,
-                        heads=HEADS, head_dim=HEAD_DIM, batch=BATCH, dtype=DTYPE, **self.pattern)
+                        heads=HEADS, head_dim=HEAD_DIM, batch=BATCH, dtype=DTYPE, **self.pattern, **profiles)
 
 
 # Tiles: Q volume 128 (one 128-row CTA, 8 warps); KV volume 128 where a block-sparse choice

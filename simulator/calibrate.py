@@ -80,10 +80,11 @@ def prepare(rec: Mapping[str, Any], gpu: GPU) -> Row:
     size = _ints(rec["input_size"])
     assert size is not None
     tokens = math.prod(size)
-    label = f"{kernel} {rec['input_size']} w{rec.get('window', '')} s{rec.get('stride', '')}"
+    label = f"{kernel} {rec['input_size']} h{problem.heads}/{problem.heads_kv} d{problem.head_dim} b{problem.batch}"
     if kernel in ("dense", "cudnn", "flash"):
         return Row(str(rec["config_id"]), kernel, label, float(rec["measured_ms"]), problem, tokens,
                    float(tokens) ** 2, None, None)
+    label += f" w{rec.get('window', '')} s{rec.get('stride', '')}"
     pattern = GNAPattern(input_size=size, window=_ints(rec["window"]), stride=_ints(rec.get("stride")) or (),
                          dilation=_ints(rec.get("dilation")) or (), causal=_flags(rec.get("causal")) or ())
     q, kv = _ints(rec["q_tile"]), _ints(rec["kv_tile"])
@@ -173,7 +174,7 @@ def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float =
         return np.array([math.log(predicted_ms(r, gpu, prof) / r.measured_ms) for r in train])
 
     res = least_squares(residuals, x0, bounds=(lo, hi), x_scale=hi - lo, diff_step=1e-3, max_nfev=max_nfev,
-                        ftol=1e-6, xtol=1e-6, gtol=1e-6)
+                        ftol=1e-4, xtol=1e-4, gtol=1e-4)
     params = dict(zip(names, res.x.tolist(), strict=True))
     fitted = with_params(prior, params)
     scored = sorted(((predicted_ms(r, gpu, fitted) / r.measured_ms - 1, r) for r in held or train),
@@ -246,12 +247,13 @@ def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: fl
 
 def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile: str = "triton",
               holdout: float = 0.3, seed: int = 0, out: str | Path | None = None, prior: str | None = None,
-              max_nfev: int = 100, kernels: Sequence[str] | None = None) -> Fit:
+              max_nfev: int = 100, kernels: Sequence[str] | None = None, write: bool = True) -> Fit:
     """Fit ``kernel_profile`` (``triton`` or ``cudnn``) to the measurement files and write it.
 
     The prior is the hand-set file in ``hwmodels/profiles`` (never a previous fit); the result goes
     to ``out`` (default ``hwmodels/calibration/<name>.toml``). ``kernels`` picks the measured kernels
-    the profile is fitted to (default: every kernel it models, :data:`KERNELS_OF`).
+    the profile is fitted to (default: every kernel it models, :data:`KERNELS_OF`); ``write=False``
+    fits and reports without writing a profile.
     """
     from sparsesim.hwmodels.gpus import read_toml
     from sparsesim.hwmodels.profiles import PROFILE_DIR, parse_profile, resolve_name
@@ -272,6 +274,8 @@ def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile:
         raise ConfigError(f"--kernels {','.join(chosen)}; allowed for {base.name}: a subset of {','.join(allowed)}")
     rows = load_rows(measurements, spec, chosen)
     result = fit(rows, spec, base, holdout=holdout, seed=seed, max_nfev=max_nfev)
+    if not write:
+        return result
     target = Path(out) if out is not None else CALIBRATION_DIR / f"{base.name}.toml"
     write_text(profile_toml(result, [str(m) for m in measurements], spec, holdout, seed, chosen), target)
     print(f"calibrate: wrote {target}", file=sys.stderr)

@@ -18,11 +18,21 @@ from sparsesim.simulator.output import FORMATS
 _UNSET = argparse.SUPPRESS
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to a flag's help unless the help already names its default or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr and exit code 2, with defaults in --help."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
@@ -202,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_int, default=0, help="seed of the train/held-out split")
     p.add_argument("--profile-out", default=None, metavar="FILE.toml",
                    help="where the fitted profile goes (default: hwmodels/calibration/<name>.toml)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report; write no profile")
     add_output_args(p)
     p.set_defaults(func=c.cmd_calibrate)
     p = _sub(sub, "workloads", "the built-in workloads")

@@ -282,7 +282,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()] if args.kernels else None
     result = calibrate(args.measurements, gpu=args.gpu, kernel_profile=args.kernel_profile, holdout=args.holdout,
-                       seed=args.seed, out=args.profile_out, kernels=kernels)
+                       seed=args.seed, out=args.profile_out, kernels=kernels, write=not args.dry_run)
     summary = {"profile": result.profile.name, "train_mape": result.train_mape, "heldout_mape": result.heldout_mape,
                "n_train": result.n_train, "n_heldout": result.n_heldout,
                "prior_heldout_mape": result.prior_heldout_mape, **{f"fit_{k}": v for k, v in result.params.items()}}

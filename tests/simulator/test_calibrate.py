@@ -104,3 +104,29 @@ def test_bad_measurements_are_one_line(capsys, tmp_path):
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and "lacks columns" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_writes_no_profile(capsys, tmp_path):
+    path = tmp_path / "m.csv"
+    write(path, records(prior(), noise=0.02, seed=4))
+    out = tmp_path / "t.toml"
+    code = main(["calibrate", "--measurements", str(path), "--profile-out", str(out), "--dry-run",
+                 "--format", "json"])
+    assert code == 0 and not out.exists()
+    assert json.loads(capsys.readouterr().out)["n_train"] > 0
+
+
+def test_committed_cudnn_fit_is_reproducible(tmp_path):
+    """Re-fitting the committed measurements as the committed profile records gives its held-out error."""
+    from pathlib import Path
+
+    from sparsesim.hwmodels.profiles import CALIBRATION_DIR
+
+    root = Path(__file__).resolve().parents[2]
+    committed = read_toml(CALIBRATION_DIR / "cudnn-hopper.toml", "kernel profile")
+    fit = committed["fit"]
+    result = calibrate([str(root / m) for m in fit["measurements"]], gpu=fit["gpu"], kernel_profile="cudnn",
+                       holdout=fit["holdout"], seed=fit["seed"], kernels=fit["kernels"], write=False)
+    assert result.n_train == fit["n_train"] and result.n_heldout == fit["n_heldout"]
+    assert result.heldout_mape == pytest.approx(fit["heldout_mape"], rel=1e-6)
+    assert result.params["mma_efficiency"] == pytest.approx(committed["forward"]["mma_efficiency"], rel=1e-6)

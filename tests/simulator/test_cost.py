@@ -82,16 +82,16 @@ def test_pair_cost_terms(gpu, head_dim, q, kv):
 
 
 def test_pair_cost_h100_by_hand():
-    # H100: 989 TFLOP/s bf16 over 132 SMs at 82% (reference-hopper), 16 exp/clk/SM at 1.83 GHz,
+    # H100: 989 TFLOP/s bf16 over 132 SMs at 76% (reference-hopper), 16 exp/clk/SM at 1.83 GHz,
     # 67 TFLOP/s fp32 (6 ops per element), softmax 85% hidden under the matrix units.
     g, p = ref("H100")
-    assert (g.sm_count, g.tensor_TFLOPs["bf16"], p.forward.mma_efficiency) == (132, 989.0, 0.82)
+    assert (g.sm_count, g.tensor_TFLOPs["bf16"], p.forward.mma_efficiency) == (132, 989.0, 0.76)
     got, _ = fwd_pair("H100")
-    mma = 128 * 128 * 4 * 128 / (989e12 / 132 * 0.82)  # ~1.365 us
+    mma = 128 * 128 * 4 * 128 / (989e12 / 132 * 0.76)  # ~1.473 us
     softmax = 128 * 128 / (16 * 1.83e9) + 128 * 128 * 6 / (67e12 / 132)  # ~0.753 us
     assert got.mma == pytest.approx(mma, rel=1e-9)
     assert got.softmax == pytest.approx(softmax, rel=1e-9)
-    assert got.mma == pytest.approx(1.365e-6, rel=1e-3)
+    assert got.mma == pytest.approx(1.473e-6, rel=1e-3)
     core = max(mma, softmax) + (1 - 0.85) * min(mma, softmax)
     assert got.full == pytest.approx(max(core, got.load), rel=1e-9)
     assert got.bound == "compute"
@@ -478,10 +478,19 @@ def test_flashattention2_a100_forward():
     assert 0.50 * 312 <= r.dense_TFLOPs <= 0.73 * 312
 
 
-def test_flashattention3_h100_forward():
-    # FlashAttention-3 paper: up to ~740 TFLOP/s fp16 forward at head dim 128, long sequences.
-    r = dense_16k("H100", "fp16")
-    assert r.dense_TFLOPs == pytest.approx(740, rel=0.10)
+def test_flashattention3_h100_forward_curve():
+    # FlashAttention-3 paper, head dim 128, no causal mask, 16K tokens as batch x sequence: the
+    # reference-hopper profile was set from this curve (benchmarks/published.py holds the figures).
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "published.py"
+    spec = importlib.util.spec_from_file_location("published", path)
+    assert spec is not None and spec.loader is not None
+    published = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(published)
+    for n, (_, fa3) in published.FA3_H100_HDIM128.items():
+        assert published.dense("H100", "fp16", n).dense_TFLOPs == pytest.approx(fa3, rel=0.08), n
 
 
 def test_flashattention4_b200_forward_is_exp_bound():

@@ -5,14 +5,54 @@
 Reads the ``[fit]`` table that ``simulate calibrate`` writes into each profile under
 ``hwmodels/calibration/``: what it was fitted to, the split (by configuration, seeded) and the mean
 absolute percentage error of the fitted and of the hand-set prior profile on the held-out rows.
+Then, from the same measurements: does the model say which is faster, our GNA kernel or dense cuDNN
+on the same tokens, heads and head dim, as measured (fitted `triton` against fitted `cudnn`)?
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from sparsesim.hwmodels import load_gpu
 from sparsesim.hwmodels.gpus import read_toml
-from sparsesim.hwmodels.profiles import CALIBRATION_DIR
+from sparsesim.hwmodels.profiles import CALIBRATION_DIR, load_profile
+from sparsesim.simulator.calibrate import Row, load_rows, predicted_ms, split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _key(row: Row) -> tuple[int, int, int, int, int]:
+    p = row.problem
+    return row.tokens, p.heads, p.heads_kv, p.head_dim, p.batch
+
+
+def winners(measurements: str, gpu: str = "H200") -> None:
+    """Print how often the model picks the faster of our GNA kernel and dense cuDNN, as measured."""
+    spec = load_gpu(gpu)
+    ours, cudnn = load_profile("triton", spec), load_profile("cudnn", spec)
+    fit = read_toml(CALIBRATION_DIR / "triton.toml", "kernel profile")["fit"]
+    fitted = load_rows([measurements], spec, fit["kernels"])
+    held = {r.config_id for r in split(fitted, fit["holdout"], fit["seed"])[1]}
+    dense = {_key(r): r for r in load_rows([measurements], spec, ["cudnn"])}
+    counts: dict[str, list[int]] = {}
+    for r in fitted:
+        d = dense.get(_key(r))
+        if r.kernel != "gna" or d is None:
+            continue
+        right = (r.measured_ms < d.measured_ms) == (predicted_ms(r, spec, ours) < predicted_ms(d, spec, cudnn))
+        groups = ["all", "held out of the triton fit"] if r.config_id in held else ["all"]
+        groups += [f"{g}, <= 16K tokens" for g in groups] if r.tokens <= 16384 else []
+        for g in groups:
+            hits = counts.setdefault(g, [0, 0, 0])
+            hits[0] += right
+            hits[1] += 1
+            hits[2] += r.measured_ms < d.measured_ms
+    print()
+    print("| GNA configurations | faster one predicted right | GNA measured faster than cuDNN |")
+    print("|---|---|---|")
+    for g, (right, n, sparse) in counts.items():
+        print(f"| {g} | {right} of {n} | {sparse} of {n} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
               f"| {len(fit.get('free', []))} | {fit.get('train_configs')} / {fit.get('heldout_configs')} "
               f"| {fit.get('train_mape', float('nan')):.1%} | {fit.get('heldout_mape', float('nan')):.1%} "
               f"| {fit.get('prior_heldout_mape', float('nan')):.1%} |")
+    triton_fit = read_toml(CALIBRATION_DIR / "triton.toml", "kernel profile")["fit"]
+    winners(str(ROOT / triton_fit["measurements"][0]), triton_fit["gpu"])
     return 0
 
 

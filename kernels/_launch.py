@@ -61,18 +61,17 @@ def tensors_key(*tensors: Any) -> tuple:
 
 
 def launch_compiled(compiled: dict[Any, Any], key: Any, kernel: Any, grid: tuple[int, ...], args: tuple,
-                    constexprs: dict[str, Any], options: dict[str, Any], direct: bool = True) -> None:
+                    constexprs: dict[str, Any], options: dict[str, Any]) -> None:
     """Launch ``kernel``; the first launch per ``key`` goes through Triton's launcher (binding and specializing
     every argument), later ones call the compiled kernel with the same arguments and the constexprs in
     signature order (``constexprs`` must list them in that order). ``key`` must fix every specialization:
-    the call key, the K/V mode and the pointers' alignments. ``direct=False`` always uses Triton's launcher
-    (for kernels whose direct path has not been checked on a GPU yet)."""
+    the call key, the K/V mode and the pointers' alignments."""
     hit = compiled.get(key)
     if hit is not None:
         hit[grid](*args, *constexprs.values())
         return
     done = kernel[grid](*args, **constexprs, **options)
-    if direct and FAST_LAUNCH and not interpret() and hasattr(done, "packed_metadata"):
+    if FAST_LAUNCH and not interpret() and hasattr(done, "packed_metadata"):
         compiled[key] = done
 
 

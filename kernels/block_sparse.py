@@ -190,9 +190,8 @@ class BlockSparseLaunch:
         args = (q, kk, vv, out, *self.lists, *self.args[:-1], tail_start, tail_start * int(k.stride(1)),
                 tail_start * int(v.stride(1)), *q.stride(), *k.stride(), *v.stride(), *out.stride())
         key = (use_desc, q.data_ptr() % 16, out.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16)
-        # direct=False: the compiled-kernel path of this kernel awaits its GPU check (tests/gpu, repeated calls)
         launch_compiled(self.compiled, key, _block_sparse_fwd_kernel, self.grid, args,
-                        {**self.constexprs, "USE_DESC": use_desc}, self.options, direct=False)
+                        {**self.constexprs, "USE_DESC": use_desc}, self.options)
         return out
 
 

@@ -143,9 +143,7 @@ def launch_dense(q: Any, k: Any, v: Any, out: Any, scale: float, config: dict[st
                       "USE_DESC": use_desc, "WARP_SPEC": bool(config.get("warp_specialize", False))}
         options = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
         key = (use_desc, q.data_ptr() % 16, out.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16)
-        # direct=False: the compiled-kernel path of this kernel awaits its GPU check (tests/gpu, repeated calls)
-        launch_compiled({} if compiled is None else compiled, key, _dense_fwd_kernel, grid, args, constexprs, options,
-                        direct=False)
+        launch_compiled({} if compiled is None else compiled, key, _dense_fwd_kernel, grid, args, constexprs, options)
         return config
 
     def grid_of(meta: dict[str, Any]) -> tuple[int, int, int]:

@@ -55,6 +55,26 @@ def winners(measurements: str, gpu: str = "H200") -> None:
         print(f"| {g} | {right} of {n} | {sparse} of {n} |")
 
 
+def breakdown(gpu: str = "H200") -> None:
+    """Print each fitted profile's held-out MAPE by kernel and size: launch-bound (<= 4K tokens) or not."""
+    spec = load_gpu(gpu)
+    print()
+    print("| profile | kernel | held-out rows <= 4K tokens | MAPE | held-out rows > 4K tokens | MAPE |")
+    print("|---|---|---|---|---|---|")
+    for path in sorted(CALIBRATION_DIR.glob("*.toml")):
+        data = read_toml(path, "kernel profile")
+        fit, prof = data["fit"], load_profile(str(path), spec)
+        rows = load_rows([str(ROOT / m) for m in fit["measurements"]], spec, fit["kernels"])
+        held = split(rows, fit["holdout"], fit["seed"])[1]
+        for kernel in fit["kernels"]:
+            cells = []
+            for small in (True, False):
+                errs = [abs(predicted_ms(r, spec, prof) / r.measured_ms - 1) for r in held
+                        if r.kernel == kernel and (r.tokens <= 4096) == small]
+                cells += [str(len(errs)), f"{sum(errs) / len(errs):.1%}" if errs else "-"]
+            print(f"| `{data['name']}` | {kernel} | {' | '.join(cells)} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print one row per fitted profile (no arguments)."""
     del argv
@@ -70,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| {fit.get('train_mape', float('nan')):.1%} | {fit.get('heldout_mape', float('nan')):.1%} "
               f"| {fit.get('prior_heldout_mape', float('nan')):.1%} |")
     triton_fit = read_toml(CALIBRATION_DIR / "triton.toml", "kernel profile")["fit"]
+    breakdown(triton_fit["gpu"])
     winners(str(ROOT / triton_fit["measurements"][0]), triton_fit["gpu"])
     return 0
 

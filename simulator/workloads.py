@@ -56,6 +56,8 @@ class Workload:
     blocks: tuple[BlockKind, ...]
     patterns: tuple[Mapping[str, Any], ...]
     sources: Mapping[str, str]
+    #: Memory passes over (tokens x hidden) per block outside GEMMs and attention; None: the profile's.
+    elementwise_passes_per_block: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -96,6 +98,10 @@ def parse_workload(data: Mapping[str, Any], path: str) -> Workload:
     if dtype not in ("fp16", "bf16", "fp8"):
         raise ConfigError(f"{where}: dtype={dtype!r}; allowed: fp16, bf16, fp8")
     causal = data.get("causal", [False] * len(layout))
+    passes = data.get("elementwise_passes_per_block")
+    if passes is not None and (isinstance(passes, bool) or not isinstance(passes, (int, float))
+                               or not 0 <= passes < 1e6):
+        raise ConfigError(f"{where}: elementwise_passes_per_block={passes!r} must be a number >= 0")
     return Workload(
         name=str(data.get("name", Path(path).stem)), description=str(data.get("description", "")),
         layout=tuple(layout), causal=tuple(bool(c) for c in causal),
@@ -105,6 +111,7 @@ def parse_workload(data: Mapping[str, Any], path: str) -> Workload:
         mlp=_int(data, "mlp", where), steps=_int(data, "steps", where), batch=_int(data, "batch", where, 1, 1),
         dtype=dtype, blocks=tuple(blocks), patterns=tuple(data.get("patterns", [])),
         sources={str(k): str(v) for k, v in data.get("sources", {}).items()},
+        elementwise_passes_per_block=None if passes is None else float(passes),
     )
 
 
@@ -156,7 +163,9 @@ def dense_step(w: Workload, gpu: GPU, prof: KernelProfile, self_attention_ms: fl
     """One dense step, given the dense self-attention time per layer and the dense kernel's rate."""
     tokens = w.batch * (w.tokens + w.text_tokens)
     gemm = sum(b.count * sum(gemm_ms(gpu, prof, tokens, n, k, w.dtype) for n, k in b.gemms) for b in w.blocks)
-    elementwise = w.layers * prof.gemm.elementwise_passes_per_block * tokens * w.hidden * DTYPE_BYTES[w.dtype] / (
+    passes = prof.gemm.elementwise_passes_per_block if w.elementwise_passes_per_block is None \
+        else w.elementwise_passes_per_block
+    elementwise = w.layers * passes * tokens * w.hidden * DTYPE_BYTES[w.dtype] / (
         gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency) * 1e3
     n, t, c = w.tokens, w.text_tokens, w.cross_attention_tokens
     other_pairs = float(t * (n + t) + n * t + n * c)  # text queries, image queries on text keys, cross-attention

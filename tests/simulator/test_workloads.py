@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -83,6 +84,9 @@ def test_invalid_workloads():
         parse_workload({**good, "heads": -1}, "x")
     with pytest.raises(ConfigError, match="dtype"):
         parse_workload({**good, "dtype": "fp4"}, "x")
+    for bad in (-1, "many", True):
+        with pytest.raises(ConfigError, match="elementwise_passes_per_block"):
+            parse_workload({**good, "elementwise_passes_per_block": bad}, "x")
 
 
 # ---------------------------------------------------------------- GEMM roofline
@@ -130,6 +134,13 @@ def test_dense_step_parts_by_hand():
     assert step.other_attention_ms == pytest.approx(other, rel=1e-12)
     assert step.total_ms == pytest.approx(step.gemm_ms + step.elementwise_ms + step.self_attention_ms
                                           + step.other_attention_ms)
+    # The workload's own elementwise passes (measured for FLUX), else the profile's: bytes over bandwidth.
+    bandwidth = g.hbm_TBps * 1e12 * p.forward.hbm_efficiency
+    per_pass = 57 * tokens * 3072 * 2 / bandwidth * 1e3
+    assert w.elementwise_passes_per_block == 291
+    assert step.elementwise_ms == pytest.approx(291 * per_pass, rel=1e-12)
+    plain = dense_step(dataclasses.replace(w, elementwise_passes_per_block=None), g, p, 2.0, 1000.0)
+    assert plain.elementwise_ms == pytest.approx(p.gemm.elementwise_passes_per_block * per_pass, rel=1e-12)
 
 
 # ---------------------------------------------------------------- end-to-end formulas

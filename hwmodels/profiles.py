@@ -58,6 +58,9 @@ class ForwardProfile:
     hbm_efficiency: float
     #: Fixed time per visited (Q tile, KV tile) pair: loop bookkeeping, barriers, row-reduction latency.
     kv_tile_overhead_ns: float
+    #: fp32 ops per (query row x head-dim element) per visited KV tile: rescaling the O accumulator by the
+    #: new row max, so a KV tile of fewer tokens pays it over less work.
+    rescale_ops_per_element: float
     #: Device time of one kernel launch (the launch itself and the ramp of the first wave).
     launch_latency_us: float
     #: Host time of one call from Python; a call timed back to back takes at least this long.

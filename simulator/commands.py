@@ -257,6 +257,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
                           "shapes, timed on the host)")
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}; allowed: 1 or more")
+    if args.plan:
+        _validate_plan(args)
+        return
     cases = validate.make_cases(validate_configs(args), [k.strip() for k in args.kernels.split(",") if k.strip()])
     show = args.progress if args.progress is not None else sys.stderr.isatty()
 
@@ -273,6 +276,19 @@ def cmd_validate(args: argparse.Namespace) -> None:
     table = validate.error_table(rows)
     if table:
         sys.stdout.write(pd.DataFrame(table).to_string(index=False) + "\n")
+
+
+def _validate_plan(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from sparsesim.kernels.plan_run import validate_plan_layers
+    from sparsesim.search.plan import load_plan
+
+    rows = validate_plan_layers(load_plan(args.plan), Path(args.out), seed=args.seed, commit=args.commit)
+    print(f"validate: {len(rows)} plan layer(s) measured into {args.out}", file=sys.stderr)
+    cols = ["layer", "launches", "sparse_heads", "ok", "measured_ms", "predicted_ms", "error", "dense_measured_ms",
+            "measured_speedup", "predicted_speedup"]
+    sys.stdout.write(pd.DataFrame(rows)[cols].to_string(index=False) + "\n")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:

@@ -1,0 +1,148 @@
+"""Run a plan's layer as planned, and measure every layer of a plan against its prediction.
+
+:func:`run_plan` makes the launches the plan lists for one layer: each group of heads with one pattern
+is one call of :func:`~sparsesim.kernels.gna_attention` with the plan's tiles; dense groups run dense
+attention (cuDNN through torch SDPA on a GPU, our dense kernel under the Triton interpreter).
+:func:`validate_plan_layers` is what ``simulate validate --plan`` runs on a GPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sparsesim.kernels._launch import interpret
+
+
+def _take(x: Any, idx: Sequence[int]) -> Any:
+    import torch
+
+    if list(idx) == list(range(x.shape[-2])):
+        return x
+    return x.index_select(-2, torch.as_tensor(list(idx), device=x.device)).contiguous()
+
+
+def _kv_heads(heads: Sequence[int], group: int) -> tuple[list[int], bool]:
+    """The K/V heads of a launch and whether its query heads are whole GQA groups in order."""
+    kv = sorted({h // group for h in heads})
+    whole = list(heads) == [g * group + i for g in kv for i in range(group)]
+    return (kv if whole else [h // group for h in heads]), whole
+
+
+def _dense(q: Any, k: Any, v: Any) -> Any:
+    if interpret() or q.device.type != "cuda":
+        from sparsesim.kernels.dense import attention
+
+        return attention(q.flatten(1, -3), k.flatten(1, -3), v.flatten(1, -3)).reshape(q.shape)
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    group = q.shape[-2] // k.shape[-2]
+    qd = q.flatten(1, -3).transpose(1, 2)
+    kd, vd = (x.flatten(1, -3).repeat_interleave(group, dim=-2).transpose(1, 2) for x in (k, v))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        o = F.scaled_dot_product_attention(qd, kd, vd)
+    return o.transpose(1, 2).reshape(q.shape)
+
+
+def run_plan(plan: Mapping[str, Any], layer: int, q: Any, k: Any, v: Any, *, out: Any = None) -> Any:
+    """Attention of plan layer ``layer`` (its ``layer`` field) on ``q``/``k``/``v`` in NATTEN layout
+    ``[batch, *layout, heads, head_dim]``, as the plan's launches run it."""
+    import torch
+
+    from sparsesim.kernels.gna import gna_attention
+    from sparsesim.simulator.errors import ConfigError
+
+    layers = {entry["layer"]: entry for entry in plan["layers"]}
+    if layer not in layers:
+        raise ConfigError(f"layer {layer}; the plan has layers {sorted(layers)}")
+    entry = layers[layer]
+    if tuple(q.shape[1:-2]) != tuple(plan["layout"]) or q.shape[-2] != plan["heads"]:
+        raise ConfigError(f"q {tuple(q.shape)}; the plan is for layout {plan['layout']} with {plan['heads']} heads")
+    out = q.new_empty(q.shape) if out is None else out
+    group = q.shape[-2] // k.shape[-2]
+    for launch in entry["launches"]:
+        heads = launch["heads"]
+        kv, _ = _kv_heads(heads, group)
+        qs, ks, vs = _take(q, heads), _take(k, kv), _take(v, kv)
+        if launch["dense"]:
+            o = _dense(qs, ks, vs)
+        else:
+            o = gna_attention(qs, ks, vs, window=launch["window"], stride=launch["stride"],
+                              dilation=launch["dilation"], causal=plan.get("causal", False),
+                              q_tile=plan["q_tile"], kv_tile=plan["kv_tile"])
+        if qs is q:
+            out.copy_(o)
+        else:
+            out.index_copy_(-2, torch.as_tensor(heads, device=q.device), o)
+    return out
+
+
+def validate_plan_layers(plan: Mapping[str, Any], out: Path, *, seed: int = 0, commit: str | None = None,
+                         layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Check each plan layer (per launch, sampled rows against the fp32 reference with that launch's exact
+    mask), then time the whole layer call and dense cuDNN over all heads; one CSV row per layer."""
+    import numpy as np
+    import torch
+
+    from sparsesim.kernels.reference import gna_row_mask
+    from sparsesim.kernels.timing import TOLERANCE, check_rows, time_ms
+    from sparsesim.kernels.validate import _device, _dtype, environment, random_qkv
+    from sparsesim.simulator.patterns import GNAPattern
+
+    env = environment(commit)
+    size = tuple(plan["layout"])
+    n = math.prod(size)
+    dtype, device = _dtype(plan["dtype"] if plan["dtype"] != "fp8" else "bf16"), _device()
+    b, h, hk, d = plan.get("batch", 1), plan["heads"], plan["heads_kv"], plan["head_dim"]
+    rows = []
+    for entry in plan["layers"]:
+        if layers is not None and entry["layer"] not in layers:
+            continue
+        s = seed + 10 * entry["layer"]
+        q = random_qkv((b, *size, h, d), dtype, device, s)
+        k = random_qkv((b, *size, hk, d), dtype, device, s + 1)
+        v = random_qkv((b, *size, hk, d), dtype, device, s + 2)
+        got = run_plan(plan, entry["layer"], q, k, v)
+        worst = 0.0
+        group = h // hk
+        for launch in entry["launches"]:
+            kv, _ = _kv_heads(launch["heads"], group)
+            if launch["dense"]:
+                def mask_fn(r: Any) -> Any:
+                    return np.ones((len(r), n), dtype=bool)
+            else:
+                p = GNAPattern(input_size=size, window=launch["window"], stride=launch["stride"],
+                               dilation=launch["dilation"], causal=plan.get("causal", ()))
+                bounds = [p.axis_bounds(a) for a in range(p.rank)]
+
+                def mask_fn(r: Any, bounds: Any = bounds, p: Any = p) -> Any:
+                    return gna_row_mask(r, size, bounds, p.dilation)
+            worst = max(worst, check_rows(_take(got, launch["heads"]), _take(q, launch["heads"]), _take(k, kv),
+                                          _take(v, kv), mask_fn, seed=s + 3))
+        buf = torch.empty_like(q)
+        ms = time_ms(lambda: run_plan(plan, entry["layer"], q, k, v, out=buf))  # noqa: B023
+        dense_ms = time_ms(lambda: _dense(q, k, v))  # noqa: B023
+        rows.append({"layer": entry["layer"], "launches": len(entry["launches"]),
+                     "sparse_heads": sum(len(la["heads"]) for la in entry["launches"] if not la["dense"]),
+                     "rel_err": worst, "ok": bool(worst < TOLERANCE), "measured_ms": ms,
+                     "predicted_ms": entry["predicted_ms"], "error": entry["predicted_ms"] / ms - 1,
+                     "dense_measured_ms": dense_ms, "dense_predicted_ms": entry["dense_ms"],
+                     "measured_speedup": dense_ms / ms, "predicted_speedup": entry["dense_ms"] / entry["predicted_ms"],
+                     "workload": plan["workload"], "plan_gpu": plan["gpu"], **env})
+        _write(rows, out)
+    return rows
+
+
+def _write(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
+    """Write every row so far (an interruption keeps the finished layers)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out)

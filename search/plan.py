@@ -1,0 +1,364 @@
+"""Plans: one pattern per layer and head, chosen from each head's Pareto front, as a versioned JSON file.
+
+:func:`choose` picks per head to maximize the predicted end-to-end speedup under an error budget (mean
+over heads, and optionally a per-head maximum), or to meet a target speedup at least error: a
+Lagrangian search over ``sum(ms) + lambda * sum(error)`` (per-head shares of full-layer launches), then
+every layer's time is simulated as the launches it really makes (heads with one pattern share a launch).
+The baselines (:func:`baselines`) choose from the same evaluated points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparsesim.search.latency import LatencyModel
+from sparsesim.search.space import Candidate
+from sparsesim.search.study import Point
+from sparsesim.simulator.errors import ConfigError
+
+FORMAT = "sparsesim-plan"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A whole-model choice: per searched layer, one point per head."""
+
+    name: str
+    layers: tuple[tuple[Point, ...], ...]
+
+    @property
+    def errors(self) -> list[float]:
+        return [p.error for layer in self.layers for p in layer]
+
+    @property
+    def mean_error(self) -> float:
+        return float(sum(self.errors) / max(1, len(self.errors)))
+
+    @property
+    def max_error(self) -> float:
+        return float(max(self.errors, default=0.0))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A choice's predicted times: attention per step and end to end, against all-dense."""
+
+    name: str
+    mean_error: float
+    max_error: float
+    attention_ms: float
+    dense_attention_ms: float
+    attention_speedup: float
+    e2e_predicted_speedup: float
+
+
+@dataclass(frozen=True)
+class Model:
+    """How a choice becomes times: the layer latency model, and the step around the searched layers.
+
+    ``other_ms`` is everything of one dense step that no searched layer's self-attention holds (GEMMs,
+    elementwise passes, text attention, unsearched layers' attention), per step.
+    """
+
+    latency: LatencyModel
+    other_ms: float
+
+
+def outcome(model: Model, choice: Choice) -> Outcome:
+    lat = model.latency
+    attn = sum(lat.layer_ms([p.candidate for p in layer]) for layer in choice.layers)
+    dense = lat.dense_layer_ms() * len(choice.layers)
+    return Outcome(name=choice.name, mean_error=choice.mean_error, max_error=choice.max_error, attention_ms=attn,
+                   dense_attention_ms=dense, attention_speedup=dense / attn if attn > 0 else math.inf,
+                   e2e_predicted_speedup=(model.other_ms + dense) / (model.other_ms + attn))
+
+
+def _pick(fronts: Sequence[Sequence[Sequence[Point]]], lam: float, max_error: float | None) -> list[list[Point]]:
+    out = []
+    for layer in fronts:
+        row = []
+        for front in layer:
+            allowed = [p for p in front if max_error is None or p.error <= max_error] or \
+                [min(front, key=lambda p: p.error)]
+            row.append(min(allowed, key=lambda p: (p.ms + lam * p.error, p.error)))
+        out.append(row)
+    return out
+
+
+def _mean(picked: list[list[Point]]) -> float:
+    errs = [p.error for row in picked for p in row]
+    return sum(errs) / max(1, len(errs))
+
+
+def _refine(rows: list[list[Point]], fronts: Sequence[Sequence[Sequence[Point]]],
+            evaluated: Sequence[Sequence[Sequence[Point]]], model: Model, lam: float,
+            max_error: float | None) -> list[list[Point]]:
+    """Local search on real launches: move one head at a time to another point of its front, or to a
+    pattern another head of its layer runs (where that head has been evaluated on it), while the layer's
+    simulated time (grouped launches) plus ``lam`` times its error sum drops."""
+    lat = model.latency
+    out = []
+    for li, row in enumerate(rows):
+        row = list(row)
+
+        def cost(r: Sequence[Point]) -> float:
+            return lat.layer_ms([p.candidate for p in r]) + lam * sum(p.error for p in r)
+
+        best = cost(row)
+        for _ in range(4):
+            moved = False
+            used = {p.candidate for p in row}
+            for h in range(len(row)):
+                options = list(fronts[li][h]) + [p for p in evaluated[li][h] if p.candidate in used]
+                for p in options:
+                    if p.candidate == row[h].candidate or (max_error is not None and p.error > max_error):
+                        continue
+                    trial = row[:h] + [p] + row[h + 1:]
+                    c = cost(trial)
+                    if c < best * (1 - 1e-9):
+                        row, best, moved = trial, c, True
+            if not moved:
+                break
+        out.append(row)
+    return out
+
+
+def choose(fronts: Sequence[Sequence[Sequence[Point]]], model: Model, *, mean_error: float | None = None,
+           max_error: float | None = None, target_speedup: float | None = None, name: str = "plan",
+           evaluated: Sequence[Sequence[Sequence[Point]]] | None = None) -> Choice:
+    """Per head one point: fastest under the error budget, or least error at a target end-to-end speedup
+    (exactly one of ``mean_error`` / ``target_speedup``).
+
+    Under a budget: the Lagrangian choice on per-head costs, then :func:`_refine` on real launches (with
+    ``evaluated``, every evaluated point per head), then whichever of the two, and of the one-pattern
+    choices among ``evaluated``, is fastest end to end within the budget."""
+    if (mean_error is None) == (target_speedup is None):
+        raise ConfigError("give --error-budget or --target-speedup (one of them)")
+    scale = max((p.ms for layer in fronts for f in layer for p in f), default=1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # grow hi until the budget (or target) is met at hi
+        picked = _pick(fronts, hi * scale, max_error)
+        ok = _mean(picked) <= mean_error if mean_error is not None else True
+        if ok or hi > 1e12:
+            break
+        hi *= 4
+    if mean_error is not None:
+        for _ in range(60):  # smallest lambda whose choice meets the mean budget: the fastest such choice
+            mid = (lo + hi) / 2
+            if _mean(_pick(fronts, mid * scale, max_error)) <= mean_error:
+                hi = mid
+            else:
+                lo = mid
+        picked = _pick(fronts, hi * scale, max_error)
+        options = [picked]
+        if evaluated is not None:
+            options.append(_refine(picked, fronts, evaluated, model, hi * scale, max_error))
+            options += _uniform_rows(evaluated)
+        ok = [o for o in options if _mean(o) <= mean_error * (1 + 1e-9)
+              and (max_error is None or all(p.error <= max_error for r in o for p in r))] or [picked]
+        best = max(ok, key=lambda o: outcome(model, Choice(name, tuple(tuple(r) for r in o))).e2e_predicted_speedup)
+        return Choice(name, tuple(tuple(r) for r in best))
+    assert target_speedup is not None
+    speed: Callable[[float], float] = lambda lam: outcome(  # noqa: E731
+        model, Choice(name, tuple(tuple(r) for r in _pick(fronts, lam * scale, max_error)))).e2e_predicted_speedup
+    lo, hi = 0.0, 1e6
+    if speed(lo) < target_speedup:
+        raise ConfigError(f"--target-speedup {target_speedup}: the fastest choice reaches {speed(lo):.3f}x")
+    for _ in range(60):  # largest lambda (least error) still at the target
+        mid = (lo + hi) / 2
+        if speed(mid) >= target_speedup:
+            lo = mid
+        else:
+            hi = mid
+    return Choice(name, tuple(tuple(r) for r in _pick(fronts, lo * scale, max_error)))
+
+
+def _uniform_rows(evaluated: Sequence[Sequence[Sequence[Point]]]) -> list[list[list[Point]]]:
+    """Every pattern evaluated on every head, as a one-pattern choice."""
+    per_head = [[{p.candidate: p for p in h} for h in layer] for layer in evaluated]
+    common = set.intersection(*[set(h) for layer in per_head for h in layer]) if per_head else set()
+    return [[[h[c] for h in layer] for layer in per_head] for c in sorted(common, key=lambda c: c.label())]
+
+
+def baselines(points: Sequence[Sequence[Sequence[Point]]], uniform: Mapping[Candidate, Sequence[Sequence[float]]],
+              model: Model, mean_error: float) -> list[Choice]:
+    """The three baselines on the same evaluated points (``uniform``: per candidate, the error of every
+    layer and head, from :func:`uniform_errors`):
+
+    - ``uniform``: one pattern for every head (the GNA paper's practice), the fastest within the budget;
+    - ``sparse-vdit``: per head argmin ``error + 0.5 * (1 - sparsity)`` (Sparse-vDiT's rule: it counts
+      kept blocks, not time);
+    - ``sta``: per head the smallest window (fewest kept pairs) with error within the budget (STA's).
+    """
+    lat = model.latency
+    layout = lat.shape.layout
+    density = {p.candidate: p.candidate.pattern(layout, lat.shape.causal).density()
+               for layer in points for head in layer for p in head}
+    out = []
+    best: Choice | None = None
+    for cand, errs in uniform.items():
+        ms = lat.head_ms(cand)
+        ch = Choice("uniform", tuple(tuple(Point(cand, ms, e, float("nan")) for e in layer) for layer in errs))
+        if ch.mean_error <= mean_error and (best is None or outcome(model, ch).e2e_predicted_speedup >
+                                            outcome(model, best).e2e_predicted_speedup):
+            best = ch
+    if best is None and uniform:  # none within the budget: the most accurate one, shown with its error
+        cand, errs = min(uniform.items(), key=lambda kv: sum(map(sum, kv[1])))
+        best = Choice("uniform", tuple(tuple(Point(cand, lat.head_ms(cand), e, float("nan")) for e in layer)
+                                       for layer in errs))
+    if best is not None:
+        out.append(best)
+    out.append(Choice("sparse-vdit", tuple(tuple(min(h, key=lambda p: p.error + 0.5 * density[p.candidate])
+                                                 for h in layer) for layer in points)))
+    sta = []
+    for layer in points:
+        row = []
+        for h in layer:
+            ok = [p for p in h if p.error <= mean_error] or [min(h, key=lambda p: p.error)]
+            row.append(min(ok, key=lambda p: (density[p.candidate], p.ms)))
+        sta.append(tuple(row))
+    out.append(Choice("sta", tuple(sta)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The plan file
+# --------------------------------------------------------------------------------------------
+
+def plan_dict(*, choice: Choice, model: Model, layer_index: Sequence[int], layer_names: Sequence[str],
+              workload: str, gpu: str, error_budget: Mapping[str, float | None],
+              predicted: Mapping[str, Mapping[str, float]], search: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan as JSON-ready data (see README, plan format)."""
+    lat = model.latency
+    s = lat.shape
+    layers = []
+    for li, name, row in zip(layer_index, layer_names, choice.layers, strict=True):
+        cands = [p.candidate for p in row]
+        launches = lat.launches(cands)
+        layers.append({
+            "layer": li, "name": name,
+            "heads": [{"head": h, "window": list(p.candidate.window), "stride": list(p.candidate.stride),
+                       "dilation": list(p.candidate.dilation), "dense": p.candidate.is_dense(s.layout),
+                       "error": p.error, "mass": p.mass} for h, p in enumerate(row)],
+            "launches": [{"heads": list(la.heads), "window": list(la.candidate.window),
+                          "stride": list(la.candidate.stride), "dilation": list(la.candidate.dilation),
+                          "dense": la.dense, "predicted_ms": la.ms} for la in launches],
+            "predicted_ms": sum(la.ms for la in launches), "dense_ms": lat.dense_layer_ms()})
+    res = outcome(model, choice)
+    return {"format": FORMAT, "version": VERSION, "workload": workload, "gpu": gpu,
+            "kernel_profile": lat.kernel_profile, "dense_profile": lat.dense_profile,
+            "layout": list(s.layout), "causal": list(s.causal) or [False] * len(s.layout), "heads": s.heads,
+            "heads_kv": s.heads_kv, "head_dim": s.head_dim, "batch": s.batch, "dtype": s.dtype,
+            "q_tile": list(lat.q_tile), "kv_tile": list(lat.kv_tile), "error_budget": dict(error_budget),
+            "mean_error": res.mean_error, "max_error": res.max_error, "attention_speedup": res.attention_speedup,
+            "e2e_predicted_speedup": res.e2e_predicted_speedup, "predicted": {k: dict(v) for k, v in predicted.items()},
+            "search": dict(search), "layers": layers}
+
+
+def save_plan(plan: Mapping[str, Any], path: str | Path) -> Path:
+    """Write the plan atomically (validated first: what is written loads)."""
+    validate_plan(plan, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(plan, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_plan(path: str | Path) -> dict[str, Any]:
+    """Read and validate a plan; a hand-edited or truncated file gets an error naming the bad field."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"plan {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        plan = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"plan {str(path)!r} is not valid JSON (truncated?): {exc.msg} at line "
+                          f"{exc.lineno}") from None
+    validate_plan(plan, str(path))
+    return plan
+
+
+def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise ConfigError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    wants_bool = kind is bool or (isinstance(kind, tuple) and bool in kind)
+    if isinstance(value, bool) and not wants_bool:
+        raise ConfigError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}: field {key!r} must be {names}, got {value!r}")
+    return value
+
+
+def _ints(obj: Any, key: str, n: int, where: str, minimum: int = 1) -> list[int]:
+    value = _need(obj, key, list, where)
+    if len(value) != n or not all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value):
+        raise ConfigError(f"{where}: field {key!r} must be {n} integers >= {minimum}, got {value!r}")
+    return value
+
+
+def validate_plan(plan: Any, path: str = "plan") -> None:
+    """Check a plan's structure and values; raise :class:`ConfigError` naming the first bad field."""
+    where = f"plan {path!r}"
+    if _need(plan, "format", str, where) != FORMAT:
+        raise ConfigError(f"{where}: field 'format' must be {FORMAT!r}")
+    if _need(plan, "version", int, where) != VERSION:
+        raise ConfigError(f"{where}: field 'version' is {plan['version']}; this sparsesim reads version {VERSION}")
+    for key in ("workload", "gpu", "kernel_profile", "dense_profile", "dtype"):
+        _need(plan, key, str, where)
+    layout = _need(plan, "layout", list, where)
+    rank = len(layout)
+    _ints(plan, "layout", rank, where)
+    heads = _need(plan, "heads", int, where)
+    heads_kv = _need(plan, "heads_kv", int, where)
+    if heads < 1 or heads_kv < 1 or heads % heads_kv:
+        raise ConfigError(f"{where}: heads={heads}, heads_kv={heads_kv}; heads must be a multiple of heads_kv >= 1")
+    _need(plan, "head_dim", int, where)
+    _ints(plan, "q_tile", rank, where)
+    _ints(plan, "kv_tile", rank, where)
+    layers = _need(plan, "layers", list, where)
+    if not layers:
+        raise ConfigError(f"{where}: field 'layers' is empty")
+    for i, layer in enumerate(layers):
+        lw = f"{where} layers[{i}]"
+        _need(layer, "layer", int, lw)
+        hs = _need(layer, "heads", list, lw)
+        if len(hs) != heads:
+            raise ConfigError(f"{lw}: field 'heads' has {len(hs)} entries; the plan has heads={heads}")
+        for j, h in enumerate(hs):
+            hw = f"{lw}.heads[{j}]"
+            if _need(h, "head", int, hw) != j:
+                raise ConfigError(f"{hw}: field 'head' is {h['head']}; expected {j}")
+            window = _ints(h, "window", rank, hw)
+            stride = _ints(h, "stride", rank, hw)
+            dilation = _ints(h, "dilation", rank, hw)
+            for a in range(rank):
+                if window[a] * dilation[a] > layout[a] or stride[a] > window[a]:
+                    raise ConfigError(f"{hw}: axis {a}: window {window[a]}, stride {stride[a]}, dilation "
+                                      f"{dilation[a]} do not fit the axis of {layout[a]} (stride <= window, "
+                                      "window x dilation <= length)")
+            for key in ("error", "mass"):
+                value = _need(h, key, (int, float), hw)
+                if not (math.isfinite(value) or (key == "mass" and math.isnan(value))) or value < 0:
+                    raise ConfigError(f"{hw}: field {key!r} must be a number >= 0, got {value!r}")
+        for k, la in enumerate(_need(layer, "launches", list, lw)):
+            _need(la, "heads", list, f"{lw}.launches[{k}]")
+            _need(la, "predicted_ms", (int, float), f"{lw}.launches[{k}]")

@@ -1,0 +1,321 @@
+"""Attention samples: Q rows, K and V of each attention layer, on disk as plain arrays.
+
+Three sources, one format (:class:`Samples`):
+
+- :func:`capture`: forward hooks on a user's torch model record the outputs of each attention layer's
+  Q, K and V projections (subsampled query rows, fp16);
+- :func:`synthetic`: spatially local Q/K for 1D/2D/3D layouts with head-specific locality (``local``,
+  ``axis`` and ``global`` heads), so every example runs without a model;
+- :func:`sparsesim.search.minilm.minilm_samples`: the MiniLM sentence encoder on real text.
+
+File format (``.npz``, loaded with ``allow_pickle=False``): ``format`` = ``"sparsesim-samples"``,
+``version`` = 1, ``layout`` (int64), ``names`` (str), and per layer ``i``: ``q{i}`` (heads, rows,
+head_dim) fp16, ``rows{i}`` (rows,) int64 flat token indices of the sampled queries, ``k{i}``/``v{i}``
+(heads_kv, tokens, head_dim) fp16, ``kinds{i}`` (heads,) str, empty where unknown.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsesim.simulator.errors import ConfigError
+
+FORMAT = "sparsesim-samples"
+VERSION = 1
+KINDS = ("local", "axis", "global")
+#: Q/K dimensions of the random content term of synthetic heads.
+CONTENT_DIMS = 8
+
+
+@dataclass(frozen=True)
+class LayerSamples:
+    """One attention layer: sampled query rows of every head, and all keys and values."""
+
+    name: str
+    q: np.ndarray  # (heads, rows, head_dim)
+    rows: np.ndarray  # (rows,) flat token index of each sampled query
+    k: np.ndarray  # (heads_kv, tokens, head_dim)
+    v: np.ndarray  # (heads_kv, tokens, head_dim)
+    kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        h, r, d = self.q.shape
+        hk, n, dk = self.k.shape
+        if self.v.shape != self.k.shape or dk != d or self.rows.shape != (r,) or h % hk:
+            raise ConfigError(f"layer {self.name!r}: q {self.q.shape}, rows {self.rows.shape}, k {self.k.shape}, "
+                              f"v {self.v.shape}: q is (heads, rows, d), k and v (heads_kv, tokens, d), heads a "
+                              "multiple of heads_kv")
+        if r and (self.rows.min() < 0 or self.rows.max() >= n):
+            raise ConfigError(f"layer {self.name!r}: sampled rows outside 0..{n - 1}")
+
+    @property
+    def heads(self) -> int:
+        return int(self.q.shape[0])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.q.shape[2])
+
+    def head(self, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Q rows, K and V of head ``h`` as float32 (GQA: its K/V head)."""
+        kv = h // (self.heads // self.k.shape[0])
+        return (self.q[h].astype(np.float32), self.k[kv].astype(np.float32), self.v[kv].astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Samples of every captured layer over one token layout."""
+
+    layout: tuple[int, ...]
+    layers: tuple[LayerSamples, ...]
+
+    def __post_init__(self) -> None:
+        n = math.prod(self.layout)
+        for layer in self.layers:
+            if layer.k.shape[1] != n:
+                raise ConfigError(f"layer {layer.name!r} has {layer.k.shape[1]} tokens; the layout "
+                                  f"{'x'.join(map(str, self.layout))} has {n}")
+        if not self.layers:
+            raise ConfigError("samples hold no layer")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def layer_name(self, layer: int) -> str:
+        return self.layers[layer].name
+
+    def layer_heads(self, layer: int) -> int:
+        return self.layers[layer].heads
+
+    def kind(self, layer: int, head: int) -> str:
+        kinds = self.layers[layer].kinds
+        return kinds[head] if kinds else ""
+
+    def rows_of(self, layer: int) -> np.ndarray:
+        return self.layers[layer].rows
+
+    def head(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.layers[layer].head(head)
+
+
+def save_samples(samples: Samples, path: str | Path) -> Path:
+    """Write ``samples`` to ``path`` (``.npz``), atomically: an interrupted write leaves no partial file."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "version": np.array(VERSION),
+                                     "layout": np.array(samples.layout, dtype=np.int64),
+                                     "names": np.array([la.name for la in samples.layers])}
+    for i, la in enumerate(samples.layers):
+        arrays.update({f"q{i}": la.q.astype(np.float16), f"rows{i}": la.rows.astype(np.int64),
+                       f"k{i}": la.k.astype(np.float16), f"v{i}": la.v.astype(np.float16),
+                       f"kinds{i}": np.array(la.kinds if la.kinds else [""] * la.heads)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_samples(path: str | Path) -> Samples:
+    """Read a samples file; a file that is not one, or of another version, gets a one-line error."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ConfigError(f"--samples {str(path)!r} is not a readable samples file (.npz): {exc}") from None
+    if str(data.get("format", "")) != FORMAT:
+        raise ConfigError(f"--samples {str(path)!r}: format {str(data.get('format', ''))!r}; expected {FORMAT!r}")
+    if int(data.get("version", -1)) != VERSION:
+        raise ConfigError(f"--samples {str(path)!r}: version {int(data.get('version', -1))}; this sparsesim "
+                          f"reads version {VERSION}")
+    try:
+        names = [str(n) for n in data["names"]]
+        layers = tuple(LayerSamples(name=n, q=data[f"q{i}"], rows=data[f"rows{i}"], k=data[f"k{i}"],
+                                    v=data[f"v{i}"], kinds=tuple(str(x) for x in data[f"kinds{i}"] if str(x)))
+                       for i, n in enumerate(names))
+        return Samples(layout=tuple(int(x) for x in data["layout"]), layers=layers)
+    except KeyError as exc:
+        raise ConfigError(f"--samples {str(path)!r} lacks array {exc.args[0]!r}") from None
+
+
+def sample_rows(tokens: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` distinct query positions (all of them when ``rows >= tokens``), sorted."""
+    if rows >= tokens:
+        return np.arange(tokens, dtype=np.int64)
+    return np.sort(rng.choice(tokens, size=rows, replace=False)).astype(np.int64)
+
+
+def _coords(layout: Sequence[int]) -> np.ndarray:
+    """(tokens, rank) coordinates of each token, row-major (outermost axis first), centred on the layout."""
+    grids = np.meshgrid(*[np.arange(n) for n in layout], indexing="ij")
+    return np.stack([g.ravel() for g in grids], axis=1).astype(np.float64) - (np.array(layout) - 1) / 2
+
+
+@dataclass(frozen=True)
+class SyntheticSamples:
+    """Spatially local attention with head-specific locality, generated per head on demand (seeded).
+
+    Scores are ``-sum_a (x_a - y_a)^2 / (2 sigma_a^2)`` plus a small random content term: a ``local``
+    head has a short length scale on every axis (3-15% of the axis), an ``axis`` head a short one
+    along one axis and a long one across the others, a ``global`` head long ones everywhere (mostly
+    content, in :data:`CONTENT_DIMS` dimensions; the other Q/K dimensions are zero, V is random in all of
+    them). The squared distance is written into Q and K through ``-(x - y)^2 = 2xy - x^2 - y^2`` (the
+    ``x^2`` term is the same for every key of a row, so softmax drops it). ``kinds`` assigns a kind per
+    head (default: local, axis, global in
+    turn, shifted by one per layer). Nothing is held in memory: a HunyuanVideo-size set (60 layers x 24
+    heads x 115,200 tokens) would be 85 GB.
+    """
+
+    layout: tuple[int, ...]
+    layers: int = 2
+    heads: int = 8
+    head_dim: int = 64
+    rows: int = 64
+    seed: int = 0
+    kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        rank = len(self.layout)
+        if self.head_dim < rank + 2:
+            raise ConfigError(f"head_dim={self.head_dim}; the synthetic generator needs >= {rank + 2} for rank {rank}")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad:
+            raise ConfigError(f"kinds {bad[0]!r}; allowed: {', '.join(KINDS)}")
+        if min(self.layers, self.heads, self.rows) < 1:
+            raise ConfigError("synthetic samples need layers, heads and rows >= 1")
+
+    @property
+    def num_layers(self) -> int:
+        return self.layers
+
+    def layer_name(self, layer: int) -> str:
+        return f"layer{layer}"
+
+    def layer_heads(self, layer: int) -> int:
+        return self.heads
+
+    def kind(self, layer: int, head: int) -> str:
+        return self.kinds[head % len(self.kinds)] if self.kinds else KINDS[(head + layer) % 3]
+
+    def rows_of(self, layer: int) -> np.ndarray:
+        return sample_rows(math.prod(self.layout), self.rows, np.random.default_rng([self.seed, layer]))
+
+    def head(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Q rows (rows, d), K and V (tokens, d) of one head, float32 (values as fp16 would store them)."""
+        rng = np.random.default_rng([self.seed, layer, head])
+        rank, d = len(self.layout), self.head_dim
+        xyz = _coords(self.layout).astype(np.float32)
+        n = xyz.shape[0]
+        kind = self.kind(layer, head)
+        frac = rng.uniform(0.03, 0.15, rank)
+        if kind == "axis":
+            frac = np.full(rank, rng.uniform(1.0, 3.0))
+            frac[rng.integers(rank)] = rng.uniform(0.03, 0.1)
+        elif kind == "global":
+            frac = rng.uniform(1.0, 3.0, rank)
+        root = np.float32(math.sqrt(math.sqrt(d)))  # attention divides q.k by sqrt(d)
+        scaled = xyz / np.maximum(frac * np.array(self.layout), 0.5).astype(np.float32)
+        c = min(d - rank - 1, CONTENT_DIMS)
+        k = np.zeros((n, d), np.float32)
+        k[:, :rank] = scaled
+        k[:, rank] = -0.5 * (scaled * scaled).sum(1)
+        k[:, rank + 1:rank + 1 + c] = rng.standard_normal((n, c), dtype=np.float32) * np.float32(0.3)
+        picked = self.rows_of(layer)
+        q = k[picked].copy()
+        q[:, rank] = 1.0
+        q[:, rank + 1:rank + 1 + c] += rng.standard_normal((picked.size, c), dtype=np.float32) * np.float32(0.3)
+        k *= root
+        q *= root
+        v = rng.standard_normal((n, d), dtype=np.float32)
+        return q, k, v
+
+    def materialize(self) -> Samples:
+        """Every layer in memory (small layouts only), e.g. to :func:`save_samples`."""
+        layers = []
+        for li in range(self.layers):
+            parts = [self.head(li, h) for h in range(self.heads)]
+            layers.append(LayerSamples(
+                name=self.layer_name(li), q=np.stack([p[0] for p in parts]).astype(np.float16),
+                rows=self.rows_of(li), k=np.stack([p[1] for p in parts]).astype(np.float16),
+                v=np.stack([p[2] for p in parts]).astype(np.float16),
+                kinds=tuple(self.kind(li, h) for h in range(self.heads))))
+        return Samples(layout=self.layout, layers=tuple(layers))
+
+
+def synthetic(*, layout: Sequence[int], layers: int = 2, heads: int = 8, head_dim: int = 64, rows: int = 64,
+              seed: int = 0, kinds: Sequence[str] | None = None) -> SyntheticSamples:
+    """Synthetic samples (see :class:`SyntheticSamples`), generated per head when asked."""
+    return SyntheticSamples(layout=tuple(int(n) for n in layout), layers=layers, heads=heads, head_dim=head_dim,
+                            rows=rows, seed=seed, kinds=tuple(kinds or ()))
+
+
+def capture(model: Any, inputs: Any, *, modules: Mapping[str, tuple[str, str, str]], heads: int,
+            heads_kv: int | None = None, layout: Sequence[int] | None = None, rows: int = 64, seed: int = 0,
+            run: Callable[[Any, Any], Any] | None = None) -> Samples:
+    """Record Q, K and V of chosen attention layers of a torch model with forward hooks.
+
+    ``modules`` maps a layer name to the names (as in ``model.named_modules()``) of the modules whose
+    outputs are that layer's Q, K and V, each ``(batch, tokens, heads * head_dim)``, e.g. a BERT layer's
+    ``("encoder.layer.0.attention.self.query", ...key, ...value)``. The first batch element is kept;
+    ``rows`` query rows are sampled per layer (seeded). ``layout`` defaults to 1D over the tokens.
+    ``run(model, inputs)`` runs the forward (default ``model(**inputs)`` for a mapping, else
+    ``model(inputs)``).
+
+    Example:
+        >>> samples = capture(bert, batch, heads=12, modules={"L0": ("encoder.layer.0.attention.self.query",
+        ...     "encoder.layer.0.attention.self.key", "encoder.layer.0.attention.self.value")})
+    """
+    import torch
+
+    named = dict(model.named_modules())
+    missing = [m for names in modules.values() for m in names if m not in named]
+    if missing:
+        raise ConfigError(f"module {missing[0]!r} is not in the model; see model.named_modules()")
+    seen: dict[str, Any] = {}
+    handles = []
+    for names in modules.values():
+        for m in names:
+            def hook(_mod: Any, _inp: Any, out: Any, m: str = m) -> None:
+                seen[m] = (out[0] if isinstance(out, tuple) else out).detach()[0].float().cpu()
+            handles.append(named[m].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            if run is not None:
+                run(model, inputs)
+            elif isinstance(inputs, Mapping):
+                model(**inputs)
+            else:
+                model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rng = np.random.default_rng(seed)
+    hk = heads_kv or heads
+    layers = []
+    for name, (qn, kn, vn) in modules.items():
+        q, k, v = (seen[m].numpy() for m in (qn, kn, vn))
+        n = q.shape[0]
+        d = q.shape[1] // heads
+        if q.shape[1] != heads * d or k.shape[1] != hk * d:
+            raise ConfigError(f"layer {name!r}: q width {q.shape[1]}, k width {k.shape[1]} do not split into "
+                              f"heads={heads}, heads_kv={hk}")
+        picked = sample_rows(n, rows, rng)
+        layers.append(LayerSamples(
+            name=name, q=q.reshape(n, heads, d).transpose(1, 0, 2)[:, picked].astype(np.float16), rows=picked,
+            k=k.reshape(n, hk, d).transpose(1, 0, 2).astype(np.float16),
+            v=v.reshape(n, hk, d).transpose(1, 0, 2).astype(np.float16)))
+    size = tuple(layout) if layout is not None else (layers[0].k.shape[1],)
+    return Samples(layout=size, layers=tuple(layers))

@@ -1,0 +1,129 @@
+"""The search space of one layout on one GPU: per-axis windows, strides and dilations our kernels run.
+
+Windows are multiples of the GPU's KV tile along each axis (1, 2, 4, ... tiles) plus the whole axis;
+strides are 1 (sliding), the Q tile along the axis (tile-aligned: fewer partial tiles) or the window
+(blocked); dilation 2 where the window fits twice. The tiles are the GPU's defaults for the rank,
+shrunk to short axes, and must pass the core's feasibility check (:func:`sparsesim.simulator.
+feasibility.can_run`): every point of the space is something our kernels run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sparsesim.hwmodels import load_gpu
+from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.feasibility import can_run
+from sparsesim.simulator.patterns import GNAPattern
+from sparsesim.simulator.simulate import resolve_tiles
+
+STRIDES = ("1", "tile", "block")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One head's pattern: per-axis window, stride and dilation (all windows = the layout: dense)."""
+
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def pattern(self, layout: tuple[int, ...], causal: tuple[bool, ...] = ()) -> GNAPattern:
+        return GNAPattern(input_size=layout, window=self.window, stride=self.stride, dilation=self.dilation,
+                          causal=causal)
+
+    def is_dense(self, layout: tuple[int, ...]) -> bool:
+        return self.window == layout and all(d == 1 for d in self.dilation)
+
+    def label(self) -> str:
+        text = f"w{'x'.join(map(str, self.window))} s{'x'.join(map(str, self.stride))}"
+        return text + (f" d{'x'.join(map(str, self.dilation))}" if any(d > 1 for d in self.dilation) else "")
+
+
+@dataclass(frozen=True)
+class Space:
+    """Per-axis choices for one layout and GPU, and the tiles every candidate runs with."""
+
+    layout: tuple[int, ...]
+    q_tile: tuple[int, ...]
+    kv_tile: tuple[int, ...]
+    windows: tuple[tuple[int, ...], ...]  # per axis, ascending, ending with the axis length
+    dilate: tuple[bool, ...]  # per axis: dilation 2 offered
+
+    def candidate(self, params: Mapping[str, Any]) -> Candidate:
+        """The candidate of one point (``w{a}``, ``s{a}``, ``d{a}`` per axis); invalid mixes are repaired:
+        stride at most the window, dilation only where window x 2 fits the axis."""
+        window, stride, dilation = [], [], []
+        for a, n in enumerate(self.layout):
+            w = int(params[f"w{a}"])
+            s = {"1": 1, "tile": min(self.q_tile[a], w), "block": w}[str(params[f"s{a}"])]
+            d = int(params.get(f"d{a}", 1))
+            if w * d > n or w == n:
+                d = 1
+            window.append(w)
+            stride.append(s)
+            dilation.append(d)
+        return Candidate(tuple(window), tuple(stride), tuple(dilation))
+
+    def suggest(self, trial: Any) -> Candidate:
+        """Ask an Optuna trial for one point."""
+        params: dict[str, Any] = {}
+        for a in range(len(self.layout)):
+            params[f"w{a}"] = trial.suggest_categorical(f"w{a}", list(self.windows[a]))
+            params[f"s{a}"] = trial.suggest_categorical(f"s{a}", list(STRIDES))
+            if self.dilate[a]:
+                params[f"d{a}"] = trial.suggest_categorical(f"d{a}", [1, 2])
+        return self.candidate(params)
+
+    def params_of(self, cand: Candidate) -> dict[str, Any]:
+        """An Optuna parameter set that gives ``cand`` (for enqueuing known points)."""
+        out: dict[str, Any] = {}
+        for a in range(len(self.layout)):
+            w, s = cand.window[a], cand.stride[a]
+            out[f"w{a}"] = w
+            out[f"s{a}"] = "1" if s == 1 else ("block" if s == w else "tile")
+            if self.dilate[a]:
+                out[f"d{a}"] = cand.dilation[a]
+        return out
+
+    def dense(self) -> Candidate:
+        n = len(self.layout)
+        return Candidate(self.layout, (1,) * n, (1,) * n)
+
+    def all_candidates(self) -> Iterator[Candidate]:
+        """Every distinct candidate (for exhaustive checks on small spaces)."""
+        seen: set[Candidate] = set()
+        axes = [list(itertools.product(self.windows[a], STRIDES, (1, 2) if self.dilate[a] else (1,)))
+                for a in range(len(self.layout))]
+        for combo in itertools.product(*axes):
+            params = {}
+            for a, (w, s, d) in enumerate(combo):
+                params.update({f"w{a}": w, f"s{a}": s, f"d{a}": d})
+            cand = self.candidate(params)
+            if cand not in seen:
+                seen.add(cand)
+                yield cand
+
+    def size(self) -> int:
+        return sum(1 for _ in self.all_candidates())
+
+
+def build_space(layout: tuple[int, ...], *, gpu: str, head_dim: int, dtype: str = "bf16",
+                max_tiles: int = 64) -> Space:
+    """The space of ``layout`` on ``gpu``: windows of 1, 2, 4, ... KV tiles (at most ``max_tiles``) per
+    axis and the whole axis; raises a one-line error when the GPU's tiles do not run this head dim."""
+    spec = load_gpu(gpu)
+    q_tile, kv_tile = resolve_tiles(spec, layout, None, None)
+    if not can_run(q_tile=q_tile, kv_tile=kv_tile, head_dim=head_dim, dtype=dtype, gpu=spec):
+        can_run(q_tile=q_tile, kv_tile=kv_tile, head_dim=head_dim, dtype=dtype, gpu=spec, raise_error=True)
+    windows, dilate = [], []
+    for n, t in zip(layout, kv_tile, strict=True):
+        ws = sorted({min(t * m, n) for m in (2 ** i for i in range(12)) if m <= max_tiles} | {n})
+        windows.append(tuple(ws))
+        dilate.append(any(2 * w <= n for w in ws if w < n))
+    if not layout:
+        raise ConfigError("empty layout")
+    return Space(layout=layout, q_tile=q_tile, kv_tile=kv_tile, windows=tuple(windows), dilate=tuple(dilate))

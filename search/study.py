@@ -1,0 +1,306 @@
+"""Optuna studies: per head, the patterns that trade simulated latency against measured error.
+
+One study per (layer, head), named ``<study>:L<layer>:H<head>``, in storage given by URL exactly as
+Optuna takes it (default an embedded SQLite file). Two objectives, both minimized: the head's share of
+its layer's simulated attention time (ms) and the relative output error on the sampled rows.
+
+Sampler: Optuna's ``TPESampler`` (multivariate, seeded per head). It handles categorical spaces and two
+objectives (MOTPE) and learns from the few trials a per-head budget allows; NSGA-II wants generations
+of a population, more trials than that. Each fresh study first tries the dense pattern (error 0) and the
+smallest tile-aligned window.
+
+A finished trial is committed to the storage when it ends, so an interrupted run keeps every finished
+trial, and running the same command again resumes: each head study runs only the trials it still
+lacks. Worker processes (``n_jobs``, or the same command on other machines with a shared PostgreSQL URL)
+share the studies; a study stops at its trial budget counted over all workers (a race can add at most
+one trial per extra worker).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from sparsesim.search.latency import LatencyModel
+from sparsesim.search.quality import Quality, evaluate, head_quality
+from sparsesim.search.space import Candidate, Space
+from sparsesim.simulator.errors import ConfigError
+
+
+class HeadSource(Protocol):
+    """What the search reads samples through (:class:`~sparsesim.search.samples.Samples`,
+    :class:`~sparsesim.search.samples.SyntheticSamples`)."""
+
+    layout: tuple[int, ...]
+
+    @property
+    def num_layers(self) -> int: ...
+
+    def layer_heads(self, layer: int) -> int: ...
+
+    def rows_of(self, layer: int) -> np.ndarray: ...
+
+    def head(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How to search: study name and storage, trials per head, seed, worker processes."""
+
+    study: str
+    storage: str
+    trials: int
+    seed: int = 0
+    n_jobs: int = 1
+    fingerprint: str = ""  # what the studies were made from; a different one is refused on resume
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated pattern of one head."""
+
+    candidate: Candidate
+    ms: float
+    error: float
+    mass: float
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """What a search run did: trials found at the start, trials run, and where the time went (s)."""
+
+    heads: int
+    found: int
+    ran: int
+    seconds: float
+    simulator_s: float
+    quality_s: float
+    other_s: float  # Optuna: storage and sampler
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def head_study_name(study: str, layer: int, head: int) -> str:
+    return f"{study}:L{layer}:H{head}"
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("the search needs optuna: pip install 'sparsesim[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_storage(url: str) -> Any:
+    """Optuna's storage for ``url`` (any URL Optuna takes). An SQLite file gets write-ahead logging and
+    ``synchronous=NORMAL``: still safe against a killed process, and a trial commits in ~25 ms, not ~50."""
+    optuna = _optuna()
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
+        raise ConfigError(f"--storage {url!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                          ) from None
+    if url.startswith("sqlite"):
+        from sqlalchemy import event
+
+        def pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        event.listen(storage.engine, "connect", pragmas)
+        storage.engine.dispose()  # later connections get the pragmas
+    return storage
+
+
+def _open(optuna: Any, settings: SearchSettings, name: str, seed: int, storage: Any = None) -> Any:
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, settings.trials))
+    storage = storage if storage is not None else open_storage(settings.storage)
+    study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
+                                sampler=sampler, load_if_exists=True)
+    made = study.user_attrs.get("fingerprint")
+    if made is None:
+        study.set_user_attr("fingerprint", settings.fingerprint)
+    elif made != settings.fingerprint:
+        raise ConfigError(f"study {settings.study!r} in {settings.storage} was made for {made}; this run is "
+                          f"{settings.fingerprint}: pass another --study or --storage")
+    return study
+
+
+def complete_count(study: Any) -> int:
+    optuna = _optuna()
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+@dataclass
+class _Clock:
+    simulator: float = 0.0
+    quality: float = 0.0
+
+
+def search_head(optuna: Any, src: HeadSource, layer: int, head: int, space: Space, latency: LatencyModel,
+                settings: SearchSettings, clock: _Clock, on_trial: Callable[[], None] | None = None,
+                uniform: Sequence[Candidate] = (), storage: Any = None) -> int:
+    """Run the trials head ``(layer, head)`` still lacks; returns how many this call ran. The errors of
+    the ``uniform`` candidates (for the one-pattern baseline) are kept in the study's user attributes."""
+    name = head_study_name(settings.study, layer, head)
+    study = _open(optuna, settings, name, seed=settings.seed * 1_000_003 + layer * 1009 + head, storage=storage)
+    done = complete_count(study)
+    todo = [c for c in uniform if f"uniform {c.label()}" not in study.user_attrs]
+    if done >= settings.trials and not todo:
+        return 0
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(space.params_of(space.dense()))
+        smallest = Candidate(tuple(w[0] for w in space.windows), tuple(min(q, w[0]) for q, w in
+                                                                       zip(space.q_tile, space.windows,
+                                                                           strict=True)),
+                             (1,) * len(space.layout))
+        study.enqueue_trial(space.params_of(smallest))
+    t0 = time.perf_counter()
+    q, k, v = src.head(layer, head)
+    hq = head_quality(q, k, v, src.rows_of(layer), space.layout)
+    seen: dict[Candidate, Quality] = {}
+    for c in todo:
+        seen[c] = evaluate(hq, c.pattern(space.layout, latency.shape.causal))
+        study.set_user_attr(f"uniform {c.label()}", seen[c].error)
+    clock.quality += time.perf_counter() - t0
+    if done >= settings.trials:
+        return 0
+    ran = 0
+
+    def objective(trial: Any) -> tuple[float, float]:
+        cand = space.suggest(trial)
+        t1 = time.perf_counter()
+        ms = latency.head_ms(cand)
+        t2 = time.perf_counter()
+        qual = seen.get(cand)
+        if qual is None:
+            qual = seen[cand] = evaluate(hq, cand.pattern(space.layout, latency.shape.causal))
+        clock.simulator += t2 - t1
+        clock.quality += time.perf_counter() - t2
+        trial.set_user_attr("mass", qual.mass)
+        trial.set_user_attr("worker", os.getpid())
+        trial.set_user_attr("candidate", json.dumps([cand.window, cand.stride, cand.dilation]))
+        return ms, qual.error
+
+    def stop_at_budget(study: Any, _trial: Any) -> None:
+        nonlocal ran
+        ran += 1
+        if on_trial is not None:
+            on_trial()
+        if complete_count(study) >= settings.trials:
+            study.stop()
+
+    study.optimize(objective, n_trials=settings.trials - done, callbacks=[stop_at_budget], catch=())
+    return ran
+
+
+def _heads(src: HeadSource, layers: Sequence[int]) -> list[tuple[int, int]]:
+    return [(li, h) for li in layers for h in range(src.layer_heads(li))]
+
+
+def run_search(src: HeadSource, layers: Sequence[int], space: Space, latency: LatencyModel,
+               settings: SearchSettings, *, progress: bool = False, worker: int = 0,
+               uniform: Sequence[Candidate] = ()) -> SearchReport:
+    """Search every head of ``layers`` (in this process; see :func:`run_parallel` for workers)."""
+    optuna = _optuna()
+    pairs = _heads(src, layers)
+    shift = (worker * len(pairs)) // max(1, settings.n_jobs)
+    pairs = pairs[shift:] + pairs[:shift]  # workers start on different heads
+    clock = _Clock()
+    t0 = time.perf_counter()
+    storage = open_storage(settings.storage)
+    found = sum(min(settings.trials, complete_count(_open(optuna, settings, head_study_name(settings.study, li, h),
+                                                            0, storage))) for li, h in pairs) if worker == 0 else 0
+    total = len(pairs) * settings.trials
+    bar = _Progress(total, found, enabled=progress)
+    ran = 0
+    for li, h in pairs:
+        ran += search_head(optuna, src, li, h, space, latency, settings, clock, on_trial=bar.step, uniform=uniform,
+                           storage=storage)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return SearchReport(heads=len(pairs), found=found, ran=ran, seconds=seconds, simulator_s=clock.simulator,
+                        quality_s=clock.quality, other_s=max(0.0, seconds - clock.simulator - clock.quality))
+
+
+def _worker(args: tuple[Any, ...]) -> SearchReport:
+    src, layers, space, latency, settings, index, uniform = args
+    return run_search(src, layers, space, latency, settings, worker=index, uniform=uniform)
+
+
+def run_parallel(src: HeadSource, layers: Sequence[int], space: Space, latency: LatencyModel,
+                 settings: SearchSettings, *, progress: bool = False, uniform: Sequence[Candidate] = ()
+                 ) -> SearchReport:
+    """``settings.n_jobs`` worker processes share the studies through the storage; one report for all."""
+    if settings.n_jobs <= 1:
+        return run_search(src, layers, space, latency, settings, progress=progress, uniform=uniform)
+    t0 = time.perf_counter()
+    optuna = _optuna()
+    storage = open_storage(settings.storage)
+    found = sum(min(settings.trials, complete_count(_open(optuna, settings, head_study_name(settings.study, li, h),
+                                                            0, storage))) for li, h in _heads(src, layers))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(settings.n_jobs) as pool:
+        reports = pool.map(_worker, [(src, list(layers), space, latency, settings, i, list(uniform))
+                                     for i in range(settings.n_jobs)])
+    return SearchReport(heads=reports[0].heads, found=found, ran=sum(r.ran for r in reports),
+                        seconds=time.perf_counter() - t0, simulator_s=sum(r.simulator_s for r in reports),
+                        quality_s=sum(r.quality_s for r in reports), other_s=sum(r.other_s for r in reports))
+
+
+def points(storage: Any, study: str, layer: int, head: int) -> list[Point]:
+    """Every completed trial of one head, as points (loaded from the storage: a URL or storage object)."""
+    optuna = _optuna()
+    try:
+        st = optuna.load_study(study_name=head_study_name(study, layer, head), storage=storage)
+    except KeyError:
+        raise ConfigError(f"no study {head_study_name(study, layer, head)!r} in {storage}; run the search "
+                          "first") from None
+    out = []
+    for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        w, s, d = json.loads(t.user_attrs["candidate"])
+        out.append(Point(Candidate(tuple(w), tuple(s), tuple(d)), float(t.values[0]), float(t.values[1]),
+                         float(t.user_attrs["mass"])))
+    return out
+
+
+def pareto(pts: Sequence[Point]) -> list[Point]:
+    """The non-dominated points (lower ms and lower error), one per candidate, by ascending ms."""
+    best: dict[Candidate, Point] = {p.candidate: p for p in pts}
+    uniq = sorted(best.values(), key=lambda p: (p.ms, p.error))
+    front: list[Point] = []
+    for p in uniq:
+        if not front or p.error < front[-1].error:
+            front.append(p)
+    return front
+
+
+class _Progress:
+    """A one-line progress bar on stderr (trials done of the whole search)."""
+
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled, self.t0 = total, done, enabled, time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled and (self.done % 5 == 0 or self.done == self.total):
+            frac = self.done / max(1, self.total)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\rsearch [{bar:<30}] {self.done}/{self.total} trials "
+                             f"{time.perf_counter() - self.t0:6.1f} s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")

@@ -9,7 +9,6 @@ attention (cuDNN through torch SDPA on a GPU, our dense kernel under the Triton 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +67,12 @@ def run_plan(plan: Mapping[str, Any], layer: int, q: Any, k: Any, v: Any, *, out
         heads = launch["heads"]
         kv, _ = _kv_heads(heads, group)
         qs, ks, vs = _take(q, heads), _take(k, kv), _take(v, kv)
-        if launch["dense"]:
+        causal = plan.get("causal") or [False] * len(plan["layout"])
+        if launch["dense"] and not any(causal):
             o = _dense(qs, ks, vs)
+        elif launch["dense"]:  # dense over a causal layout: our kernel with the whole layout as window
+            o = gna_attention(qs, ks, vs, window=plan["layout"], causal=causal, q_tile=plan["q_tile"],
+                              kv_tile=plan["kv_tile"])
         else:
             o = gna_attention(qs, ks, vs, window=launch["window"], stride=launch["stride"],
                               dilation=launch["dilation"], causal=plan.get("causal", False),
@@ -85,7 +88,6 @@ def validate_plan_layers(plan: Mapping[str, Any], out: Path, *, seed: int = 0, c
                          layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Check each plan layer (per launch, sampled rows against the fp32 reference with that launch's exact
     mask), then time the whole layer call and dense cuDNN over all heads; one CSV row per layer."""
-    import numpy as np
     import torch
 
     from sparsesim.kernels.reference import gna_row_mask
@@ -95,7 +97,6 @@ def validate_plan_layers(plan: Mapping[str, Any], out: Path, *, seed: int = 0, c
 
     env = environment(commit)
     size = tuple(plan["layout"])
-    n = math.prod(size)
     dtype, device = _dtype(plan["dtype"] if plan["dtype"] != "fp8" else "bf16"), _device()
     b, h, hk, d = plan.get("batch", 1), plan["heads"], plan["heads_kv"], plan["head_dim"]
     rows = []
@@ -111,16 +112,13 @@ def validate_plan_layers(plan: Mapping[str, Any], out: Path, *, seed: int = 0, c
         group = h // hk
         for launch in entry["launches"]:
             kv, _ = _kv_heads(launch["heads"], group)
-            if launch["dense"]:
-                def mask_fn(r: Any) -> Any:
-                    return np.ones((len(r), n), dtype=bool)
-            else:
-                p = GNAPattern(input_size=size, window=launch["window"], stride=launch["stride"],
-                               dilation=launch["dilation"], causal=plan.get("causal", ()))
-                bounds = [p.axis_bounds(a) for a in range(p.rank)]
+            p = GNAPattern(input_size=size, window=size if launch["dense"] else launch["window"],
+                           stride=1 if launch["dense"] else launch["stride"],
+                           dilation=1 if launch["dense"] else launch["dilation"], causal=plan.get("causal", ()))
+            bounds = [p.axis_bounds(a) for a in range(p.rank)]
 
-                def mask_fn(r: Any, bounds: Any = bounds, p: Any = p) -> Any:
-                    return gna_row_mask(r, size, bounds, p.dilation)
+            def mask_fn(r: Any, bounds: Any = bounds, p: Any = p) -> Any:
+                return gna_row_mask(r, size, bounds, p.dilation)
             worst = max(worst, check_rows(_take(got, launch["heads"]), _take(q, launch["heads"]), _take(k, kv),
                                           _take(v, kv), mask_fn, seed=s + 3))
         buf = torch.empty_like(q)

@@ -162,9 +162,9 @@ def choose(fronts: Sequence[Sequence[Sequence[Point]]], model: Model, *, mean_er
         if evaluated is not None:
             options.append(_refine(picked, fronts, evaluated, model, hi * scale, max_error))
             options += _uniform_rows(evaluated)
-        ok = [o for o in options if _mean(o) <= mean_error * (1 + 1e-9)
-              and (max_error is None or all(p.error <= max_error for r in o for p in r))] or [picked]
-        best = max(ok, key=lambda o: outcome(model, Choice(name, tuple(tuple(r) for r in o))).e2e_predicted_speedup)
+        within = [o for o in options if _mean(o) <= mean_error * (1 + 1e-9)
+                  and (max_error is None or all(p.error <= max_error for r in o for p in r))] or [picked]
+        best = max(within, key=lambda o: outcome(model, Choice(name, tuple(tuple(r) for r in o))).e2e_predicted_speedup)
         return Choice(name, tuple(tuple(r) for r in best))
     assert target_speedup is not None
     speed: Callable[[float], float] = lambda lam: outcome(  # noqa: E731
@@ -191,7 +191,7 @@ def _uniform_rows(evaluated: Sequence[Sequence[Sequence[Point]]]) -> list[list[l
 def baselines(points: Sequence[Sequence[Sequence[Point]]], uniform: Mapping[Candidate, Sequence[Sequence[float]]],
               model: Model, mean_error: float) -> list[Choice]:
     """The three baselines on the same evaluated points (``uniform``: per candidate, the error of every
-    layer and head, from :func:`uniform_errors`):
+    layer and head, from :func:`sparsesim.search.run.uniform_quality`):
 
     - ``uniform``: one pattern for every head (the GNA paper's practice), the fastest within the budget;
     - ``sparse-vdit``: per head argmin ``error + 0.5 * (1 - sparsity)`` (Sparse-vDiT's rule: it counts
@@ -271,7 +271,7 @@ def save_plan(plan: Mapping[str, Any], path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(plan, fh, indent=1)
+            json.dump(plan, fh, indent=1, allow_nan=False)
             fh.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -359,6 +359,14 @@ def validate_plan(plan: Any, path: str = "plan") -> None:
                 value = _need(h, key, (int, float), hw)
                 if not (math.isfinite(value) or (key == "mass" and math.isnan(value))) or value < 0:
                     raise ConfigError(f"{hw}: field {key!r} must be a number >= 0, got {value!r}")
+        covered: list[int] = []
         for k, la in enumerate(_need(layer, "launches", list, lw)):
-            _need(la, "heads", list, f"{lw}.launches[{k}]")
-            _need(la, "predicted_ms", (int, float), f"{lw}.launches[{k}]")
+            kw = f"{lw}.launches[{k}]"
+            covered += _ints(la, "heads", len(_need(la, "heads", list, kw)), kw, minimum=0)
+            for key in ("window", "stride", "dilation"):
+                _ints(la, key, rank, kw)
+            _need(la, "dense", bool, kw)
+            _need(la, "predicted_ms", (int, float), kw)
+        if sorted(covered) != list(range(heads)):
+            raise ConfigError(f"{lw}: field 'launches' must run every head 0..{heads - 1} exactly once, "
+                              f"runs {sorted(covered)}")

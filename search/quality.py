@@ -41,21 +41,25 @@ class HeadQuality:
     v: np.ndarray  # (tokens, head_dim) float32
     out: np.ndarray  # (rows, head_dim) dense output
     norm: float  # ||out||
+    causal: tuple[bool, ...] = ()  # the reference's causal axes
 
 
-def head_quality(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray,
-                 layout: tuple[int, ...]) -> HeadQuality:
+def head_quality(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray, layout: tuple[int, ...],
+                 causal: tuple[bool, ...] = ()) -> HeadQuality:
     """Precompute one head's dense rows: ``q`` (rows, d) for the query positions ``rows`` (flat indices),
-    ``k``/``v`` (tokens, d); scores scaled by ``1/sqrt(d)``."""
+    ``k``/``v`` (tokens, d); scores scaled by ``1/sqrt(d)``. The reference is the model's own dense
+    attention: causal along the ``causal`` axes."""
     q32, k32, v32 = (np.asarray(x, np.float32) for x in (q, k, v))
+    coords = np.stack(np.unravel_index(np.asarray(rows), layout), axis=1).astype(np.int64)
     s = (q32 @ k32.T) * np.float32(1.0 / math.sqrt(q32.shape[1]))
+    if any(causal):
+        s[~row_mask(GNAPattern(input_size=layout, window=layout, causal=causal), coords)] = -np.inf
     s -= s.max(axis=1, keepdims=True)
     p = np.exp(s, out=s)
     z = p.sum(axis=1)
     out = (p @ v32) / z[:, None]
-    coords = np.stack(np.unravel_index(np.asarray(rows), layout), axis=1).astype(np.int64)
     return HeadQuality(layout=layout, coords=coords, p=p, z=z, v=v32, out=out,
-                       norm=float(np.linalg.norm(out)) or 1.0)
+                       norm=float(np.linalg.norm(out)) or 1.0, causal=tuple(causal) or (False,) * len(layout))
 
 
 def row_mask(pattern: GNAPattern, coords: np.ndarray) -> np.ndarray:
@@ -75,8 +79,8 @@ def row_mask(pattern: GNAPattern, coords: np.ndarray) -> np.ndarray:
 
 def evaluate(hq: HeadQuality, pattern: GNAPattern) -> Quality:
     """Error and kept mass of ``pattern`` on the head (exact for the sampled rows)."""
-    if pattern.density() >= 1.0:
-        return Quality(error=0.0, mass=1.0)
+    if pattern.window == pattern.input_size and pattern.causal == hq.causal:
+        return Quality(error=0.0, mass=1.0)  # the reference itself
     pm = np.where(row_mask(pattern, hq.coords), hq.p, np.float32(0.0))
     zm = pm.sum(axis=1)
     kept = zm / hq.z

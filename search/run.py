@@ -85,18 +85,19 @@ def uniform_candidates(space: Space, workload: Workload) -> list[Candidate]:
     return list(dict.fromkeys(out))
 
 
-def uniform_errors(storage: Any, study: str, layers: Sequence[int], heads: int,
-                   cands: Sequence[Candidate]) -> dict[Candidate, list[list[float]]]:
-    """Per uniform candidate, every searched head's error (recorded in each head's study)."""
+def uniform_quality(storage: Any, study: str, layers: Sequence[int], heads: int,
+                    cands: Sequence[Candidate]) -> dict[Candidate, list[list[tuple[float, float]]]]:
+    """Per uniform candidate, every searched head's (error, mass) (recorded in each head's study)."""
     import optuna
 
-    out: dict[Candidate, list[list[float]]] = {c: [] for c in cands}
+    out: dict[Candidate, list[list[tuple[float, float]]]] = {c: [] for c in cands}
     for li in range(len(layers)):
-        rows: dict[Candidate, list[float]] = {c: [] for c in cands}
+        rows: dict[Candidate, list[tuple[float, float]]] = {c: [] for c in cands}
         for h in range(heads):
             st = optuna.load_study(study_name=head_study_name(study, li, h), storage=storage)
             for c in cands:
-                rows[c].append(float(st.user_attrs[f"uniform {c.label()}"]))
+                err, mass = st.user_attrs[f"uniform {c.label()}"]
+                rows[c].append((float(err), float(mass)))
         for c in cands:
             out[c].append(rows[c])
     return out
@@ -129,15 +130,20 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
                           uniform=uniform)
     storage = open_storage(settings.storage)
     pts = [[points(storage, settings.study, li, h) for h in range(w.heads)] for li in sample_layers]
-    uni = uniform_errors(storage, settings.study, sample_layers, w.heads, uniform)
-    evaluated = [[pts[li][h] + [Point(c, latency.head_ms(c), uni[c][li][h], float("nan")) for c in uniform]
-                  for h in range(w.heads)] for li in range(len(sample_layers))]
+    uni = uniform_quality(storage, settings.study, sample_layers, w.heads, uniform)
+    evaluated = []
+    for li in range(len(sample_layers)):
+        row = []
+        for h in range(w.heads):
+            tried = {p.candidate for p in pts[li][h]}
+            row.append(pts[li][h] + [Point(c, latency.head_ms(c), *uni[c][li][h]) for c in uniform if c not in tried])
+        evaluated.append(row)
     fronts = [[pareto(p) for p in layer] for layer in evaluated]
     model = step_model(w, latency, len(chosen))
     plan = choose(fronts, model, mean_error=error_budget, max_error=max_error, target_speedup=target_speedup,
                   evaluated=evaluated)
     budget = error_budget if error_budget is not None else plan.mean_error
-    base = baselines(pts, uni, model, budget)
+    base = baselines(pts, {c: [[e for e, _ in row] for row in v] for c, v in uni.items()}, model, budget)
     matched = [choose(fronts, model, mean_error=b.mean_error, max_error=max_error, name=f"plan at {b.name}'s error",
                       evaluated=evaluated) for b in base]
     choices: list[Choice] = [plan, *[c for pair in zip(base, matched, strict=True) for c in pair]]

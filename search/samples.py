@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,7 @@ def load_samples(path: str | Path) -> Samples:
     try:
         with np.load(Path(path), allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"--samples {str(path)!r} is not a readable samples file (.npz): {exc}") from None
     if str(data.get("format", "")) != FORMAT:
         raise ConfigError(f"--samples {str(path)!r}: format {str(data.get('format', ''))!r}; expected {FORMAT!r}")
@@ -214,7 +215,7 @@ class SyntheticSamples:
         return sample_rows(math.prod(self.layout), self.rows, np.random.default_rng([self.seed, layer]))
 
     def head(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Q rows (rows, d), K and V (tokens, d) of one head, float32 (values as fp16 would store them)."""
+        """Q rows (rows, d), K and V (tokens, d) of one head, float32."""
         rng = np.random.default_rng([self.seed, layer, head])
         rank, d = len(self.layout), self.head_dim
         xyz = _coords(self.layout).astype(np.float32)

@@ -3,7 +3,8 @@
 Windows are multiples of the GPU's KV tile along each axis (1, 2, 4, ... tiles) plus the whole axis;
 strides are 1 (sliding), the Q tile along the axis (tile-aligned: fewer partial tiles) or the window
 (blocked); dilation 2 where the window fits twice. The tiles are the GPU's defaults for the rank,
-shrunk to short axes, and must pass the core's feasibility check (:func:`sparsesim.simulator.
+shrunk to short axes (where our kernels cannot run those, the model's best pair), and must pass the
+core's feasibility check (:func:`sparsesim.simulator.
 feasibility.can_run`): every point of the space is something our kernels run.
 """
 
@@ -60,6 +61,7 @@ class Space:
         for a, n in enumerate(self.layout):
             w = int(params[f"w{a}"])
             s = {"1": 1, "tile": min(self.q_tile[a], w), "block": w}[str(params[f"s{a}"])]
+            s = 1 if w == n else s  # a window over the whole axis sees it all whatever the stride
             d = int(params.get(f"d{a}", 1))
             if w * d > n or w == n:
                 d = 1
@@ -118,7 +120,15 @@ def build_space(layout: tuple[int, ...], *, gpu: str, head_dim: int, dtype: str 
     spec = load_gpu(gpu)
     q_tile, kv_tile = resolve_tiles(spec, layout, None, None)
     if not can_run(q_tile=q_tile, kv_tile=kv_tile, head_dim=head_dim, dtype=dtype, gpu=spec):
-        can_run(q_tile=q_tile, kv_tile=kv_tile, head_dim=head_dim, dtype=dtype, gpu=spec, raise_error=True)
+        # e.g. the B200's 256-token tiles: our kernels' best pair for a quarter-axis window instead
+        from sparsesim.simulator.tile_choice import choose_tiles
+
+        probe = GNAPattern(input_size=layout, window=tuple(max(1, n // 4) for n in layout))
+        picked = choose_tiles(probe, spec.name, 24, 24, head_dim, 1, dtype)
+        if picked is None:
+            can_run(q_tile=q_tile, kv_tile=kv_tile, head_dim=head_dim, dtype=dtype, gpu=spec, raise_error=True)
+        else:
+            q_tile, kv_tile = picked
     windows, dilate = [], []
     for n, t in zip(layout, kv_tile, strict=True):
         ws = sorted({min(t * m, n) for m in (2 ** i for i in range(12)) if m <= max_tiles} | {n})

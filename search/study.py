@@ -168,11 +168,11 @@ def search_head(optuna: Any, src: HeadSource, layer: int, head: int, space: Spac
         study.enqueue_trial(space.params_of(smallest))
     t0 = time.perf_counter()
     q, k, v = src.head(layer, head)
-    hq = head_quality(q, k, v, src.rows_of(layer), space.layout)
+    hq = head_quality(q, k, v, src.rows_of(layer), space.layout, latency.shape.causal)
     seen: dict[Candidate, Quality] = {}
     for c in todo:
         seen[c] = evaluate(hq, c.pattern(space.layout, latency.shape.causal))
-        study.set_user_attr(f"uniform {c.label()}", seen[c].error)
+        study.set_user_attr(f"uniform {c.label()}", [seen[c].error, seen[c].mass])
     clock.quality += time.perf_counter() - t0
     if done >= settings.trials:
         return 0

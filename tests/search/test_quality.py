@@ -118,14 +118,25 @@ def test_smaller_window_keeps_less_mass():
     assert masses[-1] == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: quality's reference is bidirectional attention; on a causal layout "
-                                       "the dense (causal) candidate gets a large error instead of 0")
 def test_causal_dense_candidate_has_zero_error():
     from sparsesim.search.space import Candidate
 
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(3))
-    hq = head_quality(q, k, v, np.arange(16), (16,))
+    hq = head_quality(q, k, v, np.arange(16), (16,), causal=(True,))  # the model's dense attention is causal
     dense = Candidate((16,), (1,), (1,))
     assert dense.is_dense((16,))
     assert evaluate(hq, dense.pattern((16,), (True,))).error == 0.0
+    # and a causal window of 4 keys matches the brute force on the causal reference
+    from sparsesim.simulator.patterns import GNAPattern, dense_mask
+
+    m = dense_mask(input_size=(16,), window=4, causal=True)
+    full = dense_mask(input_size=(16,), window=16, causal=True)
+    s = q.astype(np.float64) @ k.astype(np.float64).T / np.sqrt(8)
+    p = np.where(full, np.exp(s - s.max(1, keepdims=True)), 0.0)
+    ref = (p / p.sum(1, keepdims=True)) @ v
+    pm = np.where(m, p, 0.0)
+    out = (pm / pm.sum(1, keepdims=True)) @ v
+    want = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    got = evaluate(hq, GNAPattern(input_size=(16,), window=4, causal=True)).error
+    assert got == pytest.approx(want, rel=1e-4)

@@ -117,7 +117,6 @@ def test_causal_sparse_heads():
     check(plan, 3, HEADS, [SPARSE, SPARSE_2, SPARSE, SPARSE_2], causal=(True, False))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: run_plan's dense launches (_dense) ignore the plan's causal axes")
 def test_causal_dense_heads():
     check(make_plan(causal=(True, False)), 3, HEADS, [SPARSE, DENSE, SPARSE, DENSE], causal=(True, False))
 

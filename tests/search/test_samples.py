@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
-
 import numpy as np
 import pytest
 
@@ -125,9 +123,6 @@ def test_not_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.99])
-@pytest.mark.xfail(strict=True, raises=zipfile.BadZipFile,
-                   reason="BUG: load_samples catches OSError/ValueError/EOFError but not zipfile.BadZipFile, "
-                          "which np.load raises on a truncated .npz")
 def test_truncated_file(tmp_path, keep):
     data = save_samples(small_samples(), tmp_path / "s.npz").read_bytes()
     cut = tmp_path / "cut.npz"

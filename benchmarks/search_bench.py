@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"what": f"HunyuanVideo synthetic search (60 x 24 heads, {args.trials} trials each, "
                                  f"{args.n_jobs} workers)",
                          **timed_cli(["search", "--preset", "hunyuan-video", "--synthetic", "--gpu", "H100",
-                                      "--trials", str(args.trials), "--n-jobs", str(args.n_jobs), "--rows", "32",
+                                      "--trials", str(args.trials), "--n-jobs", str(args.n_jobs), "--rows", "16",
                                       "--storage", f"sqlite:///{tmp}/h.db", "--out", f"{tmp}/h.json"], tmp),
                          **env})
     df = pd.DataFrame(rows)

@@ -131,15 +131,50 @@ def _refine(rows: list[list[Point]], fronts: Sequence[Sequence[Sequence[Point]]]
     return out
 
 
+def _fill(rows: list[list[Point]], evaluated: Sequence[Sequence[Sequence[Point]]], model: Model,
+          mean_error: float, max_error: float | None) -> list[list[Point]]:
+    """Spend the budget the Lagrangian choice leaves: repeatedly move the one head whose move saves the most
+    simulated layer time (grouped launches) per unit of added error, while the mean error stays within
+    ``mean_error``."""
+    lat = model.latency
+    rows = [list(r) for r in rows]
+    n = sum(len(r) for r in rows)
+    total_err = sum(p.error for r in rows for p in r)
+    layer_ms = [lat.layer_ms([p.candidate for p in r]) for r in rows]
+    while True:
+        slack = mean_error * n - total_err
+        best: tuple[float, int, int, Point, float] | None = None
+        for li, row in enumerate(rows):
+            for h, cur in enumerate(row):
+                for p in evaluated[li][h]:
+                    d_err = p.error - cur.error
+                    if p.candidate == cur.candidate or d_err > slack or (max_error is not None and
+                                                                           p.error > max_error):
+                        continue
+                    trial = row[:h] + [p] + row[h + 1:]
+                    saved = layer_ms[li] - lat.layer_ms([q.candidate for q in trial])
+                    if saved <= 1e-12 * layer_ms[li]:
+                        continue
+                    score = saved / max(d_err, 1e-12)
+                    if best is None or score > best[0]:
+                        best = (score, li, h, p, saved)
+        if best is None:
+            return rows
+        _, li, h, p, saved = best
+        total_err += p.error - rows[li][h].error
+        rows[li][h] = p
+        layer_ms[li] -= saved
+
+
 def choose(fronts: Sequence[Sequence[Sequence[Point]]], model: Model, *, mean_error: float | None = None,
            max_error: float | None = None, target_speedup: float | None = None, name: str = "plan",
            evaluated: Sequence[Sequence[Sequence[Point]]] | None = None) -> Choice:
     """Per head one point: fastest under the error budget, or least error at a target end-to-end speedup
     (exactly one of ``mean_error`` / ``target_speedup``).
 
-    Under a budget: the Lagrangian choice on per-head costs, then :func:`_refine` on real launches (with
-    ``evaluated``, every evaluated point per head), then whichever of the two, and of the one-pattern
-    choices among ``evaluated``, is fastest end to end within the budget."""
+    Under a budget: the Lagrangian choice on per-head costs, then (with ``evaluated``, every evaluated
+    point per head) :func:`_refine` on real launches and :func:`_fill` of the budget it leaves; the
+    fastest end to end within the budget of these, and of the one-pattern choices, is the plan."""
     if (mean_error is None) == (target_speedup is None):
         raise ConfigError("give --error-budget or --target-speedup (one of them)")
     scale = max((p.ms for layer in fronts for f in layer for p in f), default=1.0)
@@ -160,7 +195,9 @@ def choose(fronts: Sequence[Sequence[Sequence[Point]]], model: Model, *, mean_er
         picked = _pick(fronts, hi * scale, max_error)
         options = [picked]
         if evaluated is not None:
-            options.append(_refine(picked, fronts, evaluated, model, hi * scale, max_error))
+            refined = _refine(picked, fronts, evaluated, model, hi * scale, max_error)
+            options += [refined, _fill(refined, evaluated, model, mean_error, max_error),
+                        _fill(picked, evaluated, model, mean_error, max_error)]
             options += _uniform_rows(evaluated)
         within = [o for o in options if _mean(o) <= mean_error * (1 + 1e-9)
                   and (max_error is None or all(p.error <= max_error for r in o for p in r))] or [picked]

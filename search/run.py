@@ -29,6 +29,9 @@ from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.workloads import Workload, dense_step, load_workload
 
 GPUS = ("A100", "H100", "H200", "B200")
+#: What a head study records (trial user attributes, the uniform candidates' (error, mass)); a study of
+#: another format is refused on resume rather than misread.
+STUDY_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,14 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
     latency = LatencyModel(shape=shape, gpu=gpu, q_tile=space.q_tile, kv_tile=space.kv_tile,
                            kernel_profile=kernel_profile, dense_profile=dense_profile)
     uniform = uniform_candidates(space, w)
-    fingerprint = json.dumps({"workload": w.name, "gpu": gpu, "layers": chosen, "samples": samples_label,
-                              "kernel_profile": kernel_profile, "tiles": [space.q_tile, space.kv_tile]})
+    fingerprint = json.dumps({"format": STUDY_FORMAT, "workload": w.name, "gpu": gpu, "layers": chosen,
+                              "samples": samples_label, "kernel_profile": kernel_profile,
+                              "tiles": [space.q_tile, space.kv_tile]})
     settings = SearchSettings(**{**settings.__dict__, "fingerprint": fingerprint})
     sample_layers = list(range(len(chosen)))
-    report = run_parallel(src, sample_layers, space, latency, settings, progress=progress,
-                          uniform=uniform)
     storage = open_storage(settings.storage)
+    report = run_parallel(src, sample_layers, space, latency, settings, progress=progress,
+                          uniform=uniform, storage=storage)
     pts = [[points(storage, settings.study, li, h) for h in range(w.heads)] for li in sample_layers]
     uni = uniform_quality(storage, settings.study, sample_layers, w.heads, uniform)
     evaluated = []

@@ -54,11 +54,20 @@ class Space:
     windows: tuple[tuple[int, ...], ...]  # per axis, ascending, ending with the axis length
     dilate: tuple[bool, ...]  # per axis: dilation 2 offered
 
+    def axis_options(self, a: int) -> list[str]:
+        """Axis ``a``'s choices as Optuna categories ``"window/stride/dilation"`` (one parameter per axis:
+        fewer storage writes per trial than three)."""
+        dilations = (1, 2) if self.dilate[a] else (1,)
+        return [f"{w}/{s}/{d}" for w in self.windows[a] for s in STRIDES for d in dilations]
+
     def candidate(self, params: Mapping[str, Any]) -> Candidate:
-        """The candidate of one point (``w{a}``, ``s{a}``, ``d{a}`` per axis); invalid mixes are repaired:
-        stride at most the window, dilation only where window x 2 fits the axis."""
+        """The candidate of one point (per axis ``a{a}`` = ``"w/s/d"``, or ``w{a}``, ``s{a}``, ``d{a}``);
+        invalid mixes are repaired: stride at most the window, dilation only where window x 2 fits."""
         window, stride, dilation = [], [], []
         for a, n in enumerate(self.layout):
+            if f"a{a}" in params:
+                w_text, s_text, d_text = str(params[f"a{a}"]).split("/")
+                params = {**params, f"w{a}": w_text, f"s{a}": s_text, f"d{a}": d_text}
             w = int(params[f"w{a}"])
             s = {"1": 1, "tile": min(self.q_tile[a], w), "block": w}[str(params[f"s{a}"])]
             s = 1 if w == n else s  # a window over the whole axis sees it all whatever the stride
@@ -72,23 +81,16 @@ class Space:
 
     def suggest(self, trial: Any) -> Candidate:
         """Ask an Optuna trial for one point."""
-        params: dict[str, Any] = {}
-        for a in range(len(self.layout)):
-            params[f"w{a}"] = trial.suggest_categorical(f"w{a}", list(self.windows[a]))
-            params[f"s{a}"] = trial.suggest_categorical(f"s{a}", list(STRIDES))
-            if self.dilate[a]:
-                params[f"d{a}"] = trial.suggest_categorical(f"d{a}", [1, 2])
-        return self.candidate(params)
+        return self.candidate({f"a{a}": trial.suggest_categorical(f"a{a}", self.axis_options(a))
+                               for a in range(len(self.layout))})
 
     def params_of(self, cand: Candidate) -> dict[str, Any]:
         """An Optuna parameter set that gives ``cand`` (for enqueuing known points)."""
         out: dict[str, Any] = {}
         for a in range(len(self.layout)):
             w, s = cand.window[a], cand.stride[a]
-            out[f"w{a}"] = w
-            out[f"s{a}"] = "1" if s == 1 else ("block" if s == w else "tile")
-            if self.dilate[a]:
-                out[f"d{a}"] = cand.dilation[a]
+            name = "1" if s == 1 else ("block" if s == w else "tile")
+            out[f"a{a}"] = f"{w}/{name}/{cand.dilation[a] if self.dilate[a] else 1}"
         return out
 
     def dense(self) -> Candidate:

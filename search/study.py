@@ -18,7 +18,6 @@ one trial per extra worker).
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sys
@@ -109,7 +108,7 @@ def open_storage(url: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
         raise ConfigError(f"--storage {url!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                           ) from None
-    if url.startswith("sqlite"):
+    if url.startswith("sqlite") and ":memory:" not in url:  # (an in-memory database lives in one connection)
         from sqlalchemy import event
 
         def pragmas(conn: Any, _record: Any) -> None:
@@ -126,8 +125,11 @@ def open_storage(url: str) -> Any:
 def _open(optuna: Any, settings: SearchSettings, name: str, seed: int, storage: Any = None) -> Any:
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, settings.trials))
     storage = storage if storage is not None else open_storage(settings.storage)
-    study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
-                                sampler=sampler, load_if_exists=True)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
+                                    sampler=sampler, load_if_exists=True)
+    except optuna.exceptions.StorageInternalError as exc:
+        raise ConfigError(f"--storage {settings.storage!r}: {str(exc).splitlines()[0]}") from None
     made = study.user_attrs.get("fingerprint")
     if made is None:
         study.set_user_attr("fingerprint", settings.fingerprint)
@@ -135,6 +137,15 @@ def _open(optuna: Any, settings: SearchSettings, name: str, seed: int, storage: 
         raise ConfigError(f"study {settings.study!r} in {settings.storage} was made for {made}; this run is "
                           f"{settings.fingerprint}: pass another --study or --storage")
     return study
+
+
+def finished_trials(storage: Any, study: str, pairs: Sequence[tuple[int, int]], trials: int) -> int:
+    """Finished (complete) trials already in the storage for these heads, each head counted up to its budget."""
+    optuna = _optuna()
+    names = {head_study_name(study, li, h) for li, h in pairs} & set(optuna.get_all_study_names(storage))
+    done = optuna.trial.TrialState.COMPLETE
+    return sum(min(trials, len(storage.get_all_trials(storage.get_study_id_from_name(n), deepcopy=False,
+                                                      states=(done,)))) for n in names)
 
 
 def complete_count(study: Any) -> int:
@@ -188,9 +199,8 @@ def search_head(optuna: Any, src: HeadSource, layer: int, head: int, space: Spac
             qual = seen[cand] = evaluate(hq, cand.pattern(space.layout, latency.shape.causal))
         clock.simulator += t2 - t1
         clock.quality += time.perf_counter() - t2
-        trial.set_user_attr("mass", qual.mass)
-        trial.set_user_attr("worker", os.getpid())
-        trial.set_user_attr("candidate", json.dumps([cand.window, cand.stride, cand.dilation]))
+        trial.set_user_attr("point", [list(cand.window), list(cand.stride), list(cand.dilation), qual.mass,
+                                      os.getpid()])  # one attribute: one storage write
         return ms, qual.error
 
     def stop_at_budget(study: Any, _trial: Any) -> None:
@@ -211,7 +221,7 @@ def _heads(src: HeadSource, layers: Sequence[int]) -> list[tuple[int, int]]:
 
 def run_search(src: HeadSource, layers: Sequence[int], space: Space, latency: LatencyModel,
                settings: SearchSettings, *, progress: bool = False, worker: int = 0,
-               uniform: Sequence[Candidate] = ()) -> SearchReport:
+               uniform: Sequence[Candidate] = (), storage: Any = None) -> SearchReport:
     """Search every head of ``layers`` (in this process; see :func:`run_parallel` for workers)."""
     optuna = _optuna()
     pairs = _heads(src, layers)
@@ -219,9 +229,8 @@ def run_search(src: HeadSource, layers: Sequence[int], space: Space, latency: La
     pairs = pairs[shift:] + pairs[:shift]  # workers start on different heads
     clock = _Clock()
     t0 = time.perf_counter()
-    storage = open_storage(settings.storage)
-    found = sum(min(settings.trials, complete_count(_open(optuna, settings, head_study_name(settings.study, li, h),
-                                                            0, storage))) for li, h in pairs) if worker == 0 else 0
+    storage = storage if storage is not None else open_storage(settings.storage)
+    found = finished_trials(storage, settings.study, pairs, settings.trials) if worker == 0 else 0
     total = len(pairs) * settings.trials
     bar = _Progress(total, found, enabled=progress)
     ran = 0
@@ -240,16 +249,17 @@ def _worker(args: tuple[Any, ...]) -> SearchReport:
 
 
 def run_parallel(src: HeadSource, layers: Sequence[int], space: Space, latency: LatencyModel,
-                 settings: SearchSettings, *, progress: bool = False, uniform: Sequence[Candidate] = ()
-                 ) -> SearchReport:
+                 settings: SearchSettings, *, progress: bool = False, uniform: Sequence[Candidate] = (),
+                 storage: Any = None) -> SearchReport:
     """``settings.n_jobs`` worker processes share the studies through the storage; one report for all."""
     if settings.n_jobs <= 1:
-        return run_search(src, layers, space, latency, settings, progress=progress, uniform=uniform)
+        return run_search(src, layers, space, latency, settings, progress=progress, uniform=uniform,
+                          storage=storage)
+    if ":memory:" in settings.storage:
+        raise ConfigError("--storage sqlite:///:memory: lives in one process; --n-jobs needs a file or server URL")
     t0 = time.perf_counter()
-    optuna = _optuna()
-    storage = open_storage(settings.storage)
-    found = sum(min(settings.trials, complete_count(_open(optuna, settings, head_study_name(settings.study, li, h),
-                                                            0, storage))) for li, h in _heads(src, layers))
+    storage = storage if storage is not None else open_storage(settings.storage)
+    found = finished_trials(storage, settings.study, _heads(src, layers), settings.trials)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(settings.n_jobs) as pool:
         reports = pool.map(_worker, [(src, list(layers), space, latency, settings, i, list(uniform))
@@ -269,9 +279,9 @@ def points(storage: Any, study: str, layer: int, head: int) -> list[Point]:
                           "first") from None
     out = []
     for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        w, s, d = json.loads(t.user_attrs["candidate"])
+        w, s, d, mass, _worker = t.user_attrs["point"]
         out.append(Point(Candidate(tuple(w), tuple(s), tuple(d)), float(t.values[0]), float(t.values[1]),
-                         float(t.user_attrs["mass"])))
+                         float(mass)))
     return out
 
 

@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     p = _sub(sub, "table", "one pattern on one or more GPUs")
     add_pattern_args(p)
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the speedups as one figure")
     add_output_args(p)
     p.set_defaults(func=c.cmd_table)
     p = _sub(sub, "sweep", "the cartesian product of a TOML sweep file")
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_args(p)
     p.set_defaults(func=c.cmd_calibrate)
     add_search_parsers(sub)
+    add_report_parser(sub)
     p = _sub(sub, "workloads", "the built-in workloads")
     add_output_args(p)
     p.set_defaults(func=c.cmd_workloads)
@@ -271,6 +273,33 @@ def add_search_parsers(sub: Any) -> None:
     q.add_argument("plan", metavar="PLAN.json", help="a plan written by simulate search")
     add_output_args(q)
     q.set_defaults(func=sc.cmd_plan_show)
+
+
+def add_report_parser(sub: Any) -> None:
+    """``report`` (its code imports matplotlib only when run)."""
+    from sparsesim.simulator import report_commands as rc
+
+    p = _sub(sub, "report", "a self-contained HTML report with PNG figures (presets, a sweep or one pattern; "
+                             "optionally a plan, measurements and an Optuna study)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", nargs="+", metavar="NAME", help="workloads whose patterns to report (default: "
+                                                                 "hunyuan-video flux-4k cosmos-7b)")
+    src.add_argument("--sweep", metavar="FILE.toml", help="configurations as a sweep file")
+    src.add_argument("--input-size", nargs="+", type=_int, metavar="L", help="one pattern: layout (with --window)")
+    p.add_argument("--window", nargs="+", type=_int, metavar="W", help="window per axis (with --input-size)")
+    p.add_argument("--stride", nargs="+", type=_int, metavar="S", help="stride per axis (default 1)")
+    p.add_argument("--dilation", nargs="+", type=_int, metavar="D", help="dilation per axis (default 1)")
+    p.add_argument("--causal", nargs="+", type=_flag, metavar="0|1", help="causal flag per axis (default 0)")
+    p.add_argument("--gpu", nargs="+", default=["A100", "H100", "B200"], metavar="GPU", help="GPUs to compare")
+    p.add_argument("--kernel-profile", default="reference", help="modelled sparse kernel (see table --help)")
+    p.add_argument("--dense-profile", default="cudnn", help="modelled dense baseline (see table --help)")
+    p.add_argument("--plan", metavar="PLAN.json", help="a plan from simulate search: its heatmap and layers")
+    p.add_argument("--measurements", nargs="+", metavar="CSV", help="simulate validate CSVs: predicted vs measured")
+    p.add_argument("--study", default=None, help="an Optuna study of simulate search (with --storage)")
+    p.add_argument("--storage", default=None, help="its storage URL")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for index.html and the PNGs")
+    p.add_argument("--open", action="store_true", help="print the report's file:// URL")
+    p.set_defaults(func=rc.cmd_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,6 +87,10 @@ def cmd_table(args: argparse.Namespace) -> None:
     df = _simulate_rows(pattern_configs(args))
     _note_infeasible(df)
     emit(df, args, TABLE_COLUMNS, PRIORITY)
+    if getattr(args, "plot", None):
+        from sparsesim.simulator.report_commands import plot_table
+
+        plot_table(df.to_dict("records"), args.plot)
 
 
 def main_table_configs() -> list[dict[str, Any]]:

@@ -188,9 +188,25 @@ def _heads_rows(counts: np.ndarray, heads: int) -> tuple[np.ndarray, int]:
     return counts, 1
 
 
-def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
-                 useful_pairs_per_head: float, kv_layout: str = "direct") -> PassTime:
-    """Forward kernel: one CTA per (batch, head, Q tile) over its visited KV tiles."""
+@dataclass(frozen=True)
+class ForwardCTAs:
+    """The forward kernel's CTAs of one head pass: pair cost, fixed cost per CTA, residency, counts."""
+
+    cost: PairCost
+    fixed_s: float
+    ctas_per_sm: int
+    full: np.ndarray  # (rows, Q tiles) full KV tiles per CTA; rows = 1 or heads
+    partial: np.ndarray
+    repeat: int  # passes of these rows to cover heads x batch
+
+    def seconds(self) -> np.ndarray:
+        """Each CTA's time in launch order (one pass of the rows)."""
+        return (self.fixed_s + self.full * self.cost.full + self.partial * self.cost.partial).ravel()
+
+
+def forward_ctas(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap,
+                 kv_layout: str = "direct") -> ForwardCTAs:
+    """The CTAs :func:`forward_time` schedules (also what an SM timeline draws)."""
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
     b, d = problem.bytes, problem.head_dim
     shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, kv_layout)
@@ -203,9 +219,18 @@ def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, t
     fixed = prof.forward.cta_overhead_us * 1e-6 / shape.ctas_per_sm + 2 * q_vol * d * b / hbm_s_per_sm  # + Q, O
     full, reps = _heads_rows(tm.full, problem.heads)
     partial, _ = _heads_rows(tm.partial, problem.heads)
-    return schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch, fixed_s=fixed,
+    return ForwardCTAs(cost=cost, fixed_s=fixed, ctas_per_sm=shape.ctas_per_sm, full=full, partial=partial,
+                       repeat=reps * problem.batch)
+
+
+def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
+                 useful_pairs_per_head: float, kv_layout: str = "direct") -> PassTime:
+    """Forward kernel: one CTA per (batch, head, Q tile) over its visited KV tiles."""
+    c = forward_ctas(gpu, prof, problem, tm, kv_layout)
+    cost, fixed, full, partial = c.cost, c.fixed_s, c.full, c.partial
+    return schedule_pass(gpu, prof, cost, full, partial, repeat=c.repeat, fixed_s=fixed,
                          useful_elements=useful_pairs_per_head * problem.heads * problem.batch,
-                         hbm_bytes=problem.io_bytes(tokens, 2, 2), ctas_per_sm=shape.ctas_per_sm)
+                         hbm_bytes=problem.io_bytes(tokens, 2, 2), ctas_per_sm=c.ctas_per_sm)
 
 
 def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,

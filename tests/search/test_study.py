@@ -44,7 +44,10 @@ def tiny(tmp_path: Path) -> tuple[str, object]:
 
 
 def _trials(storage: str, study: str, layer: int, head: int) -> list:
-    st = optuna.load_study(study_name=head_study_name(study, layer, head), storage=open_storage(storage))
+    try:
+        st = optuna.load_study(study_name=head_study_name(study, layer, head), storage=open_storage(storage))
+    except KeyError:  # a head the interrupted run never reached
+        return []
     return st.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
 
 
@@ -109,7 +112,7 @@ def test_two_workers_share_one_study_through_postgresql(tiny, tmp_path):
         for h in range(3):
             trials = _trials(url, study, li, h)
             assert 6 <= len(trials) <= 7  # the budget, counted over both workers (a race may add one)
-            workers |= {t.user_attrs["worker"] for t in trials}
+            workers |= {t.user_attrs["point"][4] for t in trials}
     assert len(workers) == 2  # both processes ran trials
     records = json.loads(res.stdout)
     assert records[0]["name"] == "plan" and {"mean_error", "max_error", "e2e_predicted_speedup"} <= set(records[0])

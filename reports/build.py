@@ -1,0 +1,295 @@
+"""What a report holds: sections built from patterns, GPUs, a plan, measurements and an Optuna study.
+
+:func:`build_sections` is what ``simulate report`` calls; each section appears when its input is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsesim.reports import figures as F
+from sparsesim.reports.html import Card, FigureItem, Section
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything a report can be built from (each part optional but the patterns)."""
+
+    configs: tuple[Mapping[str, Any], ...]  # simulate() keywords, plus "preset" for workload patterns
+    gpus: tuple[str, ...]
+    kernel_profile: str = "reference"
+    dense_profile: str = "cudnn"
+    presets: tuple[str, ...] = ()
+    plan: Mapping[str, Any] | None = None
+    plan_path: str = ""
+    measurements: tuple[str, ...] = ()
+    study: str | None = None
+    storage: str | None = None
+
+
+def _dims(v: Any) -> str:
+    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def _simulate_all(inp: ReportInputs) -> list[tuple[dict[str, Any], Any]]:
+    from sparsesim.simulator.simulate import Simulator
+
+    sim = Simulator()
+    out = []
+    for cfg in inp.configs:
+        kw = {k: v for k, v in cfg.items() if k != "preset"}
+        for gpu in inp.gpus:
+            r = sim.simulate(**{**kw, "gpu": gpu, "kernel_profile": inp.kernel_profile,
+                                "dense_profile": inp.dense_profile})
+            rec = r.to_dict()
+            rec["preset"] = cfg.get("preset", "")
+            out.append((rec, r))
+    return out
+
+
+def summary_section(recs: Sequence[Mapping[str, Any]], inp: ReportInputs, mape: float | None) -> Section:
+    best = max(recs, key=lambda r: r["predicted_speedup"])
+    gap = float(np.mean([r["predicted_speedup"] / r["tile_speedup"] for r in recs]))
+    cards = [Card(f"{best['predicted_speedup']:.2f}x", "best predicted speedup",
+                  f"{best['preset'] or _dims(best['input_size'])} w{_dims(best['window'])} s{_dims(best['stride'])} "
+                  f"on the {best['gpu']}, over dense attention ({inp.dense_profile} as modelled)."),
+             Card(f"{gap:.0%}", "of the tile-level bound, on average",
+                  "What the cost model keeps of the tile-level bound once waves, masking, softmax and "
+                  "overheads are counted.")]
+    if inp.plan is not None:
+        p = inp.plan
+        cards.append(Card(f"{p['e2e_predicted_speedup']:.3f}x", "end to end with the plan",
+                          f"{p['workload']} on the {p['gpu']}: attention {p['attention_speedup']:.2f}x at mean "
+                          f"error {p['mean_error']:.3f} over the searched heads."))
+    elif mape is not None:
+        cards.append(Card(f"{mape:.1%}", "model error on the measurements",
+                          "Mean absolute error of the fitted profiles' predictions on the measured cases given."))
+    else:
+        worst = min(recs, key=lambda r: r["predicted_speedup"])
+        cards.append(Card(f"{worst['predicted_speedup']:.2f}x", "lowest predicted speedup",
+                          f"{worst['preset'] or _dims(worst['input_size'])} w{_dims(worst['window'])} on the "
+                          f"{worst['gpu']}: where sparsity pays least."))
+    return Section("Summary", cards=tuple(cards))
+
+
+def speedup_section(recs: Sequence[Mapping[str, Any]]) -> Section:
+    header = ("configuration", "GPU", "tiles", "FLOP bound", "tile bound", "predicted", "sparse ms", "dense ms",
+              "bound by")
+    rows = [header] + [(f"{r['preset'] + ': ' if r['preset'] else ''}{_dims(r['input_size'])} w{_dims(r['window'])} "
+                        f"s{_dims(r['stride'])}", r["gpu"], f"{_dims(r['q_tile'])}/{_dims(r['kv_tile'])}",
+                        f"{r['flop_speedup']:.2f}x", f"{r['tile_speedup']:.2f}x", f"{r['predicted_speedup']:.2f}x",
+                        f"{r['call_ms']:.3g}", f"{r['dense_ms']:.3g}", str(r["bound"])) for r in recs]
+    fig = F.speedup_bars(recs)
+    return Section("Speedups", "FLOP-wise bound (1 / density), tile-level bound (dense KV tiles over the most "
+                   "any Q tile visits) and the cost model's prediction of a whole call over dense attention.",
+                   table=tuple(rows), figures=(FigureItem("speedups.png", fig, "Each group of bars is one pattern "
+                   "on one GPU; the distance from the tile bound to the prediction is what the hardware takes: "
+                   "waves, masking, softmax and overheads."),))
+
+
+def window_section(cfg: Mapping[str, Any], inp: ReportInputs) -> Section:
+    from sparsesim.hwmodels import load_gpu
+    from sparsesim.simulator.simulate import Simulator, resolve_tiles
+
+    size = tuple(cfg["input_size"]) if isinstance(cfg["input_size"], (list, tuple)) else (int(cfg["input_size"]),)
+    fracs = (16, 8, 4, 2)
+    sim = Simulator()
+    recs = []
+    windows = sorted({max(1, size[-1] // f) for f in fracs})
+    for gpu in inp.gpus:
+        q, _ = resolve_tiles(load_gpu(gpu), size, None, None)
+        for f in fracs:
+            win = tuple(max(1, n // f) for n in size)
+            for kind, stride in (("stride 1", (1,) * len(size)), ("stride = Q tile",
+                                                                  tuple(min(a, b) for a, b in zip(q, win,
+                                                                                                  strict=True)))):
+                r = sim.simulate(input_size=size, window=win, stride=stride, gpu=gpu,
+                                 kernel_profile=inp.kernel_profile, dense_profile=inp.dense_profile)
+                recs.append({"gpu": gpu, "w": win[-1], "stride_kind": kind, "predicted_speedup": r.predicted_speedup,
+                             "tile_speedup": r.tile_speedup})
+    fig = F.speedup_vs_window(recs, windows)
+    return Section(f"Speedup against window ({_dims(size)})", figures=(FigureItem(
+        "speedup_vs_window.png", fig, "The same window fraction on every axis, on the x axis its size along the "
+        "last axis. Solid: sliding window; dashed: stride equal to the Q tile (fewer partial tiles). Smaller "
+        "windows save more work, but the prediction falls behind the tile bound (faint) as tiles go partial."),))
+
+
+def tiles_section(items: Sequence[tuple[Mapping[str, Any], Any]]) -> Section:
+    figs = []
+    for i, (rec, r) in enumerate(items):
+        title = (f"{rec['preset'] + ': ' if rec['preset'] else ''}{_dims(rec['input_size'])} w{_dims(rec['window'])} "
+                 f"s{_dims(rec['stride'])}, tiles {_dims(rec['q_tile'])}/{_dims(rec['kv_tile'])} ({rec['gpu']})")
+        figs.append(FigureItem(f"tile_map_{i}.png", F.tile_visit_map(r.visits, r.full_visits, r.q_grid, title),
+                               "Left: how many KV tiles each Q tile visits (the largest sets the tile bound). Right: "
+                               "the share of those that need element masking; bright edges are where windows "
+                               "cut tiles."))
+    return Section("Tile-visit maps", figures=tuple(figs))
+
+
+def breakdown_section(recs: Sequence[Mapping[str, Any]]) -> Section:
+    return Section("Where the time goes", figures=(FigureItem(
+        "time_breakdown.png", F.time_breakdown(recs), "Useful work is what the FLOP bound counts; masking, "
+        "softmax and loads, overheads, imbalance (idle SMs in the last wave) and memory are what the hardware "
+        "adds. A long imbalance bar means the launch leaves SMs idle at its tail."),))
+
+
+def timeline_section(rec: Mapping[str, Any], inp: ReportInputs) -> Section:
+    from sparsesim.hwmodels import load_gpu
+    from sparsesim.hwmodels.profiles import load_profile
+    from sparsesim.simulator.cost import Problem, forward_ctas
+    from sparsesim.simulator.patterns import GNAPattern
+    from sparsesim.simulator.tiling import tilemap
+
+    gpu = load_gpu(rec["gpu"])
+    prof = load_profile(inp.kernel_profile, gpu)
+    pattern = GNAPattern(input_size=tuple(rec["input_size"]), window=tuple(rec["window"]), stride=tuple(rec["stride"]),
+                         dilation=tuple(rec["dilation"]), causal=tuple(rec["causal"]))
+    tm = tilemap(pattern, tuple(rec["q_tile"]), tuple(rec["kv_tile"]), "box")
+    problem = Problem(batch=rec["batch"], heads=rec["heads"], heads_kv=rec["heads_kv"], head_dim=rec["head_dim"],
+                      dtype=rec["dtype"])
+    c = forward_ctas(gpu, prof, problem, tm, rec["kv_layout"])
+    passes = min(c.repeat, 4)
+    title = (f"{rec['preset'] or _dims(rec['input_size'])} w{_dims(rec['window'])} on the {rec['gpu']}: "
+             f"{passes} of {c.repeat} head passes")
+    return Section("SM timeline", figures=(FigureItem("sm_timeline.png", F.sm_timeline(
+        c.seconds(), gpu.sm_count, c.ctas_per_sm, title, passes), "CTAs placed greedily on the SMs as the cost "
+        "model does: flat stretches are full waves, the slope at the end is the tail where SMs run out of work "
+        "(the first head passes of one launch)."),))
+
+
+def roofline_section(recs: Sequence[Mapping[str, Any]]) -> Section:
+    from sparsesim.hwmodels import load_gpu
+
+    peaks = {}
+    pts = []
+    for r in recs:
+        g = load_gpu(r["gpu"])
+        peaks[r["gpu"]] = (g.tensor_TFLOPs.get(r["dtype"], g.tensor_TFLOPs["bf16"]), g.hbm_TBps)
+        n = int(np.prod(r["input_size"]))
+        bytes_moved = 4 * r["batch"] * n * r["heads"] * r["head_dim"] * 2
+        flops = r["achieved_TFLOPs"] * r["predicted_ms"] * 1e9
+        pts.append({**r, "intensity": flops / bytes_moved})
+    return Section("Roofline", figures=(FigureItem("roofline.png", F.roofline(pts, peaks), "Each point is one "
+                   "pattern: its useful FLOPs over the bytes of Q, K, V and O. Sparse attention stays "
+                   "compute-bound (far right of the ridge); the distance below the roof is efficiency lost."),))
+
+
+def measured_section(paths: Sequence[str]) -> tuple[Section, float]:
+    from sparsesim.hwmodels import load_gpu
+    from sparsesim.hwmodels.profiles import load_profile
+    from sparsesim.simulator.calibrate import load_rows, predicted_ms
+
+    spec = load_gpu("H200")
+    triton, cudnn = load_profile("triton", spec), load_profile("cudnn", spec)
+    rows = []
+    for r in load_rows(paths, spec, ("gna", "block_sparse", "dense", "cudnn")):
+        prof = cudnn if r.kernel == "cudnn" else triton
+        rows.append({"kernel": r.kernel, "measured_ms": r.measured_ms, "predicted_ms": predicted_ms(r, spec, prof),
+                     "label": r.label})
+    errs = [abs(r["predicted_ms"] / r["measured_ms"] - 1) for r in rows]
+    mape = float(np.mean(errs))
+    figs = [FigureItem("predicted_vs_measured.png", F.predicted_vs_measured(
+        rows, f"Predicted vs measured on the H200 ({len(rows)} cases, mean error {mape:.1%})"),
+        "Each point is one measured call; points in the grey band are within 10%. The fitted profiles saw most "
+        "of these cases (the held-out split is in the README), so read this as the fit, not validation.")]
+    by_shape: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kernel"] == "gna":  # label: "gna <size> h.. d.. b.. w.. s.. q<tile>/kv<tile>"
+            by_shape.setdefault(r["label"].rsplit(" q", 1)[0].removeprefix("gna "), []).append(r)
+    shapes = [s for s, rs in by_shape.items() if len(rs) >= 8][:3]
+    if shapes:
+        ranked = [{**r, "shape": s} for s in shapes for r in by_shape[s]]
+        figs.append(FigureItem("tile_ranking.png", F.tile_ranking(ranked), "Tile pairs of one shape ordered by "
+                               "measured time: where the dashed (predicted) line rises and falls with the solid "
+                               "one, the model ranks tiles as the GPU does."))
+    names = ", ".join(Path(p).name for p in paths)
+    return Section("Predicted vs measured", text=f"Measurements: {names}.", figures=tuple(figs)), mape
+
+
+def study_section(study: str, storage: str, layers: int = 1, heads: int = 6) -> Section:
+    import optuna
+
+    from sparsesim.search.study import head_study_name, open_storage, pareto, points
+
+    st = open_storage(storage)
+    fronts: dict[str, list[tuple[float, float, bool]]] = {}
+    history = []
+    for li in range(layers):
+        for h in range(heads):
+            try:
+                pts = points(st, study, li, h)
+            except Exception:  # noqa: BLE001 - fewer heads than asked
+                break
+            front = set(pareto(pts))
+            fronts[f"layer {li} head {h}"] = [(p.ms, p.error, p in front) for p in pts]
+            trials = optuna.load_study(study_name=head_study_name(study, li, h), storage=st).get_trials(
+                states=(optuna.trial.TrialState.COMPLETE,))
+            history.append([t.values[1] for t in trials if t.values[1] > 0] or [1.0])
+    return Section(f"Optuna study {study}", figures=(
+        FigureItem("pareto.png", F.pareto_fronts(fronts), "Each head's trials (faint) and its Pareto front: moving "
+                   "left saves time, moving down loses less attention; the plan picks one point per head."),
+        FigureItem("optuna_history.png", F.optuna_history(history, "Search progress per head"), "How fast each "
+                   "head's search found accurate sparse patterns: flat lines mean more trials would not help.")))
+
+
+def plan_section(plan: Mapping[str, Any], path: str = "") -> Section:
+    header = ("layer", "launches", "sparse heads", "predicted ms", "dense ms", "speedup")
+    rows = [header] + [(str(layer["layer"]), str(len(layer["launches"])),
+                        str(sum(not h["dense"] for h in layer["heads"])), f"{layer['predicted_ms']:.3g}",
+                        f"{layer['dense_ms']:.3g}", f"{layer['dense_ms'] / layer['predicted_ms']:.2f}x")
+                       for layer in plan["layers"]]
+    text = (f"Plan file {Path(path).name}: " if path else "") + (
+        f"{len(plan['layers'])} layers searched, mean error {plan['mean_error']:.3f}, attention "
+        f"{plan['attention_speedup']:.2f}x, end to end {plan['e2e_predicted_speedup']:.3f}x.")
+    return Section(f"Plan: {plan['workload']} on {plan['gpu']}", text=text, table=tuple(rows), figures=(FigureItem(
+        "plan.png", F.plan_heatmap(plan), "One cell per head: the share of keys each query keeps (dark: sparse). "
+        "Boxed cells stay dense; heads with one pattern in a layer share one kernel launch."),))
+
+
+def e2e_section(presets: Sequence[str], inp: ReportInputs) -> Section:
+    from sparsesim.simulator.workloads import simulate_e2e
+
+    recs = []
+    for p in presets:
+        for gpu in inp.gpus:
+            r = simulate_e2e(preset=p, gpu=gpu, kernel_profile=inp.kernel_profile, dense_profile=inp.dense_profile)
+            recs.append(r[0].to_dict())
+    header = ("workload", "GPU", "pattern", "attention share", "attention speedup", "end to end")
+    rows = [header] + [(r["preset"], r["gpu"], f"w{_dims(r['window'])} s{_dims(r['stride'])}",
+                        f"{r['attention_share']:.1%}", f"{r['predicted_speedup']:.2f}x",
+                        f"{r['e2e_predicted_speedup']:.2f}x") for r in recs]
+    return Section("End to end", table=tuple(rows), figures=(FigureItem(
+        "e2e.png", F.e2e_breakdown(recs), "One model step, dense and with the workload's first pattern: "
+        "attention shrinks, GEMMs and the other layers do not, which caps the end-to-end speedup."),))
+
+
+def build_sections(inp: ReportInputs) -> list[Section]:
+    """Every section the inputs allow, in reading order."""
+    sims = _simulate_all(inp)
+    recs = [rec for rec, _ in sims]
+    sections = []
+    measured, mape = (measured_section(inp.measurements) if inp.measurements else (None, None))
+    sections.append(summary_section(recs, inp, mape))
+    sections.append(speedup_section(recs))
+    sections.append(window_section(inp.configs[0], inp))
+    sections.append(tiles_section(sims[:min(2, len(sims))] if len(inp.gpus) == 1 else
+                                  [s for i, s in enumerate(sims) if i % len(inp.gpus) == 0][:2]))
+    sections.append(breakdown_section(recs))
+    box = [rec for rec in recs if rec.get("window") is not None]
+    if box:
+        sections.append(timeline_section(box[0], inp))
+    sections.append(roofline_section(recs))
+    if measured is not None:
+        sections.append(measured)
+    if inp.study and inp.storage:
+        sections.append(study_section(inp.study, inp.storage))
+    if inp.plan is not None:
+        sections.append(plan_section(inp.plan, inp.plan_path))
+    if inp.presets:
+        sections.append(e2e_section(inp.presets, inp))
+    return sections

@@ -1,0 +1,86 @@
+"""``simulate report`` and ``simulate table --plot``: the CLI face of :mod:`sparsesim.reports` (matplotlib
+imported only when they run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sparsesim.simulator.errors import ConfigError
+
+
+def _configs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """The patterns of the report and the workloads named (for the end-to-end section)."""
+    from sparsesim.simulator.workloads import load_workload
+
+    if args.sweep:
+        from sparsesim.simulator.sweep import load_sweep
+
+        configs, _ = load_sweep(args.sweep)
+        return [{k: v for k, v in c.items() if k not in ("gpu",)} for c in configs], []
+    if args.input_size:
+        if not args.window:
+            raise ConfigError("--input-size needs --window (or give --preset / --sweep)")
+        cfg = {"input_size": args.input_size, "window": args.window, "stride": args.stride,
+               "dilation": args.dilation, "causal": args.causal}
+        return [{k: v for k, v in cfg.items() if v is not None}], []
+    presets = args.preset or ["hunyuan-video", "flux-4k", "cosmos-7b"]
+    configs = []
+    for name in presets:
+        w = load_workload(name)
+        for pat in w.patterns:
+            configs.append({"preset": w.name, "input_size": w.layout, "causal": w.causal, "heads": w.heads,
+                            "heads_kv": w.heads_kv, "head_dim": w.head_dim, "batch": w.batch, "dtype": w.dtype,
+                            **pat})
+    return configs, presets
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    import time
+
+    try:
+        from sparsesim.reports import ReportInputs, build_sections, write_report
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"simulate report needs {exc.name}: pip install 'sparsesim[reports]'") from None
+    from sparsesim.hwmodels import load_gpu
+
+    t0 = time.perf_counter()
+    for g in args.gpu:
+        load_gpu(g)
+    configs, presets = _configs(args)
+    if not configs:
+        raise ConfigError("no patterns to report (the sweep file is empty?)")
+    plan = None
+    if args.plan:
+        from sparsesim.search.plan import load_plan
+
+        plan = load_plan(args.plan)
+    for m in args.measurements or []:
+        if not Path(m).is_file():
+            raise ConfigError(f"--measurements {m!r}: no such file")
+    if (args.study is None) != (args.storage is None):
+        raise ConfigError("--study and --storage go together")
+    inp = ReportInputs(configs=tuple(configs), gpus=tuple(args.gpu), kernel_profile=args.kernel_profile,
+                       dense_profile=args.dense_profile, presets=tuple(presets), plan=plan, plan_path=args.plan or "",
+                       measurements=tuple(args.measurements or ()), study=args.study, storage=args.storage)
+    sections = build_sections(inp)
+    index = write_report(sections, args.out, title="sparsesim report",
+                         subtitle=f"GPUs {', '.join(args.gpu)}; sparse kernel profile {args.kernel_profile}, "
+                                  f"dense baseline {args.dense_profile}; {len(configs)} pattern(s)")
+    print(f"report: wrote {index} ({len(sections)} sections) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if args.open:
+        print(index.resolve().as_uri())
+
+
+def plot_table(records: list[dict[str, Any]], path: str) -> None:
+    """``simulate table --plot FILE.png``: the speedup bars of the rows just printed."""
+    from sparsesim.reports import figures
+
+    fig = figures.speedup_bars(records)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise ConfigError(f"--plot {path!r}: {exc.strerror or exc}") from None
+    print(f"table: wrote {path}", file=sys.stderr)

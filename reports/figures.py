@@ -293,7 +293,8 @@ def plan_heatmap(plan: Mapping[str, Any]) -> Figure:
     fig, ax = _fig(min(12, 2 + 0.35 * heads), 1.6 + 0.3 * len(layers))
     im = ax.imshow(dens * 100, cmap="cividis", vmin=0, vmax=100, aspect="auto")
     ys, xs = np.nonzero(dense)
-    ax.scatter(xs, ys, marker="s", facecolors="none", edgecolors="white", s=40, label="dense head")
+    ax.scatter(xs, ys, marker="s", facecolors="none", edgecolors="black", linewidths=1.0, s=40,
+               label="dense head (all keys)")
     fig.colorbar(im, ax=ax, label="keys kept per query (% of dense)")
     ax.set_yticks(range(len(layers)), [str(layer["layer"]) for layer in layers])
     ax.set_xlabel("head")

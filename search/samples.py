@@ -240,7 +240,7 @@ class SyntheticSamples:
         q[:, rank + 1:rank + 1 + c] += rng.standard_normal((picked.size, c), dtype=np.float32) * np.float32(0.3)
         k *= root
         q *= root
-        v = rng.standard_normal((n, d), dtype=np.float32)
+        v = (rng.random((n, d), dtype=np.float32) - np.float32(0.5)) * np.float32(math.sqrt(12.0))  # mean 0, var 1
         return q, k, v
 
     def materialize(self) -> Samples:

@@ -283,7 +283,7 @@ def add_report_parser(sub: Any) -> None:
                              "optionally a plan, measurements and an Optuna study)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", nargs="+", metavar="NAME", help="workloads whose patterns to report (default: "
-                                                                 "hunyuan-video flux-4k cosmos-7b)")
+                                                                 "every built-in video and LLM workload)")
     src.add_argument("--sweep", metavar="FILE.toml", help="configurations as a sweep file")
     src.add_argument("--input-size", nargs="+", type=_int, metavar="L", help="one pattern: layout (with --window)")
     p.add_argument("--window", nargs="+", type=_int, metavar="W", help="window per axis (with --input-size)")

@@ -13,7 +13,7 @@ from sparsesim.simulator.errors import ConfigError
 
 def _configs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     """The patterns of the report and the workloads named (for the end-to-end section)."""
-    from sparsesim.simulator.workloads import load_workload
+    from sparsesim.simulator.workloads import list_workloads, load_workload
 
     if args.sweep:
         from sparsesim.simulator.sweep import load_sweep
@@ -26,7 +26,7 @@ def _configs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]
         cfg = {"input_size": args.input_size, "window": args.window, "stride": args.stride,
                "dilation": args.dilation, "causal": args.causal}
         return [{k: v for k, v in cfg.items() if v is not None}], []
-    presets = args.preset or ["hunyuan-video", "flux-4k", "cosmos-7b"]
+    presets = args.preset or [w.name for w in list_workloads() if w.name != "minilm-l6"]
     configs = []
     for name in presets:
         w = load_workload(name)

@@ -17,6 +17,16 @@ from sparsesim.reports.html import Card, FigureItem, Section
 
 
 @dataclass(frozen=True)
+class StudyData:
+    """What the report shows of an Optuna study (read by the caller, so reports need not import search):
+    per head, every trial's (ms, error, on the Pareto front), and the errors in trial order."""
+
+    name: str
+    points: Mapping[str, Sequence[tuple[float, float, bool]]]
+    errors: Sequence[Sequence[float]]
+
+
+@dataclass(frozen=True)
 class ReportInputs:
     """Everything a report can be built from (each part optional but the patterns)."""
 
@@ -28,8 +38,7 @@ class ReportInputs:
     plan: Mapping[str, Any] | None = None
     plan_path: str = ""
     measurements: tuple[str, ...] = ()
-    study: str | None = None
-    storage: str | None = None
+    study: StudyData | None = None
 
 
 def _dims(v: Any) -> str:
@@ -211,29 +220,11 @@ def measured_section(paths: Sequence[str]) -> tuple[Section, float]:
     return Section("Predicted vs measured", text=f"Measurements: {names}.", figures=tuple(figs)), mape
 
 
-def study_section(study: str, storage: str, layers: int = 1, heads: int = 6) -> Section:
-    import optuna
-
-    from sparsesim.search.study import head_study_name, open_storage, pareto, points
-
-    st = open_storage(storage)
-    fronts: dict[str, list[tuple[float, float, bool]]] = {}
-    history = []
-    for li in range(layers):
-        for h in range(heads):
-            try:
-                pts = points(st, study, li, h)
-            except Exception:  # noqa: BLE001 - fewer heads than asked
-                break
-            front = set(pareto(pts))
-            fronts[f"layer {li} head {h}"] = [(p.ms, p.error, p in front) for p in pts]
-            trials = optuna.load_study(study_name=head_study_name(study, li, h), storage=st).get_trials(
-                states=(optuna.trial.TrialState.COMPLETE,))
-            history.append([t.values[1] for t in trials if t.values[1] > 0] or [1.0])
-    return Section(f"Optuna study {study}", figures=(
-        FigureItem("pareto.png", F.pareto_fronts(fronts), "Each head's trials (faint) and its Pareto front: moving "
-                   "left saves time, moving down loses less attention; the plan picks one point per head."),
-        FigureItem("optuna_history.png", F.optuna_history(history, "Search progress per head"), "How fast each "
+def study_section(study: StudyData) -> Section:
+    return Section(f"Optuna study {study.name}", figures=(
+        FigureItem("pareto.png", F.pareto_fronts(study.points), "Each head's trials (faint) and its Pareto front: "
+                   "moving left saves time, moving down loses less attention; the plan picks one point per head."),
+        FigureItem("optuna_history.png", F.optuna_history(study.errors, "Search progress per head"), "How fast each "
                    "head's search found accurate sparse patterns: flat lines mean more trials would not help.")))
 
 
@@ -286,8 +277,8 @@ def build_sections(inp: ReportInputs) -> list[Section]:
     sections.append(roofline_section(recs))
     if measured is not None:
         sections.append(measured)
-    if inp.study and inp.storage:
-        sections.append(study_section(inp.study, inp.storage))
+    if inp.study is not None:
+        sections.append(study_section(inp.study))
     if inp.plan is not None:
         sections.append(plan_section(inp.plan, inp.plan_path))
     if inp.presets:

@@ -62,9 +62,10 @@ def cmd_report(args: argparse.Namespace) -> None:
             raise ConfigError(f"--measurements {m!r}: no such file")
     if (args.study is None) != (args.storage is None):
         raise ConfigError("--study and --storage go together")
+    study = _study(args.study, args.storage) if args.study else None
     inp = ReportInputs(configs=tuple(configs), gpus=tuple(args.gpu), kernel_profile=args.kernel_profile,
                        dense_profile=args.dense_profile, presets=tuple(presets), plan=plan, plan_path=args.plan or "",
-                       measurements=tuple(args.measurements or ()), study=args.study, storage=args.storage)
+                       measurements=tuple(args.measurements or ()), study=study)
     sections = build_sections(inp)
     index = write_report(sections, args.out, title="sparsesim report",
                          subtitle=f"GPUs {', '.join(args.gpu)}; sparse kernel profile {args.kernel_profile}, "
@@ -72,6 +73,29 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: wrote {index} ({len(sections)} sections) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.open:
         print(index.resolve().as_uri())
+
+
+def _study(name: str, storage: str, layer: int = 0, heads: int = 6) -> Any:
+    """The first heads of a search study's first layer, as the report shows them."""
+    import optuna
+
+    from sparsesim.reports.build import StudyData
+    from sparsesim.search.study import head_study_name, open_storage, pareto, points
+
+    st = open_storage(storage)
+    known = set(optuna.get_all_study_names(st))
+    pts: dict[str, list[tuple[float, float, bool]]] = {}
+    errors = []
+    for h in range(heads):
+        if head_study_name(name, layer, h) not in known:
+            break
+        head = points(st, name, layer, h)
+        front = set(pareto(head))
+        pts[f"layer {layer} head {h}"] = [(p.ms, p.error, p in front) for p in head]
+        errors.append([p.error for p in head if p.error > 0] or [1.0])
+    if not pts:
+        raise ConfigError(f"--study {name!r}: no head studies in {storage} (names <study>:L<layer>:H<head>)")
+    return StudyData(name=name, points=pts, errors=errors)
 
 
 def plot_table(records: list[dict[str, Any]], path: str) -> None:

@@ -116,3 +116,45 @@ def test_table_plot(tmp_path):
     import matplotlib.image as mpimg
 
     assert mpimg.imread(tmp_path / "t.png").std() > 0.02
+
+
+TINY = """
+name = "tiny"
+layout = [32, 32]
+heads = 3
+head_dim = 32
+hidden = 96
+mlp = 384
+steps = 4
+dtype = "bf16"
+[[blocks]]
+kind = "block"
+count = 2
+gemms = [[288, 96], [96, 96], [384, 96], [96, 384]]
+[[patterns]]
+window = [16, 16]
+stride = [8, 8]
+"""
+
+
+def test_report_of_a_search_study_and_its_plan(tmp_path):
+    pytest.importorskip("optuna")
+    workload = tmp_path / "tiny.toml"
+    workload.write_text(TINY)
+    db = f"sqlite:///{tmp_path}/s.db"
+    res = _cli("search", "--workload", str(workload), "--synthetic", "--rows", "8", "--trials", "4", "--storage", db,
+               "--study", "st", "--out", str(tmp_path / "plan.json"))
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "r"
+    res = _cli("report", "--input-size", "32", "32", "--window", "16", "--gpu", "H100", "--study", "st",
+               "--storage", db, "--plan", str(tmp_path / "plan.json"), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    page = (out / "index.html").read_text()
+    assert "<h2>Optuna study st</h2>" in page and "<h2>Plan: tiny on H100</h2>" in page
+    import matplotlib.image as mpimg
+
+    for name in ("pareto.png", "optuna_history.png", "plan.png"):
+        assert mpimg.imread(out / name).std() > 0.02
+    bad = _cli("report", "--input-size", "32", "32", "--window", "16", "--study", "nope", "--storage", db,
+               "--out", str(out))
+    assert bad.returncode == 2 and "no head studies" in bad.stderr

@@ -57,7 +57,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         from sparsesim.search.plan import load_plan
 
         plan = load_plan(args.plan)
-    for m in args.measurements or []:
+    measurements = args.measurements if args.measurements is not None else _committed_measurements()
+    for m in measurements:
         if not Path(m).is_file():
             raise ConfigError(f"--measurements {m!r}: no such file")
     if (args.study is None) != (args.storage is None):
@@ -65,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     study = _study(args.study, args.storage) if args.study else None
     inp = ReportInputs(configs=tuple(configs), gpus=tuple(args.gpu), kernel_profile=args.kernel_profile,
                        dense_profile=args.dense_profile, presets=tuple(presets), plan=plan, plan_path=args.plan or "",
-                       measurements=tuple(args.measurements or ()), study=study)
+                       measurements=tuple(measurements), study=study)
     sections = build_sections(inp)
     index = write_report(sections, args.out, title="sparsesim report",
                          subtitle=f"GPUs {', '.join(args.gpu)}; sparse kernel profile {args.kernel_profile}, "
@@ -73,6 +74,22 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: wrote {index} ({len(sections)} sections) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.open:
         print(index.resolve().as_uri())
+
+
+def _committed_measurements() -> list[str]:
+    """The H200 measurements the fitted ``triton`` profile came from, and the held-out tile set, where this
+    checkout has them (a source tree; an installed wheel carries none)."""
+    from sparsesim.hwmodels.gpus import read_toml
+    from sparsesim.hwmodels.profiles import CALIBRATION_DIR
+
+    root = CALIBRATION_DIR.parent.parent
+    try:
+        fit = read_toml(CALIBRATION_DIR / "triton.toml", "kernel profile").get("fit", {})
+    except ConfigError:
+        return []
+    paths = [root / m for m in fit.get("measurements", [])]
+    paths += sorted((root / "hwmodels" / "measurements").glob("validate_h200_tiles_2*.csv"))
+    return [str(p) for p in dict.fromkeys(paths) if p.is_file()]
 
 
 def _study(name: str, storage: str, layer: int = 0, heads: int = 6) -> Any:

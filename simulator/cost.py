@@ -204,10 +204,9 @@ class ForwardCTAs:
         return (self.fixed_s + self.full * self.cost.full + self.partial * self.cost.partial).ravel()
 
 
-def forward_ctas(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap,
-                 kv_layout: str = "direct") -> ForwardCTAs:
-    """The CTAs :func:`forward_time` schedules (also what an SM timeline draws)."""
-    q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
+def forward_pair(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vol: int,
+                 kv_layout: str = "direct") -> tuple[LaunchShape, PairCost, float]:
+    """The forward kernel's residency, pair cost and fixed cost per CTA (slot time) for one tile pair."""
     b, d = problem.bytes, problem.head_dim
     shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, kv_layout)
     cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=FWD_FLOPS_PER_PAIR,
@@ -217,6 +216,14 @@ def forward_ctas(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap,
     # Prologue/epilogue latency overlaps the main loops of the other resident CTAs: a slot runs at
     # 1/ctas_per_sm speed (makespan), so the latency costs 1/ctas_per_sm of itself in slot time.
     fixed = prof.forward.cta_overhead_us * 1e-6 / shape.ctas_per_sm + 2 * q_vol * d * b / hbm_s_per_sm  # + Q, O
+    return shape, cost, fixed
+
+
+def forward_ctas(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap,
+                 kv_layout: str = "direct") -> ForwardCTAs:
+    """The CTAs :func:`forward_time` schedules (also what an SM timeline draws)."""
+    shape, cost, fixed = forward_pair(gpu, prof, problem, _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile),
+                                      kv_layout)
     full, reps = _heads_rows(tm.full, problem.heads)
     partial, _ = _heads_rows(tm.partial, problem.heads)
     return ForwardCTAs(cost=cost, fixed_s=fixed, ctas_per_sm=shape.ctas_per_sm, full=full, partial=partial,

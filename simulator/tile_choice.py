@@ -15,9 +15,8 @@ from functools import lru_cache
 
 from sparsesim.hwmodels import GPU, load_gpu
 from sparsesim.hwmodels.profiles import KernelProfile, load_profile
-from sparsesim.simulator.cost import Problem, launch_shape, pair_cost, permute_ms
+from sparsesim.simulator.cost import Problem, forward_pair, permute_ms
 from sparsesim.simulator.feasibility import candidate_tiles, kv_layout
-from sparsesim.simulator.flops import FWD_FLOPS_PER_PAIR
 from sparsesim.simulator.patterns import GNAPattern, group_length
 from sparsesim.simulator.schedule import group_schedule
 
@@ -62,12 +61,7 @@ def estimate_ms(pattern: GNAPattern, q_tile: Shape, kv_tile: Shape, *, gpu: GPU,
     qv, kvv = math.prod(q_tile), math.prod(kv_tile)
     layout = (kv_layout(pattern.rank, groups, problem.batch * pattern.num_tokens * int(problem.heads_kv or 1))
               if prof.token_permutation == "kv-auto" else "qkvo")
-    shape = launch_shape(gpu, prof, problem, qv, kvv, layout)
-    d, b = problem.head_dim, problem.bytes
-    cost = pair_cost(gpu, prof, problem, qv, kvv, flops_per_element=FWD_FLOPS_PER_PAIR,
-                     mma_efficiency=prof.forward.mma_efficiency, load_bytes=2 * kvv * d * b, slowdown=shape.slowdown)
-    hbm_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
-    fixed = prof.forward.cta_overhead_us * 1e-6 + 2 * qv * d * b / hbm_per_sm
+    shape, cost, fixed = forward_pair(gpu, prof, problem, qv, kvv, layout)
     repeat = problem.heads * problem.batch
     work = repeat * (ctas * fixed + full * cost.full + (visited - full) * cost.partial)
     n = ctas * repeat

@@ -294,9 +294,9 @@ def add_report_parser(sub: Any) -> None:
     p.add_argument("--kernel-profile", default="reference", help="modelled sparse kernel (see table --help)")
     p.add_argument("--dense-profile", default="cudnn", help="modelled dense baseline (see table --help)")
     p.add_argument("--plan", metavar="PLAN.json", help="a plan from simulate search: its heatmap and layers")
-    p.add_argument("--measurements", nargs="+", metavar="CSV",
+    p.add_argument("--measurements", nargs="*", metavar="CSV",
                    help="simulate validate CSVs: predicted vs measured (default: the committed H200 measurements, "
-                        "where this checkout has them)")
+                        "where this checkout has them; the flag alone: none)")
     p.add_argument("--study", default=None, help="an Optuna study of simulate search (with --storage)")
     p.add_argument("--storage", default=None, help="its storage URL")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for index.html and the PNGs")

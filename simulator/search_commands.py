@@ -65,6 +65,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     settings = SearchSettings(study=study, storage=args.storage, trials=args.trials, seed=args.seed,
                               n_jobs=args.n_jobs)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
+    if args.n_jobs > 1 and args.storage.startswith("sqlite"):
+        print("search: note: SQLite lets one worker write at a time; several workers run faster on a PostgreSQL "
+              "URL", file=sys.stderr)
     try:
         result = search_plan(src=src, workload=workload, gpu=args.gpu, settings=settings, layers=args.layers,
                              error_budget=budget, max_error=args.max_error, target_speedup=args.target_speedup,

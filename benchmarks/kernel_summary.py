@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 from kernel_cases import GNA_CASES, HEADS, case_flops, topk_block_map
 
+from sparsesim.cli.output import FORMATS, render
 from sparsesim.simulator import simulate
-from sparsesim.simulator.output import FORMATS, render
 
 RESULTS = Path(__file__).resolve().parent.parent / "kernels" / "results"
 

@@ -38,7 +38,7 @@ def run(command: str) -> str:
         head = int(n)
     argv = shlex.split(command)
     if argv[0] == "simulate":
-        entry = importlib.import_module("sparsesim.simulator.cli").main
+        entry = importlib.import_module("sparsesim.cli.main").main
         args = argv[1:]
     elif argv[:2] == ["python", "-m"]:
         entry = importlib.import_module(argv[2]).main

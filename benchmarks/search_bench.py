@@ -52,7 +52,7 @@ def simulator_trial_ms(gpu: str = "H100", n: int = 40) -> dict[str, float]:
 
 def timed_cli(args: list[str], cwd: str) -> dict[str, float]:
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "sparsesim.simulator.cli", *args], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "sparsesim.cli.main", *args], capture_output=True, text=True,
                          cwd=cwd)
     wall = time.perf_counter() - t0
     if res.returncode:

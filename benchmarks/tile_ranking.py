@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import spearmanr
 
+from sparsesim.cli.output import FORMATS, render
 from sparsesim.hwmodels import load_gpu
 from sparsesim.simulator import simulate
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.output import FORMATS, render
 
 SHAPE_KEYS = ["input_size", "window", "stride", "dilation", "causal", "heads", "heads_kv", "head_dim", "batch", "dtype"]
 

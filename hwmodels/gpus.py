@@ -19,6 +19,8 @@ from sparsesim.hwmodels.errors import ConfigError
 
 GPU_DIR = Path(__file__).parent / "gpus"
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
+#: The GPU every subcommand and API call uses when none is named.
+DEFAULT_GPU = "H100"
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:

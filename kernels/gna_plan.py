@@ -29,7 +29,7 @@ import numpy as np
 from sparsesim.simulator import GNAPattern, box_schedule
 from sparsesim.simulator.patterns import per_axis, positive_ints
 from sparsesim.simulator.schedule import BoxSchedule
-from sparsesim.simulator.simulate import resolve_tiles
+from sparsesim.simulator.engine import resolve_tiles
 
 #: GPU whose default tiles apply when a call names none and no GPU is given (the interpreter, tests).
 DEFAULT_GPU = "H200"
@@ -136,7 +136,7 @@ def plan_gna(input_size: Sequence[int], *, window: Any, stride: Any = 1, dilatio
              q_tile: Any = None, kv_tile: Any = None, gpu: Any = DEFAULT_GPU) -> GNAPlan:
     """Validate a GNA configuration and pack (or fetch from a cache) its launch arrays.
 
-    Tiles follow the simulator's rules (:func:`sparsesim.simulator.simulate.resolve_tiles`): a lone
+    Tiles follow the simulator's rules (:func:`sparsesim.simulator.engine.resolve_tiles`): a lone
     ``q_tile`` or ``kv_tile`` sets both; none gives ``gpu``'s default tiles. Raises ``ConfigError``
     (a ``ValueError``) for anything the simulator refuses.
     """

@@ -53,7 +53,7 @@ def _shape(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Case:
-    """One kernel on one configuration (the keywords of :func:`sparsesim.simulator.simulate`)."""
+    """One kernel on one configuration (the keywords of :func:`sparsesim.simulator.engine`)."""
 
     kernel: str
     config: tuple[tuple[str, Any], ...]

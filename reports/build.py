@@ -46,7 +46,7 @@ def _dims(v: Any) -> str:
 
 
 def _simulate_all(inp: ReportInputs) -> list[tuple[dict[str, Any], Any]]:
-    from sparsesim.simulator.simulate import Simulator
+    from sparsesim.simulator.engine import Simulator
 
     sim = Simulator()
     out = []
@@ -103,7 +103,7 @@ def speedup_section(recs: Sequence[Mapping[str, Any]]) -> Section:
 
 def window_section(cfg: Mapping[str, Any], inp: ReportInputs) -> Section:
     from sparsesim.hwmodels import load_gpu
-    from sparsesim.simulator.simulate import Simulator, resolve_tiles
+    from sparsesim.simulator.engine import Simulator, resolve_tiles
 
     size = tuple(cfg["input_size"]) if isinstance(cfg["input_size"], (list, tuple)) else (int(cfg["input_size"]),)
     fracs = (16, 8, 4, 2)

@@ -1,7 +1,7 @@
 """Simulated attention time of a layer as its launches run: heads with one pattern share a launch.
 
 A layer's sparse heads are grouped by pattern; each group is one call of our GNA kernel over its heads
-(``call_ms`` of the core's :func:`~sparsesim.simulator.simulate`, ``triton`` profile: the calibrated one
+(``call_ms`` of the core's :func:`~sparsesim.simulator.engine`, ``triton`` profile: the calibrated one
 where it exists), and the dense heads one call of the dense baseline (``dense_profile``, default cuDNN).
 The search ranks a head's candidates by its share of a full-layer launch (``call_ms / heads``).
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sparsesim.search.space import Candidate
-from sparsesim.simulator.simulate import SimResult, Simulator
+from sparsesim.simulator.engine import SimResult, Simulator
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from sparsesim.hwmodels import load_gpu
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.feasibility import can_run
 from sparsesim.simulator.patterns import GNAPattern
-from sparsesim.simulator.simulate import resolve_tiles
+from sparsesim.simulator.engine import resolve_tiles
 
 STRIDES = ("1", "tile", "block")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sparsesim.hwmodels import GPU, load_gpu
-from sparsesim.hwmodels.profiles import CALIBRATION_DIR, KernelProfile, load_profile
+from sparsesim.hwmodels.profiles import KernelProfile, load_profile
 from sparsesim.simulator.cost import Problem
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern
@@ -137,6 +136,9 @@ class Fit:
     heldout_configs: int
     worst: list[dict[str, Any]]
     prior_heldout_mape: float
+    #: The measured kernels fitted to and the GPU they ran on (set by :func:`calibrate`).
+    kernels: tuple[str, ...] = ()
+    gpu_name: str = ""
 
 
 def _mape(rows: Sequence[Row], gpu: GPU, prof: KernelProfile) -> float:
@@ -222,11 +224,10 @@ def _toml_value(v: Any) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: float, seed: int,
-                 kernels: Sequence[str]) -> str:
+def profile_toml(result: Fit, measurements: Sequence[str], holdout: float, seed: int) -> str:
     """The fitted profile as a TOML data file, with what it was fitted to and how well."""
     p = result.profile
-    lines = [f"# Fitted by `simulate calibrate` on {gpu.name} measurements; do not edit by hand.",
+    lines = [f"# Fitted by `simulate calibrate` on {result.gpu_name} measurements; do not edit by hand.",
              f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
              f"description = {_toml_value(p.description.replace('; prior, not fitted', '') + '; fitted')}",
              f"token_permutation = {_toml_value(p.token_permutation)}", ""]
@@ -237,8 +238,8 @@ def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: fl
     lines.append("[sources]")
     lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items()]
     lines.append(f"fit = {_toml_value('simulate calibrate: bounded least squares on log(predicted/measured)')}")
-    lines += ["", "[fit]", f"gpu = {_toml_value(gpu.name)}", f"measurements = {_toml_value(list(measurements))}",
-              f"kernels = {_toml_value(list(kernels))}",
+    lines += ["", "[fit]", f"gpu = {_toml_value(result.gpu_name)}", f"measurements = {_toml_value(list(measurements))}",
+              f"kernels = {_toml_value(list(result.kernels))}",
               f"free = {_toml_value(list(result.params))}", f"holdout = {holdout}", f"seed = {seed}",
               f"n_train = {result.n_train}", f"n_heldout = {result.n_heldout}",
               f"train_configs = {result.train_configs}", f"heldout_configs = {result.heldout_configs}",
@@ -248,18 +249,16 @@ def profile_toml(result: Fit, measurements: Sequence[str], gpu: GPU, holdout: fl
 
 
 def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile: str = "triton",
-              holdout: float = 0.3, seed: int = 0, out: str | Path | None = None, prior: str | None = None,
-              max_nfev: int = 100, kernels: Sequence[str] | None = None, write: bool = True) -> Fit:
-    """Fit ``kernel_profile`` (``triton`` or ``cudnn``) to the measurement files and write it.
+              holdout: float = 0.3, seed: int = 0, prior: str | None = None,
+              max_nfev: int = 100, kernels: Sequence[str] | None = None) -> Fit:
+    """Fit ``kernel_profile`` (``triton`` or ``cudnn``) to the measurement files.
 
-    The prior is the hand-set file in ``hwmodels/profiles`` (never a previous fit); the result goes
-    to ``out`` (default ``hwmodels/calibration/<name>.toml``). ``kernels`` picks the measured kernels
-    the profile is fitted to (default: every kernel it models, :data:`KERNELS_OF`); ``write=False``
-    fits and reports without writing a profile.
+    The prior is the hand-set file in ``hwmodels/profiles`` (never a previous fit). ``kernels`` picks
+    the measured kernels the profile is fitted to (default: every kernel it models, :data:`KERNELS_OF`).
+    Nothing is written: :func:`profile_toml` renders the result for the caller to save.
     """
     from sparsesim.hwmodels.gpus import read_toml
     from sparsesim.hwmodels.profiles import PROFILE_DIR, parse_profile, resolve_name
-    from sparsesim.simulator.output import write_text
 
     spec = load_gpu(gpu)
     name = resolve_name(kernel_profile, spec)
@@ -276,9 +275,4 @@ def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile:
         raise ConfigError(f"--kernels {','.join(chosen)}; allowed for {base.name}: a subset of {','.join(allowed)}")
     rows = load_rows(measurements, spec, chosen)
     result = fit(rows, spec, base, holdout=holdout, seed=seed, max_nfev=max_nfev)
-    if not write:
-        return result
-    target = Path(out) if out is not None else CALIBRATION_DIR / f"{base.name}.toml"
-    write_text(profile_toml(result, [str(m) for m in measurements], spec, holdout, seed, chosen), target)
-    print(f"calibrate: wrote {target}", file=sys.stderr)
-    return result
+    return dataclasses.replace(result, kernels=tuple(chosen), gpu_name=spec.name)

@@ -86,7 +86,7 @@ def rank_tiles(pattern: GNAPattern, *, gpu: str | GPU = "H200", kernel_profile: 
         >>> len(best), best[0].call_ms <= best[1].call_ms <= best[2].call_ms
         (3, True)
     """
-    from sparsesim.simulator.simulate import simulate
+    from sparsesim.simulator.engine import simulate
 
     spec = load_gpu(gpu)
     prof = load_profile(kernel_profile, spec)

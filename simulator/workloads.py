@@ -24,6 +24,8 @@ from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.flops import attention_flops
 
 WORKLOAD_DIR = Path(__file__).parent / "workloads"
+#: The patterns behind `simulate` with no arguments.
+PRESETS_FILE = Path(__file__).parent / "presets" / "main.toml"
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def simulate_e2e(*, preset: str, gpu: str | GPU = "H100", window: Any = None, st
     """
     from sparsesim.hwmodels import load_gpu
     from sparsesim.hwmodels.profiles import load_profile
-    from sparsesim.simulator.simulate import simulate
+    from sparsesim.simulator.engine import simulate
 
     w = load_workload(preset)
     gpu_spec = load_gpu(gpu)
@@ -248,7 +250,8 @@ def simulate_e2e(*, preset: str, gpu: str | GPU = "H100", window: Any = None, st
         if not patterns:
             raise ConfigError(f"workload {w.name!r} lists no patterns; give --window")
     else:
-        patterns = [{"window": window, "stride": stride if stride is not None else 1, "dilation": dilation}]
+        patterns = [{"window": window, "stride": 1 if stride is None else stride,
+                     "dilation": 1 if dilation is None else dilation}]
     rows = []
     for pat in patterns:
         r = simulate(input_size=w.layout, causal=w.causal, q_tile=q_tile, kv_tile=kv_tile, tiling=tiling,

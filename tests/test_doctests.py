@@ -10,7 +10,7 @@ import pytest
 MODULES = [
     "sparsesim.simulator", "sparsesim.simulator.patterns", "sparsesim.simulator.schedule",
     "sparsesim.simulator.flat", "sparsesim.simulator.makespan", "sparsesim.simulator.feasibility",
-    "sparsesim.simulator.flops", "sparsesim.simulator.simulate", "sparsesim.simulator.workloads",
+    "sparsesim.simulator.flops", "sparsesim.simulator.engine", "sparsesim.simulator.workloads",
     "sparsesim.hwmodels.measurements", "sparsesim.kernels._launch",
 ]
 

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
+from sparsesim.cli.main import main
 from sparsesim.hwmodels import ConfigError, list_gpus, load_gpu
 from sparsesim.hwmodels.gpus import read_toml
 from sparsesim.hwmodels.profiles import PROFILE_DIR, KernelProfile, list_profiles, load_profile, parse_profile
 from sparsesim.simulator import simulate
-from sparsesim.simulator.cli import main
 from sparsesim.simulator.workloads import simulate_e2e
 
 HOPPER = PROFILE_DIR / "reference-hopper.toml"

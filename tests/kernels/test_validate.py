@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
+from sparsesim.cli.main import main
 from sparsesim.kernels import validate
-from sparsesim.simulator.cli import main
 
 CONFIGS = [
     {"input_size": (40,), "window": (9,), "stride": (4,), "causal": (True,), "q_tile": (16,), "kv_tile": (16,),

@@ -22,7 +22,7 @@ HOSTILE = "<script>alert('x')</script>"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparsesim.simulator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sparsesim.cli.main", *args], capture_output=True, text=True,
                           timeout=600)
 
 

@@ -92,7 +92,7 @@ def test_other_settings_on_the_same_study_are_refused(tiny, tmp_path):
 
 
 def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparsesim.simulator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sparsesim.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd, timeout=600)
 
 

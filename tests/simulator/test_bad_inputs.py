@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sparsesim.cli.main import main
 from sparsesim.hwmodels.gpus import GPU_DIR
 from sparsesim.simulator import ConfigError, simulate, simulate_many
-from sparsesim.simulator.cli import main
 
 P = ["--input-size", "64", "--window", "8"]  # a valid pattern
 

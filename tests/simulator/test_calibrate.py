@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
+from sparsesim.cli.main import main
 from sparsesim.hwmodels import load_gpu
 from sparsesim.hwmodels.gpus import read_toml
 from sparsesim.hwmodels.profiles import PROFILE_DIR, parse_profile
-from sparsesim.simulator.calibrate import calibrate, predicted_ms, prepare, split, with_params
-from sparsesim.simulator.cli import main
+from sparsesim.simulator.calibrate import calibrate, predicted_ms, prepare, profile_toml, split, with_params
 
 H200 = load_gpu("H200")
 CONFIGS = [  # input_size, window, stride, dilation, causal, q_tile, kv_tile, heads, heads_kv, head_dim
@@ -74,7 +74,8 @@ def test_recovers_a_known_profile_from_its_own_predictions(tmp_path):
     path = tmp_path / "m.csv"
     write(path, records(truth, noise=0.01))
     out = tmp_path / "triton.toml"
-    result = calibrate([str(path)], gpu="H200", kernel_profile="triton", holdout=0.3, seed=1, out=out, max_nfev=40)
+    result = calibrate([str(path)], gpu="H200", kernel_profile="triton", holdout=0.3, seed=1, max_nfev=40)
+    out.write_text(profile_toml(result, [str(path)], 0.3, 1))
     assert result.n_train + result.n_heldout == 2 * len(CONFIGS)
     assert result.heldout_mape < 0.03 < result.prior_heldout_mape  # the prior misses, the fit does not
     assert result.params["mma_efficiency"] == pytest.approx(0.66, rel=0.15)
@@ -86,7 +87,7 @@ def test_recovers_a_known_profile_from_its_own_predictions(tmp_path):
 def test_cli_json_keys(capsys, tmp_path):
     path = tmp_path / "m.csv"
     write(path, records(prior(), noise=0.02, seed=2))
-    code = main(["calibrate", "--measurements", str(path), "--kernel-profile", "triton", "--format", "json",
+    code = main(["calibrate", "--gpu", "H200", "--measurements", str(path), "--kernel-profile", "triton", "--format", "json",
                  "--profile-out", str(tmp_path / "t.toml")])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -99,7 +100,7 @@ def test_bad_measurements_are_one_line(capsys, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
     try:
-        code = main(["calibrate", "--measurements", str(bad), "--profile-out", str(tmp_path / "t.toml")])
+        code = main(["calibrate", "--gpu", "H200", "--measurements", str(bad), "--profile-out", str(tmp_path / "t.toml")])
     except SystemExit as exc:
         code = exc.code
     err = capsys.readouterr().err
@@ -110,7 +111,7 @@ def test_dry_run_writes_no_profile(capsys, tmp_path):
     path = tmp_path / "m.csv"
     write(path, records(prior(), noise=0.02, seed=4))
     out = tmp_path / "t.toml"
-    code = main(["calibrate", "--measurements", str(path), "--profile-out", str(out), "--dry-run",
+    code = main(["calibrate", "--gpu", "H200", "--measurements", str(path), "--profile-out", str(out), "--dry-run",
                  "--format", "json"])
     assert code == 0 and not out.exists()
     assert json.loads(capsys.readouterr().out)["n_train"] > 0
@@ -126,7 +127,7 @@ def test_committed_cudnn_fit_is_reproducible(tmp_path):
     committed = read_toml(CALIBRATION_DIR / "cudnn-hopper.toml", "kernel profile")
     fit = committed["fit"]
     result = calibrate([str(root / m) for m in fit["measurements"]], gpu=fit["gpu"], kernel_profile="cudnn",
-                       holdout=fit["holdout"], seed=fit["seed"], kernels=fit["kernels"], write=False)
+                       holdout=fit["holdout"], seed=fit["seed"], kernels=fit["kernels"])
     assert result.n_train == fit["n_train"] and result.n_heldout == fit["n_heldout"]
     assert result.heldout_mape == pytest.approx(fit["heldout_mape"], rel=1e-6)
     assert result.params["mma_efficiency"] == pytest.approx(committed["forward"]["mma_efficiency"], rel=1e-6)

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from sparsesim.simulator.cli import main
-from sparsesim.simulator.simulate import TILE_COLUMNS
+from sparsesim.cli.main import main
+from sparsesim.simulator.engine import TILE_COLUMNS
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -114,7 +114,7 @@ def test_malformed_toml_is_one_line(capsys, tmp_path):
 
 
 def test_console_script_exit_code():
-    proc = subprocess.run([sys.executable, "-m", "sparsesim.simulator.cli", "table", "--input-size", "5",
+    proc = subprocess.run([sys.executable, "-m", "sparsesim.cli.main", "table", "--input-size", "5",
                            "--window", "9"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
@@ -157,7 +157,7 @@ def test_version_and_help_show_defaults(capsys):
 
 
 def test_every_flag_has_help(capsys):
-    from sparsesim.simulator.cli import build_parser
+    from sparsesim.cli.main import build_parser
 
     parser = build_parser()
     subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

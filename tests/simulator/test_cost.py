@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsesim.cli.main import main
 from sparsesim.hwmodels import load_gpu
 from sparsesim.hwmodels.profiles import load_profile
 from sparsesim.simulator import ConfigError, simulate
-from sparsesim.simulator.cli import main
 from sparsesim.simulator.cost import (
     BREAKDOWN,
     PassTime,

@@ -8,11 +8,11 @@ import math
 
 import pytest
 
+from sparsesim.cli.main import main
 from sparsesim.hwmodels import load_gpu
 from sparsesim.hwmodels.gpus import read_toml
 from sparsesim.hwmodels.profiles import load_profile
 from sparsesim.simulator import ConfigError, simulate
-from sparsesim.simulator.cli import main
 from sparsesim.simulator.workloads import (
     WORKLOAD_DIR,
     dense_step,

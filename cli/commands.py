@@ -8,11 +8,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsesim.cli.output import emit, write_text
 from sparsesim.hwmodels.gpus import list_gpus, load_gpu, read_toml
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.output import emit
-
-PRESETS = Path(__file__).parent / "presets" / "main.toml"
 
 #: Text-table columns, in display order; the table keeps as many as fit 120 characters, dropping
 #: the lowest in :data:`PRIORITY` first (``--wide``, CSV and JSON keep every column).
@@ -45,8 +43,10 @@ def version() -> str:
         return "unknown"
 
 
-def pattern_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One :func:`simulate` keyword dict per GPU from the pattern flags."""
+def pattern_configs(args: argparse.Namespace) -> list[Any]:
+    """One :class:`~sparsesim.simulator.config.SimConfig` per GPU from the pattern, tile and problem flags."""
+    from sparsesim.simulator.config import SimConfig, field_names
+
     if args.block_map is not None:
         given = [f"--{k}" for k in ("window", "stride", "dilation", "causal") if getattr(args, k) is not None]
         if given:
@@ -56,16 +56,8 @@ def pattern_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise ConfigError("--tiling cannot be combined with --block-map (the map's blocks are the tiles)")
     elif args.window is None:
         raise ConfigError("--window is required (or --block-map FILE)")
-    base: dict[str, Any] = {
-        "input_size": args.input_size, "window": args.window, "stride": args.stride, "dilation": args.dilation,
-        "causal": args.causal, "q_tile": args.q_tile, "kv_tile": args.kv_tile, "tiling": args.tiling,
-        "heads": args.heads, "heads_kv": args.heads_kv, "head_dim": args.head_dim, "batch": args.batch,
-        "dtype": args.dtype, "backprop": args.backprop, "kernel_profile": args.kernel_profile,
-        "dense_profile": args.dense_profile,
-    }
-    if args.block_map is not None:
-        base["block_map"] = args.block_map
-    return [{**base, "gpu": gpu} for gpu in args.gpu]
+    settings = {name: getattr(args, name) for name in field_names() if name != "gpu"}
+    return [SimConfig(**settings, gpu=gpu) for gpu in args.gpu]
 
 
 def _note_infeasible(df: Any) -> None:
@@ -77,8 +69,8 @@ def _note_infeasible(df: Any) -> None:
               f"(column feasible): {bad['infeasible_because'].iloc[0]}", file=sys.stderr)
 
 
-def _simulate_rows(configs: Sequence[dict[str, Any]], progress: Callable[[int], None] | None = None) -> Any:
-    from sparsesim.simulator.simulate import simulate_many
+def _simulate_rows(configs: Sequence[Any], progress: Callable[[int], None] | None = None) -> Any:
+    from sparsesim.simulator.engine import simulate_many
 
     return simulate_many(configs, progress=progress)
 
@@ -88,14 +80,16 @@ def cmd_table(args: argparse.Namespace) -> None:
     _note_infeasible(df)
     emit(df, args, TABLE_COLUMNS, PRIORITY)
     if getattr(args, "plot", None):
-        from sparsesim.simulator.report_commands import plot_table
+        from sparsesim.cli.report import plot_table
 
         plot_table(df.to_dict("records"), args.plot)
 
 
 def main_table_configs() -> list[dict[str, Any]]:
     """The built-in presets behind `simulate` with no arguments."""
-    data = read_toml(PRESETS, "presets")
+    from sparsesim.simulator.workloads import PRESETS_FILE
+
+    data = read_toml(PRESETS_FILE, "presets")
     return [{**row, "gpu": gpu} for row in data["rows"] for gpu in data["gpus"]]
 
 
@@ -120,8 +114,8 @@ def _progress_bar(total: int) -> Callable[[int], None]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from sparsesim.simulator.simulate import simulate_many
-    from sparsesim.simulator.sweep import load_sweep
+    from sparsesim.cli.sweep import load_sweep
+    from sparsesim.simulator.engine import simulate_many
 
     configs, skipped = load_sweep(args.file)
     show = args.progress if args.progress is not None else (len(configs) >= 200 and sys.stderr.isatty())
@@ -231,7 +225,7 @@ def _rank_tiles(args: argparse.Namespace, size: Any, gpu: Any) -> None:
 def validate_configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The configurations of ``simulate validate``: a sweep file's, or the built-in workloads' patterns."""
     if args.sweep:
-        from sparsesim.simulator.sweep import load_sweep
+        from sparsesim.cli.sweep import load_sweep
 
         configs, _ = load_sweep(args.sweep)
         return configs
@@ -298,23 +292,44 @@ def _validate_plan(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from sparsesim.simulator.calibrate import calibrate
+    from sparsesim.simulator.calibrate import calibrate, profile_toml
 
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()] if args.kernels else None
-    result = calibrate(args.measurements, gpu=args.gpu, kernel_profile=args.kernel_profile, holdout=args.holdout,
-                       seed=args.seed, out=args.profile_out, kernels=kernels, write=not args.dry_run)
+    gpu = args.gpu or _measured_gpu(args.measurements)
+    result = calibrate(args.measurements, gpu=gpu, kernel_profile=args.kernel_profile, holdout=args.holdout,
+                       seed=args.seed, kernels=kernels)
+    if not args.dry_run:
+        target = args.profile_out or f"{result.profile.name}.toml"
+        write_text(profile_toml(result, [str(m) for m in args.measurements], args.holdout, args.seed), target)
+        print(f"calibrate: wrote {target} (use it with --kernel-profile {target})", file=sys.stderr)
     summary = {"profile": result.profile.name, "train_mape": result.train_mape, "heldout_mape": result.heldout_mape,
                "n_train": result.n_train, "n_heldout": result.n_heldout,
                "prior_heldout_mape": result.prior_heldout_mape, **{f"fit_{k}": v for k, v in result.params.items()}}
     if args.format == "json":
         import json
 
-        from sparsesim.simulator.output import write_text
-
         write_text(json.dumps({**summary, "worst": result.worst}, indent=1) + "\n", args.out)
         return
     emit(pd.DataFrame([summary]), args, list(summary), list(summary))
     print(pd.DataFrame(result.worst).to_string(index=False), file=sys.stderr)
+
+
+def _measured_gpu(paths: Sequence[str]) -> str:
+    """The GPU named in the ``gpu`` column of measurement CSVs (one GPU for all)."""
+    import csv
+
+    names: set[str] = set()
+    for path in paths:
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                names |= {row.get("gpu") or "" for row in csv.DictReader(fh)}
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"--measurements {path!r} is not a readable CSV: {exc}") from None
+    names.discard("")
+    if len(names) != 1:
+        raise ConfigError(f"--measurements name GPUs {sorted(names)} in their gpu column; allowed: one GPU, or "
+                          f"pass --gpu NAME")
+    return names.pop()
 
 
 def cmd_e2e(args: argparse.Namespace) -> None:

@@ -6,13 +6,13 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sparsesim.hwmodels import GPU, load_gpu
 from sparsesim.hwmodels.profiles import KernelProfile, load_profile
+from sparsesim.simulator.config import SimConfig, as_config
 from sparsesim.simulator.cost import PassTime, Problem
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.feasibility import kernel_problem
@@ -27,6 +27,9 @@ from sparsesim.simulator.tiling import (
     tile_stats,
     tilemap,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Shape = tuple[int, ...]
 
@@ -70,27 +73,38 @@ class SimResult(Prediction, ProblemColumns, TileStats, PatternColumns):
     (:class:`~sparsesim.simulator.predict.Prediction`); DESIGN.md, Tiles and bounds; README, columns.
 
     ``feasible`` says whether sparsesim's Triton kernels run these tiles at this head dim and dtype
-    on this GPU (``infeasible_because`` says why not). ``visits``/``full_visits`` (per Q tile) and
-    ``q_grid`` are for pictures; :meth:`to_dict` leaves them out unless asked.
+    on this GPU (``infeasible_because`` says why not). ``pattern``, ``tilemap`` and ``problem`` are the
+    objects the record came from (not columns; :meth:`to_dict` leaves them out).
     """
 
-    visits: np.ndarray = field(repr=False, compare=False)
-    full_visits: np.ndarray = field(repr=False, compare=False)
-    q_grid: Shape = field(repr=False, compare=False)
+    pattern: GNAPattern | BlockSparsePattern = field(repr=False, compare=False)
+    tilemap: TileMap = field(repr=False, compare=False)
+    problem: Problem = field(repr=False, compare=False)
 
-    def to_dict(self, arrays: bool = False) -> dict[str, Any]:
-        """The record as a dict of columns (plus ``visits``, ``full_visits``, ``q_grid`` with ``arrays``)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if not arrays:
-            for key in ARRAY_KEYS:
-                del out[key]
-        return out
+    @property
+    def visits(self) -> np.ndarray:
+        """Visited KV tiles per Q tile (for pictures)."""
+        return self.tilemap.visited
+
+    @property
+    def full_visits(self) -> np.ndarray:
+        """Fully visible (unmasked) KV tiles per Q tile."""
+        return self.tilemap.full
+
+    @property
+    def q_grid(self) -> Shape:
+        """The Q tile grid's shape."""
+        return self.tilemap.q_grid
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a dict of its columns (the pattern, tile map and problem objects left out)."""
+        return {name: getattr(self, name) for name in COLUMNS}
 
 
-#: Record keys holding arrays (per-Q-tile counts for pictures); left out of tables.
-ARRAY_KEYS = ("visits", "full_visits", "q_grid")
+#: Fields holding the objects a result came from; not columns.
+SOURCE_KEYS = ("pattern", "tilemap", "problem")
 #: Every column of a result, in order.
-COLUMNS = [f.name for f in dataclasses.fields(SimResult) if f.name not in ARRAY_KEYS]
+COLUMNS = [f.name for f in dataclasses.fields(SimResult) if f.name not in SOURCE_KEYS]
 #: The tile-level columns (no cost model).
 TILE_COLUMNS = COLUMNS[:COLUMNS.index("infeasible_because") + 1]
 
@@ -154,21 +168,13 @@ class _Cache:
         return self.dense[key]
 
 
-def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | None = None,
-             stride: int | Sequence[int] | None = None, dilation: int | Sequence[int] | None = None,
-             causal: bool | Sequence[bool] | None = None, q_tile: int | Sequence[int] | None = None,
-             kv_tile: int | Sequence[int] | None = None, tiling: str = "box", gpu: str | GPU = "H100",
-             block_map: str | Path | np.ndarray | None = None, heads: int = 24, heads_kv: int | None = None,
-             head_dim: int = 128, batch: int = 1, dtype: str = "bf16", backprop: bool = False,
-             kernel_profile: str | KernelProfile = "reference",
-             dense_profile: str | KernelProfile = "cudnn") -> SimResult:
-    """Simulate one configuration; keyword names are the CLI flags with underscores.
+def simulate(config: SimConfig | None = None, /, **settings: Any) -> SimResult:
+    """Simulate one configuration: a :class:`~sparsesim.simulator.config.SimConfig`, or its fields as
+    keywords (the CLI flags with underscores; defaults in ``SimConfig``).
 
-    Without ``block_map`` the pattern is GNA over ``input_size`` (stride, dilation default 1,
-    causal off); with it, ``input_size`` is the sequence length and the map (array or
-    ``.npy``/``.npz`` path) is tiled by ``q_tile``/``kv_tile``. The record holds the tile-level
-    bounds and the cost model's prediction on ``gpu`` with ``kernel_profile`` (``reference``: the
-    best published kernel of the GPU's architecture).
+    The record holds the tile-level bounds and the cost model's prediction on ``gpu`` with
+    ``kernel_profile`` (``reference``: the best published kernel of the GPU's architecture), and the
+    pattern, tile map and problem it came from.
 
     Example:
         >>> r = simulate(input_size=(256, 256), window=(80, 80), stride=(16, 16),
@@ -176,47 +182,24 @@ def simulate(*, input_size: int | Sequence[int], window: int | Sequence[int] | N
         >>> round(r.tile_speedup, 2), r.block_sparse
         (10.24, True)
     """
-    return _simulate(dict(input_size=input_size, window=window, stride=stride, dilation=dilation, causal=causal,
-                          q_tile=q_tile, kv_tile=kv_tile, tiling=tiling, gpu=gpu, block_map=block_map, heads=heads,
-                          heads_kv=heads_kv, head_dim=head_dim, batch=batch, dtype=dtype, backprop=backprop,
-                          kernel_profile=kernel_profile, dense_profile=dense_profile), _Cache())
+    if config is not None and settings:
+        raise ConfigError("give a SimConfig or keyword settings, not both")
+    return _simulate(config if config is not None else SimConfig.from_mapping(settings), _Cache())
 
 
-_DEFAULTS = {"stride": None, "dilation": None, "causal": None, "q_tile": None, "kv_tile": None, "tiling": "box",
-             "gpu": "H100", "block_map": None, "window": None, "heads": 24, "heads_kv": None, "head_dim": 128,
-             "batch": 1, "dtype": "bf16", "backprop": False, "kernel_profile": "reference", "dense_profile": "cudnn"}
-
-
-def _simulate(cfg: Mapping[str, Any], cache: _Cache) -> SimResult:
-    unknown = sorted(set(cfg) - set(_DEFAULTS) - {"input_size"})
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {unknown}; allowed: input_size, {', '.join(sorted(_DEFAULTS))}")
-    if "input_size" not in cfg:
-        raise ConfigError("input_size is required")
-    c = {**_DEFAULTS, **cfg}
-    gpu = cache.gpu(c["gpu"])
-    if not isinstance(c["backprop"], (bool, np.bool_)):
-        raise ConfigError(f"backprop={c['backprop']!r}; allowed: true or false")
-    backprop = bool(c["backprop"])
-    problem = Problem(batch=c["batch"], heads=c["heads"], heads_kv=c["heads_kv"], head_dim=c["head_dim"],
-                      dtype=c["dtype"])
-    prof = cache.profile(c["kernel_profile"], gpu)
-    dense_prof = cache.profile(c["dense_profile"], gpu)
-    if c["block_map"] is not None:
-        given = [k for k in ("window", "stride", "dilation", "causal") if c[k] is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)} cannot be combined with block_map (the map is the pattern); "
-                              f"allowed: block_map with input_size, q_tile, kv_tile")
-        if c["tiling"] != "box":
-            raise ConfigError(f"tiling={c['tiling']!r} cannot be combined with block_map (maps are tiled as given)")
+def _simulate(c: SimConfig, cache: _Cache) -> SimResult:
+    gpu = cache.gpu(c.gpu)
+    backprop = bool(c.backprop)
+    problem = Problem(batch=c.batch, heads=c.heads, heads_kv=c.heads_kv, head_dim=c.head_dim, dtype=c.dtype)
+    prof = cache.profile(c.kernel_profile, gpu)
+    dense_prof = cache.profile(c.dense_profile, gpu)
+    if c.block_map is not None:
         return _block_sparse(c, gpu, prof, dense_prof, problem, backprop, cache)
-    unset = {k: () if c[k] is None else c[k] for k in ("stride", "dilation", "causal")}
-    pattern = GNAPattern(input_size=c["input_size"], window=c["window"], **unset)
-    tiling = c["tiling"]
-    if tiling not in ("box", "flat"):
-        raise ConfigError(f"tiling={tiling!r}; allowed: box, flat")
+    unset = {k: () if getattr(c, k) is None else getattr(c, k) for k in ("stride", "dilation", "causal")}
+    pattern = GNAPattern(input_size=c.input_size, window=c.window, **unset)
+    tiling = c.tiling
     lengths = (pattern.num_tokens,) if tiling == "flat" else pattern.input_size
-    q, kv = resolve_tiles(gpu, lengths, c["q_tile"], c["kv_tile"])
+    q, kv = resolve_tiles(gpu, lengths, c.q_tile, c.kv_tile)
     check_tiles(pattern, q, kv, tiling)
     tm = tilemap(pattern, q, kv, tiling)
     dense_pattern = pattern.dense()
@@ -233,33 +216,33 @@ def _simulate(cfg: Mapping[str, Any], cache: _Cache) -> SimResult:
                       lambda: dense_pass(gpu, dense_prof, problem, pattern, pattern.num_tokens, tm, backprop))
     pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=pattern.num_tokens,
                    pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop)
-    return _record(gpu, problem, backprop, tm, stats, pred, q, kv, tiling,
+    return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, tiling,
                    input_size=pattern.input_size, window=pattern.window, stride=pattern.stride,
                    dilation=pattern.dilation, causal=pattern.causal, density=pairs / float(pattern.num_tokens) ** 2,
                    flop_speedup=flop_speedup)
 
 
-def _record(gpu: GPU, problem: Problem, backprop: bool, tm: TileMap, stats: Any, pred: Prediction, q: Shape,
-            kv: Shape, tiling: str, **pattern_fields: Any) -> SimResult:
+def _record(gpu: GPU, problem: Problem, backprop: bool, pattern: GNAPattern | BlockSparsePattern, tm: TileMap,
+            stats: Any, pred: Prediction, q: Shape, kv: Shape, tiling: str, **pattern_fields: Any) -> SimResult:
     why = kernel_problem(q_tile=q, kv_tile=kv, head_dim=problem.head_dim, dtype=problem.dtype, gpu=gpu)
     return SimResult(
         gpu=gpu.name, q_tile=q, kv_tile=kv, tiling=tiling, **pattern_fields, **dataclasses.asdict(stats),
         feasible=not why, infeasible_because=why, heads=problem.heads, heads_kv=int(problem.heads_kv or problem.heads),
         head_dim=problem.head_dim, batch=problem.batch, dtype=problem.dtype, backprop=backprop,
-        **dataclasses.asdict(pred), visits=tm.visited, full_visits=tm.full, q_grid=tm.q_grid)
+        **dataclasses.asdict(pred), pattern=pattern, tilemap=tm, problem=problem)
 
 
-def _block_sparse(c: Mapping[str, Any], gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem,
+def _block_sparse(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem,
                   backprop: bool, cache: _Cache) -> SimResult:
-    size = layout_tuple(c["input_size"])
+    size = layout_tuple(c.input_size)
     if len(size) != 1:
         raise ConfigError(f"input_size={list(size)}: a block map takes one sequence length")
-    q, kv = resolve_tiles(gpu, size, c["q_tile"], c["kv_tile"])
+    q, kv = resolve_tiles(gpu, size, c.q_tile, c.kv_tile)
     if len(q) != 1 or len(kv) != 1:
         raise ConfigError(f"q_tile={list(q)}, kv_tile={list(kv)}: a block map takes one tile size each")
     q = (_int_arg(q[0], "q_tile"),)
     kv = (_int_arg(kv[0], "kv_tile"),)
-    bm = c["block_map"]
+    bm = c.block_map
     bm = load_block_map(bm) if isinstance(bm, (str, Path)) else bm
     pattern = BlockSparsePattern(block_map=bm, seq_len=size[0], q_tile=q[0], kv_tile=kv[0])
     if pattern.heads not in (1, problem.heads):
@@ -275,7 +258,7 @@ def _block_sparse(c: Mapping[str, Any], gpu: GPU, prof: KernelProfile, dense_pro
     pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=n,
                    pairs_per_head=pattern.visible_pairs() / pattern.heads, dense_pairs_per_head=float(n) ** 2,
                    dense=dense, backprop=backprop)
-    return _record(gpu, problem, backprop, tm, stats, pred, q, kv, "block", input_size=size, window=None,
+    return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, "block", input_size=size, window=None,
                    stride=None, dilation=None, causal=None, density=density, flop_speedup=flop_speedup)
 
 
@@ -292,24 +275,36 @@ class Simulator:
 
     _cache: _Cache = field(default_factory=_Cache, repr=False)
 
-    def simulate(self, **config: Any) -> SimResult:
-        """One configuration (the keywords of :func:`simulate`)."""
-        return _simulate(config, self._cache)
+    def simulate(self, config: SimConfig | None = None, /, **settings: Any) -> SimResult:
+        """One configuration (as for :func:`simulate`)."""
+        if config is not None and settings:
+            raise ConfigError("give a SimConfig or keyword settings, not both")
+        return _simulate(config if config is not None else SimConfig.from_mapping(settings), self._cache)
 
 
-def simulate_many(configs: Iterable[Mapping[str, Any]], *, include_arrays: bool = False,
-                  progress: Callable[[int], None] | None = None) -> pd.DataFrame:
-    """Simulate many configurations (each a dict of :func:`simulate` keywords) into a DataFrame.
+def simulate_records(configs: Iterable[SimConfig | Mapping[str, Any]], *,
+                     progress: Callable[[int], None] | None = None) -> list[SimResult]:
+    """Simulate many configurations (``SimConfig`` records or dicts of their fields) into typed results.
 
     GPUs, kernel profiles and dense baselines are built once for the whole batch.
     """
     cache = _Cache()
-    rows = []
+    out = []
     for i, cfg in enumerate(configs):
-        rows.append(_simulate(cfg, cache).to_dict(arrays=include_arrays))
+        out.append(_simulate(as_config(cfg), cache))
         if progress is not None:
             progress(i + 1)
-    return pd.DataFrame.from_records(rows, columns=None if include_arrays else COLUMNS)
+    return out
 
 
-__all__ = ["COLUMNS", "SimResult", "Simulator", "TILE_COLUMNS", "resolve_tiles", "simulate", "simulate_many"]
+def simulate_many(configs: Iterable[SimConfig | Mapping[str, Any]], *,
+                  progress: Callable[[int], None] | None = None) -> pd.DataFrame:
+    """:func:`simulate_records` as a DataFrame, one row per configuration (the columns of :data:`COLUMNS`)."""
+    import pandas as pd
+
+    rows = [r.to_dict() for r in simulate_records(configs, progress=progress)]
+    return pd.DataFrame.from_records(rows, columns=COLUMNS)
+
+
+__all__ = ["COLUMNS", "SimConfig", "SimResult", "Simulator", "TILE_COLUMNS", "resolve_tiles", "simulate",
+           "simulate_many", "simulate_records"]

@@ -16,7 +16,7 @@ def _configs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]
     from sparsesim.simulator.workloads import list_workloads, load_workload
 
     if args.sweep:
-        from sparsesim.simulator.sweep import load_sweep
+        from sparsesim.cli.sweep import load_sweep
 
         configs, _ = load_sweep(args.sweep)
         return [{k: v for k, v in c.items() if k not in ("gpu",)} for c in configs], []

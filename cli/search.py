@@ -7,8 +7,8 @@ import argparse
 import sys
 from typing import Any
 
+from sparsesim.cli.output import emit
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.output import emit
 
 SEARCH_COLUMNS = ["name", "mean_error", "max_error", "attention_speedup", "e2e_predicted_speedup", "attention_ms",
                   "dense_attention_ms"]

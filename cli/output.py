@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.files import check_output, write_text
 
 FORMATS = ("table", "csv", "json", "markdown")
 
@@ -132,44 +129,4 @@ def emit(df: pd.DataFrame, args: Any, columns: Sequence[str], priority: Sequence
     write_text(render(df, fmt, cols), getattr(args, "out", None))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text(text: str, out: str | os.PathLike[str] | None) -> None:
-    """Print ``text`` (``out`` None or ``-``), or write it to ``out`` atomically with the umask's mode.
-
-    A crash never leaves half a file; a directory, a missing folder or an unwritable place is a
-    one-line :class:`ConfigError`.
-    """
-    if out is None or str(out) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    if str(out) == "":
-        raise ConfigError("--out ''; allowed: a file path, or - for standard output")
-    path = Path(out)
-    if path.is_dir():
-        raise ConfigError(f"--out {str(path)!r} is a directory; allowed: a file path, or - for standard output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"--out {str(path)!r}: folder {str(parent)!r} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ConfigError(f"--out {str(path)!r} cannot be written: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise ConfigError(f"--out {str(path)!r} cannot be written: {exc.strerror or exc}") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["FORMATS", "check_output", "choose_columns", "emit", "render", "text_frame", "write_text"]

@@ -32,6 +32,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from sparsesim.simulator.config import SimConfig
+    from sparsesim.simulator.engine import SimResult, simulate, simulate_many
     from sparsesim.simulator.errors import ConfigError
     from sparsesim.simulator.feasibility import can_run, candidate_tiles
     from sparsesim.simulator.flops import attention_flops
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         load_block_map,
     )
     from sparsesim.simulator.schedule import BoxSchedule, box_schedule
-    from sparsesim.simulator.engine import SimResult, simulate, simulate_many
     from sparsesim.simulator.tiling import TileMap, tilemap
 
 

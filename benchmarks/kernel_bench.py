@@ -208,8 +208,7 @@ def run_gna(bench: Bench, dense: DenseCache, case: Any, flex: Any, alt: list[tup
 
     from sparsesim.kernels.gna import build_launch, gna_attention, unpermute_out
     from sparsesim.kernels.permute import tile_permute
-    from sparsesim.kernels.reference import gna_row_mask
-    from sparsesim.simulator.patterns import axis_bounds
+    from sparsesim.simulator.patterns import GNAPattern, visible_mask
 
     n, name = case.tokens, case.name
     flops = case_flops(n)
@@ -219,12 +218,11 @@ def run_gna(bench: Bench, dense: DenseCache, case: Any, flex: Any, alt: list[tup
     facts = {"tile_speedup": sim.tile_speedup, "flop_speedup": sim.flop_speedup, "block_sparse": sim.block_sparse}
     q, k, v = rand_qkv((BATCH, *case.input_size, HEADS, HEAD_DIM), seed=n + 1)
     kw = case.pattern
-    dil = case.dilation or (1,) * len(case.input_size)
-    bounds = [axis_bounds(s, w, st, d) for s, w, st, d in zip(case.input_size, case.window, case.stride, dil,
-                                                              strict=True)]
+    pattern = GNAPattern(input_size=case.input_size, window=case.window, stride=case.stride,
+                         dilation=case.dilation or 1)
 
     def mask_fn(rows: Any) -> Any:
-        return gna_row_mask(rows, case.input_size, bounds, dil)
+        return visible_mask(pattern, rows)
 
     layouts = ["gather", "permute"] + (["direct"] if len(case.input_size) == 1 and case.dilation is None else [])
     tiles = [(case.q_tile, case.kv_tile, "ours_gna")] + [(qt, kt, "ours_gna_alt") for qt, kt in (alt or [])]

@@ -6,9 +6,10 @@
 A marker line ``<!-- output: COMMAND -->`` must be followed by a fenced block; the block is
 replaced by what COMMAND prints. Between ``<!-- table: COMMAND -->`` and ``<!-- end -->`` the
 output goes in unfenced (commands that print Markdown tables). COMMAND is ``simulate ARGS``,
-``python -m MODULE ARGS`` or ``python SCRIPT.py ARGS`` (run in-process, from the repository root),
-optionally ending in ``| head -N``. A command that fails shows as ``$ COMMAND`` followed by its
-stderr, as a terminal would.
+``python -m MODULE ARGS`` or ``python SCRIPT.py ARGS`` (run in-process, in a temporary folder that
+links the repository's top-level entries, so relative paths read the checkout and what a command
+writes lands in the temporary folder, never in the tracked tree), optionally ending in ``| head -N``.
+A command that fails shows as ``$ COMMAND`` followed by its stderr, as a terminal would.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +33,7 @@ TABLE = re.compile(r"^<!-- table: (?P<cmd>.+?) -->\n(?P<body>.*?)^<!-- end -->\n
 
 
 def run(command: str) -> str:
-    """What ``command`` prints, run in-process from the repository root."""
+    """What ``command`` prints, run in-process in a temporary folder that links the checkout's entries."""
     head = None
     if "| head -" in command:
         command, _, n = command.rpartition("| head -")
@@ -57,15 +59,19 @@ def run(command: str) -> str:
                          f"or 'python SCRIPT.py ...'")
     out, err = io.StringIO(), io.StringIO()
     cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = entry(args)
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        os.chdir(cwd)
+    with tempfile.TemporaryDirectory(prefix="sparsesim-readme-") as work:
+        for entry_path in ROOT.iterdir():
+            if not entry_path.name.startswith("."):
+                os.symlink(entry_path, Path(work) / entry_path.name)
+        os.chdir(work)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = entry(args)
+                except SystemExit as exc:
+                    code = exc.code
+        finally:
+            os.chdir(cwd)
     text = out.getvalue() if not code else f"$ {command.strip()}\n{err.getvalue()}"
     lines = text.rstrip("\n").splitlines()
     if head is not None:

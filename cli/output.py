@@ -81,10 +81,12 @@ TABLE_WIDTH = 120
 
 
 def _hidden_default(df: pd.DataFrame, column: str) -> bool:
-    """Columns that say nothing in a text table (all dilation 1, all non-causal, all box tiles, no preset)."""
-    if column not in ("dilation", "causal", "preset", "tiling"):
+    """Columns that say nothing in a text table (all dilation 1, all non-causal, all box tiles, no preset, no note)."""
+    if column not in ("dilation", "causal", "preset", "tiling", "note"):
         return False
     values = [v for v in df[column] if v is not None]
+    if column == "note":
+        return not any(values)
     if column == "tiling":
         return all(v == "box" for v in values)
     if column == "preset":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from sparsesim.simulator.errors import ConfigError
@@ -15,6 +14,10 @@ def _configs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]
     """The patterns of the report and the workloads named (for the end-to-end section)."""
     from sparsesim.simulator.workloads import list_workloads, load_workload
 
+    given = [f"--{k}" for k in ("window", "stride", "dilation", "causal") if getattr(args, k) is not None]
+    if given and not args.input_size:
+        raise ConfigError(f"{', '.join(given)} needs --input-size (one pattern); with --preset or --sweep the "
+                          f"patterns come from the workloads or the file")
     if args.sweep:
         from sparsesim.cli.sweep import load_sweep
 
@@ -54,13 +57,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise ConfigError("no patterns to report (the sweep file is empty?)")
     plan = None
     if args.plan:
-        from sparsesim.search.plan import load_plan
+        from sparsesim.simulator.plan import load_plan
 
         plan = load_plan(args.plan)
     measurements = args.measurements if args.measurements is not None else _committed_measurements()
-    for m in measurements:
-        if not Path(m).is_file():
-            raise ConfigError(f"--measurements {m!r}: no such file")
+    if measurements:
+        from sparsesim.simulator.calibrate import read_measurements
+
+        for m in measurements:
+            read_measurements(m)
     if (args.study is None) != (args.storage is None):
         raise ConfigError("--study and --storage go together")
     study = _study(args.study, args.storage) if args.study else None
@@ -97,7 +102,7 @@ def _study(name: str, storage: str, layer: int = 0, heads: int = 6) -> Any:
     import optuna
 
     from sparsesim.reports.build import StudyData
-    from sparsesim.search.study import head_study_name, open_storage, pareto, points
+    from sparsesim.search.study import head_study_name, open_storage, pareto, points, redact_url
 
     st = open_storage(storage)
     known = set(optuna.get_all_study_names(st))
@@ -111,17 +116,23 @@ def _study(name: str, storage: str, layer: int = 0, heads: int = 6) -> Any:
         pts[f"layer {layer} head {h}"] = [(p.ms, p.error, p in front) for p in head]
         errors.append([p.error for p in head if p.error > 0] or [1.0])
     if not pts:
-        raise ConfigError(f"--study {name!r}: no head studies in {storage} (names <study>:L<layer>:H<head>)")
+        raise ConfigError(f"--study {name!r}: no head studies in {redact_url(storage)} (names "
+                          f"<study>:L<layer>:H<head>)")
     return StudyData(name=name, points=pts, errors=errors)
 
 
 def plot_table(records: list[dict[str, Any]], path: str) -> None:
     """``simulate table --plot FILE.png``: the speedup bars of the rows just printed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     from sparsesim.reports import figures
+    from sparsesim.simulator.files import write_bytes
 
     fig = figures.speedup_bars(records)
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise ConfigError(f"--plot {path!r}: {exc.strerror or exc}") from None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(buf.getvalue(), path, "--plot")
     print(f"table: wrote {path}", file=sys.stderr)

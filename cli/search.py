@@ -1,18 +1,60 @@
 """``simulate search`` and ``simulate plan show``: the CLI face of :mod:`sparsesim.search` (optuna imported
-only when they run)."""
+only when they run). Every flag and the output path are checked, and the storage opened, before the search
+runs; the plan's text is written here through :mod:`sparsesim.simulator.files`."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import time
 from typing import Any
 
-from sparsesim.cli.output import emit
+from sparsesim.cli.output import choose_columns, emit, render
 from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.files import check_output, write_text
 
 SEARCH_COLUMNS = ["name", "mean_error", "max_error", "attention_speedup", "e2e_predicted_speedup", "attention_ms",
                   "dense_attention_ms"]
 PLAN_COLUMNS = ["layer", "heads", "pattern", "dense", "predicted_ms", "dense_ms", "mean_error"]
+#: The environment variable a storage URL can come from (keeps a password out of shell history and ps).
+STORAGE_ENV = "SPARSESIM_STORAGE"
+DEFAULT_STORAGE = "sqlite:///sparsesim_search.db"
+#: Integer flags: (lowest, highest) allowed.
+INT_BOUNDS = {"trials": (1, 100_000), "n_jobs": (1, 512), "rows": (1, 65_536), "synthetic_layers": (1, 10_000),
+              "seed": (0, 2**32 - 1)}
+
+
+def check_search_args(args: argparse.Namespace) -> str:
+    """Every flag of ``simulate search`` checked before any work; returns the storage URL to use
+    (``--storage``, else ``$SPARSESIM_STORAGE``, else the default SQLite file)."""
+    for name, (lo, hi) in INT_BOUNDS.items():
+        value = getattr(args, name)
+        if value is not None and not lo <= value <= hi:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}; allowed: an integer from {lo} to {hi}")
+    for name in ("error_budget", "max_error", "target_speedup"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"--{name.replace('_', '-')} {value}; allowed: a finite number > 0")
+    if args.error_budget is not None and args.target_speedup is not None:
+        raise ConfigError("--error-budget and --target-speedup: give one of them")
+    if args.minilm and (args.preset or args.workload):
+        from sparsesim.simulator.workloads import load_workload
+
+        named = args.preset or args.workload
+        if load_workload(named).name != "minilm-l6":
+            raise ConfigError(f"--minilm searches the minilm-l6 workload, not {named!r}: drop --minilm or "
+                              f"{'--preset' if args.preset else '--workload'}")
+    if args.columns is not None:
+        unknown = [c.strip() for c in args.columns.split(",") if c.strip() and c.strip() not in SEARCH_COLUMNS]
+        if unknown or not args.columns.strip(",").strip():
+            raise ConfigError(f"--columns {args.columns!r}: unknown column(s) {unknown}; allowed: "
+                              f"{', '.join(SEARCH_COLUMNS)}")
+    check_output(args.out, "--out")
+    if args.storage is not None:
+        return str(args.storage)
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
 def _source(args: argparse.Namespace, workload: Any) -> tuple[Any, str, str]:
@@ -25,99 +67,113 @@ def _source(args: argparse.Namespace, workload: Any) -> tuple[Any, str, str]:
         from sparsesim.search.minilm import minilm_samples
 
         return minilm_samples(seed=args.seed), "minilm", "minilm-l6"
+    from sparsesim.search.run import layer_range
     from sparsesim.simulator.workloads import load_workload
 
     w = load_workload(workload)
-    from sparsesim.search.run import layer_range
-
     layers = args.synthetic_layers
     if layers is None:
         layers = len(layer_range(args.layers, w, w.layers))
-    if layers < 1 or args.rows < 1:
-        raise ConfigError(f"--synthetic-layers {layers}, --rows {args.rows}; allowed: 1 or more")
     src = synthetic(layout=w.layout, layers=layers, heads=w.heads, head_dim=w.head_dim, rows=args.rows,
                     seed=args.seed)
     return src, f"synthetic seed={args.seed} rows={args.rows} layers={layers}", workload
 
 
+class _Bar:
+    """The progress callback the search calls as trials finish: a one-line bar on stderr (or nothing)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.open, self.t0 = enabled, False, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled and (done % 5 == 0 or done == total):
+            frac = done / max(1, total)
+            sys.stderr.write(f"\rsearch [{'#' * int(30 * frac):<30}] {done}/{total} trials "
+                             f"{time.perf_counter() - self.t0:6.1f} s")
+            sys.stderr.flush()
+            self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            self.open = False
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from sparsesim.search.plan import save_plan
     from sparsesim.search.run import search_plan
-    from sparsesim.search.study import SearchSettings, open_storage
+    from sparsesim.search.study import SearchSettings, open_storage, redact_url
 
-    for name in ("trials", "n_jobs"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)}; allowed: 1 or more")
-    for name in ("error_budget", "max_error", "target_speedup"):
-        value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} {value}; allowed: a number > 0")
+    url = check_search_args(args)
+    shown = redact_url(url)
     budget = args.error_budget if args.error_budget is not None or args.target_speedup is not None else 0.05
     workload = args.preset or args.workload or ("minilm-l6" if args.minilm else None)
     if workload is None:
         raise ConfigError("give --preset NAME or --workload FILE.toml (see simulate workloads)")
-    src, label, workload = _source(args, workload)
+    src, label, workload = _source(args, workload)  # a bad samples file fails before a database is made
+    storage = open_storage(url)  # opened once: a bad URL or an unreachable server fails here, before the search
     study = args.study or f"{workload}-{args.gpu}-{label.split()[0]}"
-    optuna_storage = open_storage(args.storage)  # a bad URL fails here, before any work
-    del optuna_storage
-    settings = SearchSettings(study=study, storage=args.storage, trials=args.trials, seed=args.seed,
-                              n_jobs=args.n_jobs)
-    show = args.progress if args.progress is not None else sys.stderr.isatty()
-    if args.n_jobs > 1 and args.storage.startswith("sqlite"):
+    settings = SearchSettings(study=study, storage=url, trials=args.trials, seed=args.seed, n_jobs=args.n_jobs)
+    bar = _Bar(args.progress if args.progress is not None else sys.stderr.isatty())
+    if args.n_jobs > 1 and url.startswith("sqlite"):
         print("search: note: SQLite lets one worker write at a time; several workers run faster on a PostgreSQL "
               "URL", file=sys.stderr)
     try:
         result = search_plan(src=src, workload=workload, gpu=args.gpu, settings=settings, layers=args.layers,
                              error_budget=budget, max_error=args.max_error, target_speedup=args.target_speedup,
                              kernel_profile=args.kernel_profile, dense_profile=args.dense_profile,
-                             samples_label=label, progress=show)
+                             samples_label=label, progress=bar if bar.enabled else None, storage=storage)
     except KeyboardInterrupt:
-        print(f"simulate search: interrupted; every finished trial is kept in {args.storage} (study {study!r}): "
+        bar.close()
+        print(f"simulate search: interrupted; every finished trial is kept in {shown} (study {study!r}): "
               "run the same command to resume", file=sys.stderr)
         raise SystemExit(130) from None
+    bar.close()
     r = result.report
     if r.found:
-        print(f"search: resumed study {study!r} in {args.storage}: found {r.found} finished trials, ran {r.ran} "
+        print(f"search: resumed study {study!r} in {shown}: found {r.found} finished trials, ran {r.ran} "
               "more", file=sys.stderr)
     print(f"search: {r.heads} heads, {r.ran} trials in {r.seconds:.1f} s (simulator {r.simulator_s:.1f} s, "
           f"quality {r.quality_s:.1f} s, Optuna storage and sampler {r.other_s:.1f} s)", file=sys.stderr)
-    save_plan(result.plan, args.out)
-    print(f"search: wrote {args.out}", file=sys.stderr)
+    to_stdout = args.out == "-"
+    write_text(result.plan.to_json(), args.out, "--out")
+    if not to_stdout:
+        print(f"search: wrote {args.out}", file=sys.stderr)
     df = pd.DataFrame([o.__dict__ for o in result.outcomes])
+    cols = choose_columns(df, args.format, args.columns, args.wide, SEARCH_COLUMNS, SEARCH_COLUMNS)
     if args.format == "json":
-        import json
-
-        sys.stdout.write(json.dumps([{k: row[k] for k in SEARCH_COLUMNS} for row in df.to_dict("records")],
-                                    indent=1) + "\n")
-        return
-    emit(df, argparse.Namespace(**{**vars(args), "out": None}), SEARCH_COLUMNS, SEARCH_COLUMNS)
+        df = df[cols]
+    text = render(df, args.format, cols)
+    (sys.stderr if to_stdout else sys.stdout).write(text)  # with --out -, stdout holds the plan alone
 
 
-def plan_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per launch of each layer of a plan."""
+def plan_rows(plan: Any) -> list[dict[str, Any]]:
+    """One row per launch of each layer of a plan (a :class:`~sparsesim.simulator.plan.Plan`)."""
+    from sparsesim.search.space import Candidate
+
     rows = []
-    for layer in plan["layers"]:
-        for la in layer["launches"]:
-            errs = [layer["heads"][h]["error"] for h in la["heads"]]
-            pattern = "dense" if la["dense"] else (
-                f"w{'x'.join(map(str, la['window']))} s{'x'.join(map(str, la['stride']))}"
-                + (f" d{'x'.join(map(str, la['dilation']))}" if any(d > 1 for d in la["dilation"]) else ""))
-            rows.append({"layer": layer["layer"], "heads": len(la["heads"]), "pattern": pattern, "dense": la["dense"],
-                         "predicted_ms": la["predicted_ms"], "dense_ms": layer["dense_ms"] * len(la["heads"]) /
-                         len(layer["heads"]), "mean_error": sum(errs) / len(errs)})
+    for layer in plan.layers:
+        for la in layer.launches:
+            errs = [layer.heads[h].error for h in la.heads]
+            pattern = "dense" if la.dense else Candidate(la.window, la.stride, la.dilation).label()
+            rows.append({"layer": layer.layer, "heads": len(la.heads), "pattern": pattern, "dense": la.dense,
+                         "predicted_ms": la.predicted_ms,
+                         "dense_ms": layer.dense_ms * len(la.heads) / len(layer.heads),
+                         "mean_error": sum(errs) / len(errs)})
     return rows
 
 
 def cmd_plan_show(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from sparsesim.search.plan import load_plan
+    from sparsesim.simulator.plan import load_plan
 
+    if args.out is not None:
+        check_output(args.out, "--out")
     plan = load_plan(args.plan)
-    print(f"plan: {plan['workload']} on {plan['gpu']}, {len(plan['layers'])} layers searched, mean error "
-          f"{plan['mean_error']:.4f}, attention {plan['attention_speedup']:.2f}x, end to end "
-          f"{plan['e2e_predicted_speedup']:.3f}x; on " +
-          ", ".join(f"{g} {v['e2e_predicted_speedup']:.3f}x" for g, v in plan["predicted"].items()), file=sys.stderr)
+    print(f"plan: {plan.workload} on {plan.gpu}, {len(plan.layers)} layers searched, mean error "
+          f"{plan.mean_error:.4f}, attention {plan.attention_speedup:.2f}x, end to end "
+          f"{plan.e2e_predicted_speedup:.3f}x" + ("; on " if plan.predicted else "") +
+          ", ".join(f"{p.gpu} {p.e2e_predicted_speedup:.3f}x" for p in plan.predicted), file=sys.stderr)
     emit(pd.DataFrame(plan_rows(plan)), args, PLAN_COLUMNS, PLAN_COLUMNS)

@@ -5,7 +5,7 @@ that keyword (for shapes, a list of lists). ``[[group]]`` tables each define the
 product, on top of the top-level keys (useful to mix layout ranks)::
 
     gpu = ["H100", "B200"]
-    skip_invalid = true          # drop combinations the pattern rules refuse, and count them
+    skip_invalid = true          # drop combinations the pattern rules refuse (named on stderr)
 
     [[group]]
     input_size = [[30, 48, 80]]
@@ -16,6 +16,7 @@ product, on top of the top-level keys (useful to mix layout ranks)::
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,22 @@ def _product(spec: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield dict(zip(keys, combo, strict=True))
 
 
-def expand(spec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """All configurations of a sweep spec, and how many invalid ones ``skip_invalid`` dropped."""
+#: Most configurations one sweep file may expand to (counted before any is built).
+MAX_CONFIGS = 1_000_000
+
+
+def label(cfg: Mapping[str, Any], width: int = 120) -> str:
+    """A configuration as ``key=value`` pairs on one line (shapes as 30x48x80), cut at ``width`` characters."""
+    def show(v: Any) -> str:
+        return "x".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    text = " ".join(f"{k}={show(v)}" for k, v in cfg.items())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def expand(spec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """All configurations of a sweep spec, and the invalid ones ``skip_invalid`` dropped (each labelled with
+    the reason)."""
     top = {k: v for k, v in spec.items() if k not in ("group", "skip_invalid")}
     unknown = sorted(set(top) - SWEEP_KEYS)
     groups = spec.get("group", [{}])
@@ -56,8 +71,14 @@ def expand(spec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
         unknown += sorted(set(g) - SWEEP_KEYS)
     if unknown:
         raise ConfigError(f"sweep: unknown key(s) {sorted(set(unknown))}; allowed: {', '.join(sorted(SWEEP_KEYS))}")
-    skip = bool(spec.get("skip_invalid", False))
-    configs, skipped = [], 0
+    skip = spec.get("skip_invalid", False)
+    if not isinstance(skip, bool):
+        raise ConfigError(f"sweep: skip_invalid={skip!r}; allowed: true or false (a TOML boolean, unquoted)")
+    total = sum(math.prod(len(_values(k, v)) for k, v in {**top, **g}.items()) for g in groups)
+    if total > MAX_CONFIGS:
+        raise ConfigError(f"sweep: {total} configurations; allowed: at most {MAX_CONFIGS} (split the file)")
+    configs: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for group in groups:
         for cfg in _product({**top, **group}):
             if "input_size" not in cfg or "window" not in cfg:
@@ -67,16 +88,17 @@ def expand(spec: Mapping[str, Any]) -> tuple[list[dict[str, Any]], int]:
                            dilation=cfg.get("dilation", 1), causal=cfg.get("causal", False))
             except ConfigError as exc:
                 if not skip:
-                    raise ConfigError(f"sweep: configuration {cfg} is invalid ({exc}); fix it or set "
+                    raise ConfigError(f"sweep: configuration {label(cfg)} is invalid ({exc}); fix it or set "
                                       f"skip_invalid = true") from None
-                skipped += 1
+                skipped.append(f"{label(cfg)} ({exc})")
                 continue
             configs.append(cfg)
     if not configs:
-        raise ConfigError("sweep: no valid configuration")
+        raise ConfigError("sweep: no valid configuration" + (f" ({len(skipped)} skipped as invalid, the first: "
+                                                             f"{skipped[0]})" if skipped else ""))
     return configs, skipped
 
 
-def load_sweep(path: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """Read and expand a sweep file."""
+def load_sweep(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Read and expand a sweep file (see :func:`expand`)."""
     return expand(read_toml(Path(path), "sweep"))

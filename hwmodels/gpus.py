@@ -23,17 +23,47 @@ DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 DEFAULT_GPU = "H100"
 
 
+#: Largest TOML data file read (GPU files, profiles, sweeps and workloads are a few KiB).
+MAX_TOML_BYTES = 4 * 2**20
+
+
 def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """Read a TOML file, turning every failure into a one-line :class:`ConfigError`."""
+    """Read a TOML file, turning every failure into a one-line :class:`ConfigError` (only a regular file of at
+    most :data:`MAX_TOML_BYTES` is read: a device or FIFO never blocks or floods)."""
+    import os
+    import stat
+
+    where = f"{what} file {str(path)[:200]!r}"
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{where} is not a regular file; allowed: a TOML file")
+        if st.st_size > MAX_TOML_BYTES:
+            raise ConfigError(f"{where} has {st.st_size} bytes; allowed: at most {MAX_TOML_BYTES}")
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{what} file {str(path)!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{what} file {str(path)!r} is not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} file {str(path)!r} cannot be read: {exc}") from None
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text; allowed: a TOML file") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply; allowed: a TOML data file") from None
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        raise ConfigError(f"{where} cannot be read: {reason}") from None
+
+
+#: Bounds of a GPU file's figures: (lowest, highest), far beyond any real GPU, so a typo (``1e20`` SMs, a
+#: clock in MHz) is refused before it reaches the model.
+GPU_BOUNDS: dict[str, tuple[float, float]] = {
+    "sm_count": (1, 10_000), "clock_GHz": (0.01, 20.0), "tensor_TFLOPs": (1e-3, 1e6), "fp32_TFLOPs": (1e-3, 1e6),
+    "exp_per_clk_per_SM": (0.01, 1e4), "hbm_TBps": (1e-3, 1e4), "hbm_GB": (0.01, 1e6), "l2_MB": (0.001, 1e5),
+    "l2_TBps": (1e-3, 1e5), "smem_per_SM_KB": (1, 1e5), "smem_per_block_KB": (1, 1e5),
+    "max_ctas_per_SM": (1, 1024), "registers_per_SM": (1, 1 << 24), "registers_per_thread": (1, 1 << 16),
+    "max_threads_per_SM": (1, 1 << 16), "tile": (1, 1 << 20),
+}
 
 
 def _get(table: Mapping[str, Any], key: str, where: str, kind: type | tuple = (int, float)) -> Any:
@@ -41,21 +71,34 @@ def _get(table: Mapping[str, Any], key: str, where: str, kind: type | tuple = (i
         raise ConfigError(f"{where}: missing key {key!r}")
     value = table[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"{where}: {key}={value!r} has the wrong type")
+        names = {int: "an integer", float: "a number", str: "a string", dict: "a table"}
+        want = " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in (kind if isinstance(kind, tuple)
+                                                                              else (kind,))))
+        raise ConfigError(f"{where}: {key}={_show(value)} has the wrong type; allowed: {want}")
     return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bounded(value: float, key: str, where: str, integer: bool = False) -> None:
+    lo, hi = GPU_BOUNDS[key]
+    if not math.isfinite(value) or not lo <= value <= hi:
+        kind = "an integer" if integer else "a finite number"
+        raise ConfigError(f"{where}: {key}={_show(value)}; allowed: {kind} from {lo:g} to {hi:g}")
 
 
 def _positive(table: Mapping[str, Any], key: str, where: str) -> float:
     value = _get(table, key, where)
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{where}: {key}={value!r} must be a positive finite number")
+    _bounded(value, key, where)
     return float(value)
 
 
 def _positive_int(table: Mapping[str, Any], key: str, where: str) -> int:
     value = _get(table, key, where, int)
-    if value <= 0:
-        raise ConfigError(f"{where}: {key}={value!r} must be a positive integer")
+    _bounded(value, key, where, integer=True)
     return int(value)
 
 
@@ -126,11 +169,14 @@ def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
             raise ConfigError(f"{where}: missing section [{section}]")
     comp, mem, lim, tiles = data["compute"], data["memory"], data["limits"], data["tiles"]
     tensor = _get(comp, "tensor_TFLOPs", where + " [compute]", dict)
+    lo, hi = GPU_BOUNDS["tensor_TFLOPs"]
     for k, v in tensor.items():
         if (k not in DTYPE_BYTES or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                or v <= 0):
-            raise ConfigError(f"{where}: tensor_TFLOPs.{k}={v!r}; keys must be among "
-                              f"{', '.join(DTYPE_BYTES)} with positive rates")
+                or not lo <= v <= hi):
+            raise ConfigError(f"{where}: tensor_TFLOPs.{_show(k)}={_show(v)}; allowed: keys among "
+                              f"{', '.join(DTYPE_BYTES)} with rates from {lo:g} to {hi:g}")
+    if "bf16" not in tensor:
+        raise ConfigError(f"{where}: tensor_TFLOPs has no bf16 rate; allowed: a table with at least bf16")
     default_tiles: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     for rank in (1, 2, 3):
         q, kv = tiles.get(f"q_{rank}d"), tiles.get(f"kv_{rank}d")
@@ -138,10 +184,25 @@ def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
             continue
         for key, t in ((f"q_{rank}d", q), (f"kv_{rank}d", kv)):
             if (not isinstance(t, list) or len(t) != rank
-                    or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in t)):
-                raise ConfigError(f"{where}: [tiles] {key}={t!r} must be {rank} positive integers")
+                    or not all(isinstance(x, int) and not isinstance(x, bool)
+                               and GPU_BOUNDS["tile"][0] <= x <= GPU_BOUNDS["tile"][1] for x in t)):
+                raise ConfigError(f"{where}: [tiles] {key}={_show(t)}; allowed: {rank} integers from "
+                                  f"{GPU_BOUNDS['tile'][0]:g} to {GPU_BOUNDS['tile'][1]:g}")
         default_tiles[rank] = (tuple(q), tuple(kv))  # type: ignore[arg-type]
     name = _get(data, "name", where, str)
+    if not name.strip() or len(name) > 64 or not name.isprintable():
+        raise ConfigError(f"{where}: name={_show(name)}; allowed: 1 to 64 printable characters")
+    for key in ("full_name", "compute_capability"):
+        if key in data:
+            _get(data, key, where, str)
+    if "kernel" in tiles:
+        _get(tiles, "kernel", where + " [tiles]", str)
+    sources = data.get("sources", {})
+    if not isinstance(sources, dict):
+        raise ConfigError(f"{where}: sources={_show(sources)} has the wrong type; allowed: a table")
+    smem_block, smem_sm = _positive(mem, "smem_per_block_KB", where), _positive(mem, "smem_per_SM_KB", where)
+    if smem_block > smem_sm:
+        raise ConfigError(f"{where}: smem_per_block_KB={smem_block:g}; allowed: at most smem_per_SM_KB={smem_sm:g}")
     return GPU(
         name=name,
         full_name=str(data.get("full_name", name)),
@@ -165,7 +226,7 @@ def parse_gpu(data: Mapping[str, Any], path: str) -> GPU:
         max_threads_per_SM=_positive_int(lim, "max_threads_per_SM", where),
         tiles_kernel=str(tiles.get("kernel", "")),
         default_tiles=default_tiles,
-        sources={str(k): str(v) for k, v in data.get("sources", {}).items()},
+        sources={str(k): str(v) for k, v in sources.items()},
         path=path,
     )
 
@@ -185,11 +246,18 @@ def load_gpu(name_or_path: str | GPU) -> GPU:
     if isinstance(name_or_path, GPU):
         return name_or_path
     key = str(name_or_path)
-    if key.endswith(".toml") or "/" in key or Path(key).is_file():
+    if key.endswith(".toml") or "/" in key or _is_file(key):
         path = Path(key)
         return parse_gpu(read_toml(path, "GPU"), str(path))
     for gpu in _builtin().values():
         if key.lower() in {gpu.name.lower(), *(a.lower() for a in gpu.aliases)}:
             return gpu
     known = ", ".join(g.name for g in _builtin().values())
-    raise ConfigError(f"unknown GPU {key!r}; allowed: {known}, or a path to a GPU .toml file")
+    raise ConfigError(f"unknown GPU {_show(key)}; allowed: {known}, or a path to a GPU .toml file")
+
+
+def _is_file(key: str) -> bool:
+    try:
+        return Path(key).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return False

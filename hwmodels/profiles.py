@@ -37,6 +37,11 @@ TOKEN_PERMUTATIONS = ("qkvo", "kv-auto")
 #: Families of profiles resolved per GPU.
 FAMILIES = ("reference", "triton", "cudnn")
 
+#: Largest integer (tiles, CTAs per SM) and number (times, op counts, scales) a profile may hold: far beyond
+#: any kernel, so a typo is refused before it reaches the model.
+MAX_PROFILE_INT = 1 << 20
+MAX_PROFILE_NUMBER = 1e6
+
 _FRACTIONS = ("mma_efficiency", "softmax_overlap", "l2_hit_fraction", "hbm_efficiency", "efficiency")
 
 
@@ -126,8 +131,10 @@ def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
         elif (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
               or value < 0):
             raise ConfigError(f"{where}: [{name}] {field}={value!r} must be a non-negative finite number")
-        elif want == "int" and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{where}: [{name}] {field}={value!r} must be a positive integer")
+        elif want == "int" and (not isinstance(value, int) or not 1 <= value <= MAX_PROFILE_INT):
+            raise ConfigError(f"{where}: [{name}] {field}={value!r}; allowed: an integer from 1 to {MAX_PROFILE_INT}")
+        elif value > MAX_PROFILE_NUMBER:
+            raise ConfigError(f"{where}: [{name}] {field}={value!r}; allowed: at most {MAX_PROFILE_NUMBER:g}")
         elif field in _FRACTIONS and not 0 < value <= 1:
             raise ConfigError(f"{where}: [{name}] {field}={value!r} must be in (0, 1]")
         values[field] = value
@@ -146,6 +153,8 @@ def parse_profile(data: Mapping[str, Any], path: str) -> KernelProfile:
     fit = data.get("fit", {})
     if not isinstance(fit, dict):
         raise ConfigError(f"{where}: [fit] must be a table")
+    if not isinstance(data.get("sources", {}), dict):
+        raise ConfigError(f"{where}: sources={data['sources']!r} must be a table")
     return KernelProfile(
         name=data["name"], architecture=data["architecture"], description=str(data.get("description", "")),
         token_permutation=data["token_permutation"], fit=fit,

@@ -1,7 +1,10 @@
 """Launch heuristics, config spaces and the one input check shared by every kernel entry point.
 
-Pure Python at import time: the config spaces can be listed (by the search, the cost model, the
-benchmark's ``--dry-run``) without importing torch or triton. The checks import torch lazily.
+The launch rules themselves (warps, stages, block sizes, grid limits, the interpreter's launch, the
+device-to-GPU mapping) live in :mod:`sparsesim.hwmodels.launch`, which the simulator's feasibility check
+reads too; this module applies them to a call. Pure Python at import time: the config spaces can be
+listed (by the search, the cost model, the benchmark's ``--dry-run``) without importing torch or triton.
+The checks import torch lazily.
 """
 
 from __future__ import annotations
@@ -13,13 +16,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sparsesim.simulator.feasibility import HEAD_DIMS, kernel_problem, kernel_warps, max_stages, pipeline_smem_bytes
+from sparsesim.hwmodels.gpus import DTYPE_BYTES
+from sparsesim.hwmodels.launch import (
+    DENSE_SPACE,
+    HEAD_DIMS,
+    INTERPRET_GPU,
+    INTERPRET_STAGES,
+    INTERPRET_WARPS,
+    copy_warps,
+    dense_config_allowed,
+    gpu_for_device,
+    kernel_warps,
+    max_stages,
+    pipeline_smem_bytes,
+)
+from sparsesim.hwmodels.launch import (
+    INTERPRET_DENSE_CONFIG as INTERPRET_DENSE_CONFIG,  # re-exported for the dense kernel
+)
+from sparsesim.simulator.feasibility import kernel_problem
 
 _DTYPE_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "fp16": "fp16", "bf16": "bf16",
                 "fp32": "fp32", "half": "fp16"}
-_DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
-#: The GPU file whose figures apply under the interpreter (no device to ask).
-INTERPRET_GPU = "H200"
 
 
 #: Repeated calls launch the compiled kernel directly (``SPARSESIM_FAST_LAUNCH=0`` always goes through Triton's
@@ -92,24 +109,19 @@ def dtype_name(dtype: Any) -> str:
 # Config spaces: a comprehension over a small grid filtered by a plain predicate.
 # --------------------------------------------------------------------------------------------
 
-DENSE_SPACE = {"BLOCK_M": (64, 128), "BLOCK_N": (64, 128), "num_warps": (4, 8), "num_stages": (2, 3, 4)}
-#: The one config used under the interpreter (no autotune sweep there).
-INTERPRET_DENSE_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
-
-
 def keep_dense_config(cfg: dict[str, int], head_dim: int, dtype: str, gpu: Any, smem_bytes: int) -> bool:
     """The predicate that prunes :data:`DENSE_SPACE` for one head dim, dtype and shared-memory budget.
 
-    One warpgroup (4 warps) per 64 query rows (measured on the H200: 128 rows with 4 warps runs at
-    a third of the speed); the 64-row tile only with its best pipeline depth (3) and a 64-key tile;
-    registers and shared memory as the one feasibility check says (:mod:`sparsesim.simulator.feasibility`).
+    Warps and pipeline depth as :func:`sparsesim.hwmodels.launch.dense_config_allowed` says; registers and
+    shared memory as the one feasibility check says (:mod:`sparsesim.simulator.feasibility`), with this
+    config's own pipeline depth.
     """
     bm, bn, warps, stages = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"]
-    if warps != kernel_warps(bm) or (bm == 64 and (bn != 64 or stages != 3)):
+    if not dense_config_allowed(bm, bn, warps, stages):
         return False
     if kernel_problem(q_tile=(bm,), kv_tile=(bn,), head_dim=head_dim, dtype=dtype, gpu=gpu, smem_bytes=smem_bytes):
         return False
-    return pipeline_smem_bytes(bm, bn, head_dim, stages, _DTYPE_BYTES[dtype]) <= smem_bytes
+    return pipeline_smem_bytes(bm, bn, head_dim, stages, DTYPE_BYTES[dtype]) <= smem_bytes
 
 
 def dense_configs(head_dim: int = 128, dtype: Any = "bf16", gpu: Any = INTERPRET_GPU) -> list[dict[str, int]]:
@@ -155,12 +167,12 @@ def fused_launch(block_m: int, block_n: int, head_dim: int, dtype: Any = "bf16",
     than 2; 4 does not fit). ``smem_bytes``: the device's per-CTA budget (default: the H200 file's).
     """
     if interpret():
-        return FusedLaunch(num_warps=4, num_stages=1)
+        return FusedLaunch(num_warps=INTERPRET_WARPS, num_stages=INTERPRET_STAGES)
     if smem_bytes is None:
         from sparsesim.hwmodels import load_gpu
 
         smem_bytes = load_gpu(INTERPRET_GPU).smem_per_block_bytes
-    stages = max_stages(block_m, block_n, head_dim, _DTYPE_BYTES[dtype_name(dtype)], smem_bytes)
+    stages = max_stages(block_m, block_n, head_dim, DTYPE_BYTES[dtype_name(dtype)], smem_bytes)
     return FusedLaunch(num_warps=kernel_warps(block_m), num_stages=max(1, stages))
 
 
@@ -168,12 +180,11 @@ def fused_launch(block_m: int, block_n: int, head_dim: int, dtype: Any = "bf16",
 def device_gpu(device: Any) -> tuple[Any, int]:
     """The GPU file of a CUDA device and its per-CTA shared-memory budget in bytes.
 
-    The file is found by the device's name (aliases in the GPU files), else by compute capability
-    (8.x: A100, 9.x: H100, 10.x: B200); the budget is the smaller of the file's and what the device
-    reports. Under the interpreter: the H200 file.
+    The file is :func:`sparsesim.hwmodels.launch.gpu_for_device` of the device's name and compute
+    capability; the budget is the smaller of the file's and what the device reports. Under the
+    interpreter: the :data:`INTERPRET_GPU` file.
     """
     from sparsesim.hwmodels import load_gpu
-    from sparsesim.hwmodels.errors import ConfigError
 
     if interpret() or getattr(device, "type", "cuda") != "cuda":
         gpu = load_gpu(INTERPRET_GPU)
@@ -181,19 +192,16 @@ def device_gpu(device: Any) -> tuple[Any, int]:
     import torch
 
     props = torch.cuda.get_device_properties(device)
-    try:
-        gpu = load_gpu(props.name)
-    except ConfigError:
-        gpu = load_gpu({8: "A100", 9: "H100", 10: "B200"}.get(props.major, "A100"))
+    gpu = gpu_for_device(str(props.name), (int(props.major), int(props.minor)))
     reported = int(getattr(props, "shared_memory_per_block_optin", gpu.smem_per_block_bytes))
     return gpu, min(gpu.smem_per_block_bytes, reported)
 
 
 def copy_launch(tile_volume: int, block_d: int) -> FusedLaunch:
-    """Launch heuristic of the permutation kernels (memory bound: 16-byte accesses, 4-8 warps)."""
+    """Launch heuristic of the permutation kernels (memory bound: 16-byte accesses, 4-8 warps, one stage)."""
     if interpret():
-        return FusedLaunch(num_warps=4, num_stages=1)
-    return FusedLaunch(num_warps=8 if tile_volume * block_d >= 16384 else 4, num_stages=1)
+        return FusedLaunch(num_warps=INTERPRET_WARPS, num_stages=INTERPRET_STAGES)
+    return FusedLaunch(num_warps=copy_warps(tile_volume, block_d), num_stages=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from sparsesim.hwmodels.launch import MAX_TILE_VOLUME, MIN_TILE_VOLUME
 from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
@@ -208,7 +209,8 @@ def _build(q: Any, k: Any, v: Any, block_map: Any, q_tile: Any, kv_tile: Any, sc
         raise ValueError(f"block_sparse_attention: q has {n} tokens but k has {int(k.shape[1])}; allowed: equal")
     for name, t in (("q_tile", q_tile), ("kv_tile", kv_tile)):
         if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            raise ValueError(f"block_sparse_attention: {name}={t!r}; allowed: a power of two from 16 to 256")
+            raise ValueError(f"block_sparse_attention: {name}={t!r}; allowed: a power of two from {MIN_TILE_VOLUME} "
+                             f"to {MAX_TILE_VOLUME}")
     gpu, smem = device_gpu(q.device)
     can_run(q_tile=(q_tile,), kv_tile=(kv_tile,), head_dim=dims.head_dim, dtype=dims.dtype, gpu=gpu, raise_error=True,
             **({"interpreter": True} if interpret() else {"smem_bytes": smem}))

@@ -34,6 +34,7 @@ from typing import Any
 import triton
 import triton.language as tl
 
+from sparsesim.hwmodels.launch import grid_problem
 from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
@@ -361,9 +362,10 @@ def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: 
                     q_tile=q_tile, kv_tile=kv_tile, gpu=gpu)
     can_run(q_tile=plan.schedule.q_tile, kv_tile=plan.schedule.kv_tile, head_dim=dims.head_dim, dtype=dims.dtype,
             gpu=gpu, raise_error=True, **({"interpreter": True} if interpret() else {"smem_bytes": smem}))
-    if dims.heads > 65535 or dims.batch * plan.groups > 65535:
-        raise ValueError(f"gna_attention: heads={dims.heads}, batch x dilation groups={dims.batch * plan.groups}; "
-                         f"allowed: each at most 65535")
+    grid_error = grid_problem((plan.num_q_tiles, dims.heads, dims.batch * plan.groups),
+                              ("Q tiles", "heads", "batch x dilation groups"))
+    if grid_error:
+        raise ValueError(f"gna_attention: {grid_error}")
     if kv_layout is None:
         kv_layout = choose_kv_layout(plan, dims.batch, dims.heads_kv)
     elif kv_layout not in KV_LAYOUTS:
@@ -399,7 +401,7 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         q: ``[batch, *spatial, heads, head_dim]`` (NATTEN layout, 1 to 3 spatial axes), fp16/bf16
             on CUDA (fp32 and CPU tensors under ``TRITON_INTERPRET=1``).
         k, v: ``[batch, *spatial, heads_kv, head_dim]``, ``heads % heads_kv == 0``.
-        window, stride, dilation, causal: an int/bool or one per axis (DESIGN.md, Semantics);
+        window, stride, dilation, causal: an int/bool or one per axis (docs/DESIGN.md, Semantics);
             validated by :class:`sparsesim.simulator.GNAPattern`.
         q_tile, kv_tile: box tile shapes (power-of-two entries, volume 16..256, as
             :func:`sparsesim.simulator.can_run` says); a lone one sets both; default: the cost model's

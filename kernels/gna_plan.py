@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from sparsesim.simulator import GNAPattern, box_schedule
+from sparsesim.simulator.engine import resolve_tiles
 from sparsesim.simulator.patterns import per_axis, positive_ints
 from sparsesim.simulator.schedule import BoxSchedule
-from sparsesim.simulator.engine import resolve_tiles
 
 #: GPU whose default tiles apply when a call names none and no GPU is given (the interpreter, tests).
 DEFAULT_GPU = "H200"

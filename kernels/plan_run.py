@@ -3,17 +3,23 @@
 :func:`run_plan` makes the launches the plan lists for one layer: each group of heads with one pattern
 is one call of :func:`~sparsesim.kernels.gna_attention` with the plan's tiles; dense groups run dense
 attention (cuDNN through torch SDPA on a GPU, our dense kernel under the Triton interpreter).
-:func:`validate_plan_layers` is what ``simulate validate --plan`` runs on a GPU.
+:func:`validate_plan_layers` is what ``simulate validate --plan`` runs on a GPU. Both read a typed
+:class:`~sparsesim.simulator.plan.Plan` (from :func:`~sparsesim.simulator.plan.load_plan`) by its attributes;
+this module does not import the search package (the plan is handed in).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.kernels._launch import interpret
+
+if TYPE_CHECKING:  # the type only: kernels do not import search at run time
+    from sparsesim.simulator.plan import Plan
 
 
 def _take(x: Any, idx: Sequence[int]) -> Any:
@@ -47,7 +53,7 @@ def _dense(q: Any, k: Any, v: Any) -> Any:
     return o.transpose(1, 2).reshape(q.shape)
 
 
-def run_plan(plan: Mapping[str, Any], layer: int, q: Any, k: Any, v: Any, *, out: Any = None) -> Any:
+def run_plan(plan: Plan, layer: int, q: Any, k: Any, v: Any, *, out: Any = None) -> Any:
     """Attention of plan layer ``layer`` (its ``layer`` field) on ``q``/``k``/``v`` in NATTEN layout
     ``[batch, *layout, heads, head_dim]``, as the plan's launches run it."""
     import torch
@@ -55,28 +61,21 @@ def run_plan(plan: Mapping[str, Any], layer: int, q: Any, k: Any, v: Any, *, out
     from sparsesim.kernels.gna import gna_attention
     from sparsesim.simulator.errors import ConfigError
 
-    layers = {entry["layer"]: entry for entry in plan["layers"]}
-    if layer not in layers:
-        raise ConfigError(f"layer {layer}; the plan has layers {sorted(layers)}")
-    entry = layers[layer]
-    if tuple(q.shape[1:-2]) != tuple(plan["layout"]) or q.shape[-2] != plan["heads"]:
-        raise ConfigError(f"q {tuple(q.shape)}; the plan is for layout {plan['layout']} with {plan['heads']} heads")
+    entry = plan.layer(layer)
+    if tuple(q.shape[1:-2]) != plan.layout or q.shape[-2] != plan.heads:
+        raise ConfigError(f"q {tuple(q.shape)}; the plan is for layout {list(plan.layout)} with {plan.heads} heads")
     out = q.new_empty(q.shape) if out is None else out
     group = q.shape[-2] // k.shape[-2]
-    for launch in entry["launches"]:
-        heads = launch["heads"]
+    for launch in entry.launches:
+        heads = list(launch.heads)
         kv, _ = _kv_heads(heads, group)
         qs, ks, vs = _take(q, heads), _take(k, kv), _take(v, kv)
-        causal = plan.get("causal") or [False] * len(plan["layout"])
-        if launch["dense"] and not any(causal):
+        if launch.dense and not any(plan.causal):
             o = _dense(qs, ks, vs)
-        elif launch["dense"]:  # dense over a causal layout: our kernel with the whole layout as window
-            o = gna_attention(qs, ks, vs, window=plan["layout"], causal=causal, q_tile=plan["q_tile"],
-                              kv_tile=plan["kv_tile"])
-        else:
-            o = gna_attention(qs, ks, vs, window=launch["window"], stride=launch["stride"],
-                              dilation=launch["dilation"], causal=plan.get("causal", False),
-                              q_tile=plan["q_tile"], kv_tile=plan["kv_tile"])
+        else:  # sparse, or dense over a causal layout (our kernel with the whole layout as window)
+            o = gna_attention(qs, ks, vs, window=list(launch.window), stride=list(launch.stride),
+                              dilation=list(launch.dilation), causal=list(plan.causal), q_tile=list(plan.q_tile),
+                              kv_tile=list(plan.kv_tile))
         if qs is q:
             out.copy_(o)
         else:
@@ -84,7 +83,7 @@ def run_plan(plan: Mapping[str, Any], layer: int, q: Any, k: Any, v: Any, *, out
     return out
 
 
-def validate_plan_layers(plan: Mapping[str, Any], out: Path, *, seed: int = 0, commit: str | None = None,
+def validate_plan_layers(plan: Plan, out: Path, *, seed: int = 0, commit: str | None = None,
                          layers: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Check each plan layer (per launch, sampled rows against the fp32 reference with that launch's exact
     mask), then time the whole layer call and dense cuDNN over all heads; one CSV row per layer."""
@@ -93,54 +92,53 @@ def validate_plan_layers(plan: Mapping[str, Any], out: Path, *, seed: int = 0, c
     from sparsesim.kernels.reference import gna_row_mask
     from sparsesim.kernels.timing import TOLERANCE, check_rows, time_ms
     from sparsesim.kernels.validate import _device, _dtype, environment, random_qkv
-    from sparsesim.simulator.patterns import GNAPattern
+    from sparsesim.simulator.files import check_output
 
+    check_output(out, "--out", stdout_ok=False)
     env = environment(commit)
-    size = tuple(plan["layout"])
-    dtype, device = _dtype(plan["dtype"] if plan["dtype"] != "fp8" else "bf16"), _device()
-    b, h, hk, d = plan.get("batch", 1), plan["heads"], plan["heads_kv"], plan["head_dim"]
+    size = plan.layout
+    dtype, device = _dtype(plan.dtype if plan.dtype != "fp8" else "bf16"), _device()
+    b, h, hk, d = plan.batch, plan.heads, plan.heads_kv, plan.head_dim
     rows = []
-    for entry in plan["layers"]:
-        if layers is not None and entry["layer"] not in layers:
+    for entry in plan.layers:
+        if layers is not None and entry.layer not in layers:
             continue
-        s = seed + 10 * entry["layer"]
+        s = seed + 10 * entry.layer
         q = random_qkv((b, *size, h, d), dtype, device, s)
         k = random_qkv((b, *size, hk, d), dtype, device, s + 1)
         v = random_qkv((b, *size, hk, d), dtype, device, s + 2)
-        got = run_plan(plan, entry["layer"], q, k, v)
+        got = run_plan(plan, entry.layer, q, k, v)
         worst = 0.0
         group = h // hk
-        for launch in entry["launches"]:
-            kv, _ = _kv_heads(launch["heads"], group)
-            p = GNAPattern(input_size=size, window=size if launch["dense"] else launch["window"],
-                           stride=1 if launch["dense"] else launch["stride"],
-                           dilation=1 if launch["dense"] else launch["dilation"], causal=plan.get("causal", ()))
+        for launch in entry.launches:
+            kv, _ = _kv_heads(launch.heads, group)
+            p = plan.pattern(launch)
             bounds = [p.axis_bounds(a) for a in range(p.rank)]
 
             def mask_fn(r: Any, bounds: Any = bounds, p: Any = p) -> Any:
                 return gna_row_mask(r, size, bounds, p.dilation)
-            worst = max(worst, check_rows(_take(got, launch["heads"]), _take(q, launch["heads"]), _take(k, kv),
+            worst = max(worst, check_rows(_take(got, launch.heads), _take(q, launch.heads), _take(k, kv),
                                           _take(v, kv), mask_fn, seed=s + 3))
         buf = torch.empty_like(q)
-        ms = time_ms(lambda: run_plan(plan, entry["layer"], q, k, v, out=buf))  # noqa: B023
+        ms = time_ms(lambda: run_plan(plan, entry.layer, q, k, v, out=buf))  # noqa: B023
         dense_ms = time_ms(lambda: _dense(q, k, v))  # noqa: B023
-        rows.append({"layer": entry["layer"], "launches": len(entry["launches"]),
-                     "sparse_heads": sum(len(la["heads"]) for la in entry["launches"] if not la["dense"]),
+        rows.append({"layer": entry.layer, "launches": len(entry.launches),
+                     "sparse_heads": sum(len(la.heads) for la in entry.launches if not la.dense),
                      "rel_err": worst, "ok": bool(worst < TOLERANCE), "measured_ms": ms,
-                     "predicted_ms": entry["predicted_ms"], "error": entry["predicted_ms"] / ms - 1,
-                     "dense_measured_ms": dense_ms, "dense_predicted_ms": entry["dense_ms"],
-                     "measured_speedup": dense_ms / ms, "predicted_speedup": entry["dense_ms"] / entry["predicted_ms"],
-                     "workload": plan["workload"], "plan_gpu": plan["gpu"], **env})
+                     "predicted_ms": entry.predicted_ms, "error": entry.predicted_ms / ms - 1,
+                     "dense_measured_ms": dense_ms, "dense_predicted_ms": entry.dense_ms,
+                     "measured_speedup": dense_ms / ms, "predicted_speedup": entry.dense_ms / entry.predicted_ms,
+                     "workload": plan.workload, "plan_gpu": plan.gpu, **env})
         _write(rows, out)
     return rows
 
 
 def _write(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
-    """Write every row so far (an interruption keeps the finished layers)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out)
+    """Write every row so far through the one output routine (an interruption keeps the finished layers)."""
+    from sparsesim.simulator.files import write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(buf.getvalue(), out, "--out")

@@ -1,9 +1,9 @@
 """Torch reference attention built on the simulator's masks (no Triton).
 
-Masks come from :func:`sparsesim.simulator.dense_mask` (GNA) and
+Masks come from :func:`sparsesim.simulator.visible_mask` (GNA) and
 :meth:`sparsesim.simulator.BlockSparsePattern.dense_mask` (block-sparse), so the reference, the
 kernels and the simulator share one definition of which keys a query sees. Tokens of a
-``[batch, *spatial, heads, head_dim]`` tensor are flattened row-major, as ``dense_mask`` orders
+``[batch, *spatial, heads, head_dim]`` tensor are flattened row-major, as ``visible_mask`` orders
 them. A query row that sees no key at all yields zeros (the kernels do the same).
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsesim.simulator import BlockSparsePattern, dense_mask
+from sparsesim.simulator import BlockSparsePattern, GNAPattern, visible_mask
+from sparsesim.simulator.patterns import rows_mask
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, *,
@@ -36,7 +37,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
     Example:
         >>> q = torch.randn(1, 5, 2, 16)
-        >>> m = dense_mask(input_size=5, window=3)
+        >>> m = visible_mask(GNAPattern(input_size=5, window=3))
         >>> reference_attention(q, q, q, m).shape
         torch.Size([1, 5, 2, 16])
     """
@@ -69,9 +70,9 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 def gna_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Any, stride: Any = 1,
                   dilation: Any = 1, causal: Any = False, scale: float | None = None,
                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Reference GNA on ``[batch, *spatial, heads, head_dim]`` with the simulator's dense mask."""
-    mask = dense_mask(input_size=tuple(q.shape[1:-2]), window=window, stride=stride, dilation=dilation,
-                      causal=causal)
+    """Reference GNA on ``[batch, *spatial, heads, head_dim]`` with the simulator's mask (:func:`visible_mask`)."""
+    mask = visible_mask(GNAPattern(input_size=tuple(q.shape[1:-2]), window=window, stride=stride, dilation=dilation,
+                                   causal=causal))
     return reference_attention(q, k, v, mask, scale=scale, dtype=dtype)
 
 
@@ -119,14 +120,9 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def gna_row_mask(rows: Sequence[int], input_size: Sequence[int], bounds: Sequence[tuple[np.ndarray, np.ndarray]],
                  dilation: Sequence[int]) -> np.ndarray:
-    """Exact ``[R, N]`` mask of selected query tokens from per-axis ``(lo, hi)`` bounds (row-major tokens)."""
-    coords = np.unravel_index(np.asarray(rows, dtype=np.int64), tuple(input_size))
-    mask = np.ones((len(rows), 1), dtype=bool)
-    for a, n in enumerate(input_size):
-        lo, hi = bounds[a]
-        j = np.arange(n)
-        i = coords[a]
-        m = (j[None, :] >= lo[i][:, None]) & (j[None, :] <= hi[i][:, None])
-        m &= (j[None, :] % dilation[a]) == (i[:, None] % dilation[a])
-        mask = (mask[:, :, None] & m[:, None, :]).reshape(len(rows), -1)
-    return mask
+    """Exact ``[R, N]`` mask of selected query tokens from per-axis ``(lo, hi)`` bounds (row-major tokens).
+
+    :func:`sparsesim.simulator.patterns.rows_mask` under its old name; new code calls
+    ``visible_mask(pattern, rows)`` (or ``pattern.mask(rows)``).
+    """
+    return rows_mask(rows, input_size, bounds, dilation)

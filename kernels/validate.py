@@ -189,18 +189,16 @@ def build_call(case: Case, seed: int) -> tuple[Callable[[Any], Any], Any, Any, A
     n = math.prod(size)
     if case.kernel == "gna":
         from sparsesim.kernels.gna import build_launch, gna_attention
-        from sparsesim.kernels.reference import gna_row_mask
-        from sparsesim.simulator.patterns import GNAPattern
+        from sparsesim.simulator.patterns import GNAPattern, visible_mask
 
         pat = {"window": kw["window"], "stride": kw.get("stride", 1), "dilation": kw.get("dilation", 1),
                "causal": kw.get("causal", False)}
         tiles = {"q_tile": kw.get("q_tile"), "kv_tile": kw.get("kv_tile")}
         launch = build_launch(q, k, v, scale=None, kv_layout=None, **pat, **tiles)
         p = GNAPattern(input_size=size, **pat)
-        bounds = [p.axis_bounds(a) for a in range(p.rank)]
 
         def mask_fn(rows: Any) -> Any:
-            return gna_row_mask(rows, size, bounds, p.dilation)
+            return visible_mask(p, rows)
 
         return (lambda out: gna_attention(q, k, v, out=out, **pat, **tiles)), q, k, v, mask_fn, launch.kv_layout
     if case.kernel == "block_sparse":
@@ -337,10 +335,15 @@ def read_done(path: Path) -> set[str]:
     if not path.exists():
         return set()
     done = set()
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("case_id") and row.get("measured_ms") not in (None, ""):
-                done.add(row["case_id"])
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("case_id") and row.get("measured_ms") not in (None, ""):
+                    done.add(row["case_id"])
+    except (UnicodeDecodeError, csv.Error) as exc:
+        from sparsesim.simulator.errors import ConfigError
+
+        raise ConfigError(f"--out {str(path)!r} cannot be resumed: not a measurements CSV ({exc})") from None
     return done
 
 
@@ -362,10 +365,15 @@ def _row(case: Case, env: Mapping[str, str], check: Mapping[str, Any], ms: float
 
 def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1, seed: int = 0,
         commit: str | None = None, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Measure ``cases`` into ``out`` (appending; with ``resume`` skipping cases already there)."""
-    if out.exists() and not resume:
-        from sparsesim.simulator.errors import ConfigError
+    """Measure ``cases`` into ``out`` (appending; with ``resume`` skipping cases already there). ``out`` is checked
+    first (:func:`sparsesim.simulator.files.check_output`): a regular file or a new one, never a device or FIFO."""
+    from sparsesim.simulator.errors import ConfigError
+    from sparsesim.simulator.files import check_output
 
+    target = check_output(out, "--out", stdout_ok=False)
+    assert target is not None
+    out = target
+    if out.exists() and not resume:
         raise ConfigError(f"--out {str(out)!r} exists; pass --resume to continue it, or name a new file")
     done = read_done(out) if resume else set()
     todo = [c for c in cases if c.case_id not in done]

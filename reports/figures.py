@@ -6,7 +6,6 @@ writer's job). Every figure has a title, axis labels with units, and colours fro
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -178,8 +177,9 @@ def sm_timeline(costs: np.ndarray, sm_count: int, ctas_per_sm: int, title: str, 
 
 
 def roofline(records: Sequence[Mapping[str, Any]], peaks: Mapping[str, tuple[float, float]]) -> Figure:
-    """Achieved TFLOP/s of each configuration against its arithmetic intensity, under each GPU's roof
-    (``peaks``: GPU -> (bf16 TFLOP/s, HBM TB/s))."""
+    """Achieved TFLOP/s of each configuration against its arithmetic intensity (``intensity``: FLOPs per byte
+    of Q, K, V and O in the record's dtype, K and V at ``heads_kv``), under each GPU's roof (``peaks``: GPU ->
+    (tensor TFLOP/s of the records' dtype, HBM TB/s))."""
     fig, ax = _fig(8, 4.6)
     x = np.logspace(0, 5, 200)
     gpus = list(peaks)
@@ -275,32 +275,28 @@ def optuna_history(values: Sequence[Sequence[float]], title: str) -> Figure:
     return fig
 
 
-def plan_heatmap(plan: Mapping[str, Any]) -> Figure:
-    """The plan: layers x heads, colour = the head's kept attention density, dense heads marked."""
-    layers = plan["layers"]
-    heads = plan["heads"]
-    size = math.prod(plan["layout"])
+def plan_heatmap(plan: Any) -> Figure:
+    """The plan (a :class:`sparsesim.simulator.plan.Plan`): layers x heads, colour = the head's kept attention
+    density (causal axes counted), dense heads marked."""
+    layers = plan.layers
+    heads = plan.heads
     dens = np.zeros((len(layers), heads))
     dense = np.zeros((len(layers), heads), dtype=bool)
-    from sparsesim.simulator.patterns import GNAPattern
-
     for i, layer in enumerate(layers):
-        for h in layer["heads"]:
-            p = GNAPattern(input_size=tuple(plan["layout"]), window=h["window"], stride=h["stride"],
-                           dilation=h["dilation"])
-            dens[i, h["head"]] = p.visible_pairs() / float(size) ** 2
-            dense[i, h["head"]] = bool(h["dense"])
+        for h in layer.heads:
+            dens[i, h.head] = plan.pattern(h).density()
+            dense[i, h.head] = h.dense
     fig, ax = _fig(min(12, 2 + 0.35 * heads), 1.6 + 0.3 * len(layers))
     im = ax.imshow(dens * 100, cmap="cividis", vmin=0, vmax=100, aspect="auto")
     ys, xs = np.nonzero(dense)
     ax.scatter(xs, ys, marker="s", facecolors="none", edgecolors="black", linewidths=1.0, s=40,
                label="dense head (all keys)")
     fig.colorbar(im, ax=ax, label="keys kept per query (% of dense)")
-    ax.set_yticks(range(len(layers)), [str(layer["layer"]) for layer in layers])
+    ax.set_yticks(range(len(layers)), [str(layer.layer) for layer in layers])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"Plan for {plan['workload']} on {plan['gpu']}: density per head "
-                 f"(attention {plan['attention_speedup']:.2f}x, mean error {plan['mean_error']:.3f})")
+    ax.set_title(f"Plan for {plan.workload} on {plan.gpu}: density per head "
+                 f"(attention {plan.attention_speedup:.2f}x, mean error {plan.mean_error:.3f})")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=1, frameon=False)
     return fig
 

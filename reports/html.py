@@ -8,8 +8,6 @@ decoded into ``data-images-loaded`` on ``<body>`` (the browser test reads it).
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +76,13 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(sections: Sequence[Section], out_dir: str | Path, *, title: str, subtitle: str = "") -> Path:
-    """Save every figure as PNG and write ``index.html`` (atomically) into ``out_dir``; close the figures."""
+def render_report(sections: Sequence[Section], *, title: str, subtitle: str = "") -> dict[str, bytes]:
+    """Every figure as PNG bytes and ``index.html``, by file name (nothing written); closes the figures."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        from sparsesim.simulator.errors import ConfigError
-
-        raise ConfigError(f"--out {str(out)!r} is a file; allowed: a directory (made if missing)")
-    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, bytes] = {}
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if subtitle:
         parts.append(f'<p class="note">{html.escape(subtitle)}</p>')
@@ -101,17 +96,25 @@ def write_report(sections: Sequence[Section], out_dir: str | Path, *, title: str
             parts.append(f"<p>{html.escape(sec.text)}</p>")
         parts.append(_table(sec.table))
         for fig in sec.figures:
-            fig.figure.savefig(out / fig.name, dpi=110)
+            buf = io.BytesIO()
+            fig.figure.savefig(buf, format="png", dpi=110)
             plt.close(fig.figure)
+            files[fig.name] = buf.getvalue()
             parts.append(f'<figure><img src="{html.escape(fig.name)}" alt="{html.escape(fig.caption)}">'
                          f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>\n" + "\n".join(parts)
             + "\n</body></html>\n")
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index.", suffix=".html")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(page)
-    os.replace(tmp, out / "index.html")
-    os.chmod(out / "index.html", 0o644)
-    return out / "index.html"
+    files["index.html"] = page.encode("utf-8")
+    return files
+
+
+def write_report(sections: Sequence[Section], out_dir: str | Path, *, title: str, subtitle: str = "",
+                 flag: str = "--out") -> Path:
+    """Render the report (:func:`render_report`) and write its files into the folder ``out_dir`` through
+    :func:`sparsesim.simulator.files.write_files` (a new folder's parent must exist); returns ``index.html``."""
+    from sparsesim.simulator.files import write_files
+
+    files = render_report(sections, title=title, subtitle=subtitle)
+    return write_files(files, out_dir, flag) / "index.html"

@@ -6,16 +6,16 @@ Public surface (``import sparsesim.search`` imports neither torch nor optuna):
 - :func:`evaluate`, :func:`head_quality`: a pattern's error and kept mass on one head;
 - :func:`build_space`, :class:`Candidate`: the per-axis search space of a layout on a GPU;
 - :func:`search_plan`: a whole search (what ``simulate search`` runs);
-- :func:`load_plan`, :func:`save_plan`, :func:`validate_plan`: plan files.
+- :class:`Plan`, :func:`load_plan`, :func:`save_plan`: plan files (typed, versioned).
 """
 
 from __future__ import annotations
 
-from sparsesim.search.plan import load_plan, save_plan, validate_plan
+from sparsesim.search.plan import Plan, load_plan, save_plan
 from sparsesim.search.quality import evaluate, head_quality
 from sparsesim.search.run import search_plan
 from sparsesim.search.samples import capture, load_samples, save_samples, synthetic
 from sparsesim.search.space import Candidate, build_space
 
-__all__ = ["Candidate", "build_space", "capture", "evaluate", "head_quality", "load_plan", "load_samples",
-           "save_plan", "save_samples", "search_plan", "synthetic", "validate_plan"]
+__all__ = ["Candidate", "Plan", "build_space", "capture", "evaluate", "head_quality", "load_plan", "load_samples",
+           "save_plan", "save_samples", "search_plan", "synthetic"]

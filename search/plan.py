@@ -5,26 +5,38 @@ over heads, and optionally a per-head maximum), or to meet a target speedup at l
 Lagrangian search over ``sum(ms) + lambda * sum(error)`` (per-head shares of full-layer launches), then
 every layer's time is simulated as the launches it really makes (heads with one pattern share a launch).
 The baselines (:func:`baselines`) choose from the same evaluated points.
+
+The plan file is a typed, versioned record (:class:`~sparsesim.simulator.plan.Plan`, defined in the core so
+that kernels and reports read it without importing the search): :func:`build_plan` makes it from a choice.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from sparsesim.search.latency import LatencyModel
 from sparsesim.search.space import Candidate
 from sparsesim.search.study import Point
 from sparsesim.simulator.errors import ConfigError
-
-FORMAT = "sparsesim-plan"
-VERSION = 1
+from sparsesim.simulator.plan import (  # the record and its reader live in the core; re-exported here
+    FORMAT,
+    MAX_PLAN_BYTES,
+    READS,
+    VERSION,
+    BaselineOutcome,
+    ErrorBudget,
+    GpuPrediction,
+    Plan,
+    PlanHead,
+    PlanLaunch,
+    PlanLayer,
+    SearchInfo,
+    load_plan,
+    parse_plan,
+    save_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -270,140 +282,39 @@ def baselines(points: Sequence[Sequence[Sequence[Point]]], uniform: Mapping[Cand
 # The plan file
 # --------------------------------------------------------------------------------------------
 
-def plan_dict(*, choice: Choice, model: Model, layer_index: Sequence[int], layer_names: Sequence[str],
-              workload: str, gpu: str, error_budget: Mapping[str, float | None],
-              predicted: Mapping[str, Mapping[str, float]], search: Mapping[str, Any]) -> dict[str, Any]:
-    """The plan as JSON-ready data (see README, plan format)."""
+
+def build_plan(*, choice: Choice, model: Model, layer_index: Sequence[int], layer_names: Sequence[str],
+               workload: str, gpu: str, error_budget: ErrorBudget, predicted: Sequence[GpuPrediction],
+               search: SearchInfo | None) -> Plan:
+    """The plan of ``choice``: per layer its heads, the launches they make and their simulated times."""
     lat = model.latency
     s = lat.shape
     layers = []
     for li, name, row in zip(layer_index, layer_names, choice.layers, strict=True):
-        cands = [p.candidate for p in row]
-        launches = lat.launches(cands)
-        layers.append({
-            "layer": li, "name": name,
-            "heads": [{"head": h, "window": list(p.candidate.window), "stride": list(p.candidate.stride),
-                       "dilation": list(p.candidate.dilation), "dense": p.candidate.is_dense(s.layout),
-                       "error": p.error, "mass": p.mass} for h, p in enumerate(row)],
-            "launches": [{"heads": list(la.heads), "window": list(la.candidate.window),
-                          "stride": list(la.candidate.stride), "dilation": list(la.candidate.dilation),
-                          "dense": la.dense, "predicted_ms": la.ms} for la in launches],
-            "predicted_ms": sum(la.ms for la in launches), "dense_ms": lat.dense_layer_ms()})
+        launches = lat.launches([p.candidate for p in row])
+        layers.append(PlanLayer(
+            layer=li, name=name,
+            heads=tuple(PlanHead(head=h, window=p.candidate.window, stride=p.candidate.stride,
+                                 dilation=p.candidate.dilation, dense=p.candidate.is_dense(s.layout),
+                                 error=float(p.error), mass=float(p.mass) if math.isfinite(p.mass) else None)
+                        for h, p in enumerate(row)),
+            launches=tuple(PlanLaunch(heads=tuple(la.heads), window=la.candidate.window, stride=la.candidate.stride,
+                                      dilation=la.candidate.dilation, dense=la.dense, predicted_ms=float(la.ms))
+                           for la in launches),
+            predicted_ms=float(sum(la.ms for la in launches)), dense_ms=float(lat.dense_layer_ms())))
     res = outcome(model, choice)
-    return {"format": FORMAT, "version": VERSION, "workload": workload, "gpu": gpu,
-            "kernel_profile": lat.kernel_profile, "dense_profile": lat.dense_profile,
-            "layout": list(s.layout), "causal": list(s.causal) or [False] * len(s.layout), "heads": s.heads,
-            "heads_kv": s.heads_kv, "head_dim": s.head_dim, "batch": s.batch, "dtype": s.dtype,
-            "q_tile": list(lat.q_tile), "kv_tile": list(lat.kv_tile), "error_budget": dict(error_budget),
-            "mean_error": res.mean_error, "max_error": res.max_error, "attention_speedup": res.attention_speedup,
-            "e2e_predicted_speedup": res.e2e_predicted_speedup, "predicted": {k: dict(v) for k, v in predicted.items()},
-            "search": dict(search), "layers": layers}
+    plan = Plan(workload=workload, gpu=gpu, kernel_profile=lat.kernel_profile, dense_profile=lat.dense_profile,
+                layout=tuple(s.layout), causal=tuple(s.causal) or (False,) * len(s.layout), heads=s.heads,
+                heads_kv=s.heads_kv, head_dim=s.head_dim, batch=s.batch, dtype=s.dtype, q_tile=tuple(lat.q_tile),
+                kv_tile=tuple(lat.kv_tile), error_budget=error_budget, mean_error=float(res.mean_error),
+                max_error=float(res.max_error), attention_speedup=float(res.attention_speedup),
+                e2e_predicted_speedup=float(res.e2e_predicted_speedup), predicted=tuple(predicted), search=search,
+                layers=tuple(layers))
+    return parse_plan(plan.to_dict(), "the plan being built")  # the loader's checks: what is built loads
 
 
-def save_plan(plan: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the plan atomically (validated first: what is written loads)."""
-    validate_plan(plan, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(plan, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_plan(path: str | Path) -> dict[str, Any]:
-    """Read and validate a plan; a hand-edited or truncated file gets an error naming the bad field."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"plan {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        plan = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"plan {str(path)!r} is not valid JSON (truncated?): {exc.msg} at line "
-                          f"{exc.lineno}") from None
-    validate_plan(plan, str(path))
-    return plan
-
-
-def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise ConfigError(f"{where}: missing field {key!r}")
-    value = obj[key]
-    wants_bool = kind is bool or (isinstance(kind, tuple) and bool in kind)
-    if isinstance(value, bool) and not wants_bool:
-        raise ConfigError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ConfigError(f"{where}: field {key!r} must be {names}, got {value!r}")
-    return value
-
-
-def _ints(obj: Any, key: str, n: int, where: str, minimum: int = 1) -> list[int]:
-    value = _need(obj, key, list, where)
-    if len(value) != n or not all(isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value):
-        raise ConfigError(f"{where}: field {key!r} must be {n} integers >= {minimum}, got {value!r}")
-    return value
-
-
-def validate_plan(plan: Any, path: str = "plan") -> None:
-    """Check a plan's structure and values; raise :class:`ConfigError` naming the first bad field."""
-    where = f"plan {path!r}"
-    if _need(plan, "format", str, where) != FORMAT:
-        raise ConfigError(f"{where}: field 'format' must be {FORMAT!r}")
-    if _need(plan, "version", int, where) != VERSION:
-        raise ConfigError(f"{where}: field 'version' is {plan['version']}; this sparsesim reads version {VERSION}")
-    for key in ("workload", "gpu", "kernel_profile", "dense_profile", "dtype"):
-        _need(plan, key, str, where)
-    layout = _need(plan, "layout", list, where)
-    rank = len(layout)
-    _ints(plan, "layout", rank, where)
-    heads = _need(plan, "heads", int, where)
-    heads_kv = _need(plan, "heads_kv", int, where)
-    if heads < 1 or heads_kv < 1 or heads % heads_kv:
-        raise ConfigError(f"{where}: heads={heads}, heads_kv={heads_kv}; heads must be a multiple of heads_kv >= 1")
-    _need(plan, "head_dim", int, where)
-    _ints(plan, "q_tile", rank, where)
-    _ints(plan, "kv_tile", rank, where)
-    layers = _need(plan, "layers", list, where)
-    if not layers:
-        raise ConfigError(f"{where}: field 'layers' is empty")
-    for i, layer in enumerate(layers):
-        lw = f"{where} layers[{i}]"
-        _need(layer, "layer", int, lw)
-        hs = _need(layer, "heads", list, lw)
-        if len(hs) != heads:
-            raise ConfigError(f"{lw}: field 'heads' has {len(hs)} entries; the plan has heads={heads}")
-        for j, h in enumerate(hs):
-            hw = f"{lw}.heads[{j}]"
-            if _need(h, "head", int, hw) != j:
-                raise ConfigError(f"{hw}: field 'head' is {h['head']}; expected {j}")
-            window = _ints(h, "window", rank, hw)
-            stride = _ints(h, "stride", rank, hw)
-            dilation = _ints(h, "dilation", rank, hw)
-            for a in range(rank):
-                if window[a] * dilation[a] > layout[a] or stride[a] > window[a]:
-                    raise ConfigError(f"{hw}: axis {a}: window {window[a]}, stride {stride[a]}, dilation "
-                                      f"{dilation[a]} do not fit the axis of {layout[a]} (stride <= window, "
-                                      "window x dilation <= length)")
-            for key in ("error", "mass"):
-                value = _need(h, key, (int, float), hw)
-                if not (math.isfinite(value) or (key == "mass" and math.isnan(value))) or value < 0:
-                    raise ConfigError(f"{hw}: field {key!r} must be a number >= 0, got {value!r}")
-        covered: list[int] = []
-        for k, la in enumerate(_need(layer, "launches", list, lw)):
-            kw = f"{lw}.launches[{k}]"
-            covered += _ints(la, "heads", len(_need(la, "heads", list, kw)), kw, minimum=0)
-            for key in ("window", "stride", "dilation"):
-                _ints(la, key, rank, kw)
-            _need(la, "dense", bool, kw)
-            _need(la, "predicted_ms", (int, float), kw)
-        if sorted(covered) != list(range(heads)):
-            raise ConfigError(f"{lw}: field 'launches' must run every head 0..{heads - 1} exactly once, "
-                              f"runs {sorted(covered)}")
+__all__ = [
+    "FORMAT", "MAX_PLAN_BYTES", "READS", "VERSION", "BaselineOutcome", "Choice", "ErrorBudget", "GpuPrediction",
+    "Model", "Outcome", "Plan", "PlanHead", "PlanLaunch", "PlanLayer", "SearchInfo", "baselines", "build_plan",
+    "choose", "load_plan", "outcome", "parse_plan", "save_plan",
+]

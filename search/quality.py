@@ -1,8 +1,8 @@
 """Quality of a sparse pattern on one head: output error and attention mass kept, on sampled query rows.
 
 For each sampled query row ``i`` the dense softmax row ``p_i`` (over every key) is computed once; a
-pattern keeps the keys it makes visible (the core's GNA semantics, :func:`sparsesim.simulator.patterns.
-axis_bounds`), and its output is ``sum_j m_ij p_ij v_j / sum_j m_ij p_ij``: exactly what sparse attention
+pattern keeps the keys it makes visible (the core's one predicate, :func:`sparsesim.simulator.patterns.
+visible_mask`), and its output is ``sum_j m_ij p_ij v_j / sum_j m_ij p_ij``: exactly what sparse attention
 computes for that row. Reported per head:
 
 - ``error``: ``||O_sparse - O_dense|| / ||O_dense||`` over the sampled rows (Frobenius);
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsesim.simulator.patterns import GNAPattern, axis_bounds
+from sparsesim.simulator.patterns import GNAPattern, visible_mask
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class HeadQuality:
 
     layout: tuple[int, ...]
     coords: np.ndarray  # (rows, rank) coordinates of the sampled queries
+    rows: np.ndarray  # (rows,) flat row-major token indices of the sampled queries
     p: np.ndarray  # (rows, tokens) exp(score - row max), float32
     z: np.ndarray  # (rows,) row sums of p
     v: np.ndarray  # (tokens, head_dim) float32
@@ -50,38 +51,24 @@ def head_quality(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray, 
     ``k``/``v`` (tokens, d); scores scaled by ``1/sqrt(d)``. The reference is the model's own dense
     attention: causal along the ``causal`` axes."""
     q32, k32, v32 = (np.asarray(x, np.float32) for x in (q, k, v))
-    coords = np.stack(np.unravel_index(np.asarray(rows), layout), axis=1).astype(np.int64)
+    flat = np.asarray(rows, dtype=np.int64).reshape(-1)
+    coords = np.stack(np.unravel_index(flat, layout), axis=1).astype(np.int64)
     s = (q32 @ k32.T) * np.float32(1.0 / math.sqrt(q32.shape[1]))
     if any(causal):
-        s[~row_mask(GNAPattern(input_size=layout, window=layout, causal=causal), coords)] = -np.inf
+        s[~visible_mask(GNAPattern(input_size=layout, window=layout, causal=causal), flat)] = -np.inf
     s -= s.max(axis=1, keepdims=True)
     p = np.exp(s, out=s)
     z = p.sum(axis=1)
     out = (p @ v32) / z[:, None]
-    return HeadQuality(layout=layout, coords=coords, p=p, z=z, v=v32, out=out,
+    return HeadQuality(layout=layout, coords=coords, rows=flat, p=p, z=z, v=v32, out=out,
                        norm=float(np.linalg.norm(out)) or 1.0, causal=tuple(causal) or (False,) * len(layout))
-
-
-def row_mask(pattern: GNAPattern, coords: np.ndarray) -> np.ndarray:
-    """(rows, tokens) bool: which keys each sampled query sees under ``pattern`` (per-axis product)."""
-    mask: np.ndarray | None = None
-    for axis, length in enumerate(pattern.input_size):
-        lo, hi = axis_bounds(length, pattern.window[axis], pattern.stride[axis], pattern.dilation[axis],
-                             pattern.causal[axis])
-        i = coords[:, axis]
-        j = np.arange(length)
-        d = pattern.dilation[axis]
-        m = (j[None, :] >= lo[i][:, None]) & (j[None, :] <= hi[i][:, None]) & (j[None, :] % d == (i % d)[:, None])
-        mask = m if mask is None else (mask[:, :, None] & m[:, None, :]).reshape(m.shape[0], -1)
-    assert mask is not None
-    return mask
 
 
 def evaluate(hq: HeadQuality, pattern: GNAPattern) -> Quality:
     """Error and kept mass of ``pattern`` on the head (exact for the sampled rows)."""
     if pattern.window == pattern.input_size and pattern.causal == hq.causal:
         return Quality(error=0.0, mass=1.0)  # the reference itself
-    pm = np.where(row_mask(pattern, hq.coords), hq.p, np.float32(0.0))
+    pm = np.where(visible_mask(pattern, hq.rows), hq.p, np.float32(0.0))
     zm = pm.sum(axis=1)
     kept = zm / hq.z
     safe = np.where(zm > 0, zm, 1.0)

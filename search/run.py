@@ -12,17 +12,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsesim.search.latency import LatencyModel, LayerShape
-from sparsesim.search.plan import Choice, Model, Outcome, baselines, choose, outcome, plan_dict
+from sparsesim.search.plan import (
+    BaselineOutcome,
+    Choice,
+    ErrorBudget,
+    GpuPrediction,
+    Model,
+    Outcome,
+    Plan,
+    SearchInfo,
+    baselines,
+    build_plan,
+    choose,
+    outcome,
+)
 from sparsesim.search.space import Candidate, Space, build_space
 from sparsesim.search.study import (
     HeadSource,
     Point,
+    Progress,
     SearchReport,
     SearchSettings,
     head_study_name,
     open_storage,
     pareto,
     points,
+    redact_url,
     run_parallel,
 )
 from sparsesim.simulator.errors import ConfigError
@@ -36,9 +51,9 @@ STUDY_FORMAT = 3
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The plan (JSON-ready), its outcome and the baselines' on the target GPU, and the run's report."""
+    """The plan, its outcome and the baselines' on the target GPU, and the run's report."""
 
-    plan: dict[str, Any]
+    plan: Plan
     outcomes: tuple[Outcome, ...]
     report: SearchReport
 
@@ -93,6 +108,8 @@ def uniform_quality(storage: Any, study: str, layers: Sequence[int], heads: int,
     """Per uniform candidate, every searched head's (error, mass) (recorded in each head's study)."""
     import optuna
 
+    if isinstance(storage, str):
+        storage = open_storage(storage)
     out: dict[Candidate, list[list[tuple[float, float]]]] = {c: [] for c in cands}
     for li in range(len(layers)):
         rows: dict[Candidate, list[tuple[float, float]]] = {c: [] for c in cands}
@@ -109,8 +126,11 @@ def uniform_quality(storage: Any, study: str, layers: Sequence[int], heads: int,
 def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSettings, layers: str | None = None,
                 error_budget: float | None = None, max_error: float | None = None,
                 target_speedup: float | None = None, kernel_profile: str = "triton", dense_profile: str = "cudnn",
-                samples_label: str = "", progress: bool = False) -> SearchResult:
-    """Search every head of the chosen layers, choose the plan, and compare it with the baselines."""
+                samples_label: str = "", progress: Progress | None = None, storage: Any = None) -> SearchResult:
+    """Search every head of the chosen layers, choose the plan, and compare it with the baselines.
+
+    ``storage``: the storage already opened on ``settings.storage`` (:func:`open_storage`), else it is
+    opened here; ``progress(done, total)`` is called as trials finish."""
     w = load_workload(workload)
     if tuple(src.layout) != tuple(w.layout):
         raise ConfigError(f"the samples' layout {'x'.join(map(str, src.layout))} is not the workload's "
@@ -130,7 +150,7 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
                               "tiles": [space.q_tile, space.kv_tile]})
     settings = SearchSettings(**{**settings.__dict__, "fingerprint": fingerprint})
     sample_layers = list(range(len(chosen)))
-    storage = open_storage(settings.storage)
+    storage = storage if storage is not None else open_storage(settings.storage)
     report = run_parallel(src, sample_layers, space, latency, settings, progress=progress,
                           uniform=uniform, storage=storage)
     pts = [[points(storage, settings.study, li, h) for h in range(w.heads)] for li in sample_layers]
@@ -152,7 +172,7 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
                       evaluated=evaluated) for b in base]
     choices: list[Choice] = [plan, *[c for pair in zip(base, matched, strict=True) for c in pair]]
     outcomes = tuple(outcome(model, c) for c in choices)
-    predicted = {}
+    predicted = []
     for g in GPUS:
         try:
             other = build_space(w.layout, gpu=g, head_dim=w.head_dim, dtype=w.dtype)
@@ -161,16 +181,16 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
         lat = LatencyModel(shape=shape, gpu=g, q_tile=other.q_tile, kv_tile=other.kv_tile,
                            kernel_profile=kernel_profile, dense_profile=dense_profile)
         res = outcome(step_model(w, lat, len(chosen)), plan)
-        predicted[g] = {"attention_speedup": res.attention_speedup, "e2e_predicted_speedup": res.e2e_predicted_speedup}
-    data = plan_dict(choice=plan, model=model, layer_index=chosen, layer_names=[f"layer{li}" for li in chosen],
-                     workload=w.name, gpu=gpu,
-                     error_budget={"mean": error_budget, "max": max_error, "target_speedup": target_speedup},
-                     predicted=predicted,
-                     search={"study": settings.study, "storage": settings.storage, "trials": settings.trials,
-                             "seed": settings.seed, "samples": samples_label, "sampler": "TPESampler(multivariate)",
-                             "baselines": [{"name": o.name, "mean_error": o.mean_error, "max_error": o.max_error,
-                                            "e2e_predicted_speedup": o.e2e_predicted_speedup,
-                                            "attention_speedup": o.attention_speedup} for o in outcomes[1:]]})
+        predicted.append(GpuPrediction(g, float(res.attention_speedup), float(res.e2e_predicted_speedup)))
+    info = SearchInfo(study=settings.study, storage=redact_url(settings.storage), trials=settings.trials,
+                      seed=settings.seed, samples=samples_label or "-", sampler="TPESampler(multivariate)",
+                      baselines=tuple(BaselineOutcome(o.name, float(o.mean_error), float(o.max_error),
+                                                      float(o.e2e_predicted_speedup), float(o.attention_speedup))
+                                      for o in outcomes[1:]))
+    data = build_plan(choice=plan, model=model, layer_index=chosen, layer_names=[f"layer{li}" for li in chosen],
+                      workload=w.name, gpu=gpu,
+                      error_budget=ErrorBudget(error_budget, max_error, target_speedup), predicted=predicted,
+                      search=info)
     return SearchResult(plan=data, outcomes=outcomes, report=report)
 
 

@@ -130,26 +130,80 @@ def save_samples(samples: Samples, path: str | Path) -> Path:
     return path
 
 
+#: Largest samples file read (a HunyuanVideo layer's K and V in fp16 are about 1.3 GB).
+MAX_SAMPLES_BYTES = 64 * 2**30
+
+
+def _array(data: Mapping[str, np.ndarray], key: str, where: str, kinds: str, ndim: int) -> np.ndarray:
+    """``data[key]`` checked: present, of a dtype kind in ``kinds`` (``f`` float, ``i``/``u`` integer, ``U`` text)
+    and ``ndim`` dimensions; float arrays finite."""
+    if key not in data:
+        raise ConfigError(f"{where} lacks array {key!r}")
+    a = data[key]
+    if a.dtype.kind not in kinds or a.ndim != ndim:
+        want = {"f": "floats", "i": "integers", "u": "integers", "U": "strings"}[kinds[0]]
+        raise ConfigError(f"{where}: array {key!r} is {a.dtype} with shape {a.shape}; allowed: {ndim}-D {want}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ConfigError(f"{where}: array {key!r} holds NaN or infinite values; allowed: finite values")
+    return a
+
+
 def load_samples(path: str | Path) -> Samples:
-    """Read a samples file; a file that is not one, or of another version, gets a one-line error."""
+    """Read a samples file; a file that is not one (or of another version, or whose arrays have the wrong
+    dtype, shape or values) gets a one-line error naming the file and the array."""
+    import stat
+
+    where = f"--samples {str(path)[:200]!r}"
     try:
-        with np.load(Path(path), allow_pickle=False) as z:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{where} is not a regular file; allowed: a samples file (.npz)")
+        if st.st_size > MAX_SAMPLES_BYTES:
+            raise ConfigError(f"{where} has {st.st_size} bytes; allowed: at most {MAX_SAMPLES_BYTES}")
+        z = np.load(Path(path), allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ConfigError(f"{where} is a single array, not a samples file (.npz)")
+        with z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"--samples {str(path)!r} is not a readable samples file (.npz): {exc}") from None
-    if str(data.get("format", "")) != FORMAT:
-        raise ConfigError(f"--samples {str(path)!r}: format {str(data.get('format', ''))!r}; expected {FORMAT!r}")
-    if int(data.get("version", -1)) != VERSION:
-        raise ConfigError(f"--samples {str(path)!r}: version {int(data.get('version', -1))}; this sparsesim "
-                          f"reads version {VERSION}")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        raise ConfigError(f"{where} is not a readable samples file (.npz): {reason}") from None
+    fmt = data.get("format")
+    if fmt is None or fmt.dtype.kind != "U" or fmt.ndim != 0 or str(fmt) != FORMAT:
+        shown = str(fmt)[:40] if fmt is not None else ""
+        raise ConfigError(f"{where}: format {shown!r}; expected {FORMAT!r}")
+    version = data.get("version")
+    if version is None or version.dtype.kind not in "iu" or version.ndim != 0 or int(version) != VERSION:
+        shown = str(version)[:40] if version is not None else "none"
+        raise ConfigError(f"{where}: version {shown}; this sparsesim reads version {VERSION}")
+    names = _array(data, "names", where, "U", 1)
+    layout = _array(data, "layout", where, "iu", 1)
+    if not 1 <= layout.size <= 3 or (layout < 1).any() or float(np.prod(layout.astype(np.float64))) > 2**31 - 1:
+        raise ConfigError(f"{where}: layout {layout.tolist()[:4]}; allowed: 1 to 3 positive axis lengths, at most "
+                          f"2^31 - 1 tokens")
+    layers = []
+    for i, n in enumerate(names):
+        q = _array(data, f"q{i}", where, "f", 3)
+        rows = _array(data, f"rows{i}", where, "iu", 1)
+        k = _array(data, f"k{i}", where, "f", 3)
+        v = _array(data, f"v{i}", where, "f", 3)
+        kinds = _array(data, f"kinds{i}", where, "U", 1)
+        if min(q.shape) < 1 or min(k.shape) < 1:
+            raise ConfigError(f"{where}: layer {i} has empty arrays q{q.shape}, k{k.shape}; allowed: at least one "
+                              f"head, row and token")
+        bad = [str(x) for x in kinds if str(x) and str(x) not in KINDS]
+        if bad or kinds.size not in (0, q.shape[0]):
+            raise ConfigError(f"{where}: kinds{i} {kinds.tolist()[:4]}; allowed: one of {', '.join(KINDS)} or "
+                              f"'' per head")
+        try:
+            layers.append(LayerSamples(name=str(n), q=q, rows=rows, k=k, v=v,
+                                       kinds=tuple(str(x) for x in kinds if str(x))))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     try:
-        names = [str(n) for n in data["names"]]
-        layers = tuple(LayerSamples(name=n, q=data[f"q{i}"], rows=data[f"rows{i}"], k=data[f"k{i}"],
-                                    v=data[f"v{i}"], kinds=tuple(str(x) for x in data[f"kinds{i}"] if str(x)))
-                       for i, n in enumerate(names))
-        return Samples(layout=tuple(int(x) for x in data["layout"]), layers=layers)
-    except KeyError as exc:
-        raise ConfigError(f"--samples {str(path)!r} lacks array {exc.args[0]!r}") from None
+        return Samples(layout=tuple(int(x) for x in layout), layers=tuple(layers))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def sample_rows(tokens: int, rows: int, rng: np.random.Generator) -> np.ndarray:

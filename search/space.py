@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsesim.hwmodels import load_gpu
+from sparsesim.simulator.engine import resolve_tiles
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.feasibility import can_run
 from sparsesim.simulator.patterns import GNAPattern
-from sparsesim.simulator.engine import resolve_tiles
 
 STRIDES = ("1", "tile", "block")
 

@@ -1,7 +1,9 @@
 """Optuna studies: per head, the patterns that trade simulated latency against measured error.
 
-One study per (layer, head), named ``<study>:L<layer>:H<head>``, in storage given by URL exactly as
-Optuna takes it (default an embedded SQLite file). Two objectives, both minimized: the head's share of
+One study per (layer, head), named ``<study>:L<layer>:H<head>``, in storage given by URL (default an
+embedded SQLite file): ``sqlite:///FILE`` or a server URL such as ``postgresql://user:password@host/db``,
+whose driver is picked here (:func:`storage_url`). A URL's password never leaves this module in a message
+or a record: :func:`redact_url` replaces it with ``***``. Two objectives, both minimized: the head's share of
 its layer's simulated attention time (ms) and the relative output error on the sampled rows.
 
 Sampler: Optuna's ``TPESampler`` (multivariate, seeded per head). It handles categorical spaces and two
@@ -18,9 +20,9 @@ one trial per extra worker).
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from sparsesim.search.latency import LatencyModel
 from sparsesim.search.quality import Quality, evaluate, head_quality
 from sparsesim.search.space import Candidate, Space
 from sparsesim.simulator.errors import ConfigError
+from sparsesim.simulator.plan import redact_url
 
 
 class HeadSource(Protocol):
@@ -99,16 +102,47 @@ def _optuna() -> Any:
     return optuna
 
 
+#: PostgreSQL drivers SQLAlchemy takes, in order of preference: (module, URL scheme).
+_PG_DRIVERS = (("psycopg2", "postgresql+psycopg2"), ("psycopg", "postgresql+psycopg"), ("pg8000", "postgresql+pg8000"))
+
+
+def storage_url(url: str) -> str:
+    """The URL handed to Optuna for ``--storage url``: ``postgresql://`` (and ``postgres://``) get a driver
+    that is installed; a SQLite URL must name a file (or ``:memory:``). Raises a one-line error naming the
+    (redacted) URL."""
+    shown = redact_url(url)
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"--storage {shown!r}; allowed: sqlite:///FILE or postgresql://user@host/db")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"--storage {shown!r} is not a URL; allowed: sqlite:///FILE or postgresql://user@host/db")
+    if scheme.lower() == "sqlite":
+        if rest in ("", "/") or not rest.startswith("/"):
+            raise ConfigError(f"--storage {shown!r} names no database file; allowed: sqlite:///FILE (relative), "
+                              "sqlite:////abs/FILE or sqlite:///:memory:")
+        return url
+    if scheme.lower() in ("postgresql", "postgres"):
+        for module, name in _PG_DRIVERS:
+            if importlib.util.find_spec(module) is not None:
+                return f"{name}://{rest}"
+        raise ConfigError(f"--storage {shown!r} needs a PostgreSQL driver: pip install 'sparsesim[postgres]' "
+                          "(psycopg2)")
+    return url
+
+
 def open_storage(url: str) -> Any:
-    """Optuna's storage for ``url`` (any URL Optuna takes). An SQLite file gets write-ahead logging and
+    """Optuna's storage for ``url`` (see :func:`storage_url`), connected once: a bad URL, a missing driver or
+    an unreachable server fails here, before any work. An SQLite file gets write-ahead logging and
     ``synchronous=NORMAL``: still safe against a killed process, and a trial commits in ~25 ms, not ~50."""
+    target = storage_url(url)
     optuna = _optuna()
     try:
-        storage = optuna.storages.RDBStorage(url)
+        storage = optuna.storages.RDBStorage(target)
     except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
-        raise ConfigError(f"--storage {url!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--storage {redact_url(url)!r}: {redact_url(first).replace(url, redact_url(url))}"
                           ) from None
-    if url.startswith("sqlite") and ":memory:" not in url:  # (an in-memory database lives in one connection)
+    if target.startswith("sqlite") and ":memory:" not in target:  # (an in-memory database lives in one connection)
         from sqlalchemy import event
 
         def pragmas(conn: Any, _record: Any) -> None:
@@ -129,13 +163,14 @@ def _open(optuna: Any, settings: SearchSettings, name: str, seed: int, storage: 
         study = optuna.create_study(study_name=name, storage=storage, directions=["minimize", "minimize"],
                                     sampler=sampler, load_if_exists=True)
     except optuna.exceptions.StorageInternalError as exc:
-        raise ConfigError(f"--storage {settings.storage!r}: {str(exc).splitlines()[0]}") from None
+        first = redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ConfigError(f"--storage {redact_url(settings.storage)!r}: {first}") from None
     made = study.user_attrs.get("fingerprint")
     if made is None:
         study.set_user_attr("fingerprint", settings.fingerprint)
     elif made != settings.fingerprint:
-        raise ConfigError(f"study {settings.study!r} in {settings.storage} was made for {made}; this run is "
-                          f"{settings.fingerprint}: pass another --study or --storage")
+        raise ConfigError(f"study {settings.study!r} in {redact_url(settings.storage)} was made for {made}; this "
+                          f"run is {settings.fingerprint}: pass another --study or --storage")
     return study
 
 
@@ -219,8 +254,13 @@ def _heads(src: HeadSource, layers: Sequence[int]) -> list[tuple[int, int]]:
     return [(li, h) for li in layers for h in range(src.layer_heads(li))]
 
 
+#: Called as ``progress(done, total)``: trials finished (found in the storage at the start, then run) of the
+#: whole search; the CLI draws its bar from it (the engine never prints).
+Progress = Callable[[int, int], None]
+
+
 def run_search(src: HeadSource, layers: Sequence[int], space: Space, latency: LatencyModel,
-               settings: SearchSettings, *, progress: bool = False, worker: int = 0,
+               settings: SearchSettings, *, progress: Progress | None = None, worker: int = 0,
                uniform: Sequence[Candidate] = (), storage: Any = None) -> SearchReport:
     """Search every head of ``layers`` (in this process; see :func:`run_parallel` for workers)."""
     optuna = _optuna()
@@ -232,12 +272,20 @@ def run_search(src: HeadSource, layers: Sequence[int], space: Space, latency: La
     storage = storage if storage is not None else open_storage(settings.storage)
     found = finished_trials(storage, settings.study, pairs, settings.trials) if worker == 0 else 0
     total = len(pairs) * settings.trials
-    bar = _Progress(total, found, enabled=progress)
+    done = found
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(min(done, total), total)
+
+    if progress is not None:
+        progress(min(done, total), total)
     ran = 0
     for li, h in pairs:
-        ran += search_head(optuna, src, li, h, space, latency, settings, clock, on_trial=bar.step, uniform=uniform,
+        ran += search_head(optuna, src, li, h, space, latency, settings, clock, on_trial=step, uniform=uniform,
                            storage=storage)
-    bar.close()
     seconds = time.perf_counter() - t0
     return SearchReport(heads=len(pairs), found=found, ran=ran, seconds=seconds, simulator_s=clock.simulator,
                         quality_s=clock.quality, other_s=max(0.0, seconds - clock.simulator - clock.quality))
@@ -249,14 +297,15 @@ def _worker(args: tuple[Any, ...]) -> SearchReport:
 
 
 def run_parallel(src: HeadSource, layers: Sequence[int], space: Space, latency: LatencyModel,
-                 settings: SearchSettings, *, progress: bool = False, uniform: Sequence[Candidate] = (),
+                 settings: SearchSettings, *, progress: Progress | None = None, uniform: Sequence[Candidate] = (),
                  storage: Any = None) -> SearchReport:
     """``settings.n_jobs`` worker processes share the studies through the storage; one report for all."""
     if settings.n_jobs <= 1:
         return run_search(src, layers, space, latency, settings, progress=progress, uniform=uniform,
                           storage=storage)
     if ":memory:" in settings.storage:
-        raise ConfigError("--storage sqlite:///:memory: lives in one process; --n-jobs needs a file or server URL")
+        raise ConfigError(f"--storage {redact_url(settings.storage)!r} lives in one process; --n-jobs needs a "
+                          "file or server URL")
     t0 = time.perf_counter()
     storage = storage if storage is not None else open_storage(settings.storage)
     found = finished_trials(storage, settings.study, _heads(src, layers), settings.trials)
@@ -272,10 +321,13 @@ def run_parallel(src: HeadSource, layers: Sequence[int], space: Space, latency: 
 def points(storage: Any, study: str, layer: int, head: int) -> list[Point]:
     """Every completed trial of one head, as points (loaded from the storage: a URL or storage object)."""
     optuna = _optuna()
+    shown = redact_url(storage) if isinstance(storage, str) else "the storage"
+    if isinstance(storage, str):
+        storage = open_storage(storage)
     try:
         st = optuna.load_study(study_name=head_study_name(study, layer, head), storage=storage)
     except KeyError:
-        raise ConfigError(f"no study {head_study_name(study, layer, head)!r} in {storage}; run the search "
+        raise ConfigError(f"no study {head_study_name(study, layer, head)!r} in {shown}; run the search "
                           "first") from None
     out = []
     for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -294,23 +346,3 @@ def pareto(pts: Sequence[Point]) -> list[Point]:
         if not front or p.error < front[-1].error:
             front.append(p)
     return front
-
-
-class _Progress:
-    """A one-line progress bar on stderr (trials done of the whole search)."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.total, self.done, self.enabled, self.t0 = total, done, enabled, time.perf_counter()
-
-    def step(self) -> None:
-        self.done += 1
-        if self.enabled and (self.done % 5 == 0 or self.done == self.total):
-            frac = self.done / max(1, self.total)
-            bar = "#" * int(30 * frac)
-            sys.stderr.write(f"\rsearch [{bar:<30}] {self.done}/{self.total} trials "
-                             f"{time.perf_counter() - self.t0:6.1f} s")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")

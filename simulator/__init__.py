@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "ConfigError": "errors", "can_run": "feasibility", "candidate_tiles": "feasibility",
     "attention_flops": "flops", "BlockSparsePattern": "patterns", "GNAPattern": "patterns",
-    "axis_bounds": "patterns", "dense_mask": "patterns", "load_block_map": "patterns",
+    "axis_bounds": "patterns", "dense_mask": "patterns", "load_block_map": "patterns", "visible_mask": "patterns",
     "BoxSchedule": "schedule", "box_schedule": "schedule", "SimConfig": "config", "SimResult": "engine",
     "simulate": "engine", "simulate_many": "engine", "TileMap": "tiling", "tilemap": "tiling",
 }
@@ -27,7 +27,7 @@ _EXPORTS = {
 __all__ = [
     "BlockSparsePattern", "BoxSchedule", "ConfigError", "GNAPattern", "SimConfig", "SimResult", "TileMap",
     "attention_flops", "axis_bounds", "box_schedule", "can_run", "candidate_tiles", "dense_mask", "load_block_map",
-    "simulate", "simulate_many", "tilemap",
+    "simulate", "simulate_many", "tilemap", "visible_mask",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
         axis_bounds,
         dense_mask,
         load_block_map,
+        visible_mask,
     )
     from sparsesim.simulator.schedule import BoxSchedule, box_schedule
     from sparsesim.simulator.tiling import TileMap, tilemap

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from sparsesim.hwmodels import GPU, load_gpu
 from sparsesim.hwmodels.profiles import KernelProfile, load_profile
 from sparsesim.simulator.cost import Problem
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern
+from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, layout_tuple
 from sparsesim.simulator.predict import dense_pass, sparse_call
 from sparsesim.simulator.tiling import TileMap, block_sparse_tilemap, tilemap
 
@@ -45,16 +46,51 @@ def family(profile: KernelProfile) -> str:
     return "triton" if profile.name.startswith("triton") else "cudnn"
 
 
+_ASCII_INT = re.compile(r"[0-9]+", re.ASCII)
+
+
 def _ints(text: Any) -> tuple[int, ...] | None:
     text = str(text).strip()
     if text in ("", "nan", "None"):
         return None
-    return tuple(int(x) for x in text.split("x"))
+    parts = text.split("x")
+    if not all(_ASCII_INT.fullmatch(x) and len(x) <= 12 for x in parts):
+        raise ValueError(text)
+    return tuple(int(x) for x in parts)
 
 
 def _flags(text: Any) -> tuple[bool, ...] | None:
     text = str(text).strip()
-    return None if text in ("", "nan", "None") else tuple(c == "1" for c in text)
+    if text in ("", "nan", "None"):
+        return None
+    if not set(text) <= {"0", "1"} or len(text) > 3:
+        raise ValueError(text)
+    return tuple(c == "1" for c in text)
+
+
+def _value(rec: Mapping[str, Any], key: str, where: str, parse: Any, allowed: str) -> Any:
+    """``rec[key]`` parsed, or a one-line error naming the file, row, column and value."""
+    if key not in rec:
+        raise ConfigError(f"{where}: no {key!r} column; allowed: a CSV written by simulate validate")
+    text = rec[key]
+    try:
+        return parse(text)
+    except (ValueError, TypeError, OverflowError):
+        raise ConfigError(f"{where}: {key}={str(text)[:80]!r}; allowed: {allowed}") from None
+
+
+def _count(text: Any) -> int:
+    text = str(text).strip()
+    if not _ASCII_INT.fullmatch(text) or len(text) > 12:
+        raise ValueError(text)
+    return int(text)
+
+
+def _ms(text: Any) -> float:
+    value = float(str(text).strip())
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
 
 
 @dataclass(frozen=True)
@@ -72,24 +108,44 @@ class Row:
     pattern: GNAPattern | None
 
 
-def prepare(rec: Mapping[str, Any], gpu: GPU) -> Row:
-    """Build a :class:`Row` from one CSV record (its kernel, pattern, tiles and problem)."""
-    kernel = str(rec["kernel"])
-    problem = Problem(batch=int(rec["batch"]), heads=int(rec["heads"]), heads_kv=int(rec["heads_kv"]),
-                      head_dim=int(rec["head_dim"]), dtype=str(rec["dtype"]))
-    size = _ints(rec["input_size"])
-    assert size is not None
+def prepare(rec: Mapping[str, Any], gpu: GPU, where: str = "measurement row") -> Row:
+    """Build a :class:`Row` from one CSV record (its kernel, pattern, tiles and problem); a malformed value is a
+    one-line :class:`ConfigError` naming ``where`` (file and row), the column and the value."""
+    try:
+        return _prepare(rec, where)
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None
+
+
+def _prepare(rec: Mapping[str, Any], where: str) -> Row:
+    kernel = str(_value(rec, "kernel", where, str, "a kernel name"))
+    counts = {k: _value(rec, k, where, _count, "a positive integer") for k in ("batch", "heads", "heads_kv",
+                                                                             "head_dim")}
+    dtype = _value(rec, "dtype", where, str, "fp16, bf16 or fp8")
+    problem = Problem(batch=counts["batch"], heads=counts["heads"], heads_kv=counts["heads_kv"],
+                      head_dim=counts["head_dim"], dtype=dtype)
+    shape = "axis lengths such as 30x48x80"
+    size = _value(rec, "input_size", where, _ints, shape)
+    if size is None:
+        raise ConfigError(f"{where}: input_size is empty; allowed: {shape}")
+    size = layout_tuple(size)
+    measured = _value(rec, "measured_ms", where, _ms, "a positive finite time in milliseconds")
+    config_id = str(_value(rec, "config_id", where, str, "an identifier"))
     tokens = math.prod(size)
     label = f"{kernel} {rec['input_size']} h{problem.heads}/{problem.heads_kv} d{problem.head_dim} b{problem.batch}"
     if kernel in ("dense", "cudnn", "flash"):
-        return Row(str(rec["config_id"]), kernel, label, float(rec["measured_ms"]), problem, tokens,
-                   float(tokens) ** 2, None, None)
+        return Row(config_id, kernel, label, measured, problem, tokens, float(tokens) ** 2, None, None)
     label += f" w{rec.get('window', '')} s{rec.get('stride', '')}"
-    pattern = GNAPattern(input_size=size, window=_ints(rec["window"]), stride=_ints(rec.get("stride")) or (),
-                         dilation=_ints(rec.get("dilation")) or (), causal=_flags(rec.get("causal")) or ())
-    q, kv = _ints(rec["q_tile"]), _ints(rec["kv_tile"])
+    window = _value(rec, "window", where, _ints, shape)
+    stride = _value(rec, "stride", where, _ints, shape) if "stride" in rec else None
+    dilation = _value(rec, "dilation", where, _ints, shape) if "dilation" in rec else None
+    causal = _value(rec, "causal", where, _flags, "0/1 flags such as 001") if "causal" in rec else None
+    pattern = GNAPattern(input_size=size, window=window, stride=stride or (), dilation=dilation or (),
+                         causal=causal or ())
+    q, kv = _value(rec, "q_tile", where, _ints, shape), _value(rec, "kv_tile", where, _ints, shape)
     if q is None or kv is None:
-        raise ConfigError(f"row {rec.get('case_id')}: no q_tile/kv_tile recorded")
+        raise ConfigError(f"{where}: no q_tile/kv_tile recorded")
     if kernel == "block_sparse":
         from sparsesim.simulator.schedule import box_schedule
 
@@ -101,7 +157,7 @@ def prepare(rec: Mapping[str, Any], gpu: GPU) -> Row:
         tm = tilemap(pattern, q, kv, "box")
         pairs = float(pattern.visible_pairs())
     label += f" q{rec['q_tile']}/kv{rec['kv_tile']}"
-    return Row(str(rec["config_id"]), kernel, label, float(rec["measured_ms"]), problem, tokens, pairs, tm, pattern)
+    return Row(config_id, kernel, label, measured, problem, tokens, pairs, tm, pattern)
 
 
 def predicted_ms(row: Row, gpu: GPU, prof: KernelProfile) -> float:
@@ -192,23 +248,48 @@ def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float =
                prior_heldout_mape=_mape(held, gpu, prior))
 
 
-def load_rows(paths: Iterable[str | Path], gpu: GPU, kernels: Sequence[str]) -> list[Row]:
-    """The usable rows of some measurement CSVs: checked, measured, of the given kernels."""
+#: Largest measurements CSV read (the committed ones are well under a MiB).
+MAX_CSV_BYTES = 256 * 2**20
+
+
+def read_measurements(path: str | Path) -> Any:
+    """A measurements CSV as a DataFrame of strings; every failure is one line naming the file (only a regular
+    file of at most :data:`MAX_CSV_BYTES`, in UTF-8, is read)."""
+    import os
+    import stat
+
     import pandas as pd
 
+    flag = f"--measurements {str(path)[:200]!r}"
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{flag} is not a regular file; allowed: a CSV written by simulate validate")
+        if st.st_size > MAX_CSV_BYTES:
+            raise ConfigError(f"{flag} has {st.st_size} bytes; allowed: at most {MAX_CSV_BYTES}")
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag} is not UTF-8 text; allowed: a CSV written by simulate validate") from None
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        raise ConfigError(f"{flag} is not a readable CSV: {reason}") from None
+
+
+def load_rows(paths: Iterable[str | Path], gpu: GPU, kernels: Sequence[str]) -> list[Row]:
+    """The usable rows of some measurement CSVs: checked, measured, of the given kernels."""
+    paths = list(paths)
     rows = []
     for path in paths:
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--measurements {str(path)!r} is not a readable CSV: {exc}") from None
+        df = read_measurements(path)
         missing = {"config_id", "kernel", "measured_ms", "ok", "input_size"} - set(df.columns)
         if missing:
             raise ConfigError(f"--measurements {str(path)!r} lacks columns {sorted(missing)}; allowed: a CSV "
                               f"written by simulate validate")
-        for rec in df.to_dict(orient="records"):
+        for i, rec in enumerate(df.to_dict(orient="records")):
             if rec["kernel"] in kernels and rec["ok"] == "True" and rec["measured_ms"] not in ("", "nan"):
-                rows.append(prepare(rec, gpu))
+                rows.append(prepare(rec, gpu, f"--measurements {str(path)!r} row {i + 2}"))
     if not rows:
         raise ConfigError(f"no usable rows of kernels {list(kernels)} in {[str(p) for p in paths]}")
     return rows

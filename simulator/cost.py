@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU
+from sparsesim.hwmodels.launch import MAX_GRID_YZ
 from sparsesim.hwmodels.profiles import KernelProfile
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.feasibility import MAX_STAGES, max_stages, resident_ctas
@@ -31,7 +32,7 @@ from sparsesim.simulator.tiling import TileMap
 
 BREAKDOWN = ("useful_ms", "masking_ms", "softmax_ms", "overhead_ms", "imbalance_ms", "memory_ms")
 #: Largest heads, batch and head dim a problem takes (the kernels' grid limits; beyond any model).
-MAX_HEADS, MAX_BATCH, MAX_HEAD_DIM = 4096, 65535, 1024
+MAX_HEADS, MAX_BATCH, MAX_HEAD_DIM = 4096, MAX_GRID_YZ, 1024
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ class SimResult(Prediction, ProblemColumns, TileStats, PatternColumns):
     """Everything :func:`simulate` says about one configuration, in column order: the pattern
     (:class:`PatternColumns`), its tile-level bounds (:class:`~sparsesim.simulator.tiling.TileStats`),
     the problem (:class:`ProblemColumns`) and the cost model's prediction
-    (:class:`~sparsesim.simulator.predict.Prediction`); DESIGN.md, Tiles and bounds; README, columns.
+    (:class:`~sparsesim.simulator.predict.Prediction`); docs/DESIGN.md, Tiles and bounds; README, columns.
 
     ``feasible`` says whether sparsesim's Triton kernels run these tiles at this head dim and dtype
     on this GPU (``infeasible_because`` says why not). ``pattern``, ``tilemap`` and ``problem`` are the
@@ -80,6 +80,9 @@ class SimResult(Prediction, ProblemColumns, TileStats, PatternColumns):
     pattern: GNAPattern | BlockSparsePattern = field(repr=False, compare=False)
     tilemap: TileMap = field(repr=False, compare=False)
     problem: Problem = field(repr=False, compare=False)
+    #: ``dense`` or ``near-dense`` where the pattern keeps every key or most of them (:func:`dense_note`):
+    #: then ``predicted_speedup`` mostly compares the modelled kernel with the dense baseline's; empty otherwise.
+    note: str = ""
 
     @property
     def visits(self) -> np.ndarray:
@@ -107,6 +110,22 @@ SOURCE_KEYS = ("pattern", "tilemap", "problem")
 COLUMNS = [f.name for f in dataclasses.fields(SimResult) if f.name not in SOURCE_KEYS]
 #: The tile-level columns (no cost model).
 TILE_COLUMNS = COLUMNS[:COLUMNS.index("infeasible_because") + 1]
+
+
+#: Below this FLOP-wise bound (the pattern keeps more than half the keys) a result is noted ``near-dense``.
+NEAR_DENSE_FLOP_SPEEDUP = 2.0
+
+
+def dense_note(flop_speedup: float) -> str:
+    """``dense`` (every key kept), ``near-dense`` (a FLOP-wise bound under :data:`NEAR_DENSE_FLOP_SPEEDUP`) or ``""``.
+
+    Example:
+        >>> dense_note(1.0), dense_note(1.5), dense_note(4.0)
+        ('dense', 'near-dense', '')
+    """
+    if flop_speedup <= 1.0 + 1e-9:
+        return "dense"
+    return "near-dense" if flop_speedup < NEAR_DENSE_FLOP_SPEEDUP else ""
 
 
 def _tile_tuple(value: Any, name: str) -> Shape | None:
@@ -229,7 +248,8 @@ def _record(gpu: GPU, problem: Problem, backprop: bool, pattern: GNAPattern | Bl
         gpu=gpu.name, q_tile=q, kv_tile=kv, tiling=tiling, **pattern_fields, **dataclasses.asdict(stats),
         feasible=not why, infeasible_because=why, heads=problem.heads, heads_kv=int(problem.heads_kv or problem.heads),
         head_dim=problem.head_dim, batch=problem.batch, dtype=problem.dtype, backprop=backprop,
-        **dataclasses.asdict(pred), pattern=pattern, tilemap=tm, problem=problem)
+        **dataclasses.asdict(pred), pattern=pattern, tilemap=tm, problem=problem,
+        note=dense_note(pattern_fields["flop_speedup"]))
 
 
 def _block_sparse(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem,

@@ -1,17 +1,19 @@
 """Which tiles, head dims and dtypes sparsesim's Triton kernels run on a GPU: the one feasibility check.
 
 The simulator flags tiles our kernels cannot run (``feasible`` column), the kernels raise its
-message, and the tile listings (``candidate_tiles``, the search space) are filtered by it. Rules:
+message, and the tile listings (``candidate_tiles``, the search space, ``simulate tiles``) are filtered
+by it. The rules themselves (numbers and formulas) live in :mod:`sparsesim.hwmodels.launch`; this module
+checks them:
 
-- tiles: every entry a power of two, volume (tokens per tile) a power of two from 16 to 256
-  (``tl.arange`` and ``tl.dot`` shapes);
-- head dim a power of two from 16 to 256; dtype fp16 or bf16 (fp32 only in the interpreter);
+- tiles: every entry a power of two, volume (tokens per tile) a power of two from
+  :data:`MIN_TILE_VOLUME` to :data:`MAX_TILE_VOLUME` (``tl.arange`` and ``tl.dot`` shapes);
+- head dim in :data:`HEAD_DIMS`; dtype in :data:`KERNEL_DTYPES` (fp32 only in the interpreter);
 - shared memory: the Q tile and at least one stage of K and V fit the GPU's per-CTA limit
-  (``smem_per_block_KB`` of the GPU file); the kernels take the deepest pipeline, up to 3 stages;
+  (``smem_per_block_KB`` of the GPU file); the kernels take the deepest pipeline, up to
+  :data:`MAX_STAGES`;
 - registers: an estimate of what one thread holds (fp32 accumulator and scores, Q and P in
-  the input dtype) within the per-thread limit of the GPU file (one warpgroup per 64 query rows,
-  4 warps below 128 rows, 8 from 128). It reproduces the rule measured on the H200: at head dim
-  256 a 128-row Q tile keeps the KV tile at 64 keys.
+  the input dtype) within the per-thread limit of the GPU file (:func:`kernel_warps` warps). It
+  reproduces the rule measured on the H200: at head dim 256 a 128-row Q tile keeps the KV tile at 64 keys.
 """
 
 from __future__ import annotations
@@ -20,51 +22,57 @@ import itertools
 import math
 from collections.abc import Sequence
 
-from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU, load_gpu
+from sparsesim.hwmodels.gpus import DEFAULT_GPU, DTYPE_BYTES, GPU, load_gpu
+from sparsesim.hwmodels.launch import (
+    HEAD_DIMS,
+    INTERPRETER_DTYPES,
+    KERNEL_DTYPES,
+    MAX_STAGES,
+    MAX_TILE_VOLUME,
+    MIN_TILE_VOLUME,
+    is_pow2,
+    kernel_threads,
+    kernel_warps,
+    max_stages,
+    pipeline_smem_bytes,
+    registers_per_thread,
+)
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.tiling import SMALL_TILE
 
-HEAD_DIMS = (16, 32, 64, 128, 256)
-MIN_TILE_VOLUME = SMALL_TILE
-MAX_TILE_VOLUME = 256
-KERNEL_DTYPES = ("fp16", "bf16")
-#: Deepest K/V pipeline the kernels use (H200: 3 stages ran 5-13% faster than 2; kernels/NOTES.md).
-MAX_STAGES = 3
-
-
-def kernel_warps(q_volume: int) -> int:
-    """Warps of a fused kernel CTA: one warpgroup per 64 query rows, 4 below 128 rows."""
-    return 8 if q_volume >= 128 else 4
+__all__ = [
+    "HEAD_DIMS", "KERNEL_DTYPES", "KV_LAYOUTS", "MAX_STAGES", "MAX_TILE_VOLUME", "MIN_TILE_VOLUME",
+    "PERMUTE_MIN_KV_ROWS", "can_run", "candidate_tiles", "check_tile_volume", "kernel_problem", "kernel_warps",
+    "kv_layout", "max_stages", "pipeline_smem_bytes", "registers_per_thread", "resident_ctas", "tile_problem",
+    "tile_volume_problem",
+]
 
 
-def pipeline_smem_bytes(q_volume: int, kv_volume: int, head_dim: int, stages: int, elt_bytes: int) -> int:
-    """Shared memory of the Q tile plus ``stages`` buffered K and V tiles."""
-    return (q_volume + 2 * stages * kv_volume) * head_dim * elt_bytes
+def tile_volume_problem(volume: int, name: str) -> str:
+    """Why a tile volume (tokens per tile) is not one our kernels take ('' when it is): a power of two from
+    :data:`MIN_TILE_VOLUME` to :data:`MAX_TILE_VOLUME`.
+
+    Example:
+        >>> tile_volume_problem(96, "--q-volume")
+        '--q-volume 96; allowed: powers of two from 16 to 256'
+    """
+    if isinstance(volume, bool) or not isinstance(volume, int) or not is_pow2(volume) \
+            or not MIN_TILE_VOLUME <= volume <= MAX_TILE_VOLUME:
+        return f"{name} {volume}; allowed: powers of two from {MIN_TILE_VOLUME} to {MAX_TILE_VOLUME}"
+    return ""
 
 
-def max_stages(q_volume: int, kv_volume: int, head_dim: int, elt_bytes: int, smem_bytes: int) -> int:
-    """The deepest K/V pipeline (at most :data:`MAX_STAGES`) that fits ``smem_bytes``; 0 if none does."""
-    for stages in range(MAX_STAGES, 0, -1):
-        if pipeline_smem_bytes(q_volume, kv_volume, head_dim, stages, elt_bytes) <= smem_bytes:
-            return stages
-    return 0
-
-
-def registers_per_thread(q_volume: int, kv_volume: int, head_dim: int, elt_bytes: int) -> float:
-    """Estimated registers one thread holds: fp32 O accumulator and S tile, Q and P in the input dtype."""
-    threads = 32 * kernel_warps(q_volume)
-    fp32_words = q_volume * head_dim + q_volume * kv_volume
-    input_words = (q_volume * head_dim + q_volume * kv_volume) * elt_bytes / 4
-    return (fp32_words + input_words) / threads
-
-
-def _is_pow2(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
+def check_tile_volume(volume: int, name: str) -> int:
+    """``volume`` if :func:`tile_volume_problem` finds nothing wrong, else a :class:`ConfigError` saying what."""
+    problem = tile_volume_problem(volume, name)
+    if problem:
+        raise ConfigError(problem)
+    return volume
 
 
 def tile_problem(tile: Sequence[int], name: str) -> str:
-    """Why a tile shape is not one our kernels take ('' when it is): power-of-two entries, volume 16..256."""
-    bad = [t for t in tile if not _is_pow2(int(t))]
+    """Why a tile shape is not one our kernels take ('' when it is): power-of-two entries, volume
+    :data:`MIN_TILE_VOLUME` to :data:`MAX_TILE_VOLUME`."""
+    bad = [t for t in tile if not is_pow2(int(t))]
     if bad:
         return f"{name}={list(tile)}: entry {bad[0]} is not a power of two"
     vol = math.prod(tile)
@@ -99,7 +107,7 @@ def resident_ctas(q_volume: int, kv_volume: int, head_dim: int, elt_bytes: int, 
     registers (the estimate above), threads and the CTA limit of the GPU file; at least 1."""
     stages = max(1, max_stages(q_volume, kv_volume, head_dim, elt_bytes, gpu.smem_per_block_bytes))
     smem = pipeline_smem_bytes(q_volume, kv_volume, head_dim, stages, elt_bytes)
-    threads = 32 * kernel_warps(q_volume)
+    threads = kernel_threads(q_volume)
     regs = min(registers_per_thread(q_volume, kv_volume, head_dim, elt_bytes), gpu.registers_per_thread) * threads
     limits = (int(gpu.smem_per_SM_KB * 1024) // smem, int(gpu.registers_per_SM // regs),
               gpu.max_threads_per_SM // threads, gpu.max_ctas_per_SM)
@@ -120,7 +128,7 @@ def kernel_problem(*, q_tile: Sequence[int], kv_tile: Sequence[int], head_dim: i
             return problem
     if head_dim not in HEAD_DIMS:
         return f"head_dim={head_dim}; allowed: {', '.join(map(str, HEAD_DIMS))}"
-    dtypes = (*KERNEL_DTYPES, "fp32") if interpreter else KERNEL_DTYPES
+    dtypes = INTERPRETER_DTYPES if interpreter else KERNEL_DTYPES
     if dtype not in dtypes:
         return f"dtype={dtype!r}; allowed: {', '.join(dtypes)}"
     if interpreter:
@@ -139,7 +147,7 @@ def kernel_problem(*, q_tile: Sequence[int], kv_tile: Sequence[int], head_dim: i
 
 
 def can_run(*, q_tile: Sequence[int], kv_tile: Sequence[int], head_dim: int = 128, dtype: str = "bf16",
-            gpu: str | GPU = "H200", raise_error: bool = False, smem_bytes: int | None = None,
+            gpu: str | GPU = DEFAULT_GPU, raise_error: bool = False, smem_bytes: int | None = None,
             interpreter: bool = False) -> bool:
     """Whether sparsesim's kernels run these tiles at this head dim and dtype on ``gpu``.
 
@@ -171,7 +179,7 @@ def _boxes(rank: int, volume: int, limits: Sequence[int] | None) -> list[tuple[i
     return out
 
 
-def candidate_tiles(rank: int, *, gpu: str | GPU = "H200", head_dim: int = 128, dtype: str = "bf16",
+def candidate_tiles(rank: int, *, gpu: str | GPU = DEFAULT_GPU, head_dim: int = 128, dtype: str = "bf16",
                     input_size: Sequence[int] | None = None, q_volumes: Sequence[int] = (64, 128),
                     kv_volumes: Sequence[int] = (64, 128)) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Every (Q tile, KV tile) box pair our kernels run for a rank, GPU, head dim and dtype.

@@ -1,4 +1,4 @@
-"""The FLOP rule of attention, in one place (DESIGN.md, Units and conventions).
+"""The FLOP rule of attention, in one place (docs/DESIGN.md, Units and conventions).
 
 Forward: two GEMMs (``Q K^T`` and ``P V``), 2 FLOPs per multiply-add, so ``4 * D`` FLOPs per
 visible (query, key) pair and head: dense forward ``4 * B * H * N^2 * D``. Backward recomputes

@@ -1,8 +1,9 @@
 """Sparsity patterns: generalized neighborhood attention (GNA) and explicit block-sparse maps.
 
-This module is the one definition of "which keys a query sees" (DESIGN.md, Semantics). The
-tiling, the cost model, the kernels, the torch reference and the tests all derive from
-:func:`axis_bounds` and :func:`dense_mask`.
+This module is the one definition of "which keys a query sees" (docs/DESIGN.md, Semantics): the
+per-axis rule :func:`axis_bounds` and the token masks :func:`visible_mask` built from it. The
+tiling, the cost model and the kernels derive from :func:`axis_bounds`; :func:`dense_mask`, the
+kernels' torch reference and the search's quality call :func:`visible_mask`.
 """
 
 from __future__ import annotations
@@ -158,13 +159,17 @@ class GNAPattern:
         """Visible pairs over N^2."""
         return self.visible_pairs() / float(self.num_tokens) ** 2
 
+    def mask(self, query_tokens: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """:func:`visible_mask` of this pattern: ``[R, N]`` bool, the rows of ``query_tokens`` (default all)."""
+        return visible_mask(self, query_tokens)
+
 
 def group_bounds(length: int, window: int, stride: int, causal: bool,
                  positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive visible key range ``[lo, hi]`` of queries of one undilated axis of ``length``.
 
     ``positions`` (int64 array, default every position) picks the queries: the rule is evaluated
-    point-wise, so a tile's end points cost O(1) whatever the axis length. DESIGN.md's formulas:
+    point-wise, so a tile's end points cost O(1) whatever the axis length. docs/DESIGN.md's formulas (Semantics):
     non-causal ``leader = min(floor(i/s)*s + floor(s/2), L-1)``, centre clamped to
     ``[wl, L-1-wr]``; causal ``leader = min(floor(i/s)*s + s-1, L-1)``, keys ``j <= i`` with
     ``leader - j < w``. Both ``lo`` and ``hi`` are non-decreasing in ``i`` and
@@ -228,13 +233,59 @@ def axis_bounds(length: int, window: int, stride: int = 1, dilation: int = 1,
     return lo, hi
 
 
-def axis_mask(length: int, window: int, stride: int = 1, dilation: int = 1,
-              causal: bool = False) -> np.ndarray:
-    """The ``[L, L]`` bool mask of one axis (row = query, column = key)."""
-    lo, hi = axis_bounds(length, window, stride, dilation, causal)
-    j = np.arange(length)
-    same_group = (j[None, :] % dilation) == (j[:, None] % dilation)
-    return same_group & (j[None, :] >= lo[:, None]) & (j[None, :] <= hi[:, None])
+def rows_mask(query_tokens: np.ndarray | Sequence[int], input_size: Sequence[int],
+              bounds: Sequence[tuple[np.ndarray, np.ndarray]], dilation: Sequence[int]) -> np.ndarray:
+    """``[R, N]`` bool mask of the query tokens ``query_tokens`` (flat, row-major) from per-axis bounds.
+
+    ``bounds[a]`` is :func:`axis_bounds` of axis ``a``: key ``j`` is visible from query ``i`` iff on every
+    axis ``j_a % d_a == i_a % d_a`` and ``lo_a[i_a] <= j_a <= hi_a[i_a]``. This is the one place that turns
+    the per-axis rule into token masks; :func:`visible_mask` computes the bounds from a pattern (callers
+    that mask many row batches of one pattern may compute them once and call this directly).
+    """
+    rows = np.asarray(query_tokens, dtype=np.int64).reshape(-1)
+    size = tuple(int(n) for n in input_size)
+    coords = np.unravel_index(rows, size)
+    mask = np.ones((rows.size, 1), dtype=bool)
+    for axis, length in enumerate(size):
+        lo, hi = bounds[axis]
+        d = int(dilation[axis])
+        i = coords[axis]
+        j = np.arange(length, dtype=np.int64)
+        m = (j[None, :] >= lo[i][:, None]) & (j[None, :] <= hi[i][:, None]) & ((j[None, :] % d) == (i % d)[:, None])
+        # Row-major tokens: the new axis varies fastest among the keys.
+        mask = (mask[:, :, None] & m[:, None, :]).reshape(rows.size, mask.shape[1] * length)
+    return mask
+
+
+def visible_mask(pattern: GNAPattern, query_tokens: np.ndarray | Sequence[int] | None = None, *,
+                 max_tokens: int = DENSE_MASK_MAX_TOKENS) -> np.ndarray:
+    """Which keys each query sees under ``pattern``: a bool ``[R, N]`` mask (row = query, column = key).
+
+    The one predicate of "which keys a query sees" (docs/DESIGN.md, Semantics): :func:`dense_mask`, the kernels'
+    torch reference and the search's quality all call it. Tokens are row-major (last axis fastest);
+    ``query_tokens`` (flat token indices, default every token) picks the rows, so the rows of a huge
+    layout cost ``R x N``, never ``N x N``. ``max_tokens`` bounds ``N`` when every row is asked for.
+
+    Example:
+        >>> p = GNAPattern(input_size=(4, 5), window=3, causal=(False, True))
+        >>> visible_mask(p, [7]).reshape(4, 5).astype(int)
+        array([[1, 1, 1, 0, 0],
+               [1, 1, 1, 0, 0],
+               [1, 1, 1, 0, 0],
+               [0, 0, 0, 0, 0]])
+    """
+    n = pattern.num_tokens
+    if query_tokens is None:
+        if n > max_tokens:
+            raise ConfigError(f"a mask of every query: the layout has {n} tokens; allowed: at most {max_tokens} "
+                              f"(an N x N mask would need {n * n / 2**30:.1f} GiB)")
+        rows = np.arange(n, dtype=np.int64)
+    else:
+        rows = np.asarray(query_tokens)
+        if rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= n):
+            raise ConfigError(f"query_tokens: allowed: integer token indices from 0 to {n - 1}")
+    bounds = [pattern.axis_bounds(axis) for axis in range(pattern.rank)]
+    return rows_mask(rows, pattern.input_size, bounds, pattern.dilation)
 
 
 def dense_mask(*, input_size: int | Sequence[int], window: int | Sequence[int],
@@ -243,7 +294,8 @@ def dense_mask(*, input_size: int | Sequence[int], window: int | Sequence[int],
                max_tokens: int = DENSE_MASK_MAX_TOKENS) -> np.ndarray:
     """The explicit ``[N, N]`` bool mask of a GNA pattern (row = query, column = key, row-major tokens).
 
-    Meant for small layouts: the tests, the kernels' torch reference and debugging.
+    :func:`visible_mask` of every token; meant for small layouts: the tests, the kernels' torch reference
+    and debugging.
 
     Example:
         >>> dense_mask(input_size=5, window=3).astype(int)[0]
@@ -251,17 +303,7 @@ def dense_mask(*, input_size: int | Sequence[int], window: int | Sequence[int],
     """
     pattern = GNAPattern(input_size=input_size, window=window, stride=stride,  # type: ignore[arg-type]
                          dilation=dilation, causal=causal)  # type: ignore[arg-type]
-    n = pattern.num_tokens
-    if n > max_tokens:
-        raise ConfigError(f"dense_mask: the layout has {n} tokens; allowed: at most {max_tokens} "
-                          f"(an N x N mask would need {n * n / 2**30:.1f} GiB)")
-    mask = np.ones((1, 1), dtype=bool)
-    for axis in range(pattern.rank):
-        m = axis_mask(pattern.input_size[axis], pattern.window[axis], pattern.stride[axis],
-                      pattern.dilation[axis], pattern.causal[axis])
-        # Row-major tokens: the new axis varies fastest, for queries and keys alike.
-        mask = (mask[:, None, :, None] & m[None, :, None, :]).reshape(mask.shape[0] * m.shape[0], -1)
-    return mask
+    return visible_mask(pattern, max_tokens=max_tokens)
 
 
 @dataclass(frozen=True)

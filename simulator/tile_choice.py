@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from sparsesim.hwmodels import GPU, load_gpu
+from sparsesim.hwmodels.gpus import DEFAULT_GPU
 from sparsesim.hwmodels.profiles import KernelProfile, load_profile
 from sparsesim.simulator.cost import Problem, forward_pair, permute_ms
 from sparsesim.simulator.feasibility import candidate_tiles, kv_layout
@@ -74,7 +75,7 @@ def estimate_ms(pattern: GNAPattern, q_tile: Shape, kv_tile: Shape, *, gpu: GPU,
     return kernel_ms + perm, layout
 
 
-def rank_tiles(pattern: GNAPattern, *, gpu: str | GPU = "H200", kernel_profile: str | KernelProfile = "triton",
+def rank_tiles(pattern: GNAPattern, *, gpu: str | GPU = DEFAULT_GPU, kernel_profile: str | KernelProfile = "triton",
                dense_profile: str | KernelProfile = "cudnn", heads: int = 24, heads_kv: int | None = None,
                head_dim: int = 128, batch: int = 1, dtype: str = "bf16", top: int = 10,
                q_volumes: tuple[int, ...] = (64, 128), kv_volumes: tuple[int, ...] = (64, 128)) -> list[TileChoice]:

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparsesim.hwmodels.launch import MIN_TILE_VOLUME
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern
 
 TILINGS = ("box", "flat")
-#: Tokens of the smallest tile the kernels take (sparsesim.simulator.feasibility.MIN_TILE_VOLUME).
-SMALL_TILE = 16
+#: Tokens of the smallest tile the kernels take.
+SMALL_TILE = MIN_TILE_VOLUME
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def block_sparse_tilemap(pattern: BlockSparsePattern) -> TileMap:
 
 @dataclass(frozen=True)
 class TileStats:
-    """The tile-level bounds of a tile map (DESIGN.md, Tiles and bounds)."""
+    """The tile-level bounds of a tile map (docs/DESIGN.md, Tiles and bounds)."""
 
     tile_speedup: float
     tile_speedup_mean: float

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU, read_toml
+from sparsesim.hwmodels.gpus import DEFAULT_GPU, DTYPE_BYTES, GPU, read_toml
 from sparsesim.hwmodels.profiles import KernelProfile
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.flops import attention_flops
@@ -225,7 +225,7 @@ def sparse_share(attention_share: float, steps: int, dense_steps: int) -> float:
     return attention_share * (steps - dense_steps) / steps
 
 
-def simulate_e2e(*, preset: str, gpu: str | GPU = "H100", window: Any = None, stride: Any = None,
+def simulate_e2e(*, preset: str, gpu: str | GPU = DEFAULT_GPU, window: Any = None, stride: Any = None,
                  dilation: Any = 1, q_tile: Any = None, kv_tile: Any = None, tiling: str = "box",
                  dense_steps: int = 0, attention_share: float | None = None,
                  kernel_profile: str | KernelProfile = "reference",

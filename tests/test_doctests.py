@@ -11,7 +11,7 @@ MODULES = [
     "sparsesim.simulator", "sparsesim.simulator.patterns", "sparsesim.simulator.schedule",
     "sparsesim.simulator.flat", "sparsesim.simulator.makespan", "sparsesim.simulator.feasibility",
     "sparsesim.simulator.flops", "sparsesim.simulator.engine", "sparsesim.simulator.workloads",
-    "sparsesim.hwmodels.measurements", "sparsesim.kernels._launch",
+    "sparsesim.hwmodels.measurements", "sparsesim.kernels._launch", "sparsesim.hwmodels.launch",
 ]
 
 

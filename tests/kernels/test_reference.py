@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparsesim.kernels.reference import gna_row_mask, reference_attention, rel_error, row_reference
-from sparsesim.simulator import dense_mask
+from sparsesim.kernels.reference import gna_reference, gna_row_mask, reference_attention, rel_error, row_reference
+from sparsesim.simulator import GNAPattern, dense_mask, visible_mask
 from sparsesim.simulator.patterns import axis_bounds
 
 
@@ -40,6 +40,23 @@ def test_row_mask_matches_dense_mask_rows():
     rows = [0, 3, 17, 34]
     want = dense_mask(input_size=size, window=window, stride=stride, dilation=dilation)[rows]
     assert np.array_equal(gna_row_mask(rows, size, bounds, dilation), want)
+    pattern = GNAPattern(input_size=size, window=window, stride=stride, dilation=dilation)
+    assert np.array_equal(visible_mask(pattern, rows), want)
+
+
+def test_gna_reference_uses_the_pattern_mask():
+    """GNA reference on a 2D layout (dilated, causal axis) equals the explicit per-row softmax over the keys
+    the pattern's mask names, with tokens flattened row-major."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 4, 6, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    kw = {"window": (2, 3), "stride": (1, 2), "dilation": (2, 1), "causal": (False, True)}
+    out = gna_reference(q, k, v, **kw).reshape(1, 24, 2, 8)
+    mask = visible_mask(GNAPattern(input_size=(4, 6), **kw))
+    qf, kf, vf = (x.reshape(1, 24, 2, 8) for x in (q, k, v))
+    for i in (0, 7, 23):
+        keys = np.flatnonzero(mask[i])
+        s = (kf[0, keys, 1] @ qf[0, i, 1]) / np.sqrt(8)
+        assert torch.allclose(out[0, i, 1], torch.softmax(s, 0) @ vf[0, keys, 1])
 
 
 def test_row_reference_equals_full_reference_rows():

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparsesim.search.quality import evaluate, head_quality, row_mask
-from sparsesim.simulator.patterns import GNAPattern, dense_mask
+from sparsesim.search.quality import evaluate, head_quality
+from sparsesim.simulator.patterns import GNAPattern, dense_mask, visible_mask
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -73,10 +73,12 @@ def test_evaluate_matches_brute_force(problem):
 
 @FAST
 @given(problems())
-def test_row_mask_equals_dense_mask_rows(problem):
-    pattern, _q, _k, _v, rows = problem
-    coords = np.stack(np.unravel_index(rows, pattern.input_size), axis=1)
-    got = row_mask(pattern, coords)
+def test_sampled_rows_mask_equals_dense_mask_rows(problem):
+    """The quality masks the sampled rows with the core's predicate: the rows of the full mask."""
+    pattern, q, k, v, rows = problem
+    hq = head_quality(q, k, v, rows, pattern.input_size)
+    np.testing.assert_array_equal(hq.rows, rows)
+    got = visible_mask(pattern, hq.rows)
     assert got.dtype == bool
     np.testing.assert_array_equal(got, full_mask(pattern)[rows])
 
@@ -104,7 +106,7 @@ def test_dense_pattern_is_exact(layout):
     assert (got.error, got.mass) == (0.0, 1.0)
     # the general path (dense mask, not the shortcut) agrees: a full window with stride gives the same mask
     strided = GNAPattern(input_size=layout, window=layout, stride=tuple(max(1, x // 2) for x in layout))
-    assert row_mask(strided, hq.coords).all()
+    assert visible_mask(strided, hq.rows).all()
 
 
 def test_smaller_window_keeps_less_mass():

@@ -25,7 +25,7 @@ pytest.importorskip("triton")
 from sparsesim.kernels._launch import interpret  # noqa: E402
 from sparsesim.kernels.plan_run import run_plan  # noqa: E402
 from sparsesim.kernels.reference import gna_reference, reference_attention  # noqa: E402
-from sparsesim.search.plan import FORMAT, VERSION, validate_plan  # noqa: E402
+from sparsesim.search.plan import FORMAT, VERSION, Plan, parse_plan  # noqa: E402
 from sparsesim.simulator.errors import ConfigError  # noqa: E402
 
 if not interpret():  # pragma: no cover - the lines above set it
@@ -38,9 +38,9 @@ SPARSE_2 = {"window": [4, 4], "stride": [4, 4], "dilation": [1, 1]}
 DENSE = {"window": list(LAYOUT), "stride": [1, 1], "dilation": [1, 1]}
 
 
-def make_plan(heads_kv: int = HEADS, causal: tuple[bool, bool] = (False, False)) -> dict:
-    """A plan in plan_dict's format: layer 3 runs SPARSE on heads 0 and 2 and dense on 1 and 3; layer 5 runs
-    SPARSE_2 on every head (one launch)."""
+def plan_data(heads_kv: int = HEADS, causal: tuple[bool, bool] = (False, False)) -> dict:
+    """A plan file's data: layer 3 runs SPARSE on heads 0 and 2 and dense on 1 and 3; layer 5 runs SPARSE_2 on
+    every head (one launch)."""
     def head(h, pat, dense):
         return {"head": h, **pat, "dense": dense, "error": 0.1 * (not dense), "mass": 1.0}
 
@@ -57,9 +57,12 @@ def make_plan(heads_kv: int = HEADS, causal: tuple[bool, bool] = (False, False))
             "heads_kv": heads_kv, "head_dim": DIM, "batch": 1, "dtype": "fp32", "q_tile": [4, 4],
             "kv_tile": [4, 4], "error_budget": {"mean": 0.1, "max": None, "target_speedup": None},
             "mean_error": 0.05, "max_error": 0.1, "attention_speedup": 1.3, "e2e_predicted_speedup": 1.1,
-            "predicted": {}, "search": {}, "layers": [layer3, layer5]}
-    validate_plan(plan)
+            "predicted": {}, "search": None, "layers": [layer3, layer5]}
     return plan
+
+
+def make_plan(heads_kv: int = HEADS, causal: tuple[bool, bool] = (False, False)) -> Plan:
+    return parse_plan(plan_data(heads_kv, causal), "test plan")
 
 
 def qkv(heads_kv: int, seed: int = 0, batch: int = 1):
@@ -110,10 +113,12 @@ def test_batch_of_two():
 
 def test_causal_sparse_heads():
     """A causal plan whose layer has only sparse launches: the causal flags reach the kernel."""
-    plan = make_plan(causal=(True, False))
-    plan["layers"][0]["launches"] = [{"heads": [0, 2], **SPARSE, "dense": False, "predicted_ms": 0.01},
+    data = plan_data(causal=(True, False))
+    data["layers"][0]["launches"] = [{"heads": [0, 2], **SPARSE, "dense": False, "predicted_ms": 0.01},
                                      {"heads": [1, 3], **SPARSE_2, "dense": False, "predicted_ms": 0.01}]
-    validate_plan(plan)
+    for h in (1, 3):
+        data["layers"][0]["heads"][h].update(SPARSE_2, dense=False)
+    plan = parse_plan(data, "test plan")
     check(plan, 3, HEADS, [SPARSE, SPARSE_2, SPARSE, SPARSE_2], causal=(True, False))
 
 
@@ -138,3 +143,9 @@ def test_plan_not_modified():
     q, k, v = qkv(HEADS)
     run_plan(plan, 3, q, k, v)
     assert plan == before
+
+
+def test_plan_round_trips_through_json():
+    plan = make_plan(2, causal=(True, False))
+    assert Plan.from_json(plan.to_json()) == plan
+    assert plan.to_dict()["format"] == FORMAT and plan.to_dict()["version"] == VERSION

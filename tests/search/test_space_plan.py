@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math
@@ -13,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparsesim.search.latency import LatencyModel, LayerShape
-from sparsesim.search.plan import Choice, Model, choose, load_plan, save_plan, validate_plan
+from sparsesim.search.plan import VERSION, Choice, Model, Plan, choose, load_plan, save_plan
 from sparsesim.search.quality import evaluate, head_quality
 from sparsesim.search.samples import synthetic
 from sparsesim.search.space import STRIDES, Candidate, build_space
@@ -206,7 +205,7 @@ def test_search_resumes_without_new_trials(searched):
     again = search_plan(src=searched.src, workload=str(searched.path), gpu=searched.gpu,
                         settings=searched.settings, error_budget=searched.budget)
     assert again.report.ran == 0 and again.report.found == 2 * searched.settings.trials
-    assert json.loads(json.dumps(again.plan["layers"])) == json.loads(json.dumps(searched.result.plan["layers"]))
+    assert again.plan.layers == searched.result.plan.layers
 
 
 def test_plan_meets_budget(searched):
@@ -217,12 +216,12 @@ def test_plan_meets_budget(searched):
     for b in baselines:
         assert outcomes[f"plan at {b.name}'s error"].mean_error <= b.mean_error + 1e-12
     data = searched.result.plan
-    validate_plan(data)
-    assert data["mean_error"] == pytest.approx(outcomes["plan"].mean_error)
-    for layer in data["layers"]:
-        heads = sorted(h for la in layer["launches"] for h in la["heads"])
+    assert Plan.from_json(data.to_json()) == data
+    assert data.mean_error == pytest.approx(outcomes["plan"].mean_error)
+    for layer in data.layers:
+        heads = sorted(h for la in layer.launches for h in la.heads)
         assert heads == list(range(2))
-        assert layer["predicted_ms"] == pytest.approx(sum(la["predicted_ms"] for la in layer["launches"]))
+        assert layer.predicted_ms == pytest.approx(sum(la.predicted_ms for la in layer.launches))
 
 
 def test_plan_at_least_as_fast_as_dense(searched):
@@ -238,13 +237,13 @@ def test_plan_at_least_as_fast_as_baselines_at_matched_error(searched):
 
 
 def test_plan_masses_are_recorded(searched):
-    for layer in searched.result.plan["layers"]:
-        for h in layer["heads"]:
-            mass = [p.mass for p in points(searched.storage, "t", 0, h["head"])
-                    if list(p.candidate.window) == h["window"] and list(p.candidate.stride) == h["stride"]
-                    and list(p.candidate.dilation) == h["dilation"]]
+    for layer in searched.result.plan.layers:
+        for h in layer.heads:
+            mass = [p.mass for p in points(searched.storage, "t", 0, h.head)
+                    if (p.candidate.window, p.candidate.stride, p.candidate.dilation) == (h.window, h.stride,
+                                                                                          h.dilation)]
             if mass:
-                assert h["mass"] == pytest.approx(mass[0]), h
+                assert h.mass == pytest.approx(mass[0]), h
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,16 +309,36 @@ def plan_data(tmp_path_factory):
 
 
 def test_plan_round_trip(plan_data, tmp_path):
-    path = save_plan(plan_data, tmp_path / "p" / "plan.json")
-    back = load_plan(path)
-    assert back == json.loads(json.dumps(plan_data))
+    text = plan_data.to_json()
+    assert Plan.from_json(text) == plan_data
+    assert Plan.from_json(text.encode()) == plan_data
+    assert json.loads(text)["version"] == VERSION
+    path = save_plan(plan_data, tmp_path / "plan.json")
+    assert load_plan(path) == plan_data and path.read_text() == text
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    assert plan_data.layer(plan_data.layers[0].layer) is plan_data.layers[0]
+    with pytest.raises(ConfigError, match="layer 99"):
+        plan_data.layer(99)
+
+
+def test_plan_attributes_are_typed_and_frozen(plan_data):
+    import dataclasses
+
+    layer = plan_data.layers[0]
+    assert isinstance(plan_data.layout, tuple) and isinstance(layer.heads[0].window, tuple)
+    assert plan_data.causal == (False,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan_data.gpu = "B200"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.launches[0].dense = True
+    p = plan_data.pattern(layer.heads[0])
+    assert isinstance(p, GNAPattern) and p.window == layer.heads[0].window
 
 
 def bad_plan(tmp_path, plan_data, edit=None, text=None):
     path = tmp_path / "bad.json"
     if text is None:
-        data = copy.deepcopy(plan_data)
+        data = plan_data.to_dict()
         edit(data)
         text = json.dumps(data)
     path.write_text(text)
@@ -347,19 +366,22 @@ _DELETE = object()
 
 @pytest.mark.parametrize(("path", "value", "needle"), [
     (("layers", 0, "heads", 1, "window"), [2048], "heads[1]"),
-    (("layers", 0, "heads", 0, "stride"), [1, 1], "'stride'"),
-    (("layers", 0, "heads", 0, "dilation"), [0], "'dilation'"),
+    (("layers", 0, "heads", 0, "stride"), [1, 1], "heads[0].stride"),
+    (("layers", 0, "heads", 0, "dilation"), [0], "dilation"),
     (("heads_kv",), _DELETE, "missing field 'heads_kv'"),
-    (("layers", 0, "heads", 0, "error"), _DELETE, "missing field 'error'"),
-    (("layers", 0, "launches", 0, "predicted_ms"), _DELETE, "missing field 'predicted_ms'"),
-    (("head_dim",), "32", "field 'head_dim' must be int"),
-    (("heads",), True, "field 'heads' must be int"),
+    (("causal",), _DELETE, "missing field 'causal'"),
+    (("layers", 0, "heads", 0, "error"), _DELETE, "missing field 'layers[0].heads[0].error'"),
+    (("layers", 0, "launches", 0, "predicted_ms"), _DELETE, "missing field 'layers[0].launches[0].predicted_ms'"),
+    (("head_dim",), "32", "field 'head_dim' is '32'"),
+    (("heads",), True, "field 'heads' is True"),
     (("layout",), [1024.0], "field 'layout'"),
-    (("layers", 0, "heads", 0, "error"), -0.5, "field 'error'"),
-    (("layers", 0, "heads", 0, "head"), 1, "field 'head'"),
-    (("version",), 2, "field 'version' is 2"),
+    (("layers", 0, "heads", 0, "error"), -0.5, "field 'layers[0].heads[0].error' is -0.5"),
+    (("layers", 0, "heads", 0, "head"), 1, "field 'layers[0].heads[0].head' is 1"),
+    (("version",), 99, "field 'version' is 99"),
     (("format",), "something", "field 'format'"),
-    (("layers",), [], "field 'layers' is empty"),
+    (("layers",), [], "field 'layers' is []"),
+    (("surprise",), 1, "unknown field 'surprise'"),
+    (("layers", 0, "heads", 0, "dense"), True, "heads[0].dense"),
 ])
 def test_bad_plan_names_the_field(tmp_path, plan_data, path, value, needle):
     assert needle in bad_plan(tmp_path, plan_data, _set(path, value))
@@ -371,7 +393,7 @@ def test_plan_window_larger_than_axis(tmp_path, plan_data):
 
 
 def test_truncated_plan(tmp_path, plan_data):
-    text = json.dumps(plan_data)
+    text = plan_data.to_json()
     assert "not valid JSON" in bad_plan(tmp_path, plan_data, text=text[: len(text) // 2])
     assert "not valid JSON" in bad_plan(tmp_path, plan_data, text="")
 
@@ -381,12 +403,27 @@ def test_missing_plan_file(tmp_path):
         load_plan(tmp_path / "missing.json")
 
 
-def test_save_plan_validates(tmp_path, plan_data):
-    data = copy.deepcopy(plan_data)
-    data["layers"][0]["heads"][0]["window"] = [0]
-    with pytest.raises(ConfigError, match="window"):
-        save_plan(data, tmp_path / "plan.json")
-    assert not (tmp_path / "plan.json").exists()
+def test_version_1_is_converted(tmp_path, plan_data):
+    """A version 1 file: no causal field (no causal axis), a NaN mass (unknown), a password in the storage URL."""
+    data = plan_data.to_dict()
+    data["version"] = 1
+    del data["causal"]
+    data["search"]["storage"] = "postgresql://u:secret@db/x"
+    text = json.dumps(data).replace('"mass": ' + json.dumps(data["layers"][0]["heads"][0]["mass"]), '"mass": NaN', 1)
+    path = tmp_path / "v1.json"
+    path.write_text(text)
+    plan = load_plan(path)
+    assert plan.causal == (False,) and plan.layers[0].heads[0].mass is None
+    assert plan.search.storage == "postgresql://u:***@db/x"
+    assert [la.launches for la in plan.layers] == [la.launches for la in plan_data.layers]
+    assert json.loads(plan.to_json())["version"] == VERSION
+    assert "secret" not in plan.to_json()
+
+
+def test_save_plan_refuses_missing_folder(tmp_path, plan_data):
+    with pytest.raises(ConfigError, match="does not exist"):
+        save_plan(plan_data, tmp_path / "no" / "plan.json")
+    assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("field", ["window", "stride", "dilation", "dense"])

@@ -80,7 +80,7 @@ def test_interrupted_search_resumes_with_every_trial_once(tiny, tmp_path, monkey
         assert now[:len(old)] == old  # the finished ones are the same trials
     again = search_plan(src=src, workload=workload, gpu="H100", settings=settings, error_budget=0.1)
     assert (again.report.found, again.report.ran) == (42, 0)
-    assert again.plan["layers"] == result.plan["layers"]
+    assert again.plan.layers == result.plan.layers
 
 
 def test_other_settings_on_the_same_study_are_refused(tiny, tmp_path):
@@ -102,10 +102,12 @@ def test_two_workers_share_one_study_through_postgresql(tiny, tmp_path):
     workload, src = tiny
     samples = save_samples(src.materialize(), tmp_path / "s.npz")
     url = os.environ["SPARSESIM_POSTGRES_URL"]
+    # as the help shows it (postgresql://, no driver named), from the environment rather than the command line
+    plain = "postgresql://" + url.split("://", 1)[1]
     study = f"pg-{os.getpid()}-{tmp_path.name}"
     res = _cli("search", "--workload", workload, "--samples", str(samples), "--gpu", "H100", "--trials", "6",
-               "--storage", url, "--study", study, "--n-jobs", "2", "--out", str(tmp_path / "plan.json"),
-               "--format", "json")
+               "--study", study, "--n-jobs", "2", "--out", str(tmp_path / "plan.json"), "--format", "json",
+               env={"SPARSESIM_STORAGE": plain})
     assert res.returncode == 0, res.stderr
     workers = set()
     for li in range(2):

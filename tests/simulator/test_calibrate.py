@@ -87,8 +87,8 @@ def test_recovers_a_known_profile_from_its_own_predictions(tmp_path):
 def test_cli_json_keys(capsys, tmp_path):
     path = tmp_path / "m.csv"
     write(path, records(prior(), noise=0.02, seed=2))
-    code = main(["calibrate", "--gpu", "H200", "--measurements", str(path), "--kernel-profile", "triton", "--format", "json",
-                 "--profile-out", str(tmp_path / "t.toml")])
+    code = main(["calibrate", "--gpu", "H200", "--measurements", str(path), "--kernel-profile", "triton",
+                 "--format", "json", "--profile-out", str(tmp_path / "t.toml")])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     for key in ("train_mape", "heldout_mape", "n_train", "n_heldout", "worst"):
@@ -100,7 +100,8 @@ def test_bad_measurements_are_one_line(capsys, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
     try:
-        code = main(["calibrate", "--gpu", "H200", "--measurements", str(bad), "--profile-out", str(tmp_path / "t.toml")])
+        code = main(["calibrate", "--gpu", "H200", "--measurements", str(bad),
+                     "--profile-out", str(tmp_path / "t.toml")])
     except SystemExit as exc:
         code = exc.code
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ Expected values are computed here with explicit arithmetic from the GPU and prof
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 
 import numpy as np
@@ -39,102 +40,203 @@ def ref(gpu: str):
     return g, load_profile("reference", g)
 
 
-def hand_terms(g, p, *, head_dim, dtype, q, kv, flops, eff, load_bytes):
-    """The pair-cost terms, written out from the figures (seconds on one SM)."""
-    f = p.forward
-    sms = g.sm_count
-    elements = q * kv
-    mma = elements * flops * head_dim / (g.tensor_TFLOPs[dtype] * 1e12 / sms * eff)
-    exp_per_sm = g.exp_per_clk_per_SM * g.clock_GHz * 1e9 * f.exp_throughput_scale
-    fp32_per_sm = g.fp32_TFLOPs * 1e12 / sms
-    softmax = elements / exp_per_sm + elements * f.softmax_fp32_ops_per_element / fp32_per_sm
-    # K/V reads: l2_hit_fraction from L2, the rest from HBM (harmonic blend of the two rates).
-    seconds_per_byte = (f.l2_hit_fraction / (g.l2_TBps * 1e12)
-                        + (1 - f.l2_hit_fraction) / (g.hbm_TBps * 1e12 * f.hbm_efficiency))
-    load = load_bytes * seconds_per_byte * sms
-    mask = elements * f.mask_ops_per_element / fp32_per_sm
-    core = max(mma, softmax) + (1 - f.softmax_overlap) * min(mma, softmax)
-    # Per KV tile: the O accumulator (q rows x head_dim) rescaled, and a fixed loop overhead.
-    per_tile = q * head_dim * f.rescale_ops_per_element / fp32_per_sm + f.kv_tile_overhead_ns * 1e-9
-    return {"mma": mma, "softmax": softmax, "load": load, "mask": mask, "full": max(core, load) + per_tile,
-            "core": core}
-
-
-def fwd_pair(gpu, *, head_dim=128, dtype="bf16", q=128, kv=128, profile="reference"):
-    g = load_gpu(gpu)
-    p = load_profile(profile, g)
+def fwd_pair(gpu, *, head_dim=128, dtype="bf16", q=128, kv=128, profile="reference", prof=None, spec=None,
+             slowdown=1.0, heads_kv=None, heads=8):
+    """The forward pair cost as the kernels load it: K and V tiles of ``kv`` rows (one SM's seconds)."""
+    g = spec or load_gpu(gpu)
+    p = prof or load_profile(profile, g)
     b = 1 if dtype == "fp8" else 2
-    problem = Problem(heads=1, head_dim=head_dim, dtype=dtype)
-    got = pair_cost(g, p, problem, q, kv, flops_per_element=FWD_FLOPS, mma_efficiency=p.forward.mma_efficiency,
-                    load_bytes=2 * kv * head_dim * b)
-    want = hand_terms(g, p, head_dim=head_dim, dtype=dtype, q=q, kv=kv, flops=4, eff=p.forward.mma_efficiency,
-                      load_bytes=2 * kv * head_dim * b)
-    return got, want
+    problem = Problem(heads=heads, heads_kv=heads_kv, head_dim=head_dim, dtype=dtype)
+    return pair_cost(g, p, problem, q, kv, flops_per_element=FWD_FLOPS, mma_efficiency=p.forward.mma_efficiency,
+                     load_bytes=2 * kv * head_dim * b, slowdown=slowdown)
 
 
-# ---------------------------------------------------------------- pair_cost, term by term
+def with_forward(gpu: str, **values):
+    """The reference profile of ``gpu`` with some forward parameters replaced."""
+    _, p = ref(gpu)
+    return dataclasses.replace(p, forward=dataclasses.replace(p.forward, **values))
 
 
-@pytest.mark.parametrize("gpu", GPUS)
-@pytest.mark.parametrize("head_dim,q,kv", [(128, 128, 128), (64, 256, 128), (16, 16, 128), (256, 64, 64)])
-@pytest.mark.parametrize("profile", ["reference", "triton"])
-def test_pair_cost_terms(gpu, head_dim, q, kv, profile):
-    got, want = fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, profile=profile)
-    assert got.elements == q * kv
-    for term in ("mma", "softmax", "load", "mask", "full"):
-        assert getattr(got, term) == pytest.approx(want[term], rel=1e-12), term
-    assert got.partial == pytest.approx(want["full"] + want["mask"], rel=1e-12)
+# ---------------------------------------------------------------- pair_cost: hand-worked cases
+#
+# The expected numbers below were worked out by hand from the GPU files and the reference profiles and
+# are written as literals: a change to any term of cost.py moves at least one of them.
+#
+# H100 (hwmodels/gpus/H100.toml) with reference-hopper: 132 SMs, 989 TFLOP/s bf16 at mma_efficiency 0.76
+#   -> 989e12 / 132 * 0.76 = 5.6942e12 FLOP/s per SM; 67 TFLOP/s fp32 -> 5.0758e11 per SM;
+#   16 exp/clk/SM at 1.83 GHz -> 2.928e10 exp/s per SM; 8 TB/s L2 (95% hit), 3.35 TB/s HBM at 85%:
+#   0.95 / 8e12 + 0.05 / 2.8475e12 = 1.3631e-13 s per byte for the chip, x 132 for one SM's share.
+# One pair of a 128-row Q tile and a 128-row KV tile at head dim 128 (16,384 elements):
+#   mma     = 16384 * 4 * 128 / 5.6942e12             = 1.4732 us
+#   softmax = 16384 / 2.928e10 + 16384 * 6 / 5.0758e11 = 0.55956 + 0.19367 = 0.75324 us
+#   load    = 2 * 128 * 128 * 2 bytes * 1.3631e-13 * 132 = 1.1792 us
+#   mask    = 16384 * 4 / 5.0758e11                   = 0.12912 us
+#   full    = max(1.4732 + 0.15 * 0.75324, 1.1792)     = 1.5862 us  (softmax 85% hidden under the MMA)
+H100_PAIR_US = {"mma": 1.4732, "softmax": 0.75324, "load": 1.1792, "mask": 0.12912, "full": 1.5862}
 
 
 def test_pair_cost_h100_by_hand():
-    # H100: 989 TFLOP/s bf16 over 132 SMs at 76% (reference-hopper), 16 exp/clk/SM at 1.83 GHz,
-    # 67 TFLOP/s fp32 (6 ops per element), softmax 85% hidden under the matrix units.
     g, p = ref("H100")
     assert (g.sm_count, g.tensor_TFLOPs["bf16"], p.forward.mma_efficiency) == (132, 989.0, 0.76)
-    got, _ = fwd_pair("H100")
-    mma = 128 * 128 * 4 * 128 / (989e12 / 132 * 0.76)  # ~1.473 us
-    softmax = 128 * 128 / (16 * 1.83e9) + 128 * 128 * 6 / (67e12 / 132)  # ~0.753 us
-    assert got.mma == pytest.approx(mma, rel=1e-9)
-    assert got.softmax == pytest.approx(softmax, rel=1e-9)
-    assert got.mma == pytest.approx(1.473e-6, rel=1e-3)
-    core = max(mma, softmax) + (1 - 0.85) * min(mma, softmax)
-    assert got.full == pytest.approx(max(core, got.load), rel=1e-9)
+    assert (p.forward.rescale_ops_per_element, p.forward.kv_tile_overhead_ns) == (0.0, 0.0)
+    got = fwd_pair("H100")
+    assert got.elements == 128 * 128
+    for term, us in H100_PAIR_US.items():
+        assert getattr(got, term) * 1e6 == pytest.approx(us, rel=1e-4), term
+    assert got.partial * 1e6 == pytest.approx(1.5862 + 0.12912, rel=1e-4)
     assert got.bound == "compute"
+
+
+def test_pair_cost_h100_per_tile_terms_by_hand():
+    # The same pair with 2 rescale ops per O element (128 x 128 per KV tile) and 100 ns of loop overhead:
+    #   128 * 128 * 2 / 5.0758e11 = 0.064558 us, + 0.1 us -> full = 1.5862 + 0.16456 = 1.7508 us.
+    # A slowdown of 1.5 stretches the whole pair and its masking: 2.6262 us and 0.19368 us.
+    prof = with_forward("H100", rescale_ops_per_element=2.0, kv_tile_overhead_ns=100.0)
+    got = fwd_pair("H100", prof=prof)
+    assert got.full * 1e6 == pytest.approx(1.7508, rel=1e-4)
+    assert got.mma * 1e6 == pytest.approx(1.4732, rel=1e-4)  # the terms themselves do not move
+    slow = fwd_pair("H100", prof=prof, slowdown=1.5)
+    assert slow.full * 1e6 == pytest.approx(2.6262, rel=1e-4)
+    assert slow.mask * 1e6 == pytest.approx(0.19368, rel=1e-4)
+
+
+def test_memory_bound_pair_h100_by_hand():
+    # Head dim 16, a 16-row Q tile and a 128-row KV tile (2,048 elements) on the H100:
+    #   mma  = 2048 * 4 * 16 / 5.6942e12 = 0.023018 us
+    #   softmax = 2048 / 2.928e10 + 2048 * 6 / 5.0758e11 = 0.069945 + 0.024209 = 0.094155 us
+    #   load = 2 * 128 * 16 * 2 bytes * 1.3631e-13 * 132 = 0.14740 us  -> the load binds: full = 0.14740 us
+    got = fwd_pair("H100", head_dim=16, q=16, kv=128)
+    assert got.mma * 1e6 == pytest.approx(0.023018, rel=1e-4)
+    assert got.softmax * 1e6 == pytest.approx(0.094155, rel=1e-4)
+    assert got.load * 1e6 == pytest.approx(0.14740, rel=1e-4)
+    assert got.full * 1e6 == pytest.approx(0.14740, rel=1e-4)
+    assert got.bound == "memory"
+
+
+def test_exp_bound_pair_b200_by_hand():
+    # B200 (hwmodels/gpus/B200.toml) with reference-blackwell: 148 SMs, 2250 TFLOP/s bf16 at 0.88 ->
+    # 1.33784e13 FLOP/s per SM; 16 exp/clk/SM at 1.86 GHz -> 2.976e10 per SM; 75 TFLOP/s fp32 -> 5.0676e11 per
+    # SM, 4 ops per element; 12 TB/s L2 (95%), 7.7 TB/s HBM at 85% -> 8.6806e-14 s per byte for the chip.
+    # A 256-row Q tile against a 128-row KV tile at head dim 128 (32,768 elements):
+    #   mma     = 32768 * 4 * 128 / 1.33784e13              = 1.25405 us
+    #   softmax = 32768 / 2.976e10 + 32768 * 4 / 5.0676e11  = 1.10108 + 0.25865 = 1.35972 us  (> mma: exp-bound)
+    #   load    = 65536 bytes * 8.6806e-14 * 148             = 0.84196 us
+    #   full    = 1.35972 + 0.15 * 1.25405                   = 1.54783 us
+    got = fwd_pair("B200", q=256, kv=128)
+    assert got.mma * 1e6 == pytest.approx(1.25405, rel=1e-4)
+    assert got.softmax * 1e6 == pytest.approx(1.35972, rel=1e-4)
+    assert got.load * 1e6 == pytest.approx(0.84196, rel=1e-4)
+    assert got.full * 1e6 == pytest.approx(1.54783, rel=1e-4)
+    assert got.bound == "exp"
+
+
+# ---------------------------------------------------------------- pair_cost: scaling, limits, monotonicity
+
+PAIR_SHAPES = [(128, 128, 128), (64, 256, 128), (16, 16, 128), (256, 64, 64)]
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+@pytest.mark.parametrize("head_dim,q,kv", PAIR_SHAPES)
+@pytest.mark.parametrize("profile", ["reference", "triton"])
+def test_pair_cost_scaling(gpu, head_dim, q, kv, profile):
+    # Each term scales with what it counts: MMA with q * kv * head_dim, softmax and masking with q * kv, the
+    # K/V load with kv * head_dim (not with the Q rows that share it).
+    got = fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, profile=profile)
+    assert got.elements == q * kv
+    assert got.partial == pytest.approx(got.full + got.mask, rel=1e-12)
+    q2 = fwd_pair(gpu, head_dim=head_dim, q=2 * q, kv=kv, profile=profile)
+    kv2 = fwd_pair(gpu, head_dim=head_dim, q=q, kv=2 * kv, profile=profile)
+    d2 = fwd_pair(gpu, head_dim=2 * head_dim, q=q, kv=kv, profile=profile)
+    for term, by_q, by_kv, by_d in (("mma", 2, 2, 2), ("softmax", 2, 2, 1), ("mask", 2, 2, 1), ("load", 1, 2, 2)):
+        base = getattr(got, term)
+        assert getattr(q2, term) == pytest.approx(by_q * base, rel=1e-12), (term, "q")
+        assert getattr(kv2, term) == pytest.approx(by_kv * base, rel=1e-12), (term, "kv")
+        assert getattr(d2, term) == pytest.approx(by_d * base, rel=1e-12), (term, "head_dim")
+    # The pair is at least its slowest unit and at most all units one after the other, plus per-tile costs.
+    f = load_profile(profile, load_gpu(gpu)).forward
+    fp32_per_sm = load_gpu(gpu).fp32_TFLOPs * 1e12 / load_gpu(gpu).sm_count
+    per_tile = q * head_dim * f.rescale_ops_per_element / fp32_per_sm + f.kv_tile_overhead_ns * 1e-9
+    assert max(got.mma, got.softmax, got.load) <= got.full * (1 + 1e-12)
+    assert got.full <= (got.mma + got.softmax + got.load + per_tile) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+@pytest.mark.parametrize("head_dim,q,kv", PAIR_SHAPES)
+def test_pair_cost_overlap_limits(gpu, head_dim, q, kv):
+    # Softmax fully hidden: the pair is its slowest unit. Not hidden at all: MMA and softmax add up.
+    hidden = fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, prof=with_forward(gpu, softmax_overlap=1.0))
+    assert hidden.full == pytest.approx(max(hidden.mma, hidden.softmax, hidden.load), rel=1e-12)
+    serial = fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, prof=with_forward(gpu, softmax_overlap=0.0))
+    assert serial.full == pytest.approx(max(serial.mma + serial.softmax, serial.load), rel=1e-12)
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+@pytest.mark.parametrize("head_dim,q,kv", PAIR_SHAPES)
+def test_pair_cost_free_masking_and_infinite_bandwidth(gpu, head_dim, q, kv):
+    # Zero mask cost: a partial tile costs what a full one does.
+    free = fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, prof=with_forward(gpu, mask_ops_per_element=0))
+    assert free.mask == 0.0 and free.partial == free.full
+    # Bandwidth without limit (1e9 and 1e12 TB/s: a GPU file cannot say infinity): nothing to wait for but
+    # the SM's own units, never memory-bound, and more bandwidth changes nothing any more.
+    g = load_gpu(gpu)
+    got, further = (fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, spec=dataclasses.replace(g, hbm_TBps=x, l2_TBps=x))
+                    for x in (1e9, 1e12))
+    base = fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv)
+    assert got.load < 1e-6 * base.load
+    assert got.bound in ("compute", "exp")
+    assert (got.mma, got.softmax, got.mask) == (base.mma, base.softmax, base.mask)
+    assert got.full <= base.full
+    assert further.full == pytest.approx(got.full, rel=1e-6)
+    if base.bound != "memory":  # a compute- or exp-bound pair does not care
+        assert got.full == pytest.approx(base.full, rel=1e-12)
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+@pytest.mark.parametrize("head_dim,q,kv", PAIR_SHAPES)
+def test_pair_cost_monotone(gpu, head_dim, q, kv):
+    # Lower MMA efficiency never makes a pair faster; halving it doubles the MMA term.
+    times = [fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, prof=with_forward(gpu, mma_efficiency=e))
+             for e in (1.0, 0.88, 0.6, 0.44, 0.3)]
+    assert all(b.full >= a.full * (1 - 1e-12) for a, b in zip(times, times[1:], strict=False))
+    assert times[3].mma == pytest.approx(2 * times[1].mma, rel=1e-12)
+    # Query heads sharing a KV head (GQA) read it from L2 more often: the load never grows with the group.
+    loads = [fwd_pair(gpu, head_dim=head_dim, q=q, kv=kv, heads=8, heads_kv=h).load for h in (8, 4, 2, 1)]
+    assert all(b <= a for a, b in zip(loads, loads[1:], strict=False)) and loads[-1] < loads[0]
 
 
 @pytest.mark.parametrize("gpu", GPUS)
 def test_memory_bound_pair_tiny_head_dim(gpu):
     # Head dim 16 with a 16-row Q tile: almost no matrix work, each 128-key KV tile is loaded for 16 queries.
-    got, want = fwd_pair(gpu, head_dim=16, q=16, kv=128)
-    assert want["load"] > want["core"] > want["mma"]
+    got = fwd_pair(gpu, head_dim=16, q=16, kv=128)
+    assert got.load > got.softmax > got.mma
     assert got.bound == "memory"
-    assert got.full == pytest.approx(want["load"], rel=1e-12)
+    assert got.full == pytest.approx(got.load, rel=1e-12)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_exp_bound_b200(head_dim):
     # B200: 2.25 PFLOP/s of matrix units but only 16 exp/clk/SM: the forward pass is exp-bound.
-    got, want = fwd_pair("B200", head_dim=head_dim, q=256, kv=128)
-    assert want["softmax"] > want["mma"]
-    assert want["softmax"] > want["load"]
+    got = fwd_pair("B200", head_dim=head_dim, q=256, kv=128)
+    assert got.softmax > got.mma
+    assert got.softmax > got.load
     assert got.bound == "exp"
     g, p = ref("B200")
     overlap = p.forward.softmax_overlap
-    assert got.full == pytest.approx(want["softmax"] + (1 - overlap) * want["mma"], rel=1e-12)
+    assert got.full == pytest.approx(got.softmax + (1 - overlap) * got.mma, rel=1e-12)
 
 
 @pytest.mark.parametrize("gpu", ["H100", "H200", "A100"])
 def test_compute_bound_case(gpu):
-    got, want = fwd_pair(gpu, head_dim=128, q=128, kv=128)
-    assert want["mma"] > want["softmax"] and want["mma"] > want["load"]
+    got = fwd_pair(gpu, head_dim=128, q=128, kv=128)
+    assert got.mma > got.softmax and got.mma > got.load
     assert got.bound == "compute"
     g, p = ref(gpu)
-    assert got.full == pytest.approx(want["mma"] + (1 - p.forward.softmax_overlap) * want["softmax"], rel=1e-12)
+    assert got.full == pytest.approx(got.mma + (1 - p.forward.softmax_overlap) * got.softmax, rel=1e-12)
 
 
 def test_fp8_halves_matrix_time_on_hopper():
-    bf16, _ = fwd_pair("H100", dtype="bf16")
-    fp8, _ = fwd_pair("H100", dtype="fp8")
+    bf16 = fwd_pair("H100", dtype="bf16")
+    fp8 = fwd_pair("H100", dtype="fp8")
     g = load_gpu("H100")
     assert fp8.mma == pytest.approx(bf16.mma * g.tensor_TFLOPs["bf16"] / g.tensor_TFLOPs["fp8"], rel=1e-12)
     assert fp8.load == pytest.approx(bf16.load / 2, rel=1e-12)  # one byte per element
@@ -158,13 +260,64 @@ def fixed_seconds(g, p, *, q=128, head_dim=128, b=2):
     return p.forward.cta_overhead_us * 1e-6 / p.forward.ctas_per_SM + 2 * q * head_dim * b / hbm_per_sm
 
 
+def test_one_cta_one_full_tile_h100_by_hand():
+    # One CTA (one head, one 128-row Q tile) visiting one full 128-row KV tile on the H100, reference-hopper:
+    #   fixed = 0.5 us CTA overhead + Q in and O out: 2 * 128 * 128 * 2 bytes / (3.35e12 * 0.85 / 132 B/s per SM)
+    #         = 0.5 + 3.03802 = 3.53802 us
+    #   pair  = max(MMA 1.4732, exp 0.75324, load 1.1792) + 15% of the hidden softmax = 1.58616 us
+    #   time  = 3.53802 + 1.58616 = 5.12418 us = 0.00512418 ms (one CTA per SM: no co-resident share)
+    # Made partial (the diagonal of a causal tile), the masking adds 0.12912 us: 5.25329 us.
+    g, p = ref("H100")
+    assert (p.forward.cta_overhead_us, p.forward.ctas_per_SM, p.forward.launch_latency_us) == (0.5, 1, 0.0)
+    problem = Problem(heads=1, head_dim=128)
+    got = forward_time(g, p, problem, one_cta_map(full=1, partial=0), tokens=128, useful_pairs_per_head=1.0)
+    assert got.ms * 1e3 == pytest.approx(5.12418, rel=1e-4)
+    assert got.num_ctas == 1
+    got = forward_time(g, p, problem, one_cta_map(full=0, partial=1), tokens=128, useful_pairs_per_head=1.0)
+    assert got.ms * 1e3 == pytest.approx(5.25329, rel=1e-4)
+
+
+def greedy_makespan(durations: list[float], slots: int) -> float:
+    """Brute force: each CTA, in order, starts on the slot that frees first."""
+    finish = [0.0] * slots
+    for d in durations:
+        heapq.heapreplace(finish, finish[0] + d)
+    return max(finish)
+
+
+@pytest.mark.parametrize("gpu,seed", [(g, s) for g in ("H100", "A100") for s in range(3)])
+def test_forward_time_against_a_brute_force_schedule(gpu, seed):
+    # A random launch of 1-700 CTAs with random full/partial counts, scheduled CTA by CTA with a heap:
+    # in launch order (A100, FlashAttention-2, waves) or longest first (H100, persistent, LPT).
+    g, p = ref(gpu)
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 700))
+    full = rng.integers(0, 9, size=(1, n))
+    partial = rng.integers(0, 4, size=(1, n))
+    visited = full + partial
+    kv = np.ones((1, int(visited.max()) + 1), dtype=np.int64)
+    tm = TileMap(tiling="flat", q_tile=(128,), kv_tile=(128,), q_grid=(n,), kv_grid=(kv.shape[1],),
+                 visited=visited, full=full, kv_visited=kv, kv_full=kv)
+    problem = Problem(heads=1, head_dim=128)
+    got = forward_time(g, p, problem, tm, tokens=128, useful_pairs_per_head=1.0)
+    pair = fwd_pair(gpu, heads=1)
+    ctas = p.forward.ctas_per_SM
+    per_cta = [(fixed_seconds(g, p) + f * pair.full + k * pair.partial) * ctas
+               for f, k in zip(full.ravel().tolist(), partial.ravel().tolist(), strict=True)]
+    if p.forward.persistent:
+        per_cta.sort(reverse=True)
+    span = greedy_makespan(per_cta, g.sm_count * ctas)
+    assert got.ms == pytest.approx(span * 1e3 + p.forward.launch_latency_us * 1e-3, rel=1e-9)
+    assert got.num_ctas == n
+
+
 @pytest.mark.parametrize("gpu", GPUS)
 def test_forward_time_one_cta_crafted_map(gpu):
     g, p = ref(gpu)
     problem = Problem(heads=1, head_dim=128)
     got = forward_time(g, p, problem, one_cta_map(full=3, partial=2), tokens=5 * 128, useful_pairs_per_head=1.0)
-    _, t = fwd_pair(gpu)
-    cta = fixed_seconds(g, p) + 3 * t["full"] + 2 * (t["full"] + t["mask"])
+    t = fwd_pair(gpu, heads=1)
+    cta = fixed_seconds(g, p) + 3 * t.full + 2 * (t.full + t.mask)
     assert got.num_ctas == 1
     assert got.ms == pytest.approx(cta * p.forward.ctas_per_SM * 1e3, rel=1e-12)
     assert got.breakdown["memory_ms"] == 0.0
@@ -175,8 +328,8 @@ def test_forward_time_one_wave_plus_one(gpu):
     g, p = ref(gpu)
     slots = g.sm_count * p.forward.ctas_per_SM
     problem = Problem(heads=1, head_dim=128)
-    _, t = fwd_pair(gpu)
-    cta = (fixed_seconds(g, p) + 4 * t["full"]) * p.forward.ctas_per_SM
+    t = fwd_pair(gpu, heads=1)
+    cta = (fixed_seconds(g, p) + 4 * t.full) * p.forward.ctas_per_SM
     one = forward_time(g, p, problem, one_cta_map(4, 0, n_ctas=slots), tokens=slots * 128, useful_pairs_per_head=1.0)
     plus = forward_time(g, p, problem, one_cta_map(4, 0, n_ctas=slots + 1), tokens=slots * 128,
                         useful_pairs_per_head=1.0)
@@ -195,8 +348,8 @@ def test_single_cta_through_simulate(gpu, case):
     n = {"full": 128, "padded": 100, "causal": 128}[case]
     r = simulate(input_size=n, window=n, causal=case == "causal", q_tile=128, kv_tile=128, gpu=gpu, heads=1,
                  batch=1, head_dim=128)
-    _, t = fwd_pair(gpu)
-    pair = t["full"] if case == "full" else t["full"] + t["mask"]  # padding and the diagonal need masks
+    t = fwd_pair(gpu, heads=1)
+    pair = t.full if case == "full" else t.full + t.mask  # padding and the diagonal need masks
     assert r.visits.tolist() == [[1]]
     assert r.full_visits.tolist() == [[1 if case == "full" else 0]]
     hbm_floor = n * 4 * 128 * 2 / (g.hbm_TBps * 1e12 * p.forward.hbm_efficiency)  # Q, K, V, O once
@@ -208,7 +361,7 @@ def test_single_cta_through_simulate(gpu, case):
 
 
 def t_bound(t):
-    return max((t["mma"], "compute"), (t["softmax"], "exp"), (t["load"], "memory"))[1]
+    return max((t.mma, "compute"), (t.softmax, "exp"), (t.load, "memory"))[1]
 
 
 def test_hbm_floor_binds():

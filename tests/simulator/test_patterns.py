@@ -1,7 +1,7 @@
-"""GNA and block-sparse patterns against a brute force written straight from DESIGN.md.
+"""GNA and block-sparse patterns against a brute force written straight from docs/DESIGN.md (Semantics).
 
 The brute force below deliberately does not use ``axis_bounds``/``group_bounds`` (or any other
-package helper): it evaluates DESIGN.md's per-axis formulas for every (query, key) position with
+package helper): it evaluates docs/DESIGN.md's per-axis formulas for every (query, key) position with
 plain Python loops, and combines axes with "visible iff visible on every axis".
 """
 
@@ -19,14 +19,22 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from sparsesim.simulator import BlockSparsePattern, ConfigError, GNAPattern, dense_mask, load_block_map, simulate
+from sparsesim.simulator import (
+    BlockSparsePattern,
+    ConfigError,
+    GNAPattern,
+    dense_mask,
+    load_block_map,
+    simulate,
+    visible_mask,
+)
 from sparsesim.simulator.tiling import block_sparse_tilemap
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_TOKENS = 600
 
 # --------------------------------------------------------------------------------------------
-# Brute force, from DESIGN.md "Semantics: generalized neighborhood attention (GNA)"
+# Brute force, from docs/DESIGN.md "Semantics: generalized neighborhood attention (GNA)"
 # --------------------------------------------------------------------------------------------
 
 
@@ -139,6 +147,53 @@ def test_dense_mask_matches_pairwise_loop(cfg):
     np.testing.assert_array_equal(dense_mask(**cfg), want)
 
 
+@FAST
+@given(cfg=gna_configs(), data=st.data())
+@example(cfg={"input_size": (30,), "window": (7,), "stride": (3,), "dilation": (4,), "causal": (True,)},
+         data=None)
+def test_visible_mask_rows_equal_full_mask_rows_and_brute_force(cfg, data):
+    """The one predicate on a random subset of query tokens (any order, repeats allowed): the rows of
+    the full mask, and the brute force of docs/DESIGN.md's formulas (Semantics)."""
+    p = GNAPattern(**cfg)
+    n = p.num_tokens
+    if data is None:
+        rows = np.array([29, 0, 13, 13], dtype=np.int64)
+    else:
+        rows = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=0, max_size=12)), dtype=np.int64)
+    full = visible_mask(p)
+    assert full.shape == (n, n) and full.dtype == bool
+    got = visible_mask(p, rows)
+    assert got.shape == (rows.size, n) and got.dtype == bool
+    np.testing.assert_array_equal(got, full[rows])
+    np.testing.assert_array_equal(got, bf_of(cfg)[rows])
+    np.testing.assert_array_equal(p.mask(rows), got)
+    np.testing.assert_array_equal(dense_mask(**cfg), full)
+
+
+def test_visible_mask_rows_of_a_large_layout():
+    """Rows of a layout far beyond :func:`dense_mask`'s limit, against the per-pair brute force."""
+    shape, window, stride, dilation, causal = (300, 7, 200), (41, 3, 17), (5, 1, 4), (3, 2, 7), (True, False, False)
+    p = GNAPattern(input_size=shape, window=window, stride=stride, dilation=dilation, causal=causal)
+    rows = np.array([0, 12345, p.num_tokens - 1, 77777])
+    got = visible_mask(p, rows)
+    assert got.shape == (4, p.num_tokens)
+    coords = bf_coords(shape)
+    for r, row in zip(rows, got, strict=True):
+        q = coords[r]
+        tables = [np.array([bf_axis_visible(shape[a], window[a], stride[a], dilation[a], causal[a], int(q[a]), j)
+                            for j in range(shape[a])]) for a in range(3)]
+        want = tables[0][:, None, None] & tables[1][None, :, None] & tables[2][None, None, :]
+        np.testing.assert_array_equal(row, want.reshape(-1))
+    with pytest.raises(ConfigError, match="420000 tokens"):
+        visible_mask(p)
+
+
+@pytest.mark.parametrize("rows", [[-1], [20], [0.5], np.array([True])])
+def test_visible_mask_refuses_bad_rows(rows):
+    with pytest.raises(ConfigError, match="0 to 19"):
+        visible_mask(GNAPattern(input_size=(4, 5), window=3), rows)
+
+
 def test_brute_force_known_rows():
     """Sanity anchors for the brute force itself (so it cannot silently agree with a wrong package)."""
     # Non-causal sliding window w=3 on L=5: edges clamp to a full window.
@@ -233,7 +288,7 @@ def test_blocked_mask_is_an_equivalence_relation(cfg):
 
 
 def test_blocked_without_divisibility_is_not_symmetric():
-    """Documented consequence of DESIGN.md's clamp: a partial last block reuses the last full window."""
+    """Consequence of the clamp (docs/DESIGN.md, Semantics): a partial last block reuses the last full window."""
     m = dense_mask(input_size=5, window=2, stride=2)
     assert m[4, 3] and not m[3, 4]
 

@@ -1,7 +1,7 @@
 """Tile maps and simulate() records against brute-force counts over the explicit token mask.
 
 The GNA mask brute force is repeated here (not imported from the package nor from another test
-module) so this file stands alone: DESIGN.md's per-axis formulas evaluated with plain loops for
+module) so this file stands alone: docs/DESIGN.md's per-axis formulas evaluated with plain loops for
 every (query, key) position, combined with "visible iff visible on every axis". Tile classes are
 then counted from that mask, tile pair by tile pair, with no interval reasoning at all.
 
@@ -32,7 +32,7 @@ FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthChe
 MAX_TOKENS = 600
 
 # --------------------------------------------------------------------------------------------
-# Brute force mask (DESIGN.md, "Semantics")
+# Brute force mask (docs/DESIGN.md, "Semantics")
 # --------------------------------------------------------------------------------------------
 
 

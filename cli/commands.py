@@ -52,14 +52,7 @@ def pattern_configs(args: argparse.Namespace) -> list[Any]:
     """One :class:`~sparsesim.simulator.config.SimConfig` per GPU from the pattern, tile and problem flags."""
     from sparsesim.simulator.config import SimConfig, field_names
 
-    if args.block_map is not None:
-        given = [f"--{k}" for k in ("window", "stride", "dilation", "causal") if getattr(args, k) is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)} cannot be combined with --block-map (the map is the pattern); "
-                              f"allowed with --block-map: --input-size, --q-tile, --kv-tile and the problem flags")
-        if args.tiling != "box":
-            raise ConfigError("--tiling cannot be combined with --block-map (the map's blocks are the tiles)")
-    elif args.window is None:
+    if args.block_map is None and args.window is None:
         raise ConfigError("--window is required (or --block-map FILE)")
     settings = {name: getattr(args, name) for name in field_names() if name != "gpu"}
     return [SimConfig(**settings, gpu=gpu) for gpu in args.gpu]

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from sparsesim.hwmodels.gpus import read_toml
+from sparsesim.simulator.config import config_fields
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import GNAPattern
 
 #: Keys whose value is a shape: a list of ints is one value, a list of lists sweeps.
-SHAPE_KEYS = {"input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile"}
-SWEEP_KEYS = SHAPE_KEYS | {"gpu", "tiling", "heads", "heads_kv", "head_dim", "batch", "dtype", "backprop",
-                           "kernel_profile", "dense_profile"}
+SHAPE_KEYS = {f.name for f in config_fields() if f.metadata["cli"] in ("shape", "flags")}
+#: Every setting of a SimConfig but the block map (a sweep is over GNA patterns).
+SWEEP_KEYS = {f.name for f in config_fields()} - {"block_map"}
 
 
 def _values(key: str, value: Any) -> list[Any]:

@@ -87,11 +87,11 @@ class SimConfig:
         if self.block_map is not None:
             given = [k for k in ("window", "stride", "dilation", "causal") if getattr(self, k) is not None]
             if given:
-                raise ConfigError(f"{', '.join(given)} cannot be combined with block_map (the map is the pattern); "
-                                  f"allowed: block_map with input_size, q_tile, kv_tile")
+                raise ConfigError(f"{', '.join(given)} cannot be combined with block_map (--block-map: the map is the "
+                                  f"pattern); allowed with it: input_size, q_tile, kv_tile and the problem settings")
             if self.tiling != "box":
-                raise ConfigError(f"tiling={self.tiling!r} cannot be combined with block_map (maps are tiled as "
-                                  f"given)")
+                raise ConfigError(f"tiling={self.tiling!r} cannot be combined with block_map (--block-map: the map's "
+                                  f"blocks are the tiles)")
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> SimConfig:

@@ -159,6 +159,8 @@ def add_config_args(p: argparse.ArgumentParser, groups: Sequence[str] = ("patter
                 kw["required"] = True
             elif kind != "bool" and not meta.get("required"):
                 kw["default"] = [f.default] if kind == "gpus" and gpus else f.default
+                if kind == "gpus" and gpus:
+                    kw["help"] = f"{meta['help']} (default: {f.default})"
             g.add_argument(flag, **kw)
 
 

@@ -15,7 +15,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from sparsesim.hwmodels.errors import ConfigError
+from sparsesim.hwmodels.errors import ConfigError, check_input_file
 
 GPU_DIR = Path(__file__).parent / "gpus"
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
@@ -30,16 +30,9 @@ MAX_TOML_BYTES = 4 * 2**20
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """Read a TOML file, turning every failure into a one-line :class:`ConfigError` (only a regular file of at
     most :data:`MAX_TOML_BYTES` is read: a device or FIFO never blocks or floods)."""
-    import os
-    import stat
-
     where = f"{what} file {str(path)[:200]!r}"
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{where} is not a regular file; allowed: a TOML file")
-        if st.st_size > MAX_TOML_BYTES:
-            raise ConfigError(f"{where} has {st.st_size} bytes; allowed: at most {MAX_TOML_BYTES}")
+        check_input_file(path, where, MAX_TOML_BYTES, "a TOML file")
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:

@@ -151,15 +151,11 @@ def _array(data: Mapping[str, np.ndarray], key: str, where: str, kinds: str, ndi
 def load_samples(path: str | Path) -> Samples:
     """Read a samples file; a file that is not one (or of another version, or whose arrays have the wrong
     dtype, shape or values) gets a one-line error naming the file and the array."""
-    import stat
+    from sparsesim.hwmodels.errors import check_input_file
 
     where = f"--samples {str(path)[:200]!r}"
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{where} is not a regular file; allowed: a samples file (.npz)")
-        if st.st_size > MAX_SAMPLES_BYTES:
-            raise ConfigError(f"{where} has {st.st_size} bytes; allowed: at most {MAX_SAMPLES_BYTES}")
+        check_input_file(path, where, MAX_SAMPLES_BYTES, "a samples file (.npz)")
         z = np.load(Path(path), allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ConfigError(f"{where} is a single array, not a samples file (.npz)")

@@ -255,18 +255,13 @@ MAX_CSV_BYTES = 256 * 2**20
 def read_measurements(path: str | Path) -> Any:
     """A measurements CSV as a DataFrame of strings; every failure is one line naming the file (only a regular
     file of at most :data:`MAX_CSV_BYTES`, in UTF-8, is read)."""
-    import os
-    import stat
-
     import pandas as pd
+
+    from sparsesim.hwmodels.errors import check_input_file
 
     flag = f"--measurements {str(path)[:200]!r}"
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{flag} is not a regular file; allowed: a CSV written by simulate validate")
-        if st.st_size > MAX_CSV_BYTES:
-            raise ConfigError(f"{flag} has {st.st_size} bytes; allowed: at most {MAX_CSV_BYTES}")
+        check_input_file(path, flag, MAX_CSV_BYTES, "a CSV written by simulate validate")
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{flag}: no such file") from None

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -231,14 +230,11 @@ class Plan:
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:
     """Read and validate a plan file (a regular file of at most :data:`MAX_PLAN_BYTES`)."""
+    from sparsesim.hwmodels.errors import check_input_file
+
     name = os.fspath(path)
     try:
-        st = os.stat(name)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"plan {name!r} is not a regular file; allowed: a JSON plan written by simulate "
-                              "search")
-        if st.st_size > MAX_PLAN_BYTES:
-            raise ConfigError(f"plan {name!r} has {st.st_size} bytes; allowed: at most {MAX_PLAN_BYTES}")
+        check_input_file(name, f"plan {name!r}", MAX_PLAN_BYTES, "a JSON plan written by simulate search")
         with open(name, "rb") as fh:
             raw = fh.read(MAX_PLAN_BYTES + 1)
     except OSError as exc:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparsesim.cli.main import main
 from sparsesim.hwmodels.gpus import GPU_DIR
 from sparsesim.simulator import ConfigError, simulate, simulate_many
 
@@ -91,20 +90,11 @@ BAD_CLI = [
 ]
 
 
-def run(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize(("argv", "needle"), BAD_CLI, ids=[" ".join(a)[:60] for a, _ in BAD_CLI])
-def test_bad_cli_input_is_one_line_and_exit_2(capsys, tmp_path, argv, needle):
+def test_bad_cli_input_is_one_line_and_exit_2(cli, capsys, tmp_path, argv, needle):
     paths = files(tmp_path)
     argv = [paths[a[1:]] if a.startswith("@") else a for a in argv]
-    code, out, err = run(capsys, argv)
+    code, out, err = cli(*argv)
     assert code == 2, (out, err)
     assert len(err.strip().splitlines()) == 1, err
     assert needle in err, err
@@ -142,6 +132,6 @@ def test_simulate_many_names_unknown_settings():
         simulate_many([{"input_size": 64, "window": 8, "windw": 4}])
 
 
-def test_a_good_run_after_the_bad_ones(capsys, tmp_path):
-    code, out, _ = run(capsys, ["table", *P, "--format", "json"])
+def test_a_good_run_after_the_bad_ones(cli, tmp_path):
+    code, out, _ = cli("table", *P, "--format", "json")
     assert code == 0 and json.loads(out)[0]["input_size"] == [64]

@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from sparsesim.cli.main import main
 from sparsesim.hwmodels import ConfigError, list_gpus, load_gpu
 from sparsesim.hwmodels.gpus import read_toml
 from sparsesim.hwmodels.profiles import PROFILE_DIR, KernelProfile, list_profiles, load_profile, parse_profile
@@ -141,29 +140,20 @@ def test_unknown_profile_lists_the_allowed_ones():
         simulate(input_size=4096, window=512, kernel_profile="nope")
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("argv", [
     ("table", "--input-size", "4096", "--window", "512", "--kernel-profile", "nope"),
     ("e2e", "--preset", "flux-4k", "--kernel-profile", "nope"),
 ])
-def test_cli_unknown_kernel_profile_exits_2(capsys, argv):
-    code, out, err = run(capsys, *argv)
+def test_cli_unknown_kernel_profile_exits_2(cli, capsys, argv):
+    code, out, err = cli(*argv)
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert "nope" in err and "reference-hopper" in err
 
 
-def test_cli_kernel_profile_file(capsys, tmp_path):
+def test_cli_kernel_profile_file(cli, capsys, tmp_path):
     path = user_profile(tmp_path)
-    code, out, err = run(capsys, "table", "--input-size", "4096", "--window", "512", "--kernel-profile", str(path),
+    code, out, err = cli("table", "--input-size", "4096", "--window", "512", "--kernel-profile", str(path),
                          "--format", "json")
     assert code == 0, err
     assert '"kernel_profile": "my-hopper"' in out

@@ -118,29 +118,9 @@ def test_table_plot(tmp_path):
     assert mpimg.imread(tmp_path / "t.png").std() > 0.02
 
 
-TINY = """
-name = "tiny"
-layout = [32, 32]
-heads = 3
-head_dim = 32
-hidden = 96
-mlp = 384
-steps = 4
-dtype = "bf16"
-[[blocks]]
-kind = "block"
-count = 2
-gemms = [[288, 96], [96, 96], [384, 96], [96, 384]]
-[[patterns]]
-window = [16, 16]
-stride = [8, 8]
-"""
-
-
-def test_report_of_a_search_study_and_its_plan(tmp_path):
+def test_report_of_a_search_study_and_its_plan(tmp_path, tiny_workload):
     pytest.importorskip("optuna")
-    workload = tmp_path / "tiny.toml"
-    workload.write_text(TINY)
+    workload = tiny_workload
     db = f"sqlite:///{tmp_path}/s.db"
     res = _cli("search", "--workload", str(workload), "--synthetic", "--rows", "8", "--trials", "4", "--storage", db,
                "--study", "st", "--out", str(tmp_path / "plan.json"))

@@ -11,43 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from sparsesim.cli.main import main
 from sparsesim.search.plan import Plan, load_plan
 from sparsesim.search.study import redact_url, storage_url
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "plan_flux-4k_h100.json"  # read only: every case writes its copy under tmp_path
 
-WORKLOAD = """
-name = "tiny"
-layout = [32, 32]
-heads = 3
-head_dim = 32
-hidden = 96
-mlp = 384
-steps = 4
-dtype = "bf16"
-[[blocks]]
-kind = "block"
-count = 2
-gemms = [[288, 96], [96, 96], [384, 96], [96, 384]]
-[[patterns]]
-window = [16, 16]
-stride = [8, 8]
-"""
 
-
-def run_main(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_exit_2(argv, capsys, needle: str) -> str:
-    code, out, err = run_main(argv, capsys)
+def one_line_exit_2(cli, argv, needle: str) -> str:
+    code, out, err = cli(*argv)
     lines = err.strip().splitlines()
     assert code == 2, (code, err)
     assert len(lines) == 1, err
@@ -183,7 +155,7 @@ PLAN_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(PLAN_CASES))
-def test_plan_show_hostile_file(case, tmp_path, capsys):
+def test_plan_show_hostile_file(cli, case, tmp_path, capsys):
     make, needle = PLAN_CASES[case]
     content = make()
     path = tmp_path / "plan.json"
@@ -192,22 +164,22 @@ def test_plan_show_hostile_file(case, tmp_path, capsys):
     else:
         path.write_text(content)
     before = path.read_bytes()
-    line = one_line_exit_2(["plan", "show", str(path)], capsys, needle)
+    line = one_line_exit_2(cli, ["plan", "show", str(path)], needle)
     assert str(path) in line or "plan.json" in line
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["plan.json"]
 
 
 @pytest.mark.parametrize("case", ["directory", "missing", "device", "long-name"])
-def test_plan_show_hostile_path(case, tmp_path, capsys):
+def test_plan_show_hostile_path(cli, case, tmp_path, capsys):
     path = {"directory": str(tmp_path), "missing": str(tmp_path / "none.json"), "device": "/dev/zero",
             "long-name": str(tmp_path / ("p" * 300))}[case]
     needle = {"directory": "not a regular file", "missing": "No such file", "device": "not a regular file",
               "long-name": "too long"}[case]
-    one_line_exit_2(["plan", "show", path], capsys, needle)
+    one_line_exit_2(cli, ["plan", "show", path], needle)
 
 
-def test_plan_show_of_the_example_reads_attributes(capsys):
-    code, out, err = run_main(["plan", "show", str(EXAMPLE)], capsys)
+def test_plan_show_of_the_example_reads_attributes(cli, capsys):
+    code, out, err = cli(*["plan", "show", str(EXAMPLE)])
     assert code == 0 and "predicted_ms" in out and "flux-4k on H100" in err
 
 
@@ -216,10 +188,8 @@ def test_plan_show_of_the_example_reads_attributes(capsys):
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture()
-def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(WORKLOAD)
-    return path
+def tiny(tiny_workload: Path) -> Path:
+    return tiny_workload
 
 
 def search_argv(tiny: Path, tmp_path: Path, *extra: str, out: str | None = None) -> list[str]:
@@ -259,27 +229,27 @@ SEARCH_FLAG_CASES = {
 
 @pytest.mark.parametrize("case", sorted(SEARCH_FLAG_CASES))
 @pytest.mark.parametrize("existing", [False, True], ids=["no-plan", "old-plan"])
-def test_search_hostile_flag(case, existing, tiny, tmp_path, capsys):
+def test_search_hostile_flag(cli, case, existing, tiny, tmp_path, capsys):
     extra, needle = SEARCH_FLAG_CASES[case]
     out = tmp_path / "p.json"
     if existing:
         out.write_text("an older plan\n")
-    line = one_line_exit_2(search_argv(tiny, tmp_path, *extra), capsys, needle)
+    line = one_line_exit_2(cli, search_argv(tiny, tmp_path, *extra), needle)
     assert "secret" not in line
     assert (out.read_text() == "an older plan\n") if existing else not out.exists()
     if not case.startswith(("layers", "gpu")):  # refused before the storage is opened: no database file either
         assert not (tmp_path / "s.db").exists()
 
 
-def test_search_minilm_with_another_workload_is_refused(tmp_path, capsys):
-    one_line_exit_2(["search", "--minilm", "--preset", "flux-4k", "--storage", f"sqlite:///{tmp_path}/s.db",
-                     "--out", str(tmp_path / "p.json")], capsys, "'flux-4k'")
+def test_search_minilm_with_another_workload_is_refused(cli, tmp_path, capsys):
+    one_line_exit_2(cli, ["search", "--minilm", "--preset", "flux-4k", "--storage", f"sqlite:///{tmp_path}/s.db",
+                     "--out", str(tmp_path / "p.json")], "'flux-4k'")
     assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("case", ["directory", "empty", "proc", "too-long", "missing-folder", "device-null",
                                   "device-full", "symlink-to-device"])
-def test_search_hostile_out(case, tiny, tmp_path, capsys):
+def test_search_hostile_out(cli, case, tiny, tmp_path, capsys):
     before = sorted(os.listdir(tmp_path))
     if case == "symlink-to-device":
         (tmp_path / "link.json").symlink_to("/dev/null")
@@ -296,21 +266,21 @@ def test_search_hostile_out(case, tiny, tmp_path, capsys):
     }[case]
     if case == "device-full" and not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    one_line_exit_2(search_argv(tiny, tmp_path, out=out), capsys, needle)
+    one_line_exit_2(cli, search_argv(tiny, tmp_path, out=out), needle)
     assert sorted(os.listdir(tmp_path)) == before  # no plan, no database, no temporary file
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
-def test_search_storage_from_environment_is_checked(tiny, tmp_path, capsys, monkeypatch):
+def test_search_storage_from_environment_is_checked(cli, tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SPARSESIM_STORAGE", "sqlite:///")
     argv = [a for a in search_argv(tiny, tmp_path) if a not in ("--storage", f"sqlite:///{tmp_path}/s.db")]
-    one_line_exit_2(argv, capsys, "'sqlite:///'")
+    one_line_exit_2(cli, argv, "'sqlite:///'")
     assert not (tmp_path / "p.json").exists()
 
 
-def test_search_out_dash_writes_the_plan_to_stdout(tiny, tmp_path, capsys, monkeypatch):
+def test_search_out_dash_writes_the_plan_to_stdout(cli, tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_main(search_argv(tiny, tmp_path, "--storage", "sqlite:///:memory:", out="-"), capsys)
+    code, out, err = cli(*search_argv(tiny, tmp_path, "--storage", "sqlite:///:memory:", out="-"))
     assert code == 0, err
     plan = Plan.from_json(out)  # stdout is the plan alone
     assert plan.workload == "tiny" and "plan at uniform's error" in err
@@ -348,7 +318,7 @@ def test_storage_url_picks_an_installed_driver():
     assert storage_url("sqlite:///a.db") == "sqlite:///a.db"
 
 
-def test_password_never_reaches_plan_or_messages(tiny, tmp_path, capsys, monkeypatch):
+def test_password_never_reaches_plan_or_messages(cli, tiny, tmp_path, capsys, monkeypatch):
     """A PostgreSQL URL with a password (its connection replaced by an SQLite file): the plan, the resume
     line and the interrupt line show it redacted."""
     from sparsesim.search import run as run_mod
@@ -361,7 +331,7 @@ def test_password_never_reaches_plan_or_messages(tiny, tmp_path, capsys, monkeyp
     argv = ["search", "--workload", str(tiny), "--trials", "2", "--rows", "8", "--out", str(tmp_path / "p.json")]
     outputs = []
     for _ in range(2):  # the second run resumes
-        code, out, err = run_main(argv, capsys)
+        code, out, err = cli(*argv)
         assert code == 0, err
         outputs.append(out + err)
     assert "resumed study" in outputs[1] and "u:***@127.0.0.1:1/db" in outputs[1]
@@ -372,7 +342,7 @@ def test_password_never_reaches_plan_or_messages(tiny, tmp_path, capsys, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_mod, "search_plan", interrupted)
-    code, out, err = run_main(argv, capsys)
+    code, out, err = cli(*argv)
     assert code == 130 and "interrupted" in err and "u:***@" in err
     for text in (*outputs, plan_text, out + err):
         assert "secret" not in text

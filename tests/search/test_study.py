@@ -17,30 +17,10 @@ from sparsesim.search.run import search_plan  # noqa: E402
 from sparsesim.search.samples import save_samples, synthetic  # noqa: E402
 from sparsesim.search.study import SearchSettings, head_study_name, open_storage  # noqa: E402
 
-WORKLOAD = """
-name = "tiny"
-layout = [32, 32]
-heads = 3
-head_dim = 32
-hidden = 96
-mlp = 384
-steps = 4
-dtype = "bf16"
-[[blocks]]
-kind = "block"
-count = 2
-gemms = [[288, 96], [96, 96], [384, 96], [96, 384]]
-[[patterns]]
-window = [16, 16]
-stride = [8, 8]
-"""
-
 
 @pytest.fixture()
-def tiny(tmp_path: Path) -> tuple[str, object]:
-    path = tmp_path / "tiny.toml"
-    path.write_text(WORKLOAD)
-    return str(path), synthetic(layout=(32, 32), layers=2, heads=3, head_dim=32, rows=16, seed=3)
+def tiny(tiny_workload: Path) -> tuple[str, object]:
+    return str(tiny_workload), synthetic(layout=(32, 32), layers=2, heads=3, head_dim=32, rows=16, seed=3)
 
 
 def _trials(storage: str, study: str, layer: int, head: int) -> list:

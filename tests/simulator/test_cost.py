@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsesim.cli.main import main
 from sparsesim.hwmodels import load_gpu
 from sparsesim.hwmodels.profiles import load_profile
 from sparsesim.simulator import ConfigError, simulate
@@ -662,17 +661,8 @@ def test_flashattention4_b200_forward_is_exp_bound():
 # ---------------------------------------------------------------- CLI
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_table_has_the_cost_columns(capsys):
-    code, out, err = run(capsys, "table", "--input-size", "4096", "--window", "512", "--backprop", "--heads-kv", "8",
+def test_cli_table_has_the_cost_columns(cli, capsys):
+    code, out, err = cli("table", "--input-size", "4096", "--window", "512", "--backprop", "--heads-kv", "8",
                          "--heads", "32", "--format", "json")
     assert code == 0, err
     (row,) = json.loads(out)
@@ -684,8 +674,8 @@ def test_cli_table_has_the_cost_columns(capsys):
     assert row["predicted_ms"] == pytest.approx(direct.predicted_ms, rel=1e-12)
 
 
-def test_cli_table_fp8_on_a100_exits_2(capsys):
-    code, out, err = run(capsys, "table", "--input-size", "4096", "--window", "512", "--gpu", "A100",
+def test_cli_table_fp8_on_a100_exits_2(cli, capsys):
+    code, out, err = cli("table", "--input-size", "4096", "--window", "512", "--gpu", "A100",
                          "--dtype", "fp8")
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "fp8" in err

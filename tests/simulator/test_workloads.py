@@ -8,7 +8,6 @@ import math
 
 import pytest
 
-from sparsesim.cli.main import main
 from sparsesim.hwmodels import load_gpu
 from sparsesim.hwmodels.gpus import read_toml
 from sparsesim.hwmodels.profiles import load_profile
@@ -292,17 +291,8 @@ def test_full_workload_on_four_gpus_is_consistent():
 # ---------------------------------------------------------------- CLI
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_e2e_json(capsys):
-    code, out, err = run(capsys, "e2e", "--preset", "flux-4k", "--gpu", "B200", "--window", "80", "80", "--stride",
+def test_cli_e2e_json(cli, capsys):
+    code, out, err = cli("e2e", "--preset", "flux-4k", "--gpu", "B200", "--window", "80", "80", "--stride",
                          "16", "16", "--q-tile", "16", "16", "--kv-tile", "16", "8", "--attention-share", "0.518",
                          "--format", "json")
     assert code == 0, err
@@ -314,30 +304,30 @@ def test_cli_e2e_json(capsys):
         assert col in rows[0]
 
 
-def test_cli_e2e_unknown_preset(capsys):
-    code, out, err = run(capsys, "e2e", "--preset", "nope")
+def test_cli_e2e_unknown_preset(cli, capsys):
+    code, out, err = cli("e2e", "--preset", "nope")
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert "nope" in err and "flux-4k" in err
 
 
-def test_cli_e2e_too_many_dense_steps(capsys):
-    code, out, err = run(capsys, "e2e", "--preset", "flux-4k", "--dense-steps", "99")
+def test_cli_e2e_too_many_dense_steps(cli, capsys):
+    code, out, err = cli("e2e", "--preset", "flux-4k", "--dense-steps", "99")
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "dense_steps" in err
 
 
-def test_cli_e2e_bad_attention_share(capsys):
-    code, out, err = run(capsys, "e2e", "--preset", "flux-4k", "--attention-share", "1.5")
+def test_cli_e2e_bad_attention_share(cli, capsys):
+    code, out, err = cli("e2e", "--preset", "flux-4k", "--attention-share", "1.5")
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and ("--attention-share" in err or "attention_share" in err)
 
 
-def test_cli_workloads_lists_the_presets(capsys):
-    code, out, err = run(capsys, "workloads")
+def test_cli_workloads_lists_the_presets(cli, capsys):
+    code, out, err = cli("workloads")
     assert code == 0, err
     for name in PRESETS:
         assert name in out
-    code, out, err = run(capsys, "workloads", "--format", "json")
+    code, out, err = cli("workloads", "--format", "json")
     assert code == 0, err
     assert set(PRESETS) <= {r["preset"] for r in json.loads(out)}

@@ -76,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"what": "simulator, one trial (HunyuanVideo layout, H100)", **simulator_trial_ms(), **env}]
     with tempfile.TemporaryDirectory() as tmp:
         rows.append({"what": "MiniLM capture + search (72 heads, 16 trials each)",
-                     **timed_cli(["search", "--minilm", "--trials", "16", "--storage", f"sqlite:///{tmp}/m.db",
+                     **timed_cli(["search", "--minilm", "--sampler", "tpe", "--trials", "16", "--storage", f"sqlite:///{tmp}/m.db",
                                   "--out", f"{tmp}/m.json"], tmp), **env})
         if not args.skip_hunyuan:
             rows.append({"what": f"HunyuanVideo synthetic search (60 x 24 heads, {args.trials} trials each, "
                                  f"{args.n_jobs} workers)",
-                         **timed_cli(["search", "--preset", "hunyuan-video", "--synthetic", "--gpu", "H100",
+                         **timed_cli(["search", "--preset", "hunyuan-video", "--synthetic", "--sampler", "tpe",
+                                      "--gpu", "H100",
                                       "--trials", str(args.trials), "--n-jobs", str(args.n_jobs), "--rows", "16",
                                       "--storage", f"sqlite:///{tmp}/h.db", "--out", f"{tmp}/h.json"], tmp),
                          **env})

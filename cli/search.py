@@ -13,7 +13,7 @@ from typing import Any
 
 from sparsesim.cli.output import choose_columns, emit, render
 from sparsesim.simulator.errors import ConfigError
-from sparsesim.simulator.files import check_output, write_text
+from sparsesim.simulator.files import check_output, check_output_dir, write_text
 
 SEARCH_COLUMNS = ["name", "mean_error", "max_error", "attention_speedup", "e2e_predicted_speedup", "attention_ms",
                   "dense_attention_ms"]
@@ -21,6 +21,10 @@ PLAN_COLUMNS = ["layer", "heads", "pattern", "dense", "predicted_ms", "dense_ms"
 #: The environment variable a storage URL can come from (keeps a password out of shell history and ps).
 STORAGE_ENV = "SPARSESIM_STORAGE"
 DEFAULT_STORAGE = "sqlite:///sparsesim_search.db"
+#: Optuna trials per head when --trials is not given (--sampler tpe).
+DEFAULT_TRIALS = 24
+#: Flags that only the TPE sampler reads (a note names those given with the exhaustive one).
+TPE_ONLY = ("trials", "storage", "study", "n_jobs")
 #: Integer flags: (lowest, highest) allowed.
 INT_BOUNDS = {"trials": (1, 100_000), "n_jobs": (1, 512), "rows": (1, 65_536), "synthetic_layers": (1, 10_000),
               "seed": (0, 2**32 - 1)}
@@ -52,6 +56,8 @@ def check_search_args(args: argparse.Namespace) -> str:
             raise ConfigError(f"--columns {args.columns!r}: unknown column(s) {unknown}; allowed: "
                               f"{', '.join(SEARCH_COLUMNS)}")
     check_output(args.out, "--out")
+    if args.baselines_out is not None:
+        check_output_dir(args.baselines_out, "--baselines-out")
     if args.storage is not None:
         return str(args.storage)
     return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
@@ -80,15 +86,15 @@ def _source(args: argparse.Namespace, workload: Any) -> tuple[Any, str, str]:
 
 
 class _Bar:
-    """The progress callback the search calls as trials finish: a one-line bar on stderr (or nothing)."""
+    """The progress callback the search calls as trials (or heads) finish: a one-line bar on stderr (or nothing)."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.open, self.t0 = enabled, False, time.perf_counter()
+    def __init__(self, enabled: bool, unit: str = "trials") -> None:
+        self.enabled, self.open, self.t0, self.unit = enabled, False, time.perf_counter(), unit
 
     def __call__(self, done: int, total: int) -> None:
         if self.enabled and (done % 5 == 0 or done == total):
             frac = done / max(1, total)
-            sys.stderr.write(f"\rsearch [{'#' * int(30 * frac):<30}] {done}/{total} trials "
+            sys.stderr.write(f"\rsearch [{'#' * int(30 * frac):<30}] {done}/{total} {self.unit} "
                              f"{time.perf_counter() - self.t0:6.1f} s")
             sys.stderr.flush()
             self.open = True
@@ -112,34 +118,58 @@ def cmd_search(args: argparse.Namespace) -> None:
     if workload is None:
         raise ConfigError("give --preset NAME or --workload FILE.toml (see simulate workloads)")
     src, label, workload = _source(args, workload)  # a bad samples file fails before a database is made
-    storage = open_storage(url)  # opened once: a bad URL or an unreachable server fails here, before the search
+    tpe = args.sampler == "tpe"
+    trials = args.trials if args.trials is not None else DEFAULT_TRIALS
+    n_jobs = args.n_jobs if args.n_jobs is not None else 1
     study = args.study or f"{workload}-{args.gpu}-{label.split()[0]}"
-    settings = SearchSettings(study=study, storage=url, trials=args.trials, seed=args.seed, n_jobs=args.n_jobs)
-    bar = _Bar(args.progress if args.progress is not None else sys.stderr.isatty())
-    if args.n_jobs > 1 and url.startswith("sqlite"):
+    settings = SearchSettings(study=study, storage=url, trials=trials, seed=args.seed, n_jobs=n_jobs)
+    if tpe:
+        storage = open_storage(url)  # opened once: a bad URL or an unreachable server fails here, before the search
+    else:
+        storage = None
+        unused = [f"--{n.replace('_', '-')}" for n in TPE_ONLY if getattr(args, n) is not None]
+        if unused:
+            print(f"search: note: {', '.join(unused)} only apply to --sampler tpe; ignored (the exhaustive search "
+                  "evaluates every candidate and stores nothing)", file=sys.stderr)
+    bar = _Bar(args.progress if args.progress is not None else sys.stderr.isatty(), "trials" if tpe else "heads")
+    if tpe and n_jobs > 1 and url.startswith("sqlite"):
         print("search: note: SQLite lets one worker write at a time; several workers run faster on a PostgreSQL "
               "URL", file=sys.stderr)
     try:
-        result = search_plan(src=src, workload=workload, gpu=args.gpu, settings=settings, layers=args.layers,
-                             error_budget=budget, max_error=args.max_error, target_speedup=args.target_speedup,
-                             kernel_profile=args.kernel_profile, dense_profile=args.dense_profile,
-                             samples_label=label, progress=bar if bar.enabled else None, storage=storage)
+        result = search_plan(src=src, workload=workload, gpu=args.gpu, settings=settings, sampler=args.sampler,
+                             layers=args.layers, error_budget=budget, max_error=args.max_error,
+                             target_speedup=args.target_speedup, kernel_profile=args.kernel_profile,
+                             dense_profile=args.dense_profile, samples_label=label,
+                             progress=bar if bar.enabled else None, storage=storage)
     except KeyboardInterrupt:
         bar.close()
-        print(f"simulate search: interrupted; every finished trial is kept in {shown} (study {study!r}): "
-              "run the same command to resume", file=sys.stderr)
+        if tpe:
+            print(f"simulate search: interrupted; every finished trial is kept in {shown} (study {study!r}): "
+                  "run the same command to resume", file=sys.stderr)
+        else:
+            print("simulate search: interrupted; the exhaustive search stores nothing: run the same command again",
+                  file=sys.stderr)
         raise SystemExit(130) from None
     bar.close()
     r = result.report
     if r.found:
         print(f"search: resumed study {study!r} in {shown}: found {r.found} finished trials, ran {r.ran} "
               "more", file=sys.stderr)
-    print(f"search: {r.heads} heads, {r.ran} trials in {r.seconds:.1f} s (simulator {r.simulator_s:.1f} s, "
-          f"quality {r.quality_s:.1f} s, Optuna storage and sampler {r.other_s:.1f} s)", file=sys.stderr)
+    if tpe:
+        print(f"search: {r.heads} heads, {r.ran} trials in {r.seconds:.1f} s (simulator {r.simulator_s:.1f} s, "
+              f"quality {r.quality_s:.1f} s, Optuna storage and sampler {r.other_s:.1f} s)", file=sys.stderr)
+    else:
+        print(f"search: {r.heads} heads x {r.ran // max(1, r.heads)} candidates (exhaustive) in {r.seconds:.1f} s "
+              f"(simulator {r.simulator_s:.1f} s, quality {r.quality_s:.1f} s)", file=sys.stderr)
     to_stdout = args.out == "-"
     write_text(result.plan.to_json(), args.out, "--out")
     if not to_stdout:
         print(f"search: wrote {args.out}", file=sys.stderr)
+    if args.baselines_out is not None:
+        from sparsesim.search.plan import save_plans
+
+        save_plans(result.baselines, args.baselines_out, "--baselines-out")
+        print(f"search: wrote {len(result.baselines)} baseline plans to {args.baselines_out}", file=sys.stderr)
     df = pd.DataFrame([o.__dict__ for o in result.outcomes])
     cols = choose_columns(df, args.format, args.columns, args.wide, SEARCH_COLUMNS, SEARCH_COLUMNS)
     if args.format == "json":

@@ -9,6 +9,7 @@ neither torch nor triton):
 - :func:`reference_attention`: torch reference from the simulator's masks.
 - :func:`dense_configs`: the dense kernel's autotune space.
 - :func:`run_plan`: one layer of a search plan, as its launches run.
+- :func:`apply_plan`: a context in which a model's attention calls run as a plan says.
 
 On a machine without a GPU, set ``TRITON_INTERPRET=1`` before importing triton to run the
 kernels on CPU tensors through the Triton interpreter.
@@ -24,8 +25,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["attention", "block_sparse_attention", "dense_configs", "gna_attention", "plan_gna", "reference_attention",
-           "run_plan"]
+__all__ = ["apply_plan", "attention", "block_sparse_attention", "dense_configs", "gna_attention", "plan_gna",
+           "reference_attention", "run_plan"]
 
 _WHERE = {
     "attention": "sparsesim.kernels.dense",
@@ -35,6 +36,7 @@ _WHERE = {
     "dense_configs": "sparsesim.kernels._launch",
     "plan_gna": "sparsesim.kernels.gna_plan",
     "run_plan": "sparsesim.kernels.plan_run",
+    "apply_plan": "sparsesim.kernels.apply",
 }
 
 

@@ -229,7 +229,7 @@ class AttnDims:
 
 
 def allowed_dtypes_text() -> str:
-    return "float16, bfloat16, float32" if interpret() else "float16, bfloat16 (float32 under TRITON_INTERPRET=1)"
+    return "float16, float32" if interpret() else "float16, bfloat16 (float32 under TRITON_INTERPRET=1)"
 
 
 def check_tensor_device(x: Any, name: str) -> None:
@@ -271,6 +271,9 @@ def check_qkv(q: Any, k: Any, v: Any, *, spatial_ranks: Sequence[int] = (1,), wh
             raise ValueError(f"{what}: {name}.dtype={x.dtype}; allowed: {allowed_dtypes_text()}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"{what}: dtypes differ (q {q.dtype}, k {k.dtype}, v {v.dtype}); allowed: one dtype for all")
+    if interpret() and q.dtype == torch.bfloat16:  # a silent wrong answer otherwise
+        raise ValueError(f"{what}: bfloat16 under TRITON_INTERPRET=1 (the interpreter's tl.dot computes bf16 "
+                         f"wrongly); allowed there: {allowed_dtypes_text()}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor_device(x, name)
     if not (q.device == k.device == v.device):

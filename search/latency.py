@@ -4,6 +4,13 @@ A layer's sparse heads are grouped by pattern; each group is one call of our GNA
 (``call_ms`` of the core's :func:`~sparsesim.simulator.engine`, ``triton`` profile: the calibrated one
 where it exists), and the dense heads one call of the dense baseline (``dense_profile``, default cuDNN).
 The search ranks a head's candidates by its share of a full-layer launch (``call_ms / heads``).
+
+GQA (``heads_kv < heads``, group ``heads / heads_kv``): every launch is a valid problem. The KV heads whose
+query heads all run one pattern make one launch of whole groups (``heads = group x KV heads``, each K/V
+tile read once per group); the query heads of a group its pattern covers only in part make one more
+launch with their KV heads repeated (``heads_kv = heads``), as :func:`sparsesim.kernels.run_plan` runs
+such a launch. The planner (:func:`sparsesim.search.plan.choose`) gives the query heads of one KV head one
+pattern, so its launches are whole groups.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ class LayerShape:
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch of a layer: the heads it runs and its simulated time."""
+    """One kernel launch of a layer: the query heads it runs, its KV heads and its simulated time."""
 
     heads: tuple[int, ...]
+    heads_kv: int
     candidate: Candidate
     dense: bool
     ms: float
@@ -48,21 +56,28 @@ class LatencyModel:
     kv_tile: tuple[int, ...]
     kernel_profile: str = "triton"
     dense_profile: str = "cudnn"
-    _memo: dict[tuple[Candidate, int], SimResult] = field(default_factory=dict, repr=False, compare=False)
+    _memo: dict[tuple[Candidate, int, int], SimResult] = field(default_factory=dict, repr=False, compare=False)
     _sim: Simulator = field(default_factory=Simulator, repr=False, compare=False)
 
-    def result(self, cand: Candidate, heads: int) -> SimResult:
-        """The core's record of ``cand`` over ``heads`` heads (GQA ratio kept)."""
-        key = (cand, heads)
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (1 without GQA)."""
+        return max(1, self.shape.heads // max(1, self.shape.heads_kv))
+
+    def result(self, cand: Candidate, heads: int, heads_kv: int | None = None) -> SimResult:
+        """The core's record of ``cand`` over ``heads`` query heads and ``heads_kv`` KV heads (default: whole
+        GQA groups, ``heads / group``, where ``heads`` is a multiple of the group; else ``heads``: KV repeated)."""
+        if heads_kv is None:
+            heads_kv = heads // self.group if heads % self.group == 0 else heads
+        key = (cand, heads, heads_kv)
         hit = self._memo.get(key)
         if hit is None:
             s = self.shape
-            group = max(1, s.heads // s.heads_kv)
             hit = self._sim.simulate(input_size=s.layout, window=cand.window, stride=cand.stride,
-                                     dilation=cand.dilation,
-                           causal=s.causal or None, q_tile=self.q_tile, kv_tile=self.kv_tile, gpu=self.gpu,
-                           heads=heads, heads_kv=max(1, heads // group), head_dim=s.head_dim, batch=s.batch,
-                           dtype=s.dtype, kernel_profile=self.kernel_profile, dense_profile=self.dense_profile)
+                                     dilation=cand.dilation, causal=s.causal or None, q_tile=self.q_tile,
+                                     kv_tile=self.kv_tile, gpu=self.gpu, heads=heads, heads_kv=heads_kv,
+                                     head_dim=s.head_dim, batch=s.batch, dtype=s.dtype,
+                                     kernel_profile=self.kernel_profile, dense_profile=self.dense_profile)
             self._memo[key] = hit
         return hit
 
@@ -78,16 +93,24 @@ class LatencyModel:
         return self.result(Candidate(layout, (1,) * len(layout), (1,) * len(layout)), self.shape.heads).dense_ms
 
     def launches(self, cands: Sequence[Candidate]) -> list[Launch]:
-        """The launches of a layer whose head ``h`` runs ``cands[h]``: one per distinct pattern."""
-        groups: dict[Candidate, list[int]] = {}
+        """The launches of a layer whose head ``h`` runs ``cands[h]``: one per distinct pattern, under GQA
+        one of the whole KV groups that run it and one of the heads of groups it covers in part (module doc)."""
+        group = self.group
+        by_pattern: dict[Candidate, list[int]] = {}
         for h, c in enumerate(cands):
-            groups.setdefault(c, []).append(h)
+            by_pattern.setdefault(c, []).append(h)
         out = []
-        for cand, heads in groups.items():
-            r = self.result(cand, len(heads))
+        for cand, heads in by_pattern.items():
+            whole = [h for h in heads if group == 1 or all(
+                k < len(cands) and cands[k] == cand for k in range(h - h % group, h - h % group + group))]
+            whole_set = set(whole)
+            part = [h for h in heads if h not in whole_set]
             dense = cand.is_dense(self.shape.layout)
-            out.append(Launch(heads=tuple(heads), candidate=cand, dense=dense,
-                              ms=r.dense_ms if dense else r.call_ms))
+            for ids, heads_kv in ((whole, len(whole) // group), (part, len(part))):
+                if ids:
+                    r = self.result(cand, len(ids), heads_kv)
+                    out.append(Launch(heads=tuple(ids), heads_kv=heads_kv, candidate=cand, dense=dense,
+                                      ms=r.dense_ms if dense else r.call_ms))
         return out
 
     def layer_ms(self, cands: Sequence[Candidate]) -> float:

@@ -4,7 +4,9 @@
 over heads, and optionally a per-head maximum), or to meet a target speedup at least error: a
 Lagrangian search over ``sum(ms) + lambda * sum(error)`` (per-head shares of full-layer launches), then
 every layer's time is simulated as the launches it really makes (heads with one pattern share a launch).
-The baselines (:func:`baselines`) choose from the same evaluated points.
+Under GQA the query heads of one KV head get one pattern (:class:`Units`), so every launch is whole KV
+groups. The baselines (:mod:`sparsesim.search.baselines`) choose from the same evaluated points, each with
+its threshold tuned to the same budget, and ``choose`` takes them as seeds: the plan is never slower.
 
 The plan file is a typed, versioned record (:class:`~sparsesim.simulator.plan.Plan`, defined in the core so
 that kernels and reports read it without importing the search): :func:`build_plan` makes it from a choice.
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from sparsesim.search.latency import LatencyModel
 from sparsesim.search.space import Candidate
-from sparsesim.search.study import Point
+from sparsesim.search.study import Point, pareto
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.plan import (  # the record and its reader live in the core; re-exported here
     FORMAT,
@@ -41,10 +44,12 @@ from sparsesim.simulator.plan import (  # the record and its reader live in the 
 
 @dataclass(frozen=True)
 class Choice:
-    """A whole-model choice: per searched layer, one point per head."""
+    """A whole-model choice: per searched layer, one point per head (``threshold``: a baseline's tuned free
+    parameter, :mod:`sparsesim.search.baselines`)."""
 
     name: str
     layers: tuple[tuple[Point, ...], ...]
+    threshold: float | None = None
 
     @property
     def errors(self) -> list[float]:
@@ -93,28 +98,99 @@ def outcome(model: Model, choice: Choice) -> Outcome:
                    e2e_predicted_speedup=(model.other_ms + dense) / (model.other_ms + attn))
 
 
-def _pick(fronts: Sequence[Sequence[Sequence[Point]]], lam: float, max_error: float | None) -> list[list[Point]]:
-    out = []
-    for layer in fronts:
-        row = []
-        for front in layer:
-            allowed = [p for p in front if max_error is None or p.error <= max_error] or \
-                [min(front, key=lambda p: p.error)]
-            row.append(min(allowed, key=lambda p: (p.ms + lam * p.error, p.error)))
-        out.append(row)
-    return out
+# --------------------------------------------------------------------------------------------
+# Units: the query heads of one KV head choose together
+# --------------------------------------------------------------------------------------------
+
+Rows = Sequence[Sequence[Sequence[Point]]]
 
 
-def _mean(picked: list[list[Point]]) -> float:
+class Units:
+    """The unit a plan chooses a pattern for: the query heads of one KV head (``size`` = the GQA group; they
+    run one pattern, so every launch is whole KV groups), one head without GQA.
+
+    A unit's point of a candidate (one evaluated on every head of the unit): ms summed over its heads,
+    error and mass their means (units are equal in size, so the mean over units is the mean over heads).
+    Under a per-head cap ``max_error`` a unit keeps the candidates every head of it meets (the most
+    accurate one where none does)."""
+
+    def __init__(self, size: int, max_error: float | None = None) -> None:
+        self.size = size
+        self.max_error = max_error
+        self._members: dict[tuple[int, int, Candidate], tuple[Point, ...]] = {}
+
+    def rows(self, heads: Rows) -> list[list[list[Point]]]:
+        """Per layer, per unit, its points (from per layer, per head, the head's points)."""
+        out = []
+        for li, layer in enumerate(heads):
+            if len(layer) % self.size:
+                raise ConfigError(f"layer {li} has {len(layer)} heads; allowed: a multiple of the GQA group "
+                                  f"{self.size}")
+            if self.size == 1:  # each head its own unit
+                row = [[p for p in h if self.max_error is None or p.error <= self.max_error] or
+                       [min(h, key=lambda p: p.error)] for h in layer]
+                out.append(row)
+                continue
+            row = []
+            for u in range(len(layer) // self.size):
+                per = [{p.candidate: p for p in h} for h in layer[u * self.size:(u + 1) * self.size]]
+                common = {c: tuple(d[c] for d in per) for c in per[0] if all(c in d for d in per[1:])}
+                if not common:
+                    raise ConfigError(f"layer {li}, KV head {u}: no pattern was evaluated on all its "
+                                      f"{self.size} query heads")
+                ok = {c: m for c, m in common.items()
+                      if self.max_error is None or max(p.error for p in m) <= self.max_error}
+                if not ok:
+                    c, m = min(common.items(), key=lambda kv: max(p.error for p in kv[1]))
+                    ok = {c: m}
+                row.append([self.point(li, u, m) for m in ok.values()])
+            out.append(row)
+        return out
+
+    def point(self, li: int, u: int, members: Sequence[Point]) -> Point:
+        """The unit point of ``members`` (one candidate on each head of unit ``u`` of layer ``li``)."""
+        members = tuple(members)
+        if len(members) == 1:
+            return members[0]
+        c = members[0].candidate
+        self._members.setdefault((li, u, c), members)
+        n = len(members)
+        return Point(c, sum(p.ms for p in members), sum(p.error for p in members) / n,
+                     sum(p.mass for p in members) / n)
+
+    def heads(self, rows: Sequence[Sequence[Point]]) -> list[list[Point]]:
+        """Unit rows as per-head rows."""
+        if self.size == 1:
+            return [list(r) for r in rows]
+        return [[p for u, q in enumerate(r) for p in self._members[(li, u, q.candidate)]]
+                for li, r in enumerate(rows)]
+
+    def layer_ms(self, lat: LatencyModel, row: Sequence[Point]) -> float:
+        """The simulated time of a layer whose units run ``row`` (whole-group launches)."""
+        return lat.layer_ms([p.candidate for p in row for _ in range(self.size)])
+
+    def choice(self, name: str, rows: Sequence[Sequence[Point]], threshold: float | None = None) -> Choice:
+        return Choice(name, tuple(tuple(r) for r in self.heads(rows)), threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# The choice under a budget
+# --------------------------------------------------------------------------------------------
+
+
+def _pick(fronts: Rows, lam: float) -> list[list[Point]]:
+    return [[min(front, key=lambda p: (p.ms + lam * p.error, p.error)) for front in layer] for layer in fronts]
+
+
+def _mean(picked: Sequence[Sequence[Point]]) -> float:
     errs = [p.error for row in picked for p in row]
     return sum(errs) / max(1, len(errs))
 
 
-def _refine(rows: list[list[Point]], fronts: Sequence[Sequence[Sequence[Point]]],
-            evaluated: Sequence[Sequence[Sequence[Point]]], model: Model, lam: float,
-            max_error: float | None) -> list[list[Point]]:
-    """Local search on real launches: move one head at a time to another point of its front, or to a
-    pattern another head of its layer runs (where that head has been evaluated on it), while the layer's
+def _refine(rows: list[list[Point]], fronts: Rows, evaluated: Rows, model: Model, units: Units,
+            lam: float) -> list[list[Point]]:
+    """Local search on real launches: move one unit at a time to another point of its front, or to a
+    pattern another unit of its layer runs (where that unit has been evaluated on it), while the layer's
     simulated time (grouped launches) plus ``lam`` times its error sum drops."""
     lat = model.latency
     out = []
@@ -122,7 +198,7 @@ def _refine(rows: list[list[Point]], fronts: Sequence[Sequence[Sequence[Point]]]
         row = list(row)
 
         def cost(r: Sequence[Point]) -> float:
-            return lat.layer_ms([p.candidate for p in r]) + lam * sum(p.error for p in r)
+            return units.layer_ms(lat, r) + lam * sum(p.error for p in r)
 
         best = cost(row)
         for _ in range(4):
@@ -131,7 +207,7 @@ def _refine(rows: list[list[Point]], fronts: Sequence[Sequence[Sequence[Point]]]
             for h in range(len(row)):
                 options = list(fronts[li][h]) + [p for p in evaluated[li][h] if p.candidate in used]
                 for p in options:
-                    if p.candidate == row[h].candidate or (max_error is not None and p.error > max_error):
+                    if p.candidate == row[h].candidate:
                         continue
                     trial = row[:h] + [p] + row[h + 1:]
                     c = cost(trial)
@@ -143,56 +219,63 @@ def _refine(rows: list[list[Point]], fronts: Sequence[Sequence[Sequence[Point]]]
     return out
 
 
-def _fill(rows: list[list[Point]], evaluated: Sequence[Sequence[Sequence[Point]]], model: Model,
-          mean_error: float, max_error: float | None) -> list[list[Point]]:
-    """Spend the budget the Lagrangian choice leaves: repeatedly move the one head whose move saves the most
+def _fill(rows: Sequence[Sequence[Point]], evaluated: Rows, model: Model, units: Units,
+          mean_error: float) -> list[list[Point]]:
+    """Spend the budget the Lagrangian choice leaves: repeatedly move the one unit whose move saves the most
     simulated layer time (grouped launches) per unit of added error, while the mean error stays within
     ``mean_error``."""
     lat = model.latency
-    rows = [list(r) for r in rows]
-    n = sum(len(r) for r in rows)
-    total_err = sum(p.error for r in rows for p in r)
-    layer_ms = [lat.layer_ms([p.candidate for p in r]) for r in rows]
+    out = [list(r) for r in rows]
+    n = sum(len(r) for r in out)
+    total_err = sum(p.error for r in out for p in r)
+    layer_ms = [units.layer_ms(lat, r) for r in out]
     while True:
         slack = mean_error * n - total_err
         best: tuple[float, int, int, Point, float] | None = None
-        for li, row in enumerate(rows):
+        for li, row in enumerate(out):
             for h, cur in enumerate(row):
                 for p in evaluated[li][h]:
                     d_err = p.error - cur.error
-                    if p.candidate == cur.candidate or d_err > slack or (max_error is not None and
-                                                                           p.error > max_error):
+                    if p.candidate == cur.candidate or d_err > slack:
                         continue
                     trial = row[:h] + [p] + row[h + 1:]
-                    saved = layer_ms[li] - lat.layer_ms([q.candidate for q in trial])
+                    saved = layer_ms[li] - units.layer_ms(lat, trial)
                     if saved <= 1e-12 * layer_ms[li]:
                         continue
                     score = saved / max(d_err, 1e-12)
                     if best is None or score > best[0]:
                         best = (score, li, h, p, saved)
         if best is None:
-            return rows
+            return out
         _, li, h, p, saved = best
-        total_err += p.error - rows[li][h].error
-        rows[li][h] = p
+        total_err += p.error - out[li][h].error
+        out[li][h] = p
         layer_ms[li] -= saved
 
 
-def choose(fronts: Sequence[Sequence[Sequence[Point]]], model: Model, *, mean_error: float | None = None,
-           max_error: float | None = None, target_speedup: float | None = None, name: str = "plan",
-           evaluated: Sequence[Sequence[Sequence[Point]]] | None = None) -> Choice:
+def choose(fronts: Rows, model: Model, *, mean_error: float | None = None, max_error: float | None = None,
+           target_speedup: float | None = None, name: str = "plan", evaluated: Rows | None = None,
+           seeds: Sequence[Choice] = ()) -> Choice:
     """Per head one point: fastest under the error budget, or least error at a target end-to-end speedup
     (exactly one of ``mean_error`` / ``target_speedup``).
 
-    Under a budget: the Lagrangian choice on per-head costs, then (with ``evaluated``, every evaluated
-    point per head) :func:`_refine` on real launches and :func:`_fill` of the budget it leaves; the
-    fastest end to end within the budget of these, and of the one-pattern choices, is the plan."""
+    The query heads of one KV head get one pattern (:class:`Units`; every head its own without GQA): a
+    unit's front is the Pareto front of the candidates evaluated on all its heads (from ``evaluated``, the
+    heads' every evaluated point, else ``fronts``); give every evaluated point under GQA.
+
+    Under a budget: the Lagrangian choice on per-unit costs, then (with ``evaluated``) :func:`_refine` on
+    real launches and :func:`_fill` of the budget it leaves; the fastest end to end within the budget of
+    these, of the one-pattern choices and of ``seeds`` (whole choices, e.g. the tuned baselines of
+    :mod:`sparsesim.search.baselines`) is the plan: never slower than a seed within the budget."""
     if (mean_error is None) == (target_speedup is None):
         raise ConfigError("give --error-budget or --target-speedup (one of them)")
-    scale = max((p.ms for layer in fronts for f in layer for p in f), default=1.0)
+    units = Units(model.latency.group, max_error)
+    ev = units.rows(evaluated if evaluated is not None else fronts)
+    fr = units.rows(fronts) if units.size == 1 else [[pareto(u) for u in layer] for layer in ev]
+    scale = max((p.ms for layer in fr for f in layer for p in f), default=1.0)
     lo, hi = 0.0, 1.0
     for _ in range(60):  # grow hi until the budget (or target) is met at hi
-        picked = _pick(fronts, hi * scale, max_error)
+        picked = _pick(fr, hi * scale)
         ok = _mean(picked) <= mean_error if mean_error is not None else True
         if ok or hi > 1e12:
             break
@@ -200,24 +283,25 @@ def choose(fronts: Sequence[Sequence[Sequence[Point]]], model: Model, *, mean_er
     if mean_error is not None:
         for _ in range(60):  # smallest lambda whose choice meets the mean budget: the fastest such choice
             mid = (lo + hi) / 2
-            if _mean(_pick(fronts, mid * scale, max_error)) <= mean_error:
+            if _mean(_pick(fr, mid * scale)) <= mean_error:
                 hi = mid
             else:
                 lo = mid
-        picked = _pick(fronts, hi * scale, max_error)
+        picked = _pick(fr, hi * scale)
         options = [picked]
         if evaluated is not None:
-            refined = _refine(picked, fronts, evaluated, model, hi * scale, max_error)
-            options += [refined, _fill(refined, evaluated, model, mean_error, max_error),
-                        _fill(picked, evaluated, model, mean_error, max_error)]
-            options += _uniform_rows(evaluated)
-        within = [o for o in options if _mean(o) <= mean_error * (1 + 1e-9)
-                  and (max_error is None or all(p.error <= max_error for r in o for p in r))] or [picked]
+            refined = _refine(picked, fr, ev, model, units, hi * scale)
+            options += [refined, _fill(refined, ev, model, units, mean_error),
+                        _fill(picked, ev, model, units, mean_error)]
+            options += _uniform_rows(ev)
+        heads = [units.heads(o) for o in options] + [[list(r) for r in seed.layers] for seed in seeds]
+        within = [o for o in heads if _mean(o) <= mean_error * (1 + 1e-9)
+                  and (max_error is None or all(p.error <= max_error for r in o for p in r))] or [heads[0]]
         best = max(within, key=lambda o: outcome(model, Choice(name, tuple(tuple(r) for r in o))).e2e_predicted_speedup)
         return Choice(name, tuple(tuple(r) for r in best))
     assert target_speedup is not None
     speed: Callable[[float], float] = lambda lam: outcome(  # noqa: E731
-        model, Choice(name, tuple(tuple(r) for r in _pick(fronts, lam * scale, max_error)))).e2e_predicted_speedup
+        model, units.choice(name, _pick(fr, lam * scale))).e2e_predicted_speedup
     lo, hi = 0.0, 1e6
     if speed(lo) < target_speedup:
         raise ConfigError(f"--target-speedup {target_speedup}: the fastest choice reaches {speed(lo):.3f}x")
@@ -227,55 +311,14 @@ def choose(fronts: Sequence[Sequence[Sequence[Point]]], model: Model, *, mean_er
             lo = mid
         else:
             hi = mid
-    return Choice(name, tuple(tuple(r) for r in _pick(fronts, lo * scale, max_error)))
+    return units.choice(name, _pick(fr, lo * scale))
 
 
-def _uniform_rows(evaluated: Sequence[Sequence[Sequence[Point]]]) -> list[list[list[Point]]]:
-    """Every pattern evaluated on every head, as a one-pattern choice."""
-    per_head = [[{p.candidate: p for p in h} for h in layer] for layer in evaluated]
-    common = set.intersection(*[set(h) for layer in per_head for h in layer]) if per_head else set()
-    return [[[h[c] for h in layer] for layer in per_head] for c in sorted(common, key=lambda c: c.label())]
-
-
-def baselines(points: Sequence[Sequence[Sequence[Point]]], uniform: Mapping[Candidate, Sequence[Sequence[float]]],
-              model: Model, mean_error: float) -> list[Choice]:
-    """The three baselines on the same evaluated points (``uniform``: per candidate, the error of every
-    layer and head, from :func:`sparsesim.search.run.uniform_quality`):
-
-    - ``uniform``: one pattern for every head (the GNA paper's practice), the fastest within the budget;
-    - ``sparse-vdit``: per head argmin ``error + 0.5 * (1 - sparsity)`` (Sparse-vDiT's rule: it counts
-      kept blocks, not time);
-    - ``sta``: per head the smallest window (fewest kept pairs) with error within the budget (STA's).
-    """
-    lat = model.latency
-    layout = lat.shape.layout
-    density = {p.candidate: p.candidate.pattern(layout, lat.shape.causal).density()
-               for layer in points for head in layer for p in head}
-    out = []
-    best: Choice | None = None
-    for cand, errs in uniform.items():
-        ms = lat.head_ms(cand)
-        ch = Choice("uniform", tuple(tuple(Point(cand, ms, e, float("nan")) for e in layer) for layer in errs))
-        if ch.mean_error <= mean_error and (best is None or outcome(model, ch).e2e_predicted_speedup >
-                                            outcome(model, best).e2e_predicted_speedup):
-            best = ch
-    if best is None and uniform:  # none within the budget: the most accurate one, shown with its error
-        cand, errs = min(uniform.items(), key=lambda kv: sum(map(sum, kv[1])))
-        best = Choice("uniform", tuple(tuple(Point(cand, lat.head_ms(cand), e, float("nan")) for e in layer)
-                                       for layer in errs))
-    if best is not None:
-        out.append(best)
-    out.append(Choice("sparse-vdit", tuple(tuple(min(h, key=lambda p: p.error + 0.5 * density[p.candidate])
-                                                 for h in layer) for layer in points)))
-    sta = []
-    for layer in points:
-        row = []
-        for h in layer:
-            ok = [p for p in h if p.error <= mean_error] or [min(h, key=lambda p: p.error)]
-            row.append(min(ok, key=lambda p: (density[p.candidate], p.ms)))
-        sta.append(tuple(row))
-    out.append(Choice("sta", tuple(sta)))
-    return out
+def _uniform_rows(evaluated: Rows) -> list[list[list[Point]]]:
+    """Every pattern evaluated on every unit, as a one-pattern choice."""
+    per_unit = [[{p.candidate: p for p in u} for u in layer] for layer in evaluated]
+    common = set.intersection(*[set(u) for layer in per_unit for u in layer]) if per_unit else set()
+    return [[[u[c] for u in layer] for layer in per_unit] for c in sorted(common, key=lambda c: c.label())]
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,8 +356,29 @@ def build_plan(*, choice: Choice, model: Model, layer_index: Sequence[int], laye
     return parse_plan(plan.to_dict(), "the plan being built")  # the loader's checks: what is built loads
 
 
+def save_plans(plans: Mapping[str, Plan], folder: str | Path, flag: str = "--baselines-out") -> list[Path]:
+    """Write each plan as ``<name>.json`` into ``folder`` (new, or an existing folder; its parent must exist),
+    through :func:`sparsesim.simulator.files.write_files`. Check the folder first with
+    :func:`sparsesim.simulator.files.check_output_dir` (before the search)."""
+    from sparsesim.simulator.files import write_files
+
+    files = {f"{name}.json": plan.to_json().encode("utf-8") for name, plan in plans.items()}
+    out = write_files(files, folder, flag)
+    return [out / name for name in files]
+
+
+def rule_info(search: SearchInfo | None, choice: Choice, rule: str) -> SearchInfo | None:
+    """The search record of a baseline's plan: the run's, its sampler naming the rule and its tuned threshold
+    (``simulate plan show`` and ``simulate validate --plan`` show which baseline a file holds)."""
+    if search is None:
+        return None
+    tuned = "" if choice.threshold is None else f", tuned threshold {choice.threshold:.6g}"
+    return replace(search, sampler=f"baseline {choice.name}: {rule}{tuned}; candidates from {search.sampler}",
+                   baselines=())
+
+
 __all__ = [
     "FORMAT", "MAX_PLAN_BYTES", "READS", "VERSION", "BaselineOutcome", "Choice", "ErrorBudget", "GpuPrediction",
-    "Model", "Outcome", "Plan", "PlanHead", "PlanLaunch", "PlanLayer", "SearchInfo", "baselines", "build_plan",
-    "choose", "load_plan", "outcome", "parse_plan", "save_plan",
+    "Model", "Outcome", "Plan", "PlanHead", "PlanLaunch", "PlanLayer", "SearchInfo", "Units", "build_plan",
+    "choose", "load_plan", "outcome", "parse_plan", "rule_info", "save_plan", "save_plans",
 ]

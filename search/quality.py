@@ -5,21 +5,37 @@ pattern keeps the keys it makes visible (the core's one predicate, :func:`sparse
 visible_mask`), and its output is ``sum_j m_ij p_ij v_j / sum_j m_ij p_ij``: exactly what sparse attention
 computes for that row. Reported per head:
 
-- ``error``: ``||O_sparse - O_dense|| / ||O_dense||`` over the sampled rows (Frobenius);
+- ``error``: ``||O_sparse - O_dense||_F / (sqrt(R) * s_V)`` over the ``R`` sampled rows, where
+  ``s_V = sqrt(mean_j ||v_j - mean(v)||^2)`` is the RMS spread of the head's value vectors (over every key):
+  the RMS output deviation per row, in units of how much the values the head mixes differ. Each output row
+  is a convex combination of the ``v_j``, so adding a constant vector to ``V`` moves both outputs alike
+  (the error does not depend on V's mean) and scaling ``V`` scales both sides (nor on V's scale); the error
+  is at most ``2 max_j ||v_j - mean(v)|| / s_V``. Where ``s_V`` is ~0 (``V`` constant: every pattern
+  is exact) the RMS of ``||v_j||`` stands in. The former denominator, ``||O_dense||``, made a head whose
+  values average out (a global head over zero-mean ``V``) score errors above 1 for any window, and a head
+  with nearly constant ``V`` score ~0 whatever it dropped. The output's own variation over the rows
+  (``||O_dense - mean_rows(O_dense)||``) is no better for the first kind: a global head's rows are
+  nearly equal, so any window's error is huge relative to it.
 - ``mass``: the mean over sampled rows of the dense attention probability the pattern keeps.
 
-A candidate costs one masked (rows x tokens) @ (tokens x head_dim) product, far less than a dense
-attention pass over all rows.
+:func:`evaluate` costs one masked (rows x tokens) @ (tokens x head_dim) product per candidate;
+:func:`evaluate_all` scores many candidates of one head at once from per-axis masks (the mask of a GNA
+pattern is the product of per-axis masks, so the kept sums contract one axis at a time).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sparsesim.simulator.patterns import GNAPattern, visible_mask
+from sparsesim.simulator.patterns import GNAPattern, axis_bounds, rows_mask, visible_mask
+
+if TYPE_CHECKING:
+    from sparsesim.search.space import Candidate
 
 
 @dataclass(frozen=True)
@@ -41,7 +57,7 @@ class HeadQuality:
     z: np.ndarray  # (rows,) row sums of p
     v: np.ndarray  # (tokens, head_dim) float32
     out: np.ndarray  # (rows, head_dim) dense output
-    norm: float  # ||out||
+    scale: float  # the error's denominator: sqrt(rows) * the RMS spread of V (module doc)
     causal: tuple[bool, ...] = ()  # the reference's causal axes
 
 
@@ -61,16 +77,101 @@ def head_quality(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray, 
     z = p.sum(axis=1)
     out = (p @ v32) / z[:, None]
     return HeadQuality(layout=layout, coords=coords, rows=flat, p=p, z=z, v=v32, out=out,
-                       norm=float(np.linalg.norm(out)) or 1.0, causal=tuple(causal) or (False,) * len(layout))
+                       scale=error_scale(v32, flat.size), causal=tuple(causal) or (False,) * len(layout))
+
+
+def error_scale(v: np.ndarray, rows: int) -> float:
+    """The error's denominator for values ``v`` (tokens, d) and ``rows`` sampled rows: ``sqrt(rows)`` times
+    the RMS spread of the value vectors (the RMS of ``||v_j||`` where that spread is ~0, 1 where both are)."""
+    v64 = np.asarray(v, np.float64)
+    rms = math.sqrt(float(np.mean(np.sum(v64 * v64, axis=1)))) if v64.size else 0.0
+    centred = v64 - v64.mean(axis=0, keepdims=True)
+    spread = math.sqrt(float(np.mean(np.sum(centred * centred, axis=1)))) if v64.size else 0.0
+    unit = spread if spread > 1e-6 * rms else rms
+    return math.sqrt(max(1, rows)) * (unit if unit > 0 else 1.0)
 
 
 def evaluate(hq: HeadQuality, pattern: GNAPattern) -> Quality:
     """Error and kept mass of ``pattern`` on the head (exact for the sampled rows)."""
-    if pattern.window == pattern.input_size and pattern.causal == hq.causal:
+    if _is_reference(hq, pattern.window, pattern.causal):
         return Quality(error=0.0, mass=1.0)  # the reference itself
     pm = np.where(visible_mask(pattern, hq.rows), hq.p, np.float32(0.0))
     zm = pm.sum(axis=1)
     kept = zm / hq.z
     safe = np.where(zm > 0, zm, 1.0)
     out = (pm @ hq.v) / safe[:, None]
-    return Quality(error=float(np.linalg.norm(out - hq.out) / hq.norm), mass=float(kept.mean()))
+    return Quality(error=float(np.linalg.norm(out - hq.out) / hq.scale), mass=float(kept.mean()))
+
+
+def _is_reference(hq: HeadQuality, window: tuple[int, ...], causal: tuple[bool, ...]) -> bool:
+    return window == hq.layout and causal == hq.causal
+
+
+def axis_masks(hq: HeadQuality, axis: int, options: Sequence[tuple[int, int, int]], causal: bool) -> np.ndarray:
+    """``(options, rows, L)`` float64: which keys of ``axis`` each sampled row sees under each per-axis
+    ``(window, stride, dilation)`` (the core's per-axis bounds turned into masks by its one rule)."""
+    length = hq.layout[axis]
+    coords = hq.coords[:, axis]
+    out = np.empty((len(options), coords.size, length), np.float64)
+    for o, (w, s, d) in enumerate(options):
+        out[o] = rows_mask(coords, (length,), [axis_bounds(length, w, s, d, causal)], (d,))
+    return out
+
+
+def evaluate_all(hq: HeadQuality, candidates: Sequence[Candidate],
+                 causal: Sequence[bool] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Error and kept mass of every candidate (``causal``: their causal axes) on the head, as two float64
+    arrays in the order of ``candidates``: :func:`evaluate` of each, computed at once.
+
+    Per axis the distinct ``(window, stride, dilation)`` options get one mask each. Per sampled row the
+    kept sums ``sum_j m_ij p_ij [v_j, 1]`` of every combination of options follow by contracting the
+    layout one axis at a time with those masks: first the axis with the fewest options, as one batched
+    product over the other axes' positions (float32 sums along one axis), then the rest in float64 on the
+    far smaller result. The whole space costs about as much as a few candidates one by one."""
+    rank = len(hq.layout)
+    flags = tuple(bool(c) for c in causal) or (False,) * rank
+    cands = list(candidates)
+    if not cands:
+        return np.zeros(0), np.zeros(0)
+    options = [sorted({(c.window[a], c.stride[a], c.dilation[a]) for c in cands}) for a in range(rank)]
+    where = [{o: i for i, o in enumerate(opts)} for opts in options]
+    masks = [axis_masks(hq, a, options[a], flags[a]) for a in range(rank)]
+    sizes = tuple(len(o) for o in options)
+    flat = np.ravel_multi_index(tuple(np.array([where[a][(c.window[a], c.stride[a], c.dilation[a])]
+                                                for c in cands]) for a in range(rank)), sizes)
+    order = sorted(range(rank), key=lambda a: (sizes[a], a))
+    first, rows, d1 = order[0], hq.rows.size, hq.v.shape[1] + 1
+    perm = [b for b in range(rank) if b != first] + [first]  # the first contracted axis last
+    rest_shape = [hq.layout[b] for b in perm[:-1]]
+    rest, length = math.prod(rest_shape), hq.layout[first]
+    p = hq.p.reshape(rows, *hq.layout).transpose(0, *[b + 1 for b in perm]).reshape(rows, rest, length)
+    vext = np.concatenate([hq.v, np.ones((hq.v.shape[0], 1), np.float32)], axis=1).reshape(*hq.layout, d1)
+    vext = np.ascontiguousarray(vext.transpose(*perm, rank).reshape(rest, length, d1))
+    m_first = masks[first].astype(np.float32)  # (options, rows, length)
+    err2 = np.zeros(len(cands))
+    kept = np.zeros(len(cands))
+    chunk = max(1, int(2**25 // max(1, rest * sizes[first] * length)))
+    for r0 in range(0, rows, chunk):
+        rc = min(chunk, rows - r0)
+        a = p[r0:r0 + rc].transpose(1, 0, 2)[:, :, None, :] * m_first[:, r0:r0 + rc].transpose(1, 0, 2)[None]
+        y = np.matmul(a.reshape(rest, rc * sizes[first], length), vext).reshape(rest, rc, sizes[first], d1)
+        for i in range(rc):
+            r = r0 + i
+            x = np.moveaxis(y[:, i].astype(np.float64), 1, 0).reshape(sizes[first], *rest_shape, d1)
+            axes, done = list(perm[:-1]), 1  # layout axes left in x, after ``done`` option dims
+            for b in order[1:]:
+                x = np.tensordot(masks[b][:, r, :], x, axes=([1], [done + axes.index(b)]))
+                axes.remove(b)
+                done += 1
+            # x: (options of order[-1], ..., options of order[0], d + 1) -> options in axis order
+            x = np.transpose(x, [rank - 1 - order.index(b) for b in range(rank)] + [rank]).reshape(-1, d1)
+            sums = x[flat]
+            zm = sums[:, d1 - 1]
+            out = sums[:, :d1 - 1] / np.where(zm > 0, zm, 1.0)[:, None]
+            err2 += np.sum((out - hq.out[r].astype(np.float64)) ** 2, axis=1)
+            kept += zm / float(hq.z[r])
+    error = np.sqrt(err2) / hq.scale
+    mass = kept / rows
+    ref = np.array([_is_reference(hq, c.window, flags) for c in cands])
+    error[ref], mass[ref] = 0.0, 1.0
+    return error, mass

@@ -1,4 +1,5 @@
-"""A whole search: samples and workload in, Optuna studies run, the plan chosen, the baselines beside it.
+"""A whole search: samples and workload in, every head's front found (exhaustive, or Optuna studies), the
+plan chosen, the baselines beside it.
 
 :func:`search_plan` is what ``simulate search`` calls; each step is a module of its own (samples,
 quality, space, latency, study, plan).
@@ -7,10 +8,12 @@ quality, space, latency, study, plan).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from sparsesim.search.baselines import RULES, Table, tuned
+from sparsesim.search.exact import run_exhaustive
 from sparsesim.search.latency import LatencyModel, LayerShape
 from sparsesim.search.plan import (
     BaselineOutcome,
@@ -21,10 +24,10 @@ from sparsesim.search.plan import (
     Outcome,
     Plan,
     SearchInfo,
-    baselines,
     build_plan,
     choose,
     outcome,
+    rule_info,
 )
 from sparsesim.search.space import Candidate, Space, build_space
 from sparsesim.search.study import (
@@ -44,6 +47,8 @@ from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.workloads import Workload, dense_step, load_workload
 
 GPUS = ("A100", "H100", "H200", "B200")
+#: ``search_plan``'s samplers: every candidate of the space (exact fronts), or Optuna's TPE per head.
+SAMPLERS = ("exhaustive", "tpe")
 #: What a head study records (trial user attributes, the uniform candidates' (error, mass)); a study of
 #: another format is refused on resume rather than misread.
 STUDY_FORMAT = 3
@@ -56,6 +61,8 @@ class SearchResult:
     plan: Plan
     outcomes: tuple[Outcome, ...]
     report: SearchReport
+    #: the tuned baselines (uniform, sparse-vdit, sta) by name, each as a plan (``--baselines-out``)
+    baselines: Mapping[str, Plan] = field(default_factory=dict)
 
 
 def layer_range(text: str | None, workload: Workload, available: int) -> list[int]:
@@ -123,14 +130,23 @@ def uniform_quality(storage: Any, study: str, layers: Sequence[int], heads: int,
     return out
 
 
-def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSettings, layers: str | None = None,
-                error_budget: float | None = None, max_error: float | None = None,
-                target_speedup: float | None = None, kernel_profile: str = "triton", dense_profile: str = "cudnn",
-                samples_label: str = "", progress: Progress | None = None, storage: Any = None) -> SearchResult:
+def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSettings | None = None,
+                sampler: str = "exhaustive", layers: str | None = None, error_budget: float | None = None,
+                max_error: float | None = None, target_speedup: float | None = None, kernel_profile: str = "triton",
+                dense_profile: str = "cudnn", samples_label: str = "", progress: Progress | None = None,
+                storage: Any = None) -> SearchResult:
     """Search every head of the chosen layers, choose the plan, and compare it with the baselines.
 
-    ``storage``: the storage already opened on ``settings.storage`` (:func:`open_storage`), else it is
-    opened here; ``progress(done, total)`` is called as trials finish."""
+    ``sampler``: ``"exhaustive"`` (default) evaluates every candidate of the space on every head
+    (:mod:`~sparsesim.search.exact`: exact fronts, no storage; ``settings`` is optional and only its seed is
+    recorded); ``"tpe"`` runs one Optuna study per head with ``settings`` (study, storage URL, trials,
+    workers) and resumes from the storage. ``storage``: the storage already opened on ``settings.storage``
+    (:func:`open_storage`, TPE only), else it is opened here; ``progress(done, total)`` is called as heads
+    (exhaustive) or trials (TPE) finish."""
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if sampler == "tpe" and settings is None:
+        raise ConfigError("--sampler tpe needs search settings (study, storage, trials)")
     w = load_workload(workload)
     if tuple(src.layout) != tuple(w.layout):
         raise ConfigError(f"the samples' layout {'x'.join(map(str, src.layout))} is not the workload's "
@@ -145,31 +161,56 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
     latency = LatencyModel(shape=shape, gpu=gpu, q_tile=space.q_tile, kv_tile=space.kv_tile,
                            kernel_profile=kernel_profile, dense_profile=dense_profile)
     uniform = uniform_candidates(space, w)
-    fingerprint = json.dumps({"format": STUDY_FORMAT, "workload": w.name, "gpu": gpu, "layers": chosen,
-                              "samples": samples_label, "kernel_profile": kernel_profile,
-                              "tiles": [space.q_tile, space.kv_tile]})
-    settings = SearchSettings(**{**settings.__dict__, "fingerprint": fingerprint})
     sample_layers = list(range(len(chosen)))
-    storage = storage if storage is not None else open_storage(settings.storage)
-    report = run_parallel(src, sample_layers, space, latency, settings, progress=progress,
-                          uniform=uniform, storage=storage)
-    pts = [[points(storage, settings.study, li, h) for h in range(w.heads)] for li in sample_layers]
-    uni = uniform_quality(storage, settings.study, sample_layers, w.heads, uniform)
-    evaluated = []
-    for li in range(len(sample_layers)):
-        row = []
-        for h in range(w.heads):
-            tried = {p.candidate for p in pts[li][h]}
-            row.append(pts[li][h] + [Point(c, latency.head_ms(c), *uni[c][li][h]) for c in uniform if c not in tried])
-        evaluated.append(row)
-    fronts = [[pareto(p) for p in layer] for layer in evaluated]
+    if sampler == "exhaustive":
+        exact = run_exhaustive(src, sample_layers, space, latency, extra=uniform, progress=progress)
+        report = exact.report
+        pts = [[exact.points(li, h) for h in range(w.heads)] for li in sample_layers]
+        fronts = [[exact.front(li, h) for h in range(w.heads)] for li in sample_layers]
+        # what the plan's local search may move a head to: the patterns on any front of its layer (so that
+        # heads can share a launch) and the uniform ones
+        evaluated = []
+        for li in sample_layers:
+            shared = list(dict.fromkeys([*(p.candidate for f in fronts[li] for p in f), *uniform]))
+            evaluated.append([[exact.point(li, h, exact.index[c]) for c in shared] for h in range(w.heads)])
+        run_info = ("-", "-", len(exact.candidates), settings.seed if settings is not None else 0,
+                    "exhaustive (every candidate of the space)")
+    else:
+        assert settings is not None
+        fingerprint = json.dumps({"format": STUDY_FORMAT, "workload": w.name, "gpu": gpu, "layers": chosen,
+                                  "samples": samples_label, "kernel_profile": kernel_profile,
+                                  "tiles": [space.q_tile, space.kv_tile]})
+        settings = SearchSettings(**{**settings.__dict__, "fingerprint": fingerprint})
+        storage = storage if storage is not None else open_storage(settings.storage)
+        report = run_parallel(src, sample_layers, space, latency, settings, progress=progress,
+                              uniform=uniform, storage=storage)
+        pts = [[points(storage, settings.study, li, h) for h in range(w.heads)] for li in sample_layers]
+        uni = uniform_quality(storage, settings.study, sample_layers, w.heads, uniform)
+        evaluated = []
+        for li in range(len(sample_layers)):
+            row = []
+            for h in range(w.heads):
+                tried = {p.candidate for p in pts[li][h]}
+                row.append(pts[li][h] + [Point(c, latency.head_ms(c), *uni[c][li][h]) for c in uniform
+                                         if c not in tried])
+            evaluated.append(row)
+        fronts = [[pareto(p) for p in layer] for layer in evaluated]
+        run_info = (settings.study, redact_url(settings.storage), settings.trials, settings.seed,
+                    "TPESampler(multivariate)")
     model = step_model(w, latency, len(chosen))
-    plan = choose(fronts, model, mean_error=error_budget, max_error=max_error, target_speedup=target_speedup,
-                  evaluated=evaluated)
+    every = pts if sampler == "exhaustive" else evaluated  # the baselines choose from every evaluated point
+    table = Table(exact.candidates, exact.error, exact.point) if sampler == "exhaustive" else Table.of_points(every)
+    if latency.group > 1:  # GQA: a KV head's front is not made of its query heads' fronts (plan.Units)
+        evaluated = every
+    if error_budget is not None:  # the tuned baselines as seeds: the plan is never slower than one of them
+        base = tuned(table, model, error_budget, max_error=max_error)
+        plan = choose(fronts, model, mean_error=error_budget, max_error=max_error, evaluated=evaluated, seeds=base)
+    else:
+        plan = choose(fronts, model, max_error=max_error, target_speedup=target_speedup, evaluated=evaluated)
+        base = tuned(table, model, plan.mean_error, max_error=max_error)
     budget = error_budget if error_budget is not None else plan.mean_error
-    base = baselines(pts, {c: [[e for e, _ in row] for row in v] for c, v in uni.items()}, model, budget)
     matched = [choose(fronts, model, mean_error=b.mean_error, max_error=max_error, name=f"plan at {b.name}'s error",
-                      evaluated=evaluated) for b in base]
+                      evaluated=evaluated, seeds=[b]) for b in base]
     choices: list[Choice] = [plan, *[c for pair in zip(base, matched, strict=True) for c in pair]]
     outcomes = tuple(outcome(model, c) for c in choices)
     predicted = []
@@ -182,8 +223,9 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
                            kernel_profile=kernel_profile, dense_profile=dense_profile)
         res = outcome(step_model(w, lat, len(chosen)), plan)
         predicted.append(GpuPrediction(g, float(res.attention_speedup), float(res.e2e_predicted_speedup)))
-    info = SearchInfo(study=settings.study, storage=redact_url(settings.storage), trials=settings.trials,
-                      seed=settings.seed, samples=samples_label or "-", sampler="TPESampler(multivariate)",
+    study_name, shown, trials, seed, sampler_name = run_info
+    info = SearchInfo(study=study_name, storage=shown, trials=trials, seed=seed, samples=samples_label or "-",
+                      sampler=sampler_name,
                       baselines=tuple(BaselineOutcome(o.name, float(o.mean_error), float(o.max_error),
                                                       float(o.e2e_predicted_speedup), float(o.attention_speedup))
                                       for o in outcomes[1:]))
@@ -191,6 +233,10 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
                       workload=w.name, gpu=gpu,
                       error_budget=ErrorBudget(error_budget, max_error, target_speedup), predicted=predicted,
                       search=info)
-    return SearchResult(plan=data, outcomes=outcomes, report=report)
+    base_plans = {b.name: build_plan(choice=b, model=model, layer_index=chosen,
+                                     layer_names=[f"layer{li}" for li in chosen], workload=w.name, gpu=gpu,
+                                     error_budget=ErrorBudget(budget, max_error, None), predicted=(),
+                                     search=rule_info(info, b, RULES[b.name])) for b in base}
+    return SearchResult(plan=data, outcomes=outcomes, report=report, baselines=base_plans)
 
 

@@ -1,9 +1,12 @@
 """Attention samples: Q rows, K and V of each attention layer, on disk as plain arrays.
 
-Three sources, one format (:class:`Samples`):
+Sources, one format (:class:`Samples`):
 
+- :func:`sparsesim.search.capture.capture_attention`: q, k, v as attention receives them (after QK-norm and
+  RoPE, with the call's scale and GQA), at every ``scaled_dot_product_attention`` call, tagged by step;
 - :func:`capture`: forward hooks on a user's torch model record the outputs of each attention layer's
-  Q, K and V projections (subsampled query rows, fp16);
+  Q, K and V projections (subsampled query rows, fp16): before any QK-norm or RoPE, so only for models
+  that apply neither (use :func:`~sparsesim.search.capture.capture_attention` otherwise);
 - :func:`synthetic`: spatially local Q/K for 1D/2D/3D layouts with head-specific locality (``local``,
   ``axis`` and ``global`` heads), so every example runs without a model;
 - :func:`sparsesim.search.minilm.minilm_samples`: the MiniLM sentence encoder on real text.

@@ -1,6 +1,7 @@
 """The search space of one layout on one GPU: per-axis windows, strides and dilations our kernels run.
 
-Windows are multiples of the GPU's KV tile along each axis (1, 2, 4, ... tiles) plus the whole axis;
+Windows are multiples of the GPU's KV tile along each axis (1, 2, 4, ... tiles, up to the axis: a 128K
+prefill's 16K-64K windows are in its space) plus the whole axis;
 strides are 1 (sliding), the Q tile along the axis (tile-aligned: fewer partial tiles) or the window
 (blocked); dilation 2 where the window fits twice. The tiles are the GPU's defaults for the rank,
 shrunk to short axes (where our kernels cannot run those, the model's best pair), and must pass the
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sparsesim.hwmodels import load_gpu
@@ -31,6 +32,13 @@ class Candidate:
     window: tuple[int, ...]
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:  # hashed once: candidates key every table of a search
+        object.__setattr__(self, "_hash", hash((self.window, self.stride, self.dilation)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def pattern(self, layout: tuple[int, ...], causal: tuple[bool, ...] = ()) -> GNAPattern:
         return GNAPattern(input_size=layout, window=self.window, stride=self.stride, dilation=self.dilation,
@@ -115,10 +123,22 @@ class Space:
         return sum(1 for _ in self.all_candidates())
 
 
+def axis_windows(n: int, tile: int, max_tiles: int | None = None) -> tuple[int, ...]:
+    """One axis's windows: 1, 2, 4, ... KV tiles below the axis length ``n`` (at most ``max_tiles`` tiles,
+    default no limit), and ``n`` itself; ascending."""
+    out = {n}
+    m = 1
+    while tile * m < n and (max_tiles is None or m <= max_tiles):
+        out.add(tile * m)
+        m *= 2
+    return tuple(sorted(out))
+
+
 def build_space(layout: tuple[int, ...], *, gpu: str, head_dim: int, dtype: str = "bf16",
-                max_tiles: int = 64) -> Space:
-    """The space of ``layout`` on ``gpu``: windows of 1, 2, 4, ... KV tiles (at most ``max_tiles``) per
-    axis and the whole axis; raises a one-line error when the GPU's tiles do not run this head dim."""
+                max_tiles: int | None = None) -> Space:
+    """The space of ``layout`` on ``gpu``: windows of 1, 2, 4, ... KV tiles per axis up to the axis (at most
+    ``max_tiles`` tiles where given) and the whole axis; raises a one-line error when the GPU's tiles do not
+    run this head dim."""
     spec = load_gpu(gpu)
     q_tile, kv_tile = resolve_tiles(spec, layout, None, None)
     if not can_run(q_tile=q_tile, kv_tile=kv_tile, head_dim=head_dim, dtype=dtype, gpu=spec):
@@ -133,8 +153,8 @@ def build_space(layout: tuple[int, ...], *, gpu: str, head_dim: int, dtype: str 
             q_tile, kv_tile = picked
     windows, dilate = [], []
     for n, t in zip(layout, kv_tile, strict=True):
-        ws = sorted({min(t * m, n) for m in (2 ** i for i in range(12)) if m <= max_tiles} | {n})
-        windows.append(tuple(ws))
+        ws = axis_windows(n, t, max_tiles)
+        windows.append(ws)
         dilate.append(any(2 * w <= n for w in ws if w < n))
     if not layout:
         raise ConfigError("empty layout")

@@ -122,8 +122,8 @@ def test_report_of_a_search_study_and_its_plan(tmp_path, tiny_workload):
     pytest.importorskip("optuna")
     workload = tiny_workload
     db = f"sqlite:///{tmp_path}/s.db"
-    res = _cli("search", "--workload", str(workload), "--synthetic", "--rows", "8", "--trials", "4", "--storage", db,
-               "--study", "st", "--out", str(tmp_path / "plan.json"))
+    res = _cli("search", "--workload", str(workload), "--synthetic", "--sampler", "tpe", "--rows", "8", "--trials", "4",
+               "--storage", db, "--study", "st", "--out", str(tmp_path / "plan.json"))
     assert res.returncode == 0, res.stderr
     out = tmp_path / "r"
     res = _cli("report", "--input-size", "32", "32", "--window", "16", "--gpu", "H100", "--study", "st",

@@ -193,7 +193,7 @@ def tiny(tiny_workload: Path) -> Path:
 
 
 def search_argv(tiny: Path, tmp_path: Path, *extra: str, out: str | None = None) -> list[str]:
-    return ["search", "--workload", str(tiny), "--trials", "2", "--rows", "8",
+    return ["search", "--workload", str(tiny), "--sampler", "tpe", "--trials", "2", "--rows", "8",
             "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "p.json") if out is None else out,
             *extra]
 
@@ -328,7 +328,8 @@ def test_password_never_reaches_plan_or_messages(cli, tiny, tmp_path, capsys, mo
     monkeypatch.setattr(study_mod, "open_storage", lambda url: real_open(f"sqlite:///{tmp_path}/s.db"))
     url = "postgresql://u:secret@127.0.0.1:1/db"
     monkeypatch.setenv("SPARSESIM_STORAGE", url)  # from the environment: not in argv
-    argv = ["search", "--workload", str(tiny), "--trials", "2", "--rows", "8", "--out", str(tmp_path / "p.json")]
+    argv = ["search", "--workload", str(tiny), "--sampler", "tpe", "--trials", "2", "--rows", "8", "--out",
+            str(tmp_path / "p.json")]
     outputs = []
     for _ in range(2):  # the second run resumes
         code, out, err = cli(*argv)
@@ -356,7 +357,7 @@ def test_engine_never_prints_progress_goes_to_the_callback(tiny, tmp_path, capsy
     src = synthetic(layout=(32, 32), layers=1, heads=3, head_dim=32, rows=8, seed=1)
     calls: list[tuple[int, int]] = []
     search_plan(src=src, workload=str(tiny), gpu="H100", error_budget=0.1, progress=lambda d, t: calls.append((d, t)),
-                settings=SearchSettings(study="t", storage="sqlite:///:memory:", trials=2))
+                settings=SearchSettings(study="t", storage="sqlite:///:memory:", trials=2), sampler="tpe")
     out, err = capsys.readouterr()
     assert out == "" and err == ""
     assert calls[0] == (0, 6) and calls[-1] == (6, 6)

@@ -1,4 +1,5 @@
-"""search.quality against a float64 brute force built on the simulator's dense_mask."""
+"""search.quality against a float64 brute force built on the simulator's dense_mask: one candidate at a time
+(evaluate), every candidate at once (evaluate_all), and the error measure's invariances."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparsesim.search.quality import evaluate, head_quality
+from sparsesim.search.quality import evaluate, evaluate_all, head_quality
+from sparsesim.search.space import Candidate
 from sparsesim.simulator.patterns import GNAPattern, dense_mask, visible_mask
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,10 +48,22 @@ def full_mask(p: GNAPattern) -> np.ndarray:
                       causal=p.causal)
 
 
-def brute_force(p: GNAPattern, q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray) -> tuple[float, float]:
-    """(relative Frobenius error, mean kept mass) in float64 from the explicit mask rows."""
+def v_spread(v: np.ndarray) -> float:
+    """RMS distance of the value vectors from their mean, in float64, written out term by term."""
+    v64 = v.astype(np.float64)
+    mean = [sum(v64[j, c] for j in range(v64.shape[0])) / v64.shape[0] for c in range(v64.shape[1])]
+    return math.sqrt(sum(sum((v64[j, c] - mean[c]) ** 2 for c in range(v64.shape[1])) for j in range(v64.shape[0]))
+                     / v64.shape[0])
+
+
+def brute_force(p: GNAPattern, q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray,
+                reference_causal: tuple[bool, ...] = ()) -> tuple[float, float]:
+    """(RMS output error per row over V's RMS spread, mean kept mass) in float64 from explicit mask rows."""
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
     s = q64 @ k64.T / math.sqrt(q.shape[1])
+    if any(reference_causal):
+        s = np.where(dense_mask(input_size=p.input_size, window=p.input_size, causal=reference_causal)[rows], s,
+                     -np.inf)
     prob = np.exp(s - s.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)
     dense = prob @ v64
@@ -57,7 +71,8 @@ def brute_force(p: GNAPattern, q: np.ndarray, k: np.ndarray, v: np.ndarray, rows
     masked = np.where(m, prob, 0.0)
     kept = masked.sum(axis=1)
     sparse = (masked / kept[:, None]) @ v64
-    return float(np.linalg.norm(sparse - dense) / np.linalg.norm(dense)), float(kept.mean())
+    rms_err = math.sqrt(((sparse - dense) ** 2).sum() / rows.size)
+    return rms_err / v_spread(v), float(kept.mean())
 
 
 @FAST
@@ -130,15 +145,96 @@ def test_causal_dense_candidate_has_zero_error():
     assert dense.is_dense((16,))
     assert evaluate(hq, dense.pattern((16,), (True,))).error == 0.0
     # and a causal window of 4 keys matches the brute force on the causal reference
-    from sparsesim.simulator.patterns import GNAPattern, dense_mask
+    window4 = GNAPattern(input_size=(16,), window=4, causal=True)
+    want, _ = brute_force(window4, q, k, v, np.arange(16), reference_causal=(True,))
+    assert want > 0.01
+    assert evaluate(hq, window4).error == pytest.approx(want, rel=1e-4)
+    # the unmasked reference is another head: the causal reference is what the measure compares with
+    assert brute_force(window4, q, k, v, np.arange(16))[0] != pytest.approx(want, rel=1e-3)
 
-    m = dense_mask(input_size=(16,), window=4, causal=True)
-    full = dense_mask(input_size=(16,), window=16, causal=True)
-    s = q.astype(np.float64) @ k.astype(np.float64).T / np.sqrt(8)
-    p = np.where(full, np.exp(s - s.max(1, keepdims=True)), 0.0)
-    ref = (p / p.sum(1, keepdims=True)) @ v
-    pm = np.where(m, p, 0.0)
-    out = (pm / pm.sum(1, keepdims=True)) @ v
-    want = np.linalg.norm(out - ref) / np.linalg.norm(ref)
-    got = evaluate(hq, GNAPattern(input_size=(16,), window=4, causal=True)).error
-    assert got == pytest.approx(want, rel=1e-4)
+
+# --------------------------------------------------------------------------------------------
+# The error measure: independent of V's mean and scale
+# --------------------------------------------------------------------------------------------
+
+
+@FAST
+@given(problems(), st.floats(-50, 50), st.floats(0.01, 100))
+def test_error_ignores_v_mean_and_scale(problem, shift, factor):
+    """Adding a constant vector to V, or scaling it, leaves every pattern's error and mass as they were."""
+    pattern, q, k, v, rows = problem
+    base = evaluate(head_quality(q, k, v, rows, pattern.input_size), pattern)
+    offset = np.linspace(-1.0, 1.0, v.shape[1], dtype=np.float32) * np.float32(shift)
+    moved = evaluate(head_quality(q, k, (v * np.float32(factor) + offset).astype(np.float32), rows,
+                                  pattern.input_size), pattern)
+    assert moved.error == pytest.approx(base.error, rel=2e-3, abs=1e-4)
+    assert moved.mass == pytest.approx(base.mass, rel=1e-6)
+
+
+def test_error_of_constant_v_is_zero_and_finite():
+    rng = np.random.default_rng(1)
+    q, k = (rng.standard_normal((36, 8)).astype(np.float32) for _ in range(2))
+    v = np.tile(rng.standard_normal(8).astype(np.float32), (36, 1))
+    got = evaluate(head_quality(q, k, v, np.arange(36), (6, 6)), GNAPattern(input_size=(6, 6), window=2))
+    assert got.error == pytest.approx(0.0, abs=1e-5) and got.mass < 0.5
+
+
+def test_global_head_over_zero_mean_v_is_not_hopeless():
+    """Uniform attention over zero-mean V: the dense output is ~0, so the old measure (relative to ||O||)
+    scored any window above 1; relative to V's spread, a window keeping half the keys errs ~1/sqrt(keys)."""
+    rng = np.random.default_rng(2)
+    n = 1024
+    q = np.zeros((64, 16), np.float32)
+    k = np.zeros((n, 16), np.float32)  # every score equal: uniform attention
+    v = rng.standard_normal((n, 16)).astype(np.float32)
+    rows = np.sort(rng.choice(n, 64, replace=False))
+    hq = head_quality(q, k, v, rows, (n,))
+    half = evaluate(hq, GNAPattern(input_size=(n,), window=n // 2))
+    assert half.mass == pytest.approx(0.5, abs=1e-6)
+    assert 0.02 < half.error < 0.1  # ~ sqrt(1/512 - 1/1024) = 0.031
+    assert float(np.linalg.norm(hq.out)) < 0.2 * math.sqrt(64)  # the old denominator: tiny
+
+
+# --------------------------------------------------------------------------------------------
+# Every candidate at once
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def candidate_sets(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[bool, ...], list[Candidate]]:
+    rank = draw(st.integers(1, 3))
+    layout = tuple(draw(st.integers(3, 9)) for _ in range(rank))
+    causal = tuple(draw(st.booleans()) for _ in range(rank))
+    cands = []
+    for _ in range(draw(st.integers(1, 12))):
+        axes = [draw(axis_params(n)) for n in layout]
+        cands.append(Candidate(tuple(a[0] for a in axes), tuple(a[1] for a in axes), tuple(a[2] for a in axes)))
+    if draw(st.booleans()):
+        cands.append(Candidate(layout, (1,) * rank, (1,) * rank))  # the reference itself
+    return layout, causal, cands
+
+
+@FAST
+@given(candidate_sets(), st.integers(0, 2**32 - 1), st.sampled_from([4, 8]), st.booleans())
+def test_evaluate_all_equals_the_loop_and_brute_force(cset, seed, d, causal_reference):
+    layout, causal, cands = cset
+    rng = np.random.default_rng(seed)
+    n = math.prod(layout)
+    rows = np.sort(rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False)).astype(np.int64)
+    q = rng.standard_normal((rows.size, d)).astype(np.float32)
+    k = rng.standard_normal((n, d)).astype(np.float32)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    ref_causal = causal if causal_reference else ()
+    hq = head_quality(q, k, v, rows, layout, ref_causal)
+    error, mass = evaluate_all(hq, cands, causal)
+    assert error.shape == mass.shape == (len(cands),)
+    for i, c in enumerate(cands):
+        one = evaluate(hq, c.pattern(layout, causal))
+        assert error[i] == pytest.approx(one.error, rel=1e-4, abs=1e-6)
+        assert mass[i] == pytest.approx(one.mass, rel=1e-5, abs=1e-7)
+        if not c.is_dense(layout) or causal != (ref_causal or (False,) * len(layout)):
+            err, kept = brute_force(c.pattern(layout, causal), q, k, v, rows, reference_causal=ref_causal)
+            assert error[i] == pytest.approx(err, rel=1e-4, abs=1e-6)
+            assert mass[i] == pytest.approx(kept, rel=1e-5, abs=1e-7)
+        else:
+            assert (error[i], mass[i]) == (0.0, 1.0)  # the reference itself, as evaluate scores it

@@ -152,7 +152,7 @@ class Searched:
         self.storage = f"sqlite:///{tmp}/s.db"
         self.settings = SearchSettings(study="t", storage=self.storage, trials=3 * self.size)
         self.result = search_plan(src=self.src, workload=str(self.path), gpu=gpu, settings=self.settings,
-                                  error_budget=budget)
+                                  sampler="tpe", error_budget=budget)
         w = self.workload
         shape = LayerShape(layout=w.layout, heads=w.heads, heads_kv=w.heads_kv, head_dim=w.head_dim,
                            batch=w.batch, dtype=w.dtype, causal=w.causal)
@@ -203,7 +203,7 @@ def test_search_resumes_without_new_trials(searched):
     from sparsesim.search.run import search_plan
 
     again = search_plan(src=searched.src, workload=str(searched.path), gpu=searched.gpu,
-                        settings=searched.settings, error_budget=searched.budget)
+                        settings=searched.settings, sampler="tpe", error_budget=searched.budget)
     assert again.report.ran == 0 and again.report.found == 2 * searched.settings.trials
     assert again.plan.layers == searched.result.plan.layers
 

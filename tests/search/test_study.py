@@ -46,19 +46,19 @@ def test_interrupted_search_resumes_with_every_trial_once(tiny, tmp_path, monkey
 
     monkeypatch.setattr(study_mod, "evaluate", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        search_plan(src=src, workload=workload, gpu="H100", settings=settings, error_budget=0.1)
+        search_plan(src=src, workload=workload, gpu="H100", settings=settings, sampler="tpe", error_budget=0.1)
     before = {(li, h): [(t.number, t.params, t.values) for t in _trials(url, "t", li, h)]
               for li in range(2) for h in range(3)}
     assert sum(map(len, before.values())) > 0  # finished trials survived the interruption
     monkeypatch.setattr(study_mod, "evaluate", real)
-    result = search_plan(src=src, workload=workload, gpu="H100", settings=settings, error_budget=0.1)
+    result = search_plan(src=src, workload=workload, gpu="H100", settings=settings, sampler="tpe", error_budget=0.1)
     assert result.report.found == sum(map(len, before.values()))
     assert result.report.ran == 2 * 3 * 7 - result.report.found
     for key, old in before.items():
         now = [(t.number, t.params, t.values) for t in _trials(url, "t", *key)]
         assert len(now) == 7  # none lost, none repeated
         assert now[:len(old)] == old  # the finished ones are the same trials
-    again = search_plan(src=src, workload=workload, gpu="H100", settings=settings, error_budget=0.1)
+    again = search_plan(src=src, workload=workload, gpu="H100", settings=settings, sampler="tpe", error_budget=0.1)
     assert (again.report.found, again.report.ran) == (42, 0)
     assert again.plan.layers == result.plan.layers
 
@@ -66,9 +66,9 @@ def test_interrupted_search_resumes_with_every_trial_once(tiny, tmp_path, monkey
 def test_other_settings_on_the_same_study_are_refused(tiny, tmp_path):
     workload, src = tiny
     settings = SearchSettings(study="t", storage=f"sqlite:///{tmp_path}/s.db", trials=2)
-    search_plan(src=src, workload=workload, gpu="H100", settings=settings, error_budget=0.1)
+    search_plan(src=src, workload=workload, gpu="H100", settings=settings, sampler="tpe", error_budget=0.1)
     with pytest.raises(study_mod.ConfigError, match="pass another --study"):
-        search_plan(src=src, workload=workload, gpu="B200", settings=settings, error_budget=0.1)
+        search_plan(src=src, workload=workload, gpu="B200", settings=settings, sampler="tpe", error_budget=0.1)
 
 
 def _cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -85,7 +85,8 @@ def test_two_workers_share_one_study_through_postgresql(tiny, tmp_path):
     # as the help shows it (postgresql://, no driver named), from the environment rather than the command line
     plain = "postgresql://" + url.split("://", 1)[1]
     study = f"pg-{os.getpid()}-{tmp_path.name}"
-    res = _cli("search", "--workload", workload, "--samples", str(samples), "--gpu", "H100", "--trials", "6",
+    res = _cli("search", "--workload", workload, "--samples", str(samples), "--gpu", "H100", "--sampler", "tpe",
+               "--trials", "6",
                "--study", study, "--n-jobs", "2", "--out", str(tmp_path / "plan.json"), "--format", "json",
                env={"SPARSESIM_STORAGE": plain})
     assert res.returncode == 0, res.stderr
@@ -103,7 +104,8 @@ def test_two_workers_share_one_study_through_postgresql(tiny, tmp_path):
 def test_cli_search_resume_message_and_plan_show(tiny, tmp_path):
     workload, src = tiny
     samples = save_samples(src.materialize(), tmp_path / "s.npz")
-    args = ["search", "--workload", workload, "--samples", str(samples), "--gpu", "H100", "--trials", "3",
+    args = ["search", "--workload", workload, "--samples", str(samples), "--gpu", "H100", "--sampler", "tpe",
+            "--trials", "3",
             "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "plan.json")]
     first = _cli(*args)
     assert first.returncode == 0, first.stderr
@@ -126,7 +128,7 @@ def test_cli_search_resume_message_and_plan_show(tiny, tmp_path):
 ])
 def test_cli_search_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
     workload, _ = tiny
-    res = _cli("search", "--workload", workload, "--synthetic", "--trials", "2", "--rows", "8",
+    res = _cli("search", "--workload", workload, "--synthetic", "--sampler", "tpe", "--trials", "2", "--rows", "8",
                "--storage", f"sqlite:///{tmp_path}/s.db", "--out", str(tmp_path / "p.json"), *args)
     assert res.returncode == 2
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

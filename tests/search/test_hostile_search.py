@@ -84,11 +84,11 @@ def _dup_layer(data):
 
 def _head_twice(data):
     la = data["layers"][0]["launches"]
-    la[1]["heads"].append(la[0]["heads"][0])
+    la.append(dict(la[0], heads=[la[0]["heads"][0]]))  # a second launch of a head already launched
 
 
 def _head_missing(data):
-    data["layers"][0]["launches"][1]["heads"].pop()
+    data["layers"][0]["launches"][0]["heads"].pop()
 
 
 def _launch_pattern(data):

@@ -89,10 +89,10 @@ def validate_plan_layers(plan: Plan, out: Path, *, seed: int = 0, commit: str | 
     mask), then time the whole layer call and dense cuDNN over all heads; one CSV row per layer."""
     import torch
 
-    from sparsesim.kernels.reference import gna_row_mask
     from sparsesim.kernels.timing import TOLERANCE, check_rows, time_ms
     from sparsesim.kernels.validate import _device, _dtype, environment, random_qkv
     from sparsesim.simulator.files import check_output
+    from sparsesim.simulator.patterns import visible_mask
 
     check_output(out, "--out", stdout_ok=False)
     env = environment(commit)
@@ -113,10 +113,9 @@ def validate_plan_layers(plan: Plan, out: Path, *, seed: int = 0, commit: str | 
         for launch in entry.launches:
             kv, _ = _kv_heads(launch.heads, group)
             p = plan.pattern(launch)
-            bounds = [p.axis_bounds(a) for a in range(p.rank)]
 
-            def mask_fn(r: Any, bounds: Any = bounds, p: Any = p) -> Any:
-                return gna_row_mask(r, size, bounds, p.dilation)
+            def mask_fn(r: Any, p: Any = p) -> Any:
+                return visible_mask(p, r)
             worst = max(worst, check_rows(_take(got, launch.heads), _take(q, launch.heads), _take(k, kv),
                                           _take(v, kv), mask_fn, seed=s + 3))
         buf = torch.empty_like(q)

@@ -10,14 +10,12 @@ them. A query row that sees no key at all yields zeros (the kernels do the same)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from sparsesim.simulator import BlockSparsePattern, GNAPattern, visible_mask
-from sparsesim.simulator.patterns import rows_mask
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None, *,
@@ -116,13 +114,3 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(o).all():
         return float("inf")
     return float((o - r).norm() / r.norm().clamp_min(1e-300))
-
-
-def gna_row_mask(rows: Sequence[int], input_size: Sequence[int], bounds: Sequence[tuple[np.ndarray, np.ndarray]],
-                 dilation: Sequence[int]) -> np.ndarray:
-    """Exact ``[R, N]`` mask of selected query tokens from per-axis ``(lo, hi)`` bounds (row-major tokens).
-
-    :func:`sparsesim.simulator.patterns.rows_mask` under its old name; new code calls
-    ``visible_mask(pattern, rows)`` (or ``pattern.mask(rows)``).
-    """
-    return rows_mask(rows, input_size, bounds, dilation)

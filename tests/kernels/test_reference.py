@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparsesim.kernels.reference import gna_reference, gna_row_mask, reference_attention, rel_error, row_reference
+from sparsesim.kernels.reference import gna_reference, reference_attention, rel_error, row_reference
 from sparsesim.simulator import GNAPattern, dense_mask, visible_mask
-from sparsesim.simulator.patterns import axis_bounds
 
 
 def test_reference_matches_explicit_loops():
@@ -36,10 +35,8 @@ def test_reference_gqa_and_empty_rows():
 
 def test_row_mask_matches_dense_mask_rows():
     size, window, stride, dilation = (5, 9), (3, 4), (1, 2), (1, 2)
-    bounds = [axis_bounds(n, w, s, d) for n, w, s, d in zip(size, window, stride, dilation, strict=True)]
     rows = [0, 3, 17, 34]
     want = dense_mask(input_size=size, window=window, stride=stride, dilation=dilation)[rows]
-    assert np.array_equal(gna_row_mask(rows, size, bounds, dilation), want)
     pattern = GNAPattern(input_size=size, window=window, stride=stride, dilation=dilation)
     assert np.array_equal(visible_mask(pattern, rows), want)
 

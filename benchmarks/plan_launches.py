@@ -14,8 +14,32 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import sys
 from pathlib import Path
+from typing import Any
+
+
+def _run_launch(plan: Any, la: Any, qs: Any, ks: Any, vs: Any) -> Any:
+    """One launch on its heads' contiguous tensors, as ``run_plan`` makes it."""
+    from sparsesim.kernels.gna import gna_attention
+    from sparsesim.kernels.plan_run import _dense
+
+    if la.dense and not any(plan.causal):
+        return _dense(qs, ks, vs)
+    return gna_attention(qs, ks, vs, window=list(la.window), stride=list(la.stride), dilation=list(la.dilation),
+                         causal=list(plan.causal), q_tile=list(plan.q_tile), kv_tile=list(plan.kv_tile))
+
+
+def _gather_run_scatter(plan: Any, la: Any, q: Any, k: Any, v: Any, kv: list[int], out: Any) -> None:
+    """The launch with its heads gathered from the layer's tensors and scattered back."""
+    import torch
+
+    from sparsesim.kernels.plan_run import _take
+
+    heads = list(la.heads)
+    res = _run_launch(plan, la, _take(q, heads), _take(k, kv), _take(v, kv))
+    out.index_copy_(-2, torch.as_tensor(heads, device=q.device), res)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sparsesim.kernels.gna import gna_attention
-    from sparsesim.kernels.plan_run import _dense, _kv_heads, _take
+    from sparsesim.kernels.plan_run import _kv_heads, _take
     from sparsesim.kernels.timing import time_ms
     from sparsesim.kernels.validate import _dtype, environment, random_qkv
     from sparsesim.simulator.plan import load_plan
@@ -50,18 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                 kv, _ = _kv_heads(heads, group)
                 qs, ks, vs = _take(q, heads), _take(k, kv), _take(v, kv)
                 out = torch.empty_like(q)
-                idx = torch.as_tensor(heads, device=q.device)
 
-                def kernel(qs=qs, ks=ks, vs=vs, la=la):  # noqa: ANN001, ANN202 - bound per launch
-                    if la.dense and not any(plan.causal):
-                        return _dense(qs, ks, vs)
-                    return gna_attention(qs, ks, vs, window=list(la.window), stride=list(la.stride),
-                                         dilation=list(la.dilation), causal=list(plan.causal),
-                                         q_tile=list(plan.q_tile), kv_tile=list(plan.kv_tile))
-
-                def launch(heads=heads, kv=kv, idx=idx, out=out, kernel=kernel):  # noqa: ANN001, ANN202
-                    out.index_copy_(-2, idx, kernel(_take(q, heads), _take(k, kv), _take(v, kv)))
-
+                kernel = functools.partial(_run_launch, plan, la, qs, ks, vs)
+                launch = functools.partial(_gather_run_scatter, plan, la, q, k, v, kv, out)
                 kernel_ms = time_ms(kernel)
                 launch_ms = time_ms(launch)
                 rows.append({"plan": path.name, "layer": entry.layer, "launch": i, "heads": len(heads),

@@ -2,7 +2,8 @@
 
 ``simulate validate --plan`` times whole layers. This script splits a layer into its launches and times,
 per launch: the kernel on contiguous inputs of the launch's heads (``kernel_ms``), the same with the
-heads gathered from and scattered back to the layer's tensors as ``run_plan`` does (``launch_ms``), and
+launch run on the layer's tensors as ``run_plan`` does it (``launch_ms``: heads in place, or gathered and
+scattered back where a launch is dense or not whole GQA groups), and
 sets them beside the plan's ``predicted_ms`` for that launch. Dense launches run cuDNN. One CSV row per
 launch, with the GPU, software versions and the commit (pass ``--commit`` on a machine whose git copy
 is not the tree's).
@@ -31,15 +32,11 @@ def _run_launch(plan: Any, la: Any, qs: Any, ks: Any, vs: Any) -> Any:
                          causal=list(plan.causal), q_tile=list(plan.q_tile), kv_tile=list(plan.kv_tile))
 
 
-def _gather_run_scatter(plan: Any, la: Any, q: Any, k: Any, v: Any, kv: list[int], out: Any) -> None:
-    """The launch with its heads gathered from the layer's tensors and scattered back."""
-    import torch
+def _as_run(plan: Any, la: Any, q: Any, k: Any, v: Any, out: Any) -> None:
+    """The launch as ``run_plan`` makes it (heads in place for sparse launches of whole groups)."""
+    from sparsesim.kernels.plan_run import run_launch
 
-    from sparsesim.kernels.plan_run import _take
-
-    heads = list(la.heads)
-    res = _run_launch(plan, la, _take(q, heads), _take(k, kv), _take(v, kv))
-    out.index_copy_(-2, torch.as_tensor(heads, device=q.device), res)
+    run_launch(plan, la, q, k, v, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = torch.empty_like(q)
 
                 kernel = functools.partial(_run_launch, plan, la, qs, ks, vs)
-                launch = functools.partial(_gather_run_scatter, plan, la, q, k, v, kv, out)
+                launch = functools.partial(_as_run, plan, la, q, k, v, out)
                 kernel_ms = time_ms(kernel)
                 launch_ms = time_ms(launch)
                 rows.append({"plan": path.name, "layer": entry.layer, "launch": i, "heads": len(heads),

@@ -107,7 +107,7 @@ def _load_kv(K, V, k_base, v_base, offs_n, offs_d, t0, t1, t2, g0, g1, g2, D0, D
 
 @triton.jit
 def _gna_fwd_kernel(
-    Q, K, V, Out, RANGES, LOHI, qk_scale,
+    Q, K, V, Out, RANGES, LOHI, HMAP, qk_scale,
     GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NKP,
     s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
     s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
@@ -117,14 +117,22 @@ def _gna_fwd_kernel(
     QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-    KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr,
+    HAS_HMAP: tl.constexpr, KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
     qt = tl.program_id(0)
-    h = tl.program_id(1)
+    hl = tl.program_id(1)  # the launch's own head index
     bg = tl.program_id(2)
+    # With a head map the launch runs heads HMAP[0..] of the caller's q/k/v/out (whole GQA groups, in
+    # order): Q, O and caller-layout K/V are addressed by the caller's head; a permuted K/V buffer holds
+    # only the launch's K/V heads, addressed by the launch's own index.
+    if HAS_HMAP:
+        h = tl.load(HMAP + hl)
+    else:
+        h = hl
     hk32 = h // GROUP
+    hkb32 = hl // GROUP
     # Folded index = batch * G + group; group -> per-axis dilation group (row-major over axes).
     G = D0 * D1 * D2
     b32 = bg // G
@@ -150,17 +158,18 @@ def _gna_fwd_kernel(
     b64 = b32.to(tl.int64)
     h64 = h.to(tl.int64)
     hk64 = hk32.to(tl.int64)
+    hkb64 = hkb32.to(tl.int64)
     # Q rows gathered from the caller's layout (the permutation folded into the load).
     q_off, q_ok = _rows(b64 * s_qb + h64 * s_qh, offs_m, q0, q1, q2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2,
                         L0, L1, L2, s_q0, s_q1, s_q2)
     q = tl.load(Q + q_off[:, None] + offs_d[None, :] * s_qd, mask=q_ok[:, None], other=0.0)
-    kv_row0 = (bg * HKV + hk32) * NKP
+    kv_row0 = (bg * HKV + hkb32) * NKP
     if KV_MODE == 0:
         k_base = b64 * s_kb + hk64 * s_kh
         v_base = b64 * s_vb + hk64 * s_vh
     else:
-        k_base = bg.to(tl.int64) * s_kb + hk64 * s_kh
-        v_base = bg.to(tl.int64) * s_vb + hk64 * s_vh
+        k_base = bg.to(tl.int64) * s_kb + hkb64 * s_kh
+        v_base = bg.to(tl.int64) * s_vb + hkb64 * s_vh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
@@ -269,6 +278,7 @@ class GNALaunch:
     config: FusedLaunch
     constants: dict[str, Any]
     compiled: dict[Any, Any] = field(default_factory=dict)  # compiled kernels of repeated calls
+    head_maps: dict[Any, Any] = field(default_factory=dict)  # device tables of head subsets (head_tables)
 
     @functools.cached_property
     def grid(self) -> tuple[int, int, int]:
@@ -287,10 +297,15 @@ class GNALaunch:
         return {k: self.constants[k] for k in ("HEAD_DIM", "QT0", "QT1", "QT2", "KT0", "KT1", "KT2", "MASK0", "MASK1",
                                                "MASK2", "BLOCK_SPARSE")}
 
-    def prepare_kv(self, k: Any, v: Any) -> PreparedKV:
-        """K and V as the kernel reads them: descriptors, permuted buffers or the tensors themselves."""
+    def prepare_kv(self, k: Any, v: Any, kv_heads: Any = None) -> PreparedKV:
+        """K and V as the kernel reads them: descriptors, permuted buffers or the tensors themselves.
+
+        ``kv_heads`` (an index tensor): the launch runs only these K/V heads of ``k``/``v``; a permuted
+        buffer then holds just them, in that order (the caller's layout is read in place otherwise)."""
         plan, rank, mode = self.plan, self.plan.pattern.rank, self.kv_layout
         if mode == "permute":
+            if kv_heads is not None:
+                k, v = k.index_select(-2, kv_heads), v.index_select(-2, kv_heads)
             kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile, dilation=plan.pattern.dilation)
             strides = (_permuted_strides(kp), _permuted_strides(vp))
             if descriptors_ok(kp, vp) and kp.numel() // self.head_dim < 2**31:
@@ -310,29 +325,49 @@ class GNALaunch:
                               *strides, 0, _MODE["direct"], (k, v))
         return PreparedKV(k, v, *strides, 0, _MODE["gather"], (k, v))
 
-    def launch(self, q: Any, kv: PreparedKV, out: Any) -> Any:
-        """The fused kernel alone, on prepared K/V (:meth:`prepare_kv`).
+    def launch(self, q: Any, kv: PreparedKV, out: Any, hmap: Any = None) -> Any:
+        """The fused kernel alone, on prepared K/V (:meth:`prepare_kv`); ``hmap`` (int32, one entry per
+        launched head): the caller's query heads this launch runs (``q``/``out`` hold every head).
 
         The first launch of a (K/V mode, pointer alignments) goes through Triton's launcher, which
         binds and specializes every argument; later ones call the compiled kernel directly with the
         same arguments (specializations depend only on what the call key and the alignments fix).
         """
         rank = self.plan.pattern.rank
-        args = (q, kv.k, kv.v, out, self.ranges, self.lohi, self.scale * LOG2E, *self.shape_args, kv.n_kp,
+        has_hmap = hmap is not None
+        args = (q, kv.k, kv.v, out, self.ranges, self.lohi, hmap if has_hmap else self.ranges, self.scale * LOG2E,
+                *self.shape_args, kv.n_kp,
                 *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank))
-        key = (kv.mode, q.data_ptr() % 16, out.data_ptr() % 16,
+        key = (kv.mode, has_hmap, q.data_ptr() % 16, out.data_ptr() % 16,
                *(x.data_ptr() % 16 for x in kv.keep if kv.mode in (0, 1)))
         c = self.constants
         launch_compiled(self.compiled, key, _gna_fwd_kernel, self.grid, args,
-                        {**self.constexprs, "KV_MODE": kv.mode, "WARP_SPEC": c["WARP_SPEC"]},
+                        {**self.constexprs, "HAS_HMAP": has_hmap, "KV_MODE": kv.mode, "WARP_SPEC": c["WARP_SPEC"]},
                         {"num_warps": c["num_warps"], "num_stages": c["num_stages"]})
         return out
 
-    def run(self, q: Any, k: Any, v: Any, out: Any = None) -> Any:
-        """Prepare K/V and launch, on tensors already checked to match this launch."""
+    def run(self, q: Any, k: Any, v: Any, out: Any = None, heads: tuple[int, ...] | None = None) -> Any:
+        """Prepare K/V and launch, on tensors already checked to match this launch (``heads``: the caller's
+        query heads it runs, whole GQA groups in order; ``q``/``k``/``v``/``out`` then hold every head)."""
         import torch
 
-        return self.launch(q, self.prepare_kv(k, v), torch.empty_like(q) if out is None else out)
+        out = torch.empty_like(q) if out is None else out
+        if heads is None:
+            return self.launch(q, self.prepare_kv(k, v), out)
+        hmap, kv_heads = self.head_tables(heads, q.device)
+        return self.launch(q, self.prepare_kv(k, v, kv_heads), out, hmap)
+
+    def head_tables(self, heads: tuple[int, ...], device: Any) -> tuple[Any, Any]:
+        """The device tables of a head subset (the query heads, int32; their K/V heads, int64), made once."""
+        import torch
+
+        hit = self.head_maps.get(heads)
+        if hit is None:
+            group = self.heads // self.heads_kv
+            hit = (torch.tensor(heads, dtype=torch.int32, device=device),
+                   torch.tensor(heads[::group], dtype=torch.int64, device=device) // group)
+            self.head_maps[heads] = hit
+        return hit
 
 
 def choose_kv_layout(plan: GNAPlan, batch: int, heads_kv: int) -> str:
@@ -394,7 +429,7 @@ _LAUNCHES = CallCache()
 
 def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
                   q_tile: Any = None, kv_tile: Any = None, scale: float | None = None, out: Any = None,
-                  kv_layout: str | None = None) -> Any:
+                  kv_layout: str | None = None, heads: Any = None) -> Any:
     """Generalized neighborhood attention forward on a 1D, 2D or 3D token layout.
 
     Args:
@@ -411,6 +446,9 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         out: optional output buffer shaped like ``q``.
         kv_layout: how K/V are read (a performance knob): ``None`` chooses; ``"direct"`` (1D without
             dilation), ``"gather"`` or ``"permute"`` (see the module docstring).
+        heads: run only these query heads of ``q`` (whole GQA groups, in order), reading ``q``/``k``/``v``
+            in place and writing those heads of ``out`` (the others untouched; a plan's launch over some
+            of a layer's heads, without copying them out and back).
 
     Returns:
         ``[batch, *spatial, heads, head_dim]`` in q's dtype.
@@ -420,18 +458,44 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         ...                   q_tile=(2, 8, 8), kv_tile=(2, 8, 8))  # doctest: +SKIP
     """
     call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
+    subset = None
+    qs, ks, vs = q, k, v  # what the launch is built for: views of the launched heads when a subset runs
+    if heads is not None:
+        subset = _head_subset(heads, q, k)
+        group = int(q.shape[-2]) // int(k.shape[-2])
+        qs, ks, vs = q[..., :len(subset), :], k[..., :len(subset) // group, :], v[..., :len(subset) // group, :]
     try:
-        key = (tensors_key(q, k, v), hashable(call))
+        key = (tensors_key(qs, ks, vs), hashable(call))
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path says why
         key = None
     launch = _LAUNCHES.get(key)
     if launch is None:
-        launch = _LAUNCHES.put(key, build_launch(q, k, v, window=window, stride=stride, dilation=dilation,
+        launch = _LAUNCHES.put(key, build_launch(qs, ks, vs, window=window, stride=stride, dilation=dilation,
                                                  causal=causal, q_tile=q_tile, kv_tile=kv_tile, scale=scale,
                                                  kv_layout=kv_layout))
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
         check_out(out, q, q.shape, "gna_attention")
-    return launch.run(q, k, v, out)
+    if subset is None:
+        return launch.run(q, k, v, out)
+    check_qkv(q, k, v, spatial_ranks=(1, 2, 3), what="gna_attention")
+    return launch.run(q, k, v, out, subset)
+
+
+def _head_subset(heads: Any, q: Any, k: Any) -> tuple[int, ...]:
+    """``heads`` checked: distinct query heads of ``q`` forming whole GQA groups in order (one line if not)."""
+    h, hk = int(q.shape[-2]), int(k.shape[-2])
+    try:
+        subset = tuple(int(x) for x in heads)
+    except (TypeError, ValueError):
+        raise ValueError(f"gna_attention: heads={heads!r}; allowed: a sequence of head indices") from None
+    group = h // hk if hk and h % hk == 0 else 1
+    if (not subset or len(set(subset)) != len(subset) or min(subset) < 0 or max(subset) >= h
+            or len(subset) % group
+            or any(subset[i + j] != subset[i] + j or subset[i] % group for i in range(0, len(subset), group)
+                   for j in range(group))):
+        raise ValueError(f"gna_attention: heads={list(subset)[:16]}; allowed: distinct query heads of 0..{h - 1} "
+                         f"in whole groups of {group} (the query heads of a K/V head, in order)")
+    return subset
 
 
 def unpermute_out(plan: GNAPlan, op: Any, out: Any) -> Any:

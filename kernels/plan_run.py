@@ -56,31 +56,39 @@ def _dense(q: Any, k: Any, v: Any) -> Any:
 def run_plan(plan: Plan, layer: int, q: Any, k: Any, v: Any, *, out: Any = None) -> Any:
     """Attention of plan layer ``layer`` (its ``layer`` field) on ``q``/``k``/``v`` in NATTEN layout
     ``[batch, *layout, heads, head_dim]``, as the plan's launches run it."""
-    import torch
-
-    from sparsesim.kernels.gna import gna_attention
     from sparsesim.simulator.errors import ConfigError
 
     entry = plan.layer(layer)
     if tuple(q.shape[1:-2]) != plan.layout or q.shape[-2] != plan.heads:
         raise ConfigError(f"q {tuple(q.shape)}; the plan is for layout {list(plan.layout)} with {plan.heads} heads")
     out = q.new_empty(q.shape) if out is None else out
-    group = q.shape[-2] // k.shape[-2]
     for launch in entry.launches:
-        heads = list(launch.heads)
-        kv, _ = _kv_heads(heads, group)
-        qs, ks, vs = _take(q, heads), _take(k, kv), _take(v, kv)
-        if launch.dense and not any(plan.causal):
-            o = _dense(qs, ks, vs)
-        else:  # sparse, or dense over a causal layout (our kernel with the whole layout as window)
-            o = gna_attention(qs, ks, vs, window=list(launch.window), stride=list(launch.stride),
-                              dilation=list(launch.dilation), causal=list(plan.causal), q_tile=list(plan.q_tile),
-                              kv_tile=list(plan.kv_tile))
-        if qs is q:
-            out.copy_(o)
-        else:
-            out.index_copy_(-2, torch.as_tensor(heads, device=q.device), o)
+        run_launch(plan, launch, q, k, v, out)
     return out
+
+
+def run_launch(plan: Plan, launch: Any, q: Any, k: Any, v: Any, out: Any) -> None:
+    """One launch of a plan layer, writing its heads of ``out``. A sparse launch of whole GQA groups runs
+    its heads in place (the kernel takes a head map: nothing is copied); dense launches, and sparse ones
+    of partial groups, gather their heads and scatter the result back."""
+    import torch
+
+    from sparsesim.kernels.gna import gna_attention
+
+    heads = list(launch.heads)
+    kv, whole = _kv_heads(heads, q.shape[-2] // k.shape[-2])
+    pattern = {"window": list(launch.window), "stride": list(launch.stride), "dilation": list(launch.dilation),
+               "causal": list(plan.causal), "q_tile": list(plan.q_tile), "kv_tile": list(plan.kv_tile)}
+    dense = launch.dense and not any(plan.causal)  # dense over a causal layout runs our kernel
+    if not dense and whole:
+        gna_attention(q, k, v, **pattern, out=out, heads=heads)
+        return
+    qs, ks, vs = _take(q, heads), _take(k, kv), _take(v, kv)
+    o = _dense(qs, ks, vs) if dense else gna_attention(qs, ks, vs, **pattern)
+    if qs is q:
+        out.copy_(o)
+    else:
+        out.index_copy_(-2, torch.as_tensor(heads, device=q.device), o)
 
 
 def validate_plan_layers(plan: Plan, out: Path, *, seed: int = 0, commit: str | None = None,

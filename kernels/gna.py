@@ -300,13 +300,12 @@ class GNALaunch:
     def prepare_kv(self, k: Any, v: Any, kv_heads: Any = None) -> PreparedKV:
         """K and V as the kernel reads them: descriptors, permuted buffers or the tensors themselves.
 
-        ``kv_heads`` (an index tensor): the launch runs only these K/V heads of ``k``/``v``; a permuted
-        buffer then holds just them, in that order (the caller's layout is read in place otherwise)."""
+        ``kv_heads`` (an int32 tensor): the launch runs only these K/V heads of ``k``/``v``; a permuted
+        buffer then holds just them, in that order (the permutation pass reads them in place through the
+        map; the caller's layout is read in place otherwise)."""
         plan, rank, mode = self.plan, self.plan.pattern.rank, self.kv_layout
         if mode == "permute":
-            if kv_heads is not None:
-                k, v = k.index_select(-2, kv_heads), v.index_select(-2, kv_heads)
-            kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile, dilation=plan.pattern.dilation)
+            kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile, dilation=plan.pattern.dilation, heads=kv_heads)
             strides = (_permuted_strides(kp), _permuted_strides(vp))
             if descriptors_ok(kp, vp) and kp.numel() // self.head_dim < 2**31:
                 from triton.tools.tensor_descriptor import TensorDescriptor
@@ -358,14 +357,14 @@ class GNALaunch:
         return self.launch(q, self.prepare_kv(k, v, kv_heads), out, hmap)
 
     def head_tables(self, heads: tuple[int, ...], device: Any) -> tuple[Any, Any]:
-        """The device tables of a head subset (the query heads, int32; their K/V heads, int64), made once."""
+        """The device tables of a head subset (the query heads; their K/V heads; both int32), made once."""
         import torch
 
         hit = self.head_maps.get(heads)
         if hit is None:
             group = self.heads // self.heads_kv
             hit = (torch.tensor(heads, dtype=torch.int32, device=device),
-                   torch.tensor(heads[::group], dtype=torch.int64, device=device) // group)
+                   torch.tensor([x // group for x in heads[::group]], dtype=torch.int32, device=device))
             self.head_maps[heads] = hit
         return hit
 

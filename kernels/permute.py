@@ -39,14 +39,18 @@ def _move(X, Y, src, dst, valid, d_ok, FULL_D: tl.constexpr, INVERSE: tl.constex
 
 @triton.jit
 def _permute_kernel(
-    X, Y, X2, Y2, L0, L1, L2, D0, D1, D2, NT1, NT2,
+    X, Y, X2, Y2, HMAP, L0, L1, L2, D0, D1, D2, NT1, NT2,
     s_xb, s_x0, s_x1, s_x2, s_xh, s_xd, s_yb, s_yh, s_yn, s_yd,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
-    INVERSE: tl.constexpr, PAIR: tl.constexpr,
+    INVERSE: tl.constexpr, PAIR: tl.constexpr, HAS_HMAP: tl.constexpr,
 ):
     TV: tl.constexpr = T0 * T1 * T2
     t = tl.program_id(0)
-    h = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)  # the buffer's head
+    if HAS_HMAP:  # the buffer holds heads HMAP[0..] of x, in that order
+        hx = tl.load(HMAP + h).to(tl.int64)
+    else:
+        hx = h
     bg = tl.program_id(2)
     groups = D0 * D1 * D2
     b = (bg // groups).to(tl.int64)
@@ -63,7 +67,7 @@ def _permute_kernel(
     x2 = (t2 * T2 + r % T2) * D2 + g2
     valid = (x0 < L0) & (x1 < L1) & (x2 < L2)
     d = tl.arange(0, BLOCK_D)
-    src = (b * s_xb + h * s_xh + x0.to(tl.int64)[:, None] * s_x0 + x1.to(tl.int64)[:, None] * s_x1
+    src = (b * s_xb + hx * s_xh + x0.to(tl.int64)[:, None] * s_x0 + x1.to(tl.int64)[:, None] * s_x1
            + x2.to(tl.int64)[:, None] * s_x2 + d[None, :] * s_xd)
     rows = t.to(tl.int64) * TV + r
     dst = bg.to(tl.int64) * s_yb + h * s_yh + rows[:, None] * s_yn + d[None, :] * s_yd
@@ -129,8 +133,11 @@ def make_layout(input_size: Sequence[int], tile: Any, dilation: Any = 1) -> Tile
     return TileLayout(input_size=size, tile=tile_t, dilation=dil_t)
 
 
-def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y2: Any = None) -> None:
+def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y2: Any = None,
+            heads_map: Any = None) -> None:
     batch, heads, head_dim = int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1])
+    if heads_map is not None:
+        heads = int(heads_map.shape[0])
     L0, L1, L2 = layout.padded3(layout.input_size)
     D0, D1, D2 = layout.padded3(layout.dilation)
     _, NT1, NT2 = layout.padded3(layout.grid)
@@ -142,9 +149,10 @@ def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y
     pair = x2 is not None
     grid = (layout.num_tiles, heads, batch * layout.groups)
     _permute_kernel[grid](
-        x, y, x2 if pair else x, y2 if pair else y, L0, L1, L2, D0, D1, D2, NT1, NT2,
-        xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()),
+        x, y, x2 if pair else x, y2 if pair else y, x if heads_map is None else heads_map,
+        L0, L1, L2, D0, D1, D2, NT1, NT2, xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()),
         HEAD_DIM=head_dim, BLOCK_D=block_d, T0=T0, T1=T1, T2=T2, INVERSE=inverse, PAIR=pair,
+        HAS_HMAP=heads_map is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -181,8 +189,9 @@ def tile_permute(x: Any, tile: Any, *, dilation: Any = 1, out: Any = None) -> An
     return out
 
 
-def tile_permute_pair(k: Any, v: Any, tile: Any, *, dilation: Any = 1) -> tuple[Any, Any]:
-    """:func:`tile_permute` of two tensors of one shape, dtype and strides (K and V) in one launch."""
+def tile_permute_pair(k: Any, v: Any, tile: Any, *, dilation: Any = 1, heads: Any = None) -> tuple[Any, Any]:
+    """:func:`tile_permute` of two tensors of one shape, dtype and strides (K and V) in one launch; ``heads``
+    (an integer tensor on the device): only these heads, in that order (the buffers hold ``len(heads)``)."""
     import torch
 
     _check_input(k, None, "tile_permute_pair")
@@ -191,10 +200,11 @@ def tile_permute_pair(k: Any, v: Any, tile: Any, *, dilation: Any = 1) -> tuple[
         raise ValueError(f"tile_permute_pair: k {list(k.shape)} {k.dtype} and v {list(v.shape)} {v.dtype}; "
                          f"allowed: one shape, dtype, device and strides")
     layout = make_layout(k.shape[1:-2], tile, dilation)
-    shape = (k.shape[0] * layout.groups, k.shape[-2], layout.padded_tokens, k.shape[-1])
+    n_heads = k.shape[-2] if heads is None else int(heads.shape[0])
+    shape = (k.shape[0] * layout.groups, n_heads, layout.padded_tokens, k.shape[-1])
     kp = torch.empty(shape, dtype=k.dtype, device=k.device)
     vp = torch.empty(shape, dtype=k.dtype, device=k.device)
-    _launch(k, kp, layout, inverse=False, x2=v, y2=vp)
+    _launch(k, kp, layout, inverse=False, x2=v, y2=vp, heads_map=heads)
     return kp, vp
 
 

@@ -128,7 +128,7 @@ class PlanRunner:
             return self.backend
         if q.device.type == "cuda":
             return "kernels"
-        # bf16 under the interpreter: numpy has no bfloat16 and the kernels' output is wrong there (not refused)
+        # bf16 under the interpreter: numpy has no bfloat16 and the kernels refuse it there
         return "kernels" if interpret() and str(q.dtype) != "torch.bfloat16" else "reference"
 
     def run_layer(self, entry: PlanLayer, q: Any, k: Any, v: Any, scale: float | None, causal: bool) -> Any:
@@ -142,23 +142,29 @@ class PlanRunner:
             return self.original(q, k, v, is_causal=causal, scale=scale, enable_gqa=hk < h)
         layout = self.plan.layout
         out = q.new_empty(q.shape)
-        qn, kn, vn = (x.transpose(1, 2).contiguous().view(b, *layout, x.shape[1], d) for x in (q, k, v))
+        # NATTEN-layout views of SDPA's [B, H, N, D] tensors (no copy: the kernels take strides)
+        qn, kn, vn, outn = (x.transpose(1, 2).unflatten(1, layout) for x in (q, k, v, out))
         for launch in entry.launches:
             heads = list(launch.heads)
+            kv, whole = _kv_heads(heads, group)
+            if not launch.dense and whole and self._sparse_backend(q) == "kernels":
+                self._sparse(launch, qn, kn, vn, scale, out=outn, heads=heads)  # in place, through a head map
+                continue
             idx = torch.as_tensor(heads, device=q.device)
             if launch.dense:
                 kv_idx = torch.as_tensor([i // group for i in heads], device=q.device)
                 o = self.original(q.index_select(1, idx), k.index_select(1, kv_idx), v.index_select(1, kv_idx),
                                   is_causal=causal, scale=scale)
             else:
-                kv, _ = _kv_heads(heads, group)
                 on = self._sparse(launch, _take(qn, heads), _take(kn, kv), _take(vn, kv), scale)
                 o = on.reshape(b, n, len(heads), d).transpose(1, 2)
             out.index_copy_(1, idx, o.to(out.dtype))
         return out
 
-    def _sparse(self, launch: PlanLaunch, q: Any, k: Any, v: Any, scale: float | None) -> Any:
-        """One sparse launch on ``[B, *layout, h, D]`` tensors."""
+    def _sparse(self, launch: PlanLaunch, q: Any, k: Any, v: Any, scale: float | None, out: Any = None,
+                heads: Any = None) -> Any:
+        """One sparse launch on ``[B, *layout, h, D]`` tensors (``heads``/``out``: the kernels run those heads of
+        the layer's tensors in place, writing them into ``out``)."""
         p = self.plan
         backend = self._sparse_backend(q)
         self.last_backend = backend
@@ -168,7 +174,7 @@ class PlanRunner:
             try:
                 return gna_attention(q, k, v, window=list(launch.window), stride=list(launch.stride),
                                      dilation=list(launch.dilation), causal=list(p.causal), q_tile=list(p.q_tile),
-                                     kv_tile=list(p.kv_tile), scale=scale)
+                                     kv_tile=list(p.kv_tile), scale=scale, out=out, heads=heads)
             except ValueError as exc:
                 raise ConfigError(f"apply_plan: {' '.join(str(exc).split())}") from None
         import torch

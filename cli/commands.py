@@ -309,6 +309,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     from sparsesim.simulator.calibrate import calibrate, profile_toml
 
+    if args.published is not None:
+        _calibrate_published(args)
+        return
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()] if args.kernels else None
     gpu = args.gpu or _measured_gpu(args.measurements)
     target = None
@@ -331,6 +334,36 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         return
     emit(pd.DataFrame([summary]), args, list(summary), list(summary))
     print(pd.DataFrame(result.worst).to_string(index=False), file=sys.stderr)
+
+
+def _calibrate_published(args: argparse.Namespace) -> None:
+    """``calibrate --published``: fit ``reference-<arch>`` to published figures, report train/held-out/judge error."""
+    import pandas as pd
+
+    from sparsesim.simulator.calibrate import calibrate_published, published_profile_toml
+
+    target = None
+    if not args.dry_run:
+        target = args.profile_out if args.profile_out is not None else f"reference-{args.arch}.toml"
+        check_output(target, "--profile-out", stdout_ok=False)
+    result = calibrate_published(args.published or None, arch=args.arch, holdout=args.holdout, seed=args.seed)
+    if target is not None:
+        write_text(published_profile_toml(result), target)
+        print(f"calibrate: wrote {target} (use it with --kernel-profile {target})", file=sys.stderr)
+    summary = {"profile": result.profile.name, "arch": result.arch, "kernels": ",".join(result.kernels),
+               "n_train": len(result.train), "n_heldout": len(result.heldout), "n_judge": len(result.judge),
+               "prior_train_mape": result.prior_train_mape, "train_mape": result.train_mape,
+               "prior_heldout_mape": result.prior_heldout_mape, "heldout_mape": result.heldout_mape,
+               "prior_judge_mape": result.prior_judge_mape, "judge_mape": result.judge_mape,
+               **{f"fit_{k}": v for k, v in result.params.items()}}
+    worst = sorted(result.residuals("heldout") or result.residuals("train"), key=lambda r: -abs(r["error"]))[:5]
+    if args.format == "json":
+        import json
+
+        write_text(json.dumps({**summary, "worst": worst}, indent=1) + "\n", args.out)
+        return
+    emit(pd.DataFrame([summary]), args, list(summary), list(summary))
+    print(pd.DataFrame(worst).to_string(index=False), file=sys.stderr)
 
 
 def _profile_name(kernel_profile: str, gpu: str) -> str:

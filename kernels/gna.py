@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from sparsesim.hwmodels.launch import grid_problem
-from sparsesim.kernels._common import LOG2E, attn_tile_update
+from sparsesim.kernels._common import LN2, LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
     FusedLaunch,
@@ -107,17 +107,19 @@ def _load_kv(K, V, k_base, v_base, offs_n, offs_d, t0, t1, t2, g0, g1, g2, D0, D
 
 @triton.jit
 def _gna_fwd_kernel(
-    Q, K, V, Out, RANGES, LOHI, HMAP, qk_scale,
-    GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NKP,
+    Q, K, V, Out, RANGES, LOHI, HMAP, XK, XV, LSE, qk_scale,
+    GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NX, NKP,
     s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
     s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
     s_vb, s_v0, s_v1, s_v2, s_vh, s_vd,
     s_ob, s_o0, s_o1, s_o2, s_oh, s_od,
+    s_xkb, s_xkn, s_xkh, s_xkd, s_xvb, s_xvn, s_xvh, s_xvd, s_lb, s_lh,
     HEAD_DIM: tl.constexpr,
     QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-    HAS_HMAP: tl.constexpr, KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr,
+    EXTRA: tl.constexpr, XTAIL: tl.constexpr,
+    HAS_HMAP: tl.constexpr, KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr, SAVE_LSE: tl.constexpr = False,
 ):
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
@@ -231,10 +233,36 @@ def _gna_fwd_kernel(
                 mask = _axis_mask(mask, lo2, hi2, t2 * KT2 + offs_n % KT2)
             acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, mask, True)
 
+    if EXTRA:
+        # Extra keys (joint text tokens, sinks): NX rows of the caller's sequence outside the layout, seen by
+        # every layout query; read in place (no permutation) in the same online softmax, the last tile masked.
+        xk_base = XK + b64 * s_xkb + hk64 * s_xkh + offs_d[None, :] * s_xkd
+        xv_base = XV + b64 * s_xvb + hk64 * s_xvh + offs_d[None, :] * s_xvd
+        n_xfull = NX // BLOCK_N
+        for j in range(0, n_xfull):
+            xrow = (j * BLOCK_N + offs_n).to(tl.int64)
+            k = tl.load(xk_base + xrow[:, None] * s_xkn)
+            v = tl.load(xv_base + xrow[:, None] * s_xvn)
+            acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, 0, False)
+        if XTAIL:
+            xrow = (n_xfull * BLOCK_N + offs_n).to(tl.int64)
+            x_ok = xrow < NX
+            k = tl.load(xk_base + xrow[:, None] * s_xkn, mask=x_ok[:, None], other=0.0)
+            v = tl.load(xv_base + xrow[:, None] * s_xvn, mask=x_ok[:, None], other=0.0)
+            acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, x_ok[None, :], True)
+
     acc = acc / l_i[:, None]
     o_off, _ = _rows(b64 * s_ob + h64 * s_oh, offs_m, q0, q1, q2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2,
                      L0, L1, L2, s_o0, s_o1, s_o2)
     tl.store(Out + o_off[:, None] + offs_d[None, :] * s_od, acc.to(Out.dtype.element_ty), mask=q_ok[:, None])
+    if SAVE_LSE:
+        # The row's log-sum-exp (natural log) for the backward, at [b, h, flat layout index] of a float32 buffer.
+        x0 = g0 + D0 * (q0 * QT0 + offs_m // (QT1 * QT2))
+        x1 = g1 + D1 * (q1 * QT1 + (offs_m // QT2) % QT1)
+        x2 = g2 + D2 * (q2 * QT2 + offs_m % QT2)
+        tok = (x0.to(tl.int64) * L1 + x1) * L2 + x2
+        lse = (m_i + tl.math.log2(l_i)) * LN2
+        tl.store(LSE + b64 * s_lb + h64 * s_lh + tok, lse, mask=q_ok)
 
 
 def _spatial_strides(x: Any, rank: int) -> tuple[int, ...]:
@@ -277,6 +305,7 @@ class GNALaunch:
     lohi: Any
     config: FusedLaunch
     constants: dict[str, Any]
+    extra: int = 0  # extra keys outside the layout that every query of the launch also sees
     compiled: dict[Any, Any] = field(default_factory=dict)  # compiled kernels of repeated calls
     head_maps: dict[Any, Any] = field(default_factory=dict)  # device tables of head subsets (head_tables)
 
@@ -289,13 +318,14 @@ class GNALaunch:
         """The kernel's integer arguments that the plan and the heads fix (computed once per launch)."""
         plan = self.plan
         return (self.heads // self.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:], *plan.kv_grid3[1:],
-                int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), self.heads_kv)
+                int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), self.heads_kv,
+                self.extra)
 
     @functools.cached_property
     def constexprs(self) -> dict[str, Any]:
         """The constexprs in the kernel's signature order, KV_MODE and WARP_SPEC excepted."""
         return {k: self.constants[k] for k in ("HEAD_DIM", "QT0", "QT1", "QT2", "KT0", "KT1", "KT2", "MASK0", "MASK1",
-                                               "MASK2", "BLOCK_SPARSE")}
+                                               "MASK2", "BLOCK_SPARSE", "EXTRA", "XTAIL")}
 
     def prepare_kv(self, k: Any, v: Any, kv_heads: Any = None) -> PreparedKV:
         """K and V as the kernel reads them: descriptors, permuted buffers or the tensors themselves.
@@ -324,9 +354,13 @@ class GNALaunch:
                               *strides, 0, _MODE["direct"], (k, v))
         return PreparedKV(k, v, *strides, 0, _MODE["gather"], (k, v))
 
-    def launch(self, q: Any, kv: PreparedKV, out: Any, hmap: Any = None) -> Any:
+    def launch(self, q: Any, kv: PreparedKV, out: Any, hmap: Any = None, xkv: tuple[Any, Any] | None = None,
+               lse: Any = None) -> Any:
         """The fused kernel alone, on prepared K/V (:meth:`prepare_kv`); ``hmap`` (int32, one entry per
-        launched head): the caller's query heads this launch runs (``q``/``out`` hold every head).
+        launched head): the caller's query heads this launch runs (``q``/``out`` hold every head); ``xkv``: the
+        extra keys and values ``[batch, extra, heads_kv, head_dim]`` (views into the caller's sequence, every
+        K/V head), required when the launch has extra tokens; ``lse``: a float32 ``[batch, heads, tokens]`` view
+        (last stride 1, tokens = the layout's, row-major) that receives each query row's log-sum-exp.
 
         The first launch of a (K/V mode, pointer alignments) goes through Triton's launcher, which
         binds and specializes every argument; later ones call the compiled kernel directly with the
@@ -334,27 +368,44 @@ class GNALaunch:
         """
         rank = self.plan.pattern.rank
         has_hmap = hmap is not None
-        args = (q, kv.k, kv.v, out, self.ranges, self.lohi, hmap if has_hmap else self.ranges, self.scale * LOG2E,
-                *self.shape_args, kv.n_kp,
-                *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank))
-        key = (kv.mode, has_hmap, q.data_ptr() % 16, out.data_ptr() % 16,
-               *(x.data_ptr() % 16 for x in kv.keep if kv.mode in (0, 1)))
+        if self.extra:
+            if xkv is None:
+                raise ValueError(f"gna_attention: the launch has {self.extra} extra tokens; allowed: xkv given")
+            xk, xv = xkv
+            x_strides = (*(int(s) for s in xk.stride()), *(int(s) for s in xv.stride()))
+        else:
+            xk, xv, x_strides = q, q, (0,) * 8
+        save_lse = lse is not None
+        l_strides = (int(lse.stride(0)), int(lse.stride(1))) if save_lse else (0, 0)
+        args = (q, kv.k, kv.v, out, self.ranges, self.lohi, hmap if has_hmap else self.ranges, xk, xv,
+                lse if save_lse else out, self.scale * LOG2E, *self.shape_args, kv.n_kp,
+                *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank), *x_strides,
+                *l_strides)
+        key = (kv.mode, has_hmap, save_lse, q.data_ptr() % 16, out.data_ptr() % 16,
+               *(x.data_ptr() % 16 for x in kv.keep if kv.mode in (0, 1)),
+               *((xk.data_ptr() % 16, xv.data_ptr() % 16, x_strides) if self.extra else ()),
+               *((lse.data_ptr() % 16, l_strides) if save_lse else ()))
         c = self.constants
         launch_compiled(self.compiled, key, _gna_fwd_kernel, self.grid, args,
-                        {**self.constexprs, "HAS_HMAP": has_hmap, "KV_MODE": kv.mode, "WARP_SPEC": c["WARP_SPEC"]},
+                        {**self.constexprs, "HAS_HMAP": has_hmap, "KV_MODE": kv.mode, "WARP_SPEC": c["WARP_SPEC"],
+                         "SAVE_LSE": save_lse},
                         {"num_warps": c["num_warps"], "num_stages": c["num_stages"]})
         return out
 
-    def run(self, q: Any, k: Any, v: Any, out: Any = None, heads: tuple[int, ...] | None = None) -> Any:
+    def run(self, q: Any, k: Any, v: Any, out: Any = None, heads: tuple[int, ...] | None = None,
+            xkv: tuple[Any, Any] | None = None, lse: Any = None) -> Any:
         """Prepare K/V and launch, on tensors already checked to match this launch (``heads``: the caller's
-        query heads it runs, whole GQA groups in order; ``q``/``k``/``v``/``out`` then hold every head)."""
+        query heads it runs, whole GQA groups in order; ``q``/``k``/``v``/``out`` then hold every head;
+        ``xkv``: the extra keys and values, ``lse``: the log-sum-exp buffer, as :meth:`launch` takes them)."""
         import torch
 
         out = torch.empty_like(q) if out is None else out
         if heads is None:
-            return self.launch(q, self.prepare_kv(k, v), out)
+            return self.launch(q, self.prepare_kv(k, v), out, xkv=xkv, lse=lse)
+        if lse is not None:
+            raise ValueError("gna_attention: a head subset saves no log-sum-exp; allowed: heads=None with lse")
         hmap, kv_heads = self.head_tables(heads, q.device)
-        return self.launch(q, self.prepare_kv(k, v, kv_heads), out, hmap)
+        return self.launch(q, self.prepare_kv(k, v, kv_heads), out, hmap, xkv=xkv)
 
     def head_tables(self, heads: tuple[int, ...], device: Any) -> tuple[Any, Any]:
         """The device tables of a head subset (the query heads; their K/V heads; both int32), made once."""
@@ -375,8 +426,9 @@ def choose_kv_layout(plan: GNAPlan, batch: int, heads_kv: int) -> str:
 
 
 def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: Any, causal: Any, q_tile: Any,
-                 kv_tile: Any, scale: Any, kv_layout: str | None) -> GNALaunch:
-    """Validate a call (one-line ValueErrors) and prepare its launch."""
+                 kv_tile: Any, scale: Any, kv_layout: str | None, extra: int = 0) -> GNALaunch:
+    """Validate a call (one-line ValueErrors) and prepare its launch (``q``/``k``/``v``: the layout's tokens;
+    ``extra``: how many extra keys every query also sees, handed to :meth:`GNALaunch.run`)."""
     import torch
 
     from sparsesim.simulator.feasibility import can_run
@@ -414,27 +466,33 @@ def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: 
     qt, kt = plan.q_tile3, plan.kv_tile3
     constants = dict(HEAD_DIM=dims.head_dim, QT0=qt[0], QT1=qt[1], QT2=qt[2], KT0=kt[0], KT1=kt[1], KT2=kt[2],
                      MASK0=plan.mask_axes[0], MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2],
-                     BLOCK_SPARSE=plan.block_sparse, WARP_SPEC=cfg.warp_specialize,
+                     BLOCK_SPARSE=plan.block_sparse, EXTRA=extra > 0, XTAIL=extra % plan.kv_volume != 0,
+                     WARP_SPEC=cfg.warp_specialize,
                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # constexprs in signature order
     ranges = torch.from_numpy(plan.ranges.copy()).to(q.device)
     lohi = torch.from_numpy(plan.lohi.copy()).to(q.device)
     return GNALaunch(plan=plan, heads=dims.heads, heads_kv=dims.heads_kv, head_dim=dims.head_dim, batch=dims.batch,
                      scale=check_scale(scale, dims.head_dim), kv_layout=kv_layout, ranges=ranges, lohi=lohi,
-                     config=cfg, constants=constants)
+                     config=cfg, constants=constants, extra=int(extra))
 
 
 _LAUNCHES = CallCache()
 
 
+EXTRA_AT = ("end", "start")
+
+
 def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
                   q_tile: Any = None, kv_tile: Any = None, scale: float | None = None, out: Any = None,
-                  kv_layout: str | None = None, heads: Any = None) -> Any:
-    """Generalized neighborhood attention forward on a 1D, 2D or 3D token layout.
+                  kv_layout: str | None = None, heads: Any = None, extra_tokens: int = 0, extra_at: str = "end",
+                  input_size: Any = None) -> Any:
+    """Generalized neighborhood attention forward on a 1D, 2D or 3D token layout, with optional extra tokens.
 
     Args:
         q: ``[batch, *spatial, heads, head_dim]`` (NATTEN layout, 1 to 3 spatial axes), fp16/bf16
-            on CUDA (fp32 and CPU tensors under ``TRITON_INTERPRET=1``).
-        k, v: ``[batch, *spatial, heads_kv, head_dim]``, ``heads % heads_kv == 0``.
+            on CUDA (fp32 and CPU tensors under ``TRITON_INTERPRET=1``); or a flat sequence
+            ``[batch, tokens, heads, head_dim]`` of the layout's tokens plus ``extra_tokens`` (see below).
+        k, v: ``[batch, *spatial, heads_kv, head_dim]`` (or the same flat sequence), ``heads % heads_kv == 0``.
         window, stride, dilation, causal: an int/bool or one per axis (docs/DESIGN.md, Semantics);
             validated by :class:`sparsesim.simulator.GNAPattern`.
         q_tile, kv_tile: box tile shapes (power-of-two entries, volume 16..256, as
@@ -448,36 +506,240 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         heads: run only these query heads of ``q`` (whole GQA groups, in order), reading ``q``/``k``/``v``
             in place and writing those heads of ``out`` (the others untouched; a plan's launch over some
             of a layer's heads, without copying them out and back).
+        extra_tokens: ``E >= 0`` tokens outside the layout (MM-DiT joint text tokens, attention sinks).
+            With ``E > 0`` (or ``input_size`` given), ``q``/``k``/``v`` are the whole flat sequence of
+            ``N + E`` tokens, ``N = prod(input_size)``: every layout query sees its neighbourhood plus every
+            extra key (in the kernel's one online softmax), every extra query sees every key (our dense kernel).
+            With a causal axis the extras must be sinks (``extra_at="start"``): layout queries see every extra
+            key, extra queries the extra keys at or before them and no layout key.
+        extra_at: ``"end"`` (layout tokens ``[0, N)``, extras ``[N, N + E)``, HunyuanVideo) or ``"start"``
+            (extras ``[0, E)``, layout ``[E, E + N)``: FLUX's text tokens, sinks).
+        input_size: the layout (1 to 3 axes) of a flat sequence; default ``tokens - E`` tokens in 1D.
 
     Returns:
-        ``[batch, *spatial, heads, head_dim]`` in q's dtype.
+        ``q``'s shape in q's dtype.
+
+    Autograd and torch.compile: when q, k or v requires grad (and grad mode is on), or while torch.compile
+    traces, the call runs as the custom op ``sparsesim::gna_fwd`` (:mod:`sparsesim.kernels.gna_ops`), whose
+    backward is ``sparsesim::gna_bwd`` (:mod:`sparsesim.kernels.gna_bwd`); ``out=`` and ``heads=`` (in-place
+    calls) then raise a ValueError at the forward (never a silently dropped gradient), except ``out=`` under
+    torch.compile without grad (the op's result is copied into it). Otherwise the in-place fast path runs.
 
     Example:
         >>> o = gna_attention(q, k, v, window=(18, 24, 24), stride=(16, 8, 8),
         ...                   q_tile=(2, 8, 8), kv_tile=(2, 8, 8))  # doctest: +SKIP
+        >>> o = gna_attention(qs, ks, vs, window=(9, 9), input_size=(32, 32),
+        ...                   extra_tokens=77, extra_at="start")  # doctest: +SKIP
     """
+    if _wants_op(q, k, v):  # autograd or torch.compile: the custom op (sparsesim::gna_fwd), which has a backward
+        import torch
+
+        grad = any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v)) and torch.is_grad_enabled()
+        if heads is not None or (out is not None and grad):
+            what = "heads=" if heads is not None else "out="
+            why = "q, k or v requires grad" if grad else "under torch.compile"
+            raise ValueError(f"gna_attention: {what} with {why}: the in-place call has no backward and does not "
+                             f"trace; allowed there: heads=None and out=None (gna_attention returns a new tensor)")
+        from sparsesim.kernels.gna_ops import gna_op_call
+
+        o = gna_op_call(q, k, v, window=window, stride=stride, dilation=dilation, causal=causal, q_tile=q_tile,
+                        kv_tile=kv_tile, scale=scale, kv_layout=kv_layout, extra_tokens=extra_tokens,
+                        extra_at=extra_at, input_size=input_size)
+        if out is not None:
+            out.copy_(o)
+            return out
+        return o
     call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
+    seq = None
+    if extra_tokens or input_size is not None:
+        seq = _sequence(q, k, v, extra_tokens, extra_at, input_size, causal)
+        if out is None:
+            import torch
+
+            out = torch.empty_like(q)
+        elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+            check_out(out, q, q.shape, "gna_attention")
+        whole = (q, k, v, out)
+        q, k, v, out = (_layout_view(x, seq) for x in whole)
     subset = None
     qs, ks, vs = q, k, v  # what the launch is built for: views of the launched heads when a subset runs
     if heads is not None:
         subset = _head_subset(heads, q, k)
         group = int(q.shape[-2]) // int(k.shape[-2])
         qs, ks, vs = q[..., :len(subset), :], k[..., :len(subset) // group, :], v[..., :len(subset) // group, :]
+    extra = 0 if seq is None else seq[1]
+    launch = cached_launch(qs, ks, vs, call, extra)
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
+        check_out(out, q, q.shape, "gna_attention")
+    if subset is not None:
+        check_qkv(q, k, v, spatial_ranks=(1, 2, 3), what="gna_attention")
+    if seq is None:
+        return launch.run(q, k, v, out, subset)
+    if not extra:
+        launch.run(q, k, v, out, subset)
+        return whole[3]
+    wq, wk, wv, wo = whole
+    xq, xk, xv, xo = (_extra_view(x, seq) for x in whole)
+    launch.run(q, k, v, out, subset, xkv=(xk, xv))
+    if _is_causal(causal):
+        # sinks: causal among themselves, no layout key (a 1D causal window over the E extra tokens = causal dense)
+        gna_attention(xq, xk, xv, window=extra, causal=True, scale=scale, out=xo, heads=subset)
+    else:
+        _extra_queries(xq, wk, wv, xo, subset, scale)
+    return wo
+
+
+def cached_launch(q: Any, k: Any, v: Any, call: tuple, extra: int) -> GNALaunch:
+    """The validated launch of a call (built once per tensors' shapes/strides/dtypes/device, pattern arguments
+    ``call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)`` and extra count)."""
     try:
-        key = (tensors_key(qs, ks, vs), hashable(call))
+        key = (tensors_key(q, k, v), hashable(call), extra)
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path says why
         key = None
     launch = _LAUNCHES.get(key)
     if launch is None:
-        launch = _LAUNCHES.put(key, build_launch(qs, ks, vs, window=window, stride=stride, dilation=dilation,
+        window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout = call
+        launch = _LAUNCHES.put(key, build_launch(q, k, v, window=window, stride=stride, dilation=dilation,
                                                  causal=causal, q_tile=q_tile, kv_tile=kv_tile, scale=scale,
-                                                 kv_layout=kv_layout))
-    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
-        check_out(out, q, q.shape, "gna_attention")
+                                                 kv_layout=kv_layout, extra=extra))
+    return launch
+
+
+def _wants_op(q: Any, k: Any, v: Any) -> bool:
+    """Whether a call goes through the custom op: while torch.compile traces, or when autograd will need it."""
+    import torch
+
+    if torch.compiler.is_compiling():
+        return True
+    return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v))
+
+
+def sequence_info(q: Any, k: Any, v: Any, extra_tokens: int, extra_at: str, input_size: Any,
+                  causal: Any) -> tuple[tuple[int, ...], int, int, int] | None:
+    """A call's flat sequence checked, ``(layout, E, first layout row, first extra row)``, or None for a call on
+    the layout itself (``extra_tokens == 0`` and no ``input_size``)."""
+    if not extra_tokens and input_size is None:
+        return None
+    return _sequence(q, k, v, extra_tokens, extra_at, input_size, causal)
+
+
+def gna_forward(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
+                q_tile: Any = None, kv_tile: Any = None, scale: float | None = None, kv_layout: str | None = None,
+                extra_tokens: int = 0, extra_at: str = "end", input_size: Any = None) -> tuple[Any, Any]:
+    """:func:`gna_attention` (arguments as there, without ``out``/``heads``) that also returns each query row's
+    log-sum-exp, the softmax statistic the backward recomputes P from: ``(out, lse)``, ``lse`` float32
+    ``[batch, heads, tokens]`` (natural log; tokens: the layout's row-major, or the flat sequence's).
+
+    Layout rows: the GNA kernel writes it (constexpr ``SAVE_LSE``). Extra query rows (``extra_tokens > 0``) go
+    through :func:`sparsesim.kernels.gna_bwd.rows_forward`, a dense-rows kernel that writes their output and
+    log-sum-exp (the fast path's dense kernel has no LSE output).
+    """
+    import math
+
+    import torch
+
+    seq = sequence_info(q, k, v, extra_tokens, extra_at, input_size, causal)
+    call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
+    out = torch.empty_like(q)
+    tokens = math.prod(int(s) for s in q.shape[1:-2])
+    lse = torch.empty((int(q.shape[0]), int(q.shape[-2]), tokens), dtype=torch.float32, device=q.device)
+    if seq is None:
+        launch = cached_launch(q, k, v, call, 0)
+        launch.run(q, k, v, out, lse=lse)
+        return out, lse
+    size, extra, first, xfirst = seq
+    ql, kl, vl, ol = (_layout_view(x, seq) for x in (q, k, v, out))
+    launch = cached_launch(ql, kl, vl, call, extra)
+    n = math.prod(size)
+    xkv = (_extra_view(k, seq), _extra_view(v, seq)) if extra else None
+    launch.run(ql, kl, vl, ol, xkv=xkv, lse=lse[:, :, first:first + n])
+    if extra:
+        from sparsesim.kernels.gna_bwd import rows_forward
+
+        rows_forward(q, k, v, out, lse, row0=xfirst, rows=extra, causal=_is_causal(causal), scale=launch.scale)
+    return out, lse
+
+
+def _sequence(q: Any, k: Any, v: Any, extra_tokens: Any, extra_at: Any, input_size: Any,
+              causal: Any) -> tuple[tuple[int, ...], int, int, int]:
+    """A flat sequence call checked: (layout, E, first layout row, first extra row); one-line ValueErrors."""
+    import math
+
+    import torch
+
+    from sparsesim.simulator.patterns import layout_tuple
+
+    if isinstance(extra_tokens, bool) or not isinstance(extra_tokens, int) or extra_tokens < 0:
+        raise ValueError(f"gna_attention: extra_tokens={extra_tokens!r}; allowed: an integer >= 0")
+    if extra_at not in EXTRA_AT:
+        raise ValueError(f"gna_attention: extra_at={extra_at!r}; allowed: {', '.join(map(repr, EXTRA_AT))}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"gna_attention: {name} is {shape} with extra_tokens={extra_tokens}, "
+                             f"input_size={input_size!r}; allowed: a flat sequence [batch, N + E, heads, head_dim]")
+    tokens = int(q.shape[1])
+    if int(k.shape[1]) != tokens or int(v.shape[1]) != tokens:
+        raise ValueError(f"gna_attention: q has {tokens} tokens, k {int(k.shape[1])}, v {int(v.shape[1])}; "
+                         f"allowed: one sequence for all")
+    if input_size is None:
+        size: tuple[int, ...] = (tokens - extra_tokens,)
+        if size[0] < 1:
+            raise ValueError(f"gna_attention: extra_tokens={extra_tokens} leaves no layout token of {tokens}; "
+                             f"allowed: fewer extra tokens than the sequence's")
+    else:
+        size = layout_tuple(input_size, "input_size")
+    n = math.prod(size)
+    if n + extra_tokens != tokens:
+        raise ValueError(f"gna_attention: the sequence has {tokens} tokens; input_size={list(size)} ({n} tokens) "
+                         f"plus extra_tokens={extra_tokens} is {n + extra_tokens}; allowed: equal")
+    if _is_causal(causal) and extra_tokens and extra_at != "start":
+        raise ValueError(f"gna_attention: causal={causal!r} with extra_tokens={extra_tokens} at the end; allowed: "
+                         f"causal extra tokens at the start (sinks, extra_at='start')")
+    start = extra_at == "start"
+    return size, extra_tokens, extra_tokens if start else 0, 0 if start else n
+
+
+def _is_causal(causal: Any) -> bool:
+    return any(bool(c) for c in causal) if isinstance(causal, (list, tuple)) else bool(causal)
+
+
+def _layout_view(x: Any, seq: tuple[tuple[int, ...], int, int, int]) -> Any:
+    """The layout's tokens of a flat sequence as ``[batch, *layout, heads, head_dim]`` (a view)."""
+    import math
+
+    size, _, first, _ = seq
+    return x[:, first:first + math.prod(size)].unflatten(1, size)
+
+
+def _extra_view(x: Any, seq: tuple[tuple[int, ...], int, int, int]) -> Any:
+    """The extra tokens of a flat sequence, ``[batch, E, heads, head_dim]`` (a view)."""
+    _, e, _, first = seq
+    return x[:, first:first + e]
+
+
+def _extra_queries(xq: Any, k: Any, v: Any, xo: Any, subset: tuple[int, ...] | None, scale: Any) -> None:
+    """Extra queries see every key: our dense kernel on the whole sequence, in place (contiguous runs of heads)."""
+    from sparsesim.kernels.dense import attention
+
     if subset is None:
-        return launch.run(q, k, v, out)
-    check_qkv(q, k, v, spatial_ranks=(1, 2, 3), what="gna_attention")
-    return launch.run(q, k, v, out, subset)
+        attention(xq, k, v, scale=scale, out=xo)
+        return
+    group = int(xq.shape[-2]) // int(k.shape[-2])
+    for a, b in _runs(subset):
+        attention(xq[..., a:b, :], k[..., a // group:b // group, :], v[..., a // group:b // group, :], scale=scale,
+                  out=xo[..., a:b, :])
+
+
+def _runs(heads: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive head indices as ``[start, stop)`` pairs."""
+    runs: list[tuple[int, int]] = []
+    for h in heads:
+        if runs and runs[-1][1] == h:
+            runs[-1] = (runs[-1][0], h + 1)
+        else:
+            runs.append((h, h + 1))
+    return runs
 
 
 def _head_subset(heads: Any, q: Any, k: Any) -> tuple[int, ...]:
@@ -502,5 +764,5 @@ def unpermute_out(plan: GNAPlan, op: Any, out: Any) -> Any:
     return tile_unpermute(op, plan.pattern.input_size, plan.schedule.q_tile, dilation=plan.pattern.dilation, out=out)
 
 
-__all__ = ["GNALaunch", "KV_LAYOUTS", "PERMUTE_MIN_KV_ROWS", "build_launch", "choose_kv_layout", "gna_attention",
-           "unpermute_out"]
+__all__ = ["EXTRA_AT", "GNALaunch", "KV_LAYOUTS", "PERMUTE_MIN_KV_ROWS", "build_launch", "cached_launch",
+           "choose_kv_layout", "gna_attention", "gna_forward", "sequence_info", "unpermute_out"]

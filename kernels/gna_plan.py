@@ -14,6 +14,13 @@ bounds; this module only lays them out for the kernel:
 Everything is normalized to three axes by prepending unit axes (length 1, tile 1). The kernel
 launches one grid over the longest group's tile grid; a group with fewer tiles leaves the extra
 CTAs with nothing to do.
+
+The backward's dK/dV kernel runs the transposed schedule (:attr:`GNAPlan.ranges_t`): per axis, group
+and KV tile, the Q tiles that visit it. Because a Q tile's visited range ``[first, first + count)`` has
+both ends non-decreasing in the Q tile (the core's ``lo``/``hi`` are), the Q tiles visiting one KV tile
+form one contiguous range too, and so do the ones seeing it whole: two binary searches per KV tile over
+the core's per-Q-tile ranges, computed once per plan (plans are cached). Their sizes are the core's own
+transposed counts (``kv_count``, ``kv_full_count``).
 """
 
 from __future__ import annotations
@@ -97,12 +104,24 @@ class GNAPlan:
     @property
     def mask_axes(self) -> tuple[bool, bool, bool]:
         """Per (padded) axis: whether the kernel compiles a mask for it."""
-        return pad3(self.schedule.mask_axes, False)  # type: ignore[arg-type]
+        return pad3(self.schedule.mask_axes, False)  # type: ignore[arg-type, return-value]
 
     @property
     def block_sparse(self) -> bool:
         """No partial tile anywhere: the kernel is compiled without any mask code."""
         return not any(self.mask_axes)
+
+    @property
+    def num_kv_tiles(self) -> int:
+        """KV tiles of the longest group's grid (the dK/dV kernel's launch grid)."""
+        return math.prod(self.kv_grid3)
+
+    @functools.cached_property
+    def ranges_t(self) -> np.ndarray:
+        """The transposed schedule ``[3, GMAX, NKMAX, 4]`` (int32, read-only): per axis, group and KV tile,
+        ``(first visiting Q tile, count, first Q tile seeing it whole, count)``, packed as :attr:`ranges`
+        (no full Q tile: ``first full = first + count``; rows past a group's own KV tiles are zeros)."""
+        return _pack_transposed(self.schedule)
 
 
 def _pack(schedule: BoxSchedule) -> GNAPlan:
@@ -125,6 +144,39 @@ def _pack(schedule: BoxSchedule) -> GNAPlan:
     for arr in (ranges, lohi):
         arr.setflags(write=False)
     return GNAPlan(schedule=schedule, ranges=ranges, lohi=lohi)
+
+
+def transposed_ranges(first: np.ndarray, count: np.ndarray, kv_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per KV tile ``t`` of one axis and group: the contiguous range ``[start, start + n)`` of the Q tiles ``q``
+    with ``first[q] <= t < first[q] + count[q]`` (``first`` and ``first + count`` non-decreasing in ``q``).
+
+    Example:
+        >>> s, n = transposed_ranges(np.array([0, 0, 1, 2]), np.array([2, 3, 3, 2]), 4)
+        >>> s.tolist(), n.tolist()
+        ([0, 0, 1, 2], [2, 3, 3, 2])
+    """
+    t = np.arange(kv_tiles, dtype=np.int64)
+    start = np.searchsorted(first + count, t, side="right")  # first q whose range ends past t
+    stop = np.searchsorted(first, t, side="right")  # q's whose range starts at or before t
+    return start, np.maximum(stop - start, 0)
+
+
+def _pack_transposed(schedule: BoxSchedule) -> np.ndarray:
+    axes = schedule.axes
+    pad = 3 - len(axes)
+    gmax = max(a.dilation for a in axes)
+    nkmax = max(a.groups[0].kv_tiles for a in axes)
+    ranges = np.zeros((3, gmax, nkmax, 4), dtype=np.int32)
+    ranges[:pad, 0, 0] = (0, 1, 0, 1)
+    for a, axis in enumerate(axes):
+        for g, s in enumerate(axis.groups):
+            first, count = transposed_ranges(s.first, s.count, s.kv_tiles)
+            # full: full_first is non-decreasing and so is its end max((hi_a + 1) // kv, full_first)
+            ffirst, fcount = transposed_ranges(s.full_first, s.full_count, s.kv_tiles)
+            ff = np.where(fcount > 0, ffirst, first + count)
+            ranges[a + pad, g, :s.kv_tiles] = np.stack([first, count, ff, fcount], axis=1)
+    ranges.setflags(write=False)
+    return ranges
 
 
 @functools.lru_cache(maxsize=128)

@@ -1,6 +1,6 @@
 """Torch reference attention built on the simulator's masks (no Triton).
 
-Masks come from :func:`sparsesim.simulator.visible_mask` (GNA) and
+Masks come from :func:`sparsesim.simulator.visible_mask` (GNA, with extra tokens too) and
 :meth:`sparsesim.simulator.BlockSparsePattern.dense_mask` (block-sparse), so the reference, the
 kernels and the simulator share one definition of which keys a query sees. Tokens of a
 ``[batch, *spatial, heads, head_dim]`` tensor are flattened row-major, as ``visible_mask`` orders
@@ -65,13 +65,43 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     return out.reshape(*q.shape[:-2], heads, head_dim)
 
 
+def sequence_mask(pattern: GNAPattern, extra_tokens: int | None = None, extra_at: str | None = None,
+                  query_tokens: Any = None) -> np.ndarray:
+    """Which keys each query of a sequence of ``N + E`` tokens sees: bool ``[R, N + E]`` (rows ``query_tokens``,
+    sequence positions, default all).
+
+    ``extra_tokens``/``extra_at`` (default: the pattern's own) place ``E`` extra tokens after the layout
+    (``"end"``: layout ``[0, N)``, extras ``[N, N + E)``) or before it (``"start"``). The core's
+    :func:`visible_mask` of the pattern with those extras: the one rule ``visible(i, j) = reference(i, j) and
+    (i is extra or j is extra or pattern(i, j))`` (docs/DESIGN.md, Extra tokens).
+    """
+    import dataclasses
+
+    e = pattern.extra_tokens if extra_tokens is None else extra_tokens
+    at = pattern.extra_at if extra_at is None else extra_at
+    if (e, at) != (pattern.extra_tokens, pattern.extra_at):
+        pattern = dataclasses.replace(pattern, extra_tokens=e, extra_at=at)
+    return visible_mask(pattern, query_tokens)
+
+
 def gna_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Any, stride: Any = 1,
                   dilation: Any = 1, causal: Any = False, scale: float | None = None,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Reference GNA on ``[batch, *spatial, heads, head_dim]`` with the simulator's mask (:func:`visible_mask`)."""
-    mask = visible_mask(GNAPattern(input_size=tuple(q.shape[1:-2]), window=window, stride=stride, dilation=dilation,
-                                   causal=causal))
-    return reference_attention(q, k, v, mask, scale=scale, dtype=dtype)
+                  dtype: torch.dtype = torch.float64, extra_tokens: int = 0, extra_at: str = "end",
+                  input_size: Any = None) -> torch.Tensor:
+    """Reference GNA on ``[batch, *spatial, heads, head_dim]`` with the simulator's mask (:func:`visible_mask`).
+
+    With ``extra_tokens`` (or ``input_size``), ``q``/``k``/``v`` are the flat sequence ``[batch, N + E, heads,
+    head_dim]`` as :func:`~sparsesim.kernels.gna_attention` takes it, masked by :func:`sequence_mask`
+    (``input_size`` default: a 1D layout of ``N + E - E`` tokens).
+    """
+    if not extra_tokens and input_size is None:
+        mask = visible_mask(GNAPattern(input_size=tuple(q.shape[1:-2]), window=window, stride=stride,
+                                       dilation=dilation, causal=causal))
+        return reference_attention(q, k, v, mask, scale=scale, dtype=dtype)
+    size = (int(q.shape[1]) - int(extra_tokens),) if input_size is None else input_size
+    pattern = GNAPattern(input_size=size, window=window, stride=stride, dilation=dilation, causal=causal,
+                         extra_tokens=extra_tokens, extra_at=extra_at)
+    return reference_attention(q, k, v, visible_mask(pattern), scale=scale, dtype=dtype)
 
 
 def block_sparse_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_map: Any, *,

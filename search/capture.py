@@ -16,10 +16,16 @@ one step (a classifier-free-guidance branch run as its own pass is the next batc
 item). :meth:`AttentionCapture.samples` returns the :class:`~sparsesim.search.samples.Samples` of one step and
 item, which the search consumes unchanged.
 
-Refused, in one line naming the mismatch: tokens that are not the layout's, keys that are not the queries'
-tokens, masks other than none or causal, head counts that do not divide, a layer whose shape or scale changes,
-and a pass whose layers differ from the first pass's. Only the module attribute is patched: code that imported
-the function by name, compiled graphs and other threads are not seen.
+Extra tokens (joint text tokens of an MM-DiT, attention sinks; docs/DESIGN.md, Extra tokens): with
+``extra_tokens=E`` every call carries the layout's ``N`` tokens and ``E`` more, after the layout (``extra_at="end"``)
+or before it (``"start"``); the sampled query rows are layout tokens (named by their sequence positions) and k, v
+cover the whole sequence, so the samples carry the extra tokens.
+
+Refused, in one line naming the mismatch: tokens that are not the layout's (and the extra ones), keys that are
+not the queries' tokens, a causal call with extra tokens after the layout, masks other than none or causal, head
+counts that do not divide, a layer whose shape or scale changes, and a pass whose layers differ from the first
+pass's. Only the module attribute is patched: code that imported the function by name, compiled graphs and other
+threads are not seen.
 
 Example:
     >>> with capture_attention(model, layout=(16, 30, 52), steps=range(0, 50, 10)) as cap:  # doctest: +SKIP
@@ -30,14 +36,14 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from sparsesim.search.samples import LayerSamples, Samples, sample_rows
+from sparsesim.search.samples import LayerSamples, Samples, extras_pattern, sample_rows
 from sparsesim.simulator.errors import ConfigError
 
 #: Attribute our SDPA replacements carry (this module's and :func:`sparsesim.kernels.apply.apply_plan`'s, which
@@ -88,13 +94,19 @@ class AttentionCapture:
     function."""
 
     def __init__(self, *, layout: Sequence[int], rows: int = 64, seed: int = 0,
-                 steps: Collection[int] | None = None, batch_items: Collection[int] | None = None) -> None:
+                 steps: Collection[int] | None = None, batch_items: Collection[int] | None = None,
+                 extra_tokens: int = 0, extra_at: str = "end") -> None:
         if not 1 <= len(layout) <= 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in layout):
             raise ConfigError(f"layout {list(layout)}; allowed: 1 to 3 positive integers")
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ConfigError(f"rows={rows!r}; allowed: an integer >= 1")
         self.layout = tuple(layout)
-        self.tokens = math.prod(self.layout)
+        ref = extras_pattern(self.layout, extra_tokens, extra_at)  # checks extra_tokens and extra_at
+        self.extra_tokens = ref.extra_tokens
+        self.extra_at = ref.extra_at
+        self.layout_start = ref.layout_start
+        #: Tokens of every call: the layout's and the extra ones.
+        self.tokens = ref.seq_tokens
         self.rows = rows
         self.seed = seed
         self.keep_steps = None if steps is None else frozenset(int(s) for s in steps)
@@ -113,6 +125,10 @@ class AttentionCapture:
         self._step_items: dict[int, int] = {}
         #: Names of the modules being run (innermost last), kept by :func:`capture_attention`'s hooks.
         self.module_stack: list[str] = []
+        #: Where kept calls go instead of being stored: ``sink(layer meta, step, batch item, q rows [heads, rows,
+        #: head_dim], k, v [heads_kv, tokens, head_dim])``, torch tensors on the call's device, scale not folded
+        #: (:func:`sparsesim.search.stats.collect_statistics`); None: stored as :class:`CapturedCall`.
+        self.sink: Callable[..., None] | None = None
 
     # --------------------------------------------------------------------------------------- passes
     def begin_pass(self, step: int | None = None) -> None:
@@ -191,11 +207,16 @@ class AttentionCapture:
                               "4-D [batch, heads, tokens, head_dim] tensors")
         b, h, n, d = (int(x) for x in shapes[0])
         bk, hk, nk, dk = (int(x) for x in shapes[1])
+        shown = _show(self.layout) + (f" with {self.extra_tokens} extra tokens" if self.extra_tokens else "")
         if n != self.tokens:
-            raise ConfigError(f"{where}: {n} query tokens; the layout {_show(self.layout)} has {self.tokens}")
+            hint = "" if self.extra_tokens or n < self.tokens else " (extra tokens? pass extra_tokens=)"
+            raise ConfigError(f"{where}: {n} query tokens; the layout {shown} has {self.tokens}{hint}")
         if nk != n:
-            raise ConfigError(f"{where}: {nk} keys for {n} queries (cross-attention or extra tokens); allowed: keys "
-                              f"= queries = the layout's {self.tokens} tokens")
+            raise ConfigError(f"{where}: {nk} keys for {n} queries (cross-attention); allowed: keys = queries = the "
+                              f"layout {shown}'s {self.tokens} tokens")
+        if is_causal and self.extra_tokens and self.extra_at == "end":
+            raise ConfigError(f"{where}: a causal call with {self.extra_tokens} extra tokens after the layout; "
+                              "allowed: causal calls with the extra tokens at the start (extra_at='start', sinks)")
         if shapes[2] != shapes[1]:
             raise ConfigError(f"{where}: v {list(shapes[2])} differs from k {list(shapes[1])}; allowed: equal")
         if dk != d or bk != b:
@@ -210,7 +231,8 @@ class AttentionCapture:
         if meta is None:
             meta = CapturedLayer(index=index, name=name, heads=h, heads_kv=hk, head_dim=d, scale=scale_f,
                                  causal=bool(is_causal),
-                                 rows=sample_rows(n, self.rows, np.random.default_rng([self.seed, index])))
+                                 rows=self.layout_start + sample_rows(n - self.extra_tokens, self.rows,
+                                                                      np.random.default_rng([self.seed, index])))
             self._layers[index] = meta
         else:
             now = (name, h, hk, d, bool(is_causal))
@@ -229,6 +251,10 @@ class AttentionCapture:
                 import torch
 
                 picked = torch.as_tensor(meta.rows, device=q.device)
+            if self.sink is not None:
+                self.sink(meta, self._pass_step, item, q[i].detach().index_select(1, picked), k[i].detach(),
+                          v[i].detach())
+                continue
             qi = q[i].detach().index_select(1, picked).float().cpu().numpy() * fold
             ki, vi = (x[i].detach().float().cpu().numpy() for x in (k, v))
             self._calls[(index, self._pass_step, item)] = CapturedCall(layer=index, step=self._pass_step, item=item,
@@ -272,7 +298,8 @@ class AttentionCapture:
                 raise ConfigError(f"layer {meta.index} {meta.name!r} has no call at step {step}, batch item "
                                   f"{batch_item}")
             layers.append(LayerSamples(name=meta.name, q=call.q, rows=meta.rows, k=call.k, v=call.v))
-        return Samples(layout=self.layout, layers=tuple(layers))
+        return Samples(layout=self.layout, layers=tuple(layers), extra_tokens=self.extra_tokens,
+                       extra_at=self.extra_at)
 
     @staticmethod
     def _choose(value: int | None, kept: tuple[int, ...], arg: str, what: str) -> int:
@@ -318,14 +345,16 @@ def mask_is_causal(mask: Any, n_q: int, n_k: int) -> bool:
 
 @contextmanager
 def capture_attention(model: Any = None, *, layout: Sequence[int], rows: int = 64, seed: int = 0,
-                      steps: Collection[int] | None = None, batch_items: Collection[int] | None = None
-                      ) -> Iterator[AttentionCapture]:
+                      steps: Collection[int] | None = None, batch_items: Collection[int] | None = None,
+                      extra_tokens: int = 0, extra_at: str = "end") -> Iterator[AttentionCapture]:
     """Record every ``torch.nn.functional.scaled_dot_product_attention`` call while active (module docstring).
 
     ``model`` (a ``torch.nn.Module``, optional): each of its calls begins a forward pass and layers are named by
     the innermost module that called attention; without it, call :meth:`AttentionCapture.begin_pass` before each
-    pass (all calls are one pass otherwise). ``layout``: the token layout (tokens = its product). ``rows``: query
-    rows kept per layer (seeded by ``seed``). ``steps`` / ``batch_items``: which to keep (default all).
+    pass (all calls are one pass otherwise). ``layout``: the token layout (tokens = its product). ``extra_tokens``:
+    tokens outside it that every call carries (joint text tokens, sinks), after it (``extra_at="end"``) or before
+    it (``"start"``). ``rows``: query rows kept per layer, among the layout's tokens (seeded by ``seed``).
+    ``steps`` / ``batch_items``: which to keep (default all).
     ``nn.MultiheadAttention`` runs its Python path while active (its fast path is switched off) and must be
     called with ``need_weights=False``, else it is refused. Attention runs unchanged; the original function is
     restored on exit, also after an error. Nesting, or running it inside ``apply_plan``, is refused.
@@ -340,7 +369,8 @@ def capture_attention(model: Any = None, *, layout: Sequence[int], rows: int = 6
     import torch
     import torch.nn.functional as F  # noqa: N812
 
-    cap = AttentionCapture(layout=layout, rows=rows, seed=seed, steps=steps, batch_items=batch_items)
+    cap = AttentionCapture(layout=layout, rows=rows, seed=seed, steps=steps, batch_items=batch_items,
+                           extra_tokens=extra_tokens, extra_at=extra_at)
     original = F.scaled_dot_product_attention
     busy = getattr(original, PATCH_MARK, None)
     if busy:

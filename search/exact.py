@@ -5,7 +5,9 @@ Latency does not depend on the head: one table of every candidate's per-head sha
 all searched layers. Quality is computed per head for all candidates at once
 (:func:`~sparsesim.search.quality.evaluate_all`: the dense softmax rows once, the kept sums by per-axis
 contractions). A head's exact Pareto front over (ms, error) follows from the two arrays
-(:func:`front_indices`). Nothing is stored: the run is deterministic, so running it again is the resume.
+(:func:`front_indices`). Samples with extra tokens (joint text tokens, sinks) are scored with them, every
+candidate keeping them, and the latency model costs them (its :class:`~sparsesim.search.latency.LayerShape`
+carries the same count). Nothing is stored: the run is deterministic, so running it again is the resume.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import numpy as np
 
 from sparsesim.search.latency import LatencyModel
 from sparsesim.search.quality import evaluate_all, head_quality
+from sparsesim.search.samples import extras_of
 from sparsesim.search.space import Candidate, Space
 from sparsesim.search.study import HeadSource, Point, Progress, SearchReport
+from sparsesim.simulator.errors import ConfigError
 
 
 def latency_table(latency: LatencyModel, candidates: Sequence[Candidate]) -> np.ndarray:
@@ -76,6 +80,10 @@ def run_exhaustive(src: HeadSource, layers: Sequence[int], space: Space, latency
     ms = latency_table(latency, cands)
     simulator_s = time.perf_counter() - t0
     causal = latency.shape.causal
+    extra_tokens, extra_at = extras_of(src)
+    if (extra_tokens, extra_at) != (latency.shape.extra_tokens, latency.shape.extra_at) and extra_tokens:
+        raise ConfigError(f"the samples carry {extra_tokens} extra tokens ({extra_at}); the latency model "
+                          f"{latency.shape.extra_tokens} ({latency.shape.extra_at}): they must be the same")
     pairs = [(li, h) for li in layers for h in range(src.layer_heads(li))]
     heads = max((src.layer_heads(li) for li in layers), default=0)
     error = np.full((len(layers), heads, len(cands)), np.nan)
@@ -85,7 +93,8 @@ def run_exhaustive(src: HeadSource, layers: Sequence[int], space: Space, latency
     t1 = time.perf_counter()
     for n, (li, h) in enumerate(pairs, 1):
         q, k, v = src.head(li, h)
-        hq = head_quality(q, k, v, src.rows_of(li), space.layout, causal)
+        hq = head_quality(q, k, v, src.rows_of(li), space.layout, causal, extra_tokens=extra_tokens,
+                          extra_at=extra_at)
         row = list(layers).index(li)
         error[row, h], mass[row, h] = evaluate_all(hq, cands, causal)
         if progress is not None:

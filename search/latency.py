@@ -24,7 +24,8 @@ from sparsesim.simulator.engine import SimResult, Simulator
 
 @dataclass(frozen=True)
 class LayerShape:
-    """The attention problem of one layer: layout, heads, head dim, batch, dtype, causal axes."""
+    """The attention problem of one layer: layout, heads, head dim, batch, dtype, causal axes, and the tokens
+    outside the layout every call carries (joint text tokens, sinks; docs/DESIGN.md, Extra tokens)."""
 
     layout: tuple[int, ...]
     heads: int
@@ -33,6 +34,8 @@ class LayerShape:
     batch: int = 1
     dtype: str = "bf16"
     causal: tuple[bool, ...] = ()
+    extra_tokens: int = 0
+    extra_at: str = "end"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class LatencyModel:
                                      dilation=cand.dilation, causal=s.causal or None, q_tile=self.q_tile,
                                      kv_tile=self.kv_tile, gpu=self.gpu, heads=heads, heads_kv=heads_kv,
                                      head_dim=s.head_dim, batch=s.batch, dtype=s.dtype,
+                                     extra_tokens=s.extra_tokens, extra_at=s.extra_at,
                                      kernel_profile=self.kernel_profile, dense_profile=self.dense_profile)
             self._memo[key] = hit
         return hit

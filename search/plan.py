@@ -352,7 +352,7 @@ def build_plan(*, choice: Choice, model: Model, layer_index: Sequence[int], laye
                 kv_tile=tuple(lat.kv_tile), error_budget=error_budget, mean_error=float(res.mean_error),
                 max_error=float(res.max_error), attention_speedup=float(res.attention_speedup),
                 e2e_predicted_speedup=float(res.e2e_predicted_speedup), predicted=tuple(predicted), search=search,
-                layers=tuple(layers))
+                layers=tuple(layers), extra_tokens=s.extra_tokens, extra_at=s.extra_at)
     return parse_plan(plan.to_dict(), "the plan being built")  # the loader's checks: what is built loads
 
 

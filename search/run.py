@@ -29,6 +29,7 @@ from sparsesim.search.plan import (
     outcome,
     rule_info,
 )
+from sparsesim.search.samples import extras_of
 from sparsesim.search.space import Candidate, Space, build_space
 from sparsesim.search.study import (
     HeadSource,
@@ -156,8 +157,9 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
             raise ConfigError(f"samples layer {li} has {src.layer_heads(li)} heads; {w.name} has {w.heads}")
     chosen = layer_range(layers, w, src.num_layers)
     space = build_space(w.layout, gpu=gpu, head_dim=w.head_dim, dtype=w.dtype)
+    extra_tokens, extra_at = extras_of(src)  # the samples' extra tokens (joint text tokens, sinks) are costed
     shape = LayerShape(layout=w.layout, heads=w.heads, heads_kv=w.heads_kv, head_dim=w.head_dim, batch=w.batch,
-                       dtype=w.dtype, causal=w.causal)
+                       dtype=w.dtype, causal=w.causal, extra_tokens=extra_tokens, extra_at=extra_at)
     latency = LatencyModel(shape=shape, gpu=gpu, q_tile=space.q_tile, kv_tile=space.kv_tile,
                            kernel_profile=kernel_profile, dense_profile=dense_profile)
     uniform = uniform_candidates(space, w)

@@ -7,14 +7,19 @@ Sources, one format (:class:`Samples`):
 - :func:`capture`: forward hooks on a user's torch model record the outputs of each attention layer's
   Q, K and V projections (subsampled query rows, fp16): before any QK-norm or RoPE, so only for models
   that apply neither (use :func:`~sparsesim.search.capture.capture_attention` otherwise);
-- :func:`synthetic`: spatially local Q/K for 1D/2D/3D layouts with head-specific locality (``local``,
-  ``axis`` and ``global`` heads), so every example runs without a model;
+- :func:`synthetic`: demo heads for 1D/2D/3D layouts, so every example runs without a model: ``mix="dit"``
+  (the default) draws per layer a mixture of heads that look like video DiTs (``spatial``, ``temporal``,
+  ``local``, ``heavy``, ``global``, ``sink``; :mod:`sparsesim.search.synthetic`), ``mix="basic"`` the former
+  Gaussian ``local``, ``axis`` and ``global`` heads in turn;
 - :func:`sparsesim.search.minilm.minilm_samples`: the MiniLM sentence encoder on real text.
 
 File format (``.npz``, loaded with ``allow_pickle=False``): ``format`` = ``"sparsesim-samples"``,
-``version`` = 1, ``layout`` (int64), ``names`` (str), and per layer ``i``: ``q{i}`` (heads, rows,
-head_dim) fp16, ``rows{i}`` (rows,) int64 flat token indices of the sampled queries, ``k{i}``/``v{i}``
-(heads_kv, tokens, head_dim) fp16, ``kinds{i}`` (heads,) str, empty where unknown.
+``version`` = 2, ``layout`` (int64), ``extra_tokens`` (int64 scalar) and ``extra_at`` (str scalar, ``end`` or
+``start``): the tokens outside the layout the attention calls carry (docs/DESIGN.md, Extra tokens), ``names``
+(str), and per layer ``i``: ``q{i}`` (heads, rows, head_dim) fp16, ``rows{i}`` (rows,) int64 sequence
+positions of the sampled queries (layout tokens), ``k{i}``/``v{i}`` (heads_kv, tokens, head_dim) fp16 over the
+whole sequence (layout and extra tokens), ``kinds{i}`` (heads,) str, empty where unknown. Version 1 files (no
+extra tokens) are read too.
 """
 
 from __future__ import annotations
@@ -30,11 +35,18 @@ from typing import Any
 
 import numpy as np
 
+from sparsesim.search.synthetic import DIT_KINDS, dit_head, kinds_for, layer_kinds, layer_sinks
 from sparsesim.simulator.errors import ConfigError
 
 FORMAT = "sparsesim-samples"
-VERSION = 1
-KINDS = ("local", "axis", "global")
+VERSION = 2
+#: Versions :func:`load_samples` reads (1: no extra tokens).
+READS = (1, 2)
+#: Kinds of the ``basic`` synthetic mix; :data:`KINDS`: every kind a samples file may name.
+BASIC_KINDS = ("local", "axis", "global")
+KINDS = BASIC_KINDS + tuple(k for k in DIT_KINDS if k not in BASIC_KINDS)
+#: Synthetic mixes (:func:`synthetic`).
+MIXES = ("dit", "basic")
 #: Q/K dimensions of the random content term of synthetic heads.
 CONTENT_DIMS = 8
 
@@ -80,13 +92,23 @@ class Samples:
 
     layout: tuple[int, ...]
     layers: tuple[LayerSamples, ...]
+    #: Tokens outside the layout in every call (joint text tokens, sinks), after it (``end``) or before it.
+    extra_tokens: int = 0
+    extra_at: str = "end"
 
     def __post_init__(self) -> None:
-        n = math.prod(self.layout)
+        ref = extras_pattern(self.layout, self.extra_tokens, self.extra_at)
+        n, total = ref.num_tokens, ref.seq_tokens
+        shown = "x".join(map(str, self.layout)) + (f" with {self.extra_tokens} extra tokens" if self.extra_tokens
+                                                    else "")
         for layer in self.layers:
-            if layer.k.shape[1] != n:
-                raise ConfigError(f"layer {layer.name!r} has {layer.k.shape[1]} tokens; the layout "
-                                  f"{'x'.join(map(str, self.layout))} has {n}")
+            if layer.k.shape[1] != total:
+                raise ConfigError(f"layer {layer.name!r} has {layer.k.shape[1]} tokens; the layout {shown} has "
+                                  f"{total}")
+            local = layer.rows - ref.layout_start
+            if layer.rows.size and (local.min() < 0 or local.max() >= n):
+                raise ConfigError(f"layer {layer.name!r}: sampled rows outside the layout's sequence positions "
+                                  f"{ref.layout_start}..{ref.layout_start + n - 1}")
         if not self.layers:
             raise ConfigError("samples hold no layer")
 
@@ -111,11 +133,26 @@ class Samples:
         return self.layers[layer].head(head)
 
 
+def extras_pattern(layout: Sequence[int], extra_tokens: int, extra_at: str) -> Any:
+    """The dense pattern of ``layout`` with these extra tokens (the core checks them: one-line errors)."""
+    from sparsesim.simulator.patterns import GNAPattern
+
+    size = tuple(int(x) for x in layout)
+    return GNAPattern(input_size=size, window=size, extra_tokens=extra_tokens, extra_at=extra_at)
+
+
+def extras_of(src: Any) -> tuple[int, str]:
+    """``(extra_tokens, extra_at)`` of a sample source (none for sources that carry no extra tokens)."""
+    return int(getattr(src, "extra_tokens", 0)), str(getattr(src, "extra_at", "end"))
+
+
 def save_samples(samples: Samples, path: str | Path) -> Path:
     """Write ``samples`` to ``path`` (``.npz``), atomically: an interrupted write leaves no partial file."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "version": np.array(VERSION),
                                      "layout": np.array(samples.layout, dtype=np.int64),
+                                     "extra_tokens": np.array(samples.extra_tokens, dtype=np.int64),
+                                     "extra_at": np.array(samples.extra_at),
                                      "names": np.array([la.name for la in samples.layers])}
     for i, la in enumerate(samples.layers):
         arrays.update({f"q{i}": la.q.astype(np.float16), f"rows{i}": la.rows.astype(np.int64),
@@ -172,9 +209,17 @@ def load_samples(path: str | Path) -> Samples:
         shown = str(fmt)[:40] if fmt is not None else ""
         raise ConfigError(f"{where}: format {shown!r}; expected {FORMAT!r}")
     version = data.get("version")
-    if version is None or version.dtype.kind not in "iu" or version.ndim != 0 or int(version) != VERSION:
+    if version is None or version.dtype.kind not in "iu" or version.ndim != 0 or int(version) not in READS:
         shown = str(version)[:40] if version is not None else "none"
-        raise ConfigError(f"{where}: version {shown}; this sparsesim reads version {VERSION}")
+        raise ConfigError(f"{where}: version {shown}; this sparsesim reads versions {', '.join(map(str, READS))}")
+    extra_tokens, extra_at = 0, "end"
+    if int(version) >= 2:
+        e, at = data.get("extra_tokens"), data.get("extra_at")
+        if e is None or e.dtype.kind not in "iu" or e.ndim != 0 or int(e) < 0:
+            raise ConfigError(f"{where}: extra_tokens {str(e)[:40]}; allowed: an integer >= 0")
+        if at is None or at.dtype.kind != "U" or at.ndim != 0 or str(at) not in ("end", "start"):
+            raise ConfigError(f"{where}: extra_at {str(at)[:40]!r}; allowed: 'end' or 'start'")
+        extra_tokens, extra_at = int(e), str(at)
     names = _array(data, "names", where, "U", 1)
     layout = _array(data, "layout", where, "iu", 1)
     if not 1 <= layout.size <= 3 or (layout < 1).any() or float(np.prod(layout.astype(np.float64))) > 2**31 - 1:
@@ -200,7 +245,8 @@ def load_samples(path: str | Path) -> Samples:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     try:
-        return Samples(layout=tuple(int(x) for x in layout), layers=tuple(layers))
+        return Samples(layout=tuple(int(x) for x in layout), layers=tuple(layers), extra_tokens=extra_tokens,
+                       extra_at=extra_at)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -220,16 +266,22 @@ def _coords(layout: Sequence[int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SyntheticSamples:
-    """Spatially local attention with head-specific locality, generated per head on demand (seeded).
+    """Synthetic demo heads, generated per head on demand (seeded); never evidence about a real model.
 
-    Scores are ``-sum_a (x_a - y_a)^2 / (2 sigma_a^2)`` plus a small random content term: a ``local``
-    head has a short length scale on every axis (3-15% of the axis), an ``axis`` head a short one
-    along one axis and a long one across the others, a ``global`` head long ones everywhere (mostly
-    content, in :data:`CONTENT_DIMS` dimensions; the other Q/K dimensions are zero, V is random in all of
-    them). The squared distance is written into Q and K through ``-(x - y)^2 = 2xy - x^2 - y^2`` (the
-    ``x^2`` term is the same for every key of a row, so softmax drops it). ``kinds`` assigns a kind per
-    head (default: local, axis, global in
-    turn, shifted by one per layer). Nothing is held in memory: a HunyuanVideo-size set (60 layers x 24
+    ``mix="dit"``: per layer a mixture of heads that look like video DiT attention (``spatial``, ``temporal``,
+    ``local``, ``heavy``, ``global``, ``sink``; the last four on 1D/2D layouts), drawn from depth-dependent
+    weights; see :mod:`sparsesim.search.synthetic`. ``kinds`` fixes the kinds instead (head ``h`` gets
+    ``kinds[h % len(kinds)]``).
+
+    ``mix="basic"``, the former generator: scores are ``-sum_a (x_a - y_a)^2 / (2 sigma_a^2)`` plus a small
+    random content term: a ``local`` head has a short length scale on every axis (3-15% of the axis), an
+    ``axis`` head a short one along one axis and a long one across the others, a ``global`` head long ones
+    everywhere (mostly content, in :data:`CONTENT_DIMS` dimensions; the other Q/K dimensions are zero, V is
+    uniform noise in all of them). The squared distance is written into Q and K through
+    ``-(x - y)^2 = 2xy - x^2 - y^2`` (the ``x^2`` term is the same for every key of a row, so softmax drops
+    it). ``kinds`` assigns a kind per head (default: local, axis, global in turn, shifted by one per layer).
+
+    Nothing is held in memory: a HunyuanVideo-size set (60 layers x 24
     heads x 115,200 tokens) would be 85 GB.
     """
 
@@ -240,20 +292,33 @@ class SyntheticSamples:
     rows: int = 64
     seed: int = 0
     kinds: tuple[str, ...] = ()
+    mix: str = "dit"
 
     def __post_init__(self) -> None:
         rank = len(self.layout)
+        if self.mix not in MIXES:
+            raise ConfigError(f"mix {self.mix!r}; allowed: {', '.join(MIXES)}")
         if self.head_dim < rank + 2:
             raise ConfigError(f"head_dim={self.head_dim}; the synthetic generator needs >= {rank + 2} for rank {rank}")
-        bad = [k for k in self.kinds if k not in KINDS]
+        allowed = BASIC_KINDS if self.mix == "basic" else kinds_for(rank)
+        bad = [k for k in self.kinds if k not in allowed]
         if bad:
-            raise ConfigError(f"kinds {bad[0]!r}; allowed: {', '.join(KINDS)}")
+            raise ConfigError(f"kinds {bad[0]!r} (mix {self.mix!r}, rank {rank}); allowed: {', '.join(allowed)}")
         if min(self.layers, self.heads, self.rows) < 1:
             raise ConfigError("synthetic samples need layers, heads and rows >= 1")
 
     @property
     def num_layers(self) -> int:
         return self.layers
+
+    @property
+    def extra_tokens(self) -> int:
+        """Synthetic calls carry no extra tokens."""
+        return 0
+
+    @property
+    def extra_at(self) -> str:
+        return "end"
 
     def layer_name(self, layer: int) -> str:
         return f"layer{layer}"
@@ -262,13 +327,24 @@ class SyntheticSamples:
         return self.heads
 
     def kind(self, layer: int, head: int) -> str:
-        return self.kinds[head % len(self.kinds)] if self.kinds else KINDS[(head + layer) % 3]
+        if self.kinds:
+            return self.kinds[head % len(self.kinds)]
+        if self.mix == "dit":
+            return layer_kinds(len(self.layout), self.heads, layer, self.layers, self.seed)[head]
+        return BASIC_KINDS[(head + layer) % 3]
+
+    def sinks_of(self, layer: int) -> np.ndarray:
+        """The sink keys of ``layer`` (flat token indices) that its ``sink`` heads attend to (``mix="dit"``)."""
+        return layer_sinks(math.prod(self.layout), layer, self.seed)
 
     def rows_of(self, layer: int) -> np.ndarray:
         return sample_rows(math.prod(self.layout), self.rows, np.random.default_rng([self.seed, layer]))
 
     def head(self, layer: int, head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Q rows (rows, d), K and V (tokens, d) of one head, float32."""
+        if self.mix == "dit":
+            return dit_head(self.layout, self.kind(layer, head), self.rows_of(layer), self.head_dim,
+                            self.sinks_of(layer), np.random.default_rng([self.seed, layer, head, 1]))
         rng = np.random.default_rng([self.seed, layer, head])
         rank, d = len(self.layout), self.head_dim
         xyz = _coords(self.layout).astype(np.float32)
@@ -310,10 +386,12 @@ class SyntheticSamples:
 
 
 def synthetic(*, layout: Sequence[int], layers: int = 2, heads: int = 8, head_dim: int = 64, rows: int = 64,
-              seed: int = 0, kinds: Sequence[str] | None = None) -> SyntheticSamples:
-    """Synthetic samples (see :class:`SyntheticSamples`), generated per head when asked."""
+              seed: int = 0, kinds: Sequence[str] | None = None, mix: str = "dit") -> SyntheticSamples:
+    """Synthetic samples (see :class:`SyntheticSamples`), generated per head when asked: ``mix="dit"`` (the
+    default) heads that look like video DiTs, a mixture drawn per layer; ``mix="basic"`` the former
+    local/axis/global rotation."""
     return SyntheticSamples(layout=tuple(int(n) for n in layout), layers=layers, heads=heads, head_dim=head_dim,
-                            rows=rows, seed=seed, kinds=tuple(kinds or ()))
+                            rows=rows, seed=seed, kinds=tuple(kinds or ()), mix=mix)
 
 
 def capture(model: Any, inputs: Any, *, modules: Mapping[str, tuple[str, str, str]], heads: int,

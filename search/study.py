@@ -214,7 +214,8 @@ def search_head(optuna: Any, src: HeadSource, layer: int, head: int, space: Spac
         study.enqueue_trial(space.params_of(smallest))
     t0 = time.perf_counter()
     q, k, v = src.head(layer, head)
-    hq = head_quality(q, k, v, src.rows_of(layer), space.layout, latency.shape.causal)
+    hq = head_quality(q, k, v, src.rows_of(layer), space.layout, latency.shape.causal,
+                      extra_tokens=latency.shape.extra_tokens, extra_at=latency.shape.extra_at)
     seen: dict[Candidate, Quality] = {}
     for c in todo:
         seen[c] = evaluate(hq, c.pattern(space.layout, latency.shape.causal))

@@ -352,3 +352,369 @@ def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile:
     rows = load_rows(measurements, spec, chosen)
     result = fit(rows, spec, base, holdout=holdout, seed=seed, max_nfev=max_nfev)
     return dataclasses.replace(result, kernels=tuple(chosen), gpu_name=spec.name)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Published figures: fit the ``reference-<arch>`` profiles to papers' and docs' kernel figures (hwmodels/published/).
+
+#: The published-measurements set shipped with the package (one row per figure, with its source).
+PUBLISHED_FILE = Path(__file__).resolve().parent.parent / "hwmodels" / "published" / "published.csv"
+#: Largest published set read.
+MAX_PUBLISHED_BYTES = 16 * 2**20
+#: The published kernels each architecture's reference profile stands for (rows of other kernels are not fitted).
+ARCH_KERNELS = {"ampere": ("FA2",), "hopper": ("FA3", "cuDNN", "NATTEN-Hopper-FNA"),
+                "blackwell": ("FA4", "cuDNN", "CUTLASS-FMHA", "NATTEN-Blackwell-FNA", "ThunderKittens")}
+#: Free terms of a reference profile fitted to published figures (the H200 fit's terms, bounded alike);
+#: ``backward.*`` terms are freed only when fwd+bwd figures are among the training rows.
+FREE_REFERENCE = {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "mask_ops_per_element": (0.0, 64.0),
+                  "cta_overhead_us": (0.0, 40.0), "kv_tile_overhead_ns": (0.0, 3000.0),
+                  "rescale_ops_per_element": (0.0, 64.0), "launch_latency_us": (0.0, 40.0),
+                  "hbm_efficiency": (0.3, 1.0)}
+FREE_BACKWARD = {"backward.mma_efficiency": (0.2, 1.0), "backward.cta_overhead_us": (0.0, 40.0)}
+#: Columns of the published set; ``note`` may be empty, the pattern columns of a dense row too.
+PUBLISHED_COLUMNS = ("id", "paper", "address", "figure", "gpu", "dtype", "kernel", "passes", "batch", "heads",
+                     "head_dim", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile", "value",
+                     "unit", "timed", "use", "note")
+UNITS = ("ms", "TFLOP/s", "speedup")
+USES = ("fit", "judge")
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """One published figure, ready for the cost model (tile maps built once).
+
+    ``unit`` says what ``value`` is: a kernel time (``ms``), a throughput by the FlashAttention FLOP
+    convention (``TFLOP/s``) or a speedup over the same library's dense kernel (``speedup``); ``timed``
+    whether the kernel alone or the whole call (token permutation included) was timed.
+    """
+
+    id: str
+    source: str
+    use: str
+    arch: str
+    gpu: GPU
+    kernel: str
+    unit: str
+    timed: str
+    value: float
+    config_id: str
+    label: str
+    problem: Problem
+    tokens: int
+    pairs: float
+    dense_pairs: float
+    backprop: bool
+    tm: TileMap | None  # None: dense
+    pattern: GNAPattern | None
+
+
+def _text(rec: Mapping[str, Any], key: str, where: str, allowed: Sequence[str] | None = None) -> str:
+    text = str(rec.get(key) or "").strip()
+    if not text:
+        raise ConfigError(f"{where}: {key} is empty; allowed: " + (", ".join(allowed) if allowed else "some text"))
+    if allowed is not None and text not in allowed:
+        raise ConfigError(f"{where}: {key}={text[:80]!r}; allowed: {', '.join(allowed)}")
+    return text
+
+
+def _positive(text: Any) -> float:
+    value = float(str(text).strip())
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def prepare_published(rec: Mapping[str, Any], where: str) -> PublishedRow:
+    """Build a :class:`PublishedRow` from one record of the published set; a malformed field is a one-line
+    :class:`ConfigError` naming ``where`` (file and row), the field and its value."""
+    ident = _text(rec, "id", where)
+    for key in ("paper", "address", "figure"):
+        _text(rec, key, where)
+    gpu_name = _text(rec, "gpu", where)
+    try:
+        gpu = load_gpu(gpu_name)
+    except ConfigError:
+        raise ConfigError(f"{where}: gpu={gpu_name[:80]!r}; allowed: a GPU of hwmodels/gpus (A100, H100, H200, "
+                          f"B200)") from None
+    dtype = _text(rec, "dtype", where, ("fp16", "bf16", "fp8"))
+    kernel = _text(rec, "kernel", where)
+    passes = _text(rec, "passes", where, ("fwd", "fwd+bwd"))
+    unit = _text(rec, "unit", where, UNITS)
+    timed = _text(rec, "timed", where, ("kernel", "call"))
+    use = _text(rec, "use", where, USES)
+    value = _value(rec, "value", where, _positive, "a positive finite number")
+    counts = {k: _value(rec, k, where, _count, "a positive integer") for k in ("batch", "heads", "head_dim")}
+    if min(counts.values()) < 1:
+        raise ConfigError(f"{where}: batch/heads/head_dim must be at least 1")
+    problem = Problem(batch=counts["batch"], heads=counts["heads"], heads_kv=counts["heads"],
+                      head_dim=counts["head_dim"], dtype=dtype)
+    shape = "axis lengths such as 30x48x80"
+    size = _value(rec, "input_size", where, _ints, shape)
+    if size is None:
+        raise ConfigError(f"{where}: input_size is empty; allowed: {shape}")
+    window = _value(rec, "window", where, _ints, shape) or size
+    stride = _value(rec, "stride", where, _ints, shape) or ()
+    dilation = _value(rec, "dilation", where, _ints, shape) or ()
+    causal = _value(rec, "causal", where, _flags, "0/1 flags such as 001") or ()
+    try:
+        pattern = GNAPattern(input_size=layout_tuple(size), window=window, stride=stride, dilation=dilation,
+                             causal=causal)
+    except (ConfigError, ValueError) as exc:
+        raise ConfigError(f"{where}: pattern {rec.get('input_size')!r} w{rec.get('window')!r} "
+                          f"s{rec.get('stride')!r}: {str(exc)[:200]}") from None
+    tokens = math.prod(pattern.input_size)
+    dense = all(w == n for w, n in zip(pattern.window, pattern.input_size, strict=True)) and \
+        all(d == 1 for d in pattern.dilation)
+    backprop = passes == "fwd+bwd"
+    label = (f"{gpu.name} {kernel} {rec.get('input_size')} w{rec.get('window')} s{rec.get('stride') or 1}"
+             f"{' causal' if any(pattern.causal) else ''} h{problem.heads} d{problem.head_dim} b{problem.batch} "
+             f"{passes} {unit}")
+    dense_pairs = float(pattern.dense().visible_pairs())
+    if dense:
+        if unit == "speedup":
+            raise ConfigError(f"{where}: unit=speedup on a dense row; allowed: ms or TFLOP/s")
+        tm, pairs, pat = None, dense_pairs, (pattern if any(pattern.causal) else None)
+    else:
+        q = _value(rec, "q_tile", where, _ints, shape)
+        kv = _value(rec, "kv_tile", where, _ints, shape)
+        dq, dkv = gpu.tiles_for(len(pattern.input_size))
+        q, kv = q or dq, kv or dkv
+        if len(q) != len(pattern.input_size) or len(kv) != len(pattern.input_size):
+            raise ConfigError(f"{where}: q_tile/kv_tile {rec.get('q_tile')!r}/{rec.get('kv_tile')!r}; allowed: one "
+                              f"tile extent per axis of input_size")
+        tm = tilemap(pattern, q, kv, "box")
+        pairs, pat = float(pattern.visible_pairs()), pattern
+        label += f" q{'x'.join(map(str, q))}/kv{'x'.join(map(str, kv))}"
+    key = "|".join([gpu.name, dtype, passes, str(problem.batch), str(problem.heads), str(problem.head_dim),
+                    *(str(rec.get(k) or "") for k in ("input_size", "window", "stride", "dilation", "causal"))])
+    import hashlib
+
+    config_id = hashlib.sha1(key.encode()).hexdigest()[:12]
+    source = f"{rec['paper']}, {rec['figure']} ({rec['address']})"
+    return PublishedRow(id=ident, source=source, use=use, arch=gpu.architecture, gpu=gpu, kernel=kernel, unit=unit,
+                        timed=timed, value=value, config_id=config_id, label=label, problem=problem,
+                        tokens=tokens, pairs=pairs, dense_pairs=dense_pairs, backprop=backprop, tm=tm, pattern=pat)
+
+
+def read_published(path: str | Path | None = None) -> list[PublishedRow]:
+    """Every row of a published-measurements CSV (default: the shipped set, :data:`PUBLISHED_FILE`), checked; a
+    malformed row is a one-line :class:`ConfigError` naming the file, the row and the field."""
+    import csv
+    import io
+
+    from sparsesim.hwmodels.errors import check_input_file
+
+    path = Path(path) if path is not None else PUBLISHED_FILE
+    flag = f"published set {str(path)[:200]!r}"
+    allowed = "a CSV with the columns of hwmodels/published/published.csv"
+    try:
+        check_input_file(path, flag, MAX_PUBLISHED_BYTES, allowed)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{flag} is not UTF-8 text; allowed: {allowed}") from None
+    except OSError as exc:
+        raise ConfigError(f"{flag} cannot be read: {_reason_of(exc)}") from None
+    try:
+        records = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise ConfigError(f"{flag} is not a readable CSV: {str(exc)[:200]}") from None
+    header = set(records[0]) if records else set()
+    missing = [c for c in PUBLISHED_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(f"{flag} lacks columns {missing}; allowed: {allowed}")
+    rows, seen = [], set()
+    for i, rec in enumerate(records):
+        where = f"{flag} row {i + 2}"
+        if None in rec:
+            raise ConfigError(f"{where}: more fields than columns; allowed: {allowed}")
+        row = prepare_published(rec, where)
+        if row.id in seen:
+            raise ConfigError(f"{where}: id={row.id[:80]!r} repeats an earlier row; allowed: a unique id")
+        seen.add(row.id)
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"{flag} holds no rows")
+    return rows
+
+
+def _reason_of(exc: OSError) -> str:
+    return " ".join(str(exc.strerror or exc).split())[:200]
+
+
+def _set_params(prof: KernelProfile, values: Mapping[str, float]) -> KernelProfile:
+    """``prof`` with forward (plain names) and backward (``backward.*``) parameters replaced."""
+    fwd = {k: v for k, v in values.items() if "." not in k}
+    bwd = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("backward.")}
+    out = with_params(prof, fwd) if fwd else prof
+    return dataclasses.replace(out, backward=dataclasses.replace(out.backward, **bwd)) if bwd else out
+
+
+def _get_param(prof: KernelProfile, name: str) -> float:
+    if name.startswith("backward."):
+        return float(getattr(prof.backward, name.split(".", 1)[1]))
+    return float(getattr(prof.forward, name))
+
+
+def published_ratio(row: PublishedRow, prof: KernelProfile) -> float:
+    """Predicted over published *time* of a row (above 1: the model is slow); a speedup compares the sparse
+    time relative to the same profile's dense kernel."""
+    from sparsesim.simulator.flops import attention_flops
+
+    gpu, p = row.gpu, row.problem
+    if row.tm is None:
+        ms = dense_pass(gpu, prof, p, row.pattern, row.tokens, _dummy(), row.backprop).ms
+    else:
+        sc = sparse_call(gpu, prof, p, row.tm, row.tokens, row.pairs, row.backprop)
+        ms = sc.kernel.ms if row.timed == "kernel" else sc.call_ms
+    if row.unit == "ms":
+        return ms / row.value
+    if row.unit == "TFLOP/s":
+        flops = attention_flops(row.pairs, heads=p.heads, head_dim=p.head_dim, batch=p.batch, backprop=row.backprop)
+        return ms / (flops / row.value / 1e9)
+    dense = dense_pass(gpu, prof, p, row.pattern, row.tokens, row.tm, row.backprop).ms  # type: ignore[arg-type]
+    return row.value / (dense / ms)
+
+
+def _mape_published(rows: Sequence[PublishedRow], prof: KernelProfile) -> float:
+    if not rows:
+        return float("nan")
+    return float(np.mean([abs(published_ratio(r, prof) - 1) for r in rows]))
+
+
+@dataclass(frozen=True)
+class PublishedFit:
+    """A reference profile fitted to published figures of one architecture, and how well it predicts."""
+
+    arch: str
+    prior: KernelProfile
+    profile: KernelProfile
+    params: dict[str, float]
+    kernels: tuple[str, ...]
+    train: tuple[PublishedRow, ...]
+    heldout: tuple[PublishedRow, ...]
+    judge: tuple[PublishedRow, ...]
+    train_mape: float
+    heldout_mape: float
+    prior_train_mape: float
+    prior_heldout_mape: float
+    judge_mape: float
+    prior_judge_mape: float
+    holdout: float
+    seed: int
+    source_file: str
+
+    def residuals(self, which: str = "heldout", fitted: bool = True) -> list[dict[str, Any]]:
+        """Per-row errors (predicted over published time minus 1) of ``train``, ``heldout`` or ``judge`` rows."""
+        prof = self.profile if fitted else self.prior
+        return [{"id": r.id, "row": r.label, "kernel": r.kernel, "unit": r.unit, "published": r.value,
+                 "error": published_ratio(r, prof) - 1} for r in getattr(self, which)]
+
+
+def _published_split(rows: Sequence[PublishedRow], holdout: float, seed: int) -> tuple[list[PublishedRow],
+                                                                                       list[PublishedRow]]:
+    configs = sorted({r.config_id for r in rows})
+    order = np.random.default_rng(seed).permutation(len(configs))
+    held = {configs[i] for i in order[:int(round(holdout * len(configs)))]}
+    return [r for r in rows if r.config_id not in held], [r for r in rows if r.config_id in held]
+
+
+def fit_reference(rows: Sequence[PublishedRow], prior: KernelProfile, *, holdout: float = 0.3, seed: int = 0,
+                  max_nfev: int = 200, prior_weight: float = 0.02, kernels: Sequence[str] | None = None,
+                  source_file: str = "") -> PublishedFit:
+    """Fit ``prior`` (a ``reference-<arch>`` profile) to the use="fit" rows of its architecture.
+
+    The fit rows of the architecture's kernels (:data:`ARCH_KERNELS`) are split by configuration with a seeded
+    permutation; the free terms (:data:`FREE_REFERENCE`, and :data:`FREE_BACKWARD` when fwd+bwd figures are
+    trained on) are fitted by bounded least squares on the log of predicted over published time of the
+    training rows, with a weak pull (``prior_weight`` per full range) toward the prior so that terms the
+    figures do not inform stay where they were. use="judge" rows are never fitted; they are scored.
+    """
+    from scipy.optimize import least_squares
+
+    if not 0 <= holdout < 1:
+        raise ConfigError(f"--holdout {holdout}; allowed: 0 <= holdout < 1")
+    arch = prior.architecture
+    chosen = tuple(kernels) if kernels else ARCH_KERNELS.get(arch, ())
+    mine = [r for r in rows if r.arch == arch and r.kernel in chosen]
+    fit_rows = [r for r in mine if r.use == "fit"]
+    judge = [r for r in mine if r.use == "judge"]
+    if not fit_rows:
+        raise ConfigError(f"no use=fit rows of kernels {list(chosen)} on {arch} GPUs in {source_file or 'the set'}")
+    train, held = _published_split(fit_rows, holdout, seed)
+    if not train:
+        raise ConfigError(f"--holdout {holdout} leaves no {arch} training rows; allowed: a smaller share")
+    free = dict(FREE_REFERENCE)
+    if any(r.backprop for r in train):
+        free.update(FREE_BACKWARD)
+    names = list(free)
+    lo = np.array([free[n][0] for n in names])
+    hi = np.array([free[n][1] for n in names])
+    x0 = np.clip([_get_param(prior, n) for n in names], lo, hi)
+    scale = hi - lo
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        prof = _set_params(prior, dict(zip(names, x.tolist(), strict=True)))
+        data = [math.log(published_ratio(r, prof)) for r in train]
+        return np.concatenate([np.array(data), prior_weight * (x - x0) / scale])
+
+    res = least_squares(residuals, x0, bounds=(lo, hi), x_scale=scale, diff_step=1e-3, max_nfev=max_nfev,
+                        loss="soft_l1", f_scale=0.05, ftol=1e-6, xtol=1e-6, gtol=1e-6)
+    params = dict(zip(names, res.x.tolist(), strict=True))
+    fitted = _set_params(prior, params)
+    return PublishedFit(arch=arch, prior=prior, profile=fitted, params=params, kernels=chosen, train=tuple(train),
+                        heldout=tuple(held), judge=tuple(judge), train_mape=_mape_published(train, fitted),
+                        heldout_mape=_mape_published(held, fitted), prior_train_mape=_mape_published(train, prior),
+                        prior_heldout_mape=_mape_published(held, prior), judge_mape=_mape_published(judge, fitted),
+                        prior_judge_mape=_mape_published(judge, prior), holdout=holdout, seed=seed,
+                        source_file=source_file)
+
+
+def reference_prior(arch: str) -> KernelProfile:
+    """The hand-set ``reference-<arch>`` profile of ``hwmodels/profiles`` (never a previous fit)."""
+    from sparsesim.hwmodels.gpus import read_toml
+    from sparsesim.hwmodels.profiles import PROFILE_DIR, parse_profile
+
+    if arch not in ARCH_KERNELS:
+        raise ConfigError(f"--arch {arch[:40]!r}; allowed: {', '.join(ARCH_KERNELS)}")
+    path = PROFILE_DIR / f"reference-{arch}.toml"
+    return parse_profile(read_toml(path, "kernel profile"), str(path))
+
+
+def calibrate_published(published: str | Path | None = None, *, arch: str = "hopper", holdout: float = 0.3,
+                        seed: int = 0, max_nfev: int = 200) -> PublishedFit:
+    """Fit ``reference-<arch>`` to the published set (default: the shipped one). Nothing is written:
+    :func:`published_profile_toml` renders the result for the caller to save."""
+    prior = reference_prior(arch)
+    path = Path(published) if published is not None else PUBLISHED_FILE
+    rows = read_published(path)
+    return fit_reference(rows, prior, holdout=holdout, seed=seed, max_nfev=max_nfev, source_file=str(path))
+
+
+def published_profile_toml(result: PublishedFit) -> str:
+    """The fitted reference profile as a TOML data file, with what it was fitted to and how well."""
+    p = result.profile
+    lines = [f"# Fitted by `simulate calibrate --published` to published {result.arch} kernel figures; do not edit "
+             f"by hand.", f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
+             f"description = {_toml_value(p.description + '; fitted to published figures')}",
+             f"token_permutation = {_toml_value(p.token_permutation)}", ""]
+    for section, obj in (("forward", p.forward), ("backward", p.backward), ("gemm", p.gemm)):
+        lines.append(f"[{section}]")
+        lines += [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in dataclasses.fields(obj)]
+        lines.append("")
+    lines.append("[sources]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items()]
+    how = "simulate calibrate --published: bounded least squares on log(predicted/published time)"
+    lines.append(f"fit = {_toml_value(how)}")
+    papers = sorted({r.source.split(',')[0] for r in result.train})
+    lines += ["", "[fit]", f"published = {_toml_value(result.source_file)}",
+              f"kernels = {_toml_value(list(result.kernels))}", f"papers = {_toml_value(papers)}",
+              f"free = {_toml_value(list(result.params))}", f"holdout = {result.holdout}", f"seed = {result.seed}",
+              f"train_rows = {_toml_value([r.id for r in result.train])}",
+              f"heldout_rows = {_toml_value([r.id for r in result.heldout])}",
+              f"n_train = {len(result.train)}", f"n_heldout = {len(result.heldout)}", f"n_judge = {len(result.judge)}",
+              f"train_mape = {result.train_mape!r}", f"heldout_mape = {result.heldout_mape!r}",
+              f"prior_train_mape = {result.prior_train_mape!r}", f"prior_heldout_mape = {result.prior_heldout_mape!r}",
+              f"judge_mape = {result.judge_mape!r}", f"prior_judge_mape = {result.prior_judge_mape!r}", ""]
+    return "\n".join(lines)

@@ -52,6 +52,12 @@ class SimConfig:
                                                        metavar="D"))
     causal: Any = field(default=None, metadata=_meta("flags", "causal flag per axis (default 0)", "pattern",
                                                      metavar="0|1"))
+    extra_tokens: int = field(default=0, metadata=_meta(
+        "int", "tokens outside the layout that every query sees and that see everything (joint text tokens, "
+        "attention sinks)", "pattern", minimum=0, metavar="E"))
+    extra_at: str = field(default="end", metadata=_meta(
+        "choice", "where the extra tokens sit in the sequence: after the layout or before it (with a causal axis: "
+        "start)", "pattern", choices=("end", "start")))
     block_map: str | Path | np.ndarray | None = field(default=None, metadata=_meta(
         "text", "explicit block map (.npy/.npz, [heads,] q_blocks x kv_blocks) instead of a window", "pattern",
         metavar="FILE"))
@@ -92,6 +98,9 @@ class SimConfig:
             if self.tiling != "box":
                 raise ConfigError(f"tiling={self.tiling!r} cannot be combined with block_map (--block-map: the map's "
                                   f"blocks are the tiles)")
+            if self.extra_tokens:
+                raise ConfigError(f"extra_tokens={self.extra_tokens!r} cannot be combined with block_map "
+                                  f"(--block-map: the map covers the whole sequence); allowed with it: 0")
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> SimConfig:

@@ -215,7 +215,8 @@ def _simulate(c: SimConfig, cache: _Cache) -> SimResult:
     if c.block_map is not None:
         return _block_sparse(c, gpu, prof, dense_prof, problem, backprop, cache)
     unset = {k: () if getattr(c, k) is None else getattr(c, k) for k in ("stride", "dilation", "causal")}
-    pattern = GNAPattern(input_size=c.input_size, window=c.window, **unset)
+    pattern = GNAPattern(input_size=c.input_size, window=c.window, extra_tokens=c.extra_tokens, extra_at=c.extra_at,
+                         **unset)
     tiling = c.tiling
     lengths = (pattern.num_tokens,) if tiling == "flat" else pattern.input_size
     q, kv = resolve_tiles(gpu, lengths, c.q_tile, c.kv_tile)
@@ -231,13 +232,14 @@ def _simulate(c: SimConfig, cache: _Cache) -> SimResult:
                              lambda: tilemap(dense_pattern, q, kv, tiling))
     stats = tile_stats(tm, flop_speedup, dense_tm)
     causal_key = (dense_pattern, q, kv, tiling) if pattern.is_causal else None
-    dense = cache.get(("dense", id(gpu), id(dense_prof), problem, pattern.num_tokens, causal_key, backprop),
-                      lambda: dense_pass(gpu, dense_prof, problem, pattern, pattern.num_tokens, tm, backprop))
-    pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=pattern.num_tokens,
+    tokens = pattern.seq_tokens  # the call's sequence: the layout's tokens and the extra ones
+    dense = cache.get(("dense", id(gpu), id(dense_prof), problem, tokens, causal_key, backprop),
+                      lambda: dense_pass(gpu, dense_prof, problem, pattern, tokens, tm, backprop))
+    pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=tokens,
                    pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop)
     return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, tiling,
                    input_size=pattern.input_size, window=pattern.window, stride=pattern.stride,
-                   dilation=pattern.dilation, causal=pattern.causal, density=pairs / float(pattern.num_tokens) ** 2,
+                   dilation=pattern.dilation, causal=pattern.causal, density=pattern.density(),
                    flop_speedup=flop_speedup)
 
 

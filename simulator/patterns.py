@@ -22,6 +22,8 @@ from sparsesim.simulator.errors import ConfigError
 DENSE_MASK_MAX_TOKENS = 16384
 #: Largest layout any pattern takes: what a signed 32-bit token index addresses (the kernels' limit).
 MAX_TOKENS = 2**31 - 1
+#: Where a pattern's extra tokens sit in the attention call's sequence: after the layout or before it.
+EXTRA_AT = ("end", "start")
 
 _INT_TYPES = (int, np.integer)
 _BOOL_TYPES = (bool, np.bool_)
@@ -84,10 +86,17 @@ class GNAPattern:
     with ``1 <= s <= w`` and ``w * d <= L``. ``s = 1`` is a sliding window, ``s = w`` blocked
     attention, ``w = L`` dense.
 
+    ``extra_tokens`` (``E``) are tokens outside the layout (MM-DiT joint text tokens, attention sinks)
+    that every query sees and that see everything (docs/DESIGN.md, Extra tokens): the attention call then
+    runs over ``seq_tokens = N + E`` tokens, the extra ones after the layout (``extra_at="end"``) or
+    before it (``"start"``; the only place allowed with a causal axis).
+
     Example:
         >>> p = GNAPattern(input_size=(30, 48, 80), window=(18, 24, 24))
         >>> p.num_tokens
         115200
+        >>> GNAPattern(input_size=(30, 48, 80), window=(18, 24, 24), extra_tokens=256).seq_tokens
+        115456
     """
 
     input_size: tuple[int, ...]
@@ -95,6 +104,8 @@ class GNAPattern:
     stride: tuple[int, ...] = field(default=())
     dilation: tuple[int, ...] = field(default=())
     causal: tuple[bool, ...] = field(default=())
+    extra_tokens: int = 0
+    extra_at: str = "end"
 
     def __post_init__(self) -> None:
         size = layout_tuple(self.input_size)
@@ -124,6 +135,20 @@ class GNAPattern:
         object.__setattr__(self, "stride", stride)
         object.__setattr__(self, "dilation", dilation)
         object.__setattr__(self, "causal", tuple(causal))
+        extra = self.extra_tokens
+        if isinstance(extra, _BOOL_TYPES) or not isinstance(extra, _INT_TYPES) or extra < 0:
+            raise ConfigError(f"extra_tokens={extra!r}; allowed: an integer >= 0 (tokens outside the layout that "
+                              f"every query sees)")
+        n = math.prod(size)
+        if n + extra > MAX_TOKENS:
+            raise ConfigError(f"extra_tokens={extra}: with the layout's {n} tokens the sequence has {n + extra}; "
+                              f"allowed: at most 2^31 - 1 = {MAX_TOKENS} in all")
+        if self.extra_at not in EXTRA_AT:
+            raise ConfigError(f"extra_at={self.extra_at!r}; allowed: {', '.join(EXTRA_AT)}")
+        if extra and any(causal) and self.extra_at == "end":
+            raise ConfigError(f"extra_at='end' with causal={[int(c) for c in causal]}: extra tokens after a causal "
+                              f"layout are not defined; allowed: extra_at='start' (attention sinks) or no causal axis")
+        object.__setattr__(self, "extra_tokens", int(extra))
 
     @property
     def rank(self) -> int:
@@ -134,12 +159,33 @@ class GNAPattern:
         return math.prod(self.input_size)
 
     @property
+    def seq_tokens(self) -> int:
+        """Tokens of the attention call: the layout's and the extra ones."""
+        return self.num_tokens + self.extra_tokens
+
+    @property
+    def layout_start(self) -> int:
+        """Sequence position of the layout's first token (``extra_tokens`` with ``extra_at="start"``, else 0)."""
+        return self.extra_tokens if self.extra_at == "start" else 0
+
+    @property
+    def extra_start(self) -> int:
+        """Sequence position of the first extra token."""
+        return 0 if self.extra_at == "start" else self.num_tokens
+
+    @property
     def is_causal(self) -> bool:
         return any(self.causal)
 
     def dense(self) -> GNAPattern:
-        """The dense baseline of this pattern: full windows, keeping the causal axes causal."""
-        return GNAPattern(input_size=self.input_size, window=self.input_size, causal=self.causal)
+        """The dense baseline of this pattern: full windows, keeping the causal axes causal and the extra tokens."""
+        return GNAPattern(input_size=self.input_size, window=self.input_size, causal=self.causal,
+                          extra_tokens=self.extra_tokens, extra_at=self.extra_at)
+
+    def layout_pattern(self) -> GNAPattern:
+        """The same pattern without extra tokens (the layout's own rule)."""
+        return GNAPattern(input_size=self.input_size, window=self.window, stride=self.stride,
+                          dilation=self.dilation, causal=self.causal)
 
     def axis_bounds(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
         """:func:`axis_bounds` for one axis of this pattern."""
@@ -147,20 +193,27 @@ class GNAPattern:
                            self.dilation[axis], self.causal[axis])
 
     def visible_pairs(self) -> int:
-        """Exact number of visible (query, key) pairs: the product of per-axis counts (closed form)."""
+        """Exact number of visible (query, key) pairs over the whole sequence, in closed form.
+
+        The layout's pairs are the product of per-axis counts; ``E`` extra tokens add ``N * E`` (every
+        layout query sees them) and ``E * (N + E)`` (they see everything), or ``E * (E + 1) / 2`` when an axis
+        is causal (sinks see only the sinks at or before them).
+        """
         total = 1
         for axis in range(self.rank):
             n, w, s, d, c = (self.input_size[axis], self.window[axis], self.stride[axis], self.dilation[axis],
                              self.causal[axis])
             total *= sum(group_pairs(group_length(n, d, g), w, s, c) for g in range(d))
-        return total
+        e, n = self.extra_tokens, self.num_tokens
+        return total + n * e + (e * (e + 1) // 2 if self.is_causal else e * (n + e))
 
     def density(self) -> float:
-        """Visible pairs over N^2."""
-        return self.visible_pairs() / float(self.num_tokens) ** 2
+        """Visible pairs over ``seq_tokens^2`` (``N^2`` without extra tokens)."""
+        return self.visible_pairs() / float(self.seq_tokens) ** 2
 
     def mask(self, query_tokens: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
-        """:func:`visible_mask` of this pattern: ``[R, N]`` bool, the rows of ``query_tokens`` (default all)."""
+        """:func:`visible_mask` of this pattern: ``[R, seq_tokens]`` bool, the rows of ``query_tokens``
+        (sequence positions, default all)."""
         return visible_mask(self, query_tokens)
 
 
@@ -266,6 +319,12 @@ def visible_mask(pattern: GNAPattern, query_tokens: np.ndarray | Sequence[int] |
     ``query_tokens`` (flat token indices, default every token) picks the rows, so the rows of a huge
     layout cost ``R x N``, never ``N x N``. ``max_tokens`` bounds ``N`` when every row is asked for.
 
+    With ``E = pattern.extra_tokens > 0`` indices are positions in the call's sequence of ``N + E`` tokens
+    (``extra_at``: the extra ones after the layout or before it) and the mask is ``[R, N + E]``, by the one rule
+    ``visible(i, j) = reference(i, j) and (i is extra or j is extra or pattern(i, j))`` (docs/DESIGN.md, Extra
+    tokens): a layout query sees every extra key on top of its pattern; an extra query sees every key, or under a
+    causal axis (sinks, at the start) the extra keys at or before it and no layout key.
+
     Example:
         >>> p = GNAPattern(input_size=(4, 5), window=3, causal=(False, True))
         >>> visible_mask(p, [7]).reshape(4, 5).astype(int)
@@ -273,26 +332,45 @@ def visible_mask(pattern: GNAPattern, query_tokens: np.ndarray | Sequence[int] |
                [1, 1, 1, 0, 0],
                [1, 1, 1, 0, 0],
                [0, 0, 0, 0, 0]])
+        >>> visible_mask(GNAPattern(input_size=5, window=3, extra_tokens=2), [0, 6]).astype(int)
+        array([[1, 1, 1, 0, 0, 1, 1],
+               [1, 1, 1, 1, 1, 1, 1]])
     """
-    n = pattern.num_tokens
+    n, total = pattern.num_tokens, pattern.seq_tokens
     if query_tokens is None:
-        if n > max_tokens:
-            raise ConfigError(f"a mask of every query: the layout has {n} tokens; allowed: at most {max_tokens} "
-                              f"(an N x N mask would need {n * n / 2**30:.1f} GiB)")
-        rows = np.arange(n, dtype=np.int64)
+        if total > max_tokens:
+            raise ConfigError(f"a mask of every query: the sequence has {total} tokens; allowed: at most "
+                              f"{max_tokens} (an N x N mask would need {total * total / 2**30:.1f} GiB)")
+        rows = np.arange(total, dtype=np.int64)
     else:
         rows = np.asarray(query_tokens)
-        if rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= n):
-            raise ConfigError(f"query_tokens: allowed: integer token indices from 0 to {n - 1}")
+        if rows.size and (not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= total):
+            raise ConfigError(f"query_tokens: allowed: integer token indices from 0 to {total - 1}")
     bounds = [pattern.axis_bounds(axis) for axis in range(pattern.rank)]
-    return rows_mask(rows, pattern.input_size, bounds, pattern.dilation)
+    if not pattern.extra_tokens:
+        return rows_mask(rows, pattern.input_size, bounds, pattern.dilation)
+    rows = rows.astype(np.int64).reshape(-1)
+    start, extra = pattern.layout_start, pattern.extra_start
+    layout_keys = slice(start, start + n)
+    extra_keys = slice(extra, extra + pattern.extra_tokens)
+    is_layout = (rows >= start) & (rows < start + n)
+    out = np.zeros((rows.size, total), dtype=bool)
+    out[is_layout, layout_keys] = rows_mask(rows[is_layout] - start, pattern.input_size, bounds, pattern.dilation)
+    out[is_layout, extra_keys] = True
+    if pattern.is_causal:  # sinks (extra_at="start"): the extra keys at or before the query, no layout key
+        keys = np.arange(total, dtype=np.int64)
+        out[~is_layout] = (keys[None, :] <= rows[~is_layout][:, None]) & (keys[None, :] < pattern.extra_tokens)
+    else:
+        out[~is_layout] = True
+    return out
 
 
 def dense_mask(*, input_size: int | Sequence[int], window: int | Sequence[int],
                stride: int | Sequence[int] = 1, dilation: int | Sequence[int] = 1,
-               causal: bool | Sequence[bool] = False,
+               causal: bool | Sequence[bool] = False, extra_tokens: int = 0, extra_at: str = "end",
                max_tokens: int = DENSE_MASK_MAX_TOKENS) -> np.ndarray:
-    """The explicit ``[N, N]`` bool mask of a GNA pattern (row = query, column = key, row-major tokens).
+    """The explicit ``[S, S]`` bool mask of a GNA pattern (row = query, column = key, row-major tokens;
+    ``S = N + extra_tokens``, the extra tokens placed by ``extra_at``).
 
     :func:`visible_mask` of every token; meant for small layouts: the tests, the kernels' torch reference
     and debugging.
@@ -300,9 +378,12 @@ def dense_mask(*, input_size: int | Sequence[int], window: int | Sequence[int],
     Example:
         >>> dense_mask(input_size=5, window=3).astype(int)[0]
         array([1, 1, 1, 0, 0])
+        >>> dense_mask(input_size=5, window=3, extra_tokens=1, extra_at="start").astype(int)[1]
+        array([1, 1, 1, 1, 0, 0])
     """
     pattern = GNAPattern(input_size=input_size, window=window, stride=stride,  # type: ignore[arg-type]
-                         dilation=dilation, causal=causal)  # type: ignore[arg-type]
+                         dilation=dilation, causal=causal,  # type: ignore[arg-type]
+                         extra_tokens=extra_tokens, extra_at=extra_at)
     return visible_mask(pattern, max_tokens=max_tokens)
 
 

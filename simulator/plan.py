@@ -1,11 +1,15 @@
-"""The plan record: one pattern per layer and head, as a typed, versioned JSON file.
+"""The plan record: one pattern per layer and head (optionally per range of denoising steps), as a typed,
+versioned JSON file.
 
 :class:`Plan` (frozen, with frozen layers, launches and heads) is what ``simulate search`` writes, what
 ``simulate plan show`` and reports read, and what the kernels run (:func:`sparsesim.kernels.run_plan`).
 :meth:`Plan.to_json` writes its text; :func:`load_plan` / :meth:`Plan.from_json` read one back, every
 field checked (patterns by the core's :class:`~sparsesim.simulator.patterns.GNAPattern`) and every
-malformed file refused in one line naming the file, the field and its value. The search builds plans
-(:mod:`sparsesim.search.plan`); this module only defines and reads them, so every package can use it.
+malformed file refused in one line naming the file, the field and its value. A plan may hold ranges of
+denoising steps (:class:`PlanSteps`: dense warm-up steps, or other layers for some steps, as
+:mod:`sparsesim.search.global_study` writes); :meth:`Plan.layers_at` says what runs in a step. The search
+builds plans (:mod:`sparsesim.search.plan`); this module only defines and reads them, so every package can use
+it.
 """
 
 from __future__ import annotations
@@ -42,15 +46,17 @@ def redact_url(url: str) -> str:
 FORMAT = "sparsesim-plan"
 #: Version 2: typed (:class:`Plan`); ``causal`` always written (version 1 could leave it out: all axes
 #: non-causal), ``mass`` ``null`` where unknown, ``search`` ``null`` or complete, the storage URL redacted.
-#: Version 1 files are converted on load.
-VERSION = 2
+#: Version 3: optional ``steps``, plans per range of denoising steps (:class:`PlanSteps`); a file without it
+#: (every version 1 and 2 file) is one plan for every step. Versions 1 and 2 are converted on load.
+VERSION = 3
 #: The plan formats this sparsesim reads.
-READS = (1, 2)
+READS = (1, 2, 3)
 #: Largest plan file read (a plan of hundreds of layers is a few MiB).
 MAX_PLAN_BYTES = 64 * 2**20
 DTYPES = ("fp16", "bf16", "fp8", "fp32")
 _LIMITS = {"heads": 1 << 16, "head_dim": 1 << 12, "batch": 1 << 20, "layer": 1 << 20, "trials": 1 << 31,
-           "seed": 2**32 - 1, "tile": 1 << 20}
+           "seed": 2**32 - 1, "tile": 1 << 20,
+           "step": 1 << 20, "tokens": 2**31 - 1}
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,20 @@ class PlanLayer:
     launches: tuple[PlanLaunch, ...]
     predicted_ms: float
     dense_ms: float
+
+
+@dataclass(frozen=True)
+class PlanSteps:
+    """What runs in the denoising steps ``start <= step < stop`` (``stop`` None: to the last step).
+
+    ``dense``: every attention call runs the model's own (dense) attention and ``layers`` is empty. Otherwise
+    ``layers`` are the range's own plan layers, or empty for the plan's :attr:`Plan.layers`. The ranges of a plan
+    are sorted, do not overlap and cover every step (from 0, the last one's ``stop`` None)."""
+
+    start: int
+    stop: int | None
+    dense: bool
+    layers: tuple[PlanLayer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,34 @@ class Plan:
     predicted: tuple[GpuPrediction, ...]
     search: SearchInfo | None
     layers: tuple[PlanLayer, ...]
+    #: Plans per range of denoising steps (version 3); empty: :attr:`layers` in every step.
+    steps: tuple[PlanSteps, ...] = ()
+    #: Tokens outside the layout (joint text tokens, sinks: docs/DESIGN.md, Extra tokens), version 3.
+    extra_tokens: int = 0
+    extra_at: str = "end"
+
+    @property
+    def seq_tokens(self) -> int:
+        """Tokens of the attention call: the layout's and the extra tokens."""
+        return math.prod(self.layout) + self.extra_tokens
+
+    def range_at(self, step: int) -> PlanSteps | None:
+        """The step range holding denoising step ``step`` (None: the plan has no ranges)."""
+        if step < 0:
+            raise ConfigError(f"step {step}; allowed: a denoising step index >= 0")
+        for entry in self.steps:
+            if entry.start <= step and (entry.stop is None or step < entry.stop):
+                return entry
+        return None
+
+    def layers_at(self, step: int) -> tuple[PlanLayer, ...]:
+        """The plan layers that run in denoising step ``step`` (empty: every call dense)."""
+        entry = self.range_at(step)
+        if entry is None:
+            return self.layers
+        if entry.dense:
+            return ()
+        return entry.layers or self.layers
 
     def layer(self, index: int) -> PlanLayer:
         """The plan layer whose ``layer`` field is ``index``."""
@@ -172,7 +220,7 @@ class Plan:
     def pattern(self, item: PlanHead | PlanLaunch) -> GNAPattern:
         """The core's pattern of a head or launch (the plan's layout and causal axes)."""
         return GNAPattern(input_size=self.layout, window=item.window, stride=item.stride, dilation=item.dilation,
-                          causal=self.causal)
+                          causal=self.causal, extra_tokens=self.extra_tokens, extra_at=self.extra_at)
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-ready data (format version :data:`VERSION`)."""
@@ -189,8 +237,12 @@ class Plan:
             if f.name == "predicted":
                 value = {p.gpu: {"attention_speedup": p.attention_speedup,
                                  "e2e_predicted_speedup": p.e2e_predicted_speedup} for p in value}
-            elif f.name in ("error_budget", "search", "layers") and value is not None:
-                value = asdict(value) if f.name != "layers" else [asdict(v) for v in value]
+            elif f.name in ("error_budget", "search", "layers", "steps") and value is not None:
+                value = asdict(value) if f.name in ("error_budget", "search") else [asdict(v) for v in value]
+            if f.name == "steps" and not value:
+                continue  # one plan for every step: the file reads as version 2 did
+            if (f.name, value) in (("extra_tokens", 0), ("extra_at", "end")):
+                continue  # no extra tokens: left out, as in version 2
             data[f.name] = lists(value)
         return data
 
@@ -415,65 +467,13 @@ def _gpu_name(r: _Reader, value: Any, where: str) -> str:
     r.fail(where, value, f"a known GPU ({', '.join(g.name for g in list_gpus())}) or a GPU .toml file")
 
 
-def parse_plan(data: Any, source: str = "plan") -> Plan:
-    """A :class:`Plan` from parsed JSON (format version 1 is converted: a missing ``causal`` means no causal
-    axis, the one place that default is decided; a storage URL's password is redacted)."""
-    from sparsesim.simulator.patterns import layout_tuple
-
-    r = _Reader(source)
-    r.obj(data, "", ("format", "version"), (*_TOP, "causal"))
-    if data["format"] != FORMAT:
-        r.fail("format", data["format"], repr(FORMAT))
-    version = data["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version not in READS:
-        raise ConfigError(f"plan {source!r}: field 'version' is {_show(version)}; this sparsesim reads versions "
-                          f"{', '.join(map(str, READS))}: run simulate search again to regenerate the plan")
-    r.obj(data, "", ("format", "version", *_TOP, *(("causal",) if version >= 2 else ())), ("causal",))
-    try:
-        layout = layout_tuple(r.list_(data["layout"], "layout", nonempty=True), "layout")
-    except ConfigError as exc:
-        raise ConfigError(f"plan {source!r}: field 'layout' is {_show(data['layout'])}: "
-                          f"{' '.join(str(exc).split())}") from None
-    rank = len(layout)
-    causal_raw = data.get("causal")
-    if version == 1 and causal_raw in (None, []):
-        causal_raw = [False] * rank  # version 1 could leave it out: no causal axis
-    causal = tuple(r.bool_(c, f"causal[{a}]") for a, c in enumerate(r.list_(causal_raw, "causal", rank)))
-    heads = r.int_(data["heads"], "heads", 1, _LIMITS["heads"])
-    heads_kv = r.int_(data["heads_kv"], "heads_kv", 1, heads)
-    if heads % heads_kv:
-        r.fail("heads_kv", heads_kv, f"a divisor of heads = {heads}")
-    error_budget = r.obj(data["error_budget"], "error_budget", ("mean", "max", "target_speedup"))
-    predicted = r.obj(data["predicted"], "predicted", (), any_keys=True)
-    gpus = []
-    for g, v in predicted.items():
-        where = f"predicted.{g}"
-        _gpu_name(r, g, where)
-        r.obj(v, where, ("attention_speedup", "e2e_predicted_speedup"))
-        gpus.append(GpuPrediction(g, r.num(v["attention_speedup"], f"{where}.attention_speedup", positive=True),
-                                  r.num(v["e2e_predicted_speedup"], f"{where}.e2e_predicted_speedup", positive=True)))
-    search = data["search"]
-    info = None
-    if search is not None and not (version == 1 and search == {}):
-        r.obj(search, "search", ("study", "storage", "trials", "seed", "samples", "sampler", "baselines"))
-        base = []
-        for i, b in enumerate(r.list_(search["baselines"], "search.baselines")):
-            w = f"search.baselines[{i}]"
-            r.obj(b, w, ("name", "mean_error", "max_error", "e2e_predicted_speedup", "attention_speedup"))
-            base.append(BaselineOutcome(r.str_(b["name"], f"{w}.name"), r.num(b["mean_error"], f"{w}.mean_error"),
-                                        r.num(b["max_error"], f"{w}.max_error"),
-                                        r.num(b["e2e_predicted_speedup"], f"{w}.e2e_predicted_speedup", True),
-                                        r.num(b["attention_speedup"], f"{w}.attention_speedup", True)))
-        info = SearchInfo(study=r.str_(search["study"], "search.study"),
-                          storage=redact_url(r.str_(search["storage"], "search.storage")),
-                          trials=r.int_(search["trials"], "search.trials", 1, _LIMITS["trials"]),
-                          seed=r.int_(search["seed"], "search.seed", 0, _LIMITS["seed"]),
-                          samples=r.str_(search["samples"], "search.samples"),
-                          sampler=r.str_(search["sampler"], "search.sampler"), baselines=tuple(base))
+def _layers(r: _Reader, items: list[Any], where: str, heads: int, layout: tuple[int, ...], causal: tuple[bool, ...],
+            version: int) -> tuple[PlanLayer, ...]:
+    """The plan layers of the list ``items`` (the field ``where``: ``layers`` or a step range's)."""
     layers = []
     seen_layers: set[int] = set()
-    for i, entry in enumerate(r.list_(data["layers"], "layers", nonempty=True)):
-        lw = f"layers[{i}]"
+    for i, entry in enumerate(items):
+        lw = f"{where}[{i}]"
         r.obj(entry, lw, ("layer", "name", "heads", "launches", "predicted_ms", "dense_ms"))
         index = r.int_(entry["layer"], f"{lw}.layer", 0, _LIMITS["layer"])
         if index in seen_layers:
@@ -517,6 +517,105 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
                                 launches=tuple(launches), predicted_ms=r.num(entry["predicted_ms"],
                                                                              f"{lw}.predicted_ms", True),
                                 dense_ms=r.num(entry["dense_ms"], f"{lw}.dense_ms", positive=True)))
+    return tuple(layers)
+
+
+def _steps(r: _Reader, value: Any, heads: int, layout: tuple[int, ...], causal: tuple[bool, ...],
+           version: int) -> tuple[PlanSteps, ...]:
+    """The step ranges (version 3): sorted by ``start``, each starting where the one before stops, from step 0 to
+    the end (the last ``stop`` null); a dense range lists no layers."""
+    out: list[PlanSteps] = []
+    for i, s in enumerate(r.list_(value, "steps")):
+        w = f"steps[{i}]"
+        r.obj(s, w, ("start", "stop", "dense", "layers"))
+        want = 0 if not out else out[-1].stop
+        if want is None:
+            r.fail(w, s, f"no range after steps[{i - 1}], whose stop is null (it runs to the last step)")
+        start = s["start"]
+        if isinstance(start, bool) or not isinstance(start, int) or start != want:
+            r.fail(f"{w}.start", start, f"{want} ({'the first step' if not out else f'where steps[{i - 1}] stops'}: "
+                   "the ranges are sorted, do not overlap and cover every step)")
+        stop = None if s["stop"] is None else s["stop"]
+        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or not start < stop
+                                 <= _LIMITS["step"]):
+            r.fail(f"{w}.stop", stop, f"null (to the last step) or an integer from {start + 1} to {_LIMITS['step']}")
+        dense = r.bool_(s["dense"], f"{w}.dense")
+        items = r.list_(s["layers"], f"{w}.layers")
+        if dense and items:
+            r.fail(f"{w}.layers", items, "[] for a dense range (every attention call runs dense)")
+        out.append(PlanSteps(start=start, stop=stop, dense=dense,
+                             layers=_layers(r, items, f"{w}.layers", heads, layout, causal, version)))
+    if out and out[-1].stop is not None:
+        r.fail(f"steps[{len(out) - 1}].stop", out[-1].stop, "null in the last range (the ranges cover every step)")
+    return tuple(out)
+
+
+def parse_plan(data: Any, source: str = "plan") -> Plan:
+    """A :class:`Plan` from parsed JSON (format versions 1 and 2 are converted: a version 1 file's missing
+    ``causal`` means no causal axis, the one place that default is decided; a file without ``steps`` is one plan
+    for every step; a storage URL's password is redacted)."""
+    from sparsesim.simulator.patterns import layout_tuple
+
+    r = _Reader(source)
+    r.obj(data, "", ("format", "version"), (*_TOP, "causal", "steps", "extra_tokens", "extra_at"))
+    if data["format"] != FORMAT:
+        r.fail("format", data["format"], repr(FORMAT))
+    version = data["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READS:
+        raise ConfigError(f"plan {source!r}: field 'version' is {_show(version)}; this sparsesim reads versions "
+                          f"{', '.join(map(str, READS))}: run simulate search again to regenerate the plan")
+    r.obj(data, "", ("format", "version", *_TOP, *(("causal",) if version >= 2 else ())),
+          ("causal", *(("steps", "extra_tokens", "extra_at") if version >= 3 else ())))
+    try:
+        layout = layout_tuple(r.list_(data["layout"], "layout", nonempty=True), "layout")
+    except ConfigError as exc:
+        raise ConfigError(f"plan {source!r}: field 'layout' is {_show(data['layout'])}: "
+                          f"{' '.join(str(exc).split())}") from None
+    rank = len(layout)
+    causal_raw = data.get("causal")
+    if version == 1 and causal_raw in (None, []):
+        causal_raw = [False] * rank  # version 1 could leave it out: no causal axis
+    causal = tuple(r.bool_(c, f"causal[{a}]") for a, c in enumerate(r.list_(causal_raw, "causal", rank)))
+    heads = r.int_(data["heads"], "heads", 1, _LIMITS["heads"])
+    heads_kv = r.int_(data["heads_kv"], "heads_kv", 1, heads)
+    if heads % heads_kv:
+        r.fail("heads_kv", heads_kv, f"a divisor of heads = {heads}")
+    error_budget = r.obj(data["error_budget"], "error_budget", ("mean", "max", "target_speedup"))
+    predicted = r.obj(data["predicted"], "predicted", (), any_keys=True)
+    gpus = []
+    for g, v in predicted.items():
+        where = f"predicted.{g}"
+        _gpu_name(r, g, where)
+        r.obj(v, where, ("attention_speedup", "e2e_predicted_speedup"))
+        gpus.append(GpuPrediction(g, r.num(v["attention_speedup"], f"{where}.attention_speedup", positive=True),
+                                  r.num(v["e2e_predicted_speedup"], f"{where}.e2e_predicted_speedup", positive=True)))
+    search = data["search"]
+    info = None
+    if search is not None and not (version == 1 and search == {}):
+        r.obj(search, "search", ("study", "storage", "trials", "seed", "samples", "sampler", "baselines"))
+        base = []
+        for i, b in enumerate(r.list_(search["baselines"], "search.baselines")):
+            w = f"search.baselines[{i}]"
+            r.obj(b, w, ("name", "mean_error", "max_error", "e2e_predicted_speedup", "attention_speedup"))
+            base.append(BaselineOutcome(r.str_(b["name"], f"{w}.name"), r.num(b["mean_error"], f"{w}.mean_error"),
+                                        r.num(b["max_error"], f"{w}.max_error"),
+                                        r.num(b["e2e_predicted_speedup"], f"{w}.e2e_predicted_speedup", True),
+                                        r.num(b["attention_speedup"], f"{w}.attention_speedup", True)))
+        info = SearchInfo(study=r.str_(search["study"], "search.study"),
+                          storage=redact_url(r.str_(search["storage"], "search.storage")),
+                          trials=r.int_(search["trials"], "search.trials", 1, _LIMITS["trials"]),
+                          seed=r.int_(search["seed"], "search.seed", 0, _LIMITS["seed"]),
+                          samples=r.str_(search["samples"], "search.samples"),
+                          sampler=r.str_(search["sampler"], "search.sampler"), baselines=tuple(base))
+    extra_tokens = r.int_(data.get("extra_tokens", 0), "extra_tokens", 0, _LIMITS["tokens"])
+    extra_at = r.str_(data.get("extra_at", "end"), "extra_at", ("end", "start"))
+    try:
+        GNAPattern(input_size=layout, window=layout, causal=causal, extra_tokens=extra_tokens, extra_at=extra_at)
+    except ConfigError as exc:
+        raise ConfigError(f"plan {source!r}: fields 'extra_tokens'/'extra_at' ({extra_tokens}, {extra_at!r}): "
+                          f"{' '.join(str(exc).split())}") from None
+    layers = _layers(r, r.list_(data["layers"], "layers", nonempty=True), "layers", heads, layout, causal, version)
+    steps = _steps(r, data.get("steps", []), heads, layout, causal, version) if version >= 3 else ()
     return Plan(
         workload=r.str_(data["workload"], "workload"), gpu=_gpu_name(r, data["gpu"], "gpu"),
         kernel_profile=r.str_(data["kernel_profile"], "kernel_profile"),
@@ -530,4 +629,4 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
         mean_error=r.num(data["mean_error"], "mean_error"), max_error=r.num(data["max_error"], "max_error"),
         attention_speedup=r.num(data["attention_speedup"], "attention_speedup", positive=True),
         e2e_predicted_speedup=r.num(data["e2e_predicted_speedup"], "e2e_predicted_speedup", positive=True),
-        predicted=tuple(gpus), search=info, layers=tuple(layers))
+        predicted=tuple(gpus), search=info, layers=layers, steps=steps, extra_tokens=extra_tokens, extra_at=extra_at)

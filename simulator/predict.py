@@ -95,12 +95,13 @@ def layout_of(prof: KernelProfile, tm: TileMap, problem: Problem, tokens: int) -
 
 def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPattern | None, tokens: int,
                sparse_tm: TileMap, backprop: bool) -> PassTime:
-    """The dense kernel's time: the profile's dense tiles over flat tokens, causal axes kept causal."""
+    """The dense kernel's time: the profile's dense tiles over the call's ``tokens`` (the layout's and any extra
+    ones), causal axes kept causal."""
     q, kv = prof.forward.dense_q_tile, prof.forward.dense_kv_tile
     if pattern is None or not pattern.is_causal:
         tm = full_tilemap(tokens, q, kv)
-    elif pattern.rank == 1:  # the dense kernel's own tiles, however short the sequence
-        tm = box_schedule(pattern.dense(), (q,), (kv,)).tilemap
+    elif pattern.rank == 1:  # the dense kernel's own tiles, however short the sequence (sinks: causal before it)
+        tm = box_schedule(GNAPattern(input_size=tokens, window=tokens, causal=True), (q,), (kv,)).tilemap
     else:
         tm = tilemap(pattern.dense(), sparse_tm.q_tile, sparse_tm.kv_tile, sparse_tm.tiling)
     pairs = float(tokens) ** 2 if pattern is None else float(pattern.dense().visible_pairs())

@@ -9,10 +9,17 @@ Box tiles come from the schedule (:mod:`sparsesim.simulator.schedule`, dilation 
 separately as the kernels run them); flat tiles (runs of row-major tokens, no permutation) from
 :mod:`sparsesim.simulator.flat`; explicit block maps are tiled as given. :func:`tile_stats` turns
 any tile map into the bounds of a result.
+
+Extra tokens (docs/DESIGN.md, Extra tokens) are tiled as a run of their own, in tiles of the Q and KV
+tiles' volumes (:func:`with_extra_tiles`): every layout Q tile also visits the ``ceil(E / kv volume)``
+extra KV tiles, and the ``ceil(E / q volume)`` extra Q tiles visit every KV tile (under a causal axis,
+as sinks: only the extra KV tiles at or before them).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +45,10 @@ class TileMap:
     which the backward pass iterates over. ``q_grid`` and ``kv_grid`` give one group's tile grid
     (box tiling) for pictures; ``dense_kv_tiles`` is what a dense pass over the undilated layout
     visits per Q tile with the same KV tile.
+
+    With extra tokens (:func:`with_extra_tiles`) the counts also hold the ``extra_q_tiles`` Q tiles and
+    ``extra_kv_tiles`` KV tiles of the extra tokens: before the layout's tiles with ``extra_at="start"``, after
+    them otherwise; ``dense_kv_tiles`` then counts the extra KV tiles too.
     """
 
     tiling: str
@@ -51,10 +62,19 @@ class TileMap:
     kv_full: np.ndarray
     groups: int = 1
     dense_kv_tiles: int = 0
+    extra_q_tiles: int = 0
+    extra_kv_tiles: int = 0
+    extra_at: str = "end"
 
     @property
     def num_q_tiles(self) -> int:
         return int(self.visited.shape[1])
+
+    @property
+    def layout_q(self) -> slice:
+        """The columns of ``visited``/``full`` that are the layout's Q tiles (all of them without extra tokens)."""
+        n = self.num_q_tiles
+        return slice(self.extra_q_tiles, n) if self.extra_at == "start" else slice(0, n - self.extra_q_tiles)
 
     @property
     def num_kv_tiles(self) -> int:
@@ -123,14 +143,81 @@ def check_tiles(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[in
 
 
 def tilemap(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[int], tiling: str = "box") -> TileMap:
-    """Tile map of a GNA pattern under box tiling (the schedule the kernels run) or flat tiling."""
+    """Tile map of a GNA pattern under box tiling (the schedule the kernels run) or flat tiling, its extra
+    tokens' tiles included (:func:`with_extra_tiles`)."""
     from sparsesim.simulator.flat import flat_tilemap
     from sparsesim.simulator.schedule import box_schedule
 
     check_tiles(pattern, q_tile, kv_tile, tiling)
+    layout = pattern.layout_pattern() if pattern.extra_tokens else pattern
     if tiling == "flat":
-        return flat_tilemap(pattern, int(q_tile[0]), int(kv_tile[0]))
-    return box_schedule(pattern, tuple(int(t) for t in q_tile), tuple(int(t) for t in kv_tile)).tilemap
+        tm = flat_tilemap(layout, int(q_tile[0]), int(kv_tile[0]))
+    else:
+        tm = box_schedule(layout, tuple(int(t) for t in q_tile), tuple(int(t) for t in kv_tile)).tilemap
+    return with_extra_tiles(tm, pattern)
+
+
+def kv_tiles_unpadded(pattern: GNAPattern, kv_tile: Sequence[int], tiling: str) -> np.ndarray:
+    """Per layout KV tile (in the tile map's order: dilation groups row-major, then tiles row-major), whether it
+    holds no padding."""
+    if tiling == "flat":
+        n, t = pattern.num_tokens, int(kv_tile[0])
+        return (np.arange(-(-n // t)) + 1) * t <= n
+    per_axis = []
+    for n, t, d in zip(pattern.input_size, kv_tile, pattern.dilation, strict=True):
+        lengths = [-(-(n - g) // d) for g in range(d)]
+        per_axis.append([(np.arange(-(-m // t)) + 1) * t <= m for m in lengths])
+    out = []
+    for group in itertools.product(*(range(d) for d in pattern.dilation)):
+        flags = np.ones(1, dtype=bool)
+        for axis, g in enumerate(group):
+            flags = (flags[:, None] & per_axis[axis][g][None, :]).reshape(-1)
+        out.append(flags)
+    return np.concatenate(out)
+
+
+def with_extra_tiles(tm: TileMap, pattern: GNAPattern) -> TileMap:
+    """``tm`` (the layout's tile map) with the tiles of ``pattern``'s extra tokens added (``tm`` itself without).
+
+    The ``E`` extra tokens form a run of their own, cut into Q tiles and KV tiles of the tiles' volumes. Every
+    layout Q tile visits the ``ceil(E / kv volume)`` extra KV tiles (full but the padded last one); each of the
+    ``ceil(E / q volume)`` extra Q tiles visits every layout KV tile (full where it holds no padding) and every
+    extra KV tile. Under a causal axis the extra tokens are sinks: extra Q tiles visit no layout KV tile and the
+    extra KV tiles causally (the causal schedule of one axis of ``E`` tokens).
+    """
+    from sparsesim.simulator.schedule import group_schedule
+
+    e = pattern.extra_tokens
+    if not e:
+        return tm
+    q_vol, kv_vol = math.prod(tm.q_tile), math.prod(tm.kv_tile)
+    tiling = "flat" if tm.tiling == "flat" else "box"
+    unpadded = kv_tiles_unpadded(pattern, tm.kv_tile, tiling)
+    causal = pattern.is_causal
+    ext = group_schedule(e, e, 1, causal, q_vol, kv_vol)  # extra queries x extra keys
+    n_kv, n_q = tm.num_kv_tiles, tm.num_q_tiles
+    rows = tm.visited.shape[0]
+    eq, ek, ek_full = ext.q_tiles, ext.kv_tiles, e // kv_vol
+    # Layout Q tiles: the extra KV tiles on top of their own.
+    visited = tm.visited + ek
+    full = tm.full + ek_full
+    # Extra Q tiles: every layout KV tile (none as sinks) and the extra KV tiles of their schedule.
+    x_visited = np.broadcast_to(ext.count + (0 if causal else n_kv), (rows, eq))
+    x_full = np.broadcast_to(ext.full_count + (0 if causal else int(unpadded.sum())), (rows, eq))
+    # Layout KV tiles are visited by the extra Q tiles (not as sinks); extra KV tiles by every layout Q tile.
+    kv_visited = tm.kv_visited + (0 if causal else eq)
+    kv_full = tm.kv_full + (0 if causal else eq * unpadded[None, :])
+    ek_unpadded = (np.arange(ek) + 1) * kv_vol <= e
+    x_kv_visited = np.broadcast_to(ext.kv_count + n_q, (rows, ek))
+    x_kv_full = np.broadcast_to(ext.kv_full_count + n_q * ek_unpadded, (rows, ek))
+
+    def join(layout: np.ndarray, extra: np.ndarray) -> np.ndarray:
+        return np.concatenate([extra, layout] if pattern.extra_at == "start" else [layout, extra], axis=1)
+
+    v, f, kv, kf = freeze(join(visited, x_visited), join(full, x_full), join(kv_visited, x_kv_visited),
+                          join(kv_full, x_kv_full))
+    return dataclasses.replace(tm, visited=v, full=f, kv_visited=kv, kv_full=kf, dense_kv_tiles=tm.dense_kv_tiles + ek,
+                               extra_q_tiles=eq, extra_kv_tiles=ek, extra_at=pattern.extra_at)
 
 
 def block_sparse_tilemap(pattern: BlockSparsePattern) -> TileMap:
@@ -162,12 +249,13 @@ def tile_stats(tm: TileMap, flop_speedup: float, dense: TileMap | None = None) -
     """Bounds of ``tm`` against its dense baseline.
 
     Non-causal (``dense`` None): the dense baseline visits ``tm.dense_kv_tiles`` KV tiles from every
-    Q tile and the worst Q tile bounds the sparse kernel (the GNA paper's convention). Causal
-    (``dense`` the causal dense tile map): the dense triangle is load-balanced across SMs, so its
-    worst Q tile is not its cost; both sides use the mean.
+    Q tile and the worst Q tile bounds the sparse kernel (the GNA paper's convention; with extra tokens
+    the worst layout Q tile: the extra Q tiles visit every KV tile in the sparse kernel and the dense one
+    alike). Causal (``dense`` the causal dense tile map): the dense triangle is load-balanced across SMs,
+    so its worst Q tile is not its cost; both sides use the mean.
     """
     visited = tm.visited
-    worst = int(visited.max())
+    worst = int(visited[:, tm.layout_q].max())
     mean = float(visited.mean())
     dense_tiles = float(tm.dense_kv_tiles) if dense is None else float(dense.visited.mean())
     tile_speedup = dense_tiles / (worst if dense is None else mean)

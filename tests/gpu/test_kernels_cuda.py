@@ -124,3 +124,35 @@ def test_repeated_calls_stay_correct():
         q2, k2, v2 = (x.reshape(1, 40, 25, 8, 128) for x in (q, k, v))
         kw = {"window": (9, 7), "stride": (2, 1)}
         check(gna_attention(q2, k2, v2, **kw), gna_reference(q2, k2, v2, **kw), torch.bfloat16)
+
+
+EXTRA_CASES = [
+    # size, window, stride, dilation, causal, q_tile, kv_tile, extra tokens, where
+    ((32, 40), (9, 13), (2, 3), 1, False, (8, 16), (8, 16), 77, "start"),     # FLUX-like text tokens first
+    ((6, 16, 16), (3, 8, 8), (1, 4, 4), 1, False, (2, 8, 8), (2, 8, 8), 256, "end"),  # HunyuanVideo-like
+    ((1000,), 129, 1, 1, True, 128, 128, 4, "start"),                           # causal with 4 sinks
+    ((1000,), 256, 64, 2, False, 128, 64, 200, "end"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-E{c[7]}")
+def test_gna_extra_tokens_cuda(dtype, case):
+    """Extra tokens (joint text, sinks) in the GNA kernel's softmax and extra queries through the dense kernel,
+    every K/V layout, against the float64 reference of the agreed rule; then a head subset in place."""
+    size, window, stride, dilation, causal, q_tile, kv_tile, extra, at = case
+    tokens = int(np.prod(size)) + extra
+    q = rand(2, tokens, 4, 128, dtype=dtype, seed=30)
+    k = rand(2, tokens, 2, 128, dtype=dtype, seed=31)
+    v = rand(2, tokens, 2, 128, dtype=dtype, seed=32)
+    kw = {"window": window, "stride": stride, "dilation": dilation, "causal": causal, "extra_tokens": extra,
+          "extra_at": at, "input_size": size}
+    ref = gna_reference(q, k, v, **kw)
+    for kv_layout in [None, *_layouts(size, dilation)]:
+        out = torch.full_like(q, float("nan"))
+        gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=out, kv_layout=kv_layout, **kw)
+        check(out, ref, dtype)
+    out = torch.full_like(q, 7.0)
+    gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=out, heads=[2, 3], **kw)
+    check(out[..., 2:, :], ref[..., 2:, :], dtype)
+    assert bool((out[..., :2, :] == 7.0).all())

@@ -16,7 +16,7 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-_KERNEL_MODULES = ("_common", "permute", "dense", "gna", "block_sparse")
+_KERNEL_MODULES = ("_common", "permute", "dense", "dense_bwd", "gna", "gna_bwd", "block_sparse", "block_sparse_bwd")
 for _name in _KERNEL_MODULES:
     _mod = sys.modules.get(f"sparsesim.kernels.{_name}")
     if _mod is not None:

@@ -164,3 +164,76 @@ def test_original_restored_and_refusals_in_one_line() -> None:
     assert "one replacement" in refused(plan, lambda: apply_plan(model, plan).__enter__())
     with pytest.raises(ConfigError, match="backend='gpu'"), apply_plan(model, plan, backend="gpu"):
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# Plans per range of denoising steps (format version 3)
+# --------------------------------------------------------------------------------------------
+
+MIXED = {0: SPARSE, 1: DENSE, 2: SPARSE, 3: DENSE}
+
+
+def step_plans() -> tuple[Plan, Plan, Plan]:
+    """A plan of three ranges: steps 0-1 dense, step 2 its own layers (layer 0 all sparse), 3 on the plan's
+    layers (layer 1 mixed); and the plain plans of the two sparse ranges."""
+    early = make_plan({0: dict.fromkeys(range(HEADS), SPARSE)})
+    late = make_plan({1: MIXED})
+    data = late.to_dict()
+    data["steps"] = [{"start": 0, "stop": 2, "dense": True, "layers": []},
+                     {"start": 2, "stop": 3, "dense": False, "layers": early.to_dict()["layers"]},
+                     {"start": 3, "stop": None, "dense": False, "layers": []}]
+    return parse_plan(data, "step plan"), early, late
+
+
+def test_step_ranges_run_dense_warm_up_then_each_range_plan() -> None:
+    model, x = model_and_input()
+    plan, early, late = step_plans()
+    with torch.no_grad():
+        dense = model(x)
+        with apply_plan(model, early, backend="reference"):
+            want_early = model(x)
+        with apply_plan(model, late, backend="reference"):
+            want_late = model(x)
+        with apply_plan(model, plan, backend="reference") as run:
+            outs = [model(x) for _ in range(5)]
+    assert rel_error(want_early, dense) > 0.03 and rel_error(want_late, dense) > 0.03 \
+        and rel_error(want_early, want_late) > 0.03
+    for i in (0, 1):  # dense warm-up: the original SDPA on every call, bit for bit
+        torch.testing.assert_close(outs[i], dense, rtol=0, atol=0)
+    torch.testing.assert_close(outs[2], want_early, rtol=0, atol=0)
+    for i in (3, 4):  # the last range runs to the end, on the plan's own layers
+        torch.testing.assert_close(outs[i], want_late, rtol=0, atol=0)
+    assert run.passes == 5 and run.dense_passes == 2
+    assert run.planned_calls == 3 and run.dense_calls == 2 * 2 + 1 + 2 * 1
+
+
+def test_passes_per_step_and_a_step_the_caller_sets() -> None:
+    model, x = model_and_input(batch=1)
+    plan, early, late = step_plans()
+    with torch.no_grad():
+        dense = model(x)
+        with apply_plan(model, early, backend="reference"):
+            want_early = model(x)
+        with apply_plan(model, late, backend="reference"):
+            want_late = model(x)
+        with apply_plan(model, plan, backend="reference", passes_per_step=2) as run:  # CFG: two passes a step
+            steps, outs = [], []
+            for _ in range(8):
+                outs.append(model(x))
+                steps.append(run.step)
+        assert steps == [0, 0, 1, 1, 2, 2, 3, 3]
+        for i, want in enumerate([dense] * 4 + [want_early] * 2 + [want_late] * 2):
+            torch.testing.assert_close(outs[i], want, rtol=0, atol=0)
+        with apply_plan(model, plan, backend="reference") as run:
+            got = []
+            for step in (3, 0, 2, 2):  # a sampling loop that sets the step; it holds until set again
+                run.step = step
+                got.append(model(x))
+            got.append(model(x))
+        for out, want in zip(got, [want_late, dense, want_early, want_early, want_early], strict=True):
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
+        assert run.step == 2 and run.passes == 5
+    with pytest.raises(ConfigError, match="passes_per_step=0"), apply_plan(model, plan, passes_per_step=0):
+        pass
+    with apply_plan(model, plan) as run, pytest.raises(ConfigError, match="runner.step = -1"):
+        run.step = -1

@@ -274,3 +274,70 @@ def test_multihead_attention_captured_with_its_head_dim() -> None:
     with pytest.raises(ConfigError) as exc, torch.no_grad(), capture_attention(mha, layout=LAYOUT):
         mha(x, x, x)
     assert "need_weights=True" in one_line(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Extra tokens: joint text tokens (MM-DiT) before or after the layout's tokens
+# --------------------------------------------------------------------------------------------
+
+
+class JointBlock(nn.Module):
+    """Joint attention: text tokens concatenated with the layout's tokens (after RoPE on the layout's only)."""
+
+    def __init__(self, at: str) -> None:
+        super().__init__()
+        self.at = at
+        self.qkv = nn.Linear(DIM, 3 * HEADS * HD)
+        self.probs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+
+        def heads(t: torch.Tensor, rotate: bool) -> list[torch.Tensor]:
+            q, k, v = (y.view(b, t.shape[1], HEADS, HD) for y in self.qkv(t).split(HEADS * HD, -1))
+            return [rope(q) if rotate else q, rope(k) if rotate else k, v]
+
+        img, txt = heads(x, True), heads(text, False)
+        q, k, v = (torch.cat([t, i] if self.at == "start" else [i, t], 1).transpose(1, 2)
+                   for i, t in zip(img, txt, strict=True))
+        self.probs.append(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(HD), -1).detach())
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("at", ["end", "start"])
+def test_joint_text_tokens_captured_with_the_samples(at: str, tmp_path) -> None:
+    torch.manual_seed(1)
+    blk, extra = JointBlock(at).eval(), 5
+    x, text = torch.randn(1, N, DIM), torch.randn(1, extra, DIM)
+    with torch.no_grad(), capture_attention(layout=LAYOUT, rows=10, extra_tokens=extra, extra_at=at) as cap:
+        blk(x, text)
+    s = cap.samples()
+    assert (s.extra_tokens, s.extra_at) == (extra, at)
+    first = extra if at == "start" else 0
+    rows = s.rows_of(0)
+    assert rows.min() >= first and rows.max() < first + N  # layout tokens, by sequence position
+    assert s.layers[0].k.shape == (HEADS, N + extra, HD)
+    for h in range(HEADS):
+        q, k, v = s.head(0, h)
+        hq = head_quality(q, k, v, rows, LAYOUT, extra_tokens=extra, extra_at=at)
+        np.testing.assert_allclose(hq.p / hq.z[:, None], blk.probs[-1][0, h, rows].numpy(), atol=2e-6, rtol=1e-4)
+    back = load_samples(save_samples(s, tmp_path / "s.npz"))
+    assert (back.extra_tokens, back.extra_at) == (extra, at)
+    np.testing.assert_array_equal(back.rows_of(0), rows)
+
+
+def test_extra_tokens_refused_when_they_do_not_match() -> None:
+    blk = JointBlock("end").eval()
+    x, text = torch.randn(1, N, DIM), torch.randn(1, 3, DIM)
+    with pytest.raises(ConfigError, match=f"{N + 3} query tokens; the layout 2x4x4 has {N} \\(extra tokens\\? pass "
+                                          "extra_tokens=\\)"), torch.no_grad(), capture_attention(layout=LAYOUT):
+        blk(x, text)
+    with pytest.raises(ConfigError, match=f"{N + 3} query tokens; the layout 2x4x4 with 4 extra tokens has {N + 4}"), \
+            torch.no_grad(), capture_attention(layout=LAYOUT, extra_tokens=4):
+        blk(x, text)
+    cap = AttentionCapture(layout=(N,), extra_tokens=2)
+    q = torch.randn(1, HEADS, N + 2, HD)
+    with pytest.raises(ConfigError, match="causal call with 2 extra tokens after the layout"):
+        cap.record(q, q, q, is_causal=True)
+    with pytest.raises(ConfigError, match="extra_at='middle'; allowed: end, start"):
+        AttentionCapture(layout=LAYOUT, extra_tokens=2, extra_at="middle")

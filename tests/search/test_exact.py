@@ -180,3 +180,68 @@ def test_cli_exhaustive_stores_nothing_and_notes_ignored_flags(cli, tiny_workloa
 def test_enumerated_fronts_equal_brute_force_fronts_large(layout, gpu, size):
     """Spaces of ~10^3 candidates (3D layouts of 8K-16K tokens); the slowest test here, so the last."""
     check_fronts_against_brute_force(layout, gpu, heads=1, rows=8, min_size=size)
+
+
+# --------------------------------------------------------------------------------------------
+# Samples with extra tokens (joint text tokens, sinks)
+# --------------------------------------------------------------------------------------------
+
+
+def with_extras(src, extra: int, at: str):
+    """``src`` materialized, its calls given ``extra`` more random tokens (K and V), rows as sequence positions."""
+    from sparsesim.search.samples import LayerSamples, Samples
+
+    rng = np.random.default_rng(7)
+    s = src.materialize()
+    layers = []
+    for la in s.layers:
+        hk, _, d = la.k.shape
+        k_x, v_x = (rng.standard_normal((hk, extra, d)).astype(np.float16) for _ in range(2))
+        parts_k, parts_v = ([k_x, la.k], [v_x, la.v]) if at == "start" else ([la.k, k_x], [la.v, v_x])
+        layers.append(LayerSamples(name=la.name, q=la.q, rows=la.rows + (extra if at == "start" else 0),
+                                   k=np.concatenate(parts_k, axis=1), v=np.concatenate(parts_v, axis=1),
+                                   kinds=la.kinds))
+    return Samples(layout=s.layout, layers=tuple(layers), extra_tokens=extra, extra_at=at)
+
+
+@pytest.mark.parametrize(("layout", "causal", "at"), [((16, 64), (), "end"), ((2048,), (True,), "start")])
+def test_exact_fronts_with_extra_tokens(layout, causal, at):
+    space = build_space(layout, gpu="H100", head_dim=32, dtype="fp16")
+    src = with_extras(synthetic(layout=layout, layers=1, heads=2, head_dim=32, rows=8, seed=5), 24, at)
+    shape = LayerShape(layout=layout, heads=4, heads_kv=4, head_dim=32, dtype="fp16", causal=causal,
+                       extra_tokens=24, extra_at=at)
+    latency = LatencyModel(shape=shape, gpu="H100", q_tile=space.q_tile, kv_tile=space.kv_tile)
+    exact = run_exhaustive(src, [0], space, latency)
+    plain = _latency(layout, "H100", space, causal)
+    for h in range(2):
+        q, k, v = src.head(0, h)
+        hq = head_quality(q, k, v, src.rows_of(0), layout, causal, extra_tokens=24, extra_at=at)
+        for p in exact.points(0, h):
+            one = evaluate(hq, p.candidate.pattern(layout, causal))
+            assert p.error == pytest.approx(one.error, rel=1e-4, abs=1e-6)
+            assert p.mass == pytest.approx(one.mass, rel=1e-5, abs=1e-7)
+            assert p.ms > plain.head_ms(p.candidate)  # the extra tokens are costed
+    wrong = LatencyModel(shape=LayerShape(layout=layout, heads=4, heads_kv=4, head_dim=32, dtype="fp16",
+                                          causal=causal, extra_tokens=8, extra_at="start"),
+                         gpu="H100", q_tile=space.q_tile, kv_tile=space.kv_tile)
+    from sparsesim.simulator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="the samples carry 24 extra tokens"):
+        run_exhaustive(src, [0], space, wrong)
+
+
+def test_search_plan_over_samples_with_extra_tokens(tiny, tmp_path):
+    pytest.importorskip("optuna")
+    from sparsesim.search.run import search_plan
+    from sparsesim.search.study import SearchSettings
+
+    workload, src = tiny
+    joint = with_extras(src, 40, "end")
+    plain = search_plan(src=src, workload=workload, gpu="H100", error_budget=0.1)
+    settings = SearchSettings(study="x", storage=f"sqlite:///{tmp_path}/s.db", trials=4)
+    for sampler in ("exhaustive", "tpe"):
+        res = search_plan(src=joint, workload=workload, gpu="H100", error_budget=0.1, sampler=sampler,
+                          settings=settings)
+        assert res.outcomes[0].mean_error <= 0.1 + 1e-12
+        # the dense baseline runs the text tokens too
+        assert res.outcomes[0].dense_attention_ms > plain.outcomes[0].dense_attention_ms

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from sparsesim.search.quality import evaluate, evaluate_all, head_quality
 from sparsesim.search.space import Candidate
+from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import GNAPattern, dense_mask, visible_mask
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -238,3 +239,78 @@ def test_evaluate_all_equals_the_loop_and_brute_force(cset, seed, d, causal_refe
             assert mass[i] == pytest.approx(kept, rel=1e-5, abs=1e-7)
         else:
             assert (error[i], mass[i]) == (0.0, 1.0)  # the reference itself, as evaluate scores it
+
+
+# --------------------------------------------------------------------------------------------
+# Extra tokens (joint text tokens, sinks): every candidate keeps them; rows are layout tokens
+# --------------------------------------------------------------------------------------------
+
+
+def brute_force_extras(p: GNAPattern, q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray,
+                       extra: int, at: str, causal_reference: bool) -> tuple[float, float]:
+    """Float64 (error, mass) of layout pattern ``p`` on a head whose calls carry ``extra`` more tokens: the layout
+    rows (sequence positions ``rows``) see every extra key on top of their pattern; the reference is the dense
+    layout (causal along ``p``'s causal axes when ``causal_reference``) plus every extra key."""
+    n = math.prod(p.input_size)
+    first, xfirst = (extra, 0) if at == "start" else (0, n)
+    local = rows - first
+    ref_layout = dense_mask(input_size=p.input_size, window=p.input_size,
+                            causal=p.causal if causal_reference else False)[local]
+    keep_layout = full_mask(p)[local]
+
+    def sequence(layout_part: np.ndarray) -> np.ndarray:
+        out = np.zeros((rows.size, n + extra), dtype=bool)
+        out[:, first:first + n] = layout_part
+        out[:, xfirst:xfirst + extra] = True
+        return out
+
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    s = np.where(sequence(ref_layout), q64 @ k64.T / math.sqrt(q.shape[1]), -np.inf)
+    prob = np.exp(s - s.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    dense = prob @ v64
+    masked = np.where(sequence(keep_layout), prob, 0.0)
+    kept = masked.sum(axis=1)
+    sparse = (masked / kept[:, None]) @ v64
+    return math.sqrt(((sparse - dense) ** 2).sum() / rows.size) / v_spread(v), float(kept.mean())
+
+
+@FAST
+@given(candidate_sets(), st.integers(0, 2**32 - 1), st.integers(1, 9), st.booleans(), st.booleans())
+def test_evaluate_all_with_extra_tokens_equals_the_loop_and_brute_force(cset, seed, extra, at_start, causal_ref):
+    layout, causal, cands = cset
+    causal = causal if causal_ref else (False,) * len(layout)
+    at = "start" if at_start or any(causal) else "end"
+    rng = np.random.default_rng(seed)
+    n = math.prod(layout)
+    first = extra if at == "start" else 0
+    rows = first + np.sort(rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False)).astype(np.int64)
+    q = rng.standard_normal((rows.size, 8)).astype(np.float32)
+    k = rng.standard_normal((n + extra, 8)).astype(np.float32) * 2
+    v = rng.standard_normal((n + extra, 8)).astype(np.float32)
+    hq = head_quality(q, k, v, rows, layout, causal, extra_tokens=extra, extra_at=at)
+    error, mass = evaluate_all(hq, cands, causal)
+    for i, c in enumerate(cands):
+        pattern = c.pattern(layout, causal)
+        one = evaluate(hq, pattern)  # the layout pattern gets the head's extra tokens
+        with_extras = GNAPattern(input_size=layout, window=c.window, stride=c.stride, dilation=c.dilation,
+                                 causal=causal, extra_tokens=extra, extra_at=at)
+        assert evaluate(hq, with_extras) == one
+        assert error[i] == pytest.approx(one.error, rel=1e-4, abs=1e-6)
+        assert mass[i] == pytest.approx(one.mass, rel=1e-5, abs=1e-7)
+        err, kept = brute_force_extras(pattern, q, k, v, rows, extra, at, causal_ref)
+        assert error[i] == pytest.approx(err, rel=1e-4, abs=1e-6)
+        assert mass[i] == pytest.approx(kept, rel=1e-5, abs=1e-7)
+
+
+def test_extra_tokens_are_checked():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 4)).astype(np.float32)
+    k = rng.standard_normal((10, 4)).astype(np.float32)
+    with pytest.raises(ConfigError, match="k has 10 and v 10 tokens; the layout 8 with 3 extra tokens has 11"):
+        head_quality(q, k, k, np.array([0, 1]), (8,), extra_tokens=3)
+    with pytest.raises(ConfigError, match="sampled rows must be layout tokens: sequence positions 2 to 9"):
+        head_quality(q, k, k, np.array([0, 5]), (8,), extra_tokens=2, extra_at="start")
+    hq = head_quality(q, k, k, np.array([3, 5]), (8,), extra_tokens=2, extra_at="start")
+    with pytest.raises(ConfigError, match="extra_tokens=1"):
+        evaluate(hq, GNAPattern(input_size=8, window=2, extra_tokens=1))

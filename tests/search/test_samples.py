@@ -270,3 +270,53 @@ def test_capture_errors():
         capture(model, torch.randn(1, 4, 8), modules={"L": ("0.query", "0", "0")}, heads=2)
     with pytest.raises(ConfigError, match="do not split"):
         capture(model, torch.randn(1, 4, 8), modules={"L": ("0", "0", "0")}, heads=3)
+
+
+# --------------------------------------------------------------------------------------------
+# Extra tokens (version 2) and version 1 files
+# --------------------------------------------------------------------------------------------
+
+
+def samples_with_extras(extra: int = 3, at: str = "start") -> Samples:
+    rng = np.random.default_rng(5)
+    first = extra if at == "start" else 0
+    rows = first + np.sort(rng.choice(30, size=6, replace=False)).astype(np.int64)
+    layer = LayerSamples(name="joint", q=rng.standard_normal((2, 6, 8)).astype(np.float16), rows=rows,
+                         k=rng.standard_normal((2, 30 + extra, 8)).astype(np.float16),
+                         v=rng.standard_normal((2, 30 + extra, 8)).astype(np.float16))
+    return Samples(layout=(5, 6), layers=(layer,), extra_tokens=extra, extra_at=at)
+
+
+@pytest.mark.parametrize("at", ["start", "end"])
+def test_extra_tokens_round_trip(tmp_path, at):
+    s = samples_with_extras(at=at)
+    back = load_samples(save_samples(s, tmp_path / "x.npz"))
+    assert_same(s, back)
+    assert (back.extra_tokens, back.extra_at) == (3, at)
+    with np.load(tmp_path / "x.npz") as z:
+        assert int(z["version"]) == 2
+
+
+def test_version_1_files_are_read_without_extra_tokens(tmp_path):
+    path = rewrite(tmp_path, version=np.array(1), extra_tokens=None, extra_at=None)
+    back = load_samples(path)
+    assert (back.extra_tokens, back.extra_at) == (0, "end")
+    assert_same(small_samples(), back)
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({"extra_tokens": np.array(-2)}, "extra_tokens -2"),
+    ({"extra_tokens": None}, "extra_tokens None"),
+    ({"extra_at": np.array("middle")}, "extra_at 'middle'"),
+    ({"extra_tokens": np.array(4)}, "has 30 tokens; the layout 5x6 with 4 extra tokens has 34"),
+])
+def test_bad_extra_tokens_in_a_file(tmp_path, changes, needle):
+    assert needle in one_line_error(rewrite(tmp_path, **changes))
+
+
+def test_samples_refuse_rows_outside_the_layout():
+    s = samples_with_extras(at="start")
+    layer = s.layers[0]
+    bad = LayerSamples(name="joint", q=layer.q, rows=np.arange(6, dtype=np.int64), k=layer.k, v=layer.v)
+    with pytest.raises(ConfigError, match="sampled rows outside the layout's sequence positions 3..32"):
+        Samples(layout=(5, 6), layers=(bad,), extra_tokens=3, extra_at="start")

@@ -525,3 +525,88 @@ def test_import_has_no_heavy_dependencies():
             "assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Extra tokens (docs/DESIGN.md, Extra tokens): joint text tokens and attention sinks
+# --------------------------------------------------------------------------------------------
+
+
+def bf_extra_mask(cfg, extra: int, extra_at: str) -> np.ndarray:
+    """``[S, S]`` mask of the sequence of N + E tokens, pair by pair, straight from the one rule:
+    ``visible(i, j) = reference(i, j) and (i is extra or j is extra or pattern(i, j))``."""
+    shape = cfg["input_size"]
+    layout = bf_mask(shape, cfg["window"], cfg["stride"], cfg["dilation"], cfg["causal"])
+    n = layout.shape[0]
+    causal = any(cfg["causal"])
+    first = extra if extra_at == "start" else 0  # sequence position of layout token 0
+
+    def layout_index(pos: int) -> int | None:
+        return pos - first if first <= pos < first + n else None
+
+    size = n + extra
+    out = np.zeros((size, size), dtype=bool)
+    for i in range(size):
+        for j in range(size):
+            li, lj = layout_index(i), layout_index(j)
+            if causal:  # sinks at the start: reference = causal over extras, layout queries see every sink
+                # extra queries: the extra keys at or before them; layout queries: every extra key, and among
+                # layout tokens the pattern's own causal rule
+                reference = (lj is None and j <= i) if li is None else True
+            else:
+                reference = True
+            out[i, j] = reference and (li is None or lj is None or bool(layout[li, lj]))
+    return out
+
+
+@FAST
+@given(cfg=gna_configs(max_tokens=120, max_len=8), extra=st.integers(0, 7), at_start=st.booleans(),
+       data=st.data())
+def test_extra_tokens_mask_matches_brute_force(cfg, extra, at_start, data):
+    at = "start" if at_start or any(cfg["causal"]) else "end"
+    p = GNAPattern(**cfg, extra_tokens=extra, extra_at=at)
+    expect = bf_extra_mask(cfg, extra, at)
+    full = dense_mask(**cfg, extra_tokens=extra, extra_at=at)
+    assert full.shape == (p.seq_tokens, p.seq_tokens)
+    np.testing.assert_array_equal(full, expect)
+    rows = data.draw(st.lists(st.integers(0, p.seq_tokens - 1), max_size=6))
+    np.testing.assert_array_equal(visible_mask(p, rows), expect[rows].reshape(len(rows), p.seq_tokens))
+    assert p.visible_pairs() == int(expect.sum())
+    assert p.density() == pytest.approx(expect.mean())
+    assert p.dense().visible_pairs() == int(bf_extra_mask({**cfg, "window": cfg["input_size"], "stride":
+                                                           (1,) * p.rank, "dilation": (1,) * p.rank},
+                                                          extra, at).sum())
+
+
+def test_extra_tokens_known_masks():
+    # two text tokens after a 1D layout of 4, window 1: layout rows see themselves and the text, text sees all
+    m = dense_mask(input_size=4, window=1, extra_tokens=2).astype(int)
+    assert m.tolist() == [[1, 0, 0, 0, 1, 1], [0, 1, 0, 0, 1, 1], [0, 0, 1, 0, 1, 1], [0, 0, 0, 1, 1, 1],
+                          [1] * 6, [1] * 6]
+    # two causal sinks before a 1D layout of 3, window 1
+    m = dense_mask(input_size=3, window=1, causal=True, extra_tokens=2, extra_at="start").astype(int)
+    assert m.tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 0, 1, 0], [1, 1, 0, 0, 1]]
+    # without extra tokens nothing changes: [R, N]
+    p = GNAPattern(input_size=(4, 5), window=3)
+    assert visible_mask(p, [3]).shape == (1, 20) and p.seq_tokens == p.num_tokens == 20
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"extra_tokens": -1}, "extra_tokens=-1; allowed: an integer >= 0"),
+    ({"extra_tokens": True}, "extra_tokens=True; allowed"),
+    ({"extra_tokens": 1.5}, "extra_tokens=1.5; allowed"),
+    ({"extra_tokens": 2, "extra_at": "middle"}, "extra_at='middle'; allowed: end, start"),
+    ({"extra_tokens": 2, "causal": (False, True)}, "extra_at='end' with causal=[0, 1]"),
+    ({"extra_tokens": 2**31 - 20}, "allowed: at most 2^31 - 1"),
+])
+def test_bad_extra_tokens_raise_one_line(kwargs, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as info:
+        GNAPattern(input_size=(4, 5), window=3, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_extra_rows_refused_outside_the_sequence():
+    p = GNAPattern(input_size=(4, 5), window=3, extra_tokens=3)
+    with pytest.raises(ConfigError, match="from 0 to 22"):
+        visible_mask(p, [23])
+    assert visible_mask(p, [22]).all()

@@ -479,3 +479,109 @@ def test_flat_chunks_do_not_change_the_counts(cfg, monkeypatch):
     chunked = flat.flat_tilemap(p, 13, 10)
     for name in ("visited", "full", "kv_visited", "kv_full"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Extra tokens (docs/DESIGN.md, Extra tokens): their tiles, bounds and cost
+# --------------------------------------------------------------------------------------------
+
+
+def bf_extra_tiles(cfg, q_tile, kv_tile, tiling, extra, at):
+    """(visited, full) bool ``[Q tiles, KV tiles]`` of a pattern with extra tokens, tile pair by tile pair over the
+    sequence's token mask: layout tiles (group by group) and the extra tokens' own run cut by the tile volumes,
+    before the layout's tiles (``start``) or after them."""
+    shape = cfg["input_size"]
+    n = math.prod(shape)
+    mask = dense_mask(**cfg, extra_tokens=extra, extra_at=at)
+    first, xfirst = (extra, 0) if at == "start" else (0, n)
+
+    def tiles(tile):
+        out = []
+        if tiling == "box":
+            for members, ids, count, padded, _ in bf_box_tiles(shape, tile, cfg["dilation"]):
+                out += [(first + members[ids == t], bool(padded[t])) for t in range(count)]
+        else:
+            ids, count, padded = bf_flat_tiles(n, tile)
+            out += [(first + np.flatnonzero(ids == t), bool(padded[t])) for t in range(count)]
+        vol = math.prod(tile) if tiling == "box" else tile
+        xs = [(xfirst + np.arange(k * vol, min((k + 1) * vol, extra)), (k + 1) * vol > extra)
+              for k in range(-(-extra // vol))]
+        return xs + out if at == "start" else out + xs
+
+    qs, ks = tiles(q_tile), tiles(kv_tile)
+    visited = np.zeros((len(qs), len(ks)), dtype=bool)
+    full = np.zeros_like(visited)
+    for i, (qm, _) in enumerate(qs):
+        for k, (km, padded) in enumerate(ks):
+            sub = mask[np.ix_(qm, km)]
+            visited[i, k] = sub.any()
+            full[i, k] = sub.all() and not padded
+    return visited, full, mask
+
+
+@st.composite
+def extra_configs(draw, tiling: str):
+    cfg, q, kv = draw(tiled_configs(tiling))
+    extra = draw(st.integers(1, 40))
+    at = "start" if any(cfg["causal"]) or draw(st.booleans()) else "end"
+    return cfg, q, kv, extra, at
+
+
+@FAST
+@given(case=st.one_of(extra_configs("box"), extra_configs("flat")))
+@example(case=({"input_size": (7, 10), "window": (3, 4), "stride": (1, 2), "dilation": (2, 1),
+                "causal": (False, False)}, (2, 4), (4, 2), 9, "end"))
+@example(case=({"input_size": (12,), "window": (4,), "stride": (1,), "dilation": (1,), "causal": (True,)},
+               (4,), (2,), 5, "start"))
+def test_extra_tiles_match_brute_force(case):
+    cfg, q, kv, extra, at = case
+    tiling = "box" if isinstance(q, tuple) else "flat"
+    visited, full, mask = bf_extra_tiles(cfg, q, kv, tiling, extra, at)
+    p = GNAPattern(**cfg, extra_tokens=extra, extra_at=at)
+    tm = tilemap(p, q if tiling == "box" else (q,), kv if tiling == "box" else (kv,), tiling)
+    np.testing.assert_array_equal(tm.visited[0], visited.sum(1), err_msg="visited")
+    np.testing.assert_array_equal(tm.full[0], full.sum(1), err_msg="full")
+    np.testing.assert_array_equal(tm.kv_visited[0], visited.sum(0), err_msg="kv_visited")
+    np.testing.assert_array_equal(tm.kv_full[0], full.sum(0), err_msg="kv_full")
+    vol_q = math.prod(q) if tiling == "box" else q
+    vol_kv = math.prod(kv) if tiling == "box" else kv
+    assert tm.extra_q_tiles == -(-extra // vol_q) and tm.extra_kv_tiles == -(-extra // vol_kv)
+    # the bounds: FLOPs over the whole sequence, the worst layout Q tile against the dense baseline's KV tiles
+    r = simulate(**cfg, extra_tokens=extra, extra_at=at, q_tile=q, kv_tile=kv, tiling=tiling)
+    dense = dense_mask(input_size=cfg["input_size"], window=cfg["input_size"], causal=cfg["causal"],
+                       extra_tokens=extra, extra_at=at)
+    assert r.flop_speedup == pytest.approx(dense.sum() / mask.sum(), rel=1e-12)
+    assert r.density == pytest.approx(mask.mean(), rel=1e-12)
+    if not any(cfg["causal"]):
+        layout_rows = visited.sum(1)[tm.layout_q]
+        dense_kv = (math.prod(-(-n // t) for n, t in zip(cfg["input_size"], kv, strict=True)) if tiling == "box"
+                    else -(-math.prod(cfg["input_size"]) // kv)) + tm.extra_kv_tiles
+        assert r.kv_tiles_dense == dense_kv
+        assert r.tile_speedup == pytest.approx(dense_kv / layout_rows.max(), rel=1e-12)
+
+
+def test_extra_tokens_cost_more_than_none_and_less_than_dense():
+    base = {"input_size": (30, 48, 80), "q_tile": (4, 4, 8), "kv_tile": (4, 4, 8), "gpu": "H100"}
+    for at in ("end", "start"):
+        none = simulate(**base, window=(18, 24, 24))
+        sparse = simulate(**base, window=(18, 24, 24), extra_tokens=256, extra_at=at)
+        dense = simulate(**base, window=(30, 48, 80), extra_tokens=256, extra_at=at)
+        assert none.call_ms < sparse.call_ms < dense.call_ms
+        assert none.dense_ms < sparse.dense_ms  # the dense baseline runs the whole sequence too
+        assert dense.flop_speedup == 1.0 and dense.tile_speedup == 1.0
+        assert sparse.flop_speedup < none.flop_speedup
+    sinks = simulate(input_size=4096, window=512, causal=1, extra_tokens=4, extra_at="start", gpu="H100")
+    plain = simulate(input_size=4096, window=512, causal=1, gpu="H100")
+    assert plain.call_ms < sinks.call_ms and plain.dense_ms < sinks.dense_ms
+
+
+def test_extra_tokens_config_and_cli(cli):
+    with pytest.raises(ConfigError, match="cannot be combined with block_map"):
+        simulate(input_size=64, block_map=np.ones((1, 1), bool), q_tile=64, kv_tile=64, extra_tokens=2)
+    code, out, err = cli("table", "--input-size", "16", "16", "--window", "4", "--extra-tokens", "32",
+                         "--extra-at", "start", "--format", "csv", "--columns", "flop_speedup")
+    assert code == 0, err
+    assert float(out.splitlines()[-1]) == pytest.approx(simulate(input_size=(16, 16), window=4, extra_tokens=32,
+                                                                 extra_at="start").flop_speedup, rel=1e-3)
+    code, _, err = cli("table", "--input-size", "16", "--window", "4", "--causal", "1", "--extra-tokens", "2")
+    assert code == 2 and "extra_at='end' with causal=[1]" in err and err.count("\n") == 1

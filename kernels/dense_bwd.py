@@ -1,0 +1,268 @@
+"""Dense attention backward: ``Delta = rowsum(dO * O)``, dQ by the forward schedule, dK/dV by the transposed one.
+
+FlashAttention-2's split: one launch computes ``Delta`` (minus the LSE's own gradient when the caller used the
+LSE), one launch per KV tile accumulates dK and dV over the Q tiles that see it (for GQA, over every query head
+of its KV head too, so no atomics), one launch per Q tile accumulates dQ over its KV tiles. Probabilities are
+recomputed from the forward's natural-log LSE: ``P = exp2(s * scale * log2(e) - lse * log2(e))``.
+
+With ``s = scale * q k^T``, ``P = softmax(s)``, ``O = P V``, ``lse = logsumexp(s)`` and incoming ``dO``,
+``dlse``: ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - (Delta - dlse))``, ``dQ = scale * dS K``,
+``dK = scale * dS^T Q``.
+
+Padding: the last Q tile's rows past ``N_q`` load ``lse = +inf`` (so ``P = 0``) and ``dO = 0``; the last KV
+tile's rows past ``N_kv`` only reach rows of dK/dV that are never stored, except in dQ, where they are masked.
+The step functions here are shared with :mod:`sparsesim.kernels.block_sparse_bwd`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from sparsesim.kernels._common import LOG2E
+from sparsesim.kernels._launch import interpret
+
+
+@triton.jit
+def _bwd_preprocess_kernel(Out, DO, DLSE, Delta, N, H, s_ob, s_on, s_oh, s_od, s_db, s_dn, s_dh, s_dd,
+                           HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, HAS_DLSE: tl.constexpr):
+    """``Delta[b, h, n] = sum_d Out * dO - dLSE``, float32 ``[B, H, N]`` contiguous."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs < N
+    rows = offs.to(tl.int64)
+    o = tl.load(Out + b * s_ob + h * s_oh + rows[:, None] * s_on + offs_d[None, :] * s_od, mask=ok[:, None], other=0.0)
+    do = tl.load(DO + b * s_db + h * s_dh + rows[:, None] * s_dn + offs_d[None, :] * s_dd, mask=ok[:, None],
+                 other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    idx = (b * H + h) * N + rows
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + idx, mask=ok, other=0.0)
+    tl.store(Delta + idx, delta, mask=ok)
+
+
+@triton.jit
+def dkdv_step(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, s_qn, s_qd, s_don, s_dod, qk_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """One Q tile (rows ``start_m..``) into the dK/dV accumulators of one KV tile (``k``, ``v`` ``[BLOCK_N, D]``).
+
+    ``Q``/``DO`` point at the head's row 0, ``LSE``/``DELTA`` at its ``[N_Q]`` rows. ``CAUSAL`` masks key
+    ``j`` for rows ``i < j``.
+    """
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    m_ok = offs_m < N_Q
+    rows = offs_m.to(tl.int64)
+    q = tl.load(Q + rows[:, None] * s_qn + offs_d[None, :] * s_qd, mask=m_ok[:, None], other=0.0)
+    do = tl.load(DO + rows[:, None] * s_don + offs_d[None, :] * s_dod, mask=m_ok[:, None], other=0.0)
+    lse2 = tl.load(LSE + rows, mask=m_ok, other=float("inf")) * 1.4426950408889634  # padded rows: P = 0
+    delta = tl.load(DELTA + rows, mask=m_ok, other=0.0)
+    st = tl.dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M] scores, transposed
+    if CAUSAL:
+        st = tl.where(offs_m[None, :] >= offs_n[:, None], st * qk_scale, float("-inf"))
+        pt = tl.math.exp2(st - lse2[None, :])
+    else:
+        pt = tl.math.exp2(st * qk_scale - lse2[None, :])
+    dv = tl.dot(pt.to(do.dtype), do, dv)
+    dpt = tl.dot(v, tl.trans(do))
+    dst = pt * (dpt - delta[None, :])
+    dk = tl.dot(dst.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@triton.jit
+def dq_step(dq, q, do, lse2, delta, K, V, start_n, offs_m, N_KV, s_kn, s_kd, s_vn, s_vd, qk_scale,
+            HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+    """One KV tile (keys ``start_n..``) into the dQ accumulator of one Q tile. ``K``/``V`` point at the KV
+    head's row 0; ``MASKED`` masks keys past ``N_KV`` (and, with ``CAUSAL``, keys after the row)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    cols = offs_n.to(tl.int64)
+    if MASKED:
+        kv_ok = offs_n < N_KV
+        k = tl.load(K + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok[:, None], other=0.0)
+        v = tl.load(V + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok[:, None], other=0.0)
+    else:
+        k = tl.load(K + cols[:, None] * s_kn + offs_d[None, :] * s_kd)
+        v = tl.load(V + cols[:, None] * s_vn + offs_d[None, :] * s_vd)
+    s = tl.dot(q, tl.trans(k))
+    if MASKED:
+        vis = kv_ok[None, :]
+        if CAUSAL:
+            vis = vis & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(vis, s * qk_scale, float("-inf"))
+        p = tl.math.exp2(s - lse2[:, None])
+    else:
+        p = tl.math.exp2(s * qk_scale - lse2[:, None])
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq)
+
+
+@triton.jit
+def _dense_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, scale, N_Q, N_KV, H, GROUP,
+    s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+    s_dob, s_don, s_doh, s_dod, s_dkb, s_dkn, s_dkh, s_dkd, s_dvb, s_dvn, s_dvh, s_dvd,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    hk32 = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    hk = hk32.to(tl.int64)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    kv_ok = offs_n < N_KV
+    cols = offs_n.to(tl.int64)
+    k = tl.load(K + b * s_kb + hk * s_kh + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok[:, None],
+                other=0.0)
+    v = tl.load(V + b * s_vb + hk * s_vh + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok[:, None],
+                other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        # Q tiles above the KV tile see none of it; from ``mid`` on, every row sees all of it.
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        mid = tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+        mid = 0
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_h = Q + b * s_qb + h * s_qh
+        do_h = DO + b * s_dob + h * s_doh
+        row0 = (b * H + h) * N_Q
+        if CAUSAL:
+            for start_m in range(lo, tl.minimum(mid, N_Q), BLOCK_M):
+                dk, dv = dkdv_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, start_m, offs_n, N_Q,
+                                   s_qn, s_qd, s_don, s_dod, qk_scale, HEAD_DIM, BLOCK_M, True)
+        for start_m in range(mid, N_Q, BLOCK_M):
+            dk, dv = dkdv_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, start_m, offs_n, N_Q,
+                               s_qn, s_qd, s_don, s_dod, qk_scale, HEAD_DIM, BLOCK_M, False)
+    dk = dk * scale
+    tl.store(DK + b * s_dkb + hk * s_dkh + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+             dk.to(DK.dtype.element_ty), mask=kv_ok[:, None])
+    tl.store(DV + b * s_dvb + hk * s_dvh + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_ok[:, None])
+
+
+@triton.jit
+def _dense_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, qk_scale, scale, N_Q, N_KV, H, GROUP,
+    s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+    s_dob, s_don, s_doh, s_dod, s_dqb, s_dqn, s_dqh, s_dqd,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    h32 = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    h = h32.to(tl.int64)
+    hk = (h32 // GROUP).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    m_ok = offs_m < N_Q
+    rows = offs_m.to(tl.int64)
+    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qn + offs_d[None, :] * s_qd, mask=m_ok[:, None],
+                other=0.0)
+    do = tl.load(DO + b * s_dob + h * s_doh + rows[:, None] * s_don + offs_d[None, :] * s_dod, mask=m_ok[:, None],
+                 other=0.0)
+    row0 = (b * H + h) * N_Q
+    lse2 = tl.load(LSE + row0 + rows, mask=m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + row0 + rows, mask=m_ok, other=0.0)
+    k_h = K + b * s_kb + hk * s_kh
+    v_h = V + b * s_vb + hk * s_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        kv_end = tl.minimum(N_KV, (pid_m + 1) * BLOCK_M)
+        n_full = tl.minimum(pid_m * BLOCK_M + 1, kv_end) // BLOCK_N
+    else:
+        kv_end = N_KV
+        n_full = N_KV // BLOCK_N
+    for j in range(0, n_full):
+        dq = dq_step(dq, q, do, lse2, delta, k_h, v_h, j * BLOCK_N, offs_m, N_KV, s_kn, s_kd, s_vn, s_vd, qk_scale,
+                     HEAD_DIM, BLOCK_N, False, CAUSAL)
+    for j in range(n_full, tl.cdiv(kv_end, BLOCK_N)):
+        dq = dq_step(dq, q, do, lse2, delta, k_h, v_h, j * BLOCK_N, offs_m, N_KV, s_kn, s_kd, s_vn, s_vd, qk_scale,
+                     HEAD_DIM, BLOCK_N, True, CAUSAL)
+    dq = dq * scale
+    tl.store(DQ + b * s_dqb + h * s_dqh + rows[:, None] * s_dqn + offs_d[None, :] * s_dqd,
+             dq.to(DQ.dtype.element_ty), mask=m_ok[:, None])
+
+
+def bwd_config(head_dim: int, q_tile: int | None = None, kv_tile: int | None = None) -> dict[str, int]:
+    """Tiles and warps of the backward launches: ``BLOCK_M1 x BLOCK_N1`` (dK/dV: Q rows x KV rows),
+    ``BLOCK_M2 x BLOCK_N2`` (dQ), ``num_warps``, ``num_stages``. Block-sparse maps cap each block at the
+    map's tile (``q_tile``, ``kv_tile``; powers of two, so the blocks divide them).
+
+    Starting point (the Triton tutorial's FA2 backward on Hopper: a long side of 128 for the accumulated
+    operand, 32 for the streamed one), not yet tuned on the H200. Under the interpreter: 16-32 rows.
+    """
+    if interpret():
+        cfg = {"BLOCK_M1": 16, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 16, "num_warps": 4, "num_stages": 1}
+    elif head_dim <= 64:
+        cfg = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
+    elif head_dim <= 128:
+        cfg = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 8, "num_stages": 2}
+    else:
+        cfg = {"BLOCK_M1": 16, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 16, "num_warps": 8, "num_stages": 1}
+    if q_tile is not None:
+        cfg["BLOCK_M1"] = min(cfg["BLOCK_M1"], q_tile)
+        cfg["BLOCK_M2"] = min(cfg["BLOCK_M2"], q_tile)
+    if kv_tile is not None:
+        cfg["BLOCK_N1"] = min(cfg["BLOCK_N1"], kv_tile)
+        cfg["BLOCK_N2"] = min(cfg["BLOCK_N2"], kv_tile)
+    return cfg
+
+
+def _s(x: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.stride())
+
+
+def bwd_delta(out: Any, dout: Any, dlse: Any = None) -> Any:
+    """``rowsum(dO * O) - dLSE`` as float32 ``[B, H, N]`` (one launch)."""
+    import torch
+
+    batch, n, heads, head_dim = (int(s) for s in out.shape)
+    delta = torch.empty((batch, heads, n), dtype=torch.float32, device=out.device)
+    block = 64 if not interpret() else 32
+    dl = dlse.contiguous() if dlse is not None else delta
+    _bwd_preprocess_kernel[(triton.cdiv(n, block), heads, batch)](
+        out, dout, dl, delta, n, heads, *_s(out), *_s(dout), HEAD_DIM=head_dim, BLOCK=block,
+        HAS_DLSE=dlse is not None, num_warps=4)
+    return delta
+
+
+def dense_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dlse: Any, scale: float,
+                   causal: bool = False, config: dict[str, int] | None = None) -> tuple[Any, Any, Any]:
+    """``(dq, dk, dv)`` of :func:`sparsesim.kernels.attention` from the forward's ``out`` and ``lse``.
+
+    Tensors as the forward took them (``[B, N, H, D]``, GQA K/V); ``lse`` float32 ``[B, H, N_q]``; ``dlse``
+    the LSE's gradient or None; ``config`` overrides :func:`bwd_config`.
+    """
+    import torch
+
+    batch, n_q, heads, head_dim = (int(s) for s in q.shape)
+    n_kv, heads_kv = int(k.shape[1]), int(k.shape[2])
+    cfg = config or bwd_config(head_dim)
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    lse = lse.contiguous()
+    delta = bwd_delta(out, dout, dlse)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qk_scale = scale * LOG2E
+    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    _dense_bwd_dkdv_kernel[(triton.cdiv(n_kv, cfg["BLOCK_N1"]), heads_kv, batch)](
+        q, k, v, dout, lse, delta, dk, dv, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
+        *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv),
+        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], CAUSAL=bool(causal), **options)
+    _dense_bwd_dq_kernel[(triton.cdiv(n_q, cfg["BLOCK_M2"]), heads, batch)](
+        q, k, v, dout, lse, delta, dq, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
+        *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dq),
+        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], CAUSAL=bool(causal), **options)
+    return dq, dk, dv

@@ -1,0 +1,759 @@
+"""Backward of generalized neighborhood attention (dQ, dK, dV), with the extra tokens' dense rows and columns.
+
+FlashAttention-2's recomputation: the forward saved each query row's log-sum-exp ``lse`` (natural log,
+float32 ``[batch, heads, tokens]``), so ``P = exp(scale * Q K^T - lse)`` is recomputed tile by tile;
+``Delta = rowsum(dO * O)`` (one small pass); ``dS = P * (dO V^T - Delta)``; ``dQ = scale * dS K``,
+``dK = scale * dS^T Q``, ``dV = P^T dO``. No atomics:
+
+- **dQ** runs the forward's schedule: one CTA per (Q tile, query head, batch x dilation group) over its
+  visited KV tiles (full ones unmasked, then the partial boxes masked per element with the forward's
+  ``lo``/``hi`` rule), then the extra keys (every layout query sees them).
+- **dK/dV** run the transposed schedule (:attr:`sparsesim.kernels.gna_plan.GNAPlan.ranges_t`): one CTA per
+  (KV tile, K/V head, batch x dilation group) over the Q tiles that visit it, full ones then partial ones
+  (same masks, transposed), for each query head of its GQA group in turn (the group's sum stays in
+  registers), then the extra queries' rows when they see every key (no causal axis).
+- **Extra tokens** (``extra_tokens > 0``): the extra queries' dQ is a dense-rows pass over every key of the
+  sequence, and the extra keys' dK/dV a dense-columns pass over every query row (causal sinks: ``key <=
+  query`` in sequence positions, which is the sink rule for both). The forward's extra query rows run the
+  same way (:func:`rows_forward`, output and log-sum-exp).
+
+Every tensor is read and written in the caller's layout (Q/K/V/dO tiles gathered row by row, as the
+forward's ``gather`` K/V mode): correctness first; kernels/NOTES.md says what is expected to be slow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from sparsesim.kernels._common import LOG2E, attn_tile_update
+from sparsesim.kernels._launch import (
+    CallCache,
+    FusedLaunch,
+    device_gpu,
+    fused_launch,
+    interpret,
+    tensors_key,
+)
+from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
+
+# --------------------------------------------------------------------------------------------
+# Device helpers.
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _coords(idx, t0, t1, t2, g0, g1, g2, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+            D0, D1, D2, L0, L1, L2):
+    """Layout coordinates (int64) and validity of the rows of box tile ``(t0, t1, t2)`` of group ``(g0, g1, g2)``."""
+    x0 = g0 + D0 * (t0 * T0 + idx // (T1 * T2))
+    x1 = g1 + D1 * (t1 * T1 + (idx // T2) % T1)
+    x2 = g2 + D2 * (t2 * T2 + idx % T2)
+    ok = (x0 < L0) & (x1 < L1) & (x2 < L2)
+    return x0.to(tl.int64), x1.to(tl.int64), x2.to(tl.int64), ok
+
+
+@triton.jit
+def _gather(X, base, x0, x1, x2, ok, offs_d, s0, s1, s2, sd):
+    """Rows at layout coordinates ``(x0, x1, x2)`` of a ``[B, *spatial, H, D]`` tensor (zeros where not ``ok``)."""
+    off = base + x0 * s0 + x1 * s1 + x2 * s2
+    return tl.load(X + off[:, None] + offs_d[None, :] * sd, mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _scatter(X, base, x0, x1, x2, ok, offs_d, s0, s1, s2, sd, val):
+    off = base + x0 * s0 + x1 * s1 + x2 * s2
+    tl.store(X + off[:, None] + offs_d[None, :] * sd, val.to(X.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _partial_tile(p, s0, s1, vf0, nv0, ff0, nf0, vf1, nv1, ff1, nf1, vf2, nv2, ff2, nf2):
+    """The ``p``-th tile of the visited box minus the full box (three disjoint boxes, as in the forward)."""
+    c1, c2 = nv1 - nf1, nv2 - nf2
+    in0 = p < s0
+    in1 = (p >= s0) & (p < s0 + s1)
+    r = p - tl.where(p >= s0, s0, 0) - tl.where(p >= s0 + s1, s1, 0)
+    n2 = tl.where(in0 | in1, nv2, c2)
+    n1 = tl.where(in0, nv1, tl.where(in1, c1, nf1))
+    i2 = r % n2
+    i1 = (r // n2) % n1
+    i0 = r // (n2 * n1)
+    t0 = tl.where(in0, vf0 + i0 + tl.where(i0 >= ff0 - vf0, nf0, 0), ff0 + i0)
+    t1 = tl.where(in0, vf1 + i1, tl.where(in1, vf1 + i1 + tl.where(i1 >= ff1 - vf1, nf1, 0), ff1 + i1))
+    t2 = tl.where(in0 | in1, vf2 + i2, vf2 + i2 + tl.where(i2 >= ff2 - vf2, nf2, 0))
+    return t0, t1, t2
+
+
+@triton.jit
+def _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, mask, MASKED: tl.constexpr):
+    """dQ (unscaled) of one Q tile gains one KV tile: ``dS K`` with ``P`` recomputed from the base-2 LSE."""
+    qk = tl.dot(q, tl.trans(k))
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+    if MASKED:
+        p = tl.where(mask, p, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq)
+
+
+@triton.jit
+def _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask_t, MASKED: tl.constexpr):
+    """dK (unscaled) and dV of one KV tile gain one Q tile; scores transposed ``[BLOCK_N, BLOCK_M]``."""
+    qk_t = tl.dot(k, tl.trans(q))
+    p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
+    if MASKED:
+        p_t = tl.where(mask_t, p_t, 0.0)
+    dv = tl.dot(p_t.to(do.dtype), do, dv)
+    dp_t = tl.dot(v, tl.trans(do))
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@triton.jit
+def _mask_t(mask, LOHI, a: tl.constexpr, g, GMAX, LPMAX, qpos, kc):
+    """``mask[n, m] &= lo(query m) <= key n <= hi(query m)`` on axis ``a`` (group coordinates)."""
+    p = LOHI + ((a * GMAX + g) * LPMAX + qpos) * 2
+    lo, hi = tl.load(p), tl.load(p + 1)
+    return mask & (kc[:, None] >= lo[None, :]) & (kc[:, None] <= hi[None, :])
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels.
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _delta_kernel(Out, DO, DELTA, T, L1, L2, H,
+                  s_ob, s_o0, s_o1, s_o2, s_oh, s_od, s_gb, s_g0, s_g1, s_g2, s_gh, s_gd, s_lb, s_lh,
+                  HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """``Delta[b, h, t] = sum_d dO * O`` in float32, tokens row-major over the (padded 3-axis) layout."""
+    tok = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    ok = tok < T
+    t64 = tok.to(tl.int64)
+    x0 = t64 // (L1 * L2)
+    x1 = (t64 // L2) % L1
+    x2 = t64 % L2
+    d = tl.arange(0, HEAD_DIM)
+    o = _gather(Out, b * s_ob + h * s_oh, x0, x1, x2, ok, d, s_o0, s_o1, s_o2, s_od)
+    do = _gather(DO, b * s_gb + h * s_gh, x0, x1, x2, ok, d, s_g0, s_g1, s_g2, s_gd)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + b * s_lb + h * s_lh + t64, delta, mask=ok)
+
+
+@triton.jit
+def _gna_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, RANGES, LOHI, XK, XV, qk_scale, sm_scale,
+    GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, GMAX, NQMAX, LPMAX, NX,
+    s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
+    s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
+    s_vb, s_v0, s_v1, s_v2, s_vh, s_vd,
+    s_ob, s_o0, s_o1, s_o2, s_oh, s_od,
+    s_gb, s_g0, s_g1, s_g2, s_gh, s_gd,
+    s_lb, s_lh,
+    s_xkb, s_xkn, s_xkh, s_xkd, s_xvb, s_xvn, s_xvh, s_xvd,
+    HEAD_DIM: tl.constexpr,
+    QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
+    KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
+    MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
+    EXTRA: tl.constexpr, XTAIL: tl.constexpr,
+):
+    BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
+    BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
+    qt = tl.program_id(0)
+    h = tl.program_id(1)
+    bg = tl.program_id(2)
+    hk = h // GROUP
+    G = D0 * D1 * D2
+    b = bg // G
+    g = bg % G
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
+    q2 = qt % NQ2
+    q1 = (qt // NQ2) % NQ1
+    q0 = qt // (NQ1 * NQ2)
+    r0 = RANGES + ((0 * GMAX + g0) * NQMAX + q0) * 4
+    r1 = RANGES + ((1 * GMAX + g1) * NQMAX + q1) * 4
+    r2 = RANGES + ((2 * GMAX + g2) * NQMAX + q2) * 4
+    vf0, nv0, ff0, nf0 = tl.load(r0), tl.load(r0 + 1), tl.load(r0 + 2), tl.load(r0 + 3)
+    vf1, nv1, ff1, nf1 = tl.load(r1), tl.load(r1 + 1), tl.load(r1 + 2), tl.load(r1 + 3)
+    vf2, nv2, ff2, nf2 = tl.load(r2), tl.load(r2 + 1), tl.load(r2 + 2), tl.load(r2 + 3)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    b64 = b.to(tl.int64)
+    h64 = h.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+    x0, x1, x2, q_ok = _coords(offs_m, q0, q1, q2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2, L0, L1, L2)
+    q = _gather(Q, b64 * s_qb + h64 * s_qh, x0, x1, x2, q_ok, offs_d, s_q0, s_q1, s_q2, s_qd)
+    do = _gather(DO, b64 * s_ob + h64 * s_oh, x0, x1, x2, q_ok, offs_d, s_o0, s_o1, s_o2, s_od)
+    tok = (x0 * L1 + x1) * L2 + x2
+    lse2 = tl.load(LSE + b64 * s_lb + h64 * s_lh + tok, mask=q_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + b64 * s_lb + h64 * s_lh + tok, mask=q_ok, other=0.0)
+    k_base = b64 * s_kb + hk64 * s_kh
+    v_base = b64 * s_vb + hk64 * s_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    n_full = nf0 * nf1 * nf2
+    for it in range(0, n_full):
+        i2 = it % nf2
+        i1 = (it // nf2) % nf1
+        i0 = it // (nf2 * nf1)
+        y0, y1, y2, k_ok = _coords(offs_n, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2,
+                                   L0, L1, L2)
+        k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
+        v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
+        dq = _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, 0, False)
+
+    if not BLOCK_SPARSE:
+        lo0, hi0, lo1, hi1, lo2, hi2 = offs_m, offs_m, offs_m, offs_m, offs_m, offs_m
+        if MASK0:
+            p0 = LOHI + ((0 * GMAX + g0) * LPMAX + q0 * QT0 + offs_m // (QT1 * QT2)) * 2
+            lo0, hi0 = tl.load(p0), tl.load(p0 + 1)
+        if MASK1:
+            p1 = LOHI + ((1 * GMAX + g1) * LPMAX + q1 * QT1 + (offs_m // QT2) % QT1) * 2
+            lo1, hi1 = tl.load(p1), tl.load(p1 + 1)
+        if MASK2:
+            p2 = LOHI + ((2 * GMAX + g2) * LPMAX + q2 * QT2 + offs_m % QT2) * 2
+            lo2, hi2 = tl.load(p2), tl.load(p2 + 1)
+        s0 = (nv0 - nf0) * nv1 * nv2
+        s1 = nf0 * (nv1 - nf1) * nv2
+        s2 = nf0 * nf1 * (nv2 - nf2)
+        for p in range(0, s0 + s1 + s2):
+            t0, t1, t2 = _partial_tile(p, s0, s1, vf0, nv0, ff0, nf0, vf1, nv1, ff1, nf1, vf2, nv2, ff2, nf2)
+            y0, y1, y2, k_ok = _coords(offs_n, t0, t1, t2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2, L0, L1, L2)
+            k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
+            v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
+            mask = k_ok[None, :] & q_ok[:, None]
+            if MASK0:
+                kc0 = t0 * KT0 + offs_n // (KT1 * KT2)
+                mask = mask & (kc0[None, :] >= lo0[:, None]) & (kc0[None, :] <= hi0[:, None])
+            if MASK1:
+                kc1 = t1 * KT1 + (offs_n // KT2) % KT1
+                mask = mask & (kc1[None, :] >= lo1[:, None]) & (kc1[None, :] <= hi1[:, None])
+            if MASK2:
+                kc2 = t2 * KT2 + offs_n % KT2
+                mask = mask & (kc2[None, :] >= lo2[:, None]) & (kc2[None, :] <= hi2[:, None])
+            dq = _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, mask, True)
+
+    if EXTRA:  # every layout query sees every extra key
+        xk_base = XK + b64 * s_xkb + hk64 * s_xkh + offs_d[None, :] * s_xkd
+        xv_base = XV + b64 * s_xvb + hk64 * s_xvh + offs_d[None, :] * s_xvd
+        n_xfull = NX // BLOCK_N
+        for j in range(0, n_xfull):
+            xrow = (j * BLOCK_N + offs_n).to(tl.int64)
+            k = tl.load(xk_base + xrow[:, None] * s_xkn)
+            v = tl.load(xv_base + xrow[:, None] * s_xvn)
+            dq = _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, 0, False)
+        if XTAIL:
+            xrow = (n_xfull * BLOCK_N + offs_n).to(tl.int64)
+            x_ok = xrow < NX
+            k = tl.load(xk_base + xrow[:, None] * s_xkn, mask=x_ok[:, None], other=0.0)
+            v = tl.load(xv_base + xrow[:, None] * s_xvn, mask=x_ok[:, None], other=0.0)
+            dq = _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, x_ok[None, :], True)
+
+    _scatter(DQ, b64 * s_gb + h64 * s_gh, x0, x1, x2, q_ok, offs_d, s_g0, s_g1, s_g2, s_gd, dq * sm_scale)
+
+
+@triton.jit
+def _gna_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, RANGES_T, LOHI, XQ, XDO, XLSE, XDELTA, qk_scale, sm_scale,
+    GROUP, D0, D1, D2, L0, L1, L2, NK1, NK2, GMAX, NKMAX, LPMAX, NXQ,
+    s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
+    s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
+    s_vb, s_v0, s_v1, s_v2, s_vh, s_vd,
+    s_ob, s_o0, s_o1, s_o2, s_oh, s_od,
+    s_ab, s_a0, s_a1, s_a2, s_ah, s_ad,
+    s_cb, s_c0, s_c1, s_c2, s_ch, s_cd,
+    s_lb, s_lh,
+    s_xqb, s_xqn, s_xqh, s_xqd, s_xob, s_xon, s_xoh, s_xod,
+    HEAD_DIM: tl.constexpr,
+    QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
+    KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
+    MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
+    EXTRA_Q: tl.constexpr, XQTAIL: tl.constexpr,
+):
+    BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
+    BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
+    kt = tl.program_id(0)
+    hk = tl.program_id(1)
+    bg = tl.program_id(2)
+    G = D0 * D1 * D2
+    b = bg // G
+    g = bg % G
+    g2 = g % D2
+    g1 = (g // D2) % D1
+    g0 = g // (D1 * D2)
+    k2 = kt % NK2
+    k1 = (kt // NK2) % NK1
+    k0 = kt // (NK1 * NK2)
+    # The transposed schedule of this KV tile: per axis, the visiting Q tiles and those seeing it whole.
+    r0 = RANGES_T + ((0 * GMAX + g0) * NKMAX + k0) * 4
+    r1 = RANGES_T + ((1 * GMAX + g1) * NKMAX + k1) * 4
+    r2 = RANGES_T + ((2 * GMAX + g2) * NKMAX + k2) * 4
+    vf0, nv0, ff0, nf0 = tl.load(r0), tl.load(r0 + 1), tl.load(r0 + 2), tl.load(r0 + 3)
+    vf1, nv1, ff1, nf1 = tl.load(r1), tl.load(r1 + 1), tl.load(r1 + 2), tl.load(r1 + 3)
+    vf2, nv2, ff2, nf2 = tl.load(r2), tl.load(r2 + 1), tl.load(r2 + 2), tl.load(r2 + 3)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    b64 = b.to(tl.int64)
+    hk64 = hk.to(tl.int64)
+    y0, y1, y2, k_ok = _coords(offs_n, k0, k1, k2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2, L0, L1, L2)
+    k = _gather(K, b64 * s_kb + hk64 * s_kh, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
+    v = _gather(V, b64 * s_vb + hk64 * s_vh, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
+    # Key coordinates in group coordinates (the lo/hi tables' frame), per maskable axis.
+    kc0 = k0 * KT0 + offs_n // (KT1 * KT2)
+    kc1 = k1 * KT1 + (offs_n // KT2) % KT1
+    kc2 = k2 * KT2 + offs_n % KT2
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    n_full = nf0 * nf1 * nf2
+    s0 = (nv0 - nf0) * nv1 * nv2
+    s1 = nf0 * (nv1 - nf1) * nv2
+    s2 = nf0 * nf1 * (nv2 - nf2)
+
+    for hh in range(0, GROUP):  # the query heads of this K/V head: their dK/dV summed here
+        h64 = (hk * GROUP + hh).to(tl.int64)
+        q_base = b64 * s_qb + h64 * s_qh
+        o_base = b64 * s_ob + h64 * s_oh
+        l_base = b64 * s_lb + h64 * s_lh
+        for it in range(0, n_full):
+            i2 = it % nf2
+            i1 = (it // nf2) % nf1
+            i0 = it // (nf2 * nf1)
+            x0, x1, x2, q_ok = _coords(offs_m, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2,
+                                       L0, L1, L2)
+            q = _gather(Q, q_base, x0, x1, x2, q_ok, offs_d, s_q0, s_q1, s_q2, s_qd)
+            do = _gather(DO, o_base, x0, x1, x2, q_ok, offs_d, s_o0, s_o1, s_o2, s_od)
+            tok = (x0 * L1 + x1) * L2 + x2
+            lse2 = tl.load(LSE + l_base + tok, mask=q_ok, other=0.0) * 1.4426950408889634
+            delta = tl.load(DELTA + l_base + tok, mask=q_ok, other=0.0)
+            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
+        if not BLOCK_SPARSE:
+            for p in range(0, s0 + s1 + s2):
+                t0, t1, t2 = _partial_tile(p, s0, s1, vf0, nv0, ff0, nf0, vf1, nv1, ff1, nf1, vf2, nv2, ff2, nf2)
+                x0, x1, x2, q_ok = _coords(offs_m, t0, t1, t2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2, L0, L1, L2)
+                q = _gather(Q, q_base, x0, x1, x2, q_ok, offs_d, s_q0, s_q1, s_q2, s_qd)
+                do = _gather(DO, o_base, x0, x1, x2, q_ok, offs_d, s_o0, s_o1, s_o2, s_od)
+                tok = (x0 * L1 + x1) * L2 + x2
+                lse2 = tl.load(LSE + l_base + tok, mask=q_ok, other=0.0) * 1.4426950408889634
+                delta = tl.load(DELTA + l_base + tok, mask=q_ok, other=0.0)
+                mask = k_ok[:, None] & q_ok[None, :]
+                if MASK0:
+                    mask = _mask_t(mask, LOHI, 0, g0, GMAX, LPMAX, t0 * QT0 + offs_m // (QT1 * QT2), kc0)
+                if MASK1:
+                    mask = _mask_t(mask, LOHI, 1, g1, GMAX, LPMAX, t1 * QT1 + (offs_m // QT2) % QT1, kc1)
+                if MASK2:
+                    mask = _mask_t(mask, LOHI, 2, g2, GMAX, LPMAX, t2 * QT2 + offs_m % QT2, kc2)
+                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+        if EXTRA_Q:  # the extra queries see every key (no causal axis)
+            xq_base = XQ + b64 * s_xqb + h64 * s_xqh + offs_d[None, :] * s_xqd
+            xo_base = XDO + b64 * s_xob + h64 * s_xoh + offs_d[None, :] * s_xod
+            n_xfull = NXQ // BLOCK_M
+            for j in range(0, n_xfull):
+                xrow = (j * BLOCK_M + offs_m).to(tl.int64)
+                q = tl.load(xq_base + xrow[:, None] * s_xqn)
+                do = tl.load(xo_base + xrow[:, None] * s_xon)
+                lse2 = tl.load(XLSE + l_base + xrow) * 1.4426950408889634
+                delta = tl.load(XDELTA + l_base + xrow)
+                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
+            if XQTAIL:
+                xrow = (n_xfull * BLOCK_M + offs_m).to(tl.int64)
+                x_ok = xrow < NXQ
+                q = tl.load(xq_base + xrow[:, None] * s_xqn, mask=x_ok[:, None], other=0.0)
+                do = tl.load(xo_base + xrow[:, None] * s_xon, mask=x_ok[:, None], other=0.0)
+                lse2 = tl.load(XLSE + l_base + xrow, mask=x_ok, other=0.0) * 1.4426950408889634
+                delta = tl.load(XDELTA + l_base + xrow, mask=x_ok, other=0.0)
+                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, x_ok[None, :], True)
+
+    _scatter(DK, b64 * s_ab + hk64 * s_ah, y0, y1, y2, k_ok, offs_d, s_a0, s_a1, s_a2, s_ad, dk * sm_scale)
+    _scatter(DV, b64 * s_cb + hk64 * s_ch, y0, y1, y2, k_ok, offs_d, s_c0, s_c1, s_c2, s_cd, dv)
+
+
+@triton.jit
+def _rows_fwd_kernel(
+    Q, K, V, Out, LSE, qk_scale, NQ, NK, ROW0, GROUP,
+    s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd, s_ob, s_on, s_oh, s_od, s_lb, s_lh,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    """Dense rows: ``NQ`` query rows (at sequence position ``ROW0`` on) over the ``NK`` keys of the sequence,
+    output and log-sum-exp; ``CAUSAL``: key ``j`` visible to row ``i`` iff ``j <= ROW0 + i``."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    hk = h // GROUP
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = rows < NQ
+    r64 = rows.to(tl.int64)
+    q = tl.load(Q + b * s_qb + h * s_qh + r64[:, None] * s_qn + offs_d[None, :] * s_qd, mask=row_ok[:, None],
+                other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_end = NK
+    if CAUSAL:
+        n_end = tl.minimum(NK, ROW0 + (pid + 1) * BLOCK_M)
+    for start in range(0, n_end, BLOCK_N):
+        cols = start + offs_n
+        c_ok = cols < NK
+        c64 = cols.to(tl.int64)
+        k = tl.load(K + b * s_kb + hk * s_kh + c64[:, None] * s_kn + offs_d[None, :] * s_kd, mask=c_ok[:, None],
+                    other=0.0)
+        v = tl.load(V + b * s_vb + hk * s_vh + c64[:, None] * s_vn + offs_d[None, :] * s_vd, mask=c_ok[:, None],
+                    other=0.0)
+        mask = c_ok[None, :]
+        if CAUSAL:
+            mask = mask & (cols[None, :] <= ROW0 + rows[:, None])
+        acc, l_i, m_i = attn_tile_update(acc, l_i, m_i, q, k, v, qk_scale, mask, True)
+    acc = acc / l_i[:, None]
+    tl.store(Out + b * s_ob + h * s_oh + r64[:, None] * s_on + offs_d[None, :] * s_od, acc.to(Out.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(LSE + b * s_lb + h * s_lh + r64, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=row_ok)
+
+
+@triton.jit
+def _rows_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, qk_scale, sm_scale, NQ, NK, ROW0, GROUP,
+    s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+    s_ob, s_on, s_oh, s_od, s_gb, s_gn, s_gh, s_gd, s_lb, s_lh,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    """dQ of dense rows (as :func:`_rows_fwd_kernel` sees keys); ``LSE``/``DELTA`` start at the rows."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    hk = h // GROUP
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = rows < NQ
+    r64 = rows.to(tl.int64)
+    q = tl.load(Q + b * s_qb + h * s_qh + r64[:, None] * s_qn + offs_d[None, :] * s_qd, mask=row_ok[:, None],
+                other=0.0)
+    do = tl.load(DO + b * s_ob + h * s_oh + r64[:, None] * s_on + offs_d[None, :] * s_od, mask=row_ok[:, None],
+                 other=0.0)
+    lse2 = tl.load(LSE + b * s_lb + h * s_lh + r64, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + b * s_lb + h * s_lh + r64, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    n_end = NK
+    if CAUSAL:
+        n_end = tl.minimum(NK, ROW0 + (pid + 1) * BLOCK_M)
+    for start in range(0, n_end, BLOCK_N):
+        cols = start + offs_n
+        c_ok = cols < NK
+        c64 = cols.to(tl.int64)
+        k = tl.load(K + b * s_kb + hk * s_kh + c64[:, None] * s_kn + offs_d[None, :] * s_kd, mask=c_ok[:, None],
+                    other=0.0)
+        v = tl.load(V + b * s_vb + hk * s_vh + c64[:, None] * s_vn + offs_d[None, :] * s_vd, mask=c_ok[:, None],
+                    other=0.0)
+        mask = c_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            mask = mask & (cols[None, :] <= ROW0 + rows[:, None])
+        dq = _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, mask, True)
+    tl.store(DQ + b * s_gb + h * s_gh + r64[:, None] * s_gn + offs_d[None, :] * s_gd,
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _cols_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, qk_scale, sm_scale, NQ, NK, COL0, GROUP,
+    s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+    s_ob, s_on, s_oh, s_od, s_ab, s_an, s_ah, s_ad, s_cb, s_cn, s_ch, s_cd, s_lb, s_lh,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    """dK/dV of dense key columns (``NK`` keys at sequence position ``COL0`` on) over every one of the ``NQ``
+    query rows of the sequence; ``CAUSAL``: row ``i`` sees key ``j`` iff ``COL0 + j <= i``."""
+    pid = tl.program_id(0)
+    hk = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    c_ok = cols < NK
+    c64 = cols.to(tl.int64)
+    k = tl.load(K + b * s_kb + hk * s_kh + c64[:, None] * s_kn + offs_d[None, :] * s_kd, mask=c_ok[:, None],
+                other=0.0)
+    v = tl.load(V + b * s_vb + hk * s_vh + c64[:, None] * s_vn + offs_d[None, :] * s_vd, mask=c_ok[:, None],
+                other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    m_start = 0
+    if CAUSAL:
+        m_start = ((COL0 + pid * BLOCK_N) // BLOCK_M) * BLOCK_M
+    for hh in range(0, GROUP):
+        h = hk * GROUP + hh
+        for start in range(m_start, NQ, BLOCK_M):
+            rows = start + offs_m
+            row_ok = rows < NQ
+            r64 = rows.to(tl.int64)
+            q = tl.load(Q + b * s_qb + h * s_qh + r64[:, None] * s_qn + offs_d[None, :] * s_qd,
+                        mask=row_ok[:, None], other=0.0)
+            do = tl.load(DO + b * s_ob + h * s_oh + r64[:, None] * s_on + offs_d[None, :] * s_od,
+                         mask=row_ok[:, None], other=0.0)
+            lse2 = tl.load(LSE + b * s_lb + h * s_lh + r64, mask=row_ok, other=0.0) * 1.4426950408889634
+            delta = tl.load(DELTA + b * s_lb + h * s_lh + r64, mask=row_ok, other=0.0)
+            mask = c_ok[:, None] & row_ok[None, :]
+            if CAUSAL:
+                mask = mask & (COL0 + cols[:, None] <= rows[None, :])
+            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+    tl.store(DK + b * s_ab + hk * s_ah + c64[:, None] * s_an + offs_d[None, :] * s_ad,
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=c_ok[:, None])
+    tl.store(DV + b * s_cb + hk * s_ch + c64[:, None] * s_cn + offs_d[None, :] * s_cd,
+             dv.to(DV.dtype.element_ty), mask=c_ok[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# Host side.
+# --------------------------------------------------------------------------------------------
+
+def _strides6(x: Any) -> tuple[int, ...]:
+    """(batch, axis0, axis1, axis2, head, dim) strides of ``[B, *spatial, H, D]`` (1 to 3 axes; missing axes 0)."""
+    st = [int(s) for s in x.stride()]
+    rank = x.dim() - 3
+    return (st[0], *([0] * (3 - rank)), *st[1:1 + rank], st[-2], st[-1])
+
+
+def _strides4(x: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in x.stride())
+
+
+def _shrink(tile: tuple[int, ...], volume: int) -> tuple[int, ...]:
+    """Halve a box tile's outermost axis longer than 1 until its volume is at most ``volume`` (min 16)."""
+    t = list(tile)
+    while math.prod(t) > max(volume, 16):
+        a = next(i for i, x in enumerate(t) if x > 1)
+        t[a] //= 2
+    return tuple(t)
+
+
+#: Tile volume the backward streams against a resident tile of the forward's size (GPU; the interpreter keeps
+#: the forward's tiles): 64 rows of Q (dK/dV) or of K/V (dQ), as FlashAttention-2's backward does at head dim 128.
+BWD_STREAM_VOLUME = int(os.environ.get("SPARSESIM_BWD_STREAM", "64"))
+
+
+@dataclass(frozen=True, eq=False)
+class GNABackward:
+    """A validated backward: the dQ plan (forward's schedule), the dK/dV plan (transposed), device tables."""
+
+    dq_plan: GNAPlan
+    dkv_plan: GNAPlan
+    heads: int
+    heads_kv: int
+    head_dim: int
+    batch: int
+    scale: float
+    extra: int
+    tables: tuple[Any, Any, Any, Any]  # dq ranges, dq lohi, dkv transposed ranges, dkv lohi (int32, on device)
+    dq_config: FusedLaunch
+    dkv_config: FusedLaunch
+    rows_config: tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, warps, stages of the dense-rows kernels
+
+
+def _constexprs(plan: GNAPlan) -> dict[str, Any]:
+    qt, kt = plan.q_tile3, plan.kv_tile3
+    return dict(QT0=qt[0], QT1=qt[1], QT2=qt[2], KT0=kt[0], KT1=kt[1], KT2=kt[2], MASK0=plan.mask_axes[0],
+                MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2], BLOCK_SPARSE=plan.block_sparse)
+
+
+def build_backward(fwd: Any, device: Any) -> GNABackward:
+    """The backward of a forward launch (:class:`sparsesim.kernels.gna.GNALaunch`): same pattern; on the GPU the
+    streamed tile of each kernel shrinks to :data:`BWD_STREAM_VOLUME` (registers: dQ keeps a Q tile and its dQ
+    accumulator, dK/dV a KV tile and two accumulators), the resident one keeps the forward's shape."""
+    import torch
+
+    pattern = fwd.plan.pattern
+    q_tile, kv_tile = fwd.plan.schedule.q_tile, fwd.plan.schedule.kv_tile
+    kw = dict(window=pattern.window, stride=pattern.stride, dilation=pattern.dilation, causal=pattern.causal)
+    if interpret():
+        dq_plan = dkv_plan = fwd.plan
+    else:
+        dq_plan = _plan_or(fwd.plan, pattern.input_size, kw, q_tile, _shrink(kv_tile, BWD_STREAM_VOLUME))
+        dkv_plan = _plan_or(fwd.plan, pattern.input_size, kw, _shrink(q_tile, BWD_STREAM_VOLUME), kv_tile)
+    _, smem = device_gpu(device)
+
+    def cfg(resident: int, streamed: int) -> FusedLaunch:  # fp16 and bf16 alike (2-byte elements)
+        c = fused_launch(resident, streamed, fwd.head_dim, "bf16", smem)
+        return FusedLaunch(c.num_warps, max(1, min(c.num_stages, 2)))
+
+    def table(a: Any) -> Any:
+        return torch.from_numpy(a.copy()).to(device)
+
+    return GNABackward(dq_plan=dq_plan, dkv_plan=dkv_plan, heads=fwd.heads, heads_kv=fwd.heads_kv,
+                       head_dim=fwd.head_dim, batch=fwd.batch, scale=fwd.scale, extra=fwd.extra,
+                       tables=(table(dq_plan.ranges), table(dq_plan.lohi), table(dkv_plan.ranges_t),
+                               table(dkv_plan.lohi)),
+                       dq_config=cfg(dq_plan.q_volume, dq_plan.kv_volume),
+                       dkv_config=cfg(dkv_plan.kv_volume, dkv_plan.q_volume), rows_config=_rows_config())
+
+
+def _plan_or(fallback: GNAPlan, size: tuple[int, ...], kw: dict[str, Any], q_tile: tuple[int, ...],
+             kv_tile: tuple[int, ...]) -> GNAPlan:
+    try:
+        return plan_gna(size, q_tile=q_tile, kv_tile=kv_tile, **kw)
+    except ValueError:
+        return fallback
+
+
+_BACKWARDS = CallCache()
+
+
+def _delta(out: Any, do: Any, block: int) -> Any:
+    """``rowsum(dO * O)`` float32 ``[batch, heads, tokens]`` of two ``[B, *spatial, H, D]`` tensors."""
+    import torch
+
+    batch, heads, head_dim = int(out.shape[0]), int(out.shape[-2]), int(out.shape[-1])
+    size = [int(s) for s in out.shape[1:-2]]
+    size3 = [1] * (3 - len(size)) + size
+    tokens = math.prod(size)
+    delta = torch.empty((batch, heads, tokens), dtype=torch.float32, device=out.device)
+    _delta_kernel[(triton.cdiv(tokens, block), heads, batch)](
+        out, do, delta, tokens, size3[1], size3[2], heads, *_strides6(out), *_strides6(do),
+        int(delta.stride(0)), int(delta.stride(1)), HEAD_DIM=head_dim, BLOCK=block)
+    return delta
+
+
+def rows_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, *, row0: int, rows: int, causal: bool,
+                 scale: float) -> None:
+    """Dense rows ``[row0, row0 + rows)`` of a flat sequence ``[B, T, H, D]`` over all its keys (``causal``:
+    keys at or before the row), writing ``out``'s rows and ``lse[:, :, rows]`` (the extra queries)."""
+    batch, _, heads, head_dim = (int(s) for s in q.shape)
+    bm, bn, warps, stages = _rows_config()
+    xq, xo = q[:, row0:row0 + rows], out[:, row0:row0 + rows]
+    xl = lse[:, :, row0:row0 + rows]
+    _rows_fwd_kernel[(triton.cdiv(rows, bm), heads, batch)](
+        xq, k, v, xo, xl, scale * LOG2E, rows, int(k.shape[1]), row0, heads // int(k.shape[2]),
+        *_strides4(xq), *_strides4(k), *_strides4(v), *_strides4(xo), int(xl.stride(0)), int(xl.stride(1)),
+        HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=bool(causal), num_warps=warps, num_stages=stages)
+
+
+def _rows_config() -> tuple[int, int, int, int]:
+    return (16, 16, 1, 1) if interpret() else (64, 64, 4, 2)
+
+
+def gna_backward(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *, window: Any, stride: Any = 1,
+                 dilation: Any = 1, causal: Any = False, q_tile: Any = None, kv_tile: Any = None,
+                 scale: float | None = None, kv_layout: str | None = None, extra_tokens: int = 0,
+                 extra_at: str = "end", input_size: Any = None) -> tuple[Any, Any, Any]:
+    """``(dq, dk, dv)`` of :func:`sparsesim.kernels.gna.gna_forward` (same arguments) given ``dO``, the forward's
+    ``out`` and ``lse``; shapes and dtypes of ``q``, ``k``, ``v``.
+
+    Example:
+        >>> out, lse = gna_forward(q, k, v, window=(7, 7))  # doctest: +SKIP
+        >>> dq, dk, dv = gna_backward(torch.ones_like(out), q, k, v, out, lse, window=(7, 7))  # doctest: +SKIP
+    """
+    import torch
+
+    from sparsesim.kernels.gna import _extra_view, _is_causal, _layout_view, cached_launch, sequence_info
+
+    seq = sequence_info(q, k, v, extra_tokens, extra_at, input_size, causal)
+    call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
+    if seq is None:
+        views = (q, k, v)
+        extra, first, xfirst, n = 0, 0, 0, int(lse.shape[-1])
+    else:
+        size, extra, first, xfirst = seq
+        views = tuple(_layout_view(x, seq) for x in (q, k, v))
+        n = math.prod(size)
+    fwd = cached_launch(*views, call, extra)
+    key = (tensors_key(*views), id(fwd))
+    bwd = _BACKWARDS.get(key)
+    if bwd is None or bwd.extra != extra:
+        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device))
+    delta = _delta(out, do, bwd.rows_config[0])
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if seq is None:
+        lv = (q, k, v, do, dq, dk, dv)
+    else:
+        lv = tuple(_layout_view(x, seq) for x in (q, k, v, do, dq, dk, dv))
+    l_lse, l_delta = lse[:, :, first:first + n], delta[:, :, first:first + n]
+    x_lse, x_delta = lse[:, :, xfirst:xfirst + extra], delta[:, :, xfirst:xfirst + extra]
+    is_causal = _is_causal(causal)
+    xv = tuple(_extra_view(x, seq) for x in (q, k, v, do)) if extra else None
+    _launch_dq(bwd, lv, l_lse, l_delta, xv)
+    _launch_dkdv(bwd, lv, l_lse, l_delta, xv if (extra and not is_causal) else None, x_lse, x_delta)
+    if extra:
+        _launch_extra(bwd, (q, k, v, do, dq, dk, dv), lse, delta, xfirst, extra, is_causal)
+    return dq, dk, dv
+
+
+def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None) -> None:
+    q, k, v, do, dq, _, _ = lv
+    plan = bwd.dq_plan
+    ranges, lohi = bwd.tables[0], bwd.tables[1]
+    nx = bwd.extra if xv is not None else 0
+    if nx:
+        _, xk, xvv, _ = xv  # type: ignore[misc]
+        x_strides = (*_strides4(xk), *_strides4(xvv))
+    else:
+        xk, xvv, x_strides = q, q, (0,) * 8
+    cfg = bwd.dq_config
+    grid = (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups)
+    _gna_dq_kernel[grid](
+        q, k, v, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale,
+        bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:],
+        int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), nx,
+        *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dq),
+        int(lse.stride(0)), int(lse.stride(1)), *x_strides,
+        HEAD_DIM=bwd.head_dim, **_constexprs(plan), EXTRA=nx > 0, XTAIL=nx % plan.kv_volume != 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None, x_lse: Any,
+                 x_delta: Any) -> None:
+    q, k, v, do, _, dk, dv = lv
+    plan = bwd.dkv_plan
+    ranges_t, lohi = bwd.tables[2], bwd.tables[3]
+    nxq = bwd.extra if xv is not None else 0
+    if nxq:
+        xq, _, _, xdo = xv  # type: ignore[misc]
+        x_strides = (*_strides4(xq), *_strides4(xdo))
+        xl, xd = x_lse, x_delta
+    else:
+        xq, xdo, xl, xd, x_strides = q, q, lse, delta, (0,) * 8
+    cfg = bwd.dkv_config
+    grid = (plan.num_kv_tiles, bwd.heads_kv, bwd.batch * plan.groups)
+    _gna_dkdv_kernel[grid](
+        q, k, v, do, dk, dv, lse, delta, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
+        bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.kv_grid3[1:],
+        int(plan.ranges_t.shape[1]), int(plan.ranges_t.shape[2]), int(plan.lohi.shape[2]), nxq,
+        *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dk), *_strides6(dv),
+        int(lse.stride(0)), int(lse.stride(1)), *x_strides,
+        HEAD_DIM=bwd.head_dim, **_constexprs(plan), EXTRA_Q=nxq > 0, XQTAIL=nxq % plan.q_volume != 0,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: int, extra: int,
+                  causal: bool) -> None:
+    """The extra queries' dQ (dense rows over every key) and the extra keys' dK/dV (dense columns over every
+    query row) on the flat sequence ``[B, T, H, D]``."""
+    q, k, v, do, dq, dk, dv = whole
+    bm, bn, warps, stages = bwd.rows_config
+    tokens, group = int(q.shape[1]), bwd.heads // bwd.heads_kv
+    sl = slice(xfirst, xfirst + extra)
+    xq, xdo, xdq = q[:, sl], do[:, sl], dq[:, sl]
+    xl, xd = lse[:, :, sl], delta[:, :, sl]
+    _rows_dq_kernel[(triton.cdiv(extra, bm), bwd.heads, bwd.batch)](
+        xq, k, v, xdo, xdq, xl, xd, bwd.scale * LOG2E, bwd.scale, extra, tokens, xfirst, group,
+        *_strides4(xq), *_strides4(k), *_strides4(v), *_strides4(xdo), *_strides4(xdq),
+        int(xl.stride(0)), int(xl.stride(1)),
+        HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
+    xk, xv, xdk, xdv = k[:, sl], v[:, sl], dk[:, sl], dv[:, sl]
+    _cols_dkdv_kernel[(triton.cdiv(extra, bn), bwd.heads_kv, bwd.batch)](
+        q, xk, xv, do, xdk, xdv, lse, delta, bwd.scale * LOG2E, bwd.scale, tokens, extra, xfirst, group,
+        *_strides4(q), *_strides4(xk), *_strides4(xv), *_strides4(do), *_strides4(xdk), *_strides4(xdv),
+        int(lse.stride(0)), int(lse.stride(1)),
+        HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
+
+
+__all__ = ["BWD_STREAM_VOLUME", "GNABackward", "build_backward", "gna_backward", "rows_forward"]

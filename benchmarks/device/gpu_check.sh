@@ -12,3 +12,4 @@ for p in benchmarks/plans/cosmos-7b_h200_1layer_*.json benchmarks/plans/wan2.1-1
   name=$(basename $p .json)
   timeout 60 python3 -m sparsesim.cli.main validate --plan $p --out $OUT/validate_plan_${name}_${D}_${COMMIT}.csv --commit $COMMIT 2>&1 | tail -3
 done
+timeout 120 python3 benchmarks/stats_bench.py --device cuda --layers 4 --rows 64 --repeats 3 --out $OUT --commit $COMMIT 2>&1 | tail -12

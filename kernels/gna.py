@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from sparsesim.hwmodels.launch import grid_problem
-from sparsesim.kernels._common import LN2, LOG2E, attn_tile_update
+from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
     FusedLaunch,
@@ -261,7 +261,7 @@ def _gna_fwd_kernel(
         x1 = g1 + D1 * (q1 * QT1 + (offs_m // QT2) % QT1)
         x2 = g2 + D2 * (q2 * QT2 + offs_m % QT2)
         tok = (x0.to(tl.int64) * L1 + x1) * L2 + x2
-        lse = (m_i + tl.math.log2(l_i)) * LN2
+        lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # ln 2: a literal (a jit function reads no globals)
         tl.store(LSE + b64 * s_lb + h64 * s_lh + tok, lse, mask=q_ok)
 
 

@@ -12,6 +12,7 @@ carries the same count). Nothing is stored: the run is deterministic, so running
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +27,38 @@ from sparsesim.search.study import HeadSource, Point, Progress, SearchReport
 from sparsesim.simulator.errors import ConfigError
 
 
-def latency_table(latency: LatencyModel, candidates: Sequence[Candidate]) -> np.ndarray:
-    """Every candidate's per-head share of a full-layer launch (ms), in the order of ``candidates``."""
-    return np.array([latency.head_ms(c) for c in candidates], dtype=np.float64)
+#: Candidates below which the latency table is computed in this process (workers cost a second or two).
+PARALLEL_MIN = 512
+
+
+def latency_table(latency: LatencyModel, candidates: Sequence[Candidate], workers: int | None = None) -> np.ndarray:
+    """Every candidate's per-head share of a full-layer launch (ms), in the order of ``candidates``.
+
+    ``workers``: processes that share the candidates (default: the CPUs this process may use, for tables of
+    :data:`PARALLEL_MIN` candidates or more; 1: here). Each simulation is independent and deterministic, so the
+    table is the same either way."""
+    cands = list(candidates)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = workers if len(cands) >= PARALLEL_MIN else 1
+    workers = max(1, min(int(workers), len(cands)))
+    if workers == 1:
+        return np.array([latency.head_ms(c) for c in cands], dtype=np.float64)
+    import multiprocessing
+
+    chunks = [cands[i::workers] for i in range(workers)]  # interleaved: similar costs per worker
+    # fork: the workers inherit the model and re-import nothing (spawn would rerun a caller's unguarded script)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        parts = pool.map(_head_ms, [(latency, chunk) for chunk in chunks])
+    out = np.empty(len(cands), dtype=np.float64)
+    for i, part in enumerate(parts):
+        out[i::workers] = part
+    return out
+
+
+def _head_ms(job: tuple[LatencyModel, list[Candidate]]) -> list[float]:
+    latency, cands = job
+    return [latency.head_ms(c) for c in cands]
 
 
 def front_indices(ms: np.ndarray, error: np.ndarray) -> np.ndarray:

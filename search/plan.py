@@ -187,6 +187,40 @@ def _mean(picked: Sequence[Sequence[Point]]) -> float:
     return sum(errs) / max(1, len(errs))
 
 
+class _Launches:
+    """A layer's simulated time kept as launch counts: units per pattern, each pattern one launch of whole
+    groups (what :meth:`Units.layer_ms` simulates), so moving one unit costs two launch lookups, not a whole
+    layer's regrouping."""
+
+    def __init__(self, lat: LatencyModel, size: int, row: Sequence[Point]) -> None:
+        self.lat, self.size = lat, size
+        self.counts: dict[Candidate, int] = {}
+        for p in row:
+            self.counts[p.candidate] = self.counts.get(p.candidate, 0) + 1
+        self.ms = sum(self.launch(c, n) for c, n in self.counts.items())
+
+    def launch(self, cand: Candidate, units: int) -> float:
+        """One launch of ``units`` units of ``cand`` (0 for none)."""
+        if units <= 0:
+            return 0.0
+        r = self.lat.result(cand, units * self.size)
+        return r.dense_ms if cand.is_dense(self.lat.shape.layout) else r.call_ms
+
+    def delta(self, old: Candidate, new: Candidate) -> float:
+        """Change of the layer's time when one unit moves from ``old`` to ``new``."""
+        if old == new:
+            return 0.0
+        na, nb = self.counts.get(old, 0), self.counts.get(new, 0)
+        return (self.launch(old, na - 1) - self.launch(old, na)) + (self.launch(new, nb + 1) - self.launch(new, nb))
+
+    def move(self, old: Candidate, new: Candidate) -> None:
+        self.ms += self.delta(old, new)
+        self.counts[old] -= 1
+        if not self.counts[old]:
+            del self.counts[old]
+        self.counts[new] = self.counts.get(new, 0) + 1
+
+
 def _refine(rows: list[list[Point]], fronts: Rows, evaluated: Rows, model: Model, units: Units,
             lam: float) -> list[list[Point]]:
     """Local search on real launches: move one unit at a time to another point of its front, or to a
@@ -196,23 +230,21 @@ def _refine(rows: list[list[Point]], fronts: Rows, evaluated: Rows, model: Model
     out = []
     for li, row in enumerate(rows):
         row = list(row)
-
-        def cost(r: Sequence[Point]) -> float:
-            return units.layer_ms(lat, r) + lam * sum(p.error for p in r)
-
-        best = cost(row)
+        layer = _Launches(lat, units.size, row)
+        best = layer.ms + lam * sum(p.error for p in row)
         for _ in range(4):
             moved = False
             used = {p.candidate for p in row}
             for h in range(len(row)):
                 options = list(fronts[li][h]) + [p for p in evaluated[li][h] if p.candidate in used]
                 for p in options:
-                    if p.candidate == row[h].candidate:
+                    cur = row[h]
+                    if p.candidate == cur.candidate:
                         continue
-                    trial = row[:h] + [p] + row[h + 1:]
-                    c = cost(trial)
+                    c = best + layer.delta(cur.candidate, p.candidate) + lam * (p.error - cur.error)
                     if c < best * (1 - 1e-9):
-                        row, best, moved = trial, c, True
+                        layer.move(cur.candidate, p.candidate)
+                        row[h], best, moved = p, c, True
             if not moved:
                 break
         out.append(row)
@@ -223,34 +255,55 @@ def _fill(rows: Sequence[Sequence[Point]], evaluated: Rows, model: Model, units:
           mean_error: float) -> list[list[Point]]:
     """Spend the budget the Lagrangian choice leaves: repeatedly move the one unit whose move saves the most
     simulated layer time (grouped launches) per unit of added error, while the mean error stays within
-    ``mean_error``."""
+    ``mean_error``.
+
+    Each layer keeps its moves sorted by that ratio and is rescored only when one of its units moves (a move
+    changes no other layer's launches); the best feasible move of a layer is searched from where it was last
+    found while the slack shrinks, from the top when a move that lowers the error widens it."""
     lat = model.latency
     out = [list(r) for r in rows]
     n = sum(len(r) for r in out)
     total_err = sum(p.error for r in out for p in r)
-    layer_ms = [units.layer_ms(lat, r) for r in out]
+    layers = [_Launches(lat, units.size, r) for r in out]
+
+    def moves(li: int) -> list[tuple[float, float, int, Point, float]]:
+        layer, found = layers[li], []
+        for h, cur in enumerate(out[li]):
+            for p in evaluated[li][h]:
+                if p.candidate == cur.candidate:
+                    continue
+                saved = -layer.delta(cur.candidate, p.candidate)
+                if saved <= 1e-12 * layer.ms:
+                    continue
+                d_err = p.error - cur.error
+                found.append((saved / max(d_err, 1e-12), d_err, h, p, saved))
+        found.sort(key=lambda m: -m[0])  # stable: ties keep the (head, point) order
+        return found
+
+    lists = [moves(li) for li in range(len(out))]
+    at = [0] * len(out)  # per layer: no move before this index fits the current slack
+    last_slack = math.inf
     while True:
         slack = mean_error * n - total_err
-        best: tuple[float, int, int, Point, float] | None = None
-        for li, row in enumerate(out):
-            for h, cur in enumerate(row):
-                for p in evaluated[li][h]:
-                    d_err = p.error - cur.error
-                    if p.candidate == cur.candidate or d_err > slack:
-                        continue
-                    trial = row[:h] + [p] + row[h + 1:]
-                    saved = layer_ms[li] - units.layer_ms(lat, trial)
-                    if saved <= 1e-12 * layer_ms[li]:
-                        continue
-                    score = saved / max(d_err, 1e-12)
-                    if best is None or score > best[0]:
-                        best = (score, li, h, p, saved)
+        if slack > last_slack:
+            at = [0] * len(out)
+        last_slack = slack
+        best: tuple[float, int, int] | None = None
+        for li, lst in enumerate(lists):
+            i = at[li]
+            while i < len(lst) and lst[i][1] > slack:
+                i += 1
+            at[li] = i
+            if i < len(lst) and (best is None or lst[i][0] > best[0]):
+                best = (lst[i][0], li, i)
         if best is None:
             return out
-        _, li, h, p, saved = best
-        total_err += p.error - out[li][h].error
+        _, li, i = best
+        _, d_err, h, p, _saved = lists[li][i]
+        total_err += d_err
+        layers[li].move(out[li][h].candidate, p.candidate)
         out[li][h] = p
-        layer_ms[li] -= saved
+        lists[li], at[li] = moves(li), 0
 
 
 def choose(fronts: Rows, model: Model, *, mean_error: float | None = None, max_error: float | None = None,

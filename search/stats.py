@@ -227,7 +227,8 @@ def _value_unit(v: Any) -> Any:
 
 def call_sums(q: Any, k: Any, v: Any, rows: Any, layout: Sequence[int], candidates: Sequence[Candidate],
               causal: Sequence[bool] = (), *, scale: float | None = None, extra_tokens: int = 0,
-              extra_at: str = "end", budget: int | None = None, tables: _Tables | None = None) -> tuple[Any, Any]:
+              extra_at: str = "end", budget: int | None = None, tables: _Tables | None = None,
+              precision: str = "auto") -> tuple[Any, Any]:
     """One attention call's sums for every head and candidate: ``(err2, kept)``, float64 tensors ``(heads,
     candidates)`` on the inputs' device (module doc; each head's rows count ``rows.size``).
 
@@ -238,19 +239,21 @@ def call_sums(q: Any, k: Any, v: Any, rows: Any, layout: Sequence[int], candidat
     (``extra_at="end"``) or before them (``"start"``): ``k``/``v`` cover the whole sequence, ``rows`` are sequence
     positions of layout tokens, and every candidate keeps every extra key (the same kept sums, once per row).
     Mirrors :func:`~sparsesim.search.quality.evaluate_all`: the axis with the fewest options is contracted first
-    in float32 as one batched product over the other axes' positions, the others in float64. ``budget``: bytes of
-    intermediates per chunk (default :data:`BUDGET` of the device type)."""
+    in float32 as one batched product over the other axes' positions, the others in ``precision``: ``"float64"``,
+    ``"float32"`` or ``"auto"`` (float64 on the CPU, float32 on a GPU: half the memory traffic of the
+    intermediates, which is what collection costs there; the final sums are float64 either way). ``budget``: bytes
+    of intermediates per chunk (default :data:`BUDGET` of the device type)."""
     import torch
 
     with torch.no_grad():
         return _call_sums(torch, q, k, v, rows, tuple(int(n) for n in layout), list(candidates),
                           tuple(bool(c) for c in causal) or (False,) * len(layout), scale, int(extra_tokens),
-                          extra_at, budget, tables)
+                          extra_at, budget, tables, precision)
 
 
 def _call_sums(torch: Any, q: Any, k: Any, v: Any, rows: Any, layout: tuple[int, ...], cands: list[Candidate],
                causal: tuple[bool, ...], scale: float | None, extra: int, extra_at: str, budget: int | None,
-               tables: _Tables | None) -> tuple[Any, Any]:
+               tables: _Tables | None, precision: str = "auto") -> tuple[Any, Any]:
     q, k, v = (torch.as_tensor(x) for x in (q, k, v))
     device = q.device
     k, v = k.to(device), v.to(device)
@@ -291,8 +294,10 @@ def _call_sums(torch: Any, q: Any, k: Any, v: Any, rows: Any, layout: tuple[int,
         ref_hidden = torch.zeros(r, tokens, dtype=torch.bool, device=device)  # every extra key is seen
         ref_hidden[:, keys] = ~torch.as_tensor(visible_mask(GNAPattern(input_size=layout, window=layout,
                                                                        causal=causal), local), device=device)
-    order = sorted(range(rank), key=lambda a: (sizes[a], a))
-    first = order[0]
+    # The first contracted axis: the one leaving the smallest intermediate (options x the other axes' positions),
+    # then the rest by fewest options (on a 30x48x80 layout with 14/20/20 options: W first, half of T first's)
+    first = min(range(rank), key=lambda a: (sizes[a] * grid // layout[a], sizes[a], a))
+    order = [first] + sorted((a for a in range(rank) if a != first), key=lambda a: (sizes[a], a))
     perm = [b for b in range(rank) if b != first] + [first]  # the first contracted axis last
     rest_shape = [layout[b] for b in perm[:-1]]
     rest, length, o1, d1 = math.prod(rest_shape), layout[first], sizes[first], d + 1
@@ -300,13 +305,15 @@ def _call_sums(torch: Any, q: Any, k: Any, v: Any, rows: Any, layout: tuple[int,
         budget = BUDGET.get(device.type, BUDGET["cuda"])
     # bytes per row of the largest intermediates: stage 1 (float32), each later stage (float64, with copies),
     # the gathered candidates' sums
+    wide = _work_dtype(torch, device, precision)
+    item = 8 if wide == torch.float64 else 4
     per_row = [4 * (rest * o1 * length + rest * o1 * d1)]
     now = o1 * rest * d1
     for b in order[1:]:
         nxt = now // layout[b] * sizes[b]
-        per_row.append(8 * (2 * now + nxt))
+        per_row.append(item * (2 * now + nxt))
         now = nxt
-    per_row.append(8 * 3 * c_n * d1)
+    per_row.append(item * 3 * c_n * d1)
     chunk = max(1, int(budget // max(per_row)))
     unit = _value_unit(v)  # (hk,)
     dims = [b + 1 for b in perm]
@@ -335,20 +342,20 @@ def _call_sums(torch: Any, q: Any, k: Any, v: Any, rows: Any, layout: tuple[int,
             a = p[b0:b1].permute(1, 0, 2)[:, :, None, :] * m1.permute(1, 0, 2)[None]  # (rest, bc, o1, length)
             y = torch.bmm(a.reshape(rest, bc * o1, length), vext).reshape(rest, bc, o1, d1)
             del a
-            x = y.permute(1, 2, 0, 3).double().reshape(bc, o1, *rest_shape, d1)
+            x = y.permute(1, 2, 0, 3).to(wide).reshape(bc, o1, *rest_shape, d1)
             del y
             axes, done = list(perm[:-1]), 1  # layout axes left in x, after ``done`` option dims
             for b in order[1:]:
                 pos = 1 + done + axes.index(b)
                 other = x.shape[1:pos] + x.shape[pos + 1:]
                 xx = x.movedim(pos, 1).reshape(bc, layout[b], -1)
-                mb = row_masks[b][:, idx, :].permute(1, 0, 2).double()  # (bc, ob, L)
+                mb = row_masks[b][:, idx, :].permute(1, 0, 2).to(wide)  # (bc, ob, L)
                 x = torch.bmm(mb, xx).reshape(bc, sizes[b], *other)
                 axes.remove(b)
                 done += 1
             # x: (bc, options of order[-1], ..., options of order[0], d + 1) -> options in axis order
             x = x.permute(0, *[rank - order.index(b) for b in range(rank)], rank + 1).reshape(bc, -1, d1)
-            sums = x[:, flat] + fixed[b0:b1, None, :]  # (bc, candidates, d + 1)
+            sums = x[:, flat].double() + fixed[b0:b1, None, :]  # (bc, candidates, d + 1)
             del x
             zm = sums[:, :, d]
             o = sums[:, :, :d] / torch.where(zm > 0, zm, torch.ones_like(zm))[:, :, None]
@@ -361,6 +368,18 @@ def _call_sums(torch: Any, q: Any, k: Any, v: Any, rows: Any, layout: tuple[int,
     err2[:, ref] = 0.0
     kept[:, ref] = float(r)
     return err2, kept
+
+
+PRECISIONS = ("auto", "float64", "float32")
+
+
+def _work_dtype(torch: Any, device: Any, precision: str) -> Any:
+    """The dtype of the later contraction stages (see :func:`call_sums`)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return torch.float64 if device.type == "cpu" else torch.float32
+    return torch.float64 if precision == "float64" else torch.float32
 
 
 # ------------------------------------------------------------------------------------------------ accumulation

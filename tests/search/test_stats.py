@@ -70,6 +70,20 @@ def test_one_call_equals_evaluate_all(layout, causal, heads_kv):
         assert got_e[[c.window == layout for c in cands]].max() == 0.0
 
 
+def test_float32_stages_track_float64():
+    """The GPU's default working precision (float32 later stages) against float64, on the CPU."""
+    rng = np.random.default_rng(11)
+    layout = (4, 6, 8)
+    cands = small_space(layout)
+    q, k, v, rows = random_call(rng, layout, v_shift=3.0)
+    e64, k64 = call_sums(q, k, v, rows, layout, cands, precision="float64")
+    e32, k32 = call_sums(q, k, v, rows, layout, cands, precision="float32")
+    np.testing.assert_allclose(np.sqrt(e32.numpy()), np.sqrt(e64.numpy()), rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(k32.numpy(), k64.numpy(), rtol=1e-5)
+    with pytest.raises(ConfigError, match="precision='half'"):
+        call_sums(q, k, v, rows, layout, cands, precision="half")
+
+
 def test_scale_argument_is_the_calls_scale():
     rng = np.random.default_rng(3)
     layout = (6, 8)

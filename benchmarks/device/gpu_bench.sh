@@ -6,5 +6,5 @@ COMMIT=${1:?commit}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
 export PYTHONUNBUFFERED=1
 D=$(date -u +%F)
-timeout 330 python3 benchmarks/backward_bench.py --out $OUT/backward_bench_h200_${D}_${COMMIT}.csv --commit $COMMIT --budget-s 280 2>&1 | tail -40
-timeout 200 python3 benchmarks/block_map_bench.py --mode gpu --commit $COMMIT --out $OUT/block_map_bench_h200_${D}_${COMMIT}.csv 2>&1 | tail -25
+timeout 230 python3 benchmarks/backward_bench.py --out $OUT/backward_bench_h200_${D}_${COMMIT}.csv --commit $COMMIT --budget-s 190 2>&1 | tail -40
+timeout 130 python3 benchmarks/block_map_bench.py --mode gpu --commit $COMMIT --out $OUT/block_map_bench_h200_${D}_${COMMIT}.csv 2>&1 | tail -25

@@ -317,7 +317,7 @@ def add_search_parsers(sub: Any) -> None:
                                                                   "the samples hold, from 0)")
     p.add_argument("--synthetic-layers", type=_int, default=None,
                    help="layers of synthetic samples (default: the workload's, or B-A of --layers)")
-    p.add_argument("--mix", choices=("dit", "basic"), default="dit",
+    p.add_argument("--mix", choices=("dit", "basic"), default=None,
                    help="synthetic samples: dit, a per-layer mixture of heads that look like video DiTs (spatial, "
                         "temporal, local, heavy-tailed, global, sink; the default); basic, the former local/axis/"
                         "global rotation")

@@ -117,6 +117,12 @@ def cmd_search(args: argparse.Namespace) -> None:
     workload = args.preset or args.workload or ("minilm-l6" if args.minilm else None)
     if workload is None:
         raise ConfigError("give --preset NAME or --workload FILE.toml (see simulate workloads)")
+    given = [flag for flag, on in (("--samples", args.samples), ("--minilm", args.minilm),
+                                   ("--stats", getattr(args, "stats", None))) if on]
+    if args.mix is not None and given:
+        raise ConfigError(f"--mix {args.mix} with {given[0]}: --mix chooses synthetic samples; allowed: --mix "
+                          "with --synthetic (or no samples option)")
+    args.mix = args.mix or "dit"
     if getattr(args, "stats", None) is not None:
         _search_stats(args, workload, budget)
         return

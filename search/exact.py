@@ -26,7 +26,6 @@ from sparsesim.search.space import Candidate, Space
 from sparsesim.search.study import HeadSource, Point, Progress, SearchReport
 from sparsesim.simulator.errors import ConfigError
 
-
 #: Candidates below which the latency table is computed in this process (workers cost a second or two).
 PARALLEL_MIN = 512
 

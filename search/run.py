@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sparsesim.search.baselines import RULES, Table, tuned
@@ -23,6 +23,7 @@ from sparsesim.search.plan import (
     Model,
     Outcome,
     Plan,
+    Rows,
     SearchInfo,
     build_plan,
     choose,
@@ -199,11 +200,30 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
         fronts = [[pareto(p) for p in layer] for layer in evaluated]
         run_info = (settings.study, redact_url(settings.storage), settings.trials, settings.seed,
                     "TPESampler(multivariate)")
-    model = step_model(w, latency, len(chosen))
     every = pts if sampler == "exhaustive" else evaluated  # the baselines choose from every evaluated point
     table = Table(exact.candidates, exact.error, exact.point) if sampler == "exhaustive" else Table.of_points(every)
     if latency.group > 1:  # GQA: a KV head's front is not made of its query heads' fronts (plan.Units)
         evaluated = every
+    study_name, shown, trials, seed, sampler_name = run_info
+    data, outcomes, base_plans = plan_search(
+        w, latency, chosen, [f"layer{li}" for li in chosen], fronts, evaluated, table, gpu=gpu,
+        error_budget=error_budget, max_error=max_error, target_speedup=target_speedup,
+        kernel_profile=kernel_profile, dense_profile=dense_profile,
+        info=SearchInfo(study=study_name, storage=shown, trials=trials, seed=seed, samples=samples_label or "-",
+                        sampler=sampler_name, baselines=()))
+    return SearchResult(plan=data, outcomes=outcomes, report=report, baselines=base_plans)
+
+
+
+
+def plan_search(w: Workload, latency: LatencyModel, chosen: Sequence[int], names: Sequence[str], fronts: Rows,
+                evaluated: Rows, table: Table, *, gpu: str, error_budget: float | None, max_error: float | None,
+                target_speedup: float | None, kernel_profile: str, dense_profile: str,
+                info: SearchInfo) -> tuple[Plan, tuple[Outcome, ...], dict[str, Plan]]:
+    """The rest of a search once every head's points are known (from samples or from statistics): the plan
+    (seeded with the baselines tuned to the same budget), each baseline and the plan at its error, the
+    predictions on every GPU, and the plan files (``info``: the search's record, its baselines filled here)."""
+    model = step_model(w, latency, len(chosen))
     if error_budget is not None:  # the tuned baselines as seeds: the plan is never slower than one of them
         base = tuned(table, model, error_budget, max_error=max_error)
         plan = choose(fronts, model, mean_error=error_budget, max_error=max_error, evaluated=evaluated, seeds=base)
@@ -221,24 +241,17 @@ def search_plan(*, src: HeadSource, workload: str, gpu: str, settings: SearchSet
             other = build_space(w.layout, gpu=g, head_dim=w.head_dim, dtype=w.dtype)
         except ConfigError:
             continue
-        lat = LatencyModel(shape=shape, gpu=g, q_tile=other.q_tile, kv_tile=other.kv_tile,
+        lat = LatencyModel(shape=latency.shape, gpu=g, q_tile=other.q_tile, kv_tile=other.kv_tile,
                            kernel_profile=kernel_profile, dense_profile=dense_profile)
         res = outcome(step_model(w, lat, len(chosen)), plan)
         predicted.append(GpuPrediction(g, float(res.attention_speedup), float(res.e2e_predicted_speedup)))
-    study_name, shown, trials, seed, sampler_name = run_info
-    info = SearchInfo(study=study_name, storage=shown, trials=trials, seed=seed, samples=samples_label or "-",
-                      sampler=sampler_name,
-                      baselines=tuple(BaselineOutcome(o.name, float(o.mean_error), float(o.max_error),
-                                                      float(o.e2e_predicted_speedup), float(o.attention_speedup))
-                                      for o in outcomes[1:]))
-    data = build_plan(choice=plan, model=model, layer_index=chosen, layer_names=[f"layer{li}" for li in chosen],
-                      workload=w.name, gpu=gpu,
+    info = replace(info, baselines=tuple(BaselineOutcome(o.name, float(o.mean_error), float(o.max_error),
+                                                         float(o.e2e_predicted_speedup), float(o.attention_speedup))
+                                         for o in outcomes[1:]))
+    data = build_plan(choice=plan, model=model, layer_index=chosen, layer_names=list(names), workload=w.name, gpu=gpu,
                       error_budget=ErrorBudget(error_budget, max_error, target_speedup), predicted=predicted,
                       search=info)
-    base_plans = {b.name: build_plan(choice=b, model=model, layer_index=chosen,
-                                     layer_names=[f"layer{li}" for li in chosen], workload=w.name, gpu=gpu,
-                                     error_budget=ErrorBudget(budget, max_error, None), predicted=(),
-                                     search=rule_info(info, b, RULES[b.name])) for b in base}
-    return SearchResult(plan=data, outcomes=outcomes, report=report, baselines=base_plans)
-
-
+    base_plans = {b.name: build_plan(choice=b, model=model, layer_index=chosen, layer_names=list(names),
+                                     workload=w.name, gpu=gpu, error_budget=ErrorBudget(budget, max_error, None),
+                                     predicted=(), search=rule_info(info, b, RULES[b.name])) for b in base}
+    return data, outcomes, base_plans

@@ -713,20 +713,10 @@ def plan_from_stats(stats: Statistics, *, workload: str, gpu: str, layers: str |
     and tuned baselines, from the candidates the statistics hold (the uniform baselines' patterns among them).
 
     The choice after the fronts mirrors ``search_plan``'s exhaustive branch."""
-    from sparsesim.search.baselines import RULES, Table, tuned
+    from sparsesim.search.baselines import Table
     from sparsesim.search.latency import LatencyModel, LayerShape
-    from sparsesim.search.plan import (
-        BaselineOutcome,
-        Choice,
-        ErrorBudget,
-        GpuPrediction,
-        SearchInfo,
-        build_plan,
-        choose,
-        outcome,
-        rule_info,
-    )
-    from sparsesim.search.run import GPUS, SearchResult, layer_range, step_model, uniform_candidates
+    from sparsesim.search.plan import SearchInfo
+    from sparsesim.search.run import SearchResult, layer_range, plan_search, uniform_candidates
     from sparsesim.search.space import build_space
     from sparsesim.simulator.workloads import load_workload
 
@@ -743,7 +733,7 @@ def plan_from_stats(stats: Statistics, *, workload: str, gpu: str, layers: str |
     chosen = layer_range(layers, w, stats.num_layers)
     space = build_space(w.layout, gpu=gpu, head_dim=w.head_dim, dtype=w.dtype)
     shape = LayerShape(layout=w.layout, heads=w.heads, heads_kv=w.heads_kv, head_dim=w.head_dim, batch=w.batch,
-                       dtype=w.dtype, causal=w.causal)
+                       dtype=w.dtype, causal=w.causal, extra_tokens=stats.extra_tokens, extra_at=stats.extra_at)
     latency = LatencyModel(shape=shape, gpu=gpu, q_tile=space.q_tile, kv_tile=space.kv_tile,
                            kernel_profile=kernel_profile, dense_profile=dense_profile)
     sample_layers = list(range(len(chosen)))
@@ -755,44 +745,16 @@ def plan_from_stats(stats: Statistics, *, workload: str, gpu: str, layers: str |
     for li in sample_layers:
         shared = list(dict.fromkeys([*(p.candidate for f in fronts[li] for p in f), *uniform]))
         evaluated.append([[exact.point(li, h, exact.index[c]) for c in shared] for h in range(w.heads)])
-    model = step_model(w, latency, len(chosen))
     table = Table(exact.candidates, exact.error, exact.point)
     if latency.group > 1:  # GQA: every point of every head (made only here: 5,600 points a head)
         evaluated = [[exact.points(li, h) for h in range(w.heads)] for li in sample_layers]
-    if error_budget is not None:
-        base = tuned(table, model, error_budget, max_error=max_error)
-        plan = choose(fronts, model, mean_error=error_budget, max_error=max_error, evaluated=evaluated, seeds=base)
-    else:
-        plan = choose(fronts, model, max_error=max_error, target_speedup=target_speedup, evaluated=evaluated)
-        base = tuned(table, model, plan.mean_error, max_error=max_error)
-    budget = error_budget if error_budget is not None else plan.mean_error
-    matched = [choose(fronts, model, mean_error=b.mean_error, max_error=max_error, name=f"plan at {b.name}'s error",
-                      evaluated=evaluated, seeds=[b]) for b in base]
-    choices: list[Choice] = [plan, *[c for pair in zip(base, matched, strict=True) for c in pair]]
-    outcomes = tuple(outcome(model, c) for c in choices)
-    predicted = []
-    for g in GPUS:
-        try:
-            other = build_space(w.layout, gpu=g, head_dim=w.head_dim, dtype=w.dtype)
-        except ConfigError:
-            continue
-        lat = LatencyModel(shape=shape, gpu=g, q_tile=other.q_tile, kv_tile=other.kv_tile,
-                           kernel_profile=kernel_profile, dense_profile=dense_profile)
-        res = outcome(step_model(w, lat, len(chosen)), plan)
-        predicted.append(GpuPrediction(g, float(res.attention_speedup), float(res.e2e_predicted_speedup)))
-    info = SearchInfo(study="-", storage="-", trials=len(exact.candidates), seed=0,
-                      samples=samples_label or stats.source or "-",
-                      sampler="exhaustive from statistics (every candidate the statistics hold)",
-                      baselines=tuple(BaselineOutcome(o.name, float(o.mean_error), float(o.max_error),
-                                                      float(o.e2e_predicted_speedup), float(o.attention_speedup))
-                                      for o in outcomes[1:]))
-    names = [stats.layer_names[li] for li in chosen]
-    data = build_plan(choice=plan, model=model, layer_index=chosen, layer_names=names, workload=w.name, gpu=gpu,
-                      error_budget=ErrorBudget(error_budget, max_error, target_speedup), predicted=predicted,
-                      search=info)
-    base_plans = {b.name: build_plan(choice=b, model=model, layer_index=chosen, layer_names=names,
-                                     workload=w.name, gpu=gpu, error_budget=ErrorBudget(budget, max_error, None),
-                                     predicted=(), search=rule_info(info, b, RULES[b.name])) for b in base}
+    data, outcomes, base_plans = plan_search(
+        w, latency, chosen, [stats.layer_names[li] for li in chosen], fronts, evaluated, table, gpu=gpu,
+        error_budget=error_budget, max_error=max_error, target_speedup=target_speedup,
+        kernel_profile=kernel_profile, dense_profile=dense_profile,
+        info=SearchInfo(study="-", storage="-", trials=len(exact.candidates), seed=0,
+                        samples=samples_label or stats.source or "-",
+                        sampler="exhaustive from statistics (every candidate the statistics hold)", baselines=()))
     seconds = time.perf_counter() - t0
     r = exact.report
     report = SearchReport(heads=r.heads, found=0, ran=r.ran, seconds=seconds, simulator_s=r.simulator_s,

@@ -247,6 +247,14 @@ def test_search_minilm_with_another_workload_is_refused(cli, tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("source", [["--samples", "s.npz"], ["--minilm"], ["--stats", "s.npz"]])
+def test_search_mix_without_synthetic_samples_is_refused(cli, source, tmp_path, capsys):
+    preset = [] if source == ["--minilm"] else ["--preset", "flux-4k"]
+    one_line_exit_2(cli, ["search", *source, *preset, "--mix", "basic", "--out", str(tmp_path / "p.json")],
+                    "--mix basic with")
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("case", ["directory", "empty", "proc", "too-long", "missing-folder", "device-null",
                                   "device-full", "symlink-to-device"])
 def test_search_hostile_out(cli, case, tiny, tmp_path, capsys):

@@ -271,9 +271,12 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}; allowed: 1 or more")
     if args.plan:
+        if args.backprop:
+            raise ConfigError("--backprop with --plan; allowed: --backprop with --sweep or --preset")
         _validate_plan(args)
         return
-    cases = validate.make_cases(validate_configs(args), [k.strip() for k in args.kernels.split(",") if k.strip()])
+    cases = validate.make_cases(validate_configs(args), [k.strip() for k in args.kernels.split(",") if k.strip()],
+                                backprop=args.backprop)
     show = args.progress if args.progress is not None else sys.stderr.isatty()
 
     def bar(done: int, total: int) -> None:

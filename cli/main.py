@@ -247,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: gna, block_sparse (1D), dense (ours), cudnn, flash")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="measurements, one row per case")
     p.add_argument("--resume", action="store_true", help="continue FILE.csv, skipping the cases it holds")
+    p.add_argument("--backprop", action="store_true",
+                   help="time forward+backward (q, k, v require grad; passes=fwd+bwd rows for calibrate)")
     p.add_argument("--jobs", type=int_in(1), default=1, help="worker processes that check (and compile) in parallel")
     p.add_argument("--seed", type=int_in(0, SEED_MAX), default=0, help="seed of the random inputs (0 to 2^32-1)")
     p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")

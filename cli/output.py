@@ -122,9 +122,42 @@ def choose_columns(df: pd.DataFrame, fmt: str, wanted: str | None, wide: bool, c
     return fit_columns(df, columns, priority)
 
 
+#: The compact band column of text tables, shown after this column when there is room.
+BAND_AFTER = "predicted_speedup"
+
+
+def _band_text(low: Any, high: Any, evidence: Any) -> str:
+    """``2.10-2.61x`` (the speedup's error band), ``?`` appended where the profile has no evidence."""
+    try:
+        lo, hi = float(low), float(high)
+    except (TypeError, ValueError):
+        return "-"
+    if math.isnan(lo) or math.isnan(hi):
+        return "-"
+    return f"{lo:.2f}-{hi:.2f}x" + ("?" if evidence == "none" else "")
+
+
+def with_band(df: pd.DataFrame, columns: Sequence[str],
+              priority: Sequence[str]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """``df`` with a text ``band`` column (the speedup's error band) after :data:`BAND_AFTER` in the display
+    columns and in their priority, for text tables; unchanged where the results carry no bands."""
+    need = ("predicted_speedup_low", "predicted_speedup_high", "band_evidence")
+    if not all(c in df.columns for c in need) or BAND_AFTER not in columns or "band" in df.columns:
+        return df, list(columns), list(priority)
+    df = df.assign(band=[_band_text(lo, hi, ev) for lo, hi, ev in zip(*(df[c] for c in need), strict=True)])
+    cols, prio = list(columns), list(priority)
+    cols.insert(cols.index(BAND_AFTER) + 1, "band")
+    if BAND_AFTER in prio:
+        prio.insert(prio.index(BAND_AFTER) + 1, "band")
+    return df, cols, prio
+
+
 def emit(df: pd.DataFrame, args: Any, columns: Sequence[str], priority: Sequence[str]) -> None:
-    """Render ``df`` as the output options of ``args`` ask (format, columns, wide, out) and write it."""
+    """Render ``df`` as the output options of ``args`` ask (format, columns, wide, out) and write it; text
+    tables show the speedup's error band compactly (``band``; CSV and JSON carry the numbers)."""
     fmt = args.format
+    if fmt in ("table", "markdown"):
+        df, columns, priority = with_band(df, columns, priority)
     cols = choose_columns(df, fmt, getattr(args, "columns", None), getattr(args, "wide", False), columns, priority)
     if fmt == "json":
         df = df[cols]

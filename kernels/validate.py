@@ -10,9 +10,13 @@ Each configuration (a GNA pattern and its problem) becomes one case per kernel a
 
 A case is checked first (fresh random inputs, the output poisoned with NaN, ``||out - ref|| /
 ||ref||`` on sampled rows against a float32 reference with the exact mask), then timed as a whole
-call (median device time of back-to-back calls). Every finished row is appended to the CSV at
-once, so an interrupted run keeps it and ``--resume`` skips it. With ``jobs > 1`` the checks (and
-so the compiles) run in parallel worker processes before the timings, which stay serial.
+call (median device time of back-to-back calls). With ``backprop`` a case is forward+backward
+(``passes = "fwd+bwd"``): q, k, v require grad and the timed call is the forward and
+``torch.autograd.grad`` of its output with a fixed random dO (our kernels through their custom ops,
+cuDNN/flash through SDPA); the check compares the output and dQ on the sampled rows against a
+float64 reference (dK/dV need every row: not checked here; tests/kernels check them). Every finished
+row is appended to the CSV at once, so an interrupted run keeps it and ``--resume`` skips it. With
+``jobs > 1`` the checks (and so the compiles) run in parallel worker processes before the timings, which stay serial.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ COLUMNS = [
     "config_id", "case_id", "kernel", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile",
     "tokens", "heads", "heads_kv", "head_dim", "batch", "dtype", "kv_layout", "measured_ms", "rel_err", "unwritten",
     "ok", "predicted_ms", "predicted_profile", "reference_ms", "tile_speedup", "flop_speedup", "gpu", "driver",
-    "torch", "triton", "commit", "date", "note",
+    "torch", "triton", "commit", "date", "note", "passes",
 ]
 
 
@@ -57,6 +61,7 @@ class Case:
 
     kernel: str
     config: tuple[tuple[str, Any], ...]
+    backprop: bool = False
 
     @property
     def kw(self) -> dict[str, Any]:
@@ -69,7 +74,11 @@ class Case:
 
     @property
     def case_id(self) -> str:
-        return f"{self.config_id}-{self.kernel}"
+        return f"{self.config_id}-{self.kernel}" + ("-bwd" if self.backprop else "")
+
+    @property
+    def passes(self) -> str:
+        return "fwd+bwd" if self.backprop else "fwd"
 
 
 def _freeze(cfg: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -82,8 +91,8 @@ def _freeze(cfg: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 PROBLEM_KEYS = ("heads", "heads_kv", "head_dim", "batch", "dtype")
 
 
-def make_cases(configs: Iterable[Mapping[str, Any]], kernels: Sequence[str]) -> list[Case]:
-    """The cases to measure, in order, without duplicates (dense problems once)."""
+def make_cases(configs: Iterable[Mapping[str, Any]], kernels: Sequence[str], backprop: bool = False) -> list[Case]:
+    """The cases to measure, in order, without duplicates (dense problems once); ``backprop``: forward+backward."""
     bad = [k for k in kernels if k not in KERNELS]
     if bad or not kernels:
         from sparsesim.simulator.errors import ConfigError
@@ -99,13 +108,13 @@ def make_cases(configs: Iterable[Mapping[str, Any]], kernels: Sequence[str]) -> 
         tokens = math.prod(size) if isinstance(size, (list, tuple)) else int(size)
         for kernel in kernels:
             if kernel == "gna":
-                case = Case("gna", _freeze({**pattern, **problem}))
+                case = Case("gna", _freeze({**pattern, **problem}), backprop)
             elif kernel == "block_sparse":
                 if isinstance(size, (list, tuple)) and len(size) != 1:
                     continue  # block maps are 1D here
-                case = Case("block_sparse", _freeze({**pattern, **problem}))
+                case = Case("block_sparse", _freeze({**pattern, **problem}), backprop)
             else:
-                case = Case(kernel, _freeze({"input_size": (tokens,), **problem}))
+                case = Case(kernel, _freeze({"input_size": (tokens,), **problem}), backprop)
             if case not in seen:
                 seen.add(case)
                 out.append(case)
@@ -222,6 +231,122 @@ def build_call(case: Case, seed: int) -> tuple[Callable[[Any], Any], Any, Any, A
     return _sdpa_call(case.kernel, q, k, v), q, k, v, dense_mask, "direct"
 
 
+def build_grad_call(case: Case, seed: int) -> tuple[Callable[[], Any], Any, Any, Any, Any, Callable[[Any], Any], str]:
+    """Forward+backward of one case: ``(step, q, k, v, dout, mask_fn, kv_layout)``; ``step()`` returns
+    ``(out, dq, dk, dv)`` in the ``[B, *layout, H, D]`` layout (q, k, v require grad; ``dout`` is fixed)."""
+    import torch
+
+    _, q, k, v, mask_fn, layout = build_call(case, seed)
+    for x in (q, k, v):
+        x.requires_grad_(True)
+    dout = random_qkv(tuple(q.shape), q.dtype, q.device, seed + 4)
+    kw = case.kw
+    if case.kernel == "gna":
+        from sparsesim.kernels.gna import gna_attention
+
+        pat = {"window": kw["window"], "stride": kw.get("stride", 1), "dilation": kw.get("dilation", 1),
+               "causal": kw.get("causal", False), "q_tile": kw.get("q_tile"), "kv_tile": kw.get("kv_tile")}
+
+        def fwd() -> Any:
+            return gna_attention(q, k, v, **pat)
+    elif case.kernel == "block_sparse":
+        from sparsesim.kernels import block_sparse_attention
+
+        bm, qt, kt = block_map_of(kw)
+
+        def fwd() -> Any:
+            return block_sparse_attention(q, k, v, bm, q_tile=qt, kv_tile=kt)
+    elif case.kernel == "dense":
+        from sparsesim.kernels import attention
+
+        def fwd() -> Any:
+            return attention(q, k, v)
+    else:
+        return _sdpa_grad_call(case.kernel, q, k, v, dout) + (dout, mask_fn, layout)
+
+    def step() -> tuple[Any, Any, Any, Any]:
+        out = fwd()
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+        return out, dq, dk, dv
+
+    return step, q, k, v, dout, mask_fn, layout
+
+
+def _sdpa_grad_call(name: str, q: Any, k: Any, v: Any, dout: Any) -> tuple[Callable[[], Any], Any, Any, Any]:
+    """SDPA forward+backward on ``[B, H, N, D]`` leaf copies (KV heads repeated for GQA): the bare call a user
+    times; ``step()`` maps the output and dQ back to the caller's layout (dK/dV stay in SDPA's)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if q.device.type != "cuda":
+        raise RuntimeError(f"kernel {name!r} (torch SDPA) needs a CUDA GPU")
+    backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[name]
+    group = q.shape[-2] // k.shape[-2]
+    qd = q.detach().flatten(1, -3).transpose(1, 2).contiguous().requires_grad_(True)
+    kd, vd = (x.detach().flatten(1, -3).repeat_interleave(group, dim=-2).transpose(1, 2).contiguous()
+              .requires_grad_(True) for x in (k, v))
+    dod = dout.flatten(1, -3).transpose(1, 2).contiguous()
+
+    def timed() -> Any:
+        with sdpa_kernel(backend):
+            out = F.scaled_dot_product_attention(qd, kd, vd)
+        return out, *torch.autograd.grad(out, (qd, kd, vd), dod)
+
+    def step() -> tuple[Any, Any, Any, Any]:
+        out, dq, dk, dv = timed()
+        return (out.transpose(1, 2).reshape(q.shape), dq.transpose(1, 2).reshape(q.shape), dk, dv)
+
+    step.timed = timed  # type: ignore[attr-defined]
+    return step, q, k, v
+
+
+def dq_rows_reference(q_rows: Any, k: Any, v: Any, dout_rows: Any, mask_rows: Any) -> Any:
+    """dQ of some query rows in float64 (``[B, R, H, D]``; k, v ``[B, N, Hkv, D]``; mask ``[R, N]``): dQ needs
+    only its own rows' scores, ``dQ_i = scale * sum_j P_ij (dP_ij - Delta_i) K_j``."""
+    import torch
+
+    heads, heads_kv, d = q_rows.shape[2], k.shape[2], q_rows.shape[3]
+    scale = 1.0 / math.sqrt(d)
+    kv_idx = torch.arange(heads, device=k.device) // (heads // heads_kv)
+    qh, do = q_rows.double(), dout_rows.double()
+    kh, vh = (x.index_select(2, kv_idx).double() for x in (k, v))
+    s = torch.einsum("brhd,bnhd->bhrn", qh, kh) * scale
+    s = s.masked_fill(~mask_rows[None, None], float("-inf"))
+    p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
+    o = torch.einsum("bhrn,bnhd->bhrd", p, vh)
+    dp = torch.einsum("brhd,bnhd->bhrn", do, vh)
+    delta = (do.transpose(1, 2) * o).sum(-1, keepdim=True)
+    return torch.einsum("bhrn,bnhd->brhd", p * (dp - delta), kh) * scale
+
+
+def check_grad_case(case: Case, seed: int) -> dict[str, Any]:
+    """Run a forward+backward case once; the larger of the output's and dQ's relative error on sampled rows."""
+    import torch
+
+    from sparsesim.kernels.reference import rel_error
+    from sparsesim.kernels.timing import CHECK_ROWS, TOLERANCE, check_rows, synchronize
+
+    try:
+        step, q, k, v, dout, mask_fn, layout = build_grad_call(case, seed)
+        out, dq, _, _ = step()
+        synchronize()
+        unwritten = int(torch.isnan(out).sum() + torch.isnan(dq).sum())
+        err = check_rows(out.detach(), q.detach(), k.detach(), v.detach(), mask_fn, seed=seed + 3)
+        n = math.prod(q.shape[1:-2])
+        picked = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 5))[:CHECK_ROWS].sort().values
+        flat = [x.detach().reshape(x.shape[0], n, x.shape[-2], x.shape[-1]) for x in (q, k, v, dout, dq)]
+        rows = picked.to(q.device)
+        mask = torch.as_tensor(mask_fn(picked.numpy()), device=q.device)
+        ref = dq_rows_reference(flat[0][:, rows], flat[1], flat[2], flat[3][:, rows], mask)
+        err = max(err, rel_error(flat[4][:, rows], ref))
+        return {"rel_err": err, "unwritten": unwritten, "ok": bool(err < TOLERANCE and unwritten == 0),
+                "kv_layout": layout, "note": "rel_err: max of output and dQ on sampled rows"}
+    except Exception as exc:  # noqa: BLE001 - one failing case is a result, not the end of the run
+        return {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "",
+                "note": f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
+
+
 def random_qkv(shape: tuple[int, ...], dtype: Any, device: Any, seed: int) -> Any:
     from sparsesim.kernels.timing import random_tensor
 
@@ -266,13 +391,14 @@ def predict(case: Case) -> dict[str, Any]:
     if profile is None:
         return {}
     base = {k: v for k, v in kw.items() if k in PROBLEM_KEYS}
+    base["backprop"] = case.backprop
     if case.kernel in ("dense", "cudnn"):
         n = kw["input_size"][0]
         rec = simulate(input_size=n, window=n, gpu=gpu, dense_profile=profile, **base)
         ref = simulate(input_size=n, window=n, gpu=gpu, dense_profile="reference", **base)
         return {"predicted_ms": getattr(rec, column), "predicted_profile": rec.dense_profile,
                 "reference_ms": ref.dense_ms, "tile_speedup": 1.0, "flop_speedup": 1.0}
-    cfg = dict(kw)
+    cfg = {**kw, "backprop": case.backprop}
     if case.kernel == "block_sparse":
         bm, qt, kt = block_map_of(kw)
         cfg = {"input_size": kw["input_size"], "block_map": bm, "q_tile": qt, "kv_tile": kt, **base}
@@ -298,6 +424,8 @@ def check_case(case: Case, seed: int) -> dict[str, Any]:
     """Run a case once on poisoned output and check it (this also compiles its kernels)."""
     from sparsesim.kernels.timing import TOLERANCE, check_rows, poisoned_call
 
+    if case.backprop:
+        return check_grad_case(case, seed)
     try:
         call, q, k, v, mask_fn, layout = build_call(case, seed)
         out, unwritten = poisoned_call(call, q)
@@ -315,6 +443,10 @@ def time_case(case: Case, seed: int) -> float:
 
     from sparsesim.kernels.timing import time_ms
 
+    if case.backprop:
+        step = build_grad_call(case, seed)[0]
+        timed = getattr(step, "timed", None)
+        return time_ms(timed if timed is not None else step)
     call, q, *_ = build_call(case, seed)
     out = torch.empty_like(q)
     fn = getattr(call, "timed", None)
@@ -358,7 +490,8 @@ def _row(case: Case, env: Mapping[str, str], check: Mapping[str, Any], ms: float
            "tokens": math.prod(size), "heads": kw.get("heads", 24),
            "heads_kv": kw.get("heads_kv") or kw.get("heads", 24),
            "head_dim": kw.get("head_dim", 128), "batch": kw.get("batch", 1), "dtype": kw.get("dtype", "bf16"),
-           "measured_ms": ms, **{k: check[k] for k in ("rel_err", "unwritten", "ok", "kv_layout", "note")}, **env}
+           "passes": case.passes, "measured_ms": ms,
+           **{k: check[k] for k in ("rel_err", "unwritten", "ok", "kv_layout", "note")}, **env}
     row.update({k: v for k, v in pred.items() if v is not None and (k not in ("q_tile", "kv_tile") or not row[k])})
     return row
 
@@ -375,6 +508,12 @@ def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1
     out = target
     if out.exists() and not resume:
         raise ConfigError(f"--out {str(out)!r} exists; pass --resume to continue it, or name a new file")
+    if resume and out.exists() and out.stat().st_size:
+        with open(out, newline="", encoding="utf-8", errors="replace") as fh:
+            header = next(csv.reader(fh), [])
+        if header != COLUMNS:
+            raise ConfigError(f"--out {str(out)!r} cannot be resumed: its columns are not this version's "
+                              f"(name a new file)")
     done = read_done(out) if resume else set()
     todo = [c for c in cases if c.case_id not in done]
     env = environment(commit)

@@ -106,6 +106,7 @@ class Row:
     pairs: float
     tm: TileMap | None  # None: dense
     pattern: GNAPattern | None
+    backprop: bool = False  # passes = "fwd+bwd": forward and backward timed together
 
 
 def prepare(rec: Mapping[str, Any], gpu: GPU, where: str = "measurement row") -> Row:
@@ -133,9 +134,14 @@ def _prepare(rec: Mapping[str, Any], where: str) -> Row:
     measured = _value(rec, "measured_ms", where, _ms, "a positive finite time in milliseconds")
     config_id = str(_value(rec, "config_id", where, str, "an identifier"))
     tokens = math.prod(size)
-    label = f"{kernel} {rec['input_size']} h{problem.heads}/{problem.heads_kv} d{problem.head_dim} b{problem.batch}"
+    passes = str(rec.get("passes") or "fwd").strip()
+    if passes not in ("fwd", "fwd+bwd"):
+        raise ConfigError(f"{where}: passes={passes[:40]!r}; allowed: fwd, fwd+bwd")
+    backprop = passes == "fwd+bwd"
+    label = (f"{kernel}{' fwd+bwd' if backprop else ''} {rec['input_size']} h{problem.heads}/{problem.heads_kv} "
+             f"d{problem.head_dim} b{problem.batch}")
     if kernel in ("dense", "cudnn", "flash"):
-        return Row(config_id, kernel, label, measured, problem, tokens, float(tokens) ** 2, None, None)
+        return Row(config_id, kernel, label, measured, problem, tokens, float(tokens) ** 2, None, None, backprop)
     label += f" w{rec.get('window', '')} s{rec.get('stride', '')}"
     window = _value(rec, "window", where, _ints, shape)
     stride = _value(rec, "stride", where, _ints, shape) if "stride" in rec else None
@@ -157,14 +163,14 @@ def _prepare(rec: Mapping[str, Any], where: str) -> Row:
         tm = tilemap(pattern, q, kv, "box")
         pairs = float(pattern.visible_pairs())
     label += f" q{rec['q_tile']}/kv{rec['kv_tile']}"
-    return Row(config_id, kernel, label, measured, problem, tokens, pairs, tm, pattern)
+    return Row(config_id, kernel, label, measured, problem, tokens, pairs, tm, pattern, backprop)
 
 
 def predicted_ms(row: Row, gpu: GPU, prof: KernelProfile) -> float:
     """The whole call the row measured, as ``prof`` predicts it."""
     if row.tm is None:
-        return dense_pass(gpu, prof, row.problem, None, row.tokens, _dummy(), False).ms
-    return sparse_call(gpu, prof, row.problem, row.tm, row.tokens, row.pairs).call_ms
+        return dense_pass(gpu, prof, row.problem, None, row.tokens, _dummy(), row.backprop).ms
+    return sparse_call(gpu, prof, row.problem, row.tm, row.tokens, row.pairs, row.backprop).call_ms
 
 
 def _dummy() -> TileMap:
@@ -219,24 +225,26 @@ def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float =
 
     if not 0 <= holdout < 1:
         raise ConfigError(f"--holdout {holdout}; allowed: 0 <= holdout < 1")
-    free = FREE[family(prior)]
+    free = dict(FREE[family(prior)])
     train, held = split(rows, holdout, seed)
+    if any(r.backprop for r in train):  # the backward terms the model uses (cost.backward_passes / fused)
+        free.update(FREE_BACKWARD)
     if len(train) < len(free):
         raise ConfigError(f"{len(train)} training rows for {len(free)} parameters; measure more configurations")
     names = list(free)
     lo = np.array([free[n][0] for n in names])
     hi = np.array([free[n][1] for n in names])
-    x0 = np.clip([getattr(prior.forward, n) for n in names], lo, hi)
+    x0 = np.clip([_get_param(prior, n) for n in names], lo, hi)
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        prof = with_params(prior, dict(zip(names, x.tolist(), strict=True)))
+        prof = _set_params(prior, dict(zip(names, x.tolist(), strict=True)))
         return np.array([math.log(predicted_ms(r, gpu, prof) / r.measured_ms) for r in train])
 
     res = least_squares(residuals, x0, bounds=(lo, hi), x_scale=hi - lo, diff_step=1e-3, max_nfev=max_nfev,
                         loss="soft_l1", f_scale=0.05,
                         ftol=1e-4, xtol=1e-4, gtol=1e-4)
     params = dict(zip(names, res.x.tolist(), strict=True))
-    fitted = with_params(prior, params)
+    fitted = _set_params(prior, params)
     scored = sorted(((predicted_ms(r, gpu, fitted) / r.measured_ms - 1, r) for r in held or train),
                     key=lambda t: -abs(t[0]))
     worst = [{"row": r.label, "config_id": r.config_id, "measured_ms": r.measured_ms,

@@ -8,10 +8,17 @@ tiles pay more often); partial tiles add the cost of masking each element. Kerne
 K/V rows, or whose tiles leave room for fewer pipeline stages, run their pairs slower by the
 profile's penalties. CTAs are scheduled onto SMs (:mod:`makespan`), as many at once per SM as the
 profile says or, for our kernels, as shared memory and registers allow; a launch costs a fixed
-latency; the kernel takes at least the time to move its unique bytes through HBM. The backward
-pass is FlashAttention-2/3 style: one CTA per KV tile walks the transposed tile map, recomputes
-P, computes dV, dP, dS and dK and accumulates dQ with fp32 atomics; memory-bound passes before
-(rowsum of dO * O) and after (dQ from fp32) complete it.
+latency; the kernel takes at least the time to move its unique bytes through HBM.
+
+The backward is modelled as the profile's kernels run it. Our kernels (``token_permutation =
+"kv-auto"``, kernels/gna_bwd.py, dense_bwd.py, block_sparse_bwd.py) run three launches with no
+atomics: a Delta pass (``rowsum(dO * O)``, memory-bound), a dQ pass on the forward's schedule (a
+CTA per Q tile over its KV tiles: S recomputed from the LSE, dP and dQ, three GEMMs per pair) and a
+dK/dV pass on the transposed schedule (a CTA per KV tile with visitors and KV head, over the Q tiles
+of every query head of its group: S, dP, dV and dK, four GEMMs per pair), each scheduled like the
+forward. The reference profiles (FlashAttention-2/3, cuDNN) keep the fused FA2 backward: one CTA
+per KV tile and query head walks the transposed map and accumulates dQ with fp32 atomics;
+memory-bound passes before (rowsum of dO * O) and after (dQ from fp32) complete it.
 """
 
 from __future__ import annotations
@@ -241,9 +248,95 @@ def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, t
                          hbm_bytes=problem.io_bytes(tokens, 2, 2), ctas_per_sm=c.ctas_per_sm)
 
 
+#: GEMMs per (Q tile, KV tile) pair of our split backward: dQ (S, dP, dQ) and dK/dV (S, dP, dV, dK).
+DQ_GEMMS, DKDV_GEMMS = 3, 4
+#: Float32 bytes per query row and head the backward passes read or write besides the tensors: LSE and Delta.
+ROW_STATS_BYTES = 8
+
+
+def _memory_pass(gpu: GPU, prof: KernelProfile, moved_bytes: float) -> PassTime:
+    """A memory-bound launch over ``moved_bytes`` (its CTAs are not counted)."""
+    hbm_ms = moved_bytes / (gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency) * 1e3
+    launch_ms = prof.forward.launch_latency_us * 1e-3
+    breakdown = dict.fromkeys(BREAKDOWN, 0.0)
+    breakdown["memory_ms"], breakdown["overhead_ms"] = hbm_ms, launch_ms
+    return PassTime(ms=hbm_ms + launch_ms, breakdown=breakdown, bound="memory", wave_efficiency=1.0, num_ctas=0)
+
+
+def _group_rows(counts: np.ndarray, problem: Problem) -> tuple[np.ndarray, int]:
+    """Per-KV-head rows of transposed counts: a dK/dV CTA walks the Q tiles of every query head of its group."""
+    rows, reps = _heads_rows(counts, problem.heads)
+    group, heads_kv = problem.group, int(problem.heads_kv or problem.heads)
+    if rows.shape[0] == 1:
+        return rows * group, heads_kv
+    return rows.reshape(heads_kv, group, rows.shape[1]).sum(axis=1), 1
+
+
+@dataclass(frozen=True)
+class BackwardPasses:
+    """Our split backward's three launches (see the module docstring)."""
+
+    delta: PassTime
+    dq: PassTime
+    dkdv: PassTime
+
+    @property
+    def total(self) -> PassTime:
+        return combine(self.delta, self.dq, self.dkdv)
+
+
+def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
+                    useful_pairs_per_head: float) -> BackwardPasses:
+    """Delta, dQ (forward schedule) and dK/dV (transposed schedule, KV tiles with visitors) passes of our kernels.
+
+    The pairs run at ``backward.mma_efficiency`` with the forward's softmax, masking and per-KV-tile terms
+    (each pass recomputes P); a CTA pays ``backward.cta_overhead_us`` (overlapped by its resident neighbours
+    as in the forward) and its resident tiles' bytes. Box tiles are read with per-row gathers (the forward's
+    ``gather_penalty``); residency is the forward's at the same tiles.
+    """
+    bwd = prof.backward
+    q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
+    b, d = problem.bytes, problem.head_dim
+    shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, "gather" if tm.tiling == "box" else "direct")
+    hbm_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
+    overhead = bwd.cta_overhead_us * 1e-6 / shape.ctas_per_sm
+    useful = useful_pairs_per_head * problem.heads * problem.batch
+    stats = float(problem.batch * problem.heads * tokens * ROW_STATS_BYTES)
+    delta = _memory_pass(gpu, prof, problem.io_bytes(tokens, 2, 0) + stats / 2)  # O, dO in; Delta out
+    # dQ: per Q tile CTA, Q, dO, LSE, Delta in and dQ out; per KV tile K and V in.
+    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=2 * DQ_GEMMS,
+                     mma_efficiency=bwd.mma_efficiency, load_bytes=2 * kv_vol * d * b, slowdown=shape.slowdown)
+    full, reps = _heads_rows(tm.full, problem.heads)
+    partial, _ = _heads_rows(tm.partial, problem.heads)
+    dq = schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch,
+                       fixed_s=overhead + (3 * q_vol * d * b + ROW_STATS_BYTES * q_vol) / hbm_per_sm,
+                       useful_elements=useful, hbm_bytes=problem.io_bytes(tokens, 3, 2) + stats,
+                       ctas_per_sm=shape.ctas_per_sm)
+    # dK/dV: per KV tile with visitors and KV head, K, V in and dK, dV out; per visiting Q tile Q, dO, LSE, Delta.
+    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=2 * DKDV_GEMMS,
+                     mma_efficiency=bwd.mma_efficiency, load_bytes=2 * q_vol * d * b + ROW_STATS_BYTES * q_vol,
+                     slowdown=shape.slowdown)
+    kv_full, reps = _group_rows(tm.kv_full, problem)
+    kv_partial, _ = _group_rows(tm.kv_partial, problem)
+    seen = (kv_full + kv_partial) > 0
+    dkdv = schedule_pass(gpu, prof, cost, kv_full[seen], kv_partial[seen], repeat=reps * problem.batch,
+                         fixed_s=overhead + 4 * kv_vol * d * b / hbm_per_sm, useful_elements=useful,
+                         hbm_bytes=problem.io_bytes(tokens, 2, 4) + stats, ctas_per_sm=shape.ctas_per_sm)
+    return BackwardPasses(delta=delta, dq=dq, dkdv=dkdv)
+
+
 def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
                   useful_pairs_per_head: float) -> PassTime:
-    """Backward: a CTA per (batch, query head, KV tile) over the transposed map, plus pre/post passes.
+    """The backward as the profile's kernels run it: our split passes (:func:`backward_passes`) for
+    ``kv-auto`` profiles, else the fused FA2 backward (:func:`fused_backward_time`)."""
+    if prof.token_permutation == "kv-auto":
+        return backward_passes(gpu, prof, problem, tm, tokens, useful_pairs_per_head).total
+    return fused_backward_time(gpu, prof, problem, tm, tokens, useful_pairs_per_head)
+
+
+def fused_backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
+                        useful_pairs_per_head: float) -> PassTime:
+    """FA2-style backward: a CTA per (batch, query head, KV tile) over the transposed map, plus pre/post passes.
 
     With GQA the dK/dV of each query head are summed into its KV head afterwards (memory-bound).
     """

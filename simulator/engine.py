@@ -12,6 +12,7 @@ import numpy as np
 
 from sparsesim.hwmodels import GPU, load_gpu
 from sparsesim.hwmodels.profiles import KernelProfile, load_profile
+from sparsesim.simulator.bands import load_bands, speedup_band, weakest
 from sparsesim.simulator.config import SimConfig, as_config
 from sparsesim.simulator.cost import PassTime, Problem
 from sparsesim.simulator.errors import ConfigError
@@ -83,6 +84,15 @@ class SimResult(Prediction, ProblemColumns, TileStats, PatternColumns):
     #: ``dense`` or ``near-dense`` where the pattern keeps every key or most of them (:func:`dense_note`):
     #: then ``predicted_speedup`` mostly compares the modelled kernel with the dense baseline's; empty otherwise.
     note: str = ""
+    #: The error band (:mod:`~sparsesim.simulator.bands`): where measured time fell for 90% of the profile's
+    #: out-of-sample rows of this kernel and size, scaled to ``predicted_ms``, and the speedup's band from the
+    #: kernel's and the dense baseline's; ``band_evidence`` the weaker of their evidence (``heldout``: the H200
+    #: calibration split, ``published``: published figures, ``none``: a default +-35% band, not measured).
+    predicted_ms_low: float = float("nan")
+    predicted_ms_high: float = float("nan")
+    predicted_speedup_low: float = float("nan")
+    predicted_speedup_high: float = float("nan")
+    band_evidence: str = ""
 
     @property
     def visits(self) -> np.ndarray:
@@ -238,20 +248,39 @@ def _simulate(c: SimConfig, cache: _Cache) -> SimResult:
     pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=tokens,
                    pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop)
     return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, tiling,
-                   input_size=pattern.input_size, window=pattern.window, stride=pattern.stride,
+                   _bands(c, gpu, prof, dense_prof, "gna", tokens, pred), input_size=pattern.input_size,
+                   window=pattern.window, stride=pattern.stride,
                    dilation=pattern.dilation, causal=pattern.causal, density=pattern.density(),
                    flop_speedup=flop_speedup)
 
 
+def _builtin(name: Any) -> bool:
+    """Whether a profile setting names a built-in profile (not a file or an object), whose bands apply."""
+    return isinstance(name, str) and not (name.endswith(".toml") or "/" in name)
+
+
+def _bands(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, kernel: str, tokens: int,
+           pred: Prediction) -> dict[str, Any]:
+    """The band columns of a prediction (:mod:`~sparsesim.simulator.bands`; computed once, never refitted)."""
+    table = load_bands()
+    sparse = table.band(prof.name, gpu.name, kernel, tokens, builtin=_builtin(c.kernel_profile))
+    dense = table.band(dense_prof.name, gpu.name, "dense", tokens, builtin=_builtin(c.dense_profile))
+    low, high = speedup_band(pred.predicted_speedup, sparse, dense)
+    return {"predicted_ms_low": pred.predicted_ms * sparse.low, "predicted_ms_high": pred.predicted_ms * sparse.high,
+            "predicted_speedup_low": low, "predicted_speedup_high": high,
+            "band_evidence": weakest([sparse.evidence, dense.evidence])}
+
+
 def _record(gpu: GPU, problem: Problem, backprop: bool, pattern: GNAPattern | BlockSparsePattern, tm: TileMap,
-            stats: Any, pred: Prediction, q: Shape, kv: Shape, tiling: str, **pattern_fields: Any) -> SimResult:
+            stats: Any, pred: Prediction, q: Shape, kv: Shape, tiling: str, bands: dict[str, Any],
+            **pattern_fields: Any) -> SimResult:
     why = kernel_problem(q_tile=q, kv_tile=kv, head_dim=problem.head_dim, dtype=problem.dtype, gpu=gpu)
     return SimResult(
         gpu=gpu.name, q_tile=q, kv_tile=kv, tiling=tiling, **pattern_fields, **dataclasses.asdict(stats),
         feasible=not why, infeasible_because=why, heads=problem.heads, heads_kv=int(problem.heads_kv or problem.heads),
         head_dim=problem.head_dim, batch=problem.batch, dtype=problem.dtype, backprop=backprop,
         **dataclasses.asdict(pred), pattern=pattern, tilemap=tm, problem=problem,
-        note=dense_note(pattern_fields["flop_speedup"]))
+        note=dense_note(pattern_fields["flop_speedup"]), **bands)
 
 
 def _block_sparse(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem,
@@ -280,7 +309,8 @@ def _block_sparse(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: Kerne
     pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=n,
                    pairs_per_head=pattern.visible_pairs() / pattern.heads, dense_pairs_per_head=float(n) ** 2,
                    dense=dense, backprop=backprop)
-    return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, "block", input_size=size, window=None,
+    return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, "block",
+                   _bands(c, gpu, prof, dense_prof, "block_sparse", n, pred), input_size=size, window=None,
                    stride=None, dilation=None, causal=None, density=density, flop_speedup=flop_speedup)
 
 

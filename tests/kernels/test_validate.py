@@ -77,3 +77,45 @@ def test_cli_validate_refuses_an_existing_file_without_resume(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["validate", "--sweep", str(sweep), "--kernels", "gna,tpu", "--out", str(tmp_path / "x.csv")])
     assert "tpu" in capsys.readouterr().err
+
+
+def test_backprop_cases_time_forward_backward_and_check_dq(tmp_path):
+    out = tmp_path / "b.csv"
+    tiny = [{"input_size": (8, 12), "window": (3, 5), "q_tile": (4, 4), "kv_tile": (4, 4), "heads": 2, "heads_kv": 1,
+             "head_dim": 16}]
+    cases = validate.make_cases(tiny, ["gna", "dense"], backprop=True)
+    fwd = validate.make_cases(tiny, ["gna", "dense"])
+    assert [c.config_id for c in cases] == [c.config_id for c in fwd]  # same split in calibrate
+    assert {c.case_id for c in cases}.isdisjoint(c.case_id for c in fwd)
+    for b, f in zip(cases, fwd, strict=True):  # the prediction beside a row prices its backward too
+        assert validate.predict(b)["predicted_ms"] > 2 * validate.predict(f)["predicted_ms"]
+    rows = validate.run(cases, out)
+    for r in rows_of(out):
+        assert r["passes"] == "fwd+bwd" and r["ok"] == "True", r["note"]
+        assert float(r["rel_err"]) < 1e-2 and float(r["measured_ms"]) > 0 and float(r["predicted_ms"]) > 0
+    assert len(rows) == 2
+
+
+def test_backprop_check_catches_a_wrong_dq(monkeypatch):
+    case = validate.make_cases(CONFIGS[1:], ["gna"], backprop=True)[0]
+    good = validate.build_grad_call
+
+    def broken(c, seed):
+        step, *rest = good(c, seed)
+
+        def bad():
+            out, dq, dk, dv = step()
+            return out, dq * 1.1, dk, dv
+
+        return (bad, *rest)
+
+    assert validate.check_case(case, 0)["ok"] is True
+    monkeypatch.setattr(validate, "build_grad_call", broken)
+    res = validate.check_case(case, 0)
+    assert res["ok"] is False and 0.05 < res["rel_err"] < 0.2
+
+
+def test_cli_validate_backprop_refuses_a_plan(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "--plan", str(tmp_path / "p.json"), "--backprop", "--out", str(tmp_path / "x.csv")])
+    assert exc.value.code == 2 and "--backprop" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from sparsesim.simulator.cost import (
     pair_cost,
 )
 from sparsesim.simulator.flops import FWD_FLOPS_PER_PAIR as FWD_FLOPS
+from sparsesim.simulator.patterns import GNAPattern
 from sparsesim.simulator.predict import COST_COLUMNS
 from sparsesim.simulator.tiling import TileMap
 
@@ -679,3 +680,147 @@ def test_cli_table_fp8_on_a100_exits_2(cli, capsys):
                          "--dtype", "fp8")
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "fp8" in err
+
+
+# ---------------------------------------------------------------- our split backward (issue 16 item 4)
+
+def _triton_prior():
+    from sparsesim.hwmodels.gpus import read_toml
+    from sparsesim.hwmodels.profiles import PROFILE_DIR, parse_profile
+
+    path = PROFILE_DIR / "triton.toml"
+    return parse_profile(read_toml(path, "kernel profile"), str(path))
+
+
+def test_forward_only_results_do_not_move_with_the_backward_model():
+    # Literals from main at 7b4f81f (before the split backward): the forward path is bit-identical.
+    kw = dict(input_size=(24, 40), window=(9, 13), stride=(2, 3), gpu="H200", heads=8, head_dim=64,
+              q_tile=(4, 8), kv_tile=(4, 8))
+    tri, ref_ = simulate(kernel_profile="triton", **kw), simulate(kernel_profile="reference", **kw)
+    assert (tri.predicted_ms, tri.dense_ms) == (0.019855167429789856, 0.02453019310231546)
+    assert (ref_.predicted_ms, ref_.call_ms) == (0.004225230317120281, 0.006152759728884987)
+
+
+def test_forward_only_ignores_the_backward_section():
+    from sparsesim.simulator.predict import sparse_call
+    from sparsesim.simulator.tiling import tilemap
+
+    g, prof = load_gpu("H200"), _triton_prior()
+    odd = dataclasses.replace(prof, backward=dataclasses.replace(prof.backward, mma_efficiency=0.21,
+                                                                 cta_overhead_us=37.0))
+    pat = GNAPattern(input_size=(32, 48), window=(9, 15))
+    tm = tilemap(pat, (8, 8), (8, 8), "box")
+    p = Problem(heads=4, head_dim=64)
+    a = sparse_call(g, prof, p, tm, 32 * 48, float(pat.visible_pairs()))
+    b = sparse_call(g, odd, p, tm, 32 * 48, float(pat.visible_pairs()))
+    assert a == b
+    assert sparse_call(g, prof, p, tm, 32 * 48, 1.0, True).call_ms != \
+        sparse_call(g, odd, p, tm, 32 * 48, 1.0, True).call_ms
+
+
+def _passes(size, window, heads=4, heads_kv=None, tiles=(8, 8), **pat):
+    from sparsesim.simulator.cost import backward_passes
+    from sparsesim.simulator.tiling import tilemap
+
+    g, prof = load_gpu("H200"), _triton_prior()
+    pattern = GNAPattern(input_size=size, window=window, **pat)
+    tm = tilemap(pattern, tiles, tiles, "box")
+    problem = Problem(heads=heads, heads_kv=heads_kv, head_dim=128)
+    return tm, backward_passes(g, prof, problem, tm, int(np.prod(size)), float(pattern.visible_pairs()))
+
+
+def test_split_backward_grows_with_visited_tile_pairs():
+    times = []
+    pairs = []
+    for w in (9, 17, 33, 63):
+        tm, bp = _passes((64, 64), (w, w))
+        pairs.append(int(tm.visited.sum()))
+        times.append(bp.total.ms)
+        assert int(tm.kv_visited.sum()) == pairs[-1]  # the transposed map has the same pairs
+    assert pairs == sorted(pairs) and len(set(pairs)) == 4
+    assert times == sorted(times) and times[-1] > 2 * times[0]
+
+
+def test_split_backward_ctas_per_pass():
+    heads = 4
+    tm, bp = _passes((48, 64), (7, 7), heads=heads, heads_kv=2, stride=(1, 1), causal=(True, False))
+    assert bp.dq.num_ctas == tm.num_q_tiles * heads  # the forward's schedule
+    with_visitors = int((tm.kv_visited[0] > 0).sum())
+    assert with_visitors <= tm.num_kv_tiles
+    assert bp.dkdv.num_ctas == with_visitors * 2  # one CTA per KV tile with visitors and KV head
+    assert bp.delta.num_ctas == 0 and bp.delta.bound == "memory"
+    total = bp.total
+    assert total.ms == pytest.approx(bp.delta.ms + bp.dq.ms + bp.dkdv.ms)
+
+
+def test_split_backward_gqa_sums_the_group_in_one_cta():
+    _, mha = _passes((64, 64), (17, 17), heads=8)
+    _, gqa = _passes((64, 64), (17, 17), heads=8, heads_kv=1)
+    assert gqa.dkdv.num_ctas * 8 == mha.dkdv.num_ctas
+    assert gqa.dq.num_ctas == mha.dq.num_ctas
+    # Same pairs, fewer and longer CTAs: no faster, and within the imbalance of 8x fewer CTAs.
+    assert gqa.dkdv.ms >= mha.dkdv.ms * 0.9
+
+
+def test_dense_split_and_fused_backward_over_forward():
+    from sparsesim.simulator.predict import full_tilemap, run_passes
+
+    g = load_gpu("H200")
+    p = Problem(heads=24, head_dim=128)
+    n = 24576
+    for prof, lo, hi in ((load_profile("cudnn", g), 2.0, 3.5), (_triton_prior(), 3.0, 7.0)):
+        tm = full_tilemap(n, 128, 128)
+        fwd = run_passes(g, prof, p, tm, n, float(n) ** 2, False).ms
+        both = run_passes(g, prof, p, tm, n, float(n) ** 2, True).ms
+        assert lo <= (both - fwd) / fwd <= hi, prof.name  # measured (f2fd092): cuDNN 2.9x, ours 5.9x
+
+
+def test_split_backward_skips_kv_tiles_nobody_visits():
+    from sparsesim.simulator.cost import backward_passes
+    from sparsesim.simulator.patterns import BlockSparsePattern
+    from sparsesim.simulator.tiling import block_sparse_tilemap
+
+    rng = np.random.default_rng(3)
+    bm = rng.random((4, 16, 16)) < 0.3  # per head; some KV columns empty in some heads
+    bm[:, :, 5] = False
+    bm[1, :, 9] = False
+    bsp = BlockSparsePattern(block_map=bm, seq_len=16 * 64, q_tile=64, kv_tile=64)
+    tm = block_sparse_tilemap(bsp)
+    g, prof = load_gpu("H200"), _triton_prior()
+    per_kv_head = int(bm.reshape(2, 2, 16, 16).any(axis=(1, 2)).sum())
+    for heads_kv, expect in ((4, int(bm.any(axis=1).sum())), (2, per_kv_head)):
+        bp = backward_passes(g, prof, Problem(heads=4, heads_kv=heads_kv, head_dim=64, batch=3), tm, 16 * 64,
+                             bsp.visible_pairs() / 4)
+        assert bp.dkdv.num_ctas == expect * 3
+        assert bp.dq.num_ctas == 16 * 4 * 3
+
+
+def test_calibrate_recovers_held_out_fwd_bwd_times():
+    from sparsesim.simulator import calibrate as cal
+
+    g, prior = load_gpu("H200"), _triton_prior()
+    truth = dataclasses.replace(prior, backward=dataclasses.replace(prior.backward, mma_efficiency=0.38,
+                                                                    cta_overhead_us=7.0))
+    recs = []
+    for i, (size, window, tile) in enumerate([((64, 64), (17, 17), (8, 8)), ((96, 64), (33, 9), (8, 8)),
+                                             ((48, 80), (13, 25), (4, 8)), ((128, 96), (9, 9), (8, 8)),
+                                             ((64, 128), (31, 63), (8, 16)), ((80, 80), (41, 41), (8, 8)),
+                                             ((32, 160), (15, 31), (4, 16)), ((112, 48), (21, 11), (8, 8))]):
+        for passes in ("fwd", "fwd+bwd"):
+            recs.append({"config_id": f"c{i}", "kernel": "gna", "batch": "1", "heads": "24", "heads_kv": "24",
+                         "head_dim": "128", "dtype": "bf16", "input_size": "x".join(map(str, size)),
+                         "window": "x".join(map(str, window)), "q_tile": "x".join(map(str, tile)),
+                         "kv_tile": "x".join(map(str, tile)), "measured_ms": "1", "passes": passes})
+    rows = [cal.prepare(r, g) for r in recs]
+    rows = [dataclasses.replace(r, measured_ms=cal.predicted_ms(r, g, truth)) for r in rows]
+    assert sum(r.backprop for r in rows) == 8
+    result = cal.fit(rows, g, prior, holdout=0.25, seed=1, max_nfev=60)
+    assert {"backward.mma_efficiency", "backward.cta_overhead_us"} <= set(result.params)
+    assert result.n_heldout == 4 and result.prior_heldout_mape > 0.05
+    assert result.heldout_mape < 0.02
+    assert result.params["backward.mma_efficiency"] == pytest.approx(0.38, rel=0.1)
+    # fwd-only rows free no backward term
+    with pytest.raises(ConfigError, match=f"for {len(cal.FREE['triton'])} parameters"):
+        cal.fit([r for r in rows if not r.backprop], g, prior, holdout=0.25, seed=1, max_nfev=5)
+    with pytest.raises(ConfigError, match="passes"):
+        cal.prepare({**recs[0], "passes": "bwd"}, g)

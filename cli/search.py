@@ -106,7 +106,6 @@ class _Bar:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    import pandas as pd
 
     from sparsesim.search.run import search_plan
     from sparsesim.search.study import SearchSettings, open_storage, redact_url
@@ -170,26 +169,11 @@ def cmd_search(args: argparse.Namespace) -> None:
     else:
         print(f"search: {r.heads} heads x {r.ran // max(1, r.heads)} candidates (exhaustive) in {r.seconds:.1f} s "
               f"(simulator {r.simulator_s:.1f} s, quality {r.quality_s:.1f} s)", file=sys.stderr)
-    to_stdout = args.out == "-"
-    write_text(result.plan.to_json(), args.out, "--out")
-    if not to_stdout:
-        print(f"search: wrote {args.out}", file=sys.stderr)
-    if args.baselines_out is not None:
-        from sparsesim.search.plan import save_plans
-
-        save_plans(result.baselines, args.baselines_out, "--baselines-out")
-        print(f"search: wrote {len(result.baselines)} baseline plans to {args.baselines_out}", file=sys.stderr)
-    df = pd.DataFrame([o.__dict__ for o in result.outcomes])
-    cols = choose_columns(df, args.format, args.columns, args.wide, SEARCH_COLUMNS, SEARCH_COLUMNS)
-    if args.format == "json":
-        df = df[cols]
-    text = render(df, args.format, cols)
-    (sys.stderr if to_stdout else sys.stdout).write(text)  # with --out -, stdout holds the plan alone
+    _write_result(args, result)
 
 
 def _search_stats(args: argparse.Namespace, workload: str, budget: float | None) -> None:
     """``simulate search --stats FILE``: the exhaustive search on saved statistics (no samples, no model)."""
-    import pandas as pd
 
     from sparsesim.search.stats import load_statistics, plan_from_stats
 
@@ -206,6 +190,14 @@ def _search_stats(args: argparse.Namespace, workload: str, budget: float | None)
     print(f"search: {r.heads} heads x {len(stats.candidates)} candidates from statistics ({stats.calls} calls, "
           f"{stats.source or 'source not recorded'}) in {time.perf_counter() - t0:.1f} s (simulator "
           f"{r.simulator_s:.1f} s)", file=sys.stderr)
+    _write_result(args, result)
+
+
+def _write_result(args: argparse.Namespace, result: Any) -> None:
+    """The plan to ``--out``, the baselines to ``--baselines-out``, the outcomes table to stdout (stderr when the
+    plan goes to stdout: ``--out -`` leaves the plan alone there)."""
+    import pandas as pd
+
     to_stdout = args.out == "-"
     write_text(result.plan.to_json(), args.out, "--out")
     if not to_stdout:
@@ -219,7 +211,8 @@ def _search_stats(args: argparse.Namespace, workload: str, budget: float | None)
     cols = choose_columns(df, args.format, args.columns, args.wide, SEARCH_COLUMNS, SEARCH_COLUMNS)
     if args.format == "json":
         df = df[cols]
-    (sys.stderr if to_stdout else sys.stdout).write(render(df, args.format, cols))
+    text = render(df, args.format, cols)
+    (sys.stderr if to_stdout else sys.stdout).write(text)  # with --out -, stdout holds the plan alone
 
 
 def plan_rows(plan: Any) -> list[dict[str, Any]]:

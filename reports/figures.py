@@ -52,19 +52,26 @@ def speedup_bars(records: Sequence[Mapping[str, Any]]) -> Figure:
     height = 0.8 / (len(kinds) * len(gpus))
     for gi, gpu in enumerate(gpus):
         for ki, (key, name) in enumerate(kinds):
-            ys, xs = [], []
+            ys, xs, lows, highs = [], [], [], []
             for ci, cfg in enumerate(configs):
                 rec = next((r for r in records if r["gpu"] == gpu and _label(r) == cfg), None)
                 if rec is not None:
                     ys.append(ci + (gi * len(kinds) + ki) * height - 0.4 + height / 2)
                     xs.append(rec[key])
+                    lows.append(rec.get("predicted_speedup_low", rec[key]))
+                    highs.append(rec.get("predicted_speedup_high", rec[key]))
             ax.barh(ys, xs, height=height, color=gpu_color(gpu, gi), hatch=HATCHES[ki],
                     edgecolor="white" if ki == 0 else "#333333", linewidth=0.4,
                     label=f"{gpu} {name}" if len(gpus) > 1 else name)
+            if key == "predicted_speedup" and ys:  # the prediction's error band (held-out residuals)
+                err = [[max(0.0, x - lo) for x, lo in zip(xs, lows, strict=True)],
+                       [max(0.0, hi - x) for x, hi in zip(xs, highs, strict=True)]]
+                ax.errorbar(xs, ys, xerr=err, fmt="none", ecolor="#333333", elinewidth=0.8, capsize=2)
     ax.set_yticks(range(len(configs)), configs, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("speedup over dense attention (x)")
-    ax.set_title("Speedup bounds and prediction per GPU (hatching: FLOP bound, tile bound, predicted)")
+    ax.set_title("Speedup bounds and prediction per GPU (hatching: FLOP bound, tile bound, predicted; whiskers: "
+                 "the prediction's error band)")
     ax.legend(fontsize=7, ncol=max(1, len(gpus)), loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return fig

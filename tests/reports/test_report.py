@@ -138,3 +138,19 @@ def test_report_of_a_search_study_and_its_plan(tmp_path, tiny_workload):
     bad = _cli("report", "--input-size", "32", "32", "--window", "16", "--study", "nope", "--storage", db,
                "--out", str(out))
     assert bad.returncode == 2 and "no head studies" in bad.stderr
+
+
+def test_speedup_bars_draw_the_prediction_band():
+    pytest.importorskip("matplotlib")
+    from matplotlib.collections import LineCollection
+
+    from sparsesim.reports import figures as F
+    from sparsesim.simulator import simulate
+
+    rec = simulate(input_size=(64, 64), window=(16, 16), gpu="H200").to_dict()
+    assert rec["predicted_speedup_low"] < rec["predicted_speedup"] < rec["predicted_speedup_high"]
+    ax = F.speedup_bars([rec]).axes[0]
+    whiskers = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert whiskers, "no error band drawn"
+    (x0, _), (x1, _) = whiskers[0].get_segments()[0]
+    assert (x0, x1) == pytest.approx((rec["predicted_speedup_low"], rec["predicted_speedup_high"]))

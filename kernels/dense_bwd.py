@@ -48,20 +48,26 @@ def _bwd_preprocess_kernel(Out, DO, DLSE, Delta, N, H, s_ob, s_on, s_oh, s_od, s
 
 @triton.jit
 def dkdv_step(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, s_qn, s_qd, s_don, s_dod, qk_scale,
-              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, EVEN_M: tl.constexpr = False):
     """One Q tile (rows ``start_m..``) into the dK/dV accumulators of one KV tile (``k``, ``v`` ``[BLOCK_N, D]``).
 
     ``Q``/``DO`` point at the head's row 0, ``LSE``/``DELTA`` at its ``[N_Q]`` rows. ``CAUSAL`` masks key
-    ``j`` for rows ``i < j``.
+    ``j`` for rows ``i < j``; ``EVEN_M``: every row of the tile exists (no row masks on the loads).
     """
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    m_ok = offs_m < N_Q
     rows = offs_m.to(tl.int64)
-    q = tl.load(Q + rows[:, None] * s_qn + offs_d[None, :] * s_qd, mask=m_ok[:, None], other=0.0)
-    do = tl.load(DO + rows[:, None] * s_don + offs_d[None, :] * s_dod, mask=m_ok[:, None], other=0.0)
-    lse2 = tl.load(LSE + rows, mask=m_ok, other=float("inf")) * 1.4426950408889634  # padded rows: P = 0
-    delta = tl.load(DELTA + rows, mask=m_ok, other=0.0)
+    if EVEN_M:
+        q = tl.load(Q + rows[:, None] * s_qn + offs_d[None, :] * s_qd)
+        do = tl.load(DO + rows[:, None] * s_don + offs_d[None, :] * s_dod)
+        lse2 = tl.load(LSE + rows) * 1.4426950408889634
+        delta = tl.load(DELTA + rows)
+    else:
+        m_ok = offs_m < N_Q
+        q = tl.load(Q + rows[:, None] * s_qn + offs_d[None, :] * s_qd, mask=m_ok[:, None], other=0.0)
+        do = tl.load(DO + rows[:, None] * s_don + offs_d[None, :] * s_dod, mask=m_ok[:, None], other=0.0)
+        lse2 = tl.load(LSE + rows, mask=m_ok, other=float("inf")) * 1.4426950408889634  # padded rows: P = 0
+        delta = tl.load(DELTA + rows, mask=m_ok, other=0.0)
     st = tl.dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M] scores, transposed
     if CAUSAL:
         st = tl.where(offs_m[None, :] >= offs_n[:, None], st * qk_scale, float("-inf"))
@@ -142,7 +148,11 @@ def _dense_bwd_dkdv_kernel(
             for start_m in range(lo, tl.minimum(mid, N_Q), BLOCK_M):
                 dk, dv = dkdv_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, start_m, offs_n, N_Q,
                                    s_qn, s_qd, s_don, s_dod, qk_scale, HEAD_DIM, BLOCK_M, True)
-        for start_m in range(mid, N_Q, BLOCK_M):
+        m_even = mid + (N_Q - mid) // BLOCK_M * BLOCK_M  # whole Q tiles from ``mid``, then the ragged one
+        for start_m in range(mid, m_even, BLOCK_M):
+            dk, dv = dkdv_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, start_m, offs_n, N_Q,
+                               s_qn, s_qd, s_don, s_dod, qk_scale, HEAD_DIM, BLOCK_M, False, True)
+        for start_m in range(m_even, N_Q, BLOCK_M):
             dk, dv = dkdv_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, start_m, offs_n, N_Q,
                                s_qn, s_qd, s_don, s_dod, qk_scale, HEAD_DIM, BLOCK_M, False)
     dk = dk * scale
@@ -220,6 +230,12 @@ def bwd_config(head_dim: int, q_tile: int | None = None, kv_tile: int | None = N
     return cfg
 
 
+def launch_options(cfg: dict[str, int], kernel: int) -> dict[str, int]:
+    """Warps and stages of the dK/dV (``kernel`` 1) or dQ (2) launch: ``num_warps<k>``/``num_stages<k>`` where
+    the config has them, else the shared ``num_warps``/``num_stages``."""
+    return {key: cfg.get(f"{key}{kernel}", cfg[key]) for key in ("num_warps", "num_stages")}
+
+
 def _s(x: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in x.stride())
 
@@ -256,13 +272,14 @@ def dense_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dlse: 
     delta = bwd_delta(out, dout, dlse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     qk_scale = scale * LOG2E
-    options = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
     _dense_bwd_dkdv_kernel[(triton.cdiv(n_kv, cfg["BLOCK_N1"]), heads_kv, batch)](
         q, k, v, dout, lse, delta, dk, dv, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
         *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv),
-        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], CAUSAL=bool(causal), **options)
+        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], CAUSAL=bool(causal),
+        **launch_options(cfg, 1))
     _dense_bwd_dq_kernel[(triton.cdiv(n_q, cfg["BLOCK_M2"]), heads, batch)](
         q, k, v, dout, lse, delta, dq, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
         *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dq),
-        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], CAUSAL=bool(causal), **options)
+        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], CAUSAL=bool(causal),
+        **launch_options(cfg, 2))
     return dq, dk, dv

@@ -24,7 +24,6 @@ forward's ``gather`` K/V mode): correctness first; kernels/NOTES.md says what is
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -539,7 +538,24 @@ def _shrink(tile: tuple[int, ...], volume: int) -> tuple[int, ...]:
 
 #: Tile volume the backward streams against a resident tile of the forward's size (GPU; the interpreter keeps
 #: the forward's tiles): 64 rows of Q (dK/dV) or of K/V (dQ), as FlashAttention-2's backward does at head dim 128.
-BWD_STREAM_VOLUME = int(os.environ.get("SPARSESIM_BWD_STREAM", "64"))
+BWD_STREAM_VOLUME = 64
+
+
+@dataclass(frozen=True)
+class BwdTuning:
+    """Tiles and launch options of the two backward kernels (GPU; the interpreter keeps the forward's tiles).
+
+    ``*_resident``: the largest volume of the tile a kernel keeps (dQ: the Q tile; dK/dV: the KV tile), shrunk
+    from the forward's by halving its outermost axis; ``*_stream``: the same for the tile it streams;
+    ``*_launch``: warps and stages (None: the fused-launch heuristic, at most 2 stages).
+    """
+
+    dq_resident: int = 1 << 30
+    dq_stream: int = BWD_STREAM_VOLUME
+    dkv_resident: int = 1 << 30
+    dkv_stream: int = BWD_STREAM_VOLUME
+    dq_launch: FusedLaunch | None = None
+    dkv_launch: FusedLaunch | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -566,24 +582,30 @@ def _constexprs(plan: GNAPlan) -> dict[str, Any]:
                 MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2], BLOCK_SPARSE=plan.block_sparse)
 
 
-def build_backward(fwd: Any, device: Any) -> GNABackward:
+def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GNABackward:
     """The backward of a forward launch (:class:`sparsesim.kernels.gna.GNALaunch`): same pattern; on the GPU the
-    streamed tile of each kernel shrinks to :data:`BWD_STREAM_VOLUME` (registers: dQ keeps a Q tile and its dQ
-    accumulator, dK/dV a KV tile and two accumulators), the resident one keeps the forward's shape."""
+    tiles shrink as ``tuning`` says (default :class:`BwdTuning`: the resident tile keeps the forward's shape, the
+    streamed one shrinks to :data:`BWD_STREAM_VOLUME`; registers: dQ keeps a Q tile and its dQ accumulator,
+    dK/dV a KV tile and two accumulators)."""
     import torch
 
+    tune = tuning or BwdTuning()
     pattern = fwd.plan.pattern
     q_tile, kv_tile = fwd.plan.schedule.q_tile, fwd.plan.schedule.kv_tile
     kw = dict(window=pattern.window, stride=pattern.stride, dilation=pattern.dilation, causal=pattern.causal)
     if interpret():
         dq_plan = dkv_plan = fwd.plan
     else:
-        dq_plan = _plan_or(fwd.plan, pattern.input_size, kw, q_tile, _shrink(kv_tile, BWD_STREAM_VOLUME))
-        dkv_plan = _plan_or(fwd.plan, pattern.input_size, kw, _shrink(q_tile, BWD_STREAM_VOLUME), kv_tile)
+        dq_plan = _plan_or(fwd.plan, pattern.input_size, kw, _shrink(q_tile, tune.dq_resident),
+                           _shrink(kv_tile, tune.dq_stream))
+        dkv_plan = _plan_or(fwd.plan, pattern.input_size, kw, _shrink(q_tile, tune.dkv_stream),
+                            _shrink(kv_tile, tune.dkv_resident))
     _, smem = device_gpu(device)
 
-    def cfg(resident: int, streamed: int) -> FusedLaunch:  # fp16 and bf16 alike (2-byte elements)
-        c = fused_launch(resident, streamed, fwd.head_dim, "bf16", smem)
+    def cfg(resident: int, streamed: int, chosen: FusedLaunch | None) -> FusedLaunch:
+        if chosen is not None:
+            return chosen
+        c = fused_launch(resident, streamed, fwd.head_dim, "bf16", smem)  # fp16 and bf16 alike (2-byte elements)
         return FusedLaunch(c.num_warps, max(1, min(c.num_stages, 2)))
 
     def table(a: Any) -> Any:
@@ -593,8 +615,9 @@ def build_backward(fwd: Any, device: Any) -> GNABackward:
                        head_dim=fwd.head_dim, batch=fwd.batch, scale=fwd.scale, extra=fwd.extra,
                        tables=(table(dq_plan.ranges), table(dq_plan.lohi), table(dkv_plan.ranges_t),
                                table(dkv_plan.lohi)),
-                       dq_config=cfg(dq_plan.q_volume, dq_plan.kv_volume),
-                       dkv_config=cfg(dkv_plan.kv_volume, dkv_plan.q_volume), rows_config=_rows_config())
+                       dq_config=cfg(dq_plan.q_volume, dq_plan.kv_volume, tune.dq_launch),
+                       dkv_config=cfg(dkv_plan.kv_volume, dkv_plan.q_volume, tune.dkv_launch),
+                       rows_config=_rows_config())
 
 
 def _plan_or(fallback: GNAPlan, size: tuple[int, ...], kw: dict[str, Any], q_tile: tuple[int, ...],
@@ -644,9 +667,11 @@ def _rows_config() -> tuple[int, int, int, int]:
 def gna_backward(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *, window: Any, stride: Any = 1,
                  dilation: Any = 1, causal: Any = False, q_tile: Any = None, kv_tile: Any = None,
                  scale: float | None = None, kv_layout: str | None = None, extra_tokens: int = 0,
-                 extra_at: str = "end", input_size: Any = None) -> tuple[Any, Any, Any]:
+                 extra_at: str = "end", input_size: Any = None, tuning: BwdTuning | None = None
+                 ) -> tuple[Any, Any, Any]:
     """``(dq, dk, dv)`` of :func:`sparsesim.kernels.gna.gna_forward` (same arguments) given ``dO``, the forward's
-    ``out`` and ``lse``; shapes and dtypes of ``q``, ``k``, ``v``.
+    ``out`` and ``lse``; shapes and dtypes of ``q``, ``k``, ``v``. ``tuning``: the backward's tiles and launch
+    options (default :class:`BwdTuning`).
 
     Example:
         >>> out, lse = gna_forward(q, k, v, window=(7, 7))  # doctest: +SKIP
@@ -666,10 +691,10 @@ def gna_backward(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *, window:
         views = tuple(_layout_view(x, seq) for x in (q, k, v))
         n = math.prod(size)
     fwd = cached_launch(*views, call, extra)
-    key = (tensors_key(*views), id(fwd))
+    key = (tensors_key(*views), id(fwd), tuning)
     bwd = _BACKWARDS.get(key)
     if bwd is None or bwd.extra != extra:
-        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device))
+        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
     delta = _delta(out, do, bwd.rows_config[0])
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if seq is None:
@@ -756,4 +781,4 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
         HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
 
 
-__all__ = ["BWD_STREAM_VOLUME", "GNABackward", "build_backward", "gna_backward", "rows_forward"]
+__all__ = ["BWD_STREAM_VOLUME", "BwdTuning", "GNABackward", "build_backward", "gna_backward", "rows_forward"]

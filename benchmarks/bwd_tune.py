@@ -1,0 +1,210 @@
+"""Backward tiles and launch options measured side by side on the GPU (issue 16: the backward at the limit).
+
+    python benchmarks/bwd_tune.py [--out FILE.csv] [--commit SHA] [--parts dense,gna] [--budget-s 400]
+
+GPU only (bf16, batch 1, 24 heads, head dim 128). Every variant's gradients are checked against the default
+variant's (``rel_err``: the largest ``||d - d_default|| / ||d_default||`` over dq, dk, dv, both bf16; the default
+is checked against float64 by tests/gpu) and timed with :func:`sparsesim.kernels.timing.time_ms`.
+
+- ``dense``: our dense backward (Delta + dK/dV + dQ launches) on 24,576 tokens, one launch's tiles/warps/stages
+  varied at a time (the other at the default), next to cuDNN's backward (SDPA forward+backward minus forward).
+- ``gna``: the GNA backward (:class:`sparsesim.kernels.gna_bwd.BwdTuning`) on the issue's 3D and 2D shapes and
+  the HunyuanVideo s16x8x8 / FLUX s16x16 cases of kernels/NOTES.md, dQ options varied with dK/dV at the
+  default and the other way round.
+
+The CSV is rewritten after every row; ``--budget-s`` skips what is left once spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backward_bench import CASES, git_commit  # noqa: E402
+
+BATCH, HEADS, HEAD_DIM, DENSE_N = 1, 24, 128, 24576
+COLUMNS = ["gpu", "date", "commit", "torch", "triton", "part", "case", "kernel", "variant", "ms", "rel_err", "note"]
+
+#: dK/dV (kernel 1) and dQ (kernel 2) variants of the dense backward: (BLOCK_M, BLOCK_N, warps, stages).
+DENSE_DKDV = [(32, 128, 8, 2), (32, 128, 4, 2), (32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 2),
+              (64, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 4, 2), (128, 128, 8, 2)]
+DENSE_DQ = [(128, 32, 8, 2), (128, 32, 4, 2), (128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3),
+            (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2)]
+#: GNA variants: (resident volume, streamed volume, warps, stages); a resident volume of 0 keeps the forward's.
+GNA_VARIANTS = [(0, 64, 8, 2), (0, 64, 4, 2), (0, 64, 8, 3), (0, 32, 4, 2), (0, 32, 8, 3), (0, 128, 8, 2),
+                (0, 128, 8, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2)]
+
+
+class Rows:
+    def __init__(self, env: dict[str, str], path: Path | None, budget_s: float) -> None:
+        self.env, self.path = env, path
+        self.rows: list[dict[str, Any]] = []
+        self.deadline = time.monotonic() + budget_s
+
+    def add(self, **row: Any) -> None:
+        self.rows.append({**self.env, **row})
+        print("  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
+                writer.writeheader()
+                writer.writerows(self.rows)
+            tmp.replace(self.path)
+
+    def spent(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
+def _rel(grads: Any, ref: Any) -> float:
+    pairs = zip(grads, ref, strict=True)
+    return max(float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)) for a, b in pairs)
+
+
+def _measure(rows: Rows, fn: Any, ref: Any, **tags: Any) -> float | None:
+    from sparsesim.kernels.timing import time_ms
+
+    if rows.spent():
+        rows.add(**tags, note="skipped: --budget-s spent")
+        return None
+    try:
+        grads = fn()
+        err = 0.0 if ref is None else _rel(grads, ref)
+        ms = time_ms(fn)
+    except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the sweep
+        traceback.print_exc(limit=2)
+        rows.add(**tags, note=f"FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+        return None
+    rows.add(**tags, ms=ms, rel_err=err, note="WRONG" if err > 2e-2 else "")
+    return ms
+
+
+def run_dense(rows: Rows) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sparsesim.kernels.dense import dense_forward
+    from sparsesim.kernels.dense_bwd import bwd_config, dense_backward
+    from sparsesim.kernels.timing import time_ms
+
+    g = torch.Generator(device="cuda").manual_seed(DENSE_N)
+    q, k, v, do = (torch.randn(BATCH, DENSE_N, HEADS, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(4))
+    scale = HEAD_DIM ** -0.5
+    out, lse = dense_forward(q, k, v, want_lse=True)
+    base = bwd_config(HEAD_DIM)
+    case = f"dense_{DENSE_N}"
+    ref = dense_backward(do, q, k, v, out, lse, None, scale, config=base)
+    _measure(rows, lambda: dense_backward(do, q, k, v, out, lse, None, scale, config=base), ref, part="dense",
+             case=case, kernel="all", variant="default " + _cfg_name(base))
+    for kernel, variants in ((1, DENSE_DKDV), (2, DENSE_DQ)):
+        for bm, bn, warps, stages in variants:
+            cfg = {**base, f"BLOCK_M{kernel}": bm, f"BLOCK_N{kernel}": bn, f"num_warps{kernel}": warps,
+                   f"num_stages{kernel}": stages}
+            _measure(rows, lambda cfg=cfg: dense_backward(do, q, k, v, out, lse, None, scale, config=cfg), ref,
+                     part="dense", case=case, kernel="dkdv" if kernel == 1 else "dq",
+                     variant=f"{bm}x{bn} w{warps} s{stages}")
+    qd, kd, vd, dod = (x.transpose(1, 2).contiguous() for x in (q, k, v, do))
+    leaves = [x.clone().requires_grad_() for x in (qd, kd, vd)]
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        with torch.no_grad():
+            fwd = time_ms(lambda: F.scaled_dot_product_attention(qd, kd, vd))
+        lq, lk, lv = leaves
+        both = time_ms(lambda: torch.autograd.grad(F.scaled_dot_product_attention(lq, lk, lv), leaves, dod))
+    rows.add(part="dense", case=case, kernel="cudnn", variant="backward (fwd+bwd minus fwd)", ms=both - fwd,
+             note=f"cudnn fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms")
+    ours_fwd = time_ms(lambda: dense_forward(q, k, v, want_lse=True))
+    rows.add(part="dense", case=case, kernel="ours_fwd", variant="forward with LSE", ms=ours_fwd)
+
+
+def _cfg_name(cfg: dict[str, int]) -> str:
+    return (f"dkdv {cfg['BLOCK_M1']}x{cfg['BLOCK_N1']} dq {cfg['BLOCK_M2']}x{cfg['BLOCK_N2']} "
+            f"w{cfg['num_warps']} s{cfg['num_stages']}")
+
+
+def run_gna(rows: Rows, wanted: list[str]) -> None:
+    import torch
+
+    for name, size, window, stride, tiles in CASES:
+        if not wanted or any(w in name for w in wanted):
+            _gna_case(rows, name, size, {"window": window, "stride": stride}, tiles)
+            torch.cuda.empty_cache()
+
+
+def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], tiles: Any) -> None:
+    import torch
+
+    from sparsesim.kernels._launch import FusedLaunch
+    from sparsesim.kernels.gna import build_launch, gna_forward
+    from sparsesim.kernels.gna_bwd import BwdTuning, gna_backward
+
+    g = torch.Generator(device="cuda").manual_seed(math.prod(size))
+    q, k, v, do = (torch.randn(BATCH, *size, HEADS, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(4))
+    if tiles is None:
+        launch = build_launch(q, k, v, q_tile=None, kv_tile=None, scale=None, kv_layout=None, dilation=1,
+                              causal=False, **kw)
+        tiles = (launch.plan.schedule.q_tile, launch.plan.schedule.kv_tile)
+    kw = {**kw, "q_tile": tiles[0], "kv_tile": tiles[1]}
+    out, lse = gna_forward(q, k, v, **kw)
+    ref = gna_backward(do, q, k, v, out, lse, **kw)
+    tags = {"part": "gna", "case": name}
+    _measure(rows, lambda: gna_backward(do, q, k, v, out, lse, **kw), ref, **tags, kernel="all",
+             variant=f"default tiles {tiles}")
+    for kernel in ("dq", "dkdv"):
+        for res, stream, warps, stages in GNA_VARIANTS:
+            launch_opts = FusedLaunch(warps, stages)
+            tuning = (BwdTuning(dq_resident=res or 1 << 30, dq_stream=stream, dq_launch=launch_opts)
+                      if kernel == "dq" else
+                      BwdTuning(dkv_resident=res or 1 << 30, dkv_stream=stream, dkv_launch=launch_opts))
+            _measure(rows, lambda t=tuning: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, **tags,
+                     kernel=kernel, variant=f"res{res or 'fwd'} stream{stream} w{warps} s{stages}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bwd_tune.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--commit", default=None)
+    parser.add_argument("--parts", default="dense,gna")
+    parser.add_argument("--cases", default="", help="comma-separated substrings of the GNA case names")
+    parser.add_argument("--budget-s", type=float, default=400.0)
+    args = parser.parse_args(argv)
+    import torch
+    import triton
+
+    if not torch.cuda.is_available():
+        print("bwd_tune: no CUDA device; this benchmark runs on a GPU only", file=sys.stderr)
+        return 2
+    env = {"gpu": torch.cuda.get_device_name(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
+           "commit": args.commit or git_commit(), "torch": torch.__version__, "triton": triton.__version__}
+    print(env, flush=True)
+    rows = Rows(env, args.out, args.budget_s)
+    parts = args.parts.split(",")
+    if "gna" in parts:
+        run_gna(rows, [w for w in args.cases.split(",") if w])
+    if "dense" in parts:
+        run_dense(rows)
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows.rows:
+        if r.get("ms") and r.get("note", "") == "":
+            key = (r["case"], r["kernel"])
+            if key not in best or r["ms"] < best[key]["ms"]:
+                best[key] = r
+    print("\nfastest per case and kernel (the other kernel at its default):")
+    for (case, kernel), r in sorted(best.items()):
+        print(f"  {case:30s} {kernel:8s} {r['ms']:9.3f} ms  {r['variant']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,10 +34,10 @@ BATCH, HEADS, HEAD_DIM, DENSE_N = 1, 24, 128, 24576
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "part", "case", "kernel", "variant", "ms", "rel_err", "note"]
 
 #: dK/dV (kernel 1) and dQ (kernel 2) variants of the dense backward: (BLOCK_M, BLOCK_N, warps, stages).
-DENSE_DKDV = [(32, 128, 8, 2), (32, 128, 4, 2), (32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 2),
-              (64, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 4, 2), (128, 128, 8, 2)]
-DENSE_DQ = [(128, 32, 8, 2), (128, 32, 4, 2), (128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3),
-            (64, 64, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2)]
+DENSE_DKDV = [(64, 64, 4, 2), (64, 64, 4, 1), (64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2),
+              (128, 64, 8, 3), (64, 128, 8, 3), (32, 128, 8, 3), (32, 128, 8, 2)]
+DENSE_DQ = [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 8, 2),
+            (64, 64, 4, 2), (128, 32, 4, 3), (128, 32, 8, 2)]
 #: GNA variants: (resident volume, streamed volume, warps, stages); a resident volume of 0 keeps the forward's.
 GNA_VARIANTS = [(0, 64, 8, 2), (0, 64, 4, 2), (0, 64, 8, 3), (0, 32, 4, 2), (0, 32, 8, 3), (0, 128, 8, 2),
                 (0, 128, 8, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2)]
@@ -107,6 +107,9 @@ def run_dense(rows: Rows) -> None:
     ref = dense_backward(do, q, k, v, out, lse, None, scale, config=base)
     _measure(rows, lambda: dense_backward(do, q, k, v, out, lse, None, scale, config=base), ref, part="dense",
              case=case, kernel="all", variant="default " + _cfg_name(base))
+    old = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 8, "num_stages": 2}
+    _measure(rows, lambda: dense_backward(do, q, k, v, out, lse, None, scale, config=old), ref, part="dense",
+             case=case, kernel="all", variant="until 4032037 " + _cfg_name(old))
     for kernel, variants in ((1, DENSE_DKDV), (2, DENSE_DQ)):
         for bm, bn, warps, stages in variants:
             cfg = {**base, f"BLOCK_M{kernel}": bm, f"BLOCK_N{kernel}": bn, f"num_warps{kernel}": warps,
@@ -128,23 +131,25 @@ def run_dense(rows: Rows) -> None:
 
 
 def _cfg_name(cfg: dict[str, int]) -> str:
-    return (f"dkdv {cfg['BLOCK_M1']}x{cfg['BLOCK_N1']} dq {cfg['BLOCK_M2']}x{cfg['BLOCK_N2']} "
-            f"w{cfg['num_warps']} s{cfg['num_stages']}")
+    from sparsesim.kernels.dense_bwd import launch_options
+
+    opts = [launch_options(cfg, i) for i in (1, 2)]
+    return (f"dkdv {cfg['BLOCK_M1']}x{cfg['BLOCK_N1']} w{opts[0]['num_warps']} s{opts[0]['num_stages']} "
+            f"dq {cfg['BLOCK_M2']}x{cfg['BLOCK_N2']} w{opts[1]['num_warps']} s{opts[1]['num_stages']}")
 
 
-def run_gna(rows: Rows, wanted: list[str]) -> None:
+def run_gna(rows: Rows, wanted: list[str], quick: bool) -> None:
     import torch
 
     for name, size, window, stride, tiles in CASES:
         if not wanted or any(w in name for w in wanted):
-            _gna_case(rows, name, size, {"window": window, "stride": stride}, tiles)
+            _gna_case(rows, name, size, {"window": window, "stride": stride}, tiles, quick)
             torch.cuda.empty_cache()
 
 
-def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], tiles: Any) -> None:
+def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], tiles: Any, quick: bool) -> None:
     import torch
 
-    from sparsesim.kernels._launch import FusedLaunch
     from sparsesim.kernels.gna import build_launch, gna_forward
     from sparsesim.kernels.gna_bwd import BwdTuning, gna_backward
 
@@ -160,13 +165,14 @@ def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], 
     ref = gna_backward(do, q, k, v, out, lse, **kw)
     tags = {"part": "gna", "case": name}
     _measure(rows, lambda: gna_backward(do, q, k, v, out, lse, **kw), ref, **tags, kernel="all",
-             variant=f"default tiles {tiles}")
-    for kernel in ("dq", "dkdv"):
+             variant=f"picked on the first call, tiles {tiles}")
+    _measure(rows, lambda: gna_backward(do, q, k, v, out, lse, tuning=BwdTuning(), **kw), ref, **tags, kernel="all",
+             variant="BwdTuning() (no pick)")
+    for kernel in () if quick else ("dq", "dkdv"):
         for res, stream, warps, stages in GNA_VARIANTS:
-            launch_opts = FusedLaunch(warps, stages)
-            tuning = (BwdTuning(dq_resident=res or 1 << 30, dq_stream=stream, dq_launch=launch_opts)
-                      if kernel == "dq" else
-                      BwdTuning(dkv_resident=res or 1 << 30, dkv_stream=stream, dkv_launch=launch_opts))
+            prefix = "dq" if kernel == "dq" else "dkv"
+            tuning = BwdTuning(**{f"{prefix}_resident": res or 1 << 30, f"{prefix}_stream": stream,
+                                  f"{prefix}_warps": warps, f"{prefix}_stages": stages})
             _measure(rows, lambda t=tuning: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, **tags,
                      kernel=kernel, variant=f"res{res or 'fwd'} stream{stream} w{warps} s{stages}")
 
@@ -178,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="dense,gna")
     parser.add_argument("--cases", default="", help="comma-separated substrings of the GNA case names")
     parser.add_argument("--budget-s", type=float, default=400.0)
+    parser.add_argument("--quick", action="store_true", help="GNA: the first-call pick and BwdTuning() only")
     args = parser.parse_args(argv)
     import torch
     import triton
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = Rows(env, args.out, args.budget_s)
     parts = args.parts.split(",")
     if "gna" in parts:
-        run_gna(rows, [w for w in args.cases.split(",") if w])
+        run_gna(rows, [w for w in args.cases.split(",") if w], args.quick)
     if "dense" in parts:
         run_dense(rows)
     best: dict[tuple[str, str], dict[str, Any]] = {}

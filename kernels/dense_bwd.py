@@ -210,15 +210,17 @@ def bwd_config(head_dim: int, q_tile: int | None = None, kv_tile: int | None = N
     ``BLOCK_M2 x BLOCK_N2`` (dQ), ``num_warps``, ``num_stages``. Block-sparse maps cap each block at the
     map's tile (``q_tile``, ``kv_tile``; powers of two, so the blocks divide them).
 
-    Starting point (the Triton tutorial's FA2 backward on Hopper: a long side of 128 for the accumulated
-    operand, 32 for the streamed one), not yet tuned on the H200. Under the interpreter: 16-32 rows.
+    Head dim 128: the fastest of benchmarks/bwd_tune.py's variants per launch on the H200 (dK/dV 64 x 64 on
+    4 warps, 2 stages; dQ 128 x 64 on 8 warps, 3 stages); other head dims: the Triton tutorial's FA2 split on
+    Hopper, untuned. Under the interpreter: 16-32 rows.
     """
     if interpret():
         cfg = {"BLOCK_M1": 16, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 16, "num_warps": 4, "num_stages": 1}
     elif head_dim <= 64:
         cfg = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
-    elif head_dim <= 128:
-        cfg = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 8, "num_stages": 2}
+    elif head_dim <= 128:  # H200, 24,576 tokens x 24 heads: 76.2 -> ~44 ms (benchmarks/bwd_tune.py, 4032037)
+        cfg = {"BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 128, "BLOCK_N2": 64, "num_warps": 8, "num_stages": 3,
+               "num_warps1": 4, "num_stages1": 2}
     else:
         cfg = {"BLOCK_M1": 16, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 16, "num_warps": 8, "num_stages": 1}
     if q_tile is not None:

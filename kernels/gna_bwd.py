@@ -547,15 +547,26 @@ class BwdTuning:
 
     ``*_resident``: the largest volume of the tile a kernel keeps (dQ: the Q tile; dK/dV: the KV tile), shrunk
     from the forward's by halving its outermost axis; ``*_stream``: the same for the tile it streams;
-    ``*_launch``: warps and stages (None: the fused-launch heuristic, at most 2 stages).
+    ``*_warps``/``*_stages``: 0 for the fused-launch heuristic (warps by the resident tile, at most 2 stages).
     """
 
     dq_resident: int = 1 << 30
     dq_stream: int = BWD_STREAM_VOLUME
+    dq_warps: int = 0
+    dq_stages: int = 0
     dkv_resident: int = 1 << 30
     dkv_stream: int = BWD_STREAM_VOLUME
-    dq_launch: FusedLaunch | None = None
-    dkv_launch: FusedLaunch | None = None
+    dkv_warps: int = 0
+    dkv_stages: int = 0
+
+
+#: What the first GPU call of a backward tries per kernel, ``(resident, stream, stages)``, keeping the fastest
+#: (benchmarks/bwd_tune.py on the H200 at 4032037: no one setting was fastest on the four cases of
+#: kernels/NOTES.md; 3 stages won with 128-row resident tiles, 2 with 64-row ones, a 32-row dK/dV stream on the
+#: stride-1 3D and 2D layers).
+DQ_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (64, 64, 2), (1 << 30, 64, 2))
+DKV_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (1 << 30, 32, 3), (1 << 30, 32, 2),
+                                                     (64, 64, 2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -602,11 +613,9 @@ def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GN
                             _shrink(kv_tile, tune.dkv_resident))
     _, smem = device_gpu(device)
 
-    def cfg(resident: int, streamed: int, chosen: FusedLaunch | None) -> FusedLaunch:
-        if chosen is not None:
-            return chosen
+    def cfg(resident: int, streamed: int, warps: int, stages: int) -> FusedLaunch:
         c = fused_launch(resident, streamed, fwd.head_dim, "bf16", smem)  # fp16 and bf16 alike (2-byte elements)
-        return FusedLaunch(c.num_warps, max(1, min(c.num_stages, 2)))
+        return FusedLaunch(warps or c.num_warps, stages or max(1, min(c.num_stages, 2)))
 
     def table(a: Any) -> Any:
         return torch.from_numpy(a.copy()).to(device)
@@ -615,8 +624,8 @@ def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GN
                        head_dim=fwd.head_dim, batch=fwd.batch, scale=fwd.scale, extra=fwd.extra,
                        tables=(table(dq_plan.ranges), table(dq_plan.lohi), table(dkv_plan.ranges_t),
                                table(dkv_plan.lohi)),
-                       dq_config=cfg(dq_plan.q_volume, dq_plan.kv_volume, tune.dq_launch),
-                       dkv_config=cfg(dkv_plan.kv_volume, dkv_plan.q_volume, tune.dkv_launch),
+                       dq_config=cfg(dq_plan.q_volume, dq_plan.kv_volume, tune.dq_warps, tune.dq_stages),
+                       dkv_config=cfg(dkv_plan.kv_volume, dkv_plan.q_volume, tune.dkv_warps, tune.dkv_stages),
                        rows_config=_rows_config())
 
 
@@ -691,11 +700,7 @@ def gna_backward(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *, window:
         views = tuple(_layout_view(x, seq) for x in (q, k, v))
         n = math.prod(size)
     fwd = cached_launch(*views, call, extra)
-    key = (tensors_key(*views), id(fwd), tuning)
-    bwd = _BACKWARDS.get(key)
-    if bwd is None or bwd.extra != extra:
-        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
-    delta = _delta(out, do, bwd.rows_config[0])
+    delta = _delta(out, do, _rows_config()[0])
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if seq is None:
         lv = (q, k, v, do, dq, dk, dv)
@@ -705,11 +710,49 @@ def gna_backward(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *, window:
     x_lse, x_delta = lse[:, :, xfirst:xfirst + extra], delta[:, :, xfirst:xfirst + extra]
     is_causal = _is_causal(causal)
     xv = tuple(_extra_view(x, seq) for x in (q, k, v, do)) if extra else None
-    _launch_dq(bwd, lv, l_lse, l_delta, xv)
-    _launch_dkdv(bwd, lv, l_lse, l_delta, xv if (extra and not is_causal) else None, x_lse, x_delta)
+    xv_t = xv if (extra and not is_causal) else None
+
+    def run_dq(b: GNABackward) -> None:
+        _launch_dq(b, lv, l_lse, l_delta, xv)
+
+    def run_dkdv(b: GNABackward) -> None:
+        _launch_dkdv(b, lv, l_lse, l_delta, xv_t, x_lse, x_delta)
+
+    key = (tensors_key(*views), id(fwd), tuning)
+    bwd = _BACKWARDS.get(key)
+    if bwd is None or bwd.extra != extra:
+        if tuning is None and not interpret() and not torch.cuda.is_current_stream_capturing():
+            tuning = pick_tuning(fwd, q.device, run_dq, run_dkdv)
+        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
+    run_dq(bwd)
+    run_dkdv(bwd)
     if extra:
         _launch_extra(bwd, (q, k, v, do, dq, dk, dv), lse, delta, xfirst, extra, is_causal)
     return dq, dk, dv
+
+
+def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any) -> BwdTuning:
+    """The fastest of :data:`DQ_CANDIDATES` for dQ and of :data:`DKV_CANDIDATES` for dK/dV, each timed (CUDA
+    events, after a compiling launch) on the call's own tensors by ``run_dq(backward)`` / ``run_dkdv(backward)``."""
+    import torch
+
+    def timed(run: Any, tuning: BwdTuning) -> float:
+        b = build_backward(fwd, device, tuning)
+        run(b)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for _ in range(3):
+            run(b)
+        end.record()
+        torch.cuda.synchronize(device)
+        return float(start.elapsed_time(end))
+
+    dq = min(DQ_CANDIDATES, key=lambda c: timed(run_dq, BwdTuning(dq_resident=c[0], dq_stream=c[1], dq_stages=c[2])))
+    dkv = min(DKV_CANDIDATES,
+              key=lambda c: timed(run_dkdv, BwdTuning(dkv_resident=c[0], dkv_stream=c[1], dkv_stages=c[2])))
+    return BwdTuning(dq_resident=dq[0], dq_stream=dq[1], dq_stages=dq[2], dkv_resident=dkv[0], dkv_stream=dkv[1],
+                     dkv_stages=dkv[2])
 
 
 def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None) -> None:
@@ -781,4 +824,5 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
         HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
 
 
-__all__ = ["BWD_STREAM_VOLUME", "BwdTuning", "GNABackward", "build_backward", "gna_backward", "rows_forward"]
+__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DQ_CANDIDATES", "BwdTuning", "GNABackward", "build_backward",
+           "gna_backward", "pick_tuning", "rows_forward"]

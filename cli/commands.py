@@ -24,12 +24,16 @@ PRIORITY = [
     "predicted_ms", "causal", "dilation", "tiling", "input_size", "bound", "dense_ms",
 ]
 E2E_COLUMNS = [
-    "preset", "gpu", "window", "stride", "q_tile", "kv_tile", "dense_steps", "attention_share", "tile_speedup",
-    "predicted_speedup", "e2e_tile_speedup", "e2e_predicted_speedup", "dense_run_s", "sparse_run_s",
+    "preset", "gpu", "window", "stride", "q_tile", "kv_tile", "dense_steps", "attention_share", "share_source",
+    "tile_speedup", "kernel_speedup", "predicted_speedup", "e2e_tile_speedup", "e2e_predicted_speedup",
+    "attention_s", "other_s", "outside_s", "memory_ops_s", "memory_ops_source", "dense_run_s",
+    "sparse_run_s",
 ]
 E2E_PRIORITY = [
     "preset", "gpu", "window", "stride", "attention_share", "predicted_speedup", "e2e_predicted_speedup",
-    "e2e_tile_speedup", "tile_speedup", "q_tile", "kv_tile", "dense_steps", "dense_run_s", "sparse_run_s",
+    "attention_s", "other_s", "outside_s", "share_source", "kernel_speedup", "memory_ops_s",
+    "memory_ops_source", "e2e_tile_speedup", "tile_speedup", "dense_run_s", "sparse_run_s", "q_tile", "kv_tile",
+    "dense_steps",
 ]
 
 
@@ -232,7 +236,7 @@ def _rank_tiles(args: argparse.Namespace, size: Any, gpu: Any) -> None:
                           f"head_dim={args.head_dim} on {gpu.name}")
     rows = [{"rank": i + 1, "gpu": gpu.name, "q_tile": c.q_tile, "kv_tile": c.kv_tile, "call_ms": c.call_ms,
              "predicted_ms": c.predicted_ms, "tile_speedup": c.tile_speedup, "kv_layout": c.kv_layout,
-             "estimate_ms": c.estimate_ms} for i, c in enumerate(ranked)]
+             "estimate_ms": c.estimate_ms, "pick_ms": c.pick_ms} for i, c in enumerate(ranked)]
     cols = list(rows[0])
     emit(pd.DataFrame(rows), args, cols, cols)
 
@@ -270,6 +274,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
                           "shapes, timed on the host)")
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}; allowed: 1 or more")
+    from sparsesim.kernels.workers import WorkersLost, parse_devices
+
+    devices = parse_devices(args.devices, 0 if interpreted else torch.cuda.device_count())
+    if devices and args.devices.strip().lower() != "all" and args.plan:
+        raise ConfigError(f"--devices {args.devices} with --plan; allowed: --devices with --sweep or --preset")
+    if devices and args.jobs > 1 and not args.plan:
+        raise ConfigError(f"--jobs {args.jobs} with --devices {args.devices} ({len(devices)} devices); allowed: "
+                          f"--jobs 1 (each device's worker compiles its own cases), or --devices 1")
     if args.plan:
         if args.backprop:
             raise ConfigError("--backprop with --plan; allowed: --backprop with --sweep or --preset")
@@ -282,10 +294,15 @@ def cmd_validate(args: argparse.Namespace) -> None:
     def bar(done: int, total: int) -> None:
         _progress_bar(total)(done)
 
-    rows = validate.run(cases, Path(args.out), resume=args.resume, jobs=1 if interpreted else args.jobs,
-                        seed=args.seed, commit=args.commit, progress=bar if show else None)
+    try:
+        rows = validate.run(cases, Path(args.out), resume=args.resume, jobs=1 if interpreted else args.jobs,
+                            seed=args.seed, commit=args.commit, progress=bar if show else None, devices=devices)
+    except WorkersLost as exc:
+        print(f"simulate: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     failed = [r for r in rows if not r["ok"]]
-    print(f"validate: {len(rows)} case(s) measured into {args.out}" +
+    on = f" on {len(devices)} devices" if devices else ""
+    print(f"validate: {len(rows)} case(s) measured into {args.out}{on}" +
           (f", {len(failed)} failed their check (see the note column)" if failed else ""), file=sys.stderr)
     import pandas as pd
 
@@ -330,13 +347,20 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     summary = {"profile": result.profile.name, "train_mape": result.train_mape, "heldout_mape": result.heldout_mape,
                "n_train": result.n_train, "n_heldout": result.n_heldout,
                "prior_heldout_mape": result.prior_heldout_mape, **{f"fit_{k}": v for k, v in result.params.items()}}
+    from sparsesim.simulator.fidelity import as_records, heldout_errors
+
+    by_band = as_records(heldout_errors(args.measurements, result, holdout=args.holdout, seed=args.seed))
     if args.format == "json":
         import json
 
-        write_text(json.dumps({**summary, "worst": result.worst}, indent=1) + "\n", args.out)
+        write_text(json.dumps({**summary, "worst": result.worst, "heldout_by_band": by_band}, indent=1) + "\n",
+                   args.out)
         return
     emit(pd.DataFrame([summary]), args, list(summary), list(summary))
     print(pd.DataFrame(result.worst).to_string(index=False), file=sys.stderr)
+    if by_band:
+        print("held-out error by kernel and size band (tokens; error = predicted / measured - 1):", file=sys.stderr)
+        print(pd.DataFrame(by_band).to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
 
 
 def _calibrate_published(args: argparse.Namespace) -> None:
@@ -403,8 +427,19 @@ def cmd_e2e(args: argparse.Namespace) -> None:
         rows += simulate_e2e(preset=args.preset, gpu=gpu, window=args.window, stride=args.stride,
                              dilation=args.dilation, q_tile=args.q_tile, kv_tile=args.kv_tile, tiling=args.tiling,
                              dense_steps=args.dense_steps, attention_share=args.attention_share,
+                             share_from=args.share_from, breakdowns=args.breakdowns,
                              kernel_profile=args.kernel_profile, dense_profile=args.dense_profile)
-    emit(pd.DataFrame([r.to_dict() for r in rows]), args, E2E_COLUMNS, E2E_PRIORITY)
+    df = pd.DataFrame([r.to_dict() for r in rows])
+    # The table names each source once below it; CSV and JSON keep the full text per row.
+    sources = list(dict.fromkeys([*(("attention share", s) for s in df["share_source"]),
+                                  *(("sparse-call memory passes", s) for s in df["memory_ops_source"])]))
+    if args.format in ("table", "markdown"):
+        df["share_source"] = [f"[{sources.index(('attention share', s)) + 1}]" for s in df["share_source"]]
+        df["memory_ops_source"] = [f"[{sources.index(('sparse-call memory passes', s)) + 1}]"
+                                   for s in df["memory_ops_source"]]
+    emit(df, args, E2E_COLUMNS, E2E_PRIORITY)
+    if args.format in ("table", "markdown"):
+        print("\n".join(f"[{i}] {part}: {s}" for i, (part, s) in enumerate(sources, 1)), file=sys.stderr)
 
 
 def _pattern_label(p: dict[str, Any]) -> str:

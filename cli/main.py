@@ -233,7 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, ("problem",), only=("gpu", "kernel_profile", "dense_profile"))
     p.add_argument("--dense-steps", type=int_in(0), default=0, help="first K diffusion steps keep dense attention")
     p.add_argument("--attention-share", type=float_in(0, 1, lo_open=True), default=None,
-                   help="attention's share of the whole dense run, as profiled (default: the modelled share)")
+                   help="attention's share of the whole dense run, as profiled (default: see --share-from)")
+    p.add_argument("--share-from", choices=("breakdown", "model"), default="breakdown",
+                   help="where the attention share comes from without --attention-share: breakdown (a published "
+                        "breakdown for the workload and GPU, hwmodels/published/breakdowns.csv, else the model) "
+                        "or model (the modelled transformer step; memory passes modelled too)")
+    p.add_argument("--breakdowns", metavar="FILE.csv", default=None,
+                   help="published breakdowns to use instead of the shipped file (same columns)")
     add_output_args(p)
     p.set_defaults(func=c.cmd_e2e)
     p = _sub(sub, "validate", "measure configurations on a CUDA GPU with our kernels and cuDNN, the model's "
@@ -250,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backprop", action="store_true",
                    help="time forward+backward (q, k, v require grad; passes=fwd+bwd rows for calibrate)")
     p.add_argument("--jobs", type=int_in(1), default=1, help="worker processes that check (and compile) in parallel")
+    p.add_argument("--devices", default="all",
+                   help="CUDA devices to measure on, one worker process each: all (default), N (the first N) or "
+                        "indices such as 0,2; 1 measures in this process")
     p.add_argument("--seed", type=int_in(0, SEED_MAX), default=0, help="seed of the random inputs (0 to 2^32-1)")
     p.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

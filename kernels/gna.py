@@ -18,6 +18,12 @@ three disjoint boxes without branches. Partial tiles mask per element from query
 against the per-axis ``lo``/``hi`` tables, only on the axes that can be partial (constexpr flags).
 When no tile is partial (perfectly block-sparse) the partial loop and all mask code compile out.
 
+Persistent variant (``persistent=``, constexpr ``PERSISTENT``): one program per resident slot, each looping over
+a static list of work items, the longest first, from a device table built once per cached launch with the
+simulator's own schedule (:func:`sparsesim.simulator.makespan.persistent_schedule` over the cost model's per-CTA
+times), so the model's SM schedule of it is the kernel's. By default it runs where the model predicts it
+shorter than the launch order (uneven Q tiles: causal, strided); each item's arithmetic is the same either way.
+
 The host side validates a call once and caches its launch (plan, device tables, constants) per
 shapes, strides, dtypes, device and pattern: a repeated call only builds two descriptors and
 launches. Nothing on the repeated path synchronizes or copies to the device, so it can be captured
@@ -31,6 +37,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import triton
 import triton.language as tl
 
@@ -50,9 +57,10 @@ from sparsesim.kernels._launch import (
     launch_compiled,
     tensors_key,
 )
-from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
+from sparsesim.kernels.gna_plan import GNAPlan, launch_items, plan_gna
 from sparsesim.kernels.permute import tile_permute_pair, tile_unpermute
 from sparsesim.simulator.feasibility import KV_LAYOUTS, PERMUTE_MIN_KV_ROWS, kv_layout
+from sparsesim.simulator.makespan import ScheduleChoice, persistent_schedule, schedule_choice
 
 _MODE = {"gather": 0, "permute_ptr": 1, "permute": 2, "direct": 3}
 
@@ -106,7 +114,8 @@ def _load_kv(K, V, k_base, v_base, offs_n, offs_d, t0, t1, t2, g0, g1, g2, D0, D
 
 
 @triton.jit
-def _gna_fwd_kernel(
+def _gna_fwd_tile(
+    qt, hl, bg,
     Q, K, V, Out, RANGES, LOHI, HMAP, XK, XV, LSE, qk_scale,
     GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NX, NKP,
     s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
@@ -119,13 +128,11 @@ def _gna_fwd_kernel(
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
     EXTRA: tl.constexpr, XTAIL: tl.constexpr,
-    HAS_HMAP: tl.constexpr, KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr, SAVE_LSE: tl.constexpr = False,
+    HAS_HMAP: tl.constexpr, KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr, SAVE_LSE: tl.constexpr,
 ):
+    """One work item: Q tile ``qt`` (of the longest group's grid) of launch head ``hl`` and folded index ``bg``."""
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
-    qt = tl.program_id(0)
-    hl = tl.program_id(1)  # the launch's own head index
-    bg = tl.program_id(2)
     # With a head map the launch runs heads HMAP[0..] of the caller's q/k/v/out (whole GQA groups, in
     # order): Q, O and caller-layout K/V are addressed by the caller's head; a permuted K/V buffer holds
     # only the launch's K/V heads, addressed by the launch's own index.
@@ -265,6 +272,52 @@ def _gna_fwd_kernel(
         tl.store(LSE + b64 * s_lb + h64 * s_lh + tok, lse, mask=q_ok)
 
 
+@triton.jit
+def _gna_fwd_kernel(
+    Q, K, V, Out, RANGES, LOHI, HMAP, XK, XV, LSE, qk_scale,
+    GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NX, NKP,
+    s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
+    s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
+    s_vb, s_v0, s_v1, s_v2, s_vh, s_vd,
+    s_ob, s_o0, s_o1, s_o2, s_oh, s_od,
+    s_xkb, s_xkn, s_xkh, s_xkd, s_xvb, s_xvn, s_xvh, s_xvd, s_lb, s_lh,
+    SCHED, NQT, NHL,
+    HEAD_DIM: tl.constexpr,
+    QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
+    KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
+    MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
+    EXTRA: tl.constexpr, XTAIL: tl.constexpr,
+    HAS_HMAP: tl.constexpr, KV_MODE: tl.constexpr, WARP_SPEC: tl.constexpr, SAVE_LSE: tl.constexpr = False,
+    PERSISTENT: tl.constexpr = False,
+):
+    """The forward: one work item per program (grid ``(Q tiles, heads, batch * groups)``), or, ``PERSISTENT``,
+    the items ``SCHED[SCHED[p]:SCHED[p + 1]]`` of program ``p`` (launch indices ``(bg * NHL + hl) * NQT + qt``):
+    the static schedule the host built with the simulator's ``persistent_schedule``."""
+    if PERSISTENT:
+        pid = tl.program_id(0)
+        for i in range(tl.load(SCHED + pid), tl.load(SCHED + pid + 1)):
+            item = tl.load(SCHED + i)
+            bh = item // NQT
+            _gna_fwd_tile(
+                item % NQT, bh % NHL, bh // NHL,
+                Q, K, V, Out, RANGES, LOHI, HMAP, XK, XV, LSE, qk_scale,
+                GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NX, NKP,
+                s_qb, s_q0, s_q1, s_q2, s_qh, s_qd, s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
+                s_vb, s_v0, s_v1, s_v2, s_vh, s_vd, s_ob, s_o0, s_o1, s_o2, s_oh, s_od,
+                s_xkb, s_xkn, s_xkh, s_xkd, s_xvb, s_xvn, s_xvh, s_xvd, s_lb, s_lh,
+                HEAD_DIM, QT0, QT1, QT2, KT0, KT1, KT2, MASK0, MASK1, MASK2, BLOCK_SPARSE, EXTRA, XTAIL,
+                HAS_HMAP, KV_MODE, WARP_SPEC, SAVE_LSE)
+    else:
+        _gna_fwd_tile(
+            tl.program_id(0), tl.program_id(1), tl.program_id(2),  # the launch's own head index on axis 1
+            Q, K, V, Out, RANGES, LOHI, HMAP, XK, XV, LSE, qk_scale,
+            GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, NK1, NK2, GMAX, NQMAX, LPMAX, HKV, NX, NKP,
+            s_qb, s_q0, s_q1, s_q2, s_qh, s_qd, s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
+            s_vb, s_v0, s_v1, s_v2, s_vh, s_vd, s_ob, s_o0, s_o1, s_o2, s_oh, s_od,
+            s_xkb, s_xkn, s_xkh, s_xkd, s_xvb, s_xvn, s_xvh, s_xvd, s_lb, s_lh,
+            HEAD_DIM, QT0, QT1, QT2, KT0, KT1, KT2, MASK0, MASK1, MASK2, BLOCK_SPARSE, EXTRA, XTAIL,
+            HAS_HMAP, KV_MODE, WARP_SPEC, SAVE_LSE)
+
 def _spatial_strides(x: Any, rank: int) -> tuple[int, ...]:
     """(batch, axis0, axis1, axis2, head, dim) strides of ``[B, *spatial, H, D]`` (unit axes stride 0)."""
     st = [int(s) for s in x.stride()]
@@ -306,11 +359,19 @@ class GNALaunch:
     config: FusedLaunch
     constants: dict[str, Any]
     extra: int = 0  # extra keys outside the layout that every query of the launch also sees
+    #: The persistent schedule as the kernel reads it (int32 on the device: per program the first and end
+    #: offsets, then the items program by program) and its program count; None: one program per work item.
+    sched: Any = None
+    programs: int = 0
+    #: The model's launch-order and persistent makespans of this launch (None when persistent=False was asked).
+    choice: ScheduleChoice | None = None
     compiled: dict[Any, Any] = field(default_factory=dict)  # compiled kernels of repeated calls
     head_maps: dict[Any, Any] = field(default_factory=dict)  # device tables of head subsets (head_tables)
 
     @functools.cached_property
     def grid(self) -> tuple[int, int, int]:
+        if self.sched is not None:
+            return (self.programs, 1, 1)
         return (self.plan.num_q_tiles, self.heads, self.batch * self.plan.groups)
 
     @functools.cached_property
@@ -380,15 +441,17 @@ class GNALaunch:
         args = (q, kv.k, kv.v, out, self.ranges, self.lohi, hmap if has_hmap else self.ranges, xk, xv,
                 lse if save_lse else out, self.scale * LOG2E, *self.shape_args, kv.n_kp,
                 *_spatial_strides(q, rank), *kv.k_strides, *kv.v_strides, *_spatial_strides(out, rank), *x_strides,
-                *l_strides)
-        key = (kv.mode, has_hmap, save_lse, q.data_ptr() % 16, out.data_ptr() % 16,
+                *l_strides, self.ranges if self.sched is None else self.sched, self.plan.num_q_tiles, self.heads)
+        persistent = self.sched is not None
+        key = (kv.mode, has_hmap, save_lse, persistent, q.data_ptr() % 16, out.data_ptr() % 16,
                *(x.data_ptr() % 16 for x in kv.keep if kv.mode in (0, 1)),
                *((xk.data_ptr() % 16, xv.data_ptr() % 16, x_strides) if self.extra else ()),
                *((lse.data_ptr() % 16, l_strides) if save_lse else ()))
         c = self.constants
         launch_compiled(self.compiled, key, _gna_fwd_kernel, self.grid, args,
-                        {**self.constexprs, "HAS_HMAP": has_hmap, "KV_MODE": kv.mode, "WARP_SPEC": c["WARP_SPEC"],
-                         "SAVE_LSE": save_lse},
+                        {**self.constexprs, "HAS_HMAP": has_hmap, "KV_MODE": kv.mode,
+                         "WARP_SPEC": c["WARP_SPEC"] and not persistent, "SAVE_LSE": save_lse,
+                         "PERSISTENT": persistent},
                         {"num_warps": c["num_warps"], "num_stages": c["num_stages"]})
         return out
 
@@ -426,9 +489,10 @@ def choose_kv_layout(plan: GNAPlan, batch: int, heads_kv: int) -> str:
 
 
 def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: Any, causal: Any, q_tile: Any,
-                 kv_tile: Any, scale: Any, kv_layout: str | None, extra: int = 0) -> GNALaunch:
+                 kv_tile: Any, scale: Any, kv_layout: str | None, extra: int = 0, persistent: Any = None) -> GNALaunch:
     """Validate a call (one-line ValueErrors) and prepare its launch (``q``/``k``/``v``: the layout's tokens;
-    ``extra``: how many extra keys every query also sees, handed to :meth:`GNALaunch.run`)."""
+    ``extra``: how many extra keys every query also sees, handed to :meth:`GNALaunch.run`; ``persistent``: as
+    :func:`gna_attention` takes it)."""
     import torch
 
     from sparsesim.simulator.feasibility import can_run
@@ -471,9 +535,64 @@ def build_launch(q: Any, k: Any, v: Any, *, window: Any, stride: Any, dilation: 
                      num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # constexprs in signature order
     ranges = torch.from_numpy(plan.ranges.copy()).to(q.device)
     lohi = torch.from_numpy(plan.lohi.copy()).to(q.device)
+    choice, table = persistent_table(plan, gpu, dims.batch, dims.heads, dims.heads_kv, dims.head_dim, dims.dtype,
+                                     kv_layout, persistent)
+    sched = None if table is None else torch.from_numpy(table).to(q.device)
     return GNALaunch(plan=plan, heads=dims.heads, heads_kv=dims.heads_kv, head_dim=dims.head_dim, batch=dims.batch,
                      scale=check_scale(scale, dims.head_dim), kv_layout=kv_layout, ranges=ranges, lohi=lohi,
-                     config=cfg, constants=constants, extra=int(extra))
+                     config=cfg, constants=constants, extra=int(extra), sched=sched,
+                     programs=0 if table is None else int(table[0]) - 1, choice=choice)
+
+
+def _model_ctas(plan: GNAPlan, gpu: Any, batch: int, heads: int, heads_kv: int, head_dim: int, dtype: str,
+                kv_layout: str) -> Any:
+    """The cost model's CTAs of this launch (``triton`` profile of the device's GPU file; fp32 priced as fp16)."""
+    from sparsesim.hwmodels.profiles import load_profile
+    from sparsesim.simulator.cost import Problem, forward_ctas
+
+    problem = Problem(batch=batch, heads=heads, heads_kv=heads_kv, head_dim=head_dim,
+                      dtype="fp16" if dtype == "fp32" else dtype)
+    return forward_ctas(gpu, load_profile("triton", gpu), problem, plan.schedule.tilemap, kv_layout)
+
+
+def persistent_table(plan: GNAPlan, gpu: Any, batch: int, heads: int, heads_kv: int, head_dim: int, dtype: str,
+                     kv_layout: str, persistent: Any = None) -> tuple[ScheduleChoice | None, np.ndarray | None]:
+    """The model's schedule choice for a launch and, where it runs persistent, the kernel's int32 table.
+
+    ``persistent``: ``None`` (persistent where :func:`sparsesim.simulator.makespan.schedule_choice` predicts it
+    shorter), ``True`` (one program per slot), ``False`` (launch order: no model, no table) or a program count.
+    The table is ``starts + (programs + 1)`` followed by the work items' launch indices
+    (:func:`sparsesim.kernels.gna_plan.launch_items`) in the order of
+    :func:`sparsesim.simulator.makespan.persistent_schedule` over the model's per-CTA seconds: the simulator's
+    function, not a copy, so the model's schedule of the persistent kernel is the kernel's own.
+    """
+    if persistent is False:
+        return None, None
+    if persistent is not None and persistent is not True and (
+            not isinstance(persistent, (int, np.integer)) or persistent < 1):
+        raise ValueError(f"gna_attention: persistent={persistent!r}; allowed: None (where the model predicts it "
+                         f"faster), True, False or a number of programs >= 1")
+    from sparsesim.simulator.errors import ConfigError
+
+    try:
+        ctas = _model_ctas(plan, gpu, batch, heads, heads_kv, head_dim, dtype, kv_layout)
+    except ConfigError:
+        if persistent is None:  # a problem the model does not price (sizes past its limits): launch order
+            return None, None
+        raise
+    per_cta = ctas.seconds()
+    choice = schedule_choice(per_cta, gpu.sm_count, ctas.ctas_per_sm, ctas.repeat)
+    if persistent is None and not choice.persistent:
+        return choice, None
+    ids, cta = launch_items(plan, batch, heads)
+    programs = choice.programs if persistent is None or persistent is True else min(int(persistent), ids.size)
+    if ids.size == 0 or programs + 1 + ids.size >= 2**31 or int(ids[-1]) >= 2**31:
+        if persistent is None:
+            return choice, None
+        raise ValueError(f"gna_attention: persistent={persistent!r} with {ids.size} work items; allowed: fewer "
+                         f"than 2**31 launch indices (persistent=False or None)")
+    sched = persistent_schedule(per_cta[cta], programs)
+    return choice, np.concatenate([sched.starts + programs + 1, ids[sched.order]]).astype(np.int32)
 
 
 _LAUNCHES = CallCache()
@@ -485,7 +604,7 @@ EXTRA_AT = ("end", "start")
 def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
                   q_tile: Any = None, kv_tile: Any = None, scale: float | None = None, out: Any = None,
                   kv_layout: str | None = None, heads: Any = None, extra_tokens: int = 0, extra_at: str = "end",
-                  input_size: Any = None) -> Any:
+                  input_size: Any = None, persistent: Any = None) -> Any:
     """Generalized neighborhood attention forward on a 1D, 2D or 3D token layout, with optional extra tokens.
 
     Args:
@@ -515,6 +634,12 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         extra_at: ``"end"`` (layout tokens ``[0, N)``, extras ``[N, N + E)``, HunyuanVideo) or ``"start"``
             (extras ``[0, E)``, layout ``[E, E + N)``: FLUX's text tokens, sinks).
         input_size: the layout (1 to 3 axes) of a flat sequence; default ``tokens - E`` tokens in 1D.
+        persistent: how work items map to programs (a performance knob; the output is the same): ``None``
+            (default) runs a persistent grid where the cost model predicts it shorter than the launch order
+            (uneven Q tiles: causal, strided), ``True`` always, ``False`` never (one program per Q tile, head
+            and batch x group), an int: persistent with that many programs. A persistent grid has one program
+            per resident slot, each running a static list of work items, the longest first
+            (:func:`sparsesim.simulator.makespan.persistent_schedule`, the model's own schedule).
 
     Returns:
         ``q``'s shape in q's dtype.
@@ -535,11 +660,12 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         import torch
 
         grad = any(isinstance(x, torch.Tensor) and x.requires_grad for x in (q, k, v)) and torch.is_grad_enabled()
-        if heads is not None or (out is not None and grad):
-            what = "heads=" if heads is not None else "out="
+        if heads is not None or (out is not None and grad) or persistent is not None:
+            what = "heads=" if heads is not None else "out=" if out is not None and grad else "persistent="
             why = "q, k or v requires grad" if grad else "under torch.compile"
             raise ValueError(f"gna_attention: {what} with {why}: the in-place call has no backward and does not "
-                             f"trace; allowed there: heads=None and out=None (gna_attention returns a new tensor)")
+                             f"trace; allowed there: heads=None, out=None and persistent=None (gna_attention "
+                             f"returns a new tensor)")
         from sparsesim.kernels.gna_ops import gna_op_call
 
         o = gna_op_call(q, k, v, window=window, stride=stride, dilation=dilation, causal=causal, q_tile=q_tile,
@@ -568,7 +694,7 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         group = int(q.shape[-2]) // int(k.shape[-2])
         qs, ks, vs = q[..., :len(subset), :], k[..., :len(subset) // group, :], v[..., :len(subset) // group, :]
     extra = 0 if seq is None else seq[1]
-    launch = cached_launch(qs, ks, vs, call, extra)
+    launch = cached_launch(qs, ks, vs, call, extra, persistent)
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
         check_out(out, q, q.shape, "gna_attention")
     if subset is not None:
@@ -589,11 +715,12 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
     return wo
 
 
-def cached_launch(q: Any, k: Any, v: Any, call: tuple, extra: int) -> GNALaunch:
+def cached_launch(q: Any, k: Any, v: Any, call: tuple, extra: int, persistent: Any = None) -> GNALaunch:
     """The validated launch of a call (built once per tensors' shapes/strides/dtypes/device, pattern arguments
-    ``call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)`` and extra count)."""
+    ``call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)``, extra count and
+    ``persistent`` option)."""
     try:
-        key = (tensors_key(q, k, v), hashable(call), extra)
+        key = (tensors_key(q, k, v), hashable(call), extra, type(persistent), hashable(persistent))
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path says why
         key = None
     launch = _LAUNCHES.get(key)
@@ -601,7 +728,7 @@ def cached_launch(q: Any, k: Any, v: Any, call: tuple, extra: int) -> GNALaunch:
         window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout = call
         launch = _LAUNCHES.put(key, build_launch(q, k, v, window=window, stride=stride, dilation=dilation,
                                                  causal=causal, q_tile=q_tile, kv_tile=kv_tile, scale=scale,
-                                                 kv_layout=kv_layout, extra=extra))
+                                                 kv_layout=kv_layout, extra=extra, persistent=persistent))
     return launch
 
 
@@ -625,7 +752,8 @@ def sequence_info(q: Any, k: Any, v: Any, extra_tokens: int, extra_at: str, inpu
 
 def gna_forward(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
                 q_tile: Any = None, kv_tile: Any = None, scale: float | None = None, kv_layout: str | None = None,
-                extra_tokens: int = 0, extra_at: str = "end", input_size: Any = None) -> tuple[Any, Any]:
+                extra_tokens: int = 0, extra_at: str = "end", input_size: Any = None,
+                persistent: Any = None) -> tuple[Any, Any]:
     """:func:`gna_attention` (arguments as there, without ``out``/``heads``) that also returns each query row's
     log-sum-exp, the softmax statistic the backward recomputes P from: ``(out, lse)``, ``lse`` float32
     ``[batch, heads, tokens]`` (natural log; tokens: the layout's row-major, or the flat sequence's).
@@ -644,12 +772,12 @@ def gna_forward(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilatio
     tokens = math.prod(int(s) for s in q.shape[1:-2])
     lse = torch.empty((int(q.shape[0]), int(q.shape[-2]), tokens), dtype=torch.float32, device=q.device)
     if seq is None:
-        launch = cached_launch(q, k, v, call, 0)
+        launch = cached_launch(q, k, v, call, 0, persistent)
         launch.run(q, k, v, out, lse=lse)
         return out, lse
     size, extra, first, xfirst = seq
     ql, kl, vl, ol = (_layout_view(x, seq) for x in (q, k, v, out))
-    launch = cached_launch(ql, kl, vl, call, extra)
+    launch = cached_launch(ql, kl, vl, call, extra, persistent)
     n = math.prod(size)
     xkv = (_extra_view(k, seq), _extra_view(v, seq)) if extra else None
     launch.run(ql, kl, vl, ol, xkv=xkv, lse=lse[:, :, first:first + n])

@@ -223,3 +223,31 @@ def packed_counts(plan: GNAPlan) -> tuple[np.ndarray, np.ndarray]:
         visited.append(v)
         full.append(f)
     return np.concatenate(visited), np.concatenate(full)
+
+
+def launch_items(plan: GNAPlan, batch: int, heads: int) -> tuple[np.ndarray, np.ndarray]:
+    """The forward kernel's work items in launch order and, per item, its CTA in the simulator's order.
+
+    The kernel's grid is ``(Q tiles of the longest group, heads, batch * groups)``; an item's launch index is
+    ``(bg * heads + h) * num_q_tiles + qt``. Items whose Q tile lies outside its group's own tile grid hold no
+    query (a shorter dilation group) and are left out. The second array indexes the simulator's per-CTA counts
+    (``schedule.tilemap``, :func:`packed_counts`: groups row-major, each group's own Q tiles row-major).
+
+    Example:
+        >>> ids, cta = launch_items(plan_gna((20,), window=5, dilation=2, q_tile=8), batch=1, heads=1)
+        >>> ids.tolist(), cta.tolist()  # two groups of 10 tokens, two Q tiles each
+        ([0, 1, 2, 3], [0, 1, 2, 3])
+    """
+    grid = plan.q_grid3
+    nq = plan.num_q_tiles
+    q0, q1, q2 = (x.ravel() for x in np.meshgrid(*(np.arange(n) for n in grid), indexing="ij"))
+    per_group = []
+    offset = 0
+    for group in plan.schedule.group_tuples:
+        own = pad3(plan.schedule.q_grid(group))
+        inside = (q0 < own[0]) & (q1 < own[1]) & (q2 < own[2])
+        per_group.append(np.where(inside, offset + (q0 * own[1] + q1) * own[2] + q2, -1))
+        offset += math.prod(own)
+    cta = np.broadcast_to(np.stack(per_group)[None, :, None, :], (batch, plan.groups, heads, nq)).ravel()
+    ids = np.flatnonzero(cta >= 0)
+    return ids, cta[ids]

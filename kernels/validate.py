@@ -17,18 +17,24 @@ cuDNN/flash through SDPA); the check compares the output and dQ on the sampled r
 float64 reference (dK/dV need every row: not checked here; tests/kernels check them). Every finished
 row is appended to the CSV at once, so an interrupted run keeps it and ``--resume`` skips it. With
 ``jobs > 1`` the checks (and so the compiles) run in parallel worker processes before the timings, which stay serial.
+With ``devices`` (``--devices``), one worker process per GPU checks and times whole cases, handed out longest
+predicted first (:mod:`sparsesim.kernels.workers`); this process predicts and writes every row as above, in the
+order they finish, its ``gpu`` naming the device (``NVIDIA H200 (cuda:1)``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
 import os
 import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -388,7 +394,7 @@ def predict(case: Case) -> dict[str, Any]:
     kw = case.kw
     profile, column = PREDICTION[case.kernel]
     gpu = os.environ.get("SPARSESIM_VALIDATE_GPU", "H200")
-    if profile is None:
+    if profile is None or column is None:
         return {}
     base = {k: v for k, v in kw.items() if k in PROBLEM_KEYS}
     base["backprop"] = case.backprop
@@ -453,6 +459,21 @@ def time_case(case: Case, seed: int) -> float:
     return time_ms((lambda: fn(out)) if fn is not None else (lambda: call(out)))
 
 
+def measure_case(case: Case, seed: int, check: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], float | None]:
+    """Check a case (unless its ``check`` is given), then time it if the check passed: ``(check, ms or None)``."""
+    result = dict(check) if check is not None else check_case(case, seed)
+    if not result["ok"]:
+        return result, None
+    try:
+        return result, time_case(case, seed)
+    except Exception as exc:  # noqa: BLE001 - one failing case is a result, not the end of the run
+        return {**result, "ok": False, "note": f"ERROR timing {type(exc).__name__}: {exc}"[:200]}, None
+
+
+#: What measures one case: ``measure(case, seed) -> (check, ms or None)`` (:func:`measure_case`).
+Measure = Callable[[Case, int], tuple[dict[str, Any], "float | None"]]
+
+
 def _check_worker(args: tuple[list[Case], int]) -> list[dict[str, Any]]:
     cases, seed = args
     return [check_case(c, seed) for c in cases]
@@ -497,9 +518,18 @@ def _row(case: Case, env: Mapping[str, str], check: Mapping[str, Any], ms: float
 
 
 def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1, seed: int = 0,
-        commit: str | None = None, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        commit: str | None = None, progress: Callable[[int, int], None] | None = None,
+        devices: Sequence[int] = (), measure: Measure | None = None,
+        probe: Callable[[str], dict[str, str]] = environment) -> list[dict[str, Any]]:
     """Measure ``cases`` into ``out`` (appending; with ``resume`` skipping cases already there). ``out`` is checked
-    first (:func:`sparsesim.simulator.files.check_output`): a regular file or a new one, never a device or FIFO."""
+    first (:func:`sparsesim.simulator.files.check_output`): a regular file or a new one, never a device or FIFO.
+
+    ``devices``: CUDA device indices, one worker process each (cases longest predicted first, rows in the order
+    they finish); empty: every case here, in order. ``measure`` replaces :func:`measure_case` and ``probe`` the
+    :func:`environment` of the rows (module-level functions where ``devices`` are given: each worker runs them).
+    :class:`~sparsesim.kernels.workers.WorkersLost`: every worker exited with cases left (the rows written are
+    kept; ``resume`` measures the rest).
+    """
     from sparsesim.simulator.errors import ConfigError
     from sparsesim.simulator.files import check_output
 
@@ -516,39 +546,116 @@ def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1
                               f"(name a new file)")
     done = read_done(out) if resume else set()
     todo = [c for c in cases if c.case_id not in done]
-    env = environment(commit)
+    commit = commit or git_commit()
+    if devices:
+        with _appender(out) as write:
+            return _run_on_devices(todo, devices, write, (measure or measure_case, probe, seed, commit), progress)
+    env = probe(commit)
     checks: dict[str, dict[str, Any]] = {}
-    if jobs > 1 and len(todo) > 1:
+    if jobs > 1 and len(todo) > 1 and measure is None:
         import multiprocessing as mp
 
         chunks = [todo[i::jobs] for i in range(jobs)]
         with mp.get_context("spawn").Pool(jobs) as pool:
             for chunk, results in zip(chunks, pool.map(_check_worker, [(c, seed) for c in chunks]), strict=True):
                 checks.update({c.case_id: r for c, r in zip(chunk, results, strict=True)})
-    new_file = not out.exists() or out.stat().st_size == 0
     rows = []
+    with _appender(out) as write:
+        for i, case in enumerate(todo):
+            if case.case_id in checks:
+                check, ms = measure_case(case, seed, checks[case.case_id])
+            else:
+                check, ms = (measure or measure_case)(case, seed)
+            row = _row(case, env, check, ms, _with_note(_prediction(case), check))
+            write(row)
+            rows.append(row)
+            if progress is not None:
+                progress(i + 1, len(todo))
+    return rows
+
+
+@contextmanager
+def _appender(out: Path) -> Iterator[Callable[[Mapping[str, Any]], None]]:
+    """Append rows to the CSV (its header first when new), each flushed at once: an interruption keeps them."""
+    new_file = not out.exists() or out.stat().st_size == 0
     with open(out, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="", extrasaction="ignore")
         if new_file:
             writer.writeheader()
-        for i, case in enumerate(todo):
-            check = checks.get(case.case_id) or check_case(case, seed)
-            ms = None
-            if check["ok"]:
-                try:
-                    ms = time_case(case, seed)
-                except Exception as exc:  # noqa: BLE001
-                    check = {**check, "ok": False, "note": f"ERROR timing {type(exc).__name__}: {exc}"[:200]}
-            try:
-                pred = predict(case)
-            except Exception as exc:  # noqa: BLE001 - a case the model refuses still keeps its measurement
-                pred = {"note": f"{check['note']} no prediction: {exc}"[:200]}
-            row = _row(case, env, check, ms, pred)
+
+        def write(row: Mapping[str, Any]) -> None:
             writer.writerow(row)
             fh.flush()
-            rows.append(row)
-            if progress is not None:
-                progress(i + 1, len(todo))
+
+        yield write
+
+
+def _prediction(case: Case) -> tuple[dict[str, Any], str]:
+    """:func:`predict`, or ``({}, why not)``: a case the model refuses still keeps its measurement."""
+    try:
+        return predict(case), ""
+    except Exception as exc:  # noqa: BLE001
+        return {}, str(exc)
+
+
+def _with_note(prediction: tuple[dict[str, Any], str], check: Mapping[str, Any]) -> dict[str, Any]:
+    pred, error = prediction
+    return {"note": f"{check['note']} no prediction: {error}"[:200]} if error else pred
+
+
+def expected_ms(case: Case, pred: Mapping[str, Any]) -> float:
+    """The model's time of a case (flash: cuDNN's), which orders the cases longest first; 0 when unknown."""
+    ms = pred.get("predicted_ms")
+    if ms is None and case.kernel == "flash":
+        ms = _prediction(dataclasses.replace(case, kernel="cudnn"))[0].get("predicted_ms")
+    return float(ms) if isinstance(ms, (int, float)) and math.isfinite(ms) else 0.0
+
+
+@functools.lru_cache(maxsize=4)
+def _probe_once(probe: Callable[[str], dict[str, str]], commit: str) -> dict[str, str]:
+    return probe(commit)
+
+
+#: How a worker measures: ``(measure, probe, seed, commit)``.
+Setup = tuple[Measure, Callable[[str], dict[str, str]], int, str]
+
+
+def _measure_task(task: tuple[Setup, Case]) -> tuple[dict[str, Any], float | None, dict[str, str]]:
+    """One case in a device's worker: its check, its time and the worker's environment (probed once)."""
+    (measure, probe, seed, commit), case = task
+    check, ms = measure(case, seed)
+    return check, ms, _probe_once(probe, commit)
+
+
+def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callable[[Mapping[str, Any]], None],
+                    setup: Setup, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+    """The cases on one worker per device, longest predicted first; each row written here as it comes back."""
+    from sparsesim.kernels.workers import WorkersLost, spread
+
+    commit, today = setup[3], dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    preds = {c.case_id: _prediction(c) for c in todo}
+    order = sorted(todo, key=lambda c: -expected_ms(c, preds[c.case_id][0]))
+    envs: dict[int, dict[str, str]] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        with closing(spread(_measure_task, [(setup, c) for c in order], devices)) as outcomes:
+            for o in outcomes:
+                case = order[o.index]
+                if o.result is not None:
+                    check, ms, envs[o.device] = o.result
+                else:
+                    check, ms = {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "",
+                                 "note": f"ERROR {o.error}"[:200]}, None
+                env = envs.get(o.device) or {"commit": commit, "date": today}
+                env = {**env, "gpu": f"{env.get('gpu', '')} (cuda:{o.device})".strip()}
+                row = _row(case, env, check, ms, _with_note(preds[case.case_id], check))
+                write(row)
+                rows.append(row)
+                if progress is not None:
+                    progress(len(rows), len(order))
+    except WorkersLost as exc:
+        raise WorkersLost(f"validate: {exc}: {len(exc.remaining)} case(s) not measured; the {len(rows)} row(s) "
+                          f"written are kept, --resume measures the rest", exc.remaining, exc.exits) from None
     return rows
 
 

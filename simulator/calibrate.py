@@ -414,6 +414,8 @@ class PublishedRow:
     backprop: bool
     tm: TileMap | None  # None: dense
     pattern: GNAPattern | None
+    #: True: one of this repository's own measurements (:func:`measured_rows`), not a published figure.
+    measured: bool = False
 
 
 def _text(rec: Mapping[str, Any], key: str, where: str, allowed: Sequence[str] | None = None) -> str:
@@ -452,9 +454,12 @@ def prepare_published(rec: Mapping[str, Any], where: str) -> PublishedRow:
     use = _text(rec, "use", where, USES)
     value = _value(rec, "value", where, _positive, "a positive finite number")
     counts = {k: _value(rec, k, where, _count, "a positive integer") for k in ("batch", "heads", "head_dim")}
-    if min(counts.values()) < 1:
-        raise ConfigError(f"{where}: batch/heads/head_dim must be at least 1")
-    problem = Problem(batch=counts["batch"], heads=counts["heads"], heads_kv=counts["heads"],
+    heads_kv = counts["heads"]  # optional column: K/V heads of grouped-query attention (default: as heads)
+    if str(rec.get("heads_kv") or "").strip():
+        heads_kv = _value(rec, "heads_kv", where, _count, "a positive integer dividing heads")
+    if min(counts.values()) < 1 or heads_kv < 1 or counts["heads"] % heads_kv:
+        raise ConfigError(f"{where}: batch/heads/head_dim must be at least 1 and heads_kv divide heads")
+    problem = Problem(batch=counts["batch"], heads=counts["heads"], heads_kv=heads_kv,
                       head_dim=counts["head_dim"], dtype=dtype)
     shape = "axis lengths such as 30x48x80"
     size = _value(rec, "input_size", where, _ints, shape)
@@ -493,7 +498,8 @@ def prepare_published(rec: Mapping[str, Any], where: str) -> PublishedRow:
         tm = tilemap(pattern, q, kv, "box")
         pairs, pat = float(pattern.visible_pairs()), pattern
         label += f" q{'x'.join(map(str, q))}/kv{'x'.join(map(str, kv))}"
-    key = "|".join([gpu.name, dtype, passes, str(problem.batch), str(problem.heads), str(problem.head_dim),
+    group = [] if heads_kv == problem.heads else [f"kv{heads_kv}"]
+    key = "|".join([gpu.name, dtype, passes, str(problem.batch), str(problem.heads), *group, str(problem.head_dim),
                     *(str(rec.get(k) or "") for k in ("input_size", "window", "stride", "dilation", "causal"))])
     import hashlib
 
@@ -501,7 +507,8 @@ def prepare_published(rec: Mapping[str, Any], where: str) -> PublishedRow:
     source = f"{rec['paper']}, {rec['figure']} ({rec['address']})"
     return PublishedRow(id=ident, source=source, use=use, arch=gpu.architecture, gpu=gpu, kernel=kernel, unit=unit,
                         timed=timed, value=value, config_id=config_id, label=label, problem=problem,
-                        tokens=tokens, pairs=pairs, dense_pairs=dense_pairs, backprop=backprop, tm=tm, pattern=pat)
+                        tokens=tokens, pairs=pairs, dense_pairs=dense_pairs, backprop=backprop, tm=tm, pattern=pat,
+                        measured=str(rec.get("measured") or "") == "1")
 
 
 def read_published(path: str | Path | None = None) -> list[PublishedRow]:
@@ -544,6 +551,47 @@ def read_published(path: str | Path | None = None) -> list[PublishedRow]:
         rows.append(row)
     if not rows:
         raise ConfigError(f"{flag} holds no rows")
+    return rows
+
+
+#: This repository's H200 measurements that the Hopper reference fit also uses (the files the shipped
+#: ``cudnn-hopper`` fit was made from): their cuDNN rows, predicted on the H200's GPU file.
+H200_MEASUREMENTS = ("hwmodels/measurements/validate_h200_2026-11-29_828261d.csv",
+                     "hwmodels/measurements/validate_h200_dense_2026-11-29_828261d.csv")
+#: Which measured kernels stand for which published kernel of the reference profile. Only cuDNN: the sparse
+#: rows time our Triton GNA kernel, whose per-tile terms are the ``triton`` profile's, not NATTEN FNA's.
+MEASURED_AS = {"cudnn": "cuDNN"}
+
+
+def measured_rows(paths: Sequence[str | Path] = H200_MEASUREMENTS,
+                  kernels: Mapping[str, str] | None = None) -> list[PublishedRow]:
+    """This repository's measurements (``simulate validate`` CSVs) as use="fit" rows of the published set.
+
+    Each row keeps the GPU it ran on (its ``gpu`` column): the cost model predicts it with that GPU file's
+    rates, so an H200 row informs the H100's reference terms (same SM count and clocks) through the two
+    GPUs' bandwidth and clock figures. ``kernels`` maps a measured kernel to the published kernel name it
+    stands for (default :data:`MEASURED_AS`); a measured dense kernel is timed over the whole input.
+    """
+    root = PUBLISHED_FILE.parent.parent.parent
+    kernels = MEASURED_AS if kernels is None else kernels
+    rows = []
+    for path in paths:
+        full = Path(path) if Path(path).is_absolute() else root / path
+        df = read_measurements(full)
+        for i, rec in enumerate(df.to_dict(orient="records")):
+            if rec.get("kernel") not in kernels or rec.get("ok") != "True" or rec.get("measured_ms") in ("", "nan"):
+                continue
+            dense = rec["kernel"] in ("cudnn", "dense", "flash")
+            pub = {"id": f"measured-{Path(path).stem}-row{i + 2}", "paper": "sparsesim measurements",
+                   "address": str(path), "figure": f"simulate validate, row {i + 2} ({rec.get('gpu', '')})",
+                   "gpu": rec.get("gpu") or "H200", "dtype": rec["dtype"], "kernel": kernels[rec["kernel"]],
+                   "passes": rec.get("passes") or "fwd", "batch": rec["batch"], "heads": rec["heads"],
+                   "heads_kv": rec["heads_kv"], "head_dim": rec["head_dim"], "input_size": rec["input_size"],
+                   "window": rec["input_size"] if dense else rec["window"], "stride": "" if dense else rec["stride"],
+                   "dilation": "" if dense else rec["dilation"], "causal": rec.get("causal", ""),
+                   "q_tile": "" if dense else rec["q_tile"], "kv_tile": "" if dense else rec["kv_tile"],
+                   "value": rec["measured_ms"], "unit": "ms", "timed": "kernel", "use": "fit", "measured": "1"}
+            rows.append(prepare_published(pub, f"--measurements {str(path)!r} row {i + 2}"))
     return rows
 
 
@@ -612,6 +660,12 @@ class PublishedFit:
     holdout: float
     seed: int
     source_file: str
+    #: This repository's measurement files fitted alongside the published rows (:func:`measured_rows`), and the
+    #: held-out error on their held-out rows (``train``/``heldout`` hold both kinds; ``*_mape`` above are of the
+    #: published rows only).
+    measurements: tuple[str, ...] = ()
+    measured_heldout_mape: float = float("nan")
+    prior_measured_heldout_mape: float = float("nan")
 
     def residuals(self, which: str = "heldout", fitted: bool = True) -> list[dict[str, Any]]:
         """Per-row errors (predicted over published time minus 1) of ``train``, ``heldout`` or ``judge`` rows."""
@@ -671,12 +725,16 @@ def fit_reference(rows: Sequence[PublishedRow], prior: KernelProfile, *, holdout
                         loss="soft_l1", f_scale=0.05, ftol=1e-6, xtol=1e-6, gtol=1e-6)
     params = dict(zip(names, res.x.tolist(), strict=True))
     fitted = _set_params(prior, params)
+    pub_train, pub_held = [r for r in train if not r.measured], [r for r in held if not r.measured]
+    ours = [r for r in held if r.measured]
     return PublishedFit(arch=arch, prior=prior, profile=fitted, params=params, kernels=chosen, train=tuple(train),
-                        heldout=tuple(held), judge=tuple(judge), train_mape=_mape_published(train, fitted),
-                        heldout_mape=_mape_published(held, fitted), prior_train_mape=_mape_published(train, prior),
-                        prior_heldout_mape=_mape_published(held, prior), judge_mape=_mape_published(judge, fitted),
+                        heldout=tuple(held), judge=tuple(judge), train_mape=_mape_published(pub_train, fitted),
+                        heldout_mape=_mape_published(pub_held, fitted),
+                        prior_train_mape=_mape_published(pub_train, prior),
+                        prior_heldout_mape=_mape_published(pub_held, prior), judge_mape=_mape_published(judge, fitted),
                         prior_judge_mape=_mape_published(judge, prior), holdout=holdout, seed=seed,
-                        source_file=source_file)
+                        source_file=source_file, measured_heldout_mape=_mape_published(ours, fitted),
+                        prior_measured_heldout_mape=_mape_published(ours, prior))
 
 
 def reference_prior(arch: str) -> KernelProfile:
@@ -691,13 +749,24 @@ def reference_prior(arch: str) -> KernelProfile:
 
 
 def calibrate_published(published: str | Path | None = None, *, arch: str = "hopper", holdout: float = 0.3,
-                        seed: int = 0, max_nfev: int = 200) -> PublishedFit:
+                        seed: int = 0, max_nfev: int = 200,
+                        measurements: Sequence[str | Path] | None = None) -> PublishedFit:
     """Fit ``reference-<arch>`` to the published set (default: the shipped one). Nothing is written:
-    :func:`published_profile_toml` renders the result for the caller to save."""
+    :func:`published_profile_toml` renders the result for the caller to save.
+
+    ``measurements``: this repository's measurement files fitted alongside (:func:`measured_rows`); default:
+    :data:`H200_MEASUREMENTS` for ``hopper`` (the H200 has the H100's SMs and clocks; the cost model carries
+    its measured cuDNN times to the H100 through the two GPU files' rates), none for the other architectures.
+    They join the same seeded split by configuration as the published rows.
+    """
     prior = reference_prior(arch)
     path = Path(published) if published is not None else PUBLISHED_FILE
     rows = read_published(path)
-    return fit_reference(rows, prior, holdout=holdout, seed=seed, max_nfev=max_nfev, source_file=str(path))
+    if measurements is None:
+        measurements = H200_MEASUREMENTS if arch == "hopper" else ()
+    rows += measured_rows(measurements) if measurements else []
+    result = fit_reference(rows, prior, holdout=holdout, seed=seed, max_nfev=max_nfev, source_file=str(path))
+    return dataclasses.replace(result, measurements=tuple(str(m) for m in measurements))
 
 
 def published_profile_toml(result: PublishedFit) -> str:
@@ -715,14 +784,23 @@ def published_profile_toml(result: PublishedFit) -> str:
     lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items()]
     how = "simulate calibrate --published: bounded least squares on log(predicted/published time)"
     lines.append(f"fit = {_toml_value(how)}")
-    papers = sorted({r.source.split(',')[0] for r in result.train})
+    papers = sorted({r.source.split(',')[0] for r in result.train if not r.measured})
+    ours = [r for r in result.train if r.measured]
+    what = (f"{len(result.train) - len(ours)} published figures ({', '.join(papers)}) on "
+            f"{', '.join(sorted({r.gpu.name for r in result.train if not r.measured}))}"
+            + (f"; {len(ours)} of this repository's {', '.join(sorted({r.gpu.name for r in ours}))} "
+               f"{', '.join(sorted({r.kernel for r in ours}))} measurements, predicted with their own GPU file's "
+               f"rates (same SMs and clocks as the H100, more bandwidth)" if ours else ""))
     lines += ["", "[fit]", f"published = {_toml_value(result.source_file)}",
               f"kernels = {_toml_value(list(result.kernels))}", f"papers = {_toml_value(papers)}",
+              f"measurements = {_toml_value(list(result.measurements))}", f"fitted_to = {_toml_value(what)}",
               f"free = {_toml_value(list(result.params))}", f"holdout = {result.holdout}", f"seed = {result.seed}",
               f"train_rows = {_toml_value([r.id for r in result.train])}",
               f"heldout_rows = {_toml_value([r.id for r in result.heldout])}",
               f"n_train = {len(result.train)}", f"n_heldout = {len(result.heldout)}", f"n_judge = {len(result.judge)}",
               f"train_mape = {result.train_mape!r}", f"heldout_mape = {result.heldout_mape!r}",
               f"prior_train_mape = {result.prior_train_mape!r}", f"prior_heldout_mape = {result.prior_heldout_mape!r}",
-              f"judge_mape = {result.judge_mape!r}", f"prior_judge_mape = {result.prior_judge_mape!r}", ""]
+              f"judge_mape = {result.judge_mape!r}", f"prior_judge_mape = {result.prior_judge_mape!r}",
+              f"measured_heldout_mape = {result.measured_heldout_mape!r}",
+              f"prior_measured_heldout_mape = {result.prior_measured_heldout_mape!r}", ""]
     return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 The chip is ``sm_count * ctas_per_sm`` slots; each CTA starts on the slot that frees first
 (Graham's greedy list schedule). Non-persistent kernels take CTAs in launch order (waves and
-their quantization); persistent kernels with a tile scheduler take the longest first (LPT).
+their quantization); persistent kernels with a tile scheduler take the longest first (LPT). Our persistent
+GNA forward runs a static schedule, :func:`persistent_schedule`, which its host code imports from here: the
+model's schedule of that kernel is the kernel's own table (:func:`schedule_choice` says when it runs).
 
 The schedule never expands the launch: a launch is one pass of per-CTA costs (one head of one
 batch) repeated ``repeat`` times. Runs of equal costs are placed in bulk (a run of ``n`` CTAs of
@@ -14,6 +16,8 @@ which the greedy schedule ends within one of those CTAs of (0.01% at 10M tokens)
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -145,3 +149,109 @@ def makespan(costs: np.ndarray, sm_count: int, ctas_per_sm: int = 1, persistent:
 def wave_count(num_ctas: int, sm_count: int, ctas_per_sm: int = 1) -> int:
     """Number of waves of a non-persistent launch."""
     return -(-num_ctas // (sm_count * ctas_per_sm))
+
+
+# --------------------------------------------------------------------------------------------
+# The persistent GNA forward: one static schedule, shared by the kernel and the model.
+# --------------------------------------------------------------------------------------------
+
+#: The kernel's default runs persistent only where the model predicts its schedule at least this much shorter than
+#: the launch order's (the persistent loop's own cost is not modelled; a guess until timed, kernels/NOTES.md).
+PERSISTENT_MIN_GAIN = 0.01
+
+
+@dataclass(frozen=True, eq=False)
+class PersistentSchedule:
+    """Work items assigned to the programs of a persistent kernel (static: the kernel reads it as a table).
+
+    Program ``p`` runs items ``order[starts[p]:starts[p + 1]]`` in that order; ``loads[p]`` is the sum of
+    their costs (summed in that order).
+    """
+
+    order: np.ndarray  # int64 item indices, program by program
+    starts: np.ndarray  # int64 [programs + 1]
+    loads: np.ndarray  # float64 [programs]
+
+    @property
+    def programs(self) -> int:
+        return int(self.loads.size)
+
+    def makespan(self, ctas_per_sm: int = 1) -> float:
+        """Time until the last program ends, each program on one slot at ``1 / ctas_per_sm`` speed."""
+        return float(self.loads.max()) * ctas_per_sm if self.loads.size else 0.0
+
+
+def persistent_programs(items: int, sm_count: int, ctas_per_sm: int = 1) -> int:
+    """Programs of a persistent launch: one per slot (``sm_count * ctas_per_sm``), at most one per item."""
+    return max(0, min(int(items), int(sm_count) * int(ctas_per_sm)))
+
+
+def persistent_schedule(costs: np.ndarray, programs: int) -> PersistentSchedule:
+    """The persistent kernel's static schedule of items with ``costs`` (in launch order) over ``programs``.
+
+    Longest first, in rounds: the items sorted by descending cost (ties in launch order) are dealt ``programs``
+    at a time, each round's longest to the program least loaded so far (ties to the lower program); a program
+    runs its items in the order it got them. This is Graham's LPT list schedule except within a round (there
+    it is the sorted matching of the round's items to the programs' loads), and it is a pure function of the
+    costs: the kernel's host code (:mod:`sparsesim.kernels.gna`) builds its device table with this function
+    and the model predicts the same schedule from the same costs. Items of equal cost are interchangeable, so
+    the loads depend only on the multiset of costs (the model's CTA order need not be the kernel's).
+
+    Example:
+        >>> s = persistent_schedule(np.array([1.0, 3.0, 2.0, 2.0, 1.0]), programs=2)
+        >>> s.order.tolist(), s.starts.tolist(), s.loads.tolist()
+        ([1, 0, 4, 2, 3], [0, 3, 5], [5.0, 4.0])
+    """
+    costs = np.asarray(costs, dtype=np.float64).ravel()
+    n = costs.size
+    if programs < 1 or (n and programs > n):
+        raise ValueError(f"persistent_schedule: programs={programs}; allowed: 1 to the {n} items")
+    ranked = np.argsort(-costs, kind="stable")
+    owner = np.empty(n, dtype=np.int64)  # program of each ranked item
+    loads = np.zeros(programs)
+    for r in range(0, n, programs):
+        items = ranked[r:r + programs]
+        target = np.argsort(loads, kind="stable")[:items.size]
+        owner[r:r + items.size] = target
+        loads[target] += costs[items]
+    grouped = np.argsort(owner, kind="stable")  # program by program, each in the order dealt
+    starts = np.zeros(programs + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=programs), out=starts[1:])
+    return PersistentSchedule(order=ranked[grouped], starts=starts, loads=loads)
+
+
+@dataclass(frozen=True)
+class ScheduleChoice:
+    """The launch-order and persistent makespans of one pass of CTAs, and which one the kernel runs."""
+
+    launch_s: float
+    persistent_s: float
+    programs: int
+
+    @property
+    def persistent(self) -> bool:
+        return self.persistent_s < self.launch_s * (1.0 - PERSISTENT_MIN_GAIN)
+
+    @property
+    def makespan(self) -> float:
+        return self.persistent_s if self.persistent else self.launch_s
+
+
+def schedule_choice(costs: np.ndarray, sm_count: int, ctas_per_sm: int = 1, repeat: int = 1) -> ScheduleChoice:
+    """Launch order (:func:`makespan`) against the persistent schedule (:func:`persistent_schedule` over
+    :func:`persistent_programs` programs) of ``costs`` (one pass) launched ``repeat`` times: what the GNA
+    forward's default picks (``persistent=None``), and so what the model predicts for it.
+
+    Example:
+        >>> c = schedule_choice(np.array([1.0, 1.0, 2.0]), sm_count=2)  # the long CTA last: a tail
+        >>> c.launch_s, c.persistent_s, c.persistent
+        (3.0, 2.0, True)
+        >>> schedule_choice(np.ones(5), sm_count=2).persistent  # even costs: launch order
+        False
+    """
+    costs = np.asarray(costs, dtype=np.float64).ravel()
+    launch = makespan(costs, sm_count, ctas_per_sm, repeat=repeat)
+    items = np.tile(costs, max(0, repeat))
+    programs = persistent_programs(items.size, sm_count, ctas_per_sm)
+    span = persistent_schedule(items, programs).makespan(ctas_per_sm) if programs else 0.0
+    return ScheduleChoice(launch_s=launch, persistent_s=span, programs=programs)

@@ -9,6 +9,7 @@ whole call, SM schedule included) and ranked; ties break on the tile shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,6 +21,7 @@ from sparsesim.simulator.cost import Problem, forward_pair, permute_ms
 from sparsesim.simulator.feasibility import candidate_tiles, kv_layout
 from sparsesim.simulator.patterns import GNAPattern, group_length
 from sparsesim.simulator.schedule import group_schedule
+from sparsesim.simulator.selection import corrected_pick_ms, selection_sigma
 
 Shape = tuple[int, ...]
 #: Candidates simulated exactly after the closed-form estimate (at least the ``top`` asked for).
@@ -37,6 +39,10 @@ class TileChoice:
     predicted_ms: float | None
     tile_speedup: float | None
     kv_layout: str
+    #: The pick's reported time (first of the ranking only): ``call_ms`` raised by the optimism of picking the
+    #: minimum of the exactly simulated candidates (:mod:`~sparsesim.simulator.selection`); the ranking and the
+    #: choice use ``call_ms`` alone.
+    pick_ms: float | None = None
 
 
 @lru_cache(maxsize=4096)
@@ -105,6 +111,9 @@ def rank_tiles(pattern: GNAPattern, *, gpu: str | GPU = DEFAULT_GPU, kernel_prof
         exact.append(TileChoice(q_tile=q, kv_tile=kv, estimate_ms=est, call_ms=r.call_ms, predicted_ms=r.predicted_ms,
                                 tile_speedup=r.tile_speedup, kv_layout=r.kv_layout))
     exact.sort(key=lambda c: (c.call_ms, c.q_tile, c.kv_tile))
+    if exact:  # the choice stays; only the pick's reported time carries the selection correction
+        times = [float(c.call_ms) for c in exact if c.call_ms is not None]
+        exact[0] = dataclasses.replace(exact[0], pick_ms=corrected_pick_ms(times, selection_sigma(prof.name)))
     return exact[:top]
 
 

@@ -10,18 +10,20 @@ the end-to-end speedup is ``1 / ((1 - f) + f / S)``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sparsesim.hwmodels.gpus import DEFAULT_GPU, DTYPE_BYTES, GPU, read_toml
+from sparsesim.hwmodels.gpus import DTYPE_BYTES, GPU, read_toml
 from sparsesim.hwmodels.profiles import KernelProfile
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.flops import attention_flops
+
+if TYPE_CHECKING:
+    from sparsesim.simulator.e2e import E2EResult
 
 WORKLOAD_DIR = Path(__file__).parent / "workloads"
 #: The patterns behind `simulate` with no arguments.
@@ -177,40 +179,6 @@ def dense_step(w: Workload, gpu: GPU, prof: KernelProfile, self_attention_ms: fl
                      other_attention_ms=other)
 
 
-@dataclass(frozen=True)
-class E2EResult:
-    """End-to-end speedups of one pattern in one workload on one GPU (times of one dense run)."""
-
-    preset: str
-    gpu: str
-    input_size: tuple[int, ...]
-    window: tuple[int, ...] | None
-    stride: tuple[int, ...] | None
-    q_tile: tuple[int, ...]
-    kv_tile: tuple[int, ...]
-    steps: int
-    dense_steps: int
-    attention_share: float
-    modelled_attention_share: float
-    flop_speedup: float
-    tile_speedup: float
-    predicted_speedup: float
-    e2e_flop_speedup: float
-    e2e_tile_speedup: float
-    e2e_predicted_speedup: float
-    dense_step_ms: float
-    gemm_ms: float
-    elementwise_ms: float
-    self_attention_ms: float
-    other_attention_ms: float
-    dense_run_s: float
-    sparse_run_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as a dict of columns."""
-        return dataclasses.asdict(self)
-
-
 def e2e_speedup(share: float, speedup: float) -> float:
     """Amdahl: ``1 / ((1 - f) + f / S)``."""
     return 1.0 / ((1.0 - share) + share / speedup)
@@ -225,51 +193,8 @@ def sparse_share(attention_share: float, steps: int, dense_steps: int) -> float:
     return attention_share * (steps - dense_steps) / steps
 
 
-def simulate_e2e(*, preset: str, gpu: str | GPU = DEFAULT_GPU, window: Any = None, stride: Any = None,
-                 dilation: Any = 1, q_tile: Any = None, kv_tile: Any = None, tiling: str = "box",
-                 dense_steps: int = 0, attention_share: float | None = None,
-                 kernel_profile: str | KernelProfile = "reference",
-                 dense_profile: str | KernelProfile = "cudnn") -> list[E2EResult]:
-    """End-to-end speedups of a workload with a sparse pattern (default: the workload's own patterns).
+def simulate_e2e(**settings: Any) -> list[E2EResult]:
+    """End-to-end speedups of a workload with a sparse pattern: :func:`sparsesim.simulator.e2e.simulate_e2e`."""
+    from sparsesim.simulator.e2e import simulate_e2e as run
 
-    Example:
-        >>> rows = simulate_e2e(preset="flux-4k", gpu="B200", window=(80, 80), stride=(16, 16),
-        ...                     q_tile=(16, 16), kv_tile=(16, 8), attention_share=0.518)
-        >>> round(rows[0].e2e_tile_speedup, 2)
-        1.88
-    """
-    from sparsesim.hwmodels import load_gpu
-    from sparsesim.hwmodels.profiles import load_profile
-    from sparsesim.simulator.engine import simulate
-
-    w = load_workload(preset)
-    gpu_spec = load_gpu(gpu)
-    prof = load_profile(kernel_profile, gpu_spec)
-    if window is None:
-        patterns = [dict(p) for p in w.patterns]
-        if not patterns:
-            raise ConfigError(f"workload {w.name!r} lists no patterns; give --window")
-    else:
-        patterns = [{"window": window, "stride": 1 if stride is None else stride,
-                     "dilation": 1 if dilation is None else dilation}]
-    rows = []
-    for pat in patterns:
-        r = simulate(input_size=w.layout, causal=w.causal, q_tile=q_tile, kv_tile=kv_tile, tiling=tiling,
-                     gpu=gpu_spec, heads=w.heads, heads_kv=w.heads_kv, head_dim=w.head_dim, batch=w.batch,
-                     dtype=w.dtype, kernel_profile=prof, dense_profile=dense_profile, **pat)
-        step = dense_step(w, gpu_spec, prof, r.dense_ms, r.dense_TFLOPs)
-        modelled = step.self_attention_ms / step.total_ms
-        share = modelled if attention_share is None else attention_share
-        f = sparse_share(share, w.steps, dense_steps)
-        e2e_pred = e2e_speedup(f, r.predicted_speedup)
-        dense_run_s = step.total_ms * w.steps / 1e3
-        rows.append(E2EResult(
-            preset=w.name, gpu=gpu_spec.name, input_size=w.layout, window=r.window, stride=r.stride,
-            q_tile=r.q_tile, kv_tile=r.kv_tile, steps=w.steps, dense_steps=dense_steps, attention_share=share,
-            modelled_attention_share=modelled, flop_speedup=r.flop_speedup, tile_speedup=r.tile_speedup,
-            predicted_speedup=r.predicted_speedup, e2e_flop_speedup=e2e_speedup(f, r.flop_speedup),
-            e2e_tile_speedup=e2e_speedup(f, r.tile_speedup), e2e_predicted_speedup=e2e_pred,
-            dense_step_ms=step.total_ms, gemm_ms=step.gemm_ms, elementwise_ms=step.elementwise_ms,
-            self_attention_ms=step.self_attention_ms, other_attention_ms=step.other_attention_ms,
-            dense_run_s=dense_run_s, sparse_run_s=dense_run_s / e2e_pred))
-    return rows
+    return run(**settings)

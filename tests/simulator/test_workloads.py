@@ -185,7 +185,7 @@ def test_all_steps_dense_gives_speedup_one():
 
 def test_e2e_row_uses_the_op_level_speedups():
     kw = dict(window=(80, 80), stride=(16, 1), q_tile=(16, 16), kv_tile=(16, 8))
-    (row,) = simulate_e2e(preset="flux-4k", gpu="B200", dense_steps=7, **kw)
+    (row,) = simulate_e2e(preset="flux-4k", gpu="B200", dense_steps=7, share_from="model", **kw)
     op = simulate(input_size=(256, 256), gpu="B200", heads=24, head_dim=128, **kw)
     f = row.modelled_attention_share * 21 / 28
     assert row.attention_share == row.modelled_attention_share

@@ -1,0 +1,203 @@
+"""One worker process per CUDA device: tasks handed out one at a time, results back to the caller.
+
+``simulate validate`` spreads its cases over the GPUs of the machine with :func:`spread`. Each worker is a
+spawned process that sees only its own device (``CUDA_VISIBLE_DEVICES`` set before anything starts CUDA); the
+caller's process hands a worker its next task as soon as it returns a result, in the order given (so the devices
+finish together when the longest tasks come first), and alone consumes the results: whatever it writes is
+written by one process.
+
+A task whose work raises is an outcome with an ``error`` line; a worker that exits (a crash, a kill) loses
+only the task it held, reported the same way, and the others take the rest. When every worker has exited with
+tasks left, :class:`WorkersLost` names them. Ctrl-C reaches the caller only (the workers ignore SIGINT), which
+stops every worker; the outcomes already consumed are the caller's to keep.
+
+Example:
+    >>> parse_devices("all", visible=2), parse_devices("1", visible=2), parse_devices("0,2", visible=4)
+    ((0, 1), (), (0, 2))
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Seconds between looks at the workers' health while no result arrives.
+POLL_S = 0.5
+#: Seconds a finished worker gets to exit before it is terminated.
+JOIN_S = 10.0
+
+
+class WorkersLost(RuntimeError):
+    """Every worker exited with tasks left; ``remaining`` are their positions in the list given."""
+
+    def __init__(self, message: str, remaining: tuple[int, ...], exits: dict[int, int | None]) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+        self.exits = exits
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task's end: ``result`` of ``work(task)``, or ``None`` and ``error`` (one line) when it gave none."""
+
+    index: int
+    device: int
+    result: Any
+    error: str = ""
+
+
+def parse_devices(spec: str, visible: int) -> tuple[int, ...]:
+    """The devices of ``--devices``: ``all`` (every visible one), ``N`` (the first N) or indices such as ``0,2``.
+
+    ``()`` means one device, measured in the calling process (``1``, or ``all`` with one device or none visible);
+    a list of indices, even of one (``1,``), means one worker per device named.
+    """
+    from sparsesim.simulator.errors import ConfigError
+
+    text = spec.strip().lower()
+    allowed = ("all or 1" if visible < 2 else
+               f"all, a count 1 to {visible}, or distinct indices below {visible} such as 0,1")
+    bad = ConfigError(f"--devices {spec!r}; allowed: {allowed} ({visible} CUDA device(s) visible)")
+    if text == "all":
+        return tuple(range(visible)) if visible > 1 else ()
+    if "," not in text:
+        if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= max(visible, 1):
+            raise bad
+        return tuple(range(int(text))) if int(text) > 1 else ()
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+        raise bad
+    devices = tuple(int(p) for p in parts)
+    if len(set(devices)) != len(devices) or max(devices) >= visible:
+        raise bad
+    return devices
+
+
+def pin(device: int) -> None:
+    """Make ``device`` (an index among the caller's visible devices) the only one this process sees; before
+    anything in it starts CUDA."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [e.strip() for e in visible.split(",")] if visible else []
+    os.environ["CUDA_VISIBLE_DEVICES"] = entries[device] if device < len(entries) else str(device)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:160] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any) -> None:
+    """A worker's loop: ``(index, task)`` from its inbox, ``(device, index, result, error)`` to the shared outbox;
+    ``None`` ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's: it stops the workers
+    pin(device)
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        index, task = item
+        try:
+            result = work(task)
+        except Exception as exc:  # noqa: BLE001 - a failing task is an outcome, the worker goes on
+            outbox.put((device, index, None, _one_line(exc)))
+        else:
+            outbox.put((device, index, result, ""))
+
+
+def _start(processes: Sequence[Any]) -> None:
+    """Start the workers with SIGINT ignored from their first instruction (a spawned Python keeps an ignored
+    SIGINT ignored), so that Ctrl-C during their start prints no traceback."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for p in processes:
+            p.start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
+
+
+def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[int], *,
+           poll_s: float = POLL_S) -> Iterator[Outcome]:
+    """Run ``work(task)`` for every task on one spawned worker per device; yield the outcomes as they finish.
+
+    ``work`` and the tasks must pickle (``work`` a module-level function). Tasks go out in the order given, the
+    next to whichever worker returns first. Close the iterator (``contextlib.closing``) to stop the workers early;
+    on an exception in the caller (Ctrl-C included) they are terminated.
+    """
+    if not devices or len(set(devices)) != len(devices):
+        raise ValueError(f"devices {list(devices)}: one or more distinct indices")
+    if not tasks:
+        return
+    ctx = mp.get_context("spawn")
+    outbox = ctx.Queue()
+    inboxes = {d: ctx.Queue() for d in devices}
+    procs = {d: ctx.Process(target=_serve, args=(d, work, inboxes[d], outbox), name=f"sparsesim-cuda{d}",
+                            daemon=True) for d in devices}
+    todo = deque(range(len(tasks)))
+    held: dict[int, int] = {}  # device -> the task its worker is on
+    dead_since: dict[int, float] = {}  # device -> when its worker was first seen exited
+
+    def give(device: int) -> None:
+        if todo:
+            index = todo.popleft()
+            held[device] = index
+            inboxes[device].put((index, tasks[index]))
+
+    finished = False
+    try:
+        _start(list(procs.values()))
+        for d in devices:
+            give(d)
+        while held:
+            try:
+                device, index, result, error = outbox.get(timeout=poll_s)
+            except queue.Empty:
+                pass
+            else:
+                held.pop(device, None)
+                if procs[device].exitcode is None:
+                    give(device)
+                yield Outcome(index, device, result, f"worker on cuda:{device}: {error}" if error else "")
+            now = time.monotonic()
+            for d in [d for d in held if procs[d].exitcode is not None]:
+                if now - dead_since.setdefault(d, now) >= poll_s:  # its last result, if any, had time to arrive
+                    yield Outcome(held.pop(d), d, None, f"worker on cuda:{d} exited (code {procs[d].exitcode})")
+        if todo:
+            exits = {d: p.exitcode for d, p in procs.items()}
+            codes = "; ".join(f"cuda:{d} code {c}" for d, c in exits.items())
+            raise WorkersLost(f"every worker exited ({codes}) with {len(todo)} task(s) left", tuple(todo), exits)
+        finished = True
+    finally:
+        _stop(procs, inboxes, graceful=finished)
+        outbox.cancel_join_thread()
+
+
+def _stop(procs: dict[int, Any], inboxes: dict[int, Any], *, graceful: bool) -> None:
+    """End the workers: ask them to exit and wait (``graceful``), else terminate them; never leave one running."""
+    for d, p in procs.items():
+        if p.is_alive() and graceful:
+            inboxes[d].put(None)
+        inboxes[d].cancel_join_thread()
+    for p in procs.values():
+        if p.pid is None:
+            continue
+        if graceful:
+            p.join(JOIN_S)
+        if p.is_alive():
+            p.terminate()
+            p.join(JOIN_S)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+__all__ = ["Outcome", "WorkersLost", "parse_devices", "pin", "spread"]

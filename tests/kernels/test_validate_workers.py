@@ -1,0 +1,168 @@
+"""``simulate validate`` on several devices: worker processes on CPU with fake devices and a fake measurement.
+
+The measurements below are module-level functions (a spawned worker imports this module to run them); they
+read ``CUDA_VISIBLE_DEVICES`` where a test needs to know which device's worker runs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+
+from sparsesim.kernels import validate
+from sparsesim.kernels.workers import WorkersLost, parse_devices
+from sparsesim.simulator.errors import ConfigError
+
+CONFIGS = [
+    {"input_size": (40,), "window": (9,), "stride": (4,), "causal": (True,), "q_tile": (16,), "kv_tile": (16,),
+     "heads": 2, "head_dim": 16},
+    {"input_size": (64,), "window": (17,), "q_tile": (16,), "kv_tile": (16,), "heads": 4, "head_dim": 16},
+    {"input_size": (8, 12), "window": (3, 5), "dilation": (2, 1), "q_tile": (4, 4), "kv_tile": (4, 4), "heads": 2,
+     "head_dim": 16},
+]
+KERNELS = ["gna", "block_sparse", "dense", "cudnn"]
+COMMIT = "abc1234"
+
+
+def fake_measure(case, seed):
+    time.sleep(0.05)  # long enough that both workers get cases
+    return {"rel_err": 0.001, "unwritten": 0, "ok": True, "kv_layout": "direct", "note": ""}, \
+        float(len(case.case_id) + len(case.kernel) + seed)
+
+
+def fake_probe(commit):
+    return {"gpu": "Fake GPU", "driver": "1.0", "torch": "t", "triton": "tr", "commit": commit, "date": "2026-12-01"}
+
+
+def crash_on_device_1(case, seed):
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "1":
+        os._exit(3)
+    return fake_measure(case, seed)
+
+
+def always_crash(case, seed):
+    os._exit(4)
+
+
+def raise_on_dense(case, seed):
+    if case.kernel == "dense":
+        raise ValueError("boom\nsecond line")
+    return fake_measure(case, seed)
+
+
+@pytest.fixture
+def cases():
+    return validate.make_cases(CONFIGS, KERNELS)
+
+
+@pytest.fixture(autouse=True)
+def _plain_devices(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    yield
+    assert not mp.active_children()  # no worker outlives its run
+
+
+def run(cases, out, **kw):
+    return validate.run(cases, out, commit=COMMIT, probe=fake_probe, **kw)
+
+
+def rows_of(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def without_gpu(rows):
+    return {tuple((k, v) for k, v in r.items() if k != "gpu") for r in rows}
+
+
+def test_parse_devices():
+    assert parse_devices("all", 4) == (0, 1, 2, 3) and parse_devices(" ALL ", 2) == (0, 1)
+    assert parse_devices("all", 1) == () and parse_devices("all", 0) == () and parse_devices("1", 0) == ()
+    assert parse_devices("2", 4) == (0, 1) and parse_devices("1", 4) == ()
+    assert parse_devices("0,2", 4) == (0, 2) and parse_devices("3,", 4) == (3,) and parse_devices("1, 0", 2) == (1, 0)
+    for bad, visible in [("0", 4), ("5", 4), ("2", 1), ("0,0", 4), ("0,4", 4), ("-1", 4), ("x", 4), ("", 4),
+                         ("1.5", 4), ("\u0663", 4), (",", 4), ("0,1", 0)]:
+        with pytest.raises(ConfigError, match="--devices") as exc:
+            parse_devices(bad, visible)
+        assert "\n" not in str(exc.value) and repr(bad) in str(exc.value)
+
+
+def test_two_devices_write_the_rows_of_one(tmp_path, cases):
+    serial = run(cases, tmp_path / "one.csv", measure=fake_measure)
+    spread = run(cases, tmp_path / "two.csv", measure=fake_measure, devices=(0, 1))
+    one, two = rows_of(tmp_path / "one.csv"), rows_of(tmp_path / "two.csv")
+    assert len(serial) == len(spread) == len(one) == len(two) == len(cases)
+    assert without_gpu(one) == without_gpu(two)  # the same rows, columns and formats
+    with open(tmp_path / "one.csv") as a, open(tmp_path / "two.csv") as b:
+        assert a.readline() == b.readline()  # the same header
+    gpu = one[0]["gpu"]
+    assert {r["gpu"] for r in two} == {f"{gpu} (cuda:0)", f"{gpu} (cuda:1)"}  # both devices measured
+    assert all(r["ok"] == "True" and float(r["measured_ms"]) > 0 for r in two)
+
+
+def test_one_device_takes_the_longest_first_and_resume_skips(tmp_path, cases):
+    out = tmp_path / "m.csv"
+    run(cases[:3], out, measure=fake_measure)
+    rows = run(cases, out, resume=True, measure=raise_on_dense, devices=(1,))
+    assert len(rows) == len(cases) - 3 and not {r["case_id"] for r in rows} & {c.case_id for c in cases[:3]}
+    predicted = [float(r["predicted_ms"]) for r in rows]
+    assert predicted == sorted(predicted, reverse=True)
+    every = rows_of(out)
+    assert sorted(r["case_id"] for r in every) == sorted(c.case_id for c in cases)  # nothing twice
+    dense = [r for r in rows if r["kernel"] == "dense"]
+    assert dense and all(not r["ok"] and r["note"] == "ERROR worker on cuda:1: ValueError: boom" for r in dense)
+    assert all(r["ok"] for r in rows if r["kernel"] != "dense")  # the worker went on after the error
+
+
+def test_a_crashing_worker_loses_only_its_case(tmp_path, cases):
+    out = tmp_path / "m.csv"
+    rows = run(cases, out, measure=crash_on_device_1, devices=(0, 1))
+    written = rows_of(out)
+    assert len(rows) == len(written) == len(cases)
+    lost = [r for r in written if r["ok"] == "False"]
+    assert len(lost) == 1 and lost[0]["note"] == "ERROR worker on cuda:1 exited (code 3)"
+    assert lost[0]["gpu"] == "(cuda:1)" and lost[0]["measured_ms"] == "" and lost[0]["commit"] == COMMIT
+    assert all(r["gpu"].endswith("(cuda:0)") for r in written if r["ok"] == "True")
+    again = run(cases, out, resume=True, measure=fake_measure, devices=(0, 1))
+    assert [r["case_id"] for r in again] == [lost[0]["case_id"]]  # resume measures the lost case
+    assert run(cases, out, resume=True, measure=always_crash, devices=(0, 1)) == []  # nothing left: no worker
+
+
+def test_every_worker_lost_keeps_the_rows_and_says_so(tmp_path, cases):
+    out = tmp_path / "m.csv"
+    with pytest.raises(WorkersLost) as exc:
+        run(cases, out, measure=always_crash, devices=(0, 1))
+    text = str(exc.value)
+    assert "\n" not in text and f"{len(cases) - 2} case(s) not measured" in text and "--resume" in text
+    assert "cuda:0 code 4" in text and "cuda:1 code 4" in text
+    assert len(rows_of(out)) == 2 and all(r["ok"] == "False" for r in rows_of(out))
+
+
+def test_interrupted_run_keeps_its_rows(tmp_path, cases):
+    out = tmp_path / "m.csv"
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cases, out, measure=fake_measure, devices=(0, 1), progress=stop_after_two)
+    assert len(rows_of(out)) == 2
+
+
+def test_cli_refuses_bad_devices(capsys, tmp_path):
+    from sparsesim.cli.main import main
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text("input_size = [40]\nwindow = [9]\nq_tile = [16]\nheads = 2\nhead_dim = 16\n")
+    for bad in ("3", "0,x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["validate", "--sweep", str(sweep), "--kernels", "gna", "--devices", bad,
+                  "--out", str(tmp_path / "x.csv")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"--devices {bad!r}" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()

@@ -92,6 +92,21 @@ def launch_compiled(compiled: dict[Any, Any], key: Any, kernel: Any, grid: tuple
         compiled[key] = done
 
 
+def spec_key(args: tuple) -> tuple:
+    """What Triton specializes a launch on in its runtime arguments: per integer, equal to 1, divisible by 16
+    and 32-bit or not; per tensor, its dtype and 16-byte alignment. A :func:`launch_compiled` key for launches
+    whose arguments change from call to call (strides of incoming gradients, offsets of views)."""
+    key: list[Any] = []
+    for a in args:
+        if isinstance(a, int) and not isinstance(a, bool):
+            key.append((a == 1, a % 16 == 0, -(2**31) <= a < 2**31))
+        elif hasattr(a, "data_ptr"):
+            key.append((a.dtype, a.data_ptr() % 16 == 0))
+        else:
+            key.append(type(a))
+    return tuple(key)
+
+
 def interpret() -> bool:
     """Whether kernels run through the Triton interpreter (CPU tensors accepted)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

@@ -396,6 +396,8 @@ class GNALaunch:
         map; the caller's layout is read in place otherwise)."""
         plan, rank, mode = self.plan, self.plan.pattern.rank, self.kv_layout
         if mode == "permute":
+            if k.stride() != v.stride():  # the pair permutation reads both through one set of strides
+                k, v = k.contiguous(), v.contiguous()
             kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile, dilation=plan.pattern.dilation, heads=kv_heads)
             strides = (_permuted_strides(kp), _permuted_strides(vp))
             if descriptors_ok(kp, vp) and kp.numel() // self.head_dim < 2**31:

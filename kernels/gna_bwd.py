@@ -24,7 +24,7 @@ forward's ``gather`` K/V mode): correctness first; kernels/NOTES.md says what is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import triton
@@ -37,6 +37,8 @@ from sparsesim.kernels._launch import (
     device_gpu,
     fused_launch,
     interpret,
+    launch_compiled,
+    spec_key,
     tensors_key,
 )
 from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
@@ -585,6 +587,9 @@ class GNABackward:
     dq_config: FusedLaunch
     dkv_config: FusedLaunch
     rows_config: tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, warps, stages of the dense-rows kernels
+    #: Compiled dQ / dK/dV kernels by :func:`sparsesim.kernels._launch.spec_key` (repeated calls skip Triton's
+    #: argument binding, as the forward's launches do).
+    compiled: dict[Any, Any] = field(default_factory=dict)
 
 
 def _constexprs(plan: GNAPlan) -> dict[str, Any]:
@@ -767,14 +772,14 @@ def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | No
         xk, xvv, x_strides = q, q, (0,) * 8
     cfg = bwd.dq_config
     grid = (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups)
-    _gna_dq_kernel[grid](
-        q, k, v, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale,
-        bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:],
-        int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), nx,
-        *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dq),
-        int(lse.stride(0)), int(lse.stride(1)), *x_strides,
-        HEAD_DIM=bwd.head_dim, **_constexprs(plan), EXTRA=nx > 0, XTAIL=nx % plan.kv_volume != 0,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    args = (q, k, v, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale,
+            bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:],
+            int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), nx,
+            *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dq),
+            int(lse.stride(0)), int(lse.stride(1)), *x_strides)
+    constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA": nx > 0, "XTAIL": nx % plan.kv_volume != 0}
+    launch_compiled(bwd.compiled, ("dq", spec_key(args)), _gna_dq_kernel, grid, args, constexprs,
+                    {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
 def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None, x_lse: Any,
@@ -791,14 +796,15 @@ def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | 
         xq, xdo, xl, xd, x_strides = q, q, lse, delta, (0,) * 8
     cfg = bwd.dkv_config
     grid = (plan.num_kv_tiles, bwd.heads_kv, bwd.batch * plan.groups)
-    _gna_dkdv_kernel[grid](
-        q, k, v, do, dk, dv, lse, delta, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
-        bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.kv_grid3[1:],
-        int(plan.ranges_t.shape[1]), int(plan.ranges_t.shape[2]), int(plan.lohi.shape[2]), nxq,
-        *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dk), *_strides6(dv),
-        int(lse.stride(0)), int(lse.stride(1)), *x_strides,
-        HEAD_DIM=bwd.head_dim, **_constexprs(plan), EXTRA_Q=nxq > 0, XQTAIL=nxq % plan.q_volume != 0,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    args = (q, k, v, do, dk, dv, lse, delta, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
+            bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.kv_grid3[1:],
+            int(plan.ranges_t.shape[1]), int(plan.ranges_t.shape[2]), int(plan.lohi.shape[2]), nxq,
+            *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dk), *_strides6(dv),
+            int(lse.stride(0)), int(lse.stride(1)), *x_strides)
+    constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA_Q": nxq > 0,
+                  "XQTAIL": nxq % plan.q_volume != 0}
+    launch_compiled(bwd.compiled, ("dkdv", spec_key(args)), _gna_dkdv_kernel, grid, args, constexprs,
+                    {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
 def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: int, extra: int,

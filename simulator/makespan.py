@@ -156,8 +156,11 @@ def wave_count(num_ctas: int, sm_count: int, ctas_per_sm: int = 1) -> int:
 # --------------------------------------------------------------------------------------------
 
 #: The kernel's default runs persistent only where the model predicts its schedule at least this much shorter than
-#: the launch order's (the persistent loop's own cost is not modelled; a guess until timed, kernels/NOTES.md).
-PERSISTENT_MIN_GAIN = 0.01
+#: the launch order's. The persistent loop's own cost is not modelled: on the H200 at 953c6b0
+#: (benchmarks/persistent_bench.py) predicted gains of 2.1%, 9.0% and 2.7% (causal 1D, 2D, 3D) measured -5.0%,
+#: -4.6% and +2.1%, and the block-sparse HunyuanVideo/FLUX cases (no predicted gain) -2.7% and -2.3%: so
+#: persistent runs only on request until a case predicted above this gain measures faster.
+PERSISTENT_MIN_GAIN = 0.10
 
 
 @dataclass(frozen=True, eq=False)

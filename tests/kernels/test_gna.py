@@ -68,6 +68,17 @@ def test_gna_strided_inputs():
         assert_close(out, gna_reference(q, k, v, **kw), torch.float16)
 
 
+@pytest.mark.parametrize("kv_layout", ["gather", "permute", None])
+def test_gna_k_and_v_with_different_strides(kv_layout):
+    # k normalized into a fresh tensor, v still a view of the fused projection (a QK-norm block's shapes).
+    qkv = randn(2, 6, 8, 3, 2, 16, dtype=torch.float16, seed=11)
+    q, k, v = qkv[:, :, :, 0].contiguous(), qkv[:, :, :, 1].contiguous(), qkv[:, :, :, 2]
+    assert k.stride() != v.stride()
+    kw = {"window": (3, 5), "stride": (1, 2)}
+    out = gna_attention(q, k, v, q_tile=(4, 4), kv_tile=(4, 4), kv_layout=kv_layout, **kw)
+    assert_close(out, gna_reference(q, k, v, **kw), torch.float16)
+
+
 def test_gna_default_tiles_and_gqa():
     # 1D default tiles (128/128, the H200 file) shrink to a 50-token sequence (64); 4 query heads on 2 KV heads.
     assert load_gpu("H200").tiles_for(1) == ((128,), (128,))

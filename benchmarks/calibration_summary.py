@@ -84,11 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted(CALIBRATION_DIR.glob("*.toml")):
         data = read_toml(path, "kernel profile")
         fit = data.get("fit", {})
-        files = ", ".join(f"`{m.rsplit('/', 1)[-1]}`" for m in fit.get("measurements", []))
-        print(f"| `{data['name']}` | {', '.join(fit.get('kernels', []))} on the {fit.get('gpu', '?')} ({files}) "
-              f"| {len(fit.get('free', []))} | {fit.get('train_configs')} / {fit.get('heldout_configs')} "
-              f"| {fit.get('train_mape', float('nan')):.1%} | {fit.get('heldout_mape', float('nan')):.1%} "
-              f"| {fit.get('prior_heldout_mape', float('nan')):.1%} |")
+        stages = [(f"`{data['name']}`", fit)]
+        if "forward_fit" in data:  # a backward fit on top of a forward one: the forward fit first
+            stages = [(f"`{data['name']}` forward terms", {**fit, **data["forward_fit"]}),
+                      (f"`{data['name']}` backward terms (forward fixed)", fit)]
+        for name, f in stages:
+            files = ", ".join(f"`{m.rsplit('/', 1)[-1]}`" for m in f.get("measurements", []))
+            print(f"| {name} | {', '.join(f.get('kernels', []))} on the {f.get('gpu', '?')} ({files}) "
+                  f"| {len(f.get('free', []))} | {f.get('train_configs')} / {f.get('heldout_configs')} "
+                  f"| {f.get('train_mape', float('nan')):.1%} | {f.get('heldout_mape', float('nan')):.1%} "
+                  f"| {f.get('prior_heldout_mape', float('nan')):.1%} |")
     triton_fit = read_toml(CALIBRATION_DIR / "triton.toml", "kernel profile")["fit"]
     breakdown(triton_fit["gpu"])
     winners(str(ROOT / triton_fit["measurements"][0]), triton_fit["gpu"])

@@ -219,16 +219,21 @@ def split(rows: Sequence[Row], holdout: float, seed: int) -> tuple[list[Row], li
 
 
 def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float = 0.3, seed: int = 0,
-        max_nfev: int = 100) -> Fit:
-    """Fit ``prior``'s free parameters to the training rows (log-time residuals, bounded)."""
+        max_nfev: int = 100, free: Mapping[str, tuple[float, float]] | None = None) -> Fit:
+    """Fit ``prior``'s free parameters to the training rows (log-time residuals, bounded). ``free``: the
+    parameters and their bounds (default: the profile family's, and the backward terms when forward+backward
+    rows are among the training rows)."""
     from scipy.optimize import least_squares
 
     if not 0 <= holdout < 1:
         raise ConfigError(f"--holdout {holdout}; allowed: 0 <= holdout < 1")
-    free = dict(FREE[family(prior)])
     train, held = split(rows, holdout, seed)
-    if any(r.backprop for r in train):  # the backward terms the model uses (cost.backward_passes / fused)
-        free.update(FREE_BACKWARD)
+    if free is not None:
+        free = dict(free)
+    else:
+        free = dict(FREE[family(prior)])
+        if any(r.backprop for r in train):  # the backward terms the model uses (cost.backward_passes / fused)
+            free.update(FREE_BACKWARD)
     if len(train) < len(free):
         raise ConfigError(f"{len(train)} training rows for {len(free)} parameters; measure more configurations")
     names = list(free)
@@ -311,16 +316,17 @@ def _toml_value(v: Any) -> str:
 def profile_toml(result: Fit, measurements: Sequence[str], holdout: float, seed: int) -> str:
     """The fitted profile as a TOML data file, with what it was fitted to and how well."""
     p = result.profile
+    description = p.description.replace("; prior, not fitted", "").removesuffix("; fitted") + "; fitted"
     lines = [f"# Fitted by `simulate calibrate` on {result.gpu_name} measurements; do not edit by hand.",
              f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
-             f"description = {_toml_value(p.description.replace('; prior, not fitted', '') + '; fitted')}",
+             f"description = {_toml_value(description)}",
              f"token_permutation = {_toml_value(p.token_permutation)}", ""]
     for section, obj in (("forward", p.forward), ("backward", p.backward), ("gemm", p.gemm)):
         lines.append(f"[{section}]")
         lines += [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in dataclasses.fields(obj)]
         lines.append("")
     lines.append("[sources]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items() if k != "fit"]
     lines.append(f"fit = {_toml_value('simulate calibrate: bounded least squares on log(predicted/measured)')}")
     lines += ["", "[fit]", f"gpu = {_toml_value(result.gpu_name)}", f"measurements = {_toml_value(list(measurements))}",
               f"kernels = {_toml_value(list(result.kernels))}",
@@ -781,7 +787,7 @@ def published_profile_toml(result: PublishedFit) -> str:
         lines += [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in dataclasses.fields(obj)]
         lines.append("")
     lines.append("[sources]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items() if k != "fit"]
     how = "simulate calibrate --published: bounded least squares on log(predicted/published time)"
     lines.append(f"fit = {_toml_value(how)}")
     papers = sorted({r.source.split(',')[0] for r in result.train if not r.measured})

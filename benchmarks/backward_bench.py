@@ -23,7 +23,6 @@ the CSV is rewritten after every row; ``--budget-s`` skips what is left once spe
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import functools
 import math
@@ -35,6 +34,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from kernel_cases import rewrite_csv
 
 BATCH, HEADS, HEAD_DIM = 1, 24, 128
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "pass", "ms", "q_tile", "kv_tile",
@@ -73,12 +74,7 @@ class Rows:
         print(f"  {case:28s} {impl:12s} {pass_:7s} ms={'-' if ms is None else f'{ms:9.3f}'} "
               + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None) + f" {note}", flush=True)
         if self.path is not None:
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
-                writer.writeheader()
-                writer.writerows(self.rows)
-            tmp.replace(self.path)
+            rewrite_csv(self.path, COLUMNS, self.rows)
 
     def guard(self, case: str, impl: str, pass_: str, fn: Callable[[], Any]) -> Any:
         """Run one variant; a failure (or the budget spent) is a row with the reason."""

@@ -18,7 +18,6 @@ The CSV is rewritten after every row; ``--budget-s`` skips what is left once spe
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import math
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backward_bench import CASES, git_commit  # noqa: E402
+from kernel_cases import rewrite_csv  # noqa: E402
 
 BATCH, HEADS, HEAD_DIM, DENSE_N = 1, 24, 128, 24576
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "part", "case", "kernel", "variant", "ms", "rel_err", "note"]
@@ -54,12 +54,7 @@ class Rows:
         print("  " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
               flush=True)
         if self.path is not None:
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
-                writer.writeheader()
-                writer.writerows(self.rows)
-            tmp.replace(self.path)
+            rewrite_csv(self.path, COLUMNS, self.rows)
 
     def spent(self) -> bool:
         return time.monotonic() > self.deadline

@@ -20,7 +20,6 @@ layout forced, side by side.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import math
 import re
@@ -42,6 +41,7 @@ from kernel_cases import (
     case_flops,
     dry_run_rows,
     floors,
+    rewrite_csv,
     topk_block_map,
 )
 
@@ -75,14 +75,8 @@ class Bench:
 
     def save(self) -> None:
         """Rewrite the CSV with every row so far (a run cut off at its time limit keeps its rows)."""
-        if self.path is None:
-            return
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        if self.path is not None:
+            rewrite_csv(self.path, COLUMNS, self.rows)
 
     def add(self, case: str, impl: str, ms: float | None = None, flops: float | None = None,
             rel_err: float | None = None, note: str = "", **fields: Any) -> None:

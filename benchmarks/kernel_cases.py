@@ -9,8 +9,11 @@ under ``hwmodels/measurements`` (:func:`sparsesim.hwmodels.measurements.load_cei
 
 from __future__ import annotations
 
+import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,17 @@ from sparsesim.simulator.cost import Problem
 from sparsesim.simulator.flops import dense_flops
 
 BATCH, HEADS, HEAD_DIM, DTYPE = 1, 24, 128, "bf16"
+
+
+def rewrite_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Every row so far, written to a temporary file then renamed over ``path`` (a run cut off at its time limit
+    keeps its rows; a missing column is written empty)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 DENSE_NS = (16384, 65536, 115200)
 QUICK_DENSE_NS = (16384,)
 GPU = "H200"

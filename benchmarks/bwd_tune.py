@@ -1,6 +1,7 @@
 """Backward tiles and launch options measured side by side on the GPU (issue 16: the backward at the limit).
 
     python benchmarks/bwd_tune.py [--out FILE.csv] [--commit SHA] [--parts dense,gna] [--budget-s 400]
+                                  [--stream-layout gather,permute] [--quick] [--cases SUBSTRINGS]
 
 GPU only (bf16, batch 1, 24 heads, head dim 128). Every variant's gradients are checked against the default
 variant's (``rel_err``: the largest ``||d - d_default|| / ||d_default||`` over dq, dk, dv, both bf16; the default
@@ -10,7 +11,12 @@ is checked against float64 by tests/gpu) and timed with :func:`sparsesim.kernels
   varied at a time (the other at the default), next to cuDNN's backward (SDPA forward+backward minus forward).
 - ``gna``: the GNA backward (:class:`sparsesim.kernels.gna_bwd.BwdTuning`) on the issue's 3D and 2D shapes and
   the HunyuanVideo s16x8x8 / FLUX s16x16 cases of kernels/NOTES.md, dQ options varied with dK/dV at the
-  default and the other way round.
+  default and the other way round, once per ``--stream-layout`` (``gather``: K/V (dQ) and Q/dO (dK/dV) gathered
+  row by row from the caller's layout; ``permute``: permuted once per call into contiguous tiles, the
+  permutation inside the timing). With ``permute`` listed, also (``--quick`` too): each kernel's first-call
+  candidates (``DQ_CANDIDATES``/``DKV_CANDIDATES``, gathered) next to ``DQ_PERMUTED_CANDIDATES``/
+  ``DKV_PERMUTED_CANDIDATES`` (permuted), the other kernel at the default, then the whole backward with each
+  layout's fastest pair (kernel ``all``, variant ``best gather pair`` / ``best permute pair``).
 
 The CSV is rewritten after every row; ``--budget-s`` skips what is left once spent.
 """
@@ -133,16 +139,17 @@ def _cfg_name(cfg: dict[str, int]) -> str:
             f"dq {cfg['BLOCK_M2']}x{cfg['BLOCK_N2']} w{opts[1]['num_warps']} s{opts[1]['num_stages']}")
 
 
-def run_gna(rows: Rows, wanted: list[str], quick: bool) -> None:
+def run_gna(rows: Rows, wanted: list[str], quick: bool, layouts: tuple[str, ...] = ("gather",)) -> None:
     import torch
 
     for name, size, window, stride, tiles in CASES:
         if not wanted or any(w in name for w in wanted):
-            _gna_case(rows, name, size, {"window": window, "stride": stride}, tiles, quick)
+            _gna_case(rows, name, size, {"window": window, "stride": stride}, tiles, quick, layouts)
             torch.cuda.empty_cache()
 
 
-def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], tiles: Any, quick: bool) -> None:
+def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], tiles: Any, quick: bool,
+              layouts: tuple[str, ...] = ("gather",)) -> None:
     import torch
 
     from sparsesim.kernels.gna import build_launch, gna_forward
@@ -163,13 +170,50 @@ def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], 
              variant=f"picked on the first call, tiles {tiles}")
     _measure(rows, lambda: gna_backward(do, q, k, v, out, lse, tuning=BwdTuning(), **kw), ref, **tags, kernel="all",
              variant="BwdTuning() (no pick)")
-    for kernel in () if quick else ("dq", "dkdv"):
-        for res, stream, warps, stages in GNA_VARIANTS:
-            prefix = "dq" if kernel == "dq" else "dkv"
-            tuning = BwdTuning(**{f"{prefix}_resident": res or 1 << 30, f"{prefix}_stream": stream,
-                                  f"{prefix}_warps": warps, f"{prefix}_stages": stages})
-            _measure(rows, lambda t=tuning: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, **tags,
-                     kernel=kernel, variant=f"res{res or 'fwd'} stream{stream} w{warps} s{stages}")
+    for layout in layouts:
+        if layout != "gather":
+            both = BwdTuning(dq_stream_layout=layout, dkv_stream_layout=layout)
+            _measure(rows, lambda t=both: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, **tags,
+                     kernel="all", variant=f"BwdTuning(*_stream_layout={layout!r})")
+    if "permute" in layouts:
+        _candidates(rows, lambda t: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, tags)
+    for layout in layouts:
+        for kernel in () if quick else ("dq", "dkdv"):
+            for res, stream, warps, stages in GNA_VARIANTS:
+                prefix = "dq" if kernel == "dq" else "dkv"
+                tuning = BwdTuning(**{f"{prefix}_resident": res or 1 << 30, f"{prefix}_stream": stream,
+                                      f"{prefix}_warps": warps, f"{prefix}_stages": stages,
+                                      f"{prefix}_stream_layout": layout})
+                _measure(rows, lambda t=tuning: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, **tags,
+                         kernel=kernel, variant=f"res{res or 'fwd'} stream{stream} w{warps} s{stages} {layout}")
+
+
+def _candidates(rows: Rows, run: Any, ref: Any, tags: dict[str, Any]) -> None:
+    """Each kernel's gather candidates (what the first call picks from) and permuted candidates, the other kernel
+    at the default; then the whole backward with each layout's fastest dQ and dK/dV candidates."""
+    from sparsesim.kernels import gna_bwd as gb
+
+    best: dict[tuple[str, str], tuple[float, tuple[int, int, int]]] = {}
+    for kernel, gather, permuted in (("dq", gb.DQ_CANDIDATES, gb.DQ_PERMUTED_CANDIDATES),
+                                     ("dkv", gb.DKV_CANDIDATES, gb.DKV_PERMUTED_CANDIDATES)):
+        for layout, cands in (("gather", gather), ("permute", permuted)):
+            for c in cands:
+                t = gb.candidate_tuning(kernel, c, layout)
+                ms = _measure(rows, lambda t=t: run(t), ref, **tags, kernel="dq" if kernel == "dq" else "dkdv",
+                              variant=f"candidate {_cand(c)} {layout}")
+                if ms is not None and (ms < best.get((kernel, layout), (math.inf,))[0]):
+                    best[(kernel, layout)] = (ms, c)
+    for layout in ("gather", "permute"):
+        if (("dq", layout) in best) and (("dkv", layout) in best):
+            t = gb.candidate_tuning("dkv", best[("dkv", layout)][1], layout,
+                                    base=gb.candidate_tuning("dq", best[("dq", layout)][1], layout))
+            _measure(rows, lambda t=t: run(t), ref, **tags, kernel="all",
+                     variant=f"best {layout} pair: dq {_cand(best[('dq', layout)][1])} "
+                             f"dkdv {_cand(best[('dkv', layout)][1])}")
+
+
+def _cand(c: tuple[int, int, int]) -> str:
+    return f"res{'fwd' if c[0] >= 1 << 30 else c[0]} stream{c[1]} s{c[2]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,8 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="dense,gna")
     parser.add_argument("--cases", default="", help="comma-separated substrings of the GNA case names")
     parser.add_argument("--budget-s", type=float, default=400.0)
-    parser.add_argument("--quick", action="store_true", help="GNA: the first-call pick and BwdTuning() only")
+    parser.add_argument("--quick", action="store_true",
+                        help="GNA: the first-call pick, BwdTuning() and (with permute) the candidates only")
+    parser.add_argument("--stream-layout", default="gather",
+                        help="GNA: comma-separated stream layouts to sweep (gather, permute)")
     args = parser.parse_args(argv)
+    layouts = tuple(x for x in args.stream_layout.split(",") if x)
+    if not layouts or any(x not in ("gather", "permute") for x in layouts):
+        print(f"bwd_tune: --stream-layout {args.stream_layout!r}; allowed: gather, permute, comma-separated",
+              file=sys.stderr)
+        return 2
     import torch
     import triton
 
@@ -193,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = Rows(env, args.out, args.budget_s)
     parts = args.parts.split(",")
     if "gna" in parts:
-        run_gna(rows, [w for w in args.cases.split(",") if w], args.quick)
+        run_gna(rows, [w for w in args.cases.split(",") if w], args.quick, layouts)
     if "dense" in parts:
         run_dense(rows)
     best: dict[tuple[str, str], dict[str, Any]] = {}

@@ -650,7 +650,9 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
     traces, the call runs as the custom op ``sparsesim::gna_fwd`` (:mod:`sparsesim.kernels.gna_ops`), whose
     backward is ``sparsesim::gna_bwd`` (:mod:`sparsesim.kernels.gna_bwd`); ``out=`` and ``heads=`` (in-place
     calls) then raise a ValueError at the forward (never a silently dropped gradient), except ``out=`` under
-    torch.compile without grad (the op's result is copied into it). Otherwise the in-place fast path runs.
+    torch.compile without grad (the op's result is copied into it). Otherwise the in-place fast path runs. An
+    eager call with grad on plain tensors runs the two ops' implementations without their dispatch (same
+    results and gradients, less host time: :func:`sparsesim.kernels.gna_ops.gna_op_call`).
 
     Example:
         >>> o = gna_attention(q, k, v, window=(18, 24, 24), stride=(16, 8, 8),
@@ -722,7 +724,7 @@ def cached_launch(q: Any, k: Any, v: Any, call: tuple, extra: int, persistent: A
     ``call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)``, extra count and
     ``persistent`` option)."""
     try:
-        key = (tensors_key(q, k, v), hashable(call), extra, type(persistent), hashable(persistent))
+        key = (tensors_key(q, k, v), _call_key(call), extra, type(persistent), hashable(persistent))
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the slow path says why
         key = None
     launch = _LAUNCHES.get(key)
@@ -732,6 +734,16 @@ def cached_launch(q: Any, k: Any, v: Any, call: tuple, extra: int, persistent: A
                                                  causal=causal, q_tile=q_tile, kv_tile=kv_tile, scale=scale,
                                                  kv_layout=kv_layout, extra=extra, persistent=persistent))
     return launch
+
+
+def _call_key(call: tuple) -> Any:
+    """``hashable(call)`` without rebuilding it when it holds no list (then it is its own key: a hashable tuple
+    holds no list at any depth, and :func:`~sparsesim.kernels._launch.hashable` changes nothing else)."""
+    try:
+        hash(call)
+    except TypeError:
+        return hashable(call)
+    return call
 
 
 def _wants_op(q: Any, k: Any, v: Any) -> bool:

@@ -17,13 +17,18 @@ float32 ``[batch, heads, tokens]``), so ``P = exp(scale * Q K^T - lse)`` is reco
   query`` in sequence positions, which is the sink rule for both). The forward's extra query rows run the
   same way (:func:`rows_forward`, output and log-sum-exp).
 
-Every tensor is read and written in the caller's layout (Q/K/V/dO tiles gathered row by row, as the
-forward's ``gather`` K/V mode): correctness first; kernels/NOTES.md says what is expected to be slow.
+By default every tensor is read and written in the caller's layout (Q/K/V/dO tiles gathered row by row, as the
+forward's ``gather`` K/V mode): correctness first; kernels/NOTES.md says what is expected to be slow. With
+:class:`BwdTuning`'s ``*_stream_layout="permute"`` a kernel's streamed operands (dQ: K/V; dK/dV: Q/dO and their
+LSE/Delta rows) are first permuted into contiguous tiles (the forward's ``permute`` buffers,
+:mod:`sparsesim.kernels.permute`) and loaded one block per tile (constexpr ``STREAM``: 1 pointers, 2 TMA).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +39,7 @@ from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
     FusedLaunch,
+    descriptors_ok,
     device_gpu,
     fused_launch,
     interpret,
@@ -42,6 +48,7 @@ from sparsesim.kernels._launch import (
     tensors_key,
 )
 from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
+from sparsesim.kernels.permute import tile_permute, tile_permute_pair
 
 # --------------------------------------------------------------------------------------------
 # Device helpers.
@@ -123,6 +130,24 @@ def _mask_t(mask, LOHI, a: tl.constexpr, g, GMAX, LPMAX, qpos, kc):
     return mask & (kc[:, None] >= lo[None, :]) & (kc[:, None] <= hi[None, :])
 
 
+@triton.jit
+def _tile_pair(X, Y, x_base, y_base, tile, offs, offs_d, s_xn, s_xd, s_yn, s_yd, row0, BLOCK: tl.constexpr,
+               STREAM: tl.constexpr):
+    """Tile ``tile`` (row-major index in the group's tile grid) of two permuted, zero-padded buffers
+    ``[B * G, H, tiles * BLOCK, D]`` (:func:`sparsesim.kernels.permute.tile_permute`): one contiguous block each.
+    ``STREAM`` 1: pointers from ``x_base``/``y_base`` (the buffer's (batch x group, head) offsets); 2: 2D TMA
+    descriptors over ``[B * G * H * tiles * BLOCK, D]`` starting at row ``row0`` (the (batch x group, head)'s)."""
+    if STREAM == 2:
+        row = row0 + tile * BLOCK
+        x = X.load([row, 0])
+        y = Y.load([row, 0])
+    else:
+        rows = tile.to(tl.int64) * BLOCK + offs
+        x = tl.load(X + x_base + rows[:, None] * s_xn + offs_d[None, :] * s_xd)
+        y = tl.load(Y + y_base + rows[:, None] * s_yn + offs_d[None, :] * s_yd)
+    return x, y
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels.
 # --------------------------------------------------------------------------------------------
@@ -150,7 +175,7 @@ def _delta_kernel(Out, DO, DELTA, T, L1, L2, H,
 @triton.jit
 def _gna_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, RANGES, LOHI, XK, XV, qk_scale, sm_scale,
-    GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, GMAX, NQMAX, LPMAX, NX,
+    GROUP, D0, D1, D2, L0, L1, L2, NQ1, NQ2, GMAX, NQMAX, LPMAX, NX, NK1, NK2, HKV, NKP,
     s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
     s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
     s_vb, s_v0, s_v1, s_v2, s_vh, s_vd,
@@ -162,8 +187,10 @@ def _gna_dq_kernel(
     QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-    EXTRA: tl.constexpr, XTAIL: tl.constexpr,
+    EXTRA: tl.constexpr, XTAIL: tl.constexpr, STREAM: tl.constexpr,
 ):
+    # STREAM 0: K/V tiles gathered from the caller's layout; 1/2: K and V are permuted, zero-padded buffers
+    # [B * G, H_kv, NKP, D] (pointers / TMA descriptors; strides as the forward's _permuted_strides).
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
     qt = tl.program_id(0)
@@ -198,8 +225,13 @@ def _gna_dq_kernel(
     tok = (x0 * L1 + x1) * L2 + x2
     lse2 = tl.load(LSE + b64 * s_lb + h64 * s_lh + tok, mask=q_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + b64 * s_lb + h64 * s_lh + tok, mask=q_ok, other=0.0)
-    k_base = b64 * s_kb + hk64 * s_kh
-    v_base = b64 * s_vb + hk64 * s_vh
+    if STREAM == 0:
+        k_base = b64 * s_kb + hk64 * s_kh
+        v_base = b64 * s_vb + hk64 * s_vh
+    else:
+        k_base = bg.to(tl.int64) * s_kb + hk64 * s_kh
+        v_base = bg.to(tl.int64) * s_vb + hk64 * s_vh
+    kv_row0 = (bg * HKV + hk) * NKP
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     n_full = nf0 * nf1 * nf2
@@ -207,10 +239,14 @@ def _gna_dq_kernel(
         i2 = it % nf2
         i1 = (it // nf2) % nf1
         i0 = it // (nf2 * nf1)
-        y0, y1, y2, k_ok = _coords(offs_n, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2,
-                                   L0, L1, L2)
-        k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
-        v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
+        if STREAM == 0:
+            y0, y1, y2, k_ok = _coords(offs_n, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2, KT0, KT1, KT2,
+                                       D0, D1, D2, L0, L1, L2)
+            k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
+            v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
+        else:
+            k, v = _tile_pair(K, V, k_base, v_base, ((ff0 + i0) * NK1 + ff1 + i1) * NK2 + ff2 + i2, offs_n, offs_d,
+                              s_k2, s_kd, s_v2, s_vd, kv_row0, BLOCK_N, STREAM)
         dq = _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, 0, False)
 
     if not BLOCK_SPARSE:
@@ -229,10 +265,15 @@ def _gna_dq_kernel(
         s2 = nf0 * nf1 * (nv2 - nf2)
         for p in range(0, s0 + s1 + s2):
             t0, t1, t2 = _partial_tile(p, s0, s1, vf0, nv0, ff0, nf0, vf1, nv1, ff1, nf1, vf2, nv2, ff2, nf2)
-            y0, y1, y2, k_ok = _coords(offs_n, t0, t1, t2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2, L0, L1, L2)
-            k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
-            v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
-            mask = k_ok[None, :] & q_ok[:, None]
+            if STREAM == 0:
+                y0, y1, y2, k_ok = _coords(offs_n, t0, t1, t2, g0, g1, g2, KT0, KT1, KT2, D0, D1, D2, L0, L1, L2)
+                k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
+                v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
+                mask = k_ok[None, :] & q_ok[:, None]
+            else:  # padded keys are zero rows (no dQ from them) and outside every query's lo/hi (the forward's rule)
+                k, v = _tile_pair(K, V, k_base, v_base, (t0 * NK1 + t1) * NK2 + t2, offs_n, offs_d, s_k2, s_kd,
+                                  s_v2, s_vd, kv_row0, BLOCK_N, STREAM)
+                mask = tl.full([BLOCK_M, BLOCK_N], 1, tl.int1)
             if MASK0:
                 kc0 = t0 * KT0 + offs_n // (KT1 * KT2)
                 mask = mask & (kc0[None, :] >= lo0[:, None]) & (kc0[None, :] <= hi0[:, None])
@@ -266,7 +307,7 @@ def _gna_dq_kernel(
 @triton.jit
 def _gna_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, RANGES_T, LOHI, XQ, XDO, XLSE, XDELTA, qk_scale, sm_scale,
-    GROUP, D0, D1, D2, L0, L1, L2, NK1, NK2, GMAX, NKMAX, LPMAX, NXQ,
+    GROUP, D0, D1, D2, L0, L1, L2, NK1, NK2, GMAX, NKMAX, LPMAX, NXQ, NQ1, NQ2, NH, NQP, s_ln, s_xlb, s_xlh,
     s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
     s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
     s_vb, s_v0, s_v1, s_v2, s_vh, s_vd,
@@ -279,8 +320,11 @@ def _gna_dkdv_kernel(
     QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-    EXTRA_Q: tl.constexpr, XQTAIL: tl.constexpr,
+    EXTRA_Q: tl.constexpr, XQTAIL: tl.constexpr, STREAM: tl.constexpr,
 ):
+    # STREAM 0: Q/dO tiles gathered from the caller's layout, LSE/Delta rows gathered from [B, H, tokens];
+    # 1/2: Q and dO are permuted, zero-padded buffers [B * G, H, NQP, D] (pointers / TMA descriptors), LSE
+    # (base 2) and Delta permuted alike ([B * G, H, NQP] views, row stride s_ln; zero on padded rows).
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
     kt = tl.program_id(0)
@@ -324,31 +368,55 @@ def _gna_dkdv_kernel(
 
     for hh in range(0, GROUP):  # the query heads of this K/V head: their dK/dV summed here
         h64 = (hk * GROUP + hh).to(tl.int64)
-        q_base = b64 * s_qb + h64 * s_qh
-        o_base = b64 * s_ob + h64 * s_oh
-        l_base = b64 * s_lb + h64 * s_lh
+        if STREAM == 0:
+            q_base = b64 * s_qb + h64 * s_qh
+            o_base = b64 * s_ob + h64 * s_oh
+            l_base = b64 * s_lb + h64 * s_lh
+        else:  # permuted buffers: (batch x group, head) blocks of NQP rows
+            q_base = bg.to(tl.int64) * s_qb + h64 * s_qh
+            o_base = bg.to(tl.int64) * s_ob + h64 * s_oh
+            l_base = bg.to(tl.int64) * s_lb + h64 * s_lh
+        q_row0 = (bg * NH + hk * GROUP + hh) * NQP
         for it in range(0, n_full):
             i2 = it % nf2
             i1 = (it // nf2) % nf1
             i0 = it // (nf2 * nf1)
-            x0, x1, x2, q_ok = _coords(offs_m, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2,
-                                       L0, L1, L2)
-            q = _gather(Q, q_base, x0, x1, x2, q_ok, offs_d, s_q0, s_q1, s_q2, s_qd)
-            do = _gather(DO, o_base, x0, x1, x2, q_ok, offs_d, s_o0, s_o1, s_o2, s_od)
-            tok = (x0 * L1 + x1) * L2 + x2
-            lse2 = tl.load(LSE + l_base + tok, mask=q_ok, other=0.0) * 1.4426950408889634
-            delta = tl.load(DELTA + l_base + tok, mask=q_ok, other=0.0)
-            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
-        if not BLOCK_SPARSE:
-            for p in range(0, s0 + s1 + s2):
-                t0, t1, t2 = _partial_tile(p, s0, s1, vf0, nv0, ff0, nf0, vf1, nv1, ff1, nf1, vf2, nv2, ff2, nf2)
-                x0, x1, x2, q_ok = _coords(offs_m, t0, t1, t2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2, L0, L1, L2)
+            if STREAM == 0:
+                x0, x1, x2, q_ok = _coords(offs_m, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2, QT0, QT1, QT2,
+                                           D0, D1, D2, L0, L1, L2)
                 q = _gather(Q, q_base, x0, x1, x2, q_ok, offs_d, s_q0, s_q1, s_q2, s_qd)
                 do = _gather(DO, o_base, x0, x1, x2, q_ok, offs_d, s_o0, s_o1, s_o2, s_od)
                 tok = (x0 * L1 + x1) * L2 + x2
                 lse2 = tl.load(LSE + l_base + tok, mask=q_ok, other=0.0) * 1.4426950408889634
                 delta = tl.load(DELTA + l_base + tok, mask=q_ok, other=0.0)
-                mask = k_ok[:, None] & q_ok[None, :]
+            else:
+                qt_full = ((ff0 + i0) * NQ1 + ff1 + i1) * NQ2 + ff2 + i2
+                q, do = _tile_pair(Q, DO, q_base, o_base, qt_full, offs_m, offs_d, s_q2, s_qd, s_o2, s_od, q_row0,
+                                   BLOCK_M, STREAM)
+                rows = qt_full.to(tl.int64) * BLOCK_M + offs_m
+                lse2 = tl.load(LSE + l_base + rows * s_ln)
+                delta = tl.load(DELTA + l_base + rows * s_ln)
+            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
+        if not BLOCK_SPARSE:
+            for p in range(0, s0 + s1 + s2):
+                t0, t1, t2 = _partial_tile(p, s0, s1, vf0, nv0, ff0, nf0, vf1, nv1, ff1, nf1, vf2, nv2, ff2, nf2)
+                if STREAM == 0:
+                    x0, x1, x2, q_ok = _coords(offs_m, t0, t1, t2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2,
+                                               L0, L1, L2)
+                    q = _gather(Q, q_base, x0, x1, x2, q_ok, offs_d, s_q0, s_q1, s_q2, s_qd)
+                    do = _gather(DO, o_base, x0, x1, x2, q_ok, offs_d, s_o0, s_o1, s_o2, s_od)
+                    tok = (x0 * L1 + x1) * L2 + x2
+                    lse2 = tl.load(LSE + l_base + tok, mask=q_ok, other=0.0) * 1.4426950408889634
+                    delta = tl.load(DELTA + l_base + tok, mask=q_ok, other=0.0)
+                    mask = k_ok[:, None] & q_ok[None, :]
+                else:  # padded query rows are zero (q, dO, LSE, Delta): they add exactly nothing to dK/dV
+                    qt_part = (t0 * NQ1 + t1) * NQ2 + t2
+                    q, do = _tile_pair(Q, DO, q_base, o_base, qt_part, offs_m, offs_d, s_q2, s_qd, s_o2, s_od,
+                                       q_row0, BLOCK_M, STREAM)
+                    rows = qt_part.to(tl.int64) * BLOCK_M + offs_m
+                    lse2 = tl.load(LSE + l_base + rows * s_ln)
+                    delta = tl.load(DELTA + l_base + rows * s_ln)
+                    mask = tl.full([BLOCK_N, BLOCK_M], 1, tl.int1)
                 if MASK0:
                     mask = _mask_t(mask, LOHI, 0, g0, GMAX, LPMAX, t0 * QT0 + offs_m // (QT1 * QT2), kc0)
                 if MASK1:
@@ -359,21 +427,22 @@ def _gna_dkdv_kernel(
         if EXTRA_Q:  # the extra queries see every key (no causal axis)
             xq_base = XQ + b64 * s_xqb + h64 * s_xqh + offs_d[None, :] * s_xqd
             xo_base = XDO + b64 * s_xob + h64 * s_xoh + offs_d[None, :] * s_xod
+            xl_base = b64 * s_xlb + h64 * s_xlh
             n_xfull = NXQ // BLOCK_M
             for j in range(0, n_xfull):
                 xrow = (j * BLOCK_M + offs_m).to(tl.int64)
                 q = tl.load(xq_base + xrow[:, None] * s_xqn)
                 do = tl.load(xo_base + xrow[:, None] * s_xon)
-                lse2 = tl.load(XLSE + l_base + xrow) * 1.4426950408889634
-                delta = tl.load(XDELTA + l_base + xrow)
+                lse2 = tl.load(XLSE + xl_base + xrow) * 1.4426950408889634
+                delta = tl.load(XDELTA + xl_base + xrow)
                 dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
             if XQTAIL:
                 xrow = (n_xfull * BLOCK_M + offs_m).to(tl.int64)
                 x_ok = xrow < NXQ
                 q = tl.load(xq_base + xrow[:, None] * s_xqn, mask=x_ok[:, None], other=0.0)
                 do = tl.load(xo_base + xrow[:, None] * s_xon, mask=x_ok[:, None], other=0.0)
-                lse2 = tl.load(XLSE + l_base + xrow, mask=x_ok, other=0.0) * 1.4426950408889634
-                delta = tl.load(XDELTA + l_base + xrow, mask=x_ok, other=0.0)
+                lse2 = tl.load(XLSE + xl_base + xrow, mask=x_ok, other=0.0) * 1.4426950408889634
+                delta = tl.load(XDELTA + xl_base + xrow, mask=x_ok, other=0.0)
                 dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, x_ok[None, :], True)
 
     _scatter(DK, b64 * s_ab + hk64 * s_ah, y0, y1, y2, k_ok, offs_d, s_a0, s_a1, s_a2, s_ad, dk * sm_scale)
@@ -550,6 +619,11 @@ class BwdTuning:
     ``*_resident``: the largest volume of the tile a kernel keeps (dQ: the Q tile; dK/dV: the KV tile), shrunk
     from the forward's by halving its outermost axis; ``*_stream``: the same for the tile it streams;
     ``*_warps``/``*_stages``: 0 for the fused-launch heuristic (warps by the resident tile, at most 2 stages).
+    ``*_stream_layout`` (one of :data:`STREAM_LAYOUTS`): how a kernel reads the operands it streams (dQ: K/V;
+    dK/dV: Q/dO and their LSE/Delta rows): ``"gather"`` row by row from the caller's layout, or ``"permute"``
+    from buffers permuted once per call into contiguous tiles of the streamed tile's shape (one block load per
+    tile: TMA where :func:`sparsesim.kernels._launch.descriptors_ok` allows, pointers otherwise; untimed: see
+    kernels/NOTES.md). The resident tile is gathered and the gradients scattered either way.
     """
 
     dq_resident: int = 1 << 30
@@ -560,6 +634,8 @@ class BwdTuning:
     dkv_stream: int = BWD_STREAM_VOLUME
     dkv_warps: int = 0
     dkv_stages: int = 0
+    dq_stream_layout: str = "gather"
+    dkv_stream_layout: str = "gather"
 
 
 #: What the first GPU call of a backward tries per kernel, ``(resident, stream, stages)``, keeping the fastest
@@ -569,6 +645,15 @@ class BwdTuning:
 DQ_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (64, 64, 2), (1 << 30, 64, 2))
 DKV_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (1 << 30, 32, 3), (1 << 30, 32, 2),
                                                      (64, 64, 2))
+
+#: How the backward kernels may read their streamed operands (:class:`BwdTuning`'s ``*_stream_layout``).
+STREAM_LAYOUTS = ("gather", "permute")
+
+#: The same ``(resident, stream, stages)`` settings run with ``stream_layout="permute"``: measured side by side with
+#: the gather candidates by benchmarks/bwd_tune.py (``--stream-layout gather,permute``); not tried by the first
+#: call's pick (:func:`pick_tuning` tries :data:`DQ_CANDIDATES`/:data:`DKV_CANDIDATES` only) until measured.
+DQ_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DQ_CANDIDATES + ((1 << 30, 128, 3),)
+DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES + ((1 << 30, 128, 2),)
 
 
 @dataclass(frozen=True, eq=False)
@@ -587,6 +672,8 @@ class GNABackward:
     dq_config: FusedLaunch
     dkv_config: FusedLaunch
     rows_config: tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, warps, stages of the dense-rows kernels
+    dq_stream_layout: str = "gather"  # how dQ reads K/V and dK/dV reads Q/dO (BwdTuning's *_stream_layout)
+    dkv_stream_layout: str = "gather"
     #: Compiled dQ / dK/dV kernels by :func:`sparsesim.kernels._launch.spec_key` (repeated calls skip Triton's
     #: argument binding, as the forward's launches do).
     compiled: dict[Any, Any] = field(default_factory=dict)
@@ -606,6 +693,9 @@ def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GN
     import torch
 
     tune = tuning or BwdTuning()
+    for name in ("dq_stream_layout", "dkv_stream_layout"):
+        if getattr(tune, name) not in STREAM_LAYOUTS:
+            raise ValueError(f"BwdTuning.{name}={getattr(tune, name)!r}; allowed: {', '.join(STREAM_LAYOUTS)}")
     pattern = fwd.plan.pattern
     q_tile, kv_tile = fwd.plan.schedule.q_tile, fwd.plan.schedule.kv_tile
     kw = dict(window=pattern.window, stride=pattern.stride, dilation=pattern.dilation, causal=pattern.causal)
@@ -631,7 +721,8 @@ def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GN
                                table(dkv_plan.lohi)),
                        dq_config=cfg(dq_plan.q_volume, dq_plan.kv_volume, tune.dq_warps, tune.dq_stages),
                        dkv_config=cfg(dkv_plan.kv_volume, dkv_plan.q_volume, tune.dkv_warps, tune.dkv_stages),
-                       rows_config=_rows_config())
+                       rows_config=_rows_config(), dq_stream_layout=tune.dq_stream_layout,
+                       dkv_stream_layout=tune.dkv_stream_layout)
 
 
 def _plan_or(fallback: GNAPlan, size: tuple[int, ...], kw: dict[str, Any], q_tile: tuple[int, ...],
@@ -645,18 +736,30 @@ def _plan_or(fallback: GNAPlan, size: tuple[int, ...], kw: dict[str, Any], q_til
 _BACKWARDS = CallCache()
 
 
+#: Per ``_delta`` call key (shapes, strides, dtypes, device, block): Delta's shape, the grid, the integer arguments,
+#: the constexprs and the compiled kernels by pointer alignments (repeated calls skip Triton's binding).
+_DELTAS = CallCache()
+
+
 def _delta(out: Any, do: Any, block: int) -> Any:
     """``rowsum(dO * O)`` float32 ``[batch, heads, tokens]`` of two ``[B, *spatial, H, D]`` tensors."""
     import torch
 
-    batch, heads, head_dim = int(out.shape[0]), int(out.shape[-2]), int(out.shape[-1])
-    size = [int(s) for s in out.shape[1:-2]]
-    size3 = [1] * (3 - len(size)) + size
-    tokens = math.prod(size)
-    delta = torch.empty((batch, heads, tokens), dtype=torch.float32, device=out.device)
-    _delta_kernel[(triton.cdiv(tokens, block), heads, batch)](
-        out, do, delta, tokens, size3[1], size3[2], heads, *_strides6(out), *_strides6(do),
-        int(delta.stride(0)), int(delta.stride(1)), HEAD_DIM=head_dim, BLOCK=block)
+    key = (out.shape, out.stride(), do.shape, do.stride(), out.dtype, do.dtype, out.device, block)
+    hit = _DELTAS.get(key)
+    if hit is None:
+        batch, heads, head_dim = int(out.shape[0]), int(out.shape[-2]), int(out.shape[-1])
+        size = [int(s) for s in out.shape[1:-2]]
+        size3 = [1] * (3 - len(size)) + size
+        tokens = math.prod(size)
+        # Delta is a new contiguous [batch, heads, tokens] tensor: strides (heads * tokens, tokens)
+        ints = (tokens, size3[1], size3[2], heads, *_strides6(out), *_strides6(do), heads * tokens, tokens)
+        hit = _DELTAS.put(key, ((batch, heads, tokens), (triton.cdiv(tokens, block), heads, batch), ints,
+                                {"HEAD_DIM": head_dim, "BLOCK": block}, {}))
+    shape, grid, ints, constexprs, compiled = hit
+    delta = torch.empty(shape, dtype=torch.float32, device=out.device)
+    launch_compiled(compiled, (out.data_ptr() % 16 == 0, do.data_ptr() % 16 == 0, delta.data_ptr() % 16 == 0),
+                    _delta_kernel, grid, (out, do, delta, *ints), constexprs, {})
     return delta
 
 
@@ -736,9 +839,22 @@ def gna_backward(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *, window:
     return dq, dk, dv
 
 
-def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any) -> BwdTuning:
-    """The fastest of :data:`DQ_CANDIDATES` for dQ and of :data:`DKV_CANDIDATES` for dK/dV, each timed (CUDA
-    events, after a compiling launch) on the call's own tensors by ``run_dq(backward)`` / ``run_dkdv(backward)``."""
+def candidate_tuning(kernel: str, candidate: tuple[int, int, int], layout: str = "gather",
+                     base: BwdTuning | None = None) -> BwdTuning:
+    """``base`` (default :class:`BwdTuning`) with one kernel's (``"dq"`` or ``"dkv"``) ``(resident, stream,
+    stages)`` candidate and stream layout."""
+    res, stream, stages = candidate
+    fields: dict[str, Any] = {f"{kernel}_resident": res, f"{kernel}_stream": stream, f"{kernel}_stages": stages,
+                              f"{kernel}_stream_layout": layout}
+    return dataclasses.replace(base or BwdTuning(), **fields)
+
+
+def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
+                dq_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None,
+                dkv_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None) -> BwdTuning:
+    """The fastest of ``dq_candidates`` for dQ and of ``dkv_candidates`` for dK/dV (``(candidate, stream layout)``
+    pairs; default: :data:`DQ_CANDIDATES` / :data:`DKV_CANDIDATES`, gathered), each timed (CUDA events, after a
+    compiling launch) on the call's own tensors by ``run_dq(backward)`` / ``run_dkdv(backward)``."""
     import torch
 
     def timed(run: Any, tuning: BwdTuning) -> float:
@@ -753,11 +869,11 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any) -> BwdTuning:
         torch.cuda.synchronize(device)
         return float(start.elapsed_time(end))
 
-    dq = min(DQ_CANDIDATES, key=lambda c: timed(run_dq, BwdTuning(dq_resident=c[0], dq_stream=c[1], dq_stages=c[2])))
-    dkv = min(DKV_CANDIDATES,
-              key=lambda c: timed(run_dkdv, BwdTuning(dkv_resident=c[0], dkv_stream=c[1], dkv_stages=c[2])))
-    return BwdTuning(dq_resident=dq[0], dq_stream=dq[1], dq_stages=dq[2], dkv_resident=dkv[0], dkv_stream=dkv[1],
-                     dkv_stages=dkv[2])
+    dq_c = dq_candidates or [(c, "gather") for c in DQ_CANDIDATES]
+    dkv_c = dkv_candidates or [(c, "gather") for c in DKV_CANDIDATES]
+    dq = min(dq_c, key=lambda c: timed(run_dq, candidate_tuning("dq", *c)))
+    dkv = min(dkv_c, key=lambda c: timed(run_dkdv, candidate_tuning("dkv", *c)))
+    return candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
 
 
 def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None) -> None:
@@ -770,15 +886,22 @@ def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | No
         x_strides = (*_strides4(xk), *_strides4(xvv))
     else:
         xk, xvv, x_strides = q, q, (0,) * 8
+    if bwd.dq_stream_layout == "permute":  # K/V permuted once into contiguous KV tiles of this plan
+        kk, vv, kv_strides, nkp, mode = _permuted_pair(k, v, plan.schedule.kv_tile, plan.pattern.dilation,
+                                                       bwd.head_dim)
+    else:
+        kk, vv, kv_strides, nkp, mode = k, v, (*_strides6(k), *_strides6(v)), 0, 0
     cfg = bwd.dq_config
     grid = (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups)
-    args = (q, k, v, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale,
+    args = (q, kk, vv, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale,
             bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:],
             int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), nx,
-            *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dq),
+            *plan.kv_grid3[1:], bwd.heads_kv, nkp,
+            *_strides6(q), *kv_strides, *_strides6(do), *_strides6(dq),
             int(lse.stride(0)), int(lse.stride(1)), *x_strides)
-    constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA": nx > 0, "XTAIL": nx % plan.kv_volume != 0}
-    launch_compiled(bwd.compiled, ("dq", spec_key(args)), _gna_dq_kernel, grid, args, constexprs,
+    constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA": nx > 0, "XTAIL": nx % plan.kv_volume != 0,
+                  "STREAM": mode}
+    launch_compiled(bwd.compiled, ("dq", mode, spec_key(args)), _gna_dq_kernel, grid, args, constexprs,
                     {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
@@ -794,17 +917,60 @@ def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | 
         xl, xd = x_lse, x_delta
     else:
         xq, xdo, xl, xd, x_strides = q, q, lse, delta, (0,) * 8
+    x_lstrides = (int(xl.stride(0)), int(xl.stride(1)))
+    if bwd.dkv_stream_layout == "permute":  # Q/dO and their LSE/Delta rows permuted once into contiguous Q tiles
+        tile, dilation = plan.schedule.q_tile, plan.pattern.dilation
+        qq, dd, qo_strides, nqp, mode = _permuted_pair(q, do, tile, dilation, bwd.head_dim)
+        rows = _permuted_rows(lse, delta, plan.pattern.input_size, tile, dilation)
+        ll, dl = rows[..., 0], rows[..., 1]
+        l_strides = (int(rows.stride(0)), int(rows.stride(1)), int(rows.stride(2)))
+    else:
+        qq, dd, qo_strides, nqp, mode = q, do, (*_strides6(q), *_strides6(do)), 0, 0
+        ll, dl, l_strides = lse, delta, (int(lse.stride(0)), int(lse.stride(1)), 1)
     cfg = bwd.dkv_config
     grid = (plan.num_kv_tiles, bwd.heads_kv, bwd.batch * plan.groups)
-    args = (q, k, v, do, dk, dv, lse, delta, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
+    args = (qq, k, v, dd, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
             bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.kv_grid3[1:],
             int(plan.ranges_t.shape[1]), int(plan.ranges_t.shape[2]), int(plan.lohi.shape[2]), nxq,
-            *_strides6(q), *_strides6(k), *_strides6(v), *_strides6(do), *_strides6(dk), *_strides6(dv),
-            int(lse.stride(0)), int(lse.stride(1)), *x_strides)
+            *plan.q_grid3[1:], bwd.heads, nqp, l_strides[2], *x_lstrides,
+            *qo_strides[:6], *_strides6(k), *_strides6(v), *qo_strides[6:], *_strides6(dk), *_strides6(dv),
+            *l_strides[:2], *x_strides)
     constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA_Q": nxq > 0,
-                  "XQTAIL": nxq % plan.q_volume != 0}
-    launch_compiled(bwd.compiled, ("dkdv", spec_key(args)), _gna_dkdv_kernel, grid, args, constexprs,
+                  "XQTAIL": nxq % plan.q_volume != 0, "STREAM": mode}
+    launch_compiled(bwd.compiled, ("dkdv", mode, spec_key(args)), _gna_dkdv_kernel, grid, args, constexprs,
                     {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+
+
+def _permuted_pair(a: Any, b: Any, tile: tuple[int, ...], dilation: tuple[int, ...], head_dim: int
+                   ) -> tuple[Any, Any, tuple[int, ...], int, int]:
+    """Two ``[B, *spatial, H, D]`` tensors of one shape permuted into contiguous, zero-padded box tiles
+    ``[B * G, H, padded, D]`` (the forward's ``permute`` K/V buffers): ``(a, b as the kernel takes them, their
+    twelve strides (the forward's ``_permuted_strides``), padded rows, STREAM mode)``; mode 2: 2D TMA
+    descriptors ``[B * G * H * padded, D]`` with one tile per block; 1: the buffers (pointer loads)."""
+    from sparsesim.kernels.gna import _permuted_strides
+
+    if a.stride() == b.stride() and a.dtype == b.dtype:
+        ap, bp = tile_permute_pair(a, b, tile, dilation=dilation)
+    else:  # the pair pass reads both through one set of strides
+        ap, bp = tile_permute(a, tile, dilation=dilation), tile_permute(b, tile, dilation=dilation)
+    strides = (*_permuted_strides(ap), *_permuted_strides(bp))
+    if descriptors_ok(ap, bp) and ap.numel() // head_dim < 2**31:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        block = [math.prod(tile), head_dim]
+        return (TensorDescriptor.from_tensor(ap.view(-1, head_dim), block),
+                TensorDescriptor.from_tensor(bp.view(-1, head_dim), block), strides, int(ap.shape[2]), 2)
+    return ap, bp, strides, int(ap.shape[2]), 1
+
+
+def _permuted_rows(lse: Any, delta: Any, size: tuple[int, ...], tile: tuple[int, ...],
+                   dilation: tuple[int, ...]) -> Any:
+    """The base-2 LSE and Delta of the layout's rows (float32 ``[B, H, tokens]`` each, tokens row-major over
+    ``size``) permuted as the Q tiles are: float32 ``[B * G, H, padded, 2]`` (zeros on padded rows)."""
+    import torch
+
+    rows = torch.stack((lse * LOG2E, delta), dim=-1)  # [B, H, tokens, 2]
+    return tile_permute(rows.permute(0, 2, 1, 3).unflatten(1, tuple(size)), tile, dilation=dilation)
 
 
 def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: int, extra: int,
@@ -830,5 +996,6 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
         HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
 
 
-__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DQ_CANDIDATES", "BwdTuning", "GNABackward", "build_backward",
-           "gna_backward", "pick_tuning", "rows_forward"]
+__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DQ_CANDIDATES", "DQ_PERMUTED_CANDIDATES",
+           "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "build_backward", "candidate_tuning", "gna_backward",
+           "pick_tuning", "rows_forward"]

@@ -1,0 +1,80 @@
+"""The GNA backward's permuted stream layout compiled for a real GPU (TMA descriptors, and pointers with
+``SPARSESIM_NO_TMA=1``): bf16/fp16 gradients against float64 autograd and against the gather layout, at the
+backward's own GPU tiles (streamed tiles shrunk from the forward's). Skipped without a CUDA device or under
+``TRITON_INTERPRET=1``; run alone: ``python -m pytest tests/gpu/test_gna_backward_permuted_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("needs a CUDA GPU and compiled (not interpreted) Triton kernels", allow_module_level=True)
+
+from sparsesim.kernels.gna import gna_forward  # noqa: E402
+from sparsesim.kernels.gna_bwd import (  # noqa: E402
+    DKV_PERMUTED_CANDIDATES,
+    DQ_PERMUTED_CANDIDATES,
+    BwdTuning,
+    candidate_tuning,
+    gna_backward,
+)
+from sparsesim.kernels.reference import gna_reference  # noqa: E402
+
+#: Bound on ||grad - ref|| / ||ref|| against float64 autograd (as tests/gpu/test_gna_backward_cuda.py).
+REL = {torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def rand(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32).to(dtype)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    assert torch.isfinite(a).all()
+    return float((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel())))
+
+
+CASES = [
+    # size, pattern, extras, tiles (None: the cost model's pick), heads, heads_kv, head_dim
+    ((1000,), {"window": 129, "causal": True}, {}, None, 4, 2, 128),
+    ((40, 36), {"window": (17, 9), "stride": (4, 1), "dilation": (1, 2), "causal": (False, True)}, {},
+     ((16, 8), (16, 8)), 4, 4, 64),
+    ((64, 64), {"window": (32, 32), "stride": (16, 16)}, {}, ((16, 8), (16, 8)), 2, 1, 128),  # block-sparse
+    ((10, 20, 24), {"window": (6, 8, 8), "stride": (1, 4, 8), "causal": (True, False, False)}, {},
+     ((2, 8, 8), (2, 8, 8)), 2, 2, 128),
+    ((16, 16), {"window": (7, 7)}, {"extra_tokens": 77, "extra_at": "start"}, None, 4, 2, 128),
+    ((8, 12, 12), {"window": (4, 6, 6)}, {"extra_tokens": 40, "extra_at": "end"}, None, 2, 2, 128),
+]
+
+PERMUTED = [BwdTuning(dq_stream_layout="permute", dkv_stream_layout="permute"),
+            candidate_tuning("dkv", DKV_PERMUTED_CANDIDATES[-1], "permute",
+                             base=candidate_tuning("dq", DQ_PERMUTED_CANDIDATES[-1], "permute"))]
+
+
+@pytest.mark.parametrize("no_tma", [False, True], ids=["tma", "pointers"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])) + ("-extra" if c[2] else ""))
+def test_permuted_gradients_cuda(case, dtype, no_tma, monkeypatch):
+    if no_tma:
+        monkeypatch.setenv("SPARSESIM_NO_TMA", "1")
+    size, kw, xkw, tiles, h, hk, d = case
+    n = math.prod(size)
+    shape = (1, n + xkw["extra_tokens"]) if xkw else (1, *size)
+    if xkw:
+        xkw = {**xkw, "input_size": size}
+    q, k, v, do = (rand(*shape, x, d, dtype=dtype, seed=s) for s, x in enumerate((h, hk, hk, h)))
+    call = {**({} if tiles is None else {"q_tile": tiles[0], "kv_tile": tiles[1]}), **kw, **xkw}
+    out, lse = gna_forward(q, k, v, **call)
+    gathered = gna_backward(do, q, k, v, out, lse, tuning=BwdTuning(), **call)
+    refs = [x.double().requires_grad_() for x in (q, k, v)]
+    gna_reference(*refs, **kw, **xkw).backward(do.double())
+    for tuning in PERMUTED:
+        permuted = gna_backward(do, q, k, v, out, lse, tuning=tuning, **call)
+        errors = {n_: (rel(p, r.grad), rel(p, g)) for n_, p, g, r in zip("qkv", permuted, gathered, refs, strict=True)}
+        assert all(e[0] < REL[dtype] and e[1] < REL[dtype] for e in errors.values()), (tuning, errors)

@@ -1,0 +1,159 @@
+"""The GNA backward's permuted stream layout (``BwdTuning(dq_stream_layout="permute", dkv_stream_layout=...)``)
+under the Triton interpreter: dQ streams K/V and dK/dV streams Q/dO (and their LSE/Delta rows) from buffers
+permuted once per call into contiguous tiles, loaded one block per tile (TMA descriptors where
+``descriptors_ok`` allows, pointers with ``SPARSESIM_NO_TMA=1``). Under the interpreter both kernels keep the
+forward's tiles, so the permuted buffers have the forward's tile shapes.
+
+Gradients against the gather layout's (same arithmetic: equal up to rounding) and against torch autograd of the
+float64 reference (``kernels/reference.py``), on 1D/2D/3D layouts with stride, dilation, causal axes, GQA, odd
+sizes (padded tiles), unequal Q/KV tiles, batch, block-sparse patterns and extra tokens.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+
+import pytest
+import torch
+from kernel_testing import randn
+
+if "sparsesim.kernels.gna_bwd" in sys.modules:  # imported before the interpreter was switched on
+    importlib.reload(sys.modules["sparsesim.kernels.gna_bwd"])
+
+from sparsesim.kernels import gna_bwd  # noqa: E402
+from sparsesim.kernels.gna import gna_forward  # noqa: E402
+from sparsesim.kernels.gna_bwd import BwdTuning, gna_backward  # noqa: E402
+from sparsesim.kernels.reference import gna_reference  # noqa: E402
+
+#: Bound on ||grad - ref|| / ||ref|| against float64 autograd (as tests/kernels/test_gna_backward.py).
+REL = {torch.float32: 2e-5, torch.float16: 5e-3}
+#: Bound on ||permuted - gathered|| / ||gathered|| (the same products and sums; padded rows add exact zeros).
+SAME = {torch.float32: 1e-6, torch.float16: 1e-3}
+
+PERMUTED = BwdTuning(dq_stream_layout="permute", dkv_stream_layout="permute")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||``, the norm floored at 0.1 per element (a gradient can be exactly zero)."""
+    a, b = a.detach().double(), b.detach().double()
+    assert torch.isfinite(a).all(), f"{int((~torch.isfinite(a)).sum())} non-finite elements"
+    return float((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel())))
+
+
+def _kw(window, stride=1, dilation=1, causal=False):
+    return {"window": window, "stride": stride, "dilation": dilation, "causal": causal}
+
+
+@pytest.fixture
+def modes(monkeypatch):
+    """The STREAM modes the permuted launches used (2: TMA descriptors, 1: pointers)."""
+    seen: list[int] = []
+    real = gna_bwd._permuted_pair
+
+    def spy(*args):
+        res = real(*args)
+        seen.append(res[-1])
+        return res
+
+    monkeypatch.setattr(gna_bwd, "_permuted_pair", spy)
+    return seen
+
+
+def check(shape, kw, tiles, heads, heads_kv, dtype, seed, *, xkw=None, batch=1, tuning=PERMUTED, views=None):
+    """Permuted against gathered and against float64 autograd; ``views``: (q, k, v) given instead of random."""
+    xkw = xkw or {}
+    dim = 16
+    if views is None:
+        q = randn(batch, *shape, heads, dim, dtype=dtype, seed=seed)
+        k = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 1)
+        v = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 2)
+    else:
+        q, k, v = views
+    do = randn(*q.shape, dtype=dtype, seed=seed + 3)
+    call = {**tiles, **kw, **xkw}
+    out, lse = gna_forward(q, k, v, **call)
+    gathered = gna_backward(do, q, k, v, out, lse, **call)
+    permuted = gna_backward(do, q, k, v, out, lse, tuning=tuning, **call)
+    refs = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    gna_reference(*refs, **kw, **xkw).backward(do.double())
+    for name, p, g, r in zip(("dq", "dk", "dv"), permuted, gathered, refs, strict=True):
+        assert p.shape == g.shape and p.dtype == dtype, name
+        assert _rel(p, g) < SAME[dtype], (name, "against the gather layout", _rel(p, g))
+        assert _rel(p, r.grad) < REL[dtype], (name, "against float64 autograd", _rel(p, r.grad))
+
+
+CASES = [
+    # id, shape, pattern, tiles, heads, heads_kv, dtype, batch
+    ("1d-causal-stride-gqa", (40,), _kw(8, 4, 1, True), {"q_tile": 16, "kv_tile": 16}, 4, 2, torch.float16, 1),
+    ("1d-dilation-odd-batch", (45,), _kw(5, 2, 3), {"q_tile": 16, "kv_tile": 16}, 2, 1, torch.float32, 2),
+    ("2d-dilation-odd-causal", (9, 7), _kw((3, 3), (1, 2), (2, 2), (True, False)), {"q_tile": (4, 4)}, 2, 2,
+     torch.float16, 1),
+    ("2d-unequal-tiles", (9, 6), _kw((4, 3), (2, 1), (1, 2)), {"q_tile": (4, 4), "kv_tile": (2, 8)}, 2, 1,
+     torch.float32, 1),
+    ("2d-block-sparse", (8, 8), _kw((4, 4), (4, 4)), {"q_tile": (4, 4)}, 2, 1, torch.float32, 1),
+    # several full tiles per axis: KV tiles per Q tile (dQ) and Q tiles per KV tile (dK/dV) on both axes
+    ("2d-wide", (8, 24), _kw((5, 17)), {"q_tile": (4, 4)}, 2, 1, torch.float32, 1),
+    ("1d-wide-causal", (100,), _kw(63, 1, 1, True), {"q_tile": 16}, 2, 2, torch.float16, 1),
+    ("3d-causal", (3, 4, 5), _kw((2, 3, 3), (1, 2, 1), 1, (False, False, True)), {"q_tile": (2, 2, 4)}, 2, 1,
+     torch.float32, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_permuted_matches_gathered_and_float64(case, modes):
+    _, shape, kw, tiles, heads, heads_kv, dtype, batch = case
+    check(shape, kw, tiles, heads, heads_kv, dtype, seed=len(shape) + heads, batch=batch)
+    assert modes == [2, 2], "dQ and dK/dV each permute once per call, through TMA descriptors"
+
+
+EXTRA_CASES = [
+    # id, layout, pattern, extras, tile, heads, heads_kv, dtype
+    ("1d-extra-end", (37,), _kw(9, 2), {"extra_tokens": 7, "extra_at": "end"}, 16, 2, 1, torch.float32),
+    ("2d-extra-start-gqa", (8, 6), _kw((3, 3), (1, 2)), {"extra_tokens": 19, "extra_at": "start"}, (4, 4), 4, 2,
+     torch.float16),
+    ("1d-causal-sinks", (40,), _kw(8, 4, 1, True), {"extra_tokens": 5, "extra_at": "start"}, 16, 2, 1,
+     torch.float32),
+]
+
+
+@pytest.mark.parametrize("case", EXTRA_CASES, ids=[c[0] for c in EXTRA_CASES])
+def test_permuted_with_extra_tokens(case, modes):
+    _, size, kw, xkw, tile, heads, heads_kv, dtype = case
+    xkw = {**xkw, "input_size": size}
+    check((math.prod(size) + xkw["extra_tokens"],), kw, {"q_tile": tile}, heads, heads_kv, dtype, seed=7, xkw=xkw)
+    assert modes == [2, 2]
+
+
+@pytest.mark.parametrize("layouts", [("permute", "gather"), ("gather", "permute")])
+def test_pointer_loads_and_one_kernel_permuted(layouts, modes, monkeypatch):
+    """Without TMA descriptors the permuted buffers are read through pointers; each kernel's layout is its own."""
+    monkeypatch.setenv("SPARSESIM_NO_TMA", "1")
+    tuning = BwdTuning(dq_stream_layout=layouts[0], dkv_stream_layout=layouts[1])
+    check((9, 7), _kw((3, 5), (2, 1), (2, 1), (False, True)), {"q_tile": (4, 4)}, 4, 2, torch.float32, seed=3,
+          tuning=tuning)
+    assert modes == [1]
+
+
+def test_views_with_unequal_strides(modes):
+    """q, k, v as views of one fused qkv tensor (k and v share strides, dO does not share q's): the pairs whose
+    strides differ are permuted by two passes."""
+    qkv = randn(1, 7, 9, 3, 2, 16, dtype=torch.float32, seed=5)
+    views = (qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2])
+    check((7, 9), _kw((3, 5), (1, 2)), {"q_tile": (4, 4)}, 2, 2, torch.float32, seed=5, views=views)
+    assert modes == [2, 2]
+
+
+def test_layout_is_validated_and_gather_stays_the_default():
+    q = randn(1, 20, 2, 16, dtype=torch.float32, seed=9)
+    out, lse = gna_forward(q, q, q, window=5, q_tile=16)
+    with pytest.raises(ValueError, match="dkv_stream_layout='tma'; allowed: gather, permute"):
+        gna_backward(out, q, q, q, out, lse, window=5, q_tile=16, tuning=BwdTuning(dkv_stream_layout="tma"))
+    assert BwdTuning().dq_stream_layout == BwdTuning().dkv_stream_layout == "gather"
+    # The first call's pick tries the gather candidates only; the permuted ones are the benchmark's.
+    picked = gna_bwd.candidate_tuning("dkv", gna_bwd.DKV_CANDIDATES[1],
+                                      base=gna_bwd.candidate_tuning("dq", gna_bwd.DQ_CANDIDATES[0]))
+    assert picked == BwdTuning(dq_resident=1 << 30, dq_stream=64, dq_stages=3, dkv_resident=1 << 30, dkv_stream=32,
+                               dkv_stages=3)
+    assert set(gna_bwd.DQ_CANDIDATES) <= set(gna_bwd.DQ_PERMUTED_CANDIDATES)

@@ -27,6 +27,7 @@ LSE/Delta rows) are first permuted into contiguous tiles (the forward's ``permut
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -679,7 +680,9 @@ class GNABackward:
     compiled: dict[Any, Any] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=64)
 def _constexprs(plan: GNAPlan) -> dict[str, Any]:
+    """The plan's tile and mask constexprs in the kernels' signature order (cached per plan: read, never changed)."""
     qt, kt = plan.q_tile3, plan.kv_tile3
     return dict(QT0=qt[0], QT1=qt[1], QT2=qt[2], KT0=kt[0], KT1=kt[1], KT2=kt[2], MASK0=plan.mask_axes[0],
                 MASK1=plan.mask_axes[1], MASK2=plan.mask_axes[2], BLOCK_SPARSE=plan.block_sparse)

@@ -13,12 +13,15 @@ its 5th-95th percentile (numpy's linear interpolation), with the row count. A si
 from (two-fold over held-out configurations, and the never-fitted tile sweep); 5th-95th bands hold 84-87%,
 so the 80% target holds out of sample, not only by construction.
 
-Reference profiles (``reference-<arch>``) are shipped hand-set: they were never fitted to the published set of
-``hwmodels/published/``, so every row of it (fit, held-out and judge rows alike) is out of sample for them;
-their band is the 5th-95th percentile of published / predicted time over the rows of their architecture's
-kernels, all kernels and sizes together, ``evidence = "published"``. Anything else (``triton`` or
-``cudnn-hopper`` on another GPU than the one measured, a profile read from a file) gets the default band
-(``evidence = "none"``).
+Reference profiles (``reference-<arch>``): where ``hwmodels/calibration/`` ships one fitted by ``simulate calibrate
+--published`` (its ``[fit]`` names the published set, the measurements fitted alongside and the held-out rows), the
+out-of-sample rows are that fit's held-out rows (published figures, and for Hopper this repository's H200 cuDNN
+measurements) and the published set's judge rows of its kernels (never fitted); the recorded held-out ids are checked
+against the set. A hand-set profile (no fitted file) was fitted to nothing, so every row of its architecture's kernels
+is out of sample. Either way the band is the 5th-95th percentile of published / predicted time over those rows, all
+kernels and sizes together, ``evidence = "published"``; an architecture with fewer than :data:`MIN_ROWS` such rows
+gets no band (the default one applies). Anything else (``triton`` or ``cudnn-hopper`` on another GPU than the one
+measured, a profile read from a file) gets the default band (``evidence = "none"``).
 
 Printed: the bands, and how often held-out H200 measurements fall inside their band: on the rows the bands
 were computed from (about 80% by construction), by two-fold cross-validation over configurations (bands
@@ -50,8 +53,10 @@ from sparsesim.simulator.bands import (
 from sparsesim.simulator.calibrate import (
     ARCH_KERNELS,
     PUBLISHED_FILE,
+    PublishedRow,
     Row,
     load_rows,
+    measured_rows,
     predicted_ms,
     published_ratio,
     read_published,
@@ -63,6 +68,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MIN_ROWS = 8
 #: A measurement file never fitted to (a tile sweep of our GNA kernel), checked against the bands.
 EXTRA_CHECK = "hwmodels/measurements/validate_h200_tiles_2026-11-29_828261d.csv"
+#: The GPU file a reference profile is loaded for (any GPU of the architecture).
+GPU_OF = {"ampere": "A100", "hopper": "H100", "blackwell": "B200"}
 
 
 def _sha(path: Path) -> str:
@@ -114,6 +121,39 @@ def heldout_ratios(profile: str) -> tuple[dict[str, object], list[Row], list[flo
     return fit, held, [r.measured_ms / predicted_ms(r, gpu, prof) for r in held]
 
 
+def reference_ratios(arch: str) -> tuple[Path, list[float], list[PublishedRow], str, list[str]]:
+    """The shipped ``reference-<arch>`` profile's file, its out-of-sample rows' published / predicted times, the rows
+    a note on which rows they are (a fitted profile's held-out and judge rows, a hand-set one's every row) and the
+    files they come from."""
+    name = f"reference-{arch}"
+    fitted = CALIBRATION_DIR / f"{name}.toml"
+    kernels = ARCH_KERNELS[arch]
+    if not fitted.exists():
+        src = PROFILE_DIR / f"{name}.toml"
+        prof = load_profile(str(src), load_gpu(GPU_OF[arch]))
+        rows = [r for r in read_published(PUBLISHED_FILE) if r.arch == arch and r.kernel in kernels]
+        note = ("every row of the architecture's kernels (fit, held-out and judge): the shipped profile is hand-set, "
+                "fitted to none of them")
+        return src, [1.0 / published_ratio(r, prof) for r in rows], rows, note, [_rel(PUBLISHED_FILE)]
+    fit = read_toml(fitted, "kernel profile")["fit"]
+    if "heldout_rows" not in fit:
+        raise SystemExit(f"{name}: {_rel(fitted)} has no [fit] heldout_rows; refit with simulate calibrate --published")
+    prof = load_profile(str(fitted), load_gpu(GPU_OF[arch]))
+    published = read_published(ROOT / fit["published"])
+    every = published + (measured_rows(fit["measurements"]) if fit["measurements"] else [])
+    wanted = set(fit["heldout_rows"])
+    held = [r for r in every if r.id in wanted]
+    judge = [r for r in published if r.use == "judge" and r.arch == arch and r.kernel in fit["kernels"]]
+    if len(held) != fit["n_heldout"] or len(judge) != fit["n_judge"]:
+        raise SystemExit(f"{name}: {len(held)} held-out and {len(judge)} judge rows, the fit recorded "
+                         f"{fit['n_heldout']} and {fit['n_judge']}; refit first")
+    rows = held + judge
+    note = (f"simulate calibrate --published split: by configuration, holdout {fit['holdout']}, seed {fit['seed']}: "
+            f"its {len(held)} held-out rows and the set's {len(judge)} judge rows (never fitted)")
+    files = [str(fit["published"])] + (list(fit["measurements"]) if any(r.measured for r in held) else [])
+    return fitted, [1.0 / published_ratio(r, prof) for r in rows], rows, note, files
+
+
 def _coverage(rows: Sequence[tuple[str, int, float]], bands: Sequence[dict[str, object]]) -> tuple[int, int]:
     inside = total = 0
     for kernel, tokens, ratio in rows:
@@ -156,10 +196,10 @@ def compute() -> tuple[str, list[str]]:
         configs = sorted({r.config_id for r in held})
         order = np.random.default_rng(1).permutation(len(configs))
         half = {configs[i] for i in order[: len(configs) // 2]}
-        a = [x for r, x in zip(held, rows, strict=True) if r.config_id in half]
-        b = [x for r, x in zip(held, rows, strict=True) if r.config_id not in half]
-        i1, t1 = _coverage(b, cells(fit["kernels"], a))  # type: ignore[arg-type]
-        i2, t2 = _coverage(a, cells(fit["kernels"], b))  # type: ignore[arg-type]
+        first = [x for r, x in zip(held, rows, strict=True) if r.config_id in half]
+        second = [x for r, x in zip(held, rows, strict=True) if r.config_id not in half]
+        i1, t1 = _coverage(second, cells(fit["kernels"], first))  # type: ignore[arg-type]
+        i2, t2 = _coverage(first, cells(fit["kernels"], second))  # type: ignore[arg-type]
         if t1 + t2:
             report.append(f"{profile} on {fit['gpu']}: {i1 + i2}/{t1 + t2} = {(i1 + i2) / (t1 + t2):.0%} inside a band "
                           f"from the other half of the held-out configurations (two-fold, by configuration)")
@@ -171,22 +211,30 @@ def compute() -> tuple[str, list[str]]:
             i3, t3 = _coverage(er, bands)
             report.append(f"{profile} on {fit['gpu']}: {i3}/{t3} = {i3 / t3:.0%} of {EXTRA_CHECK} (never fitted) "
                           f"inside their band")
-    published = read_published(PUBLISHED_FILE)
-    for arch, kernels in ARCH_KERNELS.items():
-        src = PROFILE_DIR / f"reference-{arch}.toml"
-        prof = load_profile(str(src), load_gpu({"ampere": "A100", "hopper": "H100", "blackwell": "B200"}[arch]))
-        mine = [r for r in published if r.arch == arch and r.kernel in kernels]
-        ratios = [1.0 / published_ratio(r, prof) for r in mine]
+    for arch in ARCH_KERNELS:
+        src, ratios, ref_rows, split_note, files = reference_ratios(arch)
+        name = f"reference-{arch}"
         if len(ratios) < MIN_ROWS:
+            report.append(f"{name}: {len(ratios)} out-of-sample rows (fewer than {MIN_ROWS}): no band, the default "
+                          f"one applies")
             continue
         lo, hi = band_of(ratios)
-        entries.append({"profile": f"reference-{arch}", "gpu": "*", "kernel": "*", "size": "*", "low": lo, "high": hi,
+        entries.append({"profile": name, "gpu": "*", "kernel": "*", "size": "*", "low": lo, "high": hi,
                         "n": len(ratios), "evidence": "published", "source": _rel(src), "profile_sha256": _sha(src),
-                        "measurements": [_rel(PUBLISHED_FILE)],
-                        "split": "every row of the architecture's kernels (fit, held-out and judge): the shipped "
-                                 "profile is hand-set, fitted to none of them"})
+                        "measurements": files,
+                        "split": split_note})
         inside = sum(lo <= x <= hi for x in ratios)
-        report.append(f"reference-{arch}: {inside}/{len(ratios)} published figures inside the band")
+        report.append(f"{name}: {inside}/{len(ratios)} out-of-sample figures inside the band (the rows it comes from)")
+        if len(ratios) >= 2 * MIN_ROWS:
+            ref_configs = sorted({r.config_id for r in ref_rows})
+            ref_order = np.random.default_rng(1).permutation(len(ref_configs))
+            ref_half = {ref_configs[i] for i in ref_order[: len(ref_configs) // 2]}
+            one = [x for r, x in zip(ref_rows, ratios, strict=True) if r.config_id in ref_half]
+            other = [x for r, x in zip(ref_rows, ratios, strict=True) if r.config_id not in ref_half]
+            (alo, ahi), (blo, bhi) = band_of(one), band_of(other)
+            cross = sum(alo <= x <= ahi for x in other) + sum(blo <= x <= bhi for x in one)
+            report.append(f"{name}: {cross}/{len(ratios)} = {cross / len(ratios):.0%} inside a band from the other "
+                          f"half of those configurations (two-fold, by configuration)")
     lines = ["# Error bands of predictions: measured / predicted time, 5th-95th percentile of out-of-sample rows.",
              "# Generated by `python benchmarks/error_bands.py`; do not edit by hand.", "",
              f"quantiles = {_toml(list(QUANTILES))}", f"size_split_tokens = {SIZE_SPLIT_TOKENS}",

@@ -7,7 +7,10 @@ Per architecture, ``reference-<arch>`` (hand-set prior) and the same profile fit
 (split by configuration, seeded; for Hopper also this repository's H200 cuDNN measurements, reported apart as
 ``*_measured``: ``heldout`` is published figures only). The "judge" rows (NATTEN's profiler-documentation
 tables) are never fitted: they are only scored. Errors are of predicted over published time (speedups: of the sparse
-time relative to dense). Nothing is installed into the package; the fitted profiles are not written.
+time relative to dense). Nothing is written into the package: the shipped fits,
+``hwmodels/calibration/reference-<arch>.toml``, are written by ``simulate calibrate --published
+hwmodels/published/published.csv --arch <arch> --profile-out ...``; this script says whether each one is current
+(its fitted terms those of a fresh fit with the same split).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import sys
 
 import numpy as np
 
-from sparsesim.simulator.calibrate import calibrate_published, published_ratio
+from sparsesim.hwmodels.gpus import read_toml
+from sparsesim.hwmodels.profiles import CALIBRATION_DIR
+from sparsesim.simulator.calibrate import PublishedFit, calibrate_published, published_ratio
 from sparsesim.simulator.files import check_output, write_text
 
 #: The issue's kernel-level judge target: the FLUX-4K (2D) and HunyuanVideo (3D) rows of NATTEN's profiler
@@ -33,6 +38,21 @@ def _stats(errors: list[float]) -> tuple[float, int, float]:
     return float(a.mean()), int((a <= 0.25).sum()), float(a.max())
 
 
+def shipped_state(fit: PublishedFit) -> str:
+    """Whether ``hwmodels/calibration/reference-<arch>.toml`` holds this fit's terms (to 1e-9 relative)."""
+    path = CALIBRATION_DIR / f"reference-{fit.arch}.toml"
+    if not path.exists():
+        return f"{path.name}: not shipped (the hand-set prior is used)"
+    data = read_toml(path, "kernel profile")
+    if data.get("fit", {}).get("seed") != fit.seed or data.get("fit", {}).get("holdout") != fit.holdout:
+        return f"{path.name}: shipped with another split"
+    for name, value in fit.params.items():
+        table = data["backward"] if name.startswith("backward.") else data["forward"]
+        if abs(float(table[name.split(".")[-1]]) - value) > 1e-9 * max(1.0, abs(value)):
+            return f"{path.name}: stale ({name} {table[name.split('.')[-1]]} shipped, {value} fitted)"
+    return f"{path.name}: current"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Fit each architecture, print the table and the judge rows, save the table as CSV."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args.out, "--out")
     lines = ["arch,profile,rows,n,mape,within_25pct,max_abs_error,fitted_terms"]
     judged = []
+    states: list[str] = []
     for arch in args.arch:
         fit = calibrate_published(args.published, arch=arch, holdout=args.holdout, seed=args.seed)
         terms = " ".join(f"{k}={v:.4g}" for k, v in fit.params.items())
@@ -60,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 mape, within, worst = _stats([published_ratio(r, prof) - 1 for r in rows])
                 lines.append(f"{arch},{name},{which},{len(rows)},{mape:.4f},{within},{worst:.4f},"
                              f"{terms if name == 'fitted' else ''}")
+        states.append(shipped_state(fit))
         for r in fit.judge:
             judged.append((arch, r.id, r.value, r.unit, published_ratio(r, fit.prior) - 1,
                            published_ratio(r, fit.profile) - 1))
@@ -69,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'arch':10} {'id':42} {'published':>10} {'prior':>8} {'fitted':>8}")
     for arch, ident, value, unit, e0, e1 in judged:
         print(f"{arch:10} {ident:42} {value:>7.3f} {unit:2} {e0:+8.1%} {e1:+8.1%}")
+    if args.published is None:
+        print("\nshipped fits (hwmodels/calibration/):")
+        print("\n".join(states))
     write_text(text, args.out, "--out")
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0

@@ -4,8 +4,9 @@ A profile says how a kernel uses a GPU: its tiles, CTAs per SM, persistence, how
 overlaps the matrix units, the cost of masking, fixed costs per CTA, per KV tile, per launch and
 per call, and achievable fractions of peak. Profiles are picked by name:
 
-- ``reference``: ``reference-<architecture>`` of the chosen GPU, the best published kernels, with
-  hand-set figures from their papers (kept for comparison; never fitted);
+- ``reference``: ``reference-<architecture>`` of the chosen GPU, the best published kernels: set by hand from
+  their papers (the prior in ``profiles/``), fitted to published kernel figures by
+  ``simulate calibrate --published`` (``calibration/``; Hopper also to our H200 cuDNN measurements);
 - ``triton``: sparsesim's own Triton kernels, fitted to measurements on an H200 by
   ``simulate calibrate`` and carried to other GPUs through their hardware figures;
 - ``cudnn``: dense cuDNN attention (the default dense baseline), ``cudnn-<architecture>`` where it
@@ -96,6 +97,9 @@ class GemmProfile:
     tile_n: int
     efficiency: float
     elementwise_passes_per_block: float
+    #: Share of HBM bandwidth the elementwise passes and memory-bound GEMMs reach: their own term, so a fit of
+    #: the attention kernel's ``forward.hbm_efficiency`` (which also absorbs its permutation passes) leaves them be.
+    hbm_efficiency: float
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 The bands are computed once by ``benchmarks/error_bands.py`` into ``hwmodels/bands/error_bands.toml`` (shipped
 with the package): for a fitted profile, the 5th-95th percentile of measured / predicted time over the
-held-out rows of its ``simulate calibrate`` split, by kernel and size band; for a hand-set reference profile,
-over the published figures of its architecture. A profile with no such evidence (our ``triton`` profile on a
+held-out rows of its ``simulate calibrate`` split, by kernel and size band; for a reference profile fitted to
+published figures, over its fit's held-out figures and the judge figures never fitted (a hand-set one: over the
+published figures of its architecture). A profile with no such evidence (our ``triton`` profile on a
 GPU we never measured, a profile read from a file) gets the wide default band, ``evidence = "none"``.
 Nothing is refitted at run time.
 """

@@ -145,7 +145,7 @@ def gemm_ms(gpu: GPU, prof: KernelProfile, m: int, n: int, k: int, dtype: str) -
     waves = math.ceil(tiles / gpu.sm_count)
     per_tile = 2.0 * g.tile_m * g.tile_n * k / (gpu.tensor_flops_per_s(dtype) / gpu.sm_count * g.efficiency)
     moved = (m * k + k * n + m * n) * DTYPE_BYTES[dtype]
-    return max(waves * per_tile, moved / (gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency)) * 1e3
+    return max(waves * per_tile, moved / (gpu.hbm_TBps * 1e12 * g.hbm_efficiency)) * 1e3
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def dense_step(w: Workload, gpu: GPU, prof: KernelProfile, self_attention_ms: fl
     passes = prof.gemm.elementwise_passes_per_block if w.elementwise_passes_per_block is None \
         else w.elementwise_passes_per_block
     elementwise = w.layers * passes * tokens * w.hidden * DTYPE_BYTES[w.dtype] / (
-        gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency) * 1e3
+        gpu.hbm_TBps * 1e12 * prof.gemm.hbm_efficiency) * 1e3
     n, t, c = w.tokens, w.text_tokens, w.cross_attention_tokens
     other_pairs = float(t * (n + t) + n * t + n * c)  # text queries, image queries on text keys, cross-attention
     other_flops = attention_flops(other_pairs, heads=w.heads, head_dim=w.head_dim, batch=w.batch)

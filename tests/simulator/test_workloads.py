@@ -100,7 +100,7 @@ def test_gemm_wave_quantization_one_wave_plus_one():
     per_tile = 2 * tm * tn * k / (g.tensor_TFLOPs["bf16"] * 1e12 / sms * p.gemm.efficiency)
     # 11 x 12 output tiles: exactly one wave, compute-bound (A and B are reused across the grid).
     m, n = 11 * tm, 12 * tn
-    moved = (m * k + k * n + m * n) * 2 / (g.hbm_TBps * 1e12 * p.forward.hbm_efficiency)
+    moved = (m * k + k * n + m * n) * 2 / (g.hbm_TBps * 1e12 * p.gemm.hbm_efficiency)
     assert moved < per_tile
     assert gemm_ms(g, p, m, n, k, "bf16") == pytest.approx(per_tile * 1e3, rel=1e-12)
     # 7 x 19 = SMs + 1 output tiles: two waves.
@@ -113,7 +113,7 @@ def test_gemm_memory_floor_on_a_skinny_gemm():
     g = load_gpu("H100")
     p = load_profile("reference", g)
     m, n, k = 16, p.gemm.tile_n * g.sm_count, 4096  # one wave of mostly empty tiles, all of B read once
-    floor = (m * k + k * n + m * n) * 2 / (g.hbm_TBps * 1e12 * p.forward.hbm_efficiency)
+    floor = (m * k + k * n + m * n) * 2 / (g.hbm_TBps * 1e12 * p.gemm.hbm_efficiency)
     per_tile = 2 * p.gemm.tile_m * p.gemm.tile_n * k / (g.tensor_TFLOPs["bf16"] * 1e12 / g.sm_count * p.gemm.efficiency)
     assert floor > per_tile
     assert gemm_ms(g, p, m, n, k, "bf16") == pytest.approx(floor * 1e3, rel=1e-12)
@@ -134,7 +134,7 @@ def test_dense_step_parts_by_hand():
     assert step.total_ms == pytest.approx(step.gemm_ms + step.elementwise_ms + step.self_attention_ms
                                           + step.other_attention_ms)
     # The workload's own elementwise passes (measured for FLUX), else the profile's: bytes over bandwidth.
-    bandwidth = g.hbm_TBps * 1e12 * p.forward.hbm_efficiency
+    bandwidth = g.hbm_TBps * 1e12 * p.gemm.hbm_efficiency
     per_pass = 57 * tokens * 3072 * 2 / bandwidth * 1e3
     assert w.elementwise_passes_per_block == 291
     assert step.elementwise_ms == pytest.approx(291 * per_pass, rel=1e-12)

@@ -330,6 +330,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     from sparsesim.simulator.calibrate import calibrate, profile_toml
 
     if args.published is not None:
+        if args.judge:
+            raise ConfigError("--judge goes with --measurements (with --published the judge rows are the set's "
+                              "use=judge rows)")
         _calibrate_published(args)
         return
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()] if args.kernels else None
@@ -347,20 +350,24 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     summary = {"profile": result.profile.name, "train_mape": result.train_mape, "heldout_mape": result.heldout_mape,
                "n_train": result.n_train, "n_heldout": result.n_heldout,
                "prior_heldout_mape": result.prior_heldout_mape, **{f"fit_{k}": v for k, v in result.params.items()}}
-    from sparsesim.simulator.fidelity import as_records, heldout_errors
+    from sparsesim.simulator.fidelity import as_records, heldout_errors, judge_errors
 
     by_band = as_records(heldout_errors(args.measurements, result, holdout=args.holdout, seed=args.seed))
+    judged = as_records(judge_errors(args.judge, result)) if args.judge else []
     if args.format == "json":
         import json
 
-        write_text(json.dumps({**summary, "worst": result.worst, "heldout_by_band": by_band}, indent=1) + "\n",
-                   args.out)
+        extra = {"judge_by_band": judged} if args.judge else {}
+        write_text(json.dumps({**summary, "worst": result.worst, "heldout_by_band": by_band, **extra}, indent=1)
+                   + "\n", args.out)
         return
     emit(pd.DataFrame([summary]), args, list(summary), list(summary))
     print(pd.DataFrame(result.worst).to_string(index=False), file=sys.stderr)
-    if by_band:
-        print("held-out error by kernel and size band (tokens; error = predicted / measured - 1):", file=sys.stderr)
-        print(pd.DataFrame(by_band).to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
+    for title, records in (("held-out error", by_band), (f"error on {len(args.judge or [])} file(s) never fitted",
+                                                         judged)):
+        if records:
+            print(f"{title} by kernel and size band (tokens; error = predicted / measured - 1):", file=sys.stderr)
+            print(pd.DataFrame(records).to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
 
 
 def _calibrate_published(args: argparse.Namespace) -> None:

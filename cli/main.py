@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the fitted profile goes (default: <profile>.toml in the current folder, never the "
                         "installed package)")
     p.add_argument("--dry-run", action="store_true", help="fit and report; write no profile")
+    p.add_argument("--judge", nargs="+", default=None, metavar="FILE.csv",
+                   help="with --measurements: simulate validate CSVs never fitted, whose error the fitted profile "
+                        "reports by kernel and size band (JSON: judge_by_band)")
     add_output_args(p)
     p.set_defaults(func=c.cmd_calibrate)
     add_search_parsers(sub)

@@ -53,3 +53,30 @@ def test_calibrate_json_has_the_bands(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert {r["size"] for r in data["heldout_by_band"]} >= {"<=4K", "*"}
     assert sum(r["rows"] for r in data["heldout_by_band"] if r["size"] == "*") == data["n_heldout"]
+
+
+FIDELITY = str(ROOT / "hwmodels/measurements/validate_h200_dense_fidelity_heldout_2026-11-30_953c6b0.csv")
+
+
+def test_calibrate_judge_files_are_reported_not_fitted(tmp_path: Path) -> None:
+    out = tmp_path / "c.json"
+    main(["calibrate", "--measurements", DENSE, "--kernel-profile", "cudnn", "--dry-run", "--format", "json",
+          "--out", str(out), "--judge", FIDELITY])
+    data = json.loads(out.read_text())
+    whole = [r for r in data["judge_by_band"] if r["size"] == "*"]
+    cudnn_rows = sum(1 for line in Path(FIDELITY).read_text().splitlines()[1:] if ",cudnn," in line)
+    assert len(whole) == 1 and whole[0]["rows"] == cudnn_rows > 0
+    plain = tmp_path / "p.json"
+    main(["calibrate", "--measurements", DENSE, "--kernel-profile", "cudnn", "--dry-run", "--format", "json",
+          "--out", str(plain)])
+    fitted = json.loads(plain.read_text())
+    assert "judge_by_band" not in fitted
+    assert fitted["fit_mma_efficiency"] == data["fit_mma_efficiency"]  # the judge file changes no fitted term
+
+
+def test_calibrate_judge_refused_with_published(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--published", "--judge", FIDELITY, "--dry-run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--judge goes with --measurements" in err[0]

@@ -10,6 +10,7 @@ tile. Padding is written as zeros; the inverse writes back only real tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import triton
 import triton.language as tl
 
-from sparsesim.kernels._launch import check_tensor_device, copy_launch, next_pow2
+from sparsesim.kernels._launch import check_tensor_device, copy_launch, hashable, launch_compiled, next_pow2, spec_key
 from sparsesim.simulator.feasibility import tile_problem
 from sparsesim.simulator.patterns import per_axis, positive_ints
 
@@ -89,28 +90,28 @@ class TileLayout:
     def rank(self) -> int:
         return len(self.input_size)
 
-    @property
+    @functools.cached_property
     def group_size(self) -> tuple[int, ...]:
         """Length of each folded axis: ``ceil(L / d)`` (the longest dilation group)."""
         return tuple(-(-n // d) for n, d in zip(self.input_size, self.dilation, strict=True))
 
-    @property
+    @functools.cached_property
     def grid(self) -> tuple[int, ...]:
         return tuple(-(-n // t) for n, t in zip(self.group_size, self.tile, strict=True))
 
-    @property
+    @functools.cached_property
     def groups(self) -> int:
         return math.prod(self.dilation)
 
-    @property
+    @functools.cached_property
     def volume(self) -> int:
         return math.prod(self.tile)
 
-    @property
+    @functools.cached_property
     def num_tiles(self) -> int:
         return math.prod(self.grid)
 
-    @property
+    @functools.cached_property
     def padded_tokens(self) -> int:
         return self.num_tiles * self.volume
 
@@ -120,7 +121,26 @@ class TileLayout:
 
 
 def make_layout(input_size: Sequence[int], tile: Any, dilation: Any = 1) -> TileLayout:
-    """Validate and build a :class:`TileLayout` (``ConfigError``, a ValueError, on bad tiles or dilations)."""
+    """Validate and build a :class:`TileLayout` (``ConfigError``, a ValueError, on bad tiles or dilations); a
+    call with hashable arguments is built once (repeated calls: a lookup)."""
+    try:
+        key = (tuple(int(s) for s in input_size), hashable(tile), hashable(dilation), _types(tile), _types(dilation))
+    except (TypeError, ValueError):
+        return _make_layout(input_size, tile, dilation)
+    return _layout_of(*key)
+
+
+def _types(value: Any) -> Any:
+    """The types inside a (nested) value: ``1`` and ``True`` hash alike but are validated differently."""
+    return tuple(_types(v) for v in value) if isinstance(value, (list, tuple)) else type(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_of(input_size: tuple[int, ...], tile: Any, dilation: Any, *_types_key: Any) -> TileLayout:
+    return _make_layout(input_size, tile, dilation)
+
+
+def _make_layout(input_size: Sequence[int], tile: Any, dilation: Any) -> TileLayout:
     size = tuple(int(s) for s in input_size)
     rank = len(size)
     if not 1 <= rank <= 3 or any(s < 1 for s in size):
@@ -148,12 +168,16 @@ def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y
     cfg = copy_launch(layout.volume, block_d)
     pair = x2 is not None
     grid = (layout.num_tiles, heads, batch * layout.groups)
-    _permute_kernel[grid](
-        x, y, x2 if pair else x, y2 if pair else y, x if heads_map is None else heads_map,
-        L0, L1, L2, D0, D1, D2, NT1, NT2, xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, T0=T0, T1=T1, T2=T2, INVERSE=inverse, PAIR=pair,
-        HAS_HMAP=heads_map is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    args = (x, y, x2 if pair else x, y2 if pair else y, x if heads_map is None else heads_map,
+            L0, L1, L2, D0, D1, D2, NT1, NT2, xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()))
+    constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "T0": T0, "T1": T1, "T2": T2, "INVERSE": inverse,
+                  "PAIR": pair, "HAS_HMAP": heads_map is not None}
+    launch_compiled(_COMPILED, (spec_key(args), *constexprs.values()), _permute_kernel, grid, args, constexprs,
+                    {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+
+
+#: Compiled permutation kernels by specialization and constexprs (repeated calls skip Triton's binding).
+_COMPILED: dict[Any, Any] = {}
 
 
 def _check_input(x: Any, rank: int | None, what: str) -> None:

@@ -650,11 +650,22 @@ DKV_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (1 << 30, 
 #: How the backward kernels may read their streamed operands (:class:`BwdTuning`'s ``*_stream_layout``).
 STREAM_LAYOUTS = ("gather", "permute")
 
-#: The same ``(resident, stream, stages)`` settings run with ``stream_layout="permute"``: measured side by side with
-#: the gather candidates by benchmarks/bwd_tune.py (``--stream-layout gather,permute``); not tried by the first
-#: call's pick (:func:`pick_tuning` tries :data:`DQ_CANDIDATES`/:data:`DKV_CANDIDATES` only) until measured.
-DQ_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DQ_CANDIDATES + ((1 << 30, 128, 3),)
-DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES + ((1 << 30, 128, 2),)
+#: The same ``(resident, stream, stages)`` settings run with ``stream_layout="permute"`` (benchmarks/bwd_tune.py,
+#: ``--stream-layout gather,permute``). A 128-row permuted stream was measured too at 185dd22 and dropped: over
+#: the H200's shared memory for dQ, 2.7x slower for dK/dV.
+DQ_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DQ_CANDIDATES
+DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES
+
+#: What the first GPU call's pick (:func:`pick_tuning`) tries per kernel, ``((resident, stream, stages), stream
+#: layout)``. H200 at 185dd22 (kernels/NOTES.md, "Permuted stream layout measured"): every dQ candidate was faster
+#: permuted (3D 16x32x48: 14.8 -> 14.4 ms; HunyuanVideo: 117.5 -> 114.8), dK/dV's fastest was the permuted 64-row
+#: resident tile on both cases, the gathered 32-row streams next on the 3D layer; whole backward 12.8 -> 11.7 ms and
+#: 116.0 -> 106.2 ms. The gathered candidates that won a case before stay in (the 2D and FLUX layers were not
+#: measured permuted).
+DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
+    *((c, "permute") for c in DQ_PERMUTED_CANDIDATES), ((1 << 30, 64, 3), "gather"), ((64, 64, 2), "gather"))
+DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
+    ((64, 64, 2), "permute"), ((1 << 30, 64, 3), "permute"), *((c, "gather") for c in DKV_CANDIDATES))
 
 
 @dataclass(frozen=True, eq=False)
@@ -856,7 +867,7 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
                 dq_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None,
                 dkv_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None) -> BwdTuning:
     """The fastest of ``dq_candidates`` for dQ and of ``dkv_candidates`` for dK/dV (``(candidate, stream layout)``
-    pairs; default: :data:`DQ_CANDIDATES` / :data:`DKV_CANDIDATES`, gathered), each timed (CUDA events, after a
+    pairs; default: :data:`DQ_PICK` / :data:`DKV_PICK`), each timed (CUDA events, after a
     compiling launch) on the call's own tensors by ``run_dq(backward)`` / ``run_dkdv(backward)``."""
     import torch
 
@@ -872,8 +883,8 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
         torch.cuda.synchronize(device)
         return float(start.elapsed_time(end))
 
-    dq_c = dq_candidates or [(c, "gather") for c in DQ_CANDIDATES]
-    dkv_c = dkv_candidates or [(c, "gather") for c in DKV_CANDIDATES]
+    dq_c = dq_candidates or DQ_PICK
+    dkv_c = dkv_candidates or DKV_PICK
     dq = min(dq_c, key=lambda c: timed(run_dq, candidate_tuning("dq", *c)))
     dkv = min(dkv_c, key=lambda c: timed(run_dkdv, candidate_tuning("dkv", *c)))
     return candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
@@ -999,6 +1010,6 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
         HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
 
 
-__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DQ_CANDIDATES", "DQ_PERMUTED_CANDIDATES",
+__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DQ_CANDIDATES", "DQ_PERMUTED_CANDIDATES", "DQ_PICK", "DKV_PICK",
            "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "build_backward", "candidate_tuning", "gna_backward",
            "pick_tuning", "rows_forward"]

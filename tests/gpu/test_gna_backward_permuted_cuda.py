@@ -17,8 +17,8 @@ if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
 
 from sparsesim.kernels.gna import gna_forward  # noqa: E402
 from sparsesim.kernels.gna_bwd import (  # noqa: E402
-    DKV_PERMUTED_CANDIDATES,
-    DQ_PERMUTED_CANDIDATES,
+    DKV_PICK,
+    DQ_PICK,
     BwdTuning,
     candidate_tuning,
     gna_backward,
@@ -52,9 +52,10 @@ CASES = [
     ((8, 12, 12), {"window": (4, 6, 6)}, {"extra_tokens": 40, "extra_at": "end"}, None, 2, 2, 128),
 ]
 
+#: The default settings permuted, and every permuted pair the first call's pick can choose.
 PERMUTED = [BwdTuning(dq_stream_layout="permute", dkv_stream_layout="permute"),
-            candidate_tuning("dkv", DKV_PERMUTED_CANDIDATES[-1], "permute",
-                             base=candidate_tuning("dq", DQ_PERMUTED_CANDIDATES[-1], "permute"))]
+            *(candidate_tuning("dkv", ck, "permute", base=candidate_tuning("dq", cq, "permute"))
+              for cq, lq in DQ_PICK if lq == "permute" for ck, lk in DKV_PICK if lk == "permute")]
 
 
 @pytest.mark.parametrize("no_tma", [False, True], ids=["tma", "pointers"])

@@ -659,13 +659,14 @@ DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES
 #: What the first GPU call's pick (:func:`pick_tuning`) tries per kernel, ``((resident, stream, stages), stream
 #: layout)``. H200 at 185dd22 (kernels/NOTES.md, "Permuted stream layout measured"): every dQ candidate was faster
 #: permuted (3D 16x32x48: 14.8 -> 14.4 ms; HunyuanVideo: 117.5 -> 114.8), dK/dV's fastest was the permuted 64-row
-#: resident tile on both cases, the gathered 32-row streams next on the 3D layer; whole backward 12.8 -> 11.7 ms and
-#: 116.0 -> 106.2 ms. The gathered candidates that won a case before stay in (the 2D and FLUX layers were not
-#: measured permuted).
+#: resident tile on both cases; whole backward 12.8 -> 11.7 ms and 116.0 -> 106.2 ms. Each kernel keeps the
+#: gathered candidate that was fastest on a case (3D dK/dV: a 32-row stream; HunyuanVideo: the default), since the
+#: 2D and FLUX layers were not measured permuted; each candidate costs a compile on a shape's first call.
 DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
-    *((c, "permute") for c in DQ_PERMUTED_CANDIDATES), ((1 << 30, 64, 3), "gather"), ((64, 64, 2), "gather"))
+    *((c, "permute") for c in DQ_PERMUTED_CANDIDATES), ((1 << 30, 64, 3), "gather"))
 DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
-    ((64, 64, 2), "permute"), ((1 << 30, 64, 3), "permute"), *((c, "gather") for c in DKV_CANDIDATES))
+    ((64, 64, 2), "permute"), ((1 << 30, 64, 3), "permute"), ((1 << 30, 32, 3), "gather"),
+    ((1 << 30, 64, 3), "gather"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -1010,6 +1011,7 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
         HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
 
 
-__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DQ_CANDIDATES", "DQ_PERMUTED_CANDIDATES", "DQ_PICK", "DKV_PICK",
+__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DKV_PICK", "DQ_CANDIDATES",
+           "DQ_PERMUTED_CANDIDATES", "DQ_PICK",
            "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "build_backward", "candidate_tuning", "gna_backward",
            "pick_tuning", "rows_forward"]

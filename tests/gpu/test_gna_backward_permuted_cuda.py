@@ -52,10 +52,12 @@ CASES = [
     ((8, 12, 12), {"window": (4, 6, 6)}, {"extra_tokens": 40, "extra_at": "end"}, None, 2, 2, 128),
 ]
 
-#: The default settings permuted, and every permuted pair the first call's pick can choose.
+#: The default settings permuted, and the first call's permuted candidates (dQ's i-th with dK/dV's i-th, cycling).
+_DQ = [c for c, lay in DQ_PICK if lay == "permute"]
+_DKV = [c for c, lay in DKV_PICK if lay == "permute"]
 PERMUTED = [BwdTuning(dq_stream_layout="permute", dkv_stream_layout="permute"),
-            *(candidate_tuning("dkv", ck, "permute", base=candidate_tuning("dq", cq, "permute"))
-              for cq, lq in DQ_PICK if lq == "permute" for ck, lk in DKV_PICK if lk == "permute")]
+            *(candidate_tuning("dkv", _DKV[i % len(_DKV)], "permute", base=candidate_tuning("dq", c, "permute"))
+              for i, c in enumerate(_DQ))]
 
 
 @pytest.mark.parametrize("no_tma", [False, True], ids=["tma", "pointers"])

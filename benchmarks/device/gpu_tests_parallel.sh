@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device call: the GPU tests in parallel chunks on one GPU (compiling is the cost on a cold Triton cache; the
-# chunks compile on separate cores). usage: bash benchmarks/device/gpu_tests_parallel.sh COMMIT [TIMEOUT_S]
+# chunks compile on separate cores; at f56eeef, 175 s per chunk: two chunks of 8 ran out, now split). usage: bash benchmarks/device/gpu_tests_parallel.sh COMMIT [TIMEOUT_S]
 set -u
 COMMIT=${1:?commit}
 T=${2:-180}
@@ -12,15 +12,18 @@ chunk() {  # name, file, -k expression
 }
 chunk perm_a test_gna_backward_permuted_cuda "1000 or 40x36" &
 chunk perm_b test_gna_backward_permuted_cuda "64x64 or 10x20x24" &
-chunk perm_c test_gna_backward_permuted_cuda "extra" &
+chunk perm_c test_gna_backward_permuted_cuda "16x16" &
+chunk perm_d test_gna_backward_permuted_cuda "8x12x12" &
 chunk fwd_a test_kernels_cuda "dense or block_sparse or repeated or graph" &
 chunk fwd_b test_kernels_cuda "test_gna_cuda and (1000 or 40x36 or 64x64)" &
 chunk fwd_c test_kernels_cuda "test_gna_cuda and not (1000 or 40x36 or 64x64)" &
 chunk fwd_d test_kernels_cuda "extra_tokens" &
 chunk bwd_a test_gna_backward_cuda "test_gradients_cuda and (1000 or 40x36 or 64x64 or 10x20x24)" &
-chunk bwd_b test_gna_backward_cuda "not (1000 or 40x36 or 64x64 or 10x20x24)" &
+chunk bwd_b test_gna_backward_cuda "test_gradients_cuda and extra" &
+chunk bwd_c test_gna_backward_cuda "graph or compile" &
 chunk blk test_block_backward_cuda "" &
 chunk pers test_gna_persistent_cuda "" &
+chunk apply test_apply_cuda "" &
 wait
 for f in $OUT/gpu_*_$COMMIT.log; do echo "== $(basename $f): $(grep -E 'passed|failed' $f | tail -1) $(tail -1 $f)"
   grep -E "^(FAILED|ERROR)" $f | head -5; done

@@ -77,6 +77,10 @@ class ForwardProfile:
     stage_penalty: float
     #: CTAs per SM from shared memory and registers (the feasibility check), capped by ``ctas_per_SM``.
     occupancy_from_resources: bool
+    #: Extra pair time per halving of the KV tile below ``dense_kv_tile`` (a 64-key tile runs the score GEMM
+    #: at N = 64 and the PV GEMM at K = 64: more shared-memory operand traffic and per-tile synchronisation per
+    #: FLOP). Optional in a profile file (0: none).
+    narrow_kv_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
     for f in dataclasses.fields(cls):
         field = f.name
         if field not in table:
+            if f.default is not dataclasses.MISSING:  # optional terms keep their default
+                continue
             raise ConfigError(f"{where}: [{name}] is missing {field!r}")
         value = table[field]
         want = f.type

@@ -34,7 +34,7 @@ FREE = {
     "triton": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "mask_ops_per_element": (0.0, 64.0),
                "cta_overhead_us": (0.0, 40.0), "kv_tile_overhead_ns": (0.0, 3000.0),
                "rescale_ops_per_element": (0.0, 64.0), "launch_latency_us": (0.0, 40.0),
-               "gather_penalty": (0.0, 1.0), "stage_penalty": (0.0, 1.0)},
+               "gather_penalty": (0.0, 1.0), "stage_penalty": (0.0, 1.0), "narrow_kv_penalty": (0.0, 1.0)},
     "cudnn": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "cta_overhead_us": (0.0, 40.0),
               "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0)},
 }

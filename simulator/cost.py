@@ -5,10 +5,11 @@ the max of tensor-core time, softmax time (exponentials on the special-function 
 arithmetic, partly hidden under the matrix units) and K/V load time (L2 and HBM; query heads
 sharing a KV head reuse it in L2), plus a fixed cost per KV tile (loop bookkeeping, which small
 tiles pay more often); partial tiles add the cost of masking each element. Kernels that gather
-K/V rows, or whose tiles leave room for fewer pipeline stages, run their pairs slower by the
-profile's penalties. CTAs are scheduled onto SMs (:mod:`makespan`), as many at once per SM as the
-profile says or, for our kernels, as shared memory and registers allow; a launch costs a fixed
-latency; the kernel takes at least the time to move its unique bytes through HBM.
+K/V rows, whose tiles leave room for fewer pipeline stages, or whose KV tiles are narrower than the
+dense kernel's, run their pairs slower by the profile's penalties. CTAs are scheduled onto SMs
+(:mod:`makespan`), as many at once per SM as the profile says or, for our kernels, as shared memory
+and registers allow; a launch costs a fixed latency; the kernel takes at least the time to move its unique
+bytes through HBM.
 
 The backward is modelled as the profile's kernels run it. Our kernels (``token_permutation =
 "kv-auto"``, kernels/gna_bwd.py, dense_bwd.py, block_sparse_bwd.py) run three launches with no
@@ -117,7 +118,9 @@ def launch_shape(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv
     if fwd.occupancy_from_resources:
         ctas = min(ctas, resident_ctas(q_vol, kv_vol, problem.head_dim, elt, gpu))
     missing = max(0, MAX_STAGES - max(1, max_stages(q_vol, kv_vol, problem.head_dim, elt, gpu.smem_per_block_bytes)))
-    slowdown = (1.0 + fwd.stage_penalty * missing) * (1.0 + (fwd.gather_penalty if kv_layout == "gather" else 0.0))
+    halvings = max(0.0, math.log2(fwd.dense_kv_tile / kv_vol))  # KV tile narrower than the dense kernel's
+    slowdown = ((1.0 + fwd.stage_penalty * missing) * (1.0 + (fwd.gather_penalty if kv_layout == "gather" else 0.0))
+                * (1.0 + fwd.narrow_kv_penalty * halvings))
     return LaunchShape(ctas_per_sm=ctas, slowdown=slowdown)
 
 

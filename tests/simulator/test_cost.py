@@ -718,12 +718,13 @@ def _triton_prior():
 
 
 def test_forward_only_results_do_not_move_with_the_backward_model():
-    # Literals from main at 7b4f81f (before the split backward): the forward path is bit-identical.
+    # Literals from main at 7b4f81f (before the split backward): the forward path is bit-identical. The triton
+    # literal is the shipped forward fit's, refitted with the narrow-KV term (issue 17); the dense time is unchanged.
     kw = dict(input_size=(24, 40), window=(9, 13), stride=(2, 3), gpu="H200", heads=8, head_dim=64,
               q_tile=(4, 8), kv_tile=(4, 8))
     # (The reference literal is of the hand-set reference-hopper; the shipped one is fitted since.)
     tri, ref_ = simulate(kernel_profile="triton", **kw), simulate(kernel_profile=prior_path("H200"), **kw)
-    assert (tri.predicted_ms, tri.dense_ms) == (0.019855167429789856, 0.02453019310231546)
+    assert (tri.predicted_ms, tri.dense_ms) == (0.02018855121985577, 0.02453019310231546)
     assert (ref_.predicted_ms, ref_.call_ms) == (0.004225230317120281, 0.006152759728884987)
 
 
@@ -850,3 +851,53 @@ def test_calibrate_recovers_held_out_fwd_bwd_times():
         cal.fit([r for r in rows if not r.backprop], g, prior, holdout=0.25, seed=1, max_nfev=5)
     with pytest.raises(ConfigError, match="passes"):
         cal.prepare({**recs[0], "passes": "bwd"}, g)
+
+
+# ---------------------------------------------------------------- narrow KV tiles (issue 17 item 4)
+
+@pytest.mark.parametrize(("kv_vol", "halvings"), [(128, 0), (256, 0), (64, 1), (32, 2), (16, 3)])
+def test_narrow_kv_penalty_scales_pairs_per_halving_below_the_dense_kv_tile(kv_vol, halvings):
+    from sparsesim.simulator.cost import Problem, launch_shape
+
+    g, prof = load_gpu("H200"), _triton_prior()
+    p = Problem(heads=8, head_dim=128)
+    with_term = dataclasses.replace(prof, forward=dataclasses.replace(prof.forward, narrow_kv_penalty=0.25))
+    without = launch_shape(g, prof, p, 128, kv_vol, "gather")
+    assert prof.forward.narrow_kv_penalty == 0.0 and prof.forward.dense_kv_tile == 128
+    assert launch_shape(g, with_term, p, 128, kv_vol, "gather").slowdown == pytest.approx(
+        without.slowdown * (1 + 0.25 * halvings), rel=1e-12)
+
+
+def test_narrow_kv_penalty_is_optional_in_a_profile_file_and_validated(tmp_path):
+    from sparsesim.hwmodels.gpus import read_toml
+    from sparsesim.hwmodels.profiles import parse_profile
+
+    data = read_toml(PROFILE_DIR / "triton.toml", "kernel profile")
+    assert "narrow_kv_penalty" in data["forward"]
+    data["forward"].pop("narrow_kv_penalty")
+    assert parse_profile(data, "no-term.toml").forward.narrow_kv_penalty == 0.0
+    data["forward"]["narrow_kv_penalty"] = -0.1
+    with pytest.raises(ConfigError, match=r"narrow_kv_penalty=-0.1 must be a non-negative finite number"):
+        parse_profile(data, "bad.toml")
+    data["forward"].pop("mma_efficiency")  # a required term stays required
+    data["forward"]["narrow_kv_penalty"] = 0.1
+    with pytest.raises(ConfigError, match="missing 'mma_efficiency'"):
+        parse_profile(data, "bad.toml")
+
+
+def test_shipped_triton_fit_prices_64_key_tiles_slower_than_without_the_term():
+    # The fitted term is positive and reaches the predictions: same layout and Q tile, KV 2x8x4 against 4x8x4
+    # (the same tile speedup), with the shipped fit and with the term zeroed.
+    prof = load_profile("triton", load_gpu("H200"))
+    penalty = prof.forward.narrow_kv_penalty
+    assert 0 < penalty < 1
+    zeroed = dataclasses.replace(prof, forward=dataclasses.replace(prof.forward, narrow_kv_penalty=0.0))
+    kw = dict(input_size=(16, 32, 48), window=(8, 16, 16), gpu="H200", heads=24, head_dim=128, q_tile=(4, 8, 4))
+
+    def ratio(profile):
+        narrow = simulate(kv_tile=(2, 8, 4), kernel_profile=profile, **kw)
+        wide = simulate(kv_tile=(4, 8, 4), kernel_profile=profile, **kw)
+        assert narrow.tile_speedup == wide.tile_speedup
+        return narrow.predicted_ms / wide.predicted_ms
+
+    assert ratio(prof) > ratio(zeroed) * (1 + penalty / 2)

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = args.measurements or [DEFAULT]
         table = judge(pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths]))
+        if table.empty:
+            raise ConfigError(f"no modelled rows ({', '.join(MODELLED)}) in {', '.join(map(str, paths))}")
     except (OSError, KeyError, ValueError, ConfigError) as exc:
         print(f"backprop_judge: error: {exc}", file=sys.stderr)
         return 2

@@ -127,6 +127,10 @@ def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: missing section [{name}]")
     values = {}
+    unknown = sorted(set(table) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:  # a misspelled optional term would otherwise be read as its default
+        raise ConfigError(f"{where}: [{name}] has unknown key(s) {', '.join(map(repr, unknown))}; allowed: "
+                          f"{', '.join(f.name for f in dataclasses.fields(cls))}")
     for f in dataclasses.fields(cls):
         field = f.name
         if field not in table:

@@ -623,8 +623,8 @@ class BwdTuning:
     ``*_stream_layout`` (one of :data:`STREAM_LAYOUTS`): how a kernel reads the operands it streams (dQ: K/V;
     dK/dV: Q/dO and their LSE/Delta rows): ``"gather"`` row by row from the caller's layout, or ``"permute"``
     from buffers permuted once per call into contiguous tiles of the streamed tile's shape (one block load per
-    tile: TMA where :func:`sparsesim.kernels._launch.descriptors_ok` allows, pointers otherwise; untimed: see
-    kernels/NOTES.md). The resident tile is gathered and the gradients scattered either way.
+    tile: TMA where :func:`sparsesim.kernels._launch.descriptors_ok` allows, pointers otherwise; timed against
+    the gather layout in kernels/NOTES.md). The resident tile is gathered and the gradients scattered either way.
     """
 
     dq_resident: int = 1 << 30
@@ -657,16 +657,16 @@ DQ_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DQ_CANDIDATES
 DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES
 
 #: What the first GPU call's pick (:func:`pick_tuning`) tries per kernel, ``((resident, stream, stages), stream
-#: layout)``. H200 at 185dd22 (kernels/NOTES.md, "Permuted stream layout measured"): every dQ candidate was faster
-#: permuted (3D 16x32x48: 14.8 -> 14.4 ms; HunyuanVideo: 117.5 -> 114.8), dK/dV's fastest was the permuted 64-row
-#: resident tile on both cases; whole backward 12.8 -> 11.7 ms and 116.0 -> 106.2 ms. Each kernel keeps the
-#: gathered candidate that was fastest on a case (3D dK/dV: a 32-row stream; HunyuanVideo: the default), since the
-#: 2D and FLUX layers were not measured permuted; each candidate costs a compile on a shape's first call.
+#: layout)``: the lists timed by benchmarks/backward_bench.py at 020b148. H200 at 185dd22 (kernels/NOTES.md,
+#: "Permuted stream layout measured"): every dQ candidate was faster permuted (3D 16x32x48: 14.8 -> 14.4 ms;
+#: HunyuanVideo: 117.5 -> 114.8), dK/dV's fastest was the permuted 64-row resident tile on both cases; whole backward
+#: 12.8 -> 11.7 ms and 116.0 -> 106.2 ms. The 2D and FLUX layers were not measured permuted, so every gathered
+#: candidate that won a layer at 4032037 stays in (2D: the 2-stage dQ and 32-row 2-stage dK/dV); 11 compiles on a
+#: shape's first call.
 DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
-    *((c, "permute") for c in DQ_PERMUTED_CANDIDATES), ((1 << 30, 64, 3), "gather"))
+    *((c, "permute") for c in DQ_PERMUTED_CANDIDATES), ((1 << 30, 64, 3), "gather"), ((64, 64, 2), "gather"))
 DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
-    ((64, 64, 2), "permute"), ((1 << 30, 64, 3), "permute"), ((1 << 30, 32, 3), "gather"),
-    ((1 << 30, 64, 3), "gather"))
+    ((64, 64, 2), "permute"), ((1 << 30, 64, 3), "permute"), *((c, "gather") for c in DKV_CANDIDATES))
 
 
 @dataclass(frozen=True, eq=False)

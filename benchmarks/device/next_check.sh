@@ -13,13 +13,13 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
 export PYTHONUNBUFFERED=1
 D=$(date -u +%Y-%m-%d)
 if [ "$PART" = a ]; then
-  bash benchmarks/device/gpu_tests_parallel.sh $COMMIT 170
+  bash benchmarks/device/gpu_tests_parallel.sh $COMMIT 175
   timeout 330 python3 -m sparsesim.cli.main validate --backprop --sweep benchmarks/validation/h200_backprop.toml \
-    --kernels gna,block_sparse,dense,cudnn --no-progress --out $OUT/validate_h200_backprop_${D}_$COMMIT.csv \
+    --kernels gna,block_sparse,dense,cudnn --no-progress --commit $COMMIT --out $OUT/validate_h200_backprop_${D}_$COMMIT.csv \
     > $OUT/validate_backprop_$COMMIT.log 2>&1; tail -8 $OUT/validate_backprop_$COMMIT.log
 else
   timeout 200 python3 -m sparsesim.cli.main validate --sweep benchmarks/validation/h200_dense_fidelity_train.toml \
-    --kernels dense,cudnn --no-progress --out $OUT/validate_h200_dense_fidelity_train_${D}_$COMMIT.csv \
+    --kernels dense,cudnn --no-progress --commit $COMMIT --out $OUT/validate_h200_dense_fidelity_train_${D}_$COMMIT.csv \
     > $OUT/validate_dense_train_$COMMIT.log 2>&1; tail -6 $OUT/validate_dense_train_$COMMIT.log
   timeout 150 python3 benchmarks/backward_host.py --mode gpu --out $OUT/backward_host_h200_${D}_$COMMIT.csv \
     > $OUT/backward_host_$COMMIT.log 2>&1; tail -12 $OUT/backward_host_$COMMIT.log

@@ -35,3 +35,11 @@ def test_missing_file_is_a_one_line_error(tmp_path, capsys):
     assert backprop_judge.main(["--measurements", str(tmp_path / "none.csv")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("backprop_judge: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_a_file_without_modelled_rows_is_a_one_line_error(tmp_path, capsys):
+    f = tmp_path / "flex_only.csv"
+    pd.DataFrame([_row("flex_gna", "fwd", "1.0")]).to_csv(f, index=False)
+    assert backprop_judge.main(["--measurements", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "no modelled rows" in err and len(err.strip().splitlines()) == 1

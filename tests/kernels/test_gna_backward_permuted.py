@@ -158,3 +158,7 @@ def test_layout_is_validated_and_gather_stays_the_default():
     # The first call's pick tries both layouts, each pair once, with valid layouts only.
     for pick in (gna_bwd.DQ_PICK, gna_bwd.DKV_PICK):
         assert len(set(pick)) == len(pick) and {lay for _, lay in pick} == set(gna_bwd.STREAM_LAYOUTS)
+    # Every gathered candidate stays in: each won a layer at 4032037 (the 2D layer's 2-stage ones among them), and
+    # the 2D and FLUX layers were never measured permuted.
+    assert {c for c, lay in gna_bwd.DQ_PICK if lay == "gather"} >= {(64, 64, 2)}
+    assert {c for c, lay in gna_bwd.DKV_PICK if lay == "gather"} == set(gna_bwd.DKV_CANDIDATES)

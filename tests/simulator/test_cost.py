@@ -901,3 +901,13 @@ def test_shipped_triton_fit_prices_64_key_tiles_slower_than_without_the_term():
         return narrow.predicted_ms / wide.predicted_ms
 
     assert ratio(prof) > ratio(zeroed) * (1 + penalty / 2)
+
+
+def test_a_misspelled_profile_term_is_refused_not_read_as_its_default():
+    from sparsesim.hwmodels.gpus import read_toml
+    from sparsesim.hwmodels.profiles import parse_profile
+
+    data = read_toml(PROFILE_DIR / "triton.toml", "kernel profile")
+    data["forward"]["narrow_kv_penalti"] = data["forward"].pop("narrow_kv_penalty")
+    with pytest.raises(ConfigError, match=r"\[forward\] has unknown key\(s\) 'narrow_kv_penalti'; allowed: "):
+        parse_profile(data, "typo.toml")

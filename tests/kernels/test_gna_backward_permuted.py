@@ -153,8 +153,9 @@ def test_layout_is_validated_and_gather_stays_the_default():
     assert BwdTuning().dq_stream_layout == BwdTuning().dkv_stream_layout == "gather"
     picked = gna_bwd.candidate_tuning("dkv", gna_bwd.DKV_CANDIDATES[1],
                                       base=gna_bwd.candidate_tuning("dq", gna_bwd.DQ_CANDIDATES[0], "permute"))
-    assert picked == BwdTuning(dq_resident=1 << 30, dq_stream=64, dq_stages=3, dkv_resident=1 << 30, dkv_stream=32,
-                               dkv_stages=3, dq_stream_layout="permute")
+    # gna_bwd.BwdTuning, not the name imported above: another test file may reload the module at collection.
+    assert picked == gna_bwd.BwdTuning(dq_resident=1 << 30, dq_stream=64, dq_stages=3, dkv_resident=1 << 30,
+                                       dkv_stream=32, dkv_stages=3, dq_stream_layout="permute")
     # The first call's pick tries both layouts, each pair once, with valid layouts only.
     for pick in (gna_bwd.DQ_PICK, gna_bwd.DKV_PICK):
         assert len(set(pick)) == len(pick) and {lay for _, lay in pick} == set(gna_bwd.STREAM_LAYOUTS)

@@ -27,3 +27,5 @@ chunk apply test_apply_cuda "" &
 wait
 for f in $OUT/gpu_*_$COMMIT.log; do echo "== $(basename $f): $(grep -E 'passed|failed' $f | tail -1) $(tail -1 $f)"
   grep -E "^(FAILED|ERROR)" $f | head -5; done
+# at most 8 files come back from a device call: the chunk logs travel as one archive
+(cd $OUT && tar -czf gpu_logs_$COMMIT.tgz gpu_*_$COMMIT.log && rm -f gpu_*_$COMMIT.log)

@@ -91,6 +91,10 @@ class BackwardProfile:
     kv_tile: int
     mma_efficiency: float
     cta_overhead_us: float
+    #: Extra pair time of the block-sparse backward, whose kernels walk a prepared map's block lists (an index
+    #: load ahead of each KV or Q block, the software pipeline restarting at each listed block). Optional in a
+    #: profile file (0: none).
+    list_penalty: float = 0.0
 
 
 @dataclass(frozen=True)

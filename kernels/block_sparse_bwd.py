@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from sparsesim.kernels._common import LOG2E
-from sparsesim.kernels.dense_bwd import _s, bwd_config, bwd_delta, dkdv_step, dq_step, launch_options
+from sparsesim.kernels.dense_bwd import _s, bwd_config, bwd_delta, dkdv_step, dq_step, launch, launch_options
 
 
 @triton.jit
@@ -137,14 +137,14 @@ def block_sparse_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any,
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     qk_scale = scale * LOG2E
     common = (scale, n, heads, heads // heads_kv, map_heads, qbs, kbs)
-    _bs_bwd_dkdv_kernel[(kbs * (kv_tile // cfg["BLOCK_N1"]), heads_kv, batch)](
-        q, k, v, dout, lse, delta, dk, dv, q_num, q_idx, qk_scale, *common,
-        *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv),
-        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], Q_TILE=q_tile, KV_TILE=kv_tile,
-        **launch_options(cfg, 1))
-    _bs_bwd_dq_kernel[(qbs * (q_tile // cfg["BLOCK_M2"]), heads, batch)](
-        q, k, v, dout, lse, delta, dq, kv_num, kv_idx, tail, qk_scale, *common,
-        *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dq),
-        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], Q_TILE=q_tile, KV_TILE=kv_tile,
-        HAS_TAIL=n % kv_tile != 0, **launch_options(cfg, 2))
+    launch(_bs_bwd_dkdv_kernel, (kbs * (kv_tile // cfg["BLOCK_N1"]), heads_kv, batch),
+           (q, k, v, dout, lse, delta, dk, dv, q_num, q_idx, qk_scale, *common,
+            *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv)),
+           {"HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M1"], "BLOCK_N": cfg["BLOCK_N1"], "Q_TILE": q_tile,
+            "KV_TILE": kv_tile}, launch_options(cfg, 1))
+    launch(_bs_bwd_dq_kernel, (qbs * (q_tile // cfg["BLOCK_M2"]), heads, batch),
+           (q, k, v, dout, lse, delta, dq, kv_num, kv_idx, tail, qk_scale, *common,
+            *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dq)),
+           {"HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M2"], "BLOCK_N": cfg["BLOCK_N2"], "Q_TILE": q_tile,
+            "KV_TILE": kv_tile, "HAS_TAIL": n % kv_tile != 0}, launch_options(cfg, 2))
     return dq, dk, dv

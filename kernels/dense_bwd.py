@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from sparsesim.kernels._common import LOG2E
-from sparsesim.kernels._launch import interpret
+from sparsesim.kernels._launch import interpret, launch_compiled, spec_key
 
 
 @triton.jit
@@ -250,10 +250,23 @@ def bwd_delta(out: Any, dout: Any, dlse: Any = None) -> Any:
     delta = torch.empty((batch, heads, n), dtype=torch.float32, device=out.device)
     block = 64 if not interpret() else 32
     dl = dlse.contiguous() if dlse is not None else delta
-    _bwd_preprocess_kernel[(triton.cdiv(n, block), heads, batch)](
-        out, dout, dl, delta, n, heads, *_s(out), *_s(dout), HEAD_DIM=head_dim, BLOCK=block,
-        HAS_DLSE=dlse is not None, num_warps=4)
+    launch(_bwd_preprocess_kernel, (triton.cdiv(n, block), heads, batch),
+           (out, dout, dl, delta, n, heads, *_s(out), *_s(dout)),
+           {"HEAD_DIM": head_dim, "BLOCK": block, "HAS_DLSE": dlse is not None}, {"num_warps": 4})
     return delta
+
+
+#: Compiled backward kernels by kernel, specialization, constexprs and launch options: repeated calls skip
+#: Triton's argument binding (:func:`~sparsesim.kernels._launch.launch_compiled`).
+_COMPILED: dict[Any, Any] = {}
+
+
+def launch(kernel: Any, grid: tuple[int, ...], args: tuple, constexprs: dict[str, Any],
+           options: dict[str, int]) -> None:
+    """``kernel[grid](*args, **constexprs, **options)``, through the compiled-launch cache (``constexprs`` in
+    the kernel's signature order)."""
+    key = (id(kernel), str(args[0].device), spec_key(args), *constexprs.values(), *sorted(options.items()))
+    launch_compiled(_COMPILED, key, kernel, grid, args, constexprs, options)
 
 
 def dense_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dlse: Any, scale: float,
@@ -274,14 +287,14 @@ def dense_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dlse: 
     delta = bwd_delta(out, dout, dlse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     qk_scale = scale * LOG2E
-    _dense_bwd_dkdv_kernel[(triton.cdiv(n_kv, cfg["BLOCK_N1"]), heads_kv, batch)](
-        q, k, v, dout, lse, delta, dk, dv, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
-        *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv),
-        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M1"], BLOCK_N=cfg["BLOCK_N1"], CAUSAL=bool(causal),
-        **launch_options(cfg, 1))
-    _dense_bwd_dq_kernel[(triton.cdiv(n_q, cfg["BLOCK_M2"]), heads, batch)](
-        q, k, v, dout, lse, delta, dq, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
-        *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dq),
-        HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M2"], BLOCK_N=cfg["BLOCK_N2"], CAUSAL=bool(causal),
-        **launch_options(cfg, 2))
+    launch(_dense_bwd_dkdv_kernel, (triton.cdiv(n_kv, cfg["BLOCK_N1"]), heads_kv, batch),
+           (q, k, v, dout, lse, delta, dk, dv, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
+            *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv)),
+           {"HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M1"], "BLOCK_N": cfg["BLOCK_N1"], "CAUSAL": bool(causal)},
+           launch_options(cfg, 1))
+    launch(_dense_bwd_dq_kernel, (triton.cdiv(n_q, cfg["BLOCK_M2"]), heads, batch),
+           (q, k, v, dout, lse, delta, dq, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
+            *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dq)),
+           {"HEAD_DIM": head_dim, "BLOCK_M": cfg["BLOCK_M2"], "BLOCK_N": cfg["BLOCK_N2"], "CAUSAL": bool(causal)},
+           launch_options(cfg, 2))
     return dq, dk, dv

@@ -201,6 +201,8 @@ class Fit:
     #: The measured kernels fitted to and the GPU they ran on (set by :func:`calibrate`).
     kernels: tuple[str, ...] = ()
     gpu_name: str = ""
+    #: Free parameters no training row depends on: kept at the prior's value, not fitted.
+    unidentified: tuple[str, ...] = ()
 
 
 def _mape(rows: Sequence[Row], gpu: GPU, prof: KernelProfile) -> float:
@@ -234,9 +236,15 @@ def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float =
         free = dict(FREE[family(prior)])
         if any(r.backprop for r in train):  # the backward terms the model uses (cost.backward_passes / fused)
             free.update(FREE_BACKWARD)
+        if any(r.backprop and r.kernel == "block_sparse" for r in train) and family(prior) == "triton":
+            free.update(FREE_BLOCK_BACKWARD)
     if len(train) < len(free):
         raise ConfigError(f"{len(train)} training rows for {len(free)} parameters; measure more configurations")
-    names = list(free)
+    unidentified = tuple(n for n in free if not _moves_a_row(n, free[n], train, gpu, prior))
+    names = [n for n in free if n not in unidentified]  # the others keep the prior's value
+    if not names:
+        raise ConfigError(f"no training row depends on the free parameters {sorted(free)}; measure configurations "
+                          "that use them")
     lo = np.array([free[n][0] for n in names])
     hi = np.array([free[n][1] for n in names])
     x0 = np.clip([_get_param(prior, n) for n in names], lo, hi)
@@ -258,7 +266,19 @@ def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float =
                heldout_mape=_mape(held, gpu, fitted),
                n_train=len(train), n_heldout=len(held), train_configs=len({r.config_id for r in train}),
                heldout_configs=len({r.config_id for r in held}), worst=worst,
-               prior_heldout_mape=_mape(held, gpu, prior))
+               prior_heldout_mape=_mape(held, gpu, prior), unidentified=unidentified)
+
+
+def _moves_a_row(name: str, bounds: tuple[float, float], rows: Sequence[Row], gpu: GPU, prior: KernelProfile) -> bool:
+    """Whether setting ``name`` to either bound changes the prediction of any of ``rows`` (a parameter no row
+    depends on, such as a stage penalty when every row's tiles keep all their stages, would drift to an arbitrary
+    value in the fit and mislead every prediction that does depend on it)."""
+    base = [predicted_ms(r, gpu, prior) for r in rows]
+    for value in bounds:
+        prof = _set_params(prior, {name: value})
+        if any(not math.isclose(predicted_ms(r, gpu, prof), b, rel_tol=1e-9) for r, b in zip(rows, base, strict=True)):
+            return True
+    return False
 
 
 #: Largest measurements CSV read (the committed ones are well under a MiB).
@@ -334,8 +354,11 @@ def profile_toml(result: Fit, measurements: Sequence[str], holdout: float, seed:
               f"n_train = {result.n_train}", f"n_heldout = {result.n_heldout}",
               f"train_configs = {result.train_configs}", f"heldout_configs = {result.heldout_configs}",
               f"train_mape = {result.train_mape!r}", f"heldout_mape = {result.heldout_mape!r}",
-              f"prior_heldout_mape = {result.prior_heldout_mape!r}", ""]
-    return "\n".join(lines)
+              f"prior_heldout_mape = {result.prior_heldout_mape!r}"]
+    if result.unidentified:
+        lines.append(f"unidentified = {_toml_value(list(result.unidentified))}  # no training row depends on them: "
+                     "the prior's values")
+    return "\n".join([*lines, ""])
 
 
 def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile: str = "triton",
@@ -385,6 +408,8 @@ FREE_REFERENCE = {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "
                   "rescale_ops_per_element": (0.0, 64.0), "launch_latency_us": (0.0, 40.0),
                   "hbm_efficiency": (0.3, 1.0)}
 FREE_BACKWARD = {"backward.mma_efficiency": (0.2, 1.0), "backward.cta_overhead_us": (0.0, 40.0)}
+#: Fitted with :data:`FREE_BACKWARD` when block-sparse forward+backward rows are among the training rows.
+FREE_BLOCK_BACKWARD = {"backward.list_penalty": (0.0, 1.0)}
 #: Columns of the published set; ``note`` may be empty, the pattern columns of a dense row too.
 PUBLISHED_COLUMNS = ("id", "paper", "address", "figure", "gpu", "dtype", "kernel", "passes", "batch", "heads",
                      "head_dim", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile", "value",

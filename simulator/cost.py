@@ -25,7 +25,7 @@ memory-bound passes before (rowsum of dO * O) and after (dQ from fp32) complete 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -282,10 +282,12 @@ class BackwardPasses:
     delta: PassTime
     dq: PassTime
     dkdv: PassTime
+    #: Box tiles: the streamed operands permuted into contiguous tiles (K/V for dQ, Q/dO and their rows for dK/dV).
+    permute: PassTime | None = None
 
     @property
     def total(self) -> PassTime:
-        return combine(self.delta, self.dq, self.dkdv)
+        return combine(self.delta, *((self.permute,) if self.permute else ()), self.dq, self.dkdv)
 
 
 def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
@@ -294,13 +296,25 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
 
     The pairs run at ``backward.mma_efficiency`` with the forward's softmax, masking and per-KV-tile terms
     (each pass recomputes P); a CTA pays ``backward.cta_overhead_us`` (overlapped by its resident neighbours
-    as in the forward) and its resident tiles' bytes. Box tiles are read with per-row gathers (the forward's
-    ``gather_penalty``); residency is the forward's at the same tiles.
+    as in the forward) and its resident tiles' bytes; residency is the forward's at the same tiles. Block maps
+    (tiling ``block``) pay ``backward.list_penalty`` per pair. Box tiles
+    (GNA) stream operands permuted once per call into contiguous tiles, as the kernels' pick runs them
+    (``DQ_PICK``/``DKV_PICK`` in kernels/gna_bwd.py: permuted only): no gather penalty, and a memory pass
+    that reads K, V, Q, dO and writes them padded to whole tiles, with the LSE/Delta rows (fp32).
     """
     bwd = prof.backward
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
     b, d = problem.bytes, problem.head_dim
-    shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, "gather" if tm.tiling == "box" else "direct")
+    shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, "direct")
+    if tm.tiling == "block":  # a block map's lists (``backward.list_penalty``)
+        shape = replace(shape, slowdown=shape.slowdown * (1.0 + bwd.list_penalty))
+    permute = None
+    if tm.tiling == "box":
+        padded_q, padded_kv = tm.num_q_tiles * q_vol, tm.num_kv_tiles * kv_vol
+        moved = (problem.io_bytes(tokens, 2, 0) + problem.io_bytes(padded_q, 0, 2)  # Q, dO
+                 + problem.io_bytes(tokens, 0, 2) + problem.io_bytes(padded_kv, 0, 2)  # K, V (KV heads)
+                 + problem.batch * problem.heads * (tokens + padded_q) * ROW_STATS_BYTES)
+        permute = _memory_pass(gpu, prof, moved)
     hbm_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
     overhead = bwd.cta_overhead_us * 1e-6 / shape.ctas_per_sm
     useful = useful_pairs_per_head * problem.heads * problem.batch
@@ -325,7 +339,7 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     dkdv = schedule_pass(gpu, prof, cost, kv_full[seen], kv_partial[seen], repeat=reps * problem.batch,
                          fixed_s=overhead + 4 * kv_vol * d * b / hbm_per_sm, useful_elements=useful,
                          hbm_bytes=problem.io_bytes(tokens, 2, 4) + stats, ctas_per_sm=shape.ctas_per_sm)
-    return BackwardPasses(delta=delta, dq=dq, dkdv=dkdv)
+    return BackwardPasses(delta=delta, dq=dq, dkdv=dkdv, permute=permute)
 
 
 def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
@@ -386,7 +400,7 @@ def permute_ms(gpu: GPU, prof: KernelProfile, problem: Problem, tokens: int, pad
     ``qkvo`` (NATTEN style): read and write q, k, v into tiles, read and write o back (the backward
     adds dO in and dQ, dK, dV out), two launches. ``kv-auto`` (our kernels): with ``kv_layout``
     ``permute`` one launch reads k and v and writes their padded tiles; ``direct`` and ``gather``
-    need no pass.
+    need no pass. Our backward's own permutation is one of its passes (:func:`backward_passes`).
     """
     hbm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency
     launch_ms = prof.forward.launch_latency_us * 1e-3
@@ -396,4 +410,4 @@ def permute_ms(gpu: GPU, prof: KernelProfile, problem: Problem, tokens: int, pad
     if kv_layout != "permute":
         return 0.0
     moved = problem.io_bytes(tokens, 0, 2) + problem.io_bytes(padded_kv_tokens, 0, 2)
-    return moved * (2 if backprop else 1) / hbm * 1e3 + launch_ms
+    return moved / hbm * 1e3 + launch_ms

@@ -1,6 +1,6 @@
 """Host time of a GNA layer through autograd: forward+backward, forward with grad, forward without grad.
 
-    python benchmarks/backward_host.py [--mode cpu|gpu] [--before REF] [--calls N] [--out FILE.csv]
+    python benchmarks/backward_host.py [--mode cpu|gpu] [--before REF] [--calls N] [--stream-layout L] [--out F.csv]
 
 Cases (issue 16): a 1D layer of 4,096 tokens with a 1,024 window and a 2D 64x64 layout with a 32x32 window,
 24 heads, head dim 128, batch 1. Paths per case:
@@ -13,7 +13,10 @@ Cases (issue 16): a 1D layer of 4,096 tokens with a 1,024 window and a 2D 64x64 
 interpreter refuses bf16, whose host path is the same) with every kernel launch stubbed out (the GNA forward's,
 dQ's and dK/dV's ``launch_compiled``, Delta's, the K/V permutation's, the extra-token kernels'), so the figure
 is everything a call does on the host apart from the launches themselves: argument packing, caches, checks,
-allocations (kept), autograd and custom-op machinery. Times are per-thread CPU time, the best of 9 loops of
+allocations (kept), autograd and custom-op machinery. The backward's stream layout is ``--stream-layout``
+(default ``permute``, what the GPU's pick runs; the interpreter would run ``gather``). CPU tensors make the few
+torch ops on real data (the LSE's base-2 scaling, allocations of fresh buffers) cost their CPU work and page
+faults too, which a GPU call pays on the device. Times are per-thread CPU time, the best of 9 loops of
 ``--calls`` calls (the machine may be shared: waiting for a core is not the call's cost). ``--mode gpu``:
 the real calls (bf16), wall time per call with the GPU kept busy by a sleep kernel (the host never waits),
 median of 5 loops.
@@ -49,9 +52,10 @@ CASES = (  # name, layout, window
 HEADS, HEAD_DIM = 24, 128
 PATHS = ("fwd_bwd", "fwd_grad", "fwd_nograd")
 #: Host functions timed in the breakdown: (module under sparsesim.kernels, attribute path).
-SPANS = (("gna", "gna_forward"), ("gna", "cached_launch"), ("gna", "GNALaunch.prepare_kv"),
+SPANS = (("gna", "gna_forward"), ("gna", "forward_call"), ("gna", "cached_launch"), ("gna", "GNALaunch.prepare_kv"),
          ("gna", "GNALaunch.launch"), ("gna", "tile_permute_pair"), ("gna_bwd", "gna_backward"),
-         ("gna_bwd", "_delta"), ("gna_bwd", "_launch_dq"), ("gna_bwd", "_launch_dkdv"))
+         ("gna_bwd", "backward_call"), ("gna_bwd", "_delta"), ("gna_bwd", "_launch_dq"), ("gna_bwd", "_launch_dkdv"),
+         ("gna_bwd", "_permuted_pair"), ("gna_bwd", "_permuted_rows"))
 PACKAGES = ("cli", "simulator", "hwmodels", "search", "kernels", "reports")
 
 
@@ -79,6 +83,21 @@ def stub_launches() -> None:
         for name in names:
             if hasattr(mod, name):
                 setattr(mod, name, _NoLaunch())
+
+
+def force_stream_layout(layout: str) -> None:
+    """Backwards built without a tuning (the interpreter's) read their streamed operands as ``layout`` says (the
+    GPU's pick, :data:`sparsesim.kernels.gna_bwd.DKV_PICK`, is the permuted layout: its host path is timed so)."""
+    import sparsesim.kernels.gna_bwd as gna_bwd
+
+    build = gna_bwd.build_backward
+
+    def build_with(fwd: Any, device: Any, tuning: Any = None) -> Any:
+        if tuning is None:
+            tuning = gna_bwd.BwdTuning(dq_stream_layout=layout, dkv_stream_layout=layout)
+        return build(fwd, device, tuning)
+
+    gna_bwd.build_backward = build_with
 
 
 def _timer() -> Any:
@@ -201,7 +220,8 @@ def child_rows(ref: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         archive = subprocess.run(["git", "archive", ref, *PACKAGES], cwd=root, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(pkg)], input=archive.stdout, check=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        res = subprocess.run([sys.executable, __file__, "--child", "--mode", args.mode, "--calls", str(args.calls)],
+        res = subprocess.run([sys.executable, __file__, "--child", "--mode", args.mode, "--calls", str(args.calls),
+                              "--stream-layout", args.stream_layout],
                              env=env, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"the run at {ref} failed: {res.stderr.strip().splitlines()[-1:]}")
@@ -222,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default=None, help="git ref to measure too (e.g. HEAD), in a child process")
     parser.add_argument("--calls", type=int, default=100, help="calls per timed loop")
     parser.add_argument("--out", default=None, help="CSV file to write (default: print only)")
+    parser.add_argument("--commit", default=None,
+                        help="commit to record for this tree (default: git rev-parse HEAD, '+tree' appended)")
+    parser.add_argument("--stream-layout", choices=("permute", "gather"), default="permute",
+                        help="--mode cpu: the backward's stream layout (the interpreter's default is gather; the "
+                             "GPU's pick is permute, the default here)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.mode == "auto":
@@ -248,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     if MODE == "cpu":
         torch.set_num_threads(1)  # no intra-op thread pool waking up for small CPU ops
         stub_launches()
+        force_stream_layout(args.stream_layout)
     after = measure(args.calls)
     if args.child:
         print(json.dumps(after))
         return 0
-    versions = [("this tree", git_commit() + "+tree", after)]
+    versions = [("this tree", args.commit or git_commit() + "+tree", after)]
     if args.before:
         versions.insert(0, ("before", git_commit(args.before), child_rows(args.before, args)))
     table = []

@@ -337,23 +337,54 @@ def check_out(out: Any, like: Any, shape: Sequence[int], what: str) -> Any:
     return out
 
 
-def descriptors_ok(*tensors: Any) -> bool:
-    """Whether TMA tensor descriptors can address these tensors: 16-byte aligned base and strides,
-    contiguous last dim (Hopper's bulk tensor copy rules). ``SPARSESIM_NO_TMA=1`` turns them off."""
-    if os.environ.get("SPARSESIM_NO_TMA") == "1":
-        return False
+def tma_enabled() -> bool:
+    """Whether host TMA descriptors may be used at all: this Triton has them and ``SPARSESIM_NO_TMA=1`` is unset
+    (read at every call: the environment may change between calls)."""
+    return os.environ.get("SPARSESIM_NO_TMA") != "1" and _has_descriptors()
+
+
+@functools.lru_cache(maxsize=1)
+def _has_descriptors() -> bool:
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
     except ImportError:  # pragma: no cover - triton without host descriptors
         return False
-    for t in tensors:
-        elt = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-        if any((s * elt) % 16 for s in t.stride()[:-1]):
-            return False
     return True
+
+
+def descriptors_ok(*tensors: Any) -> bool:
+    """Whether TMA tensor descriptors can address these tensors: 16-byte aligned base and strides,
+    contiguous last dim (Hopper's bulk tensor copy rules). ``SPARSESIM_NO_TMA=1`` turns them off."""
+    if not tma_enabled():
+        return False
+    return all(t.data_ptr() % 16 == 0 and tma_strides_ok(t) for t in tensors)
+
+
+def tma_strides_ok(t: Any) -> bool:
+    """The strides' part of :func:`descriptors_ok` for one tensor: contiguous last dim, 16-byte strides."""
+    elt = t.element_size()
+    return t.stride(-1) == 1 and not any((s * elt) % 16 for s in t.stride()[:-1])
 
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def descriptor(base: Any, block_shape: list[int], templates: dict[Any, Any]) -> Any:
+    """``TensorDescriptor.from_tensor(base, block_shape)``, validated by Triton once per (shape, strides, dtype,
+    block) in ``templates`` and copied from that one afterwards with ``base`` swapped in (the fields are the
+    same: only the base pointer changes between calls). ``base`` must pass :func:`descriptors_ok`."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    key = (base.shape, base.stride(), base.dtype, *block_shape)
+    template = templates.get(key)
+    if template is None:
+        desc = TensorDescriptor.from_tensor(base, block_shape)
+        if len(templates) >= 64:
+            templates.clear()
+        templates[key] = desc
+        return desc
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(template.__dict__)
+    desc.base = base
+    return desc

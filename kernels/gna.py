@@ -49,6 +49,7 @@ from sparsesim.kernels._launch import (
     check_out,
     check_qkv,
     check_scale,
+    descriptor,
     descriptors_ok,
     device_gpu,
     fused_launch,
@@ -56,9 +57,11 @@ from sparsesim.kernels._launch import (
     interpret,
     launch_compiled,
     tensors_key,
+    tma_enabled,
+    tma_strides_ok,
 )
 from sparsesim.kernels.gna_plan import GNAPlan, launch_items, plan_gna
-from sparsesim.kernels.permute import tile_permute_pair, tile_unpermute
+from sparsesim.kernels.permute import make_layout, permute_checked, tile_permute_pair, tile_unpermute
 from sparsesim.simulator.feasibility import KV_LAYOUTS, PERMUTE_MIN_KV_ROWS, kv_layout
 from sparsesim.simulator.makespan import ScheduleChoice, persistent_schedule, schedule_choice
 
@@ -367,6 +370,10 @@ class GNALaunch:
     choice: ScheduleChoice | None = None
     compiled: dict[Any, Any] = field(default_factory=dict)  # compiled kernels of repeated calls
     head_maps: dict[Any, Any] = field(default_factory=dict)  # device tables of head subsets (head_tables)
+    #: prepare_kv's work per K/V shapes, strides, dtypes and device: the permutation's layout, the strides handed
+    #: to the kernel, the padded KV length and whether the (fresh or given) buffers' strides suit TMA descriptors.
+    kv_memo: dict[Any, Any] = field(default_factory=dict)
+    descriptors: dict[Any, Any] = field(default_factory=dict)  # TMA descriptor templates (_launch.descriptor)
 
     @functools.cached_property
     def grid(self) -> tuple[int, int, int]:
@@ -394,6 +401,41 @@ class GNALaunch:
         ``kv_heads`` (an int32 tensor): the launch runs only these K/V heads of ``k``/``v``; a permuted
         buffer then holds just them, in that order (the permutation pass reads them in place through the
         map; the caller's layout is read in place otherwise)."""
+        plan, mode = self.plan, self.kv_layout
+        memo_key = (k.shape, k.stride(), v.shape, v.stride(), k.dtype, v.dtype, k.device)
+        hit = self.kv_memo.get(memo_key) if kv_heads is None else None
+        if hit is not None:  # k/v of a key checked and prepared before: no checks, no layout lookup
+            layout, (k_strides, v_strides), padded, strides_ok = hit
+            if mode == "permute":
+                kp, vp = permute_checked(k, layout, v)
+                if strides_ok and tma_enabled() and kp.data_ptr() % 16 == 0 and vp.data_ptr() % 16 == 0:
+                    block = [plan.kv_volume, self.head_dim]
+                    return PreparedKV(descriptor(kp.view(-1, self.head_dim), block, self.descriptors),
+                                      descriptor(vp.view(-1, self.head_dim), block, self.descriptors),
+                                      k_strides, v_strides, padded, _MODE["permute"], (kp, vp))
+                return PreparedKV(kp, vp, k_strides, v_strides, padded, _MODE["permute_ptr"], (kp, vp))
+            if mode == "direct" and strides_ok and tma_enabled() and k.data_ptr() % 16 == 0 \
+                    and v.data_ptr() % 16 == 0:
+                block = [1, plan.kv_volume, 1, self.head_dim]
+                return PreparedKV(descriptor(k, block, self.descriptors), descriptor(v, block, self.descriptors),
+                                  k_strides, v_strides, 0, _MODE["direct"], (k, v))
+            return PreparedKV(k, v, k_strides, v_strides, 0, _MODE["gather"], (k, v))
+        prepared = self._prepare_kv(k, v, kv_heads)
+        if kv_heads is None and k.shape == v.shape and k.stride() == v.stride():
+            buffers = prepared.keep
+            strides_ok = tma_strides_ok(buffers[0]) and tma_strides_ok(buffers[1])
+            if mode == "permute":
+                strides_ok = strides_ok and buffers[0].numel() // self.head_dim < 2**31
+                layout = make_layout(k.shape[1:-2], plan.schedule.kv_tile, plan.pattern.dilation)
+            else:
+                layout = None
+            if len(self.kv_memo) >= 16:
+                self.kv_memo.clear()
+            self.kv_memo[memo_key] = (layout, (prepared.k_strides, prepared.v_strides), prepared.n_kp, strides_ok)
+        return prepared
+
+    def _prepare_kv(self, k: Any, v: Any, kv_heads: Any = None) -> PreparedKV:
+        """:meth:`prepare_kv` with every check (a call key's first call)."""
         plan, rank, mode = self.plan, self.plan.pattern.rank, self.kv_layout
         if mode == "permute":
             if k.stride() != v.stride():  # the pair permutation reads both through one set of strides
@@ -776,19 +818,28 @@ def gna_forward(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilatio
     through :func:`sparsesim.kernels.gna_bwd.rows_forward`, a dense-rows kernel that writes their output and
     log-sum-exp (the fast path's dense kernel has no LSE output).
     """
+    out, lse, _ = forward_call(q, k, v, (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout),
+                               extra_tokens, extra_at, input_size, persistent)
+    return out, lse
+
+
+def forward_call(q: Any, k: Any, v: Any, call: tuple, extra_tokens: int = 0, extra_at: str = "end",
+                 input_size: Any = None, persistent: Any = None) -> tuple[Any, Any, GNALaunch]:
+    """:func:`gna_forward` with the pattern arguments as one tuple ``call = (window, stride, dilation, causal,
+    q_tile, kv_tile, scale, kv_layout)`` (:func:`cached_launch`'s); returns ``(out, lse, launch)``, the launch for
+    :func:`sparsesim.kernels.gna_bwd.backward_call` (no second lookup in the backward)."""
     import math
 
     import torch
 
-    seq = sequence_info(q, k, v, extra_tokens, extra_at, input_size, causal)
-    call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
+    seq = sequence_info(q, k, v, extra_tokens, extra_at, input_size, call[3])
     out = torch.empty_like(q)
-    tokens = math.prod(int(s) for s in q.shape[1:-2])
-    lse = torch.empty((int(q.shape[0]), int(q.shape[-2]), tokens), dtype=torch.float32, device=q.device)
+    lse = torch.empty((int(q.shape[0]), int(q.shape[-2]), q.shape[1:-2].numel()), dtype=torch.float32,
+                      device=q.device)
     if seq is None:
         launch = cached_launch(q, k, v, call, 0, persistent)
         launch.run(q, k, v, out, lse=lse)
-        return out, lse
+        return out, lse, launch
     size, extra, first, xfirst = seq
     ql, kl, vl, ol = (_layout_view(x, seq) for x in (q, k, v, out))
     launch = cached_launch(ql, kl, vl, call, extra, persistent)
@@ -798,8 +849,8 @@ def gna_forward(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilatio
     if extra:
         from sparsesim.kernels.gna_bwd import rows_forward
 
-        rows_forward(q, k, v, out, lse, row0=xfirst, rows=extra, causal=_is_causal(causal), scale=launch.scale)
-    return out, lse
+        rows_forward(q, k, v, out, lse, row0=xfirst, rows=extra, causal=_is_causal(call[3]), scale=launch.scale)
+    return out, lse, launch
 
 
 def _sequence(q: Any, k: Any, v: Any, extra_tokens: Any, extra_at: Any, input_size: Any,
@@ -907,4 +958,4 @@ def unpermute_out(plan: GNAPlan, op: Any, out: Any) -> Any:
 
 
 __all__ = ["EXTRA_AT", "GNALaunch", "KV_LAYOUTS", "PERMUTE_MIN_KV_ROWS", "build_launch", "cached_launch",
-           "choose_kv_layout", "gna_attention", "gna_forward", "sequence_info", "unpermute_out"]
+           "choose_kv_layout", "forward_call", "gna_attention", "gna_forward", "sequence_info", "unpermute_out"]

@@ -40,6 +40,7 @@ from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
     FusedLaunch,
+    descriptor,
     descriptors_ok,
     device_gpu,
     fused_launch,
@@ -47,9 +48,11 @@ from sparsesim.kernels._launch import (
     launch_compiled,
     spec_key,
     tensors_key,
+    tma_enabled,
+    tma_strides_ok,
 )
 from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
-from sparsesim.kernels.permute import tile_permute, tile_permute_pair
+from sparsesim.kernels.permute import make_layout, permute_checked, tile_permute, tile_permute_pair
 
 # --------------------------------------------------------------------------------------------
 # Device helpers.
@@ -657,16 +660,15 @@ DQ_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DQ_CANDIDATES
 DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES
 
 #: What the first GPU call's pick (:func:`pick_tuning`) tries per kernel, ``((resident, stream, stages), stream
-#: layout)``: the lists timed by benchmarks/backward_bench.py at 020b148. H200 at 185dd22 (kernels/NOTES.md,
-#: "Permuted stream layout measured"): every dQ candidate was faster permuted (3D 16x32x48: 14.8 -> 14.4 ms;
-#: HunyuanVideo: 117.5 -> 114.8), dK/dV's fastest was the permuted 64-row resident tile on both cases; whole backward
-#: 12.8 -> 11.7 ms and 116.0 -> 106.2 ms. The 2D and FLUX layers were not measured permuted, so every gathered
-#: candidate that won a layer at 4032037 stays in (2D: the 2-stage dQ and 32-row 2-stage dK/dV); 11 compiles on a
-#: shape's first call.
-DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
-    *((c, "permute") for c in DQ_PERMUTED_CANDIDATES), ((1 << 30, 64, 3), "gather"), ((64, 64, 2), "gather"))
+#: layout)``. Permuted only: on the H200, benchmarks/bwd_tune.py ``--stream-layout gather,permute`` found the
+#: permuted layout fastest for both kernels on all four layers of kernels/NOTES.md (185dd22: 3D 16x32x48 and
+#: HunyuanVideo, whole backward -8.8% / -8.4%; 54ccec4: 2D 128x128 3.485 -> 3.045 ms, FLUX 41.29 -> 36.61 ms,
+#: hwmodels/measurements/bwd_tune_permuted_b_h200_2026-11-30_54ccec4.csv). dK/dV keeps the three settings that
+#: won a layer permuted (64-row resident: 3D, HunyuanVideo, FLUX; 32-row 2-stage stream: 2D; 128-row 3-stage:
+#: FLUX's second). 6 compiles on a shape's first call (11 before).
+DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "permute") for c in DQ_PERMUTED_CANDIDATES)
 DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
-    ((64, 64, 2), "permute"), ((1 << 30, 64, 3), "permute"), *((c, "gather") for c in DKV_CANDIDATES))
+    ((64, 64, 2), "permute"), ((1 << 30, 32, 2), "permute"), ((1 << 30, 64, 3), "permute"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -690,6 +692,11 @@ class GNABackward:
     #: Compiled dQ / dK/dV kernels by :func:`sparsesim.kernels._launch.spec_key` (repeated calls skip Triton's
     #: argument binding, as the forward's launches do).
     compiled: dict[Any, Any] = field(default_factory=dict)
+    #: Per launch signature (the kernel, its STREAM mode and every stride the integer arguments read): the
+    #: integer arguments, their spec key, constexprs, options and grid (a repeated call rebuilds none of them).
+    launch_args: dict[Any, Any] = field(default_factory=dict)
+    #: The dK/dV stream's LSE/Delta row layout (:func:`sparsesim.kernels.permute.make_layout`), built once.
+    rows_layout: dict[Any, Any] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=64)
@@ -751,31 +758,36 @@ def _plan_or(fallback: GNAPlan, size: tuple[int, ...], kw: dict[str, Any], q_til
 _BACKWARDS = CallCache()
 
 
-#: Per ``_delta`` call key (shapes, strides, dtypes, device, block): Delta's shape, the grid, the integer arguments,
-#: the constexprs and the compiled kernels by pointer alignments (repeated calls skip Triton's binding).
+#: Per ``_delta`` call key (shapes, strides, dtypes, device, block): the buffer's shape, the grid, the integer
+#: arguments, the constexprs and the compiled kernels by pointer alignments (repeated calls skip Triton's binding).
 _DELTAS = CallCache()
 
 
-def _delta(out: Any, do: Any, block: int) -> Any:
-    """``rowsum(dO * O)`` float32 ``[batch, heads, tokens]`` of two ``[B, *spatial, H, D]`` tensors."""
+def _delta(out: Any, do: Any, block: int, rows: bool = False) -> tuple[Any, Any]:
+    """``rowsum(dO * O)`` float32 ``[batch, heads, tokens]`` of two ``[B, *spatial, H, D]`` tensors: ``(delta,
+    None)``, or with ``rows`` ``(delta, pair)``: Delta as ``pair[1]`` of a new float32 ``[2, batch, heads,
+    tokens]`` buffer whose ``pair[0]`` is left for the base-2 LSE that the permuted dK/dV stream reads beside
+    Delta (:func:`_permuted_rows`: one buffer permuted as one ``[..., 2]`` tensor, no stacking pass)."""
     import torch
 
-    key = (out.shape, out.stride(), do.shape, do.stride(), out.dtype, do.dtype, out.device, block)
+    key = (out.shape, out.stride(), do.shape, do.stride(), out.dtype, do.dtype, out.device, block, rows)
     hit = _DELTAS.get(key)
     if hit is None:
         batch, heads, head_dim = int(out.shape[0]), int(out.shape[-2]), int(out.shape[-1])
         size = [int(s) for s in out.shape[1:-2]]
         size3 = [1] * (3 - len(size)) + size
         tokens = math.prod(size)
-        # Delta is a new contiguous [batch, heads, tokens] tensor: strides (heads * tokens, tokens)
+        # Delta is a contiguous [batch, heads, tokens] tensor (or a pair's row): strides (heads * tokens, tokens)
         ints = (tokens, size3[1], size3[2], heads, *_strides6(out), *_strides6(do), heads * tokens, tokens)
-        hit = _DELTAS.put(key, ((batch, heads, tokens), (triton.cdiv(tokens, block), heads, batch), ints,
+        shape = (2, batch, heads, tokens) if rows else (batch, heads, tokens)
+        hit = _DELTAS.put(key, (shape, (triton.cdiv(tokens, block), heads, batch), ints,
                                 {"HEAD_DIM": head_dim, "BLOCK": block}, {}))
     shape, grid, ints, constexprs, compiled = hit
-    delta = torch.empty(shape, dtype=torch.float32, device=out.device)
+    pair = torch.empty(shape, dtype=torch.float32, device=out.device)
+    delta = pair[1] if rows else pair
     launch_compiled(compiled, (out.data_ptr() % 16 == 0, do.data_ptr() % 16 == 0, delta.data_ptr() % 16 == 0),
                     _delta_kernel, grid, (out, do, delta, *ints), constexprs, {})
-    return delta
+    return delta, (pair if rows else None)
 
 
 def rows_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, *, row0: int, rows: int, causal: bool,
@@ -809,46 +821,66 @@ def gna_backward(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, *, window:
         >>> out, lse = gna_forward(q, k, v, window=(7, 7))  # doctest: +SKIP
         >>> dq, dk, dv = gna_backward(torch.ones_like(out), q, k, v, out, lse, window=(7, 7))  # doctest: +SKIP
     """
+    return backward_call(do, q, k, v, out, lse, (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout),
+                         extra_tokens, extra_at, input_size, tuning)
+
+
+def backward_call(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, call: tuple, extra_tokens: int = 0,
+                  extra_at: str = "end", input_size: Any = None, tuning: BwdTuning | None = None,
+                  fwd: Any = None) -> tuple[Any, Any, Any]:
+    """:func:`gna_backward` with the pattern arguments as one tuple ``call = (window, stride, dilation, causal,
+    q_tile, kv_tile, scale, kv_layout)`` (:func:`sparsesim.kernels.gna.cached_launch`'s) and ``fwd``: the forward's
+    launch of this call (:func:`sparsesim.kernels.gna.forward_call` returns it; looked up when None)."""
     import torch
 
     from sparsesim.kernels.gna import _extra_view, _is_causal, _layout_view, cached_launch, sequence_info
 
+    causal = call[3]
     seq = sequence_info(q, k, v, extra_tokens, extra_at, input_size, causal)
-    call = (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout)
     if seq is None:
         views = (q, k, v)
-        extra, first, xfirst, n = 0, 0, 0, int(lse.shape[-1])
+        extra = 0
     else:
         size, extra, first, xfirst = seq
         views = tuple(_layout_view(x, seq) for x in (q, k, v))
-        n = math.prod(size)
-    fwd = cached_launch(*views, call, extra)
-    delta = _delta(out, do, _rows_config()[0])
+    if fwd is None:
+        fwd = cached_launch(*views, call, extra)
+    # the forward itself is in the key (not its id: an evicted launch's id may be reused by another pattern's)
+    key = (tensors_key(*views), fwd, tuning)
+    bwd = _BACKWARDS.get(key)
+    if bwd is not None and bwd.extra != extra:
+        bwd = None
+    pick = bwd is None and tuning is None and not interpret() and not torch.cuda.is_current_stream_capturing()
+    if bwd is None and not pick:
+        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
+    # Delta, and beside it the LSE rows of a permuted dK/dV stream (the pick may try that layout)
+    delta, pair = _delta(out, do, _rows_config()[0], pick or bwd.dkv_stream_layout == "permute")
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if seq is None:
         lv = (q, k, v, do, dq, dk, dv)
+        l_lse, l_delta, l_pair = lse, delta, pair
+        xv = x_lse = x_delta = None
+        is_causal = False
     else:
-        lv = tuple(_layout_view(x, seq) for x in (q, k, v, do, dq, dk, dv))
-    l_lse, l_delta = lse[:, :, first:first + n], delta[:, :, first:first + n]
-    x_lse, x_delta = lse[:, :, xfirst:xfirst + extra], delta[:, :, xfirst:xfirst + extra]
-    is_causal = _is_causal(causal)
-    xv = tuple(_extra_view(x, seq) for x in (q, k, v, do)) if extra else None
+        n = math.prod(size)
+        lv = (*views, *(_layout_view(x, seq) for x in (do, dq, dk, dv)))
+        l_pair = None if pair is None else pair[:, :, :, first:first + n]
+        l_lse, l_delta = lse[:, :, first:first + n], delta[:, :, first:first + n]
+        x_lse, x_delta = lse[:, :, xfirst:xfirst + extra], delta[:, :, xfirst:xfirst + extra]
+        is_causal = _is_causal(causal)
+        xv = tuple(_extra_view(x, seq) for x in (q, k, v, do)) if extra else None
     xv_t = xv if (extra and not is_causal) else None
 
-    def run_dq(b: GNABackward) -> None:
-        _launch_dq(b, lv, l_lse, l_delta, xv)
+    if bwd is None:  # the first GPU call without a tuning: time the candidates on this call's tensors
+        def run_dq(b: GNABackward) -> None:
+            _launch_dq(b, lv, l_lse, l_delta, xv)
 
-    def run_dkdv(b: GNABackward) -> None:
-        _launch_dkdv(b, lv, l_lse, l_delta, xv_t, x_lse, x_delta)
+        def run_dkdv(b: GNABackward) -> None:
+            _launch_dkdv(b, lv, l_lse, l_delta, xv_t, x_lse, x_delta, l_pair)
 
-    key = (tensors_key(*views), id(fwd), tuning)
-    bwd = _BACKWARDS.get(key)
-    if bwd is None or bwd.extra != extra:
-        if tuning is None and not interpret() and not torch.cuda.is_current_stream_capturing():
-            tuning = pick_tuning(fwd, q.device, run_dq, run_dkdv)
-        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
-    run_dq(bwd)
-    run_dkdv(bwd)
+        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, pick_tuning(fwd, q.device, run_dq, run_dkdv)))
+    _launch_dq(bwd, lv, l_lse, l_delta, xv)
+    _launch_dkdv(bwd, lv, l_lse, l_delta, xv_t, x_lse, x_delta, l_pair)
     if extra:
         _launch_extra(bwd, (q, k, v, do, dq, dk, dv), lse, delta, xfirst, extra, is_causal)
     return dq, dk, dv
@@ -891,69 +923,113 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
     return candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
 
 
+def _tensor_spec(tensors: tuple) -> tuple:
+    """:func:`sparsesim.kernels._launch.spec_key` of tensor arguments: per tensor its dtype and 16-byte alignment."""
+    return tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
+
+
 def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None) -> None:
     q, k, v, do, dq, _, _ = lv
     plan = bwd.dq_plan
-    ranges, lohi = bwd.tables[0], bwd.tables[1]
     nx = bwd.extra if xv is not None else 0
     if nx:
         _, xk, xvv, _ = xv  # type: ignore[misc]
-        x_strides = (*_strides4(xk), *_strides4(xvv))
     else:
-        xk, xvv, x_strides = q, q, (0,) * 8
+        xk, xvv = q, q
     if bwd.dq_stream_layout == "permute":  # K/V permuted once into contiguous KV tiles of this plan
         kk, vv, kv_strides, nkp, mode = _permuted_pair(k, v, plan.schedule.kv_tile, plan.pattern.dilation,
                                                        bwd.head_dim)
+        kv_key: tuple = kv_strides
     else:
-        kk, vv, kv_strides, nkp, mode = k, v, (*_strides6(k), *_strides6(v)), 0, 0
-    cfg = bwd.dq_config
-    grid = (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups)
-    args = (q, kk, vv, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale,
-            bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:],
-            int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), nx,
-            *plan.kv_grid3[1:], bwd.heads_kv, nkp,
-            *_strides6(q), *kv_strides, *_strides6(do), *_strides6(dq),
-            int(lse.stride(0)), int(lse.stride(1)), *x_strides)
-    constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA": nx > 0, "XTAIL": nx % plan.kv_volume != 0,
-                  "STREAM": mode}
-    launch_compiled(bwd.compiled, ("dq", mode, spec_key(args)), _gna_dq_kernel, grid, args, constexprs,
-                    {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        kk, vv, nkp, mode = k, v, 0, 0
+        kv_key = (k.stride(), v.stride())
+    # every stride the integer arguments read (the plan and the heads are the backward's own)
+    sig = ("dq", mode, nkp, kv_key, q.stride(), do.stride(), dq.stride(), lse.stride(),
+           *((xk.stride(), xvv.stride(), nx) if nx else ()))
+    hit = bwd.launch_args.get(sig)
+    if hit is None:
+        x_strides = (*_strides4(xk), *_strides4(xvv)) if nx else (0,) * 8
+        if mode == 0:
+            kv_strides = (*_strides6(k), *_strides6(v))
+        ints = (bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:],
+                int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), nx,
+                *plan.kv_grid3[1:], bwd.heads_kv, nkp,
+                *_strides6(q), *kv_strides, *_strides6(do), *_strides6(dq),
+                int(lse.stride(0)), int(lse.stride(1)), *x_strides)
+        constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA": nx > 0,
+                      "XTAIL": nx % plan.kv_volume != 0, "STREAM": mode}
+        cfg = bwd.dq_config
+        hit = bwd.launch_args[sig] = (ints, spec_key(ints), constexprs,
+                                      {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+                                      (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups))
+    ints, ints_spec, constexprs, options, grid = hit
+    ranges, lohi = bwd.tables[0], bwd.tables[1]
+    tensors = (q, do, dq, lse, delta, ranges, lohi, xk, xvv) if mode == 2 else (q, kk, vv, do, dq, lse, delta,
+                                                                                  ranges, lohi, xk, xvv)
+    # spec_key of the arguments (descriptors, mode 2, are fixed by the mode), the integers' part computed once
+    launch_compiled(bwd.compiled, ("dq", mode, ints_spec, _tensor_spec(tensors)), _gna_dq_kernel, grid,
+                    (q, kk, vv, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale, *ints),
+                    constexprs, options)
 
 
 def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None, x_lse: Any,
-                 x_delta: Any) -> None:
+                 x_delta: Any, pair: Any) -> None:
+    """``pair``: the ``[2, B, H, tokens]`` buffer of :func:`_delta` (the layout's rows, Delta in ``pair[1]``), needed
+    by the permuted stream layout (None otherwise)."""
     q, k, v, do, _, dk, dv = lv
     plan = bwd.dkv_plan
-    ranges_t, lohi = bwd.tables[2], bwd.tables[3]
     nxq = bwd.extra if xv is not None else 0
     if nxq:
         xq, _, _, xdo = xv  # type: ignore[misc]
-        x_strides = (*_strides4(xq), *_strides4(xdo))
         xl, xd = x_lse, x_delta
     else:
-        xq, xdo, xl, xd, x_strides = q, q, lse, delta, (0,) * 8
-    x_lstrides = (int(xl.stride(0)), int(xl.stride(1)))
+        xq, xdo, xl, xd = q, q, lse, delta
     if bwd.dkv_stream_layout == "permute":  # Q/dO and their LSE/Delta rows permuted once into contiguous Q tiles
         tile, dilation = plan.schedule.q_tile, plan.pattern.dilation
         qq, dd, qo_strides, nqp, mode = _permuted_pair(q, do, tile, dilation, bwd.head_dim)
-        rows = _permuted_rows(lse, delta, plan.pattern.input_size, tile, dilation)
-        ll, dl = rows[..., 0], rows[..., 1]
-        l_strides = (int(rows.stride(0)), int(rows.stride(1)), int(rows.stride(2)))
+        rows = _permuted_rows(lse, pair, plan.pattern.input_size, tile, dilation, bwd.rows_layout)
+        ll, dl = rows, rows[..., 1]  # LSE: the buffer's own pointer (the kernel reads it through the strides given)
+        qo_key: tuple = (qo_strides, rows.stride())
     else:
-        qq, dd, qo_strides, nqp, mode = q, do, (*_strides6(q), *_strides6(do)), 0, 0
-        ll, dl, l_strides = lse, delta, (int(lse.stride(0)), int(lse.stride(1)), 1)
-    cfg = bwd.dkv_config
-    grid = (plan.num_kv_tiles, bwd.heads_kv, bwd.batch * plan.groups)
-    args = (qq, k, v, dd, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
-            bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.kv_grid3[1:],
-            int(plan.ranges_t.shape[1]), int(plan.ranges_t.shape[2]), int(plan.lohi.shape[2]), nxq,
-            *plan.q_grid3[1:], bwd.heads, nqp, l_strides[2], *x_lstrides,
-            *qo_strides[:6], *_strides6(k), *_strides6(v), *qo_strides[6:], *_strides6(dk), *_strides6(dv),
-            *l_strides[:2], *x_strides)
-    constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA_Q": nxq > 0,
-                  "XQTAIL": nxq % plan.q_volume != 0, "STREAM": mode}
-    launch_compiled(bwd.compiled, ("dkdv", mode, spec_key(args)), _gna_dkdv_kernel, grid, args, constexprs,
-                    {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        qq, dd, nqp, mode = q, do, 0, 0
+        ll, dl = lse, delta
+        qo_key = (q.stride(), do.stride())
+    sig = ("dkdv", mode, nqp, qo_key, lse.stride(), k.stride(), v.stride(), dk.stride(), dv.stride(),
+           *((xq.stride(), xdo.stride(), xl.stride(), nxq) if nxq else ()))
+    hit = bwd.launch_args.get(sig)
+    if hit is None:
+        x_strides = (*_strides4(xq), *_strides4(xdo)) if nxq else (0,) * 8
+        if mode == 0:
+            qo_strides = (*_strides6(q), *_strides6(do))
+            l_strides = (int(lse.stride(0)), int(lse.stride(1)), 1)
+        else:
+            l_strides = (int(rows.stride(0)), int(rows.stride(1)), int(rows.stride(2)))
+        ints = (bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.kv_grid3[1:],
+                int(plan.ranges_t.shape[1]), int(plan.ranges_t.shape[2]), int(plan.lohi.shape[2]), nxq,
+                *plan.q_grid3[1:], bwd.heads, nqp, l_strides[2], int(xl.stride(0)), int(xl.stride(1)),
+                *qo_strides[:6], *_strides6(k), *_strides6(v), *qo_strides[6:], *_strides6(dk), *_strides6(dv),
+                *l_strides[:2], *x_strides)
+        constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA_Q": nxq > 0,
+                      "XQTAIL": nxq % plan.q_volume != 0, "STREAM": mode}
+        cfg = bwd.dkv_config
+        hit = bwd.launch_args[sig] = (ints, spec_key(ints), constexprs,
+                                      {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+                                      (plan.num_kv_tiles, bwd.heads_kv, bwd.batch * plan.groups))
+    ints, ints_spec, constexprs, options, grid = hit
+    ranges_t, lohi = bwd.tables[2], bwd.tables[3]
+    tensors: tuple = (k, v, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd)
+    if mode != 2:
+        tensors = (qq, dd, *tensors)
+    launch_compiled(bwd.compiled, ("dkdv", mode, ints_spec, _tensor_spec(tensors)), _gna_dkdv_kernel, grid,
+                    (qq, k, v, dd, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
+                     *ints), constexprs, options)
+
+
+#: Per ``_permuted_pair`` call key (shapes, strides, dtypes, device, tile, dilation, head dim) of a pair permuted
+#: in one pass: its layout, the buffers' strides, padded rows and whether their strides suit TMA descriptors.
+_PAIRS = CallCache()
+#: TMA descriptor templates (:func:`sparsesim.kernels._launch.descriptor`).
+_DESCRIPTORS: dict[Any, Any] = {}
 
 
 def _permuted_pair(a: Any, b: Any, tile: tuple[int, ...], dilation: tuple[int, ...], head_dim: int
@@ -964,28 +1040,48 @@ def _permuted_pair(a: Any, b: Any, tile: tuple[int, ...], dilation: tuple[int, .
     descriptors ``[B * G * H * padded, D]`` with one tile per block; 1: the buffers (pointer loads)."""
     from sparsesim.kernels.gna import _permuted_strides
 
-    if a.stride() == b.stride() and a.dtype == b.dtype:
-        ap, bp = tile_permute_pair(a, b, tile, dilation=dilation)
-    else:  # the pair pass reads both through one set of strides
-        ap, bp = tile_permute(a, tile, dilation=dilation), tile_permute(b, tile, dilation=dilation)
-    strides = (*_permuted_strides(ap), *_permuted_strides(bp))
-    if descriptors_ok(ap, bp) and ap.numel() // head_dim < 2**31:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
+    key = (a.shape, a.stride(), b.shape, b.stride(), a.dtype, b.dtype, a.device, tile, dilation, head_dim)
+    hit = _PAIRS.get(key)
+    if hit is not None:  # a pair checked by an earlier call of the same key: no checks, no layout lookup
+        layout, strides, padded, strides_ok = hit
+        ap, bp = permute_checked(a, layout, b)
+        ok = strides_ok and tma_enabled() and ap.data_ptr() % 16 == 0 and bp.data_ptr() % 16 == 0
+    else:
+        if a.stride() == b.stride() and a.dtype == b.dtype:
+            ap, bp = tile_permute_pair(a, b, tile, dilation=dilation)
+        else:  # the pair pass reads both through one set of strides
+            ap, bp = tile_permute(a, tile, dilation=dilation), tile_permute(b, tile, dilation=dilation)
+        strides = (*_permuted_strides(ap), *_permuted_strides(bp))
+        padded = int(ap.shape[2])
+        strides_ok = ap.numel() // head_dim < 2**31 and tma_strides_ok(ap) and tma_strides_ok(bp)
+        ok = strides_ok and descriptors_ok(ap, bp)
+        if a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype:
+            _PAIRS.put(key, (make_layout(a.shape[1:-2], tile, dilation), strides, padded, strides_ok))
+    if ok:
         block = [math.prod(tile), head_dim]
-        return (TensorDescriptor.from_tensor(ap.view(-1, head_dim), block),
-                TensorDescriptor.from_tensor(bp.view(-1, head_dim), block), strides, int(ap.shape[2]), 2)
-    return ap, bp, strides, int(ap.shape[2]), 1
+        return (descriptor(ap.view(-1, head_dim), block, _DESCRIPTORS),
+                descriptor(bp.view(-1, head_dim), block, _DESCRIPTORS), strides, padded, 2)
+    return ap, bp, strides, padded, 1
 
 
-def _permuted_rows(lse: Any, delta: Any, size: tuple[int, ...], tile: tuple[int, ...],
-                   dilation: tuple[int, ...]) -> Any:
-    """The base-2 LSE and Delta of the layout's rows (float32 ``[B, H, tokens]`` each, tokens row-major over
-    ``size``) permuted as the Q tiles are: float32 ``[B * G, H, padded, 2]`` (zeros on padded rows)."""
+def _permuted_rows(lse: Any, pair: Any, size: tuple[int, ...], tile: tuple[int, ...],
+                   dilation: tuple[int, ...], layouts: dict[Any, Any] | None = None) -> Any:
+    """The base-2 LSE and the Delta of the layout's rows permuted as the Q tiles are: float32
+    ``[B * G, H, padded, 2]`` (zeros on padded rows). ``lse``: float32 ``[B, H, tokens]`` (tokens row-major over
+    ``size``); ``pair``: float32 ``[2, B, H, tokens]`` holding Delta in ``pair[1]`` (:func:`_delta`'s buffer),
+    whose ``pair[0]`` receives the base-2 LSE; ``layouts``: a cache for the rows' checked layout."""
     import torch
 
-    rows = torch.stack((lse * LOG2E, delta), dim=-1)  # [B, H, tokens, 2]
-    return tile_permute(rows.permute(0, 2, 1, 3).unflatten(1, tuple(size)), tile, dilation=dilation)
+    torch.mul(lse, LOG2E, out=pair[0])
+    rows = pair.permute(1, 3, 2, 0).unflatten(1, tuple(size))  # [B, *size, H, 2]: a view, LSE then Delta
+    key = (rows.shape, rows.stride(), rows.dtype, rows.device, tile, dilation)
+    layout = None if layouts is None else layouts.get(key)
+    if layout is not None:
+        return permute_checked(rows, layout)
+    out = tile_permute(rows, tile, dilation=dilation)
+    if layouts is not None:
+        layouts[key] = make_layout(rows.shape[1:-2], tile, dilation)
+    return out
 
 
 def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: int, extra: int,
@@ -1013,5 +1109,6 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
 
 __all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DKV_PICK", "DQ_CANDIDATES",
            "DQ_PERMUTED_CANDIDATES", "DQ_PICK",
-           "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "build_backward", "candidate_tuning", "gna_backward",
+           "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "backward_call", "build_backward", "candidate_tuning",
+           "gna_backward",
            "pick_tuning", "rows_forward"]

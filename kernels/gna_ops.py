@@ -119,9 +119,10 @@ class _EagerGNA(torch.autograd.Function):
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, args: "_OpArgs") -> Tensor:  # type: ignore[override]
         from sparsesim.kernels import gna
 
-        out, lse = gna.gna_forward(q, k, v, **args.kwargs)
+        out, lse, launch = gna.forward_call(q, k, v, *args.call)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = args
+        ctx.launch = launch  # the backward's forward launch: no second lookup
         ctx.set_materialize_grads(False)
         return out
 
@@ -135,7 +136,7 @@ class _EagerGNA(torch.autograd.Function):
         else:
             from sparsesim.kernels import gna_bwd as bwd
 
-            dq, dk, dv = bwd.gna_backward(grad_out, q, k, v, out, lse, **ctx.args.kwargs)
+            dq, dk, dv = bwd.backward_call(grad_out, q, k, v, out, lse, *ctx.args.call, fwd=ctx.launch)
         return dq, dk, dv, None
 
 
@@ -143,11 +144,15 @@ class _OpArgs:
     """A call's arguments normalized once: ``pattern`` as the ops take them (after q, k, v), ``kwargs`` as
     :func:`~sparsesim.kernels.gna.gna_forward` takes them."""
 
-    __slots__ = ("kwargs", "pattern")
+    __slots__ = ("call", "kwargs", "pattern")
 
     def __init__(self, pattern: tuple) -> None:
         self.pattern = pattern
-        self.kwargs = _kwargs(*pattern)
+        self.kwargs = kw = _kwargs(*pattern)
+        #: :func:`~sparsesim.kernels.gna.forward_call`'s arguments after q, k, v (``call`` tuple, extra tokens,
+        #: extra_at, input_size), which :func:`~sparsesim.kernels.gna_bwd.backward_call` takes too
+        self.call = ((kw["window"], kw["stride"], kw["dilation"], kw["causal"], kw["q_tile"], kw["kv_tile"],
+                      kw["scale"], kw["kv_layout"]), kw["extra_tokens"], kw["extra_at"], kw["input_size"])
 
 
 _OP_ARGS: dict[Any, _OpArgs] = {}

@@ -19,7 +19,15 @@ from typing import Any
 import triton
 import triton.language as tl
 
-from sparsesim.kernels._launch import check_tensor_device, copy_launch, hashable, launch_compiled, next_pow2, spec_key
+from sparsesim.kernels._launch import (
+    CallCache,
+    check_tensor_device,
+    copy_launch,
+    hashable,
+    launch_compiled,
+    next_pow2,
+    spec_key,
+)
 from sparsesim.simulator.feasibility import tile_problem
 from sparsesim.simulator.patterns import per_axis, positive_ints
 
@@ -155,6 +163,24 @@ def _make_layout(input_size: Sequence[int], tile: Any, dilation: Any) -> TileLay
 
 def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y2: Any = None,
             heads_map: Any = None) -> None:
+    pair, has_hmap = x2 is not None, heads_map is not None
+    # everything but the tensors themselves follows from these (the heads map's length is its shape)
+    key = (x.shape, x.stride(), y.stride(), layout, inverse, pair, None if heads_map is None else heads_map.shape)
+    hit = _ARGS.get(key)
+    if hit is None:
+        hit = _ARGS.put(key, _launch_args(x, y, layout, inverse, pair, heads_map))
+    grid, ints, constexprs, options, ints_spec = hit
+    x2, y2 = (x2, y2) if pair else (x, y)
+    hm = heads_map if has_hmap else x
+    # spec_key of (x, y, x2, y2, heads map, *ints) without re-deriving the integers' part
+    tensors = (x.dtype, x.data_ptr() % 16 == 0, y.dtype, y.data_ptr() % 16 == 0, x2.dtype, x2.data_ptr() % 16 == 0,
+               y2.dtype, y2.data_ptr() % 16 == 0, hm.dtype, hm.data_ptr() % 16 == 0)
+    launch_compiled(_COMPILED, (tensors, ints_spec, *constexprs.values()), _permute_kernel, grid,
+                    (x, y, x2, y2, hm, *ints), constexprs, options)
+
+
+def _launch_args(x: Any, y: Any, layout: TileLayout, inverse: bool, pair: bool, heads_map: Any) -> tuple:
+    """:func:`_launch`'s grid, integer arguments, constexprs, options and the integers' spec key (per call key)."""
     batch, heads, head_dim = int(x.shape[0]), int(x.shape[-2]), int(x.shape[-1])
     if heads_map is not None:
         heads = int(heads_map.shape[0])
@@ -166,14 +192,15 @@ def _launch(x: Any, y: Any, layout: TileLayout, inverse: bool, x2: Any = None, y
     s_sp = [0] * (3 - layout.rank) + xs[1:1 + layout.rank]
     block_d = next_pow2(head_dim)
     cfg = copy_launch(layout.volume, block_d)
-    pair = x2 is not None
     grid = (layout.num_tiles, heads, batch * layout.groups)
-    args = (x, y, x2 if pair else x, y2 if pair else y, x if heads_map is None else heads_map,
-            L0, L1, L2, D0, D1, D2, NT1, NT2, xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()))
+    ints = (L0, L1, L2, D0, D1, D2, NT1, NT2, xs[0], *s_sp, xs[-2], xs[-1], *(int(s) for s in y.stride()))
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "T0": T0, "T1": T1, "T2": T2, "INVERSE": inverse,
                   "PAIR": pair, "HAS_HMAP": heads_map is not None}
-    launch_compiled(_COMPILED, (spec_key(args), *constexprs.values()), _permute_kernel, grid, args, constexprs,
-                    {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    return grid, ints, constexprs, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}, spec_key(ints)
+
+
+#: :func:`_launch_args` by call key (shapes, strides, layout, options).
+_ARGS = CallCache()
 
 
 #: Compiled permutation kernels by specialization and constexprs (repeated calls skip Triton's binding).
@@ -230,6 +257,22 @@ def tile_permute_pair(k: Any, v: Any, tile: Any, *, dilation: Any = 1, heads: An
     vp = torch.empty(shape, dtype=k.dtype, device=k.device)
     _launch(k, kp, layout, inverse=False, x2=v, y2=vp, heads_map=heads)
     return kp, vp
+
+
+def permute_checked(x: Any, layout: TileLayout, x2: Any = None) -> Any:
+    """:func:`tile_permute` (``x2`` given: :func:`tile_permute_pair`) of inputs already checked against ``layout``
+    by an earlier call of theirs with the same shapes, strides, dtypes and device (a repeated call's path: no
+    checks, no layout lookup). Returns the buffer, or the two buffers."""
+    import torch
+
+    shape = (x.shape[0] * layout.groups, x.shape[-2], layout.padded_tokens, x.shape[-1])
+    y = torch.empty(shape, dtype=x.dtype, device=x.device)
+    if x2 is None:
+        _launch(x, y, layout, inverse=False)
+        return y
+    y2 = torch.empty(shape, dtype=x.dtype, device=x.device)
+    _launch(x, y, layout, inverse=False, x2=x2, y2=y2)
+    return y, y2
 
 
 def tile_unpermute(xp: Any, input_size: Sequence[int], tile: Any, *, dilation: Any = 1, out: Any = None) -> Any:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Device call (a 2-GPU machine): one validation campaign on one GPU and on two (`simulate validate --devices`),
 # each from a cold Triton cache; both CSVs, the wall times and their ratio (target: close to 0.5).
-# usage: bash benchmarks/device/multi_gpu_validate.sh COMMIT   (writes under $OUT; about 2-3 min)
+# usage: bash benchmarks/device/multi_gpu_validate.sh COMMIT [SWEEP [KERNELS]]   (writes under $OUT; about 2-3 min
+#   with the default sweep, benchmarks/validation/h200_multi_gpu.toml; about 4-5 min with
+#   benchmarks/validation/h200_dense_fidelity_heldout.toml and dense,cudnn)
 set -u
 COMMIT=${1:?commit}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
@@ -10,13 +12,15 @@ nvidia-smi --query-gpu=index,name,driver_version --format=csv,noheader
 N=$(python3 -c "import torch; print(torch.cuda.device_count())")
 [ "$N" -ge 2 ] || { echo "multi_gpu_validate: $N CUDA device(s) visible; needs 2"; exit 1; }
 D=$(date -u +%F)
-SWEEP=benchmarks/validation/h200_multi_gpu.toml
+SWEEP=${2:-benchmarks/validation/h200_multi_gpu.toml}
+KERNELS=${3:-gna,dense,cudnn}
+T2=${T2:-100}; T1=${T1:-130}  # per-run time limits (seconds), two devices and one
 SUMMARY=$OUT/multi_gpu_validate_${D}_${COMMIT}.txt
 for devices in 2 1; do  # two first: any first-run warm-up falls on the parallel run
   csv=$OUT/validate_h200_multi_gpu_devices${devices}_${D}_${COMMIT}.csv
   export TRITON_CACHE_DIR=$(mktemp -d)
   t0=$(date +%s.%N)
-  timeout $((devices == 2 ? 100 : 130)) python3 -m sparsesim.cli.main validate --sweep $SWEEP --kernels gna,dense,cudnn \
+  timeout $((devices == 2 ? T2 : T1)) python3 -m sparsesim.cli.main validate --sweep $SWEEP --kernels $KERNELS \
     --devices $devices --no-progress --out $csv --commit $COMMIT 2>&1 | tail -6
   rc=${PIPESTATUS[0]}
   t1=$(date +%s.%N)

@@ -156,10 +156,8 @@ def test_layout_is_validated_and_gather_stays_the_default():
     # gna_bwd.BwdTuning, not the name imported above: another test file may reload the module at collection.
     assert picked == gna_bwd.BwdTuning(dq_resident=1 << 30, dq_stream=64, dq_stages=3, dkv_resident=1 << 30,
                                        dkv_stream=32, dkv_stages=3, dq_stream_layout="permute")
-    # The first call's pick tries both layouts, each pair once, with valid layouts only.
-    for pick in (gna_bwd.DQ_PICK, gna_bwd.DKV_PICK):
-        assert len(set(pick)) == len(pick) and {lay for _, lay in pick} == set(gna_bwd.STREAM_LAYOUTS)
-    # Every gathered candidate stays in: each won a layer at 4032037 (the 2D layer's 2-stage ones among them), and
-    # the 2D and FLUX layers were never measured permuted.
-    assert {c for c, lay in gna_bwd.DQ_PICK if lay == "gather"} >= {(64, 64, 2)}
-    assert {c for c, lay in gna_bwd.DKV_PICK if lay == "gather"} == set(gna_bwd.DKV_CANDIDATES)
+    # The first call's pick tries each pair once, permuted (measured fastest on every layer), with valid settings.
+    for pick, valid in ((gna_bwd.DQ_PICK, gna_bwd.DQ_PERMUTED_CANDIDATES),
+                        (gna_bwd.DKV_PICK, gna_bwd.DKV_PERMUTED_CANDIDATES)):
+        assert len(set(pick)) == len(pick) >= 3 and {lay for _, lay in pick} == {"permute"}
+        assert {c for c, _ in pick} <= set(valid)

@@ -669,6 +669,11 @@ DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES
 DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "permute") for c in DQ_PERMUTED_CANDIDATES)
 DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
     ((64, 64, 2), "permute"), ((1 << 30, 32, 2), "permute"), ((1 << 30, 64, 3), "permute"))
+#: 1D layouts: gathered only. A 1D tile is already a contiguous run of rows, so permuting it copies Q/dO/K/V for
+#: nothing; with the permuted-only pick the 1D 4,096-token forward+backward's host time on the H200 rose from 719
+#: to 955 us (benchmarks/backward_host.py --mode gpu, 54ccec4 -> 4441f9d).
+DQ_PICK_1D: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "gather") for c in DQ_CANDIDATES)
+DKV_PICK_1D: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "gather") for c in DKV_CANDIDATES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -900,8 +905,9 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
                 dq_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None,
                 dkv_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None) -> BwdTuning:
     """The fastest of ``dq_candidates`` for dQ and of ``dkv_candidates`` for dK/dV (``(candidate, stream layout)``
-    pairs; default: :data:`DQ_PICK` / :data:`DKV_PICK`), each timed (CUDA events, after a
-    compiling launch) on the call's own tensors by ``run_dq(backward)`` / ``run_dkdv(backward)``."""
+    pairs; default: :data:`DQ_PICK` / :data:`DKV_PICK`, 1D layouts :data:`DQ_PICK_1D` / :data:`DKV_PICK_1D`), each
+    timed (CUDA events, after a compiling launch) on the call's own tensors by ``run_dq(backward)`` /
+    ``run_dkdv(backward)``."""
     import torch
 
     def timed(run: Any, tuning: BwdTuning) -> float:
@@ -916,8 +922,9 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
         torch.cuda.synchronize(device)
         return float(start.elapsed_time(end))
 
-    dq_c = dq_candidates or DQ_PICK
-    dkv_c = dkv_candidates or DKV_PICK
+    one_d = fwd.plan.pattern.rank == 1
+    dq_c = dq_candidates or (DQ_PICK_1D if one_d else DQ_PICK)
+    dkv_c = dkv_candidates or (DKV_PICK_1D if one_d else DKV_PICK)
     dq = min(dq_c, key=lambda c: timed(run_dq, candidate_tuning("dq", *c)))
     dkv = min(dkv_c, key=lambda c: timed(run_dkdv, candidate_tuning("dkv", *c)))
     return candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
@@ -1107,8 +1114,8 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
         HEAD_DIM=bwd.head_dim, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, num_warps=warps, num_stages=stages)
 
 
-__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DKV_PICK", "DQ_CANDIDATES",
-           "DQ_PERMUTED_CANDIDATES", "DQ_PICK",
+__all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DKV_PICK", "DKV_PICK_1D",
+           "DQ_CANDIDATES", "DQ_PERMUTED_CANDIDATES", "DQ_PICK", "DQ_PICK_1D",
            "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "backward_call", "build_backward", "candidate_tuning",
            "gna_backward",
            "pick_tuning", "rows_forward"]

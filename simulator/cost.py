@@ -309,7 +309,7 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     if tm.tiling == "block":  # a block map's lists (``backward.list_penalty``)
         shape = replace(shape, slowdown=shape.slowdown * (1.0 + bwd.list_penalty))
     permute = None
-    if tm.tiling == "box":
+    if tm.tiling == "box" and len(tm.q_tile) > 1:  # 1D tiles are contiguous rows: the kernels gather them
         padded_q, padded_kv = tm.num_q_tiles * q_vol, tm.num_kv_tiles * kv_vol
         moved = (problem.io_bytes(tokens, 2, 0) + problem.io_bytes(padded_q, 0, 2)  # Q, dO
                  + problem.io_bytes(tokens, 0, 2) + problem.io_bytes(padded_kv, 0, 2)  # K, V (KV heads)

@@ -161,3 +161,6 @@ def test_layout_is_validated_and_gather_stays_the_default():
                         (gna_bwd.DKV_PICK, gna_bwd.DKV_PERMUTED_CANDIDATES)):
         assert len(set(pick)) == len(pick) >= 3 and {lay for _, lay in pick} == {"permute"}
         assert {c for c, _ in pick} <= set(valid)
+    # 1D layouts: their tiles are contiguous rows already; the pick tries every gathered candidate, nothing permuted.
+    assert gna_bwd.DQ_PICK_1D == tuple((c, "gather") for c in gna_bwd.DQ_CANDIDATES)
+    assert gna_bwd.DKV_PICK_1D == tuple((c, "gather") for c in gna_bwd.DKV_CANDIDATES)

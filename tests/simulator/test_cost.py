@@ -962,3 +962,16 @@ def test_fit_keeps_parameters_no_training_row_depends_on_at_the_prior():
     assert '"stage_penalty"' in line and '"mma_efficiency"' not in line
     lost_stage = fitted([*recs, rec(99, (64, 64), (17, 17), (8, 16), (8, 8), head_dim=256)])
     assert "stage_penalty" in lost_stage.params and "stage_penalty" not in lost_stage.unidentified
+
+
+def test_split_backward_reads_1d_tiles_in_place():
+    # 1D tiles are contiguous rows: no permutation pass (the kernels' 1D pick is gathered only).
+    from sparsesim.simulator.cost import backward_passes
+    from sparsesim.simulator.tiling import tilemap
+
+    g, prof = load_gpu("H200"), _triton_prior()
+    pattern = GNAPattern(input_size=4096, window=513)
+    tm = tilemap(pattern, (64,), (64,), "box")
+    bp = backward_passes(g, prof, Problem(heads=8, head_dim=128), tm, 4096, float(pattern.visible_pairs()))
+    assert bp.permute is None
+    assert bp.total.ms == pytest.approx(bp.delta.ms + bp.dq.ms + bp.dkdv.ms)

@@ -772,9 +772,85 @@ def cached_launch(q: Any, k: Any, v: Any, call: tuple, extra: int, persistent: A
     launch = _LAUNCHES.get(key)
     if launch is None:
         window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout = call
-        launch = _LAUNCHES.put(key, build_launch(q, k, v, window=window, stride=stride, dilation=dilation,
-                                                 causal=causal, q_tile=q_tile, kv_tile=kv_tile, scale=scale,
-                                                 kv_layout=kv_layout, extra=extra, persistent=persistent))
+        kw = dict(window=window, stride=stride, dilation=dilation, causal=causal, scale=scale, kv_layout=kv_layout,
+                  extra=extra)
+        picked = measured_pick(q, k, v, kw, persistent) if q_tile is None and kv_tile is None else None
+        launch = _LAUNCHES.put(key, picked or build_launch(q, k, v, q_tile=q_tile, kv_tile=kv_tile,
+                                                            persistent=persistent, **kw))
+    return launch
+
+
+#: Small layers (batch x tokens x heads at most this many query rows): with no tiles given, the first call on a
+#: GPU times the model's best pair of each tile class (:func:`sparsesim.simulator.tile_choice.class_candidates`)
+#: and keeps the fastest (``SPARSESIM_TILE_PICK=model``: the model's pick alone). On the H200 the model's pick
+#: ran 1.16x / 0.48x / 1.03x cuDNN's time on the 1K 2D, 4K 1D and 2K 3D layers of benchmarks/small_tiles.py, the
+#: fastest measured pair 0.76x / 0.41x / 0.83x (47e5ab5).
+MEASURED_PICK_MAX_ROWS = 1 << 17
+#: Timed launches per candidate (after one compiling launch), queued behind a GPU sleep of this many cycles
+#: (about 1 ms at the H200's clock: longer than the host takes to issue them), so the events time the kernels
+#: back to back, not the host's launches.
+MEASURED_PICK_REPS = 5
+MEASURED_PICK_SLEEP_CYCLES = 2_000_000
+#: The measured pick by problem (pattern, tensors' shapes and dtypes, device, scale, K/V layout, persistent option).
+_PICKS = CallCache()
+
+
+def measured_pick(q: Any, k: Any, v: Any, kw: dict[str, Any], persistent: Any) -> GNALaunch | None:
+    """The fastest launch of a small layer's candidate tiles, timed on the call's own tensors (the two fastest
+    also with ``persistent=True`` when ``persistent`` is None); None where the pick does not apply: the
+    interpreter, CPU tensors, extra tokens, a stream being captured, torch.compile tracing, layers above
+    :data:`MEASURED_PICK_MAX_ROWS` rows, ``SPARSESIM_TILE_PICK=model``, or a problem with fewer than two
+    candidates. A candidate that fails to build is skipped."""
+    import torch
+
+    if (interpret() or not getattr(q, "is_cuda", False) or kw["extra"] or os.environ.get("SPARSESIM_TILE_PICK")
+            == "model" or torch.cuda.is_current_stream_capturing() or torch.compiler.is_compiling()):
+        return None
+    dims = check_qkv(q, k, v, spatial_ranks=(1, 2, 3), what="gna_attention")
+    if dims.batch * int(np.prod(dims.spatial)) * dims.heads > MEASURED_PICK_MAX_ROWS:
+        return None
+    from sparsesim.simulator import GNAPattern
+    from sparsesim.simulator.tile_choice import class_candidates
+
+    gpu, _ = device_gpu(q.device)
+    pattern = GNAPattern(input_size=dims.spatial, window=kw["window"], stride=kw["stride"],
+                         dilation=kw["dilation"], causal=kw["causal"])
+    key = (pattern, tensors_key(q, k, v), hashable(kw), type(persistent), hashable(persistent))
+    hit = _PICKS.get(key)
+    if hit is not None:
+        q_tile, kv_tile, pers = hit
+        return build_launch(q, k, v, q_tile=q_tile, kv_tile=kv_tile, persistent=pers, **kw)
+    pairs = class_candidates(pattern, gpu.name, dims.heads, dims.heads_kv, dims.head_dim, dims.batch,
+                             "fp16" if dims.dtype == "fp32" else dims.dtype)
+    if len(pairs) < 2:
+        return None
+    out = torch.empty_like(q)
+
+    def timed(q_tile: Any, kv_tile: Any, pers: Any) -> tuple[float, Any]:
+        try:
+            launch = build_launch(q, k, v, q_tile=q_tile, kv_tile=kv_tile, persistent=pers, **kw)
+            launch.run(q, k, v, out)  # compiles
+        except ValueError:
+            return float("inf"), None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(q.device)
+        torch.cuda._sleep(MEASURED_PICK_SLEEP_CYCLES)  # every launch queued before the GPU reaches the first
+        start.record()
+        for _ in range(MEASURED_PICK_REPS):
+            launch.run(q, k, v, out)
+        end.record()
+        torch.cuda.synchronize(q.device)
+        return float(start.elapsed_time(end)), launch
+
+    base = False if persistent is None else persistent
+    results = [(*timed(qt, kt, base), qt, kt, base) for qt, kt in pairs]
+    if persistent is None:
+        fastest = sorted((r for r in results if r[1] is not None), key=lambda r: r[0])[:2]
+        results += [(*timed(qt, kt, True), qt, kt, True) for _, _, qt, kt, _ in fastest]
+    _, launch, q_tile, kv_tile, pers = min(results, key=lambda r: r[0])
+    if launch is None:
+        return None
+    _PICKS.put(key, (q_tile, kv_tile, pers))
     return launch
 
 

@@ -117,6 +117,32 @@ def rank_tiles(pattern: GNAPattern, *, gpu: str | GPU = DEFAULT_GPU, kernel_prof
     return exact[:top]
 
 
+#: Tile volume classes the kernels' measured pick for small layers draws from (Q tile, KV tile tokens): a
+#: 32-token KV tile is among them because on 1K-4K-token layers it ran fastest on the H200
+#: (hwmodels/measurements/small_tiles_h200_2026-11-30_47e5ab5.csv).
+PICK_Q_VOLUMES = (64, 128)
+PICK_KV_VOLUMES = (32, 64, 128)
+
+
+@lru_cache(maxsize=256)
+def class_candidates(pattern: GNAPattern, gpu: str, heads: int, heads_kv: int, head_dim: int, batch: int,
+                     dtype: str, kernel_profile: str = "triton") -> tuple[tuple[Shape, Shape], ...]:
+    """The model's best tile pair of each (Q, KV) volume class in :data:`PICK_Q_VOLUMES` x
+    :data:`PICK_KV_VOLUMES`, best predicted first: the candidates ``gna_attention`` times on a small layer's
+    first call (on small layers the model's ranking across classes misses: launch, tail and gather effects
+    that it prices coarsely; within a class its best box ran within 2% of the class's fastest on the three
+    layers timed)."""
+    best = []
+    for qv in PICK_Q_VOLUMES:
+        for kvv in PICK_KV_VOLUMES:
+            ranked = rank_tiles(pattern, gpu=gpu, kernel_profile=kernel_profile, heads=heads, heads_kv=heads_kv,
+                                head_dim=head_dim, batch=batch, dtype=dtype, top=1, q_volumes=(qv,),
+                                kv_volumes=(kvv,))
+            if ranked and ranked[0].call_ms is not None:
+                best.append((float(ranked[0].call_ms), ranked[0].q_tile, ranked[0].kv_tile))
+    return tuple((q, kv) for _, q, kv in sorted(best))
+
+
 @lru_cache(maxsize=256)
 def choose_tiles(pattern: GNAPattern, gpu: str, heads: int, heads_kv: int, head_dim: int, batch: int,
                  dtype: str, kernel_profile: str = "triton") -> tuple[Shape, Shape] | None:

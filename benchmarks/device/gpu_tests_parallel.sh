@@ -18,6 +18,7 @@ chunk fwd_a test_kernels_cuda "dense or block_sparse or repeated or graph" &
 chunk fwd_b test_kernels_cuda "test_gna_cuda and (1000 or 40x36 or 64x64)" &
 chunk fwd_c test_kernels_cuda "test_gna_cuda and not graph and not (1000 or 40x36 or 64x64)" &
 chunk fwd_d test_kernels_cuda "extra_tokens" &
+chunk fwd_e test_kernels_cuda "small_layer" &
 chunk bwd_a test_gna_backward_cuda "test_gradients_cuda and (1000 or 40x36 or 64x64 or 10x20x24)" &
 chunk bwd_b test_gna_backward_cuda "test_gradients_cuda and extra" &
 chunk bwd_c test_gna_backward_cuda "graph or compile" &

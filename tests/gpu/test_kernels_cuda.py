@@ -156,3 +156,37 @@ def test_gna_extra_tokens_cuda(dtype, case):
     gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, out=out, heads=[2, 3], **kw)
     check(out[..., 2:, :], ref[..., 2:, :], dtype)
     assert bool((out[..., :2, :] == 7.0).all())
+
+
+@pytest.mark.parametrize(("size", "window", "stride", "causal"),
+                         [((32, 32), (8, 8), 1, False), ((1024,), 129, 1, True), ((4, 8, 16), (3, 5, 7), (1, 2, 2),
+                                                                                   False)])
+def test_small_layer_measured_pick_cuda(monkeypatch, size, window, stride, causal):
+    """A small layer with no tiles given times the model's best pair per tile class on its first call and keeps
+    the fastest: the output is the reference's, the tiles are one of the candidates, the pick is reused, and
+    ``SPARSESIM_TILE_PICK=model`` runs the model's pick instead."""
+    from sparsesim.kernels import gna as gna_mod
+    from sparsesim.simulator import GNAPattern
+    from sparsesim.simulator.tile_choice import choose_tiles, class_candidates
+
+    dtype = torch.bfloat16
+    q = rand(1, *size, 8, 128, dtype=dtype, seed=31)
+    k = rand(1, *size, 8, 128, dtype=dtype, seed=32)
+    v = rand(1, *size, 8, 128, dtype=dtype, seed=33)
+    kw = {"window": window, "stride": stride, "causal": causal}
+    ref = gna_reference(q, k, v, **kw)
+    check(gna_attention(q, k, v, **kw), ref, dtype)
+    key = (kw["window"], kw["stride"], 1, causal, None, None, None, None)
+    launch = gna_mod.cached_launch(q, k, v, key, 0)
+    pattern = GNAPattern(input_size=size, window=window, stride=stride, causal=causal)
+    gpu = gna_mod.device_gpu(q.device)[0].name
+    pairs = class_candidates(pattern, gpu, 8, 8, 128, 1, "bf16")
+    assert len(pairs) >= 2
+    assert (launch.plan.schedule.q_tile, launch.plan.schedule.kv_tile) in pairs
+    assert gna_mod.cached_launch(q, k, v, key, 0) is launch  # reused, not picked again
+    gna_mod._LAUNCHES.items.clear()
+    monkeypatch.setenv("SPARSESIM_TILE_PICK", "model")
+    model = gna_mod.cached_launch(q, k, v, key, 0)
+    assert (model.plan.schedule.q_tile, model.plan.schedule.kv_tile) == choose_tiles(pattern, gpu, 8, 8, 128, 1,
+                                                                                     "bf16")
+    check(gna_attention(q, k, v, **kw), ref, dtype)

@@ -140,3 +140,25 @@ def test_rank_tiles_keeps_the_choice_and_corrects_the_pick(monkeypatch: pytest.M
 def test_rank_tiles_no_correction_without_evidence() -> None:
     best = rank_tiles(PATTERN, gpu="H200", kernel_profile="reference", top=1)[0]
     assert best.pick_ms == pytest.approx(best.call_ms)
+
+
+def test_class_candidates_one_pair_per_tile_class_best_first():
+    # What a small layer's first GPU call times: per (Q, KV) volume class the model's best pair, ordered by the
+    # model's time; every pair runs in our kernels (can_run) and the 32-token KV class is among them.
+    from sparsesim.simulator import GNAPattern, can_run
+    from sparsesim.simulator.engine import simulate
+    from sparsesim.simulator.tile_choice import PICK_KV_VOLUMES, PICK_Q_VOLUMES, class_candidates, rank_tiles
+
+    pattern = GNAPattern(input_size=(32, 32), window=(8, 8))
+    pairs = class_candidates(pattern, "H200", 24, 24, 128, 1, "bf16")
+    classes = [(int(np.prod(q)), int(np.prod(kv))) for q, kv in pairs]
+    assert len(set(classes)) == len(classes) == len(PICK_Q_VOLUMES) * len(PICK_KV_VOLUMES)
+    assert any(kv == 32 for _, kv in classes)
+    times = [simulate(input_size=(32, 32), window=(8, 8), q_tile=q, kv_tile=kv, gpu="H200", heads=24, head_dim=128,
+                      dtype="bf16", kernel_profile="triton").call_ms
+             for q, kv in pairs]
+    assert times == sorted(times)
+    for (q, kv), (qv, kvv) in zip(pairs, classes, strict=True):
+        assert can_run(q_tile=q, kv_tile=kv, head_dim=128, dtype="bf16", gpu="H200")
+        others = rank_tiles(pattern, gpu="H200", heads=24, top=50, q_volumes=(qv,), kv_volumes=(kvv,))
+        assert all(o.call_ms >= times[classes.index((qv, kvv))] - 1e-12 for o in others)

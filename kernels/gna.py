@@ -795,6 +795,13 @@ MEASURED_PICK_SLEEP_CYCLES = 2_000_000
 _PICKS = CallCache()
 
 
+def pick_key(pattern: Any, q: Any, k: Any, v: Any, kw: dict[str, Any], persistent: Any) -> tuple:
+    """The measured pick's cache key: the pattern, the tensors' shapes/strides/dtypes/device, the call's other
+    arguments (``kw``, lists as tuples) and the persistent option."""
+    return (pattern, tensors_key(q, k, v), hashable(tuple(sorted(kw.items()))), type(persistent),
+            hashable(persistent))
+
+
 def measured_pick(q: Any, k: Any, v: Any, kw: dict[str, Any], persistent: Any) -> GNALaunch | None:
     """The fastest launch of a small layer's candidate tiles, timed on the call's own tensors (the two fastest
     also with ``persistent=True`` when ``persistent`` is None); None where the pick does not apply: the
@@ -815,7 +822,7 @@ def measured_pick(q: Any, k: Any, v: Any, kw: dict[str, Any], persistent: Any) -
     gpu, _ = device_gpu(q.device)
     pattern = GNAPattern(input_size=dims.spatial, window=kw["window"], stride=kw["stride"],
                          dilation=kw["dilation"], causal=kw["causal"])
-    key = (pattern, tensors_key(q, k, v), hashable(kw), type(persistent), hashable(persistent))
+    key = pick_key(pattern, q, k, v, kw, persistent)
     hit = _PICKS.get(key)
     if hit is not None:
         q_tile, kv_tile, pers = hit

@@ -142,3 +142,22 @@ def test_eager_autograd_repeated_matches_reference():
         grads = torch.autograd.grad(o, leaves, do)
         for g, r in zip(grads, refs, strict=True):
             assert _rel(g, r.grad) < REL
+
+
+def test_measured_pick_key_is_hashable_and_tells_calls_apart():
+    # The small-layer pick's cache key (kernels/gna.py pick_key): list-valued arguments are fine, and any change
+    # of pattern argument, scale or persistent option gives another key.
+    import torch
+
+    from sparsesim.kernels.gna import pick_key
+    from sparsesim.simulator import GNAPattern
+
+    q = torch.randn(1, 8, 8, 2, 16)
+    pattern = GNAPattern(input_size=(8, 8), window=(3, 3))
+    kw = {"window": [3, 3], "stride": 1, "dilation": 1, "causal": False, "scale": None, "kv_layout": None,
+          "extra": 0}
+    keys = {pick_key(pattern, q, q, q, kw, None), pick_key(pattern, q, q, q, {**kw, "window": [3, 5]}, None),
+            pick_key(pattern, q, q, q, {**kw, "scale": 0.5}, None), pick_key(pattern, q, q, q, kw, True),
+            pick_key(pattern, q, q, q, kw, 4)}
+    assert len(keys) == 5
+    assert pick_key(pattern, q, q, q, dict(reversed(list(kw.items()))), None) in keys

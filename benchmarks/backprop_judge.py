@@ -60,7 +60,7 @@ def judge(df: pd.DataFrame, gpu: str = "H200") -> pd.DataFrame:
 
 
 #: The default file: the newest backward_bench run (the kernels as they ship; older runs timed older kernels).
-DEFAULT = ROOT / "hwmodels" / "measurements" / "backward_bench_h200_2026-11-30_020b148.csv"
+DEFAULT = ROOT / "hwmodels" / "measurements" / "backward_bench_h200_2026-11-30_4441f9d.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

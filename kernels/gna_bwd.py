@@ -965,10 +965,8 @@ def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | No
                 int(lse.stride(0)), int(lse.stride(1)), *x_strides)
         constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA": nx > 0,
                       "XTAIL": nx % plan.kv_volume != 0, "STREAM": mode}
-        cfg = bwd.dq_config
-        hit = bwd.launch_args[sig] = (ints, spec_key(ints), constexprs,
-                                      {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-                                      (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups))
+        hit = _remember(bwd, sig, ints, constexprs, bwd.dq_config,
+                        (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups))
     ints, ints_spec, constexprs, options, grid = hit
     ranges, lohi = bwd.tables[0], bwd.tables[1]
     tensors = (q, do, dq, lse, delta, ranges, lohi, xk, xvv) if mode == 2 else (q, kk, vv, do, dq, lse, delta,
@@ -977,6 +975,14 @@ def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | No
     launch_compiled(bwd.compiled, ("dq", mode, ints_spec, _tensor_spec(tensors)), _gna_dq_kernel, grid,
                     (q, kk, vv, do, dq, lse, delta, ranges, lohi, xk, xvv, bwd.scale * LOG2E, bwd.scale, *ints),
                     constexprs, options)
+
+
+def _remember(bwd: GNABackward, sig: tuple, ints: tuple, constexprs: dict[str, Any], cfg: Any,
+              grid: tuple[int, ...]) -> tuple:
+    """Store a launch signature's integer arguments, their spec key, constexprs, options and grid on ``bwd``."""
+    hit = bwd.launch_args[sig] = (ints, spec_key(ints), constexprs,
+                                  {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}, grid)
+    return hit
 
 
 def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None, x_lse: Any,
@@ -1018,10 +1024,8 @@ def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | 
                 *l_strides[:2], *x_strides)
         constexprs = {"HEAD_DIM": bwd.head_dim, **_constexprs(plan), "EXTRA_Q": nxq > 0,
                       "XQTAIL": nxq % plan.q_volume != 0, "STREAM": mode}
-        cfg = bwd.dkv_config
-        hit = bwd.launch_args[sig] = (ints, spec_key(ints), constexprs,
-                                      {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-                                      (plan.num_kv_tiles, bwd.heads_kv, bwd.batch * plan.groups))
+        hit = _remember(bwd, sig, ints, constexprs, bwd.dkv_config,
+                        (plan.num_kv_tiles, bwd.heads_kv, bwd.batch * plan.groups))
     ints, ints_spec, constexprs, options, grid = hit
     ranges_t, lohi = bwd.tables[2], bwd.tables[3]
     tensors: tuple = (k, v, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd)

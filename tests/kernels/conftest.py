@@ -39,3 +39,20 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def modes(monkeypatch):
+    """The STREAM modes the permuted launches used (2: TMA descriptors, 1: pointers)."""
+    from sparsesim.kernels import gna_bwd
+
+    seen: list[int] = []
+    real = gna_bwd._permuted_pair
+
+    def spy(*args):
+        res = real(*args)
+        seen.append(res[-1])
+        return res
+
+    monkeypatch.setattr(gna_bwd, "_permuted_pair", spy)
+    return seen

@@ -46,21 +46,6 @@ def _kw(window, stride=1, dilation=1, causal=False):
     return {"window": window, "stride": stride, "dilation": dilation, "causal": causal}
 
 
-@pytest.fixture
-def modes(monkeypatch):
-    """The STREAM modes the permuted launches used (2: TMA descriptors, 1: pointers)."""
-    seen: list[int] = []
-    real = gna_bwd._permuted_pair
-
-    def spy(*args):
-        res = real(*args)
-        seen.append(res[-1])
-        return res
-
-    monkeypatch.setattr(gna_bwd, "_permuted_pair", spy)
-    return seen
-
-
 def check(shape, kw, tiles, heads, heads_kv, dtype, seed, *, xkw=None, batch=1, tuning=PERMUTED, views=None):
     """Permuted against gathered and against float64 autograd; ``views``: (q, k, v) given instead of random."""
     xkw = xkw or {}

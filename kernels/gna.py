@@ -661,7 +661,9 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         q_tile, kv_tile: box tile shapes (power-of-two entries, volume 16..256, as
             :func:`sparsesim.simulator.can_run` says); a lone one sets both; default: the cost model's
             pick for this problem on the device's GPU (:func:`sparsesim.simulator.tile_choice.choose_tiles`,
-            ``triton`` profile, cached), or the GPU file's tiles for layouts too small for any candidate.
+            ``triton`` profile, cached), or the GPU file's tiles for layouts too small for any candidate. A
+            small layer (at most :data:`MEASURED_PICK_MAX_ROWS` query rows) on a GPU instead times the model's
+            best pair of each tile class on its first call and keeps the fastest (:func:`measured_pick`).
         scale: softmax scale, default ``1/sqrt(head_dim)``.
         out: optional output buffer shaped like ``q``.
         kv_layout: how K/V are read (a performance knob): ``None`` chooses; ``"direct"`` (1D without

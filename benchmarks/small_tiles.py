@@ -1,6 +1,7 @@
 """GPU: small layers (issue 17 item 3) at every tile class, next to dense cuDNN, with the model's prediction.
 
     python benchmarks/small_tiles.py [--out FILE.csv] [--commit SHA] [--budget-s 200]
+    python benchmarks/small_tiles.py --judge FILE.csv     # CPU: the current model against a measured file
 
 The 1K-4K-token layers of benchmarks/host_overhead.py (bf16, batch 1, head dim 128). Per layer, the model's two
 best boxes (:func:`sparsesim.simulator.tile_choice.rank_tiles`) of every Q/KV tile volume class in 32, 64 and 128
@@ -9,6 +10,12 @@ with ``triton.testing.do_bench`` (CUDA events, median; the same timer as cuDNN's
 default call's output; then the three fastest pairs again with ``persistent=True``; dense cuDNN SDPA on the same
 q, k, v. One CSV row per timed variant (GPU, date, commit, versions), rewritten after every row; the variants
 left once ``--budget-s`` is spent are skipped (rows say so). Prints each layer's fastest variant over cuDNN.
+
+``--judge`` (no GPU): per layer of a measured file, the current model's call time of each launch-order pair
+(never fitted to these rows) against the measurement: MAPE, mean error, Spearman rank correlation, and what each
+way of choosing tiles would have run, over cuDNN: the model's pick (its fastest predicted pair), the measured
+pick of ``gna_attention`` (the fastest of the class candidates and, persistent, of the two fastest, as timed
+here) and the fastest pair measured.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 CASES = (  # name, input_size, window, heads (host_overhead.py's small cases)
     ("image_32x32_w8x8", (32, 32), (8, 8), 24),
@@ -120,12 +129,60 @@ def measure_case(name: str, size: tuple[int, ...], window: tuple[int, ...], head
     write()
 
 
+def _tiles(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("x"))
+
+
+def judge(path: Path) -> int:
+    """Print the current model against a measured file (see the module docstring)."""
+    from scipy.stats import spearmanr
+
+    from sparsesim.simulator import GNAPattern
+    from sparsesim.simulator.engine import simulate
+    from sparsesim.simulator.tile_choice import class_candidates
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    shapes = {name: (size, window, heads) for name, size, window, heads in CASES}
+    print("| layer | pairs | MAPE | mean error | Spearman | model's pick / cuDNN | measured pick / cuDNN | "
+          "fastest / cuDNN |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["case"] for r in rows):
+        if name not in shapes:
+            continue
+        size, window, heads = shapes[name]
+        mine = [r for r in rows if r["case"] == name and r["variant"] == "pair" and r.get("measured_ms")]
+        cudnn = next(float(r["measured_ms"]) for r in rows if r["case"] == name and r["variant"] == "cudnn")
+        launch_order = {(r["q_tile"], r["kv_tile"]): float(r["measured_ms"]) for r in mine
+                        if r["persistent"] == "False"}
+        persistent = {(r["q_tile"], r["kv_tile"]): float(r["measured_ms"]) for r in mine if r["persistent"] == "True"}
+        predicted = {pair: simulate(input_size=size, window=window, q_tile=_tiles(pair[0]), kv_tile=_tiles(pair[1]),
+                                    gpu="H200", heads=heads, head_dim=HEAD_DIM, dtype="bf16",
+                                    kernel_profile="triton").call_ms for pair in launch_order}
+        errors = [predicted[p] / launch_order[p] - 1 for p in launch_order]
+        rho = float(spearmanr([predicted[p] for p in launch_order], [launch_order[p] for p in launch_order])[0])
+        model_pick = launch_order[min(predicted, key=lambda p: (predicted[p], p))]
+        cands = [("x".join(map(str, q)), "x".join(map(str, kv))) for q, kv in
+                 class_candidates(GNAPattern(input_size=size, window=window), "H200", heads, heads, HEAD_DIM, 1,
+                                  "bf16")]
+        timed = {c: launch_order[c] for c in cands if c in launch_order}
+        top2 = sorted(timed, key=lambda c: timed[c])[:2]
+        picked = min([*timed.values(), *(persistent[c] for c in top2 if c in persistent)])
+        fastest = min([*launch_order.values(), *persistent.values()])
+        print(f"| {name} | {len(errors)} | {np.mean(np.abs(errors)):.1%} | {np.mean(errors):+.1%} | {rho:.2f} | "
+              f"{model_pick / cudnn:.2f} | {picked / cudnn:.2f} | {fastest / cudnn:.2f} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/small_tiles.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="CSV file (rewritten after every row)")
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse --short HEAD)")
     parser.add_argument("--budget-s", type=float, default=200.0, help="skip the variants left after this long")
+    parser.add_argument("--judge", type=Path, default=None, help="a measured CSV: the current model against it (CPU)")
     args = parser.parse_args(argv)
+    if args.judge:
+        return judge(args.judge)
 
     import torch
     import triton

@@ -297,10 +297,11 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     The pairs run at ``backward.mma_efficiency`` with the forward's softmax, masking and per-KV-tile terms
     (each pass recomputes P); a CTA pays ``backward.cta_overhead_us`` (overlapped by its resident neighbours
     as in the forward) and its resident tiles' bytes; residency is the forward's at the same tiles. Block maps
-    (tiling ``block``) pay ``backward.list_penalty`` per pair. Box tiles
-    (GNA) stream operands permuted once per call into contiguous tiles, as the kernels' pick runs them
-    (``DQ_PICK``/``DKV_PICK`` in kernels/gna_bwd.py: permuted only): no gather penalty, and a memory pass
-    that reads K, V, Q, dO and writes them padded to whole tiles, with the LSE/Delta rows (fp32).
+    (tiling ``block``) pay ``backward.list_penalty`` per pair. 2D/3D box tiles (GNA) stream operands permuted
+    once per call into contiguous tiles, as the kernels' pick runs them (``DQ_PICK``/``DKV_PICK`` in
+    kernels/gna_bwd.py: permuted only): no gather penalty, and a memory pass that reads K, V, Q, dO and writes
+    them padded to whole tiles, with the LSE/Delta rows (fp32). 1D tiles are contiguous runs of rows, read in
+    place (``DQ_PICK_1D``/``DKV_PICK_1D``: gathered).
     """
     bwd = prof.backward
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
@@ -311,7 +312,7 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     permute = None
     if tm.tiling == "box" and len(tm.q_tile) > 1:  # 1D tiles are contiguous rows: the kernels gather them
         padded_q, padded_kv = tm.num_q_tiles * q_vol, tm.num_kv_tiles * kv_vol
-        moved = (problem.io_bytes(tokens, 2, 0) + problem.io_bytes(padded_q, 0, 2)  # Q, dO
+        moved = (problem.io_bytes(tokens, 2, 0) + problem.io_bytes(padded_q, 2, 0)  # Q, dO
                  + problem.io_bytes(tokens, 0, 2) + problem.io_bytes(padded_kv, 0, 2)  # K, V (KV heads)
                  + problem.batch * problem.heads * (tokens + padded_q) * ROW_STATS_BYTES)
         permute = _memory_pass(gpu, prof, moved)

@@ -7,7 +7,8 @@ its own rows, not the run): the Gluon variants first check their output on fresh
 float64 reference (odd lengths, batch 2, GQA, head dim 64; ``rel_err`` = ||out - ref|| / ||ref||, LSE too),
 then every implementation is timed on batch 1, 24 heads, head dim 128 at each size (median of
 :func:`sparsesim.kernels.timing.time_ms`). The CSV (rewritten after every job) has ``vs_cudnn`` = cuDNN's time /
-this row's, and effective TFLOP/s (``4 B H N^2 D`` / time).
+this row's, and effective TFLOP/s (``4 B H N^2 D`` / time). ``triton``: our Triton dense kernel
+(``SPARSESIM_FWD_KERNEL=triton``); ``attention``: what :func:`sparsesim.kernels.attention` runs by default.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import datetime as dt
 import functools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,15 +29,17 @@ from backward_bench import git_commit  # noqa: E402
 from kernel_cases import rewrite_csv  # noqa: E402
 
 HEADS, HEAD_DIM = 24, 128
-SIZES = (16384, 32768, 65536, 115200)
+SIZES = (4096, 8192, 16384, 32768, 65536, 115200)
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "impl", "variant", "check", "tokens", "ms", "tflops",
            "vs_cudnn", "rel_err", "note"]
 #: Gluon variants: (name, block_n, stages, overlap, pingpong, consumer_regs).
 VARIANTS = [
+    ("ws+overlap+pingpong st3", 128, 3, True, True, 240),
+    ("ws+overlap st3", 128, 3, True, False, 240),
+    ("ws+overlap+pingpong st3 r232", 128, 3, True, True, 232),
     ("ws", 128, 2, False, False, 240),
     ("ws+overlap", 128, 2, True, False, 240),
     ("ws+overlap+pingpong", 128, 2, True, True, 240),
-    ("ws+overlap+pingpong st3", 128, 3, True, True, 240),
     ("ws st3", 128, 3, False, False, 240),
     ("ws+overlap+pingpong bn64 st3", 64, 3, True, True, 240),
 ]
@@ -77,11 +81,14 @@ def job(name: str, sizes: list[int]) -> list[dict[str, Any]]:
         def run(q: Any, k: Any, v: Any) -> Any:
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    elif name == "triton":
+    elif name in ("triton", "attention"):  # the Triton kernel alone / whatever attention() picks
+        if name == "triton":
+            os.environ["SPARSESIM_FWD_KERNEL"] = "triton"
+
         def run(q: Any, k: Any, v: Any) -> Any:
             return attention(q, k, v)
     else:
-        from sparsesim.kernels.gluon_dense import gluon_dense_forward
+        from sparsesim.kernels.gluon_fwd import gluon_dense_forward
 
         _, bn, stages, overlap, pingpong, regs = next(v for v in VARIANTS if v[0] == name)
         opts = dict(block_n=bn, stages=stages, overlap=overlap, pingpong=pingpong, consumer_regs=regs)
@@ -103,8 +110,9 @@ def job(name: str, sizes: list[int]) -> list[dict[str, Any]]:
     for n in sizes:
         q, k, v = _inputs(1, n, n, HEADS, HEADS, HEAD_DIM, seed=n)
         ms = time_ms(functools.partial(run, q, k, v))
-        rows.append({"impl": "gluon" if name not in ("cudnn", "triton") else name, "variant": name, "tokens": n,
-                     "ms": ms, "tflops": 4 * HEADS * n * n * HEAD_DIM / ms / 1e9})
+        impl = name if name in ("cudnn", "triton", "attention") else "gluon"
+        rows.append({"impl": impl, "variant": name, "tokens": n, "ms": ms,
+                     "tflops": 4 * HEADS * n * n * HEAD_DIM / ms / 1e9})
         del q, k, v
         torch.cuda.empty_cache()
     return rows
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=420.0)
     ap.add_argument("--job-timeout-s", type=float, default=150.0)
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    ap.add_argument("--jobs", default=None, help="comma-separated subset of: cudnn, triton, and the variant names")
+    ap.add_argument("--jobs", default=None,
+                    help="comma-separated subset of: cudnn, triton, attention, and the variant names")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"gpu": torch.cuda.get_device_name(), "date": dt.date.today().isoformat(),
            "commit": args.commit or git_commit(), "torch": torch.__version__, "triton": triton.__version__}
-    names = ["cudnn", "triton"] + [v[0] for v in VARIANTS]
+    names = ["cudnn", "triton", "attention"] + [v[0] for v in VARIANTS]
     if args.jobs:
         names = [n for n in names if n in args.jobs.split(",")]
     deadline = time.monotonic() + args.budget_s

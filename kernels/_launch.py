@@ -352,6 +352,16 @@ def _has_descriptors() -> bool:
     return True
 
 
+def ws_kernel() -> Any:
+    """The warp-specialized Hopper forward (:mod:`sparsesim.kernels.gluon_fwd`), or None where this Triton has no
+    Gluon (the Triton kernels then run every call)."""
+    try:
+        from sparsesim.kernels import gluon_fwd
+    except ImportError:  # pragma: no cover - triton without gluon
+        return None
+    return gluon_fwd
+
+
 def descriptors_ok(*tensors: Any) -> bool:
     """Whether TMA tensor descriptors can address these tensors: 16-byte aligned base and strides,
     contiguous last dim (Hopper's bulk tensor copy rules). ``SPARSESIM_NO_TMA=1`` turns them off."""

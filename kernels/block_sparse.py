@@ -35,6 +35,7 @@ from sparsesim.kernels._launch import (
     interpret,
     launch_compiled,
     tensors_key,
+    ws_kernel,
 )
 from sparsesim.kernels.block_map import BlockMap, resolve_block_map, sorted_lists
 from sparsesim.simulator import can_run
@@ -225,8 +226,13 @@ class BlockSparseLaunch:
     constexprs: dict[str, Any]
     options: dict[str, Any]
     compiled: dict[Any, Any] = field(default_factory=dict)
+    ws_scale: float | None = None  # set where the warp-specialized Hopper kernel runs it (kernels/gluon_fwd.py)
 
     def run(self, q: Any, k: Any, v: Any, out: Any, lists: tuple[Any, Any, Any], lse: Any = None) -> Any:
+        ws = ws_kernel() if self.ws_scale is not None else None
+        if ws is not None and ws.supported(q, k, v, out):
+            return ws.ws_forward(q, k, v, out, lse, self.ws_scale, lists=lists, map_heads=self.args[4],
+                                 block_n=self.kv_tile)
         kk, vv = k, v
         use_desc = self.use_desc and descriptors_ok(k, v)
         if use_desc:
@@ -291,9 +297,13 @@ def _build(q: Any, k: Any, v: Any, lists: tuple[Any, Any, Any], q_tile: Any, kv_
     cfg = fused_launch(q_tile, kv_tile, dims.head_dim, dims.dtype, smem)
     qbs, kbs = -(-n // q_tile), -(-n // kv_tile)
     tail_start = (kbs - 1) * kv_tile
+    ws = ws_kernel()
+    take_ws = (ws is not None and use_desc is not False and q_tile == 128 and kv_tile in (64, 128)
+               and ws.use_ws(q, k, v))
     return BlockSparseLaunch(
         grid=(qbs, dims.heads, dims.batch),
         args=(checked_scale * LOG2E, n, dims.heads, dims.group, map_heads, qbs, kbs, tail_start),
         q_tile=q_tile, kv_tile=kv_tile, head_dim=dims.head_dim, use_desc=True if use_desc is None else use_desc,
         constexprs={"HEAD_DIM": dims.head_dim, "BLOCK_M": q_tile, "BLOCK_N": kv_tile, "HAS_TAIL": n % kv_tile != 0},
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+        ws_scale=checked_scale if take_ws else None)

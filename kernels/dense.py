@@ -29,6 +29,7 @@ from sparsesim.kernels._launch import (
     interpret,
     launch_compiled,
     tensors_key,
+    ws_kernel,
 )
 
 
@@ -188,6 +189,7 @@ class DenseLaunch:
     scale: float
     config: dict[str, int]
     compiled: dict[Any, Any] = field(default_factory=dict)
+    ws: bool = False  # the warp-specialized Hopper kernel runs it (kernels/gluon_fwd.py)
 
 
 _LAUNCHES = CallCache()
@@ -220,6 +222,7 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
     """
     import torch
 
+    ws = ws_kernel()
     try:
         key = (tensors_key(q, k, v), hashable(scale), hashable(tuple(sorted(config.items())) if config else None),
                causal if isinstance(causal, bool) else None)
@@ -233,6 +236,10 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
             raise ValueError(f"attention: causal={causal!r}; allowed: True or False")
         first = check_out(out, q, q.shape, "attention")
         lse = _lse_buffer(q) if want_lse else None
+        if config is None and not causal and ws is not None and ws.use_ws(q, k, v, first):
+            ws.ws_forward(q, k, v, first, lse, checked_scale)
+            _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config={}, ws=True))
+            return first, lse
         picked = launch_dense(q, k, v, first, checked_scale, config, causal=causal, lse=lse)
         _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config=picked))
         return first, lse
@@ -241,7 +248,11 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
     elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
         check_out(out, q, q.shape, "attention")
     lse = _lse_buffer(q) if want_lse else None
-    launch_dense(q, k, v, out, launch.scale, launch.config, compiled=launch.compiled, causal=causal, lse=lse)
+    if launch.ws and ws is not None and ws.use_ws(q, k, v, out):
+        ws.ws_forward(q, k, v, out, lse, launch.scale)
+        return out, lse
+    launch_dense(q, k, v, out, launch.scale, launch.config or None, compiled=launch.compiled, causal=causal,
+                 lse=lse)
     return out, lse
 
 

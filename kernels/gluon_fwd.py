@@ -1,0 +1,347 @@
+"""Warp-specialized attention forward for Hopper (dense and block-sparse), written in Gluon (issue 17, item 1).
+
+FlashAttention-3's structure with Gluon's explicit partitions: one load warp streams K/V tiles by TMA into a
+``STAGES``-deep ring of shared-memory buffers (``k_ready``/``v_ready`` mbarriers signalled by the copies'
+byte counts, ``kv_empty`` released by both consumers), and two consumer warpgroups each own 64 rows of the
+CTA's 128-row Q tile, so one warpgroup's softmax runs while the other's ``wgmma`` keep the tensor cores busy.
+With ``OVERLAP`` a consumer also issues the scores of KV tile ``j + 1`` before the softmax of tile ``j``
+(FA3's intra-warpgroup overlap: two ``wgmma`` groups in flight, completed in issue order).
+
+Block-sparse (``SPARSE``): the CTA's KV tiles come from a prepared map's lists (``kv_num``/``kv_idx``, then the
+padded last block where ``tail`` flags it), the schedule of :mod:`sparsesim.kernels.block_sparse`; dense visits
+every KV tile in order. Both mask the keys past ``N_KV`` in the tile that holds them; a row that visits nothing
+is zero with LSE ``-inf``.
+
+GPU only (Hopper, bf16/fp16, head dim 64 or 128, no causal): Gluon has no interpreter path, so the GPU tests
+check this kernel against the float64 reference; the Triton kernels (:mod:`sparsesim.kernels.dense`,
+:mod:`sparsesim.kernels.block_sparse`) run every CPU test and every call this one does not take.
+``[B, N, H, D]`` tensors whose ``(N, H, D)`` block is contiguous are read through 2D ``[B * N, H * D]`` TMA
+views; a tile that runs past its batch's last row reads the next batch's rows, whose scores the key mask
+drops and whose output rows the masked store never writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+from sparsesim.kernels._common import LOG2E
+
+#: Rows of Q per consumer warpgroup (one ``wgmma`` M of 64), consumers per CTA, and the CTA's Q tile.
+WG_ROWS = gl.constexpr(64)
+CONSUMERS = 2
+LN2 = gl.constexpr(0.6931471805599453)
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, acc, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr):
+    """Online softmax of one score tile: ``(P as the wgmma A operand, m, l, rescaled acc)``."""
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet: P = 0, not NaN
+    p = gl.exp2(s * qk_scale - m_safe[:, None])
+    alpha = gl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+    return gl.convert_layout(p.to(dtype), p_layout), m_new, l_i, acc
+
+
+@gluon.jit
+def _tiles(sched, BLOCK_N: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr):
+    """``(count, n_tiles)`` of the CTA: listed KV blocks and, with the tail block, one more (dense: all)."""
+    N_KV, KV_NUM, TAIL, entry = sched[2], sched[11], sched[13], sched[14]
+    if SPARSE:
+        count = gl.load(KV_NUM + entry)
+        n_tiles = count
+        if HAS_TAIL:
+            n_tiles = count + gl.load(TAIL + entry)
+    else:
+        n_tiles = gl.cdiv(N_KV, BLOCK_N)
+        count = n_tiles
+    return count, n_tiles
+
+
+@gluon.jit
+def _kv_start(j, count, sched, BLOCK_N: gl.constexpr, SPARSE: gl.constexpr):
+    """First key of the CTA's ``j``-th KV tile (block-sparse: listed block ``j``, past the list the tail)."""
+    KV_IDX, entry, KB = sched[12], sched[14], sched[15]
+    if SPARSE:
+        kvb = gl.load(KV_IDX + entry.to(gl.int64) * KB + j, mask=j < count, other=KB - 1)
+        return kvb * BLOCK_N
+    else:
+        return j * BLOCK_N
+
+
+@gluon.jit
+def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
+    """One warpgroup's 64 rows: scores, online softmax, ``P V``; then the normalized output (and LSE)."""
+    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse = bufs
+    qk_scale, N_Q, N_KV, H, b, h, m0, s_ob, s_on, s_oh = sched[0], sched[1], sched[2], sched[3], sched[4], \
+        sched[5], sched[7], sched[8], sched[9], sched[10]
+    HEAD_DIM: gl.constexpr = OPTS[6]
+    BLOCK_N: gl.constexpr = OPTS[7]
+    STAGES: gl.constexpr = OPTS[0]
+    OVERLAP: gl.constexpr = OPTS[1]
+    PINGPONG: gl.constexpr = OPTS[2]
+    STORE_LSE: gl.constexpr = OPTS[3]
+    SPARSE: gl.constexpr = OPTS[4]
+    HAS_TAIL: gl.constexpr = OPTS[5]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    dtype: gl.constexpr = q_smem.dtype
+
+    count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
+    q = q_smem.index(WG)
+    zero_s = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
+    m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, row_s)
+    l_i = gl.zeros([WG_ROWS], gl.float32, row_s)
+    acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
+    cols = gl.arange(0, BLOCK_N, layout=col_s)
+    mbarrier.wait(q_bar, 0)
+    if not OVERLAP:
+        for j in range(n_tiles):
+            st = j % STAGES
+            ph = (j // STAGES) & 1
+            mbarrier.wait(k_ready.index(st), ph)
+            s = warpgroup_mma(q, k_smem.index(st).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+            p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
+            mbarrier.wait(v_ready.index(st), ph)
+            acc = warpgroup_mma(p16, v_smem.index(st), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(st), count=1)
+    elif n_tiles > 0:
+        # FA3's order: the scores of tile j and P(j-1) V(j-1) issued together, the softmax of tile j running
+        # while the second GEMM does; with PINGPONG the two warpgroups take turns issuing their GEMMs.
+        mbarrier.wait(k_ready.index(0), 0)
+        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+        p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
+        for j in range(1, n_tiles):
+            st = j % STAGES
+            prev = (j - 1) % STAGES
+            if PINGPONG:
+                mbarrier.wait(turn.index(WG), ((j - 1) & 1) ^ (1 - WG))
+            mbarrier.wait(k_ready.index(st), (j // STAGES) & 1)
+            s = warpgroup_mma(q, k_smem.index(st).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p16, v_smem.index(prev), acc, is_async=True)
+            if PINGPONG:
+                mbarrier.arrive(turn.index(1 - WG), count=1)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+            p = gl.exp2(s * qk_scale - m_safe[:, None])
+            alpha = gl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            p16 = gl.convert_layout(p.to(dtype), p_layout)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(kv_empty.index(prev), count=1)
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+        last = (n_tiles - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
+        acc = warpgroup_mma(p16, v_smem.index(last), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(kv_empty.index(last), count=1)
+
+    rows = m0 + WG * WG_ROWS + gl.arange(0, WG_ROWS, layout=row_o)
+    row_ok = rows < N_Q
+    l_o = gl.convert_layout(l_i, row_o)
+    out = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
+    offs_d = gl.arange(0, HEAD_DIM, layout=col_o)
+    ptrs = Out + b.to(gl.int64) * s_ob + h * s_oh + rows.to(gl.int64)[:, None] * s_on + offs_d[None, :]
+    gl.store(ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    if STORE_LSE:  # natural log; -inf on a row that sees nothing
+        lse = (gl.convert_layout(m_i, row_o) + gl.log2(l_o)) * LN2
+        gl.store(Lse + (b * H + h).to(gl.int64) * N_Q + rows, lse, mask=row_ok)
+
+
+@gluon.jit
+def _consumer_first(bufs, descs, sched, OPTS: gl.constexpr):
+    """The first consumer warpgroup (rows 0-63 of the CTA's Q tile): the default partition."""
+    _consumer(bufs, sched, 0, OPTS)
+
+
+@gluon.jit
+def _consumer_second(bufs, descs, sched, OPTS: gl.constexpr):
+    """The second consumer warpgroup (rows 64-127 of the CTA's Q tile)."""
+    _consumer(bufs, sched, 1, OPTS)
+
+
+@gluon.jit
+def _loader(bufs, descs, sched, OPTS: gl.constexpr):
+    """The load warp: both halves of the Q tile once, then K and V tile by tile into the ring."""
+    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse = bufs
+    q_desc, k_desc, v_desc = descs
+    N_Q, N_KV, b, h, hk, m0 = sched[1], sched[2], sched[4], sched[5], sched[6], sched[7]
+    HEAD_DIM: gl.constexpr = OPTS[6]
+    BLOCK_N: gl.constexpr = OPTS[7]
+    STAGES: gl.constexpr = OPTS[0]
+    SPARSE: gl.constexpr = OPTS[4]
+    HAS_TAIL: gl.constexpr = OPTS[5]
+    q_row = b * N_Q + m0
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, h * HEAD_DIM], q_bar, q_smem.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, h * HEAD_DIM], q_bar, q_smem.index(1))
+    count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
+    kv_row = b * N_KV
+    for j in range(n_tiles):
+        st = j % STAGES
+        ph = (j // STAGES) & 1
+        row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
+        mbarrier.wait(kv_empty.index(st), ph ^ 1)
+        mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row, hk * HEAD_DIM], k_ready.index(st), k_smem.index(st))
+        mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [row, hk * HEAD_DIM], v_ready.index(st), v_smem.index(st))
+
+
+@gluon.jit
+def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_scale, N_Q, N_KV, H, GROUP,
+                   MAP_HEADS, QB, KB, s_ob, s_on, s_oh,
+                   HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
+                   PINGPONG: gl.constexpr, STORE_LSE: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr,
+                   CONSUMER_REGS: gl.constexpr):
+    pid_m = gl.program_id(0)
+    h = gl.program_id(1)
+    b = gl.program_id(2)
+    hk = h // GROUP
+    m0 = pid_m * (2 * WG_ROWS)
+    entry = (h % MAP_HEADS) * QB + pid_m  # the map's (head, Q block); 0 heads of a shared map
+    dtype: gl.constexpr = q_desc.dtype
+    q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    mbarrier.init(turn.index(0), count=1)
+    mbarrier.init(turn.index(1), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
+    bufs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse)
+    descs = (q_desc, k_desc, v_desc)
+    sched = (qk_scale, N_Q, N_KV, H, b, h, hk, m0, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL, entry, KB)
+    opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N)
+    gl.warp_specialize([
+        (_consumer_first, (bufs, descs, sched, opts)),
+        (_consumer_second, (bufs, descs, sched, opts)),
+        (_loader, (bufs, descs, sched, opts)),
+    ], [4, 1], [CONSUMER_REGS, 24])
+
+
+#: The variant the H200 measured fastest (kernels/NOTES.md, version 9): FA3 order, ping-pong, three stages.
+BEST = {"block_n": 128, "stages": 3, "overlap": True, "pingpong": True, "consumer_regs": 240}
+
+
+#: Calls of at least this many score elements (``B H N_q N_kv``, 16K tokens x 16 heads) take this kernel where
+#: it can run them (:func:`use_ws`): the sizes the H200 measured it faster than the Triton kernel at.
+MIN_WORK = 2 ** 32
+
+
+def use_ws(q: Any, k: Any, v: Any, out: Any = None, *, work: int | None = None) -> bool:
+    """Whether a forward call should take this kernel: :func:`supported`, at least :data:`MIN_WORK` score
+    elements (``work``, default the dense count), and not opted out with ``SPARSESIM_FWD_KERNEL=triton``."""
+    import os
+
+    if os.environ.get("SPARSESIM_FWD_KERNEL", "").strip().lower() == "triton" or not supported(q, k, v, out):
+        return False
+    if work is None:
+        work = int(q.shape[0]) * int(q.shape[2]) * int(q.shape[1]) * int(k.shape[1])
+    return work >= MIN_WORK
+
+
+def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
+    """True where this kernel can run the call: a Hopper GPU (not the interpreter; TMA not turned off by
+    ``SPARSESIM_NO_TMA=1``), bf16/fp16, equal Q/K/V head dims of 64 or 128, contiguous ``[B, N, H, D]`` tensors
+    (the 2D TMA views) on 16-byte aligned storage."""
+    import torch
+
+    from sparsesim.kernels._launch import interpret, tma_enabled
+
+    tensors = (q, k, v) if out is None else (q, k, v, out)
+    if interpret() or not tma_enabled():
+        return False
+    if not all(isinstance(t, torch.Tensor) and t.is_cuda and t.dim() == 4 for t in tensors):
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False
+    if q.dtype not in (torch.bfloat16, torch.float16) or any(t.dtype != q.dtype for t in tensors):
+        return False
+    return (all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors) and q.shape[-1] in (64, 128)
+            and k.shape[-1] == q.shape[-1] and v.shape[-1] == q.shape[-1])
+
+
+def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
+               map_heads: int = 1, block_n: int = 128, stages: int = 3, overlap: bool = True,
+               pingpong: bool = True, consumer_regs: int = 240) -> Any:
+    """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
+    ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``). ``lse``: a float32
+    ``[B, H, N_q]`` buffer or None. Returns ``out``.
+
+    ``stages`` (K/V ring depth), ``overlap`` (FA3's order), ``pingpong`` (the consumers take turns issuing
+    GEMMs) and ``consumer_regs`` (registers per thread of the second consumer; the first gets what the kernel's
+    ``maxnreg`` leaves) are the knobs benchmarks/gluon_dense_bench.py varies.
+    """
+    import torch
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    batch, n_q, heads, head_dim = (int(s) for s in q.shape)
+    n_kv, heads_kv = int(k.shape[1]), int(k.shape[2])
+    elem = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    q_layout = gl.NVMMASharedLayout.get_default_for([WG_ROWS.value, head_dim], elem)
+    kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], elem)
+    q_desc = TensorDescriptor.from_tensor(q.view(batch * n_q, heads * head_dim), [WG_ROWS.value, head_dim], q_layout)
+    k_desc = TensorDescriptor.from_tensor(k.view(batch * n_kv, heads_kv * head_dim), [block_n, head_dim], kv_layout)
+    v_desc = TensorDescriptor.from_tensor(v.view(batch * n_kv, heads_kv * head_dim), [block_n, head_dim], kv_layout)
+    sparse = lists is not None
+    kv_num, kv_idx, tail = lists if sparse else (out, out, out)
+    qbs, kbs = triton.cdiv(n_q, CONSUMERS * WG_ROWS.value), triton.cdiv(n_kv, block_n)
+    # 4 + 4 + 1 (padded to 4) warps at one CTA per SM: 168 registers x 384 threads fit the 64K register file;
+    # the load warp gives back all but 24, the consumers take 240 each.
+    _ws_fwd_kernel[(qbs, heads, batch)](
+        q_desc, k_desc, v_desc, out, out if lse is None else lse, kv_num, kv_idx, tail, scale * LOG2E, n_q, n_kv,
+        heads, heads // heads_kv, map_heads, qbs, kbs, out.stride(0), out.stride(1), out.stride(2),
+        HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=stages, OVERLAP=overlap, PINGPONG=pingpong,
+        STORE_LSE=lse is not None, SPARSE=sparse, HAS_TAIL=sparse and n_kv % block_n != 0,
+        CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)
+    return out
+
+
+def gluon_dense_forward(q: Any, k: Any, v: Any, scale: float | None = None, *, return_lse: bool = False,
+                        **knobs: Any) -> Any:
+    """Dense ``softmax(scale q k^T) v`` (``[B, N, H, D]``) by this kernel, for tests and benchmarks; ``knobs``
+    as :func:`ws_forward` takes them (default :data:`BEST`)."""
+    import torch
+
+    if not supported(q, k, v):
+        raise ValueError("gluon_dense_forward: needs a Hopper GPU and contiguous bf16/fp16 [B, N, H, D] "
+                         "tensors of head dim 64 or 128")
+    if int(q.shape[2]) % int(k.shape[2]):
+        raise ValueError(f"gluon_dense_forward: {int(q.shape[2])} query heads are not a multiple of "
+                         f"{int(k.shape[2])} KV heads")
+    out = torch.empty_like(q)
+    lse = torch.empty((int(q.shape[0]), int(q.shape[2]), int(q.shape[1])), dtype=torch.float32,
+                      device=q.device) if return_lse else None
+    scale = int(q.shape[-1]) ** -0.5 if scale is None else float(scale)
+    ws_forward(q, k, v, out, lse, scale, **{**BEST, **knobs})
+    return (out, lse) if return_lse else out

@@ -1,0 +1,115 @@
+"""The warp-specialized Gluon dense forward (kernels/gluon_fwd.py) against the float64 reference on a Hopper GPU.
+
+Gluon has no interpreter path, so this file is the kernel's only correctness check. Skipped without a Hopper
+GPU or under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if (not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+        or torch.cuda.get_device_capability()[0] != 9):
+    pytest.skip("needs a Hopper GPU and compiled Triton kernels", allow_module_level=True)
+
+from sparsesim.kernels.gluon_fwd import gluon_dense_forward  # noqa: E402
+from sparsesim.kernels.reference import reference_attention  # noqa: E402
+
+REL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def rand(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(*shape, generator=g, device="cuda", dtype=torch.float32).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("batch", "n_q", "n_kv", "heads", "heads_kv", "head_dim"),
+                         [(1, 1000, 1000, 4, 4, 128), (2, 777, 1300, 4, 4, 128), (1, 2048, 2048, 8, 2, 128),
+                          (1, 513, 513, 4, 4, 64), (1, 64, 200, 2, 2, 128)])
+@pytest.mark.parametrize(("overlap", "pingpong", "stages"), [(False, False, 2), (True, False, 2), (True, True, 2),
+                                                             (True, True, 3)])
+def test_gluon_dense_matches_reference(dtype, batch, n_q, n_kv, heads, heads_kv, head_dim, overlap, pingpong,
+                                       stages):
+    q = rand(batch, n_q, heads, head_dim, dtype=dtype, seed=1)
+    k = rand(batch, n_kv, heads_kv, head_dim, dtype=dtype, seed=2)
+    v = rand(batch, n_kv, heads_kv, head_dim, dtype=dtype, seed=3)
+    out, lse = gluon_dense_forward(q, k, v, overlap=overlap, pingpong=pingpong, stages=stages, return_lse=True)
+    ref = reference_attention(q, k, v)  # float64
+    assert torch.isfinite(out).all()
+    rel = float((out.double() - ref.double()).norm() / ref.double().norm())
+    assert rel < REL[dtype], f"rel_err={rel:.3g}"
+    group = heads // heads_kv
+    s = q.double().transpose(1, 2) @ k.double().transpose(1, 2).repeat_interleave(group, 1).transpose(-1, -2)
+    assert float((lse.double() - torch.logsumexp(s * head_dim ** -0.5, -1)).abs().max()) < 1e-2
+
+
+@pytest.fixture
+def ws_calls(monkeypatch):
+    """Every eligible call takes the warp-specialized kernel (no size floor, fresh launch caches); yields the
+    list of its launches (``sparse`` flags) so a test can check it ran."""
+    from sparsesim.kernels import block_sparse, dense, gluon_fwd
+
+    calls: list[bool] = []
+    real = gluon_fwd.ws_forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("lists") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gluon_fwd, "MIN_WORK", 0)
+    monkeypatch.setattr(gluon_fwd, "ws_forward", spy)
+    monkeypatch.setattr(dense, "_LAUNCHES", type(dense._LAUNCHES)())
+    monkeypatch.setattr(block_sparse, "_LAUNCHES", type(block_sparse._LAUNCHES)())
+    monkeypatch.delenv("SPARSESIM_FWD_KERNEL", raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("batch", "n", "heads", "heads_kv", "head_dim"), [(2, 1000, 4, 2, 128), (1, 777, 2, 2, 64)])
+def test_attention_runs_ws_kernel_with_gradients(ws_calls, dtype, batch, n, heads, heads_kv, head_dim):
+    """``attention`` forward (twice: the cached launch too) and its backward on the forward's LSE."""
+    from test_block_backward_cuda import check_grads
+
+    from sparsesim.kernels import attention
+
+    q = rand(batch, n, heads, head_dim, dtype=dtype, seed=4)
+    k = rand(batch, n, heads_kv, head_dim, dtype=dtype, seed=5)
+    v = rand(batch, n, heads_kv, head_dim, dtype=dtype, seed=6)
+    for _ in range(2):
+        out = attention(q, k, v)
+        ref = reference_attention(q, k, v)
+        assert float((out.double() - ref.double()).norm() / ref.double().norm()) < REL[dtype]
+    check_grads(attention, q, k, v, seed=n)
+    assert ws_calls == [False] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("n", "kv_tile", "map_heads", "heads", "heads_kv"), [
+    (1000, 128, 4, 4, 2), (2048, 64, 1, 8, 8), (777, 128, 2, 2, 1), (4096, 128, 3, 3, 3)])
+def test_block_sparse_runs_ws_kernel_with_gradients(ws_calls, dtype, n, kv_tile, map_heads, heads, heads_kv):
+    """Random maps with a Q block that visits nothing and the padded last block; forward and gradients."""
+    import numpy as np
+    from test_block_backward_cuda import check_grads
+
+    from sparsesim.kernels import block_sparse_attention, prepare_block_map
+
+    qb, kb = -(-n // 128), -(-n // kv_tile)
+    rng = np.random.default_rng(n)
+    bm = rng.random((map_heads, qb, kb)) < 0.3
+    bm[:, -1, -1] = True
+    bm[:, 0, :] = False
+    prepared = prepare_block_map(bm, seq_len=n, q_tile=128, kv_tile=kv_tile, device="cuda")
+    q = rand(1, n, heads, 128, dtype=dtype, seed=7)
+    k = rand(1, n, heads_kv, 128, dtype=dtype, seed=8)
+    v = rand(1, n, heads_kv, 128, dtype=dtype, seed=9)
+    mask = torch.from_numpy(np.repeat(np.repeat(bm, 128, axis=1), kv_tile, axis=2)[:, :n, :n]).cuda()
+    out = block_sparse_attention(q, k, v, prepared)
+    ref = reference_attention(q, k, v, mask[0] if map_heads == 1 else mask)
+    assert float((out.double() - ref.double()).norm() / ref.double().norm()) < REL[dtype]
+    assert float(out[:, :128].abs().max()) == 0.0  # the Q block that visits nothing
+    check_grads(lambda q, k, v: block_sparse_attention(q, k, v, prepared), q, k, v, mask, seed=n)
+    assert ws_calls == [True, True]

@@ -8,7 +8,10 @@ variant's (``rel_err``: the largest ``||d - d_default|| / ||d_default||`` over d
 is checked against float64 by tests/gpu) and timed with :func:`sparsesim.kernels.timing.time_ms`.
 
 - ``dense``: our dense backward (Delta + dK/dV + dQ launches) on 24,576 tokens, one launch's tiles/warps/stages
-  varied at a time (the other at the default), next to cuDNN's backward (SDPA forward+backward minus forward).
+  varied at a time (the other at the default), next to cuDNN's backward (SDPA forward+backward minus forward);
+  the fused backward (``FUSED_DQ``: one kernel, dQ by pointer atomics or TMA reductions) in the
+  :data:`DENSE_FUSED` tiles, printed with the default as cuDNN's time over ours, then checked against the default
+  on a causal GQA shape with ragged tiles and a dLSE (:data:`FUSED_CHECK`).
 - ``gna``: the GNA backward (:class:`sparsesim.kernels.gna_bwd.BwdTuning`) on the issue's 3D and 2D shapes and
   the HunyuanVideo s16x8x8 / FLUX s16x16 cases of kernels/NOTES.md, dQ options varied with dK/dV at the
   default and the other way round, once per ``--stream-layout`` (``gather``: K/V (dQ) and Q/dO (dK/dV) gathered
@@ -44,6 +47,14 @@ DENSE_DKDV = [(64, 64, 4, 2), (64, 64, 4, 1), (64, 64, 8, 2), (32, 64, 4, 2), (6
               (128, 64, 8, 3), (64, 128, 8, 3), (32, 128, 8, 3), (32, 128, 8, 2)]
 DENSE_DQ = [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 3), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 8, 2),
             (64, 64, 4, 2), (128, 32, 4, 3), (128, 32, 8, 2)]
+#: The fused dense backward (one kernel, dQ by atomics: kernels/dense_bwd.py ``FUSED_DQ``), each with both
+#: ``DQ_ATOMIC`` flavours: (BLOCK_M, BLOCK_N, warps, stages). Triton 3.6 for sm_90 (bf16, d128; shared KB ptr/tma,
+#: ptxas spill bytes ptr/tma): 64x128 s2 161/177 KB, 32-40/24; s3 193/209 KB, 0/0; 64x64 w8 s2 129/137 KB, 0/0;
+#: s3 161/169 KB, 0/0; 32x128 s2 136/152 KB, 0/0 (M=32 dots on mma.sync). 128x128 (257/289 KB) and 128x64 s2 tma
+#: (241 KB) do not fit the H200's 227 KB; 64x64 w4 spills ~400 B.
+DENSE_FUSED = [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 8, 3), (32, 128, 8, 2)]
+#: A small causal GQA shape with ragged tiles on which the fused variants are checked against the default too.
+FUSED_CHECK = (4133, 24, 8)
 #: GNA variants: (resident volume, streamed volume, warps, stages); a resident volume of 0 keeps the forward's.
 GNA_VARIANTS = [(0, 64, 8, 2), (0, 64, 4, 2), (0, 64, 8, 3), (0, 32, 4, 2), (0, 32, 8, 3), (0, 128, 8, 2),
                 (0, 128, 8, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2)]
@@ -106,8 +117,15 @@ def run_dense(rows: Rows) -> None:
     base = bwd_config(HEAD_DIM)
     case = f"dense_{DENSE_N}"
     ref = dense_backward(do, q, k, v, out, lse, None, scale, config=base)
-    _measure(rows, lambda: dense_backward(do, q, k, v, out, lse, None, scale, config=base), ref, part="dense",
-             case=case, kernel="all", variant="default " + _cfg_name(base))
+    totals = {"default": _measure(rows, lambda: dense_backward(do, q, k, v, out, lse, None, scale, config=base), ref,
+                                  part="dense", case=case, kernel="all", variant="default " + _cfg_name(base))}
+    for bm, bn, warps, stages in DENSE_FUSED:
+        for atomic in ("ptr", "tma"):
+            cfg = _fused_cfg(base, bm, bn, warps, stages, atomic)
+            name = f"fused {bm}x{bn} w{warps} s{stages} {atomic}"
+            totals[name] = _measure(rows, lambda cfg=cfg: dense_backward(do, q, k, v, out, lse, None, scale,
+                                                                         config=cfg),
+                                    ref, part="dense", case=case, kernel="fused", variant=name)
     old = {"BLOCK_M1": 32, "BLOCK_N1": 128, "BLOCK_M2": 128, "BLOCK_N2": 32, "num_warps": 8, "num_stages": 2}
     _measure(rows, lambda: dense_backward(do, q, k, v, out, lse, None, scale, config=old), ref, part="dense",
              case=case, kernel="all", variant="until 4032037 " + _cfg_name(old))
@@ -129,6 +147,41 @@ def run_dense(rows: Rows) -> None:
              note=f"cudnn fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms")
     ours_fwd = time_ms(lambda: dense_forward(q, k, v, want_lse=True))
     rows.add(part="dense", case=case, kernel="ours_fwd", variant="forward with LSE", ms=ours_fwd)
+    print(f"\ndense backward vs cuDNN ({both - fwd:.3f} ms), issue 16's target 0.85:")
+    for name, ms in totals.items():
+        print(f"  {name:34s} " + (f"{ms:9.3f} ms  cuDNN/ours {(both - fwd) / ms:.3f}" if ms else "not measured"))
+    _fused_checks(rows, base)
+
+
+def _fused_cfg(base: dict[str, Any], bm: int, bn: int, warps: int, stages: int, atomic: str) -> dict[str, Any]:
+    return {**base, "FUSED_DQ": 1, "DQ_ATOMIC": atomic, "BLOCK_M1": bm, "BLOCK_N1": bn, "num_warps1": warps,
+            "num_stages1": stages}
+
+
+def _fused_checks(rows: Rows, base: dict[str, Any]) -> None:
+    """The fused variants against the default on :data:`FUSED_CHECK` (causal, GQA, ragged tiles, with dLSE)."""
+    import torch
+
+    from sparsesim.kernels.dense import dense_forward
+    from sparsesim.kernels.dense_bwd import dense_backward
+
+    n, heads, heads_kv = FUSED_CHECK
+    g = torch.Generator(device="cuda").manual_seed(n)
+    q, do = (torch.randn(2, n, heads, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    k, v = (torch.randn(2, n, heads_kv, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    dlse = torch.randn(2, heads, n, generator=g, device="cuda")
+    scale = HEAD_DIM ** -0.5
+    out, lse = dense_forward(q, k, v, causal=True, want_lse=True)
+    ref = dense_backward(do, q, k, v, out, lse, dlse, scale, causal=True, config=base)
+    case = f"dense_causal_gqa_{n}x2"
+    _measure(rows, lambda: dense_backward(do, q, k, v, out, lse, dlse, scale, causal=True, config=base), ref,
+             part="dense", case=case, kernel="all", variant="default " + _cfg_name(base))
+    for bm, bn, warps, stages in DENSE_FUSED:
+        for atomic in ("ptr", "tma"):
+            cfg = _fused_cfg(base, bm, bn, warps, stages, atomic)
+            _measure(rows, lambda cfg=cfg: dense_backward(do, q, k, v, out, lse, dlse, scale, causal=True, config=cfg),
+                     ref, part="dense", case=case, kernel="fused",
+                     variant=f"fused {bm}x{bn} w{warps} s{stages} {atomic}")
 
 
 def _cfg_name(cfg: dict[str, int]) -> str:

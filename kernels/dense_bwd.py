@@ -12,6 +12,11 @@ With ``s = scale * q k^T``, ``P = softmax(s)``, ``O = P V``, ``lse = logsumexp(s
 Padding: the last Q tile's rows past ``N_q`` load ``lse = +inf`` (so ``P = 0``) and ``dO = 0``; the last KV
 tile's rows past ``N_kv`` only reach rows of dK/dV that are never stored, except in dQ, where they are masked.
 The step functions here are shared with :mod:`sparsesim.kernels.block_sparse_bwd`.
+
+A second path (``config["FUSED_DQ"]``, :func:`dense_backward`), as cuDNN/FA2/FA3 run it: five GEMMs per tile
+pair instead of seven. The dK/dV kernel's schedule also multiplies each tile pair's ``dS`` by its K tile and adds
+the product into a float32 dQ accumulator with atomics (pointer atomics, or TMA reductions on Hopper), which one
+elementwise launch then scales into ``dq``'s dtype.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import triton
 import triton.language as tl
 
 from sparsesim.kernels._common import LOG2E
-from sparsesim.kernels._launch import interpret, launch_compiled, spec_key
+from sparsesim.kernels._launch import interpret, launch_compiled, spec_key, tma_enabled
 
 
 @triton.jit
@@ -47,13 +52,11 @@ def _bwd_preprocess_kernel(Out, DO, DLSE, Delta, N, H, s_ob, s_on, s_oh, s_od, s
 
 
 @triton.jit
-def dkdv_step(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, s_qn, s_qd, s_don, s_dod, qk_scale,
-              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, EVEN_M: tl.constexpr = False):
-    """One Q tile (rows ``start_m..``) into the dK/dV accumulators of one KV tile (``k``, ``v`` ``[BLOCK_N, D]``).
-
-    ``Q``/``DO`` point at the head's row 0, ``LSE``/``DELTA`` at its ``[N_Q]`` rows. ``CAUSAL`` masks key
-    ``j`` for rows ``i < j``; ``EVEN_M``: every row of the tile exists (no row masks on the loads).
-    """
+def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, N_KV, s_qn, s_qd, s_don, s_dod, qk_scale,
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, EVEN_M: tl.constexpr,
+               EVEN_N: tl.constexpr):
+    """:func:`dkdv_step`'s math, returning ``dS^T`` in the inputs' dtype (unscaled) too. ``EVEN_N`` False masks
+    keys past ``N_KV`` (``P = 0``, so ``dS = 0`` there: the fused kernel's dQ reads these rows)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     rows = offs_m.to(tl.int64)
@@ -70,14 +73,58 @@ def dkdv_step(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, s_qn, s_qd,
         delta = tl.load(DELTA + rows, mask=m_ok, other=0.0)
     st = tl.dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M] scores, transposed
     if CAUSAL:
-        st = tl.where(offs_m[None, :] >= offs_n[:, None], st * qk_scale, float("-inf"))
+        vis = offs_m[None, :] >= offs_n[:, None]
+        if not EVEN_N:
+            vis = vis & (offs_n < N_KV)[:, None]
+        st = tl.where(vis, st * qk_scale, float("-inf"))
+        pt = tl.math.exp2(st - lse2[None, :])
+    elif not EVEN_N:
+        st = tl.where((offs_n < N_KV)[:, None], st * qk_scale, float("-inf"))
         pt = tl.math.exp2(st - lse2[None, :])
     else:
         pt = tl.math.exp2(st * qk_scale - lse2[None, :])
     dv = tl.dot(pt.to(do.dtype), do, dv)
     dpt = tl.dot(v, tl.trans(do))
-    dst = pt * (dpt - delta[None, :])
-    dk = tl.dot(dst.to(q.dtype), q, dk)
+    dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+    dk = tl.dot(dst, q, dk)
+    return dk, dv, dst
+
+
+@triton.jit
+def dkdv_step(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, s_qn, s_qd, s_don, s_dod, qk_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, EVEN_M: tl.constexpr = False):
+    """One Q tile (rows ``start_m..``) into the dK/dV accumulators of one KV tile (``k``, ``v`` ``[BLOCK_N, D]``).
+
+    ``Q``/``DO`` point at the head's row 0, ``LSE``/``DELTA`` at its ``[N_Q]`` rows. ``CAUSAL`` masks key
+    ``j`` for rows ``i < j``; ``EVEN_M``: every row of the tile exists (no row masks on the loads).
+    """
+    dk, dv, _ = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, N_Q, s_qn, s_qd, s_don, s_dod,
+                           qk_scale, HEAD_DIM, BLOCK_M, CAUSAL, EVEN_M, True)
+    return dk, dv
+
+
+@triton.jit
+def dkdv_dq_step(dk, dv, k, v, Q, DO, LSE, DELTA, DQA, start_m, offs_n, N_Q, N_KV, s_qn, s_qd, s_don, s_dod, s_an,
+                 desc_b, desc_col, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr,
+                 EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, DQ_TMA: tl.constexpr):
+    """:func:`dkdv_step` plus the tile's dQ contribution ``dS K`` (unscaled), added into the float32 accumulator.
+
+    ``DQ_TMA`` False: ``DQA`` points at the head's row 0 (row stride ``s_an``, contiguous head dim), pointer
+    atomics (rows past ``N_Q`` masked); True: ``DQA`` is a descriptor over ``[B, N_Q, H * D]`` with block
+    ``[1, BLOCK_M, D]``, reduced into at ``[desc_b, start_m, desc_col]`` by TMA (rows past ``N_Q`` dropped).
+    """
+    dk, dv, dst = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, start_m, offs_n, N_Q, N_KV, s_qn, s_qd, s_don, s_dod,
+                             qk_scale, HEAD_DIM, BLOCK_M, CAUSAL, EVEN_M, EVEN_N)
+    dq = tl.dot(tl.trans(dst), k)  # [BLOCK_M, D]
+    if DQ_TMA:
+        DQA.atomic_add([desc_b, start_m, desc_col], tl.reshape(dq, [1, BLOCK_M, HEAD_DIM]))
+    else:
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        ptrs = DQA + offs_m.to(tl.int64)[:, None] * s_an + tl.arange(0, HEAD_DIM)[None, :]
+        if EVEN_M:
+            tl.atomic_add(ptrs, dq, sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, dq, mask=(offs_m < N_Q)[:, None], sem="relaxed")
     return dk, dv
 
 
@@ -163,6 +210,71 @@ def _dense_bwd_dkdv_kernel(
 
 
 @triton.jit
+def _dense_bwd_fused_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, DQA, qk_scale, scale, N_Q, N_KV, H, GROUP,
+    s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+    s_dob, s_don, s_doh, s_dod, s_dkb, s_dkn, s_dkh, s_dkd, s_dvb, s_dvn, s_dvh, s_dvd, s_ab, s_an, s_ah,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+    EVEN_N: tl.constexpr, DQ_TMA: tl.constexpr,
+):
+    """:func:`_dense_bwd_dkdv_kernel`'s schedule with dQ added into ``DQA`` (float32 ``[B, N_Q, H, D]``, strides
+    ``s_ab``/``s_an``/``s_ah``, contiguous head dim; a TMA descriptor over its ``[B, N_Q, H * D]`` view with
+    ``DQ_TMA``) tile by tile: five GEMMs per tile pair instead of seven. ``EVEN_N``: ``N_KV % BLOCK_N == 0``."""
+    pid_n = tl.program_id(0)
+    hk32 = tl.program_id(1)
+    b32 = tl.program_id(2)
+    b = b32.to(tl.int64)
+    hk = hk32.to(tl.int64)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    kv_ok = offs_n < N_KV
+    cols = offs_n.to(tl.int64)
+    k = tl.load(K + b * s_kb + hk * s_kh + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok[:, None],
+                other=0.0)
+    v = tl.load(V + b * s_vb + hk * s_vh + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok[:, None],
+                other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        mid = tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+        mid = 0
+    for g in range(0, GROUP):
+        h32 = hk32 * GROUP + g
+        h = h32.to(tl.int64)
+        q_h = Q + b * s_qb + h * s_qh
+        do_h = DO + b * s_dob + h * s_doh
+        if DQ_TMA:
+            dqa_h = DQA
+        else:
+            dqa_h = DQA + b * s_ab + h * s_ah
+        row0 = (b * H + h) * N_Q
+        col = h32 * HEAD_DIM
+        if CAUSAL:
+            for start_m in range(lo, tl.minimum(mid, N_Q), BLOCK_M):
+                dk, dv = dkdv_dq_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, dqa_h, start_m, offs_n,
+                                      N_Q, N_KV, s_qn, s_qd, s_don, s_dod, s_an, b32, col, qk_scale, HEAD_DIM,
+                                      BLOCK_M, True, False, EVEN_N, DQ_TMA)
+        m_even = mid + (N_Q - mid) // BLOCK_M * BLOCK_M
+        for start_m in range(mid, m_even, BLOCK_M):
+            dk, dv = dkdv_dq_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, dqa_h, start_m, offs_n,
+                                  N_Q, N_KV, s_qn, s_qd, s_don, s_dod, s_an, b32, col, qk_scale, HEAD_DIM,
+                                  BLOCK_M, False, True, EVEN_N, DQ_TMA)
+        for start_m in range(m_even, N_Q, BLOCK_M):
+            dk, dv = dkdv_dq_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, dqa_h, start_m, offs_n,
+                                  N_Q, N_KV, s_qn, s_qd, s_don, s_dod, s_an, b32, col, qk_scale, HEAD_DIM,
+                                  BLOCK_M, False, False, EVEN_N, DQ_TMA)
+    dk = dk * scale
+    tl.store(DK + b * s_dkb + hk * s_dkh + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+             dk.to(DK.dtype.element_ty), mask=kv_ok[:, None])
+    tl.store(DV + b * s_dvb + hk * s_dvh + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_ok[:, None])
+
+
+@triton.jit
 def _dense_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, qk_scale, scale, N_Q, N_KV, H, GROUP,
     s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
@@ -232,7 +344,7 @@ def bwd_config(head_dim: int, q_tile: int | None = None, kv_tile: int | None = N
     return cfg
 
 
-def launch_options(cfg: dict[str, int], kernel: int) -> dict[str, int]:
+def launch_options(cfg: dict[str, Any], kernel: int) -> dict[str, int]:
     """Warps and stages of the dK/dV (``kernel`` 1) or dQ (2) launch: ``num_warps<k>``/``num_stages<k>`` where
     the config has them, else the shared ``num_warps``/``num_stages``."""
     return {key: cfg.get(f"{key}{kernel}", cfg[key]) for key in ("num_warps", "num_stages")}
@@ -269,12 +381,36 @@ def launch(kernel: Any, grid: tuple[int, ...], args: tuple, constexprs: dict[str
     launch_compiled(_COMPILED, key, kernel, grid, args, constexprs, options)
 
 
+#: ``DQ_ATOMIC`` values of a fused config: pointer atomics, TMA reductions.
+DQ_ATOMICS = ("ptr", "tma")
+
+
+def tma_reduce_ok(device: Any) -> bool:
+    """Whether the fused kernel may add dQ by TMA reductions on ``device``: host descriptors allowed
+    (:func:`~sparsesim.kernels._launch.tma_enabled`) and a Hopper or newer GPU; under the interpreter, only where
+    it implements descriptor reductions (Triton's does not: the pointer atomics run instead)."""
+    if interpret():
+        from triton.runtime.interpreter import interpreter_builder
+
+        return tma_enabled() and hasattr(interpreter_builder, "create_descriptor_reduce")
+    if not tma_enabled() or getattr(device, "type", "cuda") != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def dense_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dlse: Any, scale: float,
-                   causal: bool = False, config: dict[str, int] | None = None) -> tuple[Any, Any, Any]:
+                   causal: bool = False, config: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """``(dq, dk, dv)`` of :func:`sparsesim.kernels.attention` from the forward's ``out`` and ``lse``.
 
     Tensors as the forward took them (``[B, N, H, D]``, GQA K/V); ``lse`` float32 ``[B, H, N_q]``; ``dlse``
     the LSE's gradient or None; ``config`` overrides :func:`bwd_config`.
+
+    ``config["FUSED_DQ"]`` true: one kernel per KV tile computes dK, dV and each tile pair's dQ contribution
+    (``BLOCK_M1 x BLOCK_N1`` tiles, ``num_warps1``/``num_stages1``), added into a zeroed float32 accumulator by
+    atomics (``config["DQ_ATOMIC"]``: ``"ptr"``, the default, or ``"tma"``, see :func:`tma_reduce_ok`; where TMA
+    reductions cannot run, pointer atomics do), then scaled into ``dq`` (one elementwise launch).
     """
     import torch
 
@@ -287,6 +423,25 @@ def dense_backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dlse: 
     delta = bwd_delta(out, dout, dlse)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     qk_scale = scale * LOG2E
+    if cfg.get("FUSED_DQ"):
+        atomic = cfg.get("DQ_ATOMIC", "ptr")
+        if atomic not in DQ_ATOMICS:
+            raise ValueError(f"dense backward config DQ_ATOMIC={atomic!r}; allowed: {', '.join(DQ_ATOMICS)}")
+        bm, bn = cfg["BLOCK_M1"], cfg["BLOCK_N1"]
+        acc = torch.zeros((batch, n_q, heads, head_dim), dtype=torch.float32, device=q.device)
+        use_tma = atomic == "tma" and tma_reduce_ok(q.device)
+        dqa: Any = acc
+        if use_tma:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            dqa = TensorDescriptor.from_tensor(acc.view(batch, n_q, heads * head_dim), [1, bm, head_dim])
+        launch(_dense_bwd_fused_kernel, (triton.cdiv(n_kv, bn), heads_kv, batch),
+               (q, k, v, dout, lse, delta, dk, dv, dqa, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
+                *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv), *_s(acc)[:3]),
+               {"HEAD_DIM": head_dim, "BLOCK_M": bm, "BLOCK_N": bn, "CAUSAL": bool(causal),
+                "EVEN_N": n_kv % bn == 0, "DQ_TMA": use_tma}, launch_options(cfg, 1))
+        torch.mul(acc, scale, out=dq)
+        return dq, dk, dv
     launch(_dense_bwd_dkdv_kernel, (triton.cdiv(n_kv, cfg["BLOCK_N1"]), heads_kv, batch),
            (q, k, v, dout, lse, delta, dk, dv, qk_scale, scale, n_q, n_kv, heads, heads // heads_kv,
             *_s(q), *_s(k), *_s(v), *_s(dout), *_s(dk), *_s(dv)),

@@ -187,32 +187,29 @@ def _loader(bufs, descs, sched, OPTS: gl.constexpr):
     """The load warp: both halves of the Q tile once, then K and V tile by tile into the ring."""
     q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse = bufs
     q_desc, k_desc, v_desc = descs
-    N_Q, N_KV, b, h, hk, m0 = sched[1], sched[2], sched[4], sched[5], sched[6], sched[7]
-    HEAD_DIM: gl.constexpr = OPTS[6]
+    q_row, q_col, kv_row, kv_col = sched[16], sched[17], sched[18], sched[19]
     BLOCK_N: gl.constexpr = OPTS[7]
     STAGES: gl.constexpr = OPTS[0]
     SPARSE: gl.constexpr = OPTS[4]
     HAS_TAIL: gl.constexpr = OPTS[5]
-    q_row = b * N_Q + m0
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, h * HEAD_DIM], q_bar, q_smem.index(0))
-    tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, h * HEAD_DIM], q_bar, q_smem.index(1))
+    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, q_col], q_bar, q_smem.index(1))
     count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
-    kv_row = b * N_KV
     for j in range(n_tiles):
         st = j % STAGES
         ph = (j // STAGES) & 1
         row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
         mbarrier.wait(kv_empty.index(st), ph ^ 1)
         mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [row, hk * HEAD_DIM], k_ready.index(st), k_smem.index(st))
+        tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(st), k_smem.index(st))
         mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [row, hk * HEAD_DIM], v_ready.index(st), v_smem.index(st))
+        tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(st), v_smem.index(st))
 
 
 @gluon.jit
 def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_scale, N_Q, N_KV, H, GROUP,
-                   MAP_HEADS, QB, KB, s_ob, s_on, s_oh,
+                   MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH,
                    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
                    PINGPONG: gl.constexpr, STORE_LSE: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr,
                    CONSUMER_REGS: gl.constexpr):
@@ -240,7 +237,8 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
         mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
     bufs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse)
     descs = (q_desc, k_desc, v_desc)
-    sched = (qk_scale, N_Q, N_KV, H, b, h, hk, m0, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL, entry, KB)
+    sched = (qk_scale, N_Q, N_KV, H, b, h, hk, m0, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL, entry, KB,
+             b * QRB + h * QRH + m0, h * QCH, b * KRB + hk * KRH, hk * KCH)
     opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N)
     gl.warp_specialize([
         (_consumer_first, (bufs, descs, sched, opts)),
@@ -272,7 +270,7 @@ def use_ws(q: Any, k: Any, v: Any, out: Any = None, *, work: int | None = None) 
 
 def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
     """True where this kernel can run the call: a Hopper GPU (not the interpreter; TMA not turned off by
-    ``SPARSESIM_NO_TMA=1``), bf16/fp16, equal Q/K/V head dims of 64 or 128, contiguous ``[B, N, H, D]`` tensors
+    ``SPARSESIM_NO_TMA=1``), bf16/fp16, equal Q/K/V head dims of 64 or 128, contiguous ``[B, *tokens, H, D]`` tensors
     (the 2D TMA views) on 16-byte aligned storage."""
     import torch
 
@@ -281,7 +279,7 @@ def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
     tensors = (q, k, v) if out is None else (q, k, v, out)
     if interpret() or not tma_enabled():
         return False
-    if not all(isinstance(t, torch.Tensor) and t.is_cuda and t.dim() == 4 for t in tensors):
+    if not all(isinstance(t, torch.Tensor) and t.is_cuda and t.dim() >= 4 for t in tensors):
         return False
     if torch.cuda.get_device_capability(q.device)[0] != 9:
         return False
@@ -292,11 +290,12 @@ def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
 
 
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
-               map_heads: int = 1, block_n: int = 128, stages: int = 3, overlap: bool = True,
-               pingpong: bool = True, consumer_regs: int = 240) -> Any:
+               map_heads: int = 1, block_n: int = 128, heads_major: bool = False, stages: int = 3,
+               overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``). ``lse``: a float32
-    ``[B, H, N_q]`` buffer or None. Returns ``out``.
+    ``[B, H, N_q]`` buffer or None. ``heads_major``: the four tensors are ``[B, H, N, D]`` (a permuted GNA
+    layout) instead of ``[B, N, H, D]``. Returns ``out``.
 
     ``stages`` (K/V ring depth), ``overlap`` (FA3's order), ``pingpong`` (the consumers take turns issuing
     GEMMs) and ``consumer_regs`` (registers per thread of the second consumer; the first gets what the kernel's
@@ -305,14 +304,25 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     import torch
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    batch, n_q, heads, head_dim = (int(s) for s in q.shape)
-    n_kv, heads_kv = int(k.shape[1]), int(k.shape[2])
+    if heads_major:
+        batch, heads, n_q, head_dim = (int(s) for s in q.shape)
+        heads_kv, n_kv = int(k.shape[1]), int(k.shape[2])
+        # rows of the 2D [B * H * N, D] views: per batch, per head; no column offset
+        q_rows, k_rows = (heads * n_q, n_q, 0), (heads_kv * n_kv, n_kv, 0)
+        out_strides = (out.stride(0), out.stride(2), out.stride(1))
+    else:
+        batch, n_q, heads, head_dim = (int(s) for s in q.shape)
+        n_kv, heads_kv = int(k.shape[1]), int(k.shape[2])
+        q_rows, k_rows = (n_q, 0, head_dim), (n_kv, 0, head_dim)  # [B * N, H * D] views: heads are columns
+        out_strides = (out.stride(0), out.stride(1), out.stride(2))
     elem = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     q_layout = gl.NVMMASharedLayout.get_default_for([WG_ROWS.value, head_dim], elem)
     kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], elem)
-    q_desc = TensorDescriptor.from_tensor(q.view(batch * n_q, heads * head_dim), [WG_ROWS.value, head_dim], q_layout)
-    k_desc = TensorDescriptor.from_tensor(k.view(batch * n_kv, heads_kv * head_dim), [block_n, head_dim], kv_layout)
-    v_desc = TensorDescriptor.from_tensor(v.view(batch * n_kv, heads_kv * head_dim), [block_n, head_dim], kv_layout)
+    cols = head_dim if heads_major else heads * head_dim
+    kv_cols = head_dim if heads_major else heads_kv * head_dim
+    q_desc = TensorDescriptor.from_tensor(q.view(-1, cols), [WG_ROWS.value, head_dim], q_layout)
+    k_desc = TensorDescriptor.from_tensor(k.view(-1, kv_cols), [block_n, head_dim], kv_layout)
+    v_desc = TensorDescriptor.from_tensor(v.view(-1, kv_cols), [block_n, head_dim], kv_layout)
     sparse = lists is not None
     kv_num, kv_idx, tail = lists if sparse else (out, out, out)
     qbs, kbs = triton.cdiv(n_q, CONSUMERS * WG_ROWS.value), triton.cdiv(n_kv, block_n)
@@ -320,7 +330,7 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     # the load warp gives back all but 24, the consumers take 240 each.
     _ws_fwd_kernel[(qbs, heads, batch)](
         q_desc, k_desc, v_desc, out, out if lse is None else lse, kv_num, kv_idx, tail, scale * LOG2E, n_q, n_kv,
-        heads, heads // heads_kv, map_heads, qbs, kbs, out.stride(0), out.stride(1), out.stride(2),
+        heads, heads // heads_kv, map_heads, qbs, kbs, *out_strides, *q_rows, *k_rows,
         HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=stages, OVERLAP=overlap, PINGPONG=pingpong,
         STORE_LSE=lse is not None, SPARSE=sparse, HAS_TAIL=sparse and n_kv % block_n != 0,
         CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)

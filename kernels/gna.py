@@ -59,9 +59,10 @@ from sparsesim.kernels._launch import (
     tensors_key,
     tma_enabled,
     tma_strides_ok,
+    ws_kernel,
 )
-from sparsesim.kernels.gna_plan import GNAPlan, launch_items, plan_gna
-from sparsesim.kernels.permute import make_layout, permute_checked, tile_permute_pair, tile_unpermute
+from sparsesim.kernels.gna_plan import GNAPlan, block_lists, launch_items, plan_gna
+from sparsesim.kernels.permute import make_layout, permute_checked, tile_permute, tile_permute_pair, tile_unpermute
 from sparsesim.simulator.feasibility import KV_LAYOUTS, PERMUTE_MIN_KV_ROWS, kv_layout
 from sparsesim.simulator.makespan import ScheduleChoice, persistent_schedule, schedule_choice
 
@@ -374,6 +375,7 @@ class GNALaunch:
     #: to the kernel, the padded KV length and whether the (fresh or given) buffers' strides suit TMA descriptors.
     kv_memo: dict[Any, Any] = field(default_factory=dict)
     descriptors: dict[Any, Any] = field(default_factory=dict)  # TMA descriptor templates (_launch.descriptor)
+    ws_tables: dict[Any, Any] = field(default_factory=dict)  # block lists of the ws route, per device
 
     @functools.cached_property
     def grid(self) -> tuple[int, int, int]:
@@ -507,12 +509,59 @@ class GNALaunch:
         import torch
 
         out = torch.empty_like(q) if out is None else out
+        if heads is None and xkv is None and lse is None and self.ws_route(q, k, v, out):
+            return self.ws_run(q, k, v, out)
         if heads is None:
             return self.launch(q, self.prepare_kv(k, v), out, xkv=xkv, lse=lse)
         if lse is not None:
             raise ValueError("gna_attention: a head subset saves no log-sum-exp; allowed: heads=None with lse")
         hmap, kv_heads = self.head_tables(heads, q.device)
         return self.launch(q, self.prepare_kv(k, v, kv_heads), out, hmap, xkv=xkv)
+
+    def ws_route(self, q: Any, k: Any, v: Any, out: Any) -> bool:
+        """Whether this call runs as a block-sparse call of the warp-specialized Hopper kernel on permuted
+        Q/K/V (:mod:`sparsesim.kernels.gluon_fwd`): a perfectly block-sparse plan without dilation or extra
+        keys, 128-token Q tiles, 64/128-token KV tiles, layout axes that the tiles divide (no padding), a
+        call large enough (:func:`~sparsesim.kernels.gluon_fwd.use_ws` on its visited tiles)."""
+        plan = self.plan
+        if self.extra or not plan.block_sparse or plan.groups != 1 or plan.q_volume != 128 \
+                or plan.kv_volume not in (64, 128):
+            return False
+        size = plan.pattern.input_size
+        if any(n % t for n, t in zip(size, plan.schedule.q_tile, strict=True)) \
+                or any(n % t for n, t in zip(size, plan.schedule.kv_tile, strict=True)):
+            return False
+        ws = ws_kernel()
+        if ws is None:
+            return False
+        visited = int(self._ws_lists_host()[0].sum())
+        return bool(ws.use_ws(q, k, v, out, work=visited * plan.q_volume * plan.kv_volume * self.batch * self.heads))
+
+    def _ws_lists_host(self) -> tuple[Any, Any]:
+        hit = self.ws_tables.get("host")
+        if hit is None:
+            hit = self.ws_tables["host"] = block_lists(self.plan)
+        return hit
+
+    def ws_run(self, q: Any, k: Any, v: Any, out: Any) -> Any:
+        """The ws route (:meth:`ws_route`): Q, K and V permuted into tiles, the kernel on the plan's block lists,
+        the output permuted back into ``out``."""
+        import torch
+
+        plan = self.plan
+        lists = self.ws_tables.get(q.device)
+        if lists is None:
+            kv_num, kv_idx = self._ws_lists_host()
+            lists = tuple(torch.from_numpy(x).to(q.device) for x in (kv_num, kv_idx, np.zeros_like(kv_num)))
+            self.ws_tables[q.device] = lists
+        if k.stride() != v.stride():
+            k, v = k.contiguous(), v.contiguous()
+        qp = tile_permute(q, plan.schedule.q_tile)
+        kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile)
+        op = torch.empty_like(qp)
+        ws_kernel().ws_forward(qp, kp, vp, op, None, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume,
+                               heads_major=True)
+        return unpermute_out(plan, op, out)
 
     def head_tables(self, heads: tuple[int, ...], device: Any) -> tuple[Any, Any]:
         """The device tables of a head subset (the query heads; their K/V heads; both int32), made once."""

@@ -205,6 +205,27 @@ def plan_gna(input_size: Sequence[int], *, window: Any, stride: Any = 1, dilatio
     return _plan_cached(pattern, q_t, kv_t)
 
 
+def block_lists(plan: GNAPlan) -> tuple[np.ndarray, np.ndarray]:
+    """A perfectly block-sparse plan (:attr:`GNAPlan.block_sparse`, no dilation) as a block map's lists over its
+    permuted layouts: ``kv_num [1, QB]`` and ``kv_idx [1, QB, KB]`` (int32; Q and KV tiles numbered row-major over
+    their tile grids, as :func:`~sparsesim.kernels.permute.tile_permute` lays them out), each Q tile's KV tiles
+    the product of its per-axis visited ranges, ascending: the schedule the block-sparse kernels run."""
+    if not plan.block_sparse or plan.groups != 1:
+        raise ValueError("block_lists: the plan has partial tiles or dilation groups; allowed: a perfectly "
+                         "block-sparse plan without dilation")
+    qg, kg = plan.q_grid3, plan.kv_grid3
+    first, count = plan.ranges[:, 0, :, 0], plan.ranges[:, 0, :, 1]
+    axes = [[np.arange(first[a, i], first[a, i] + count[a, i]) for i in range(qg[a])] for a in range(3)]
+    kv_num = np.zeros((1, math.prod(qg)), dtype=np.int32)
+    kv_idx = np.zeros((1, math.prod(qg), math.prod(kg)), dtype=np.int32)
+    for flat, (i0, i1, i2) in enumerate(np.ndindex(*qg)):
+        ids = ((axes[0][i0][:, None, None] * kg[1] + axes[1][i1][None, :, None]) * kg[2]
+               + axes[2][i2][None, None, :]).ravel()
+        kv_num[0, flat] = ids.size
+        kv_idx[0, flat, :ids.size] = ids
+    return kv_num, kv_idx
+
+
 def packed_counts(plan: GNAPlan) -> tuple[np.ndarray, np.ndarray]:
     """Visited and full KV tiles per CTA as the launch arrays say, CTAs in the simulator's order.
 

@@ -51,7 +51,7 @@ def test_gluon_dense_matches_reference(dtype, batch, n_q, n_kv, heads, heads_kv,
 def ws_calls(monkeypatch):
     """Every eligible call takes the warp-specialized kernel (no size floor, fresh launch caches); yields the
     list of its launches (``sparse`` flags) so a test can check it ran."""
-    from sparsesim.kernels import block_sparse, dense, gluon_fwd
+    from sparsesim.kernels import block_sparse, dense, gluon_fwd, gna
 
     calls: list[bool] = []
     real = gluon_fwd.ws_forward
@@ -64,6 +64,7 @@ def ws_calls(monkeypatch):
     monkeypatch.setattr(gluon_fwd, "ws_forward", spy)
     monkeypatch.setattr(dense, "_LAUNCHES", type(dense._LAUNCHES)())
     monkeypatch.setattr(block_sparse, "_LAUNCHES", type(block_sparse._LAUNCHES)())
+    monkeypatch.setattr(gna, "_LAUNCHES", type(gna._LAUNCHES)())
     monkeypatch.delenv("SPARSESIM_FWD_KERNEL", raising=False)
     return calls
 
@@ -112,4 +113,29 @@ def test_block_sparse_runs_ws_kernel_with_gradients(ws_calls, dtype, n, kv_tile,
     assert float((out.double() - ref.double()).norm() / ref.double().norm()) < REL[dtype]
     assert float(out[:, :128].abs().max()) == 0.0  # the Q block that visits nothing
     check_grads(lambda q, k, v: block_sparse_attention(q, k, v, prepared), q, k, v, mask, seed=n)
+    assert ws_calls == [True, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("batch", "size", "window", "stride", "q_tile", "kv_tile", "heads", "heads_kv"), [
+    (2, (8, 16, 32), (2, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 4, 2),
+    (1, (6, 24, 40), (6, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 3, 3),
+    (1, (64, 64), (48, 48), (16, 16), (16, 8), (16, 8), 2, 1),
+    (1, (64, 64), (32, 32), (16, 16), (16, 8), (8, 8), 2, 2),
+    (2, (4096,), (1024,), (128,), (128,), (64,), 2, 2)])
+def test_gna_block_sparse_runs_ws_kernel(ws_calls, dtype, batch, size, window, stride, q_tile, kv_tile, heads,
+                                         heads_kv):
+    """A perfectly block-sparse GNA call (no dilation, tiles dividing the layout) on permuted Q/K/V."""
+    from sparsesim.kernels import gna_attention
+    from sparsesim.kernels.reference import gna_reference
+
+    q = rand(batch, *size, heads, 128, dtype=dtype, seed=11)
+    k = rand(batch, *size, heads_kv, 128, dtype=dtype, seed=12)
+    v = rand(batch, *size, heads_kv, 128, dtype=dtype, seed=13)
+    kw = {"window": window, "stride": stride}
+    for _ in range(2):
+        out = gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)
+        ref = gna_reference(q, k, v, **kw)
+        assert torch.isfinite(out).all()
+        assert float((out.double() - ref.double()).norm() / ref.double().norm()) < REL[dtype]
     assert ws_calls == [True, True]

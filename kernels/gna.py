@@ -532,7 +532,7 @@ class GNALaunch:
                 or any(n % t for n, t in zip(size, plan.schedule.kv_tile, strict=True)):
             return False
         ws = ws_kernel()
-        if ws is None:
+        if ws is None or not ws.supported(q, k, v, out):
             return False
         visited = int(self._ws_lists_host()[0].sum())
         return bool(ws.use_ws(q, k, v, out, work=visited * plan.q_volume * plan.kv_volume * self.batch * self.heads))

@@ -10,7 +10,8 @@ calls, median of :func:`sparsesim.kernels.timing.time_ms`):
 - ``ours_default``: :func:`~sparsesim.kernels.gna_attention` as it runs by default (on Hopper these layers take
   the warp-specialized Gluon kernel on permuted Q/K/V: ``GNALaunch.ws_route``);
 - ``ours_triton``: the same call with ``SPARSESIM_FWD_KERNEL=triton`` (the Triton GNA kernel);
-- ``ours_dense``: :func:`~sparsesim.kernels.attention` on the same tokens (the tile bound's denominator).
+- ``ours_dense``: :func:`~sparsesim.kernels.attention` on the same tokens (the tile bound's denominator; the
+  note says which kernel it ran); ``ours_dense_ws``: the warp-specialized kernel called directly.
 
 ``vs_cudnn`` = cuDNN's time / the row's; ``tile_bound`` = (our dense / the row) / the simulator's
 ``tile_speedup``; ``rel_err``: ``||out - triton|| / ||triton||`` of the default call's output.
@@ -46,7 +47,8 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from sparsesim.kernels import attention, gna_attention
+    from sparsesim.kernels import attention, dense, gna_attention
+    from sparsesim.kernels.gluon_fwd import gluon_dense_forward
     from sparsesim.kernels.timing import time_ms
     from sparsesim.simulator import simulate
 
@@ -64,6 +66,9 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             times["cudnn_dense"] = time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt))
         times["ours_dense"] = time_ms(lambda: attention(qd, kd, vd))
+        launch = next(reversed(dense._LAUNCHES.items.values()))
+        dense_note = "ws kernel" if launch.ws else "Triton kernel"
+        times["ours_dense_ws"] = time_ms(lambda: gluon_dense_forward(qd, kd, vd))
         os.environ["SPARSESIM_FWD_KERNEL"] = "triton"
         try:
             ref = gna_attention(q, k, v, **kw)
@@ -75,11 +80,12 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
         times["ours_default"] = time_ms(lambda: gna_attention(q, k, v, **kw))
     rows = []
     for impl, ms in times.items():
-        sparse = impl.startswith("ours_") and impl != "ours_dense"
+        sparse = impl in ("ours_triton", "ours_default")
         rows.append({**env, "case": name, "impl": impl, "ms": ms, "vs_cudnn": times["cudnn_dense"] / ms,
                      "tile_speedup": sim.tile_speedup,
                      "tile_bound": times["ours_dense"] / ms / sim.tile_speedup if sparse else None,
-                     "rel_err": err if impl == "ours_default" else None})
+                     "rel_err": err if impl == "ours_default" else None,
+                     "note": f"attention() ran the {dense_note}" if impl == "ours_dense" else ""})
         r = rows[-1]
         print(f"{name:28s} {impl:13s} {ms:9.3f} ms  vs cuDNN {r['vs_cudnn']:6.2f}x"
               + (f"  tile bound {r['tile_bound']:.3f}" if sparse else "")

@@ -156,3 +156,25 @@ def test_out_buffer_with_grad_raises_cuda():
     q = rand(1, 256, 2, 64, dtype=torch.bfloat16, seed=1).requires_grad_(True)
     with pytest.raises(ValueError, match="out="):
         attention(q, q, q, out=torch.empty_like(q))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "n", "heads"), [(2, 1000, 4), (1, 640, 3)])
+def test_dense_grads_fused_default_cuda(monkeypatch, dtype, batch, n, heads):
+    """The fused backward (dQ by TMA reductions) as the default picks it for large calls, forced at small ones."""
+    from sparsesim.kernels import dense_bwd
+
+    monkeypatch.setattr(dense_bwd, "FUSED_MIN_WORK", 0)
+    picked: list[dict] = []
+    real = dense_bwd.default_config
+
+    def spy(*args):
+        picked.append(real(*args))
+        return picked[-1]
+
+    monkeypatch.setattr(dense_bwd, "default_config", spy)
+    q = rand(batch, n, heads, 128, dtype=dtype, seed=31)
+    k = rand(batch, n, heads, 128, dtype=dtype, seed=32)
+    v = rand(batch, n, heads, 128, dtype=dtype, seed=33)
+    check_grads(attention, q, k, v, seed=n)
+    assert picked and picked[0].get("FUSED_DQ") and picked[0]["DQ_ATOMIC"] == "tma"

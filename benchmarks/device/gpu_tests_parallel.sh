@@ -25,6 +25,7 @@ chunk bwd_c test_gna_backward_cuda "graph or compile" &
 chunk blk test_block_backward_cuda "" &
 chunk pers test_gna_persistent_cuda "" &
 chunk apply test_apply_cuda "" &
+chunk gluon test_gluon_fwd_cuda "" &
 wait
 for f in $OUT/gpu_*_$COMMIT.log; do echo "== $(basename $f): $(grep -E 'passed|failed' $f | tail -1) $(tail -1 $f)"
   grep -E "^(FAILED|ERROR)" $f | head -5; done

@@ -232,7 +232,7 @@ class BlockSparseLaunch:
         ws = ws_kernel() if self.ws_scale is not None else None
         if ws is not None and ws.supported(q, k, v, out):
             return ws.ws_forward(q, k, v, out, lse, self.ws_scale, lists=lists, map_heads=self.args[4],
-                                 block_n=self.kv_tile)
+                                 block_n=self.kv_tile, cache=self.compiled)
         kk, vv = k, v
         use_desc = self.use_desc and descriptors_ok(k, v)
         if use_desc:

@@ -237,8 +237,8 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
         first = check_out(out, q, q.shape, "attention")
         lse = _lse_buffer(q) if want_lse else None
         if config is None and not causal and ws is not None and ws.use_ws(q, k, v, first):
-            ws.ws_forward(q, k, v, first, lse, checked_scale)
-            _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config={}, ws=True))
+            built = _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config={}, ws=True))
+            ws.ws_forward(q, k, v, first, lse, checked_scale, cache=built.compiled)
             return first, lse
         picked = launch_dense(q, k, v, first, checked_scale, config, causal=causal, lse=lse)
         _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config=picked))
@@ -249,7 +249,7 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
         check_out(out, q, q.shape, "attention")
     lse = _lse_buffer(q) if want_lse else None
     if launch.ws and ws is not None and ws.use_ws(q, k, v, out):
-        ws.ws_forward(q, k, v, out, lse, launch.scale)
+        ws.ws_forward(q, k, v, out, lse, launch.scale, cache=launch.compiled)
         return out, lse
     launch_dense(q, k, v, out, launch.scale, launch.config or None, compiled=launch.compiled, causal=causal,
                  lse=lse)

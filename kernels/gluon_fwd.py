@@ -291,19 +291,22 @@ def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
 
 
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
-               map_heads: int = 1, block_n: int = 128, heads_major: bool = False, stages: int = 3,
-               overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240) -> Any:
+               map_heads: int = 1, block_n: int = 128, heads_major: bool = False, cache: dict[Any, Any] | None = None,
+               stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``). ``lse``: a float32
     ``[B, H, N_q]`` buffer or None. ``heads_major``: the four tensors are ``[B, H, N, D]`` (a permuted GNA
-    layout) instead of ``[B, N, H, D]``. Returns ``out``.
+    layout) instead of ``[B, N, H, D]``. ``cache``: a dict kept with the caller's validated launch; repeated
+    calls then copy their TMA descriptors from templates and launch the compiled kernel directly
+    (:func:`~sparsesim.kernels._launch.launch_compiled`), skipping Gluon's argument binding. Returns ``out``.
 
     ``stages`` (K/V ring depth), ``overlap`` (FA3's order), ``pingpong`` (the consumers take turns issuing
     GEMMs) and ``consumer_regs`` (registers per thread of the second consumer; the first gets what the kernel's
     ``maxnreg`` leaves) are the knobs benchmarks/gluon_dense_bench.py varies.
     """
     import torch
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from sparsesim.kernels._launch import launch_compiled, spec_key
 
     if heads_major:
         batch, heads, n_q, head_dim = (int(s) for s in q.shape)
@@ -321,21 +324,43 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], elem)
     cols = head_dim if heads_major else heads * head_dim
     kv_cols = head_dim if heads_major else heads_kv * head_dim
-    q_desc = TensorDescriptor.from_tensor(q.view(-1, cols), [WG_ROWS.value, head_dim], q_layout)
-    k_desc = TensorDescriptor.from_tensor(k.view(-1, kv_cols), [block_n, head_dim], kv_layout)
-    v_desc = TensorDescriptor.from_tensor(v.view(-1, kv_cols), [block_n, head_dim], kv_layout)
+    templates = {} if cache is None else cache
+    q_desc = _descriptor(q.view(-1, cols), [WG_ROWS.value, head_dim], q_layout, templates)
+    k_desc = _descriptor(k.view(-1, kv_cols), [block_n, head_dim], kv_layout, templates)
+    v_desc = _descriptor(v.view(-1, kv_cols), [block_n, head_dim], kv_layout, templates)
     sparse = lists is not None
     kv_num, kv_idx, tail = lists if sparse else (out, out, out)
     qbs, kbs = triton.cdiv(n_q, CONSUMERS * WG_ROWS.value), triton.cdiv(n_kv, block_n)
     # 4 + 4 + 1 (padded to 4) warps at one CTA per SM: 168 registers x 384 threads fit the 64K register file;
     # the load warp gives back all but 24, the consumers take 240 each.
-    _ws_fwd_kernel[(qbs, heads, batch)](
-        q_desc, k_desc, v_desc, out, out if lse is None else lse, kv_num, kv_idx, tail, scale * LOG2E, n_q, n_kv,
-        heads, heads // heads_kv, map_heads, qbs, kbs, *out_strides, *q_rows, *k_rows,
-        HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=stages, OVERLAP=overlap, PINGPONG=pingpong,
-        STORE_LSE=lse is not None, SPARSE=sparse, HAS_TAIL=sparse and n_kv % block_n != 0,
-        CONSUMER_REGS=consumer_regs, num_warps=4, maxnreg=168)
+    args = (q_desc, k_desc, v_desc, out, out if lse is None else lse, kv_num, kv_idx, tail, scale * LOG2E, n_q, n_kv,
+            heads, heads // heads_kv, map_heads, qbs, kbs, *out_strides, *q_rows, *k_rows)
+    constexprs = {"HEAD_DIM": head_dim, "BLOCK_N": block_n, "STAGES": stages, "OVERLAP": overlap,
+                  "PINGPONG": pingpong, "STORE_LSE": lse is not None, "SPARSE": sparse,
+                  "HAS_TAIL": sparse and n_kv % block_n != 0, "CONSUMER_REGS": consumer_regs}
+    options = {"num_warps": 4, "maxnreg": 168}
+    if cache is None:
+        _ws_fwd_kernel[(qbs, heads, batch)](*args, **constexprs, **options)
+    else:
+        launch_compiled(cache, ("ws", q.dtype, spec_key(args), *constexprs.values()), _ws_fwd_kernel,
+                        (qbs, heads, batch), args, constexprs, options)
     return out
+
+
+def _descriptor(base: Any, block: list[int], layout: Any, templates: dict[Any, Any]) -> Any:
+    """A Gluon TMA descriptor of a 2D view: validated once per (shape, strides, dtype, block) and copied from that
+    template afterwards with ``base`` swapped in (as :func:`~sparsesim.kernels._launch.descriptor` does)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    key = ("desc", tuple(base.shape), tuple(base.stride()), base.dtype, *block)
+    template = templates.get(key)
+    if template is None:
+        template = templates[key] = TensorDescriptor.from_tensor(base, block, layout)
+        return template
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(template.__dict__)
+    desc.base = base
+    return desc
 
 
 def gluon_dense_forward(q: Any, k: Any, v: Any, scale: float | None = None, *, return_lse: bool = False,

@@ -560,7 +560,7 @@ class GNALaunch:
         kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile)
         op = torch.empty_like(qp)
         ws_kernel().ws_forward(qp, kp, vp, op, None, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume,
-                               heads_major=True)
+                               heads_major=True, cache=self.compiled)
         return unpermute_out(plan, op, out)
 
     def head_tables(self, heads: tuple[int, ...], device: Any) -> tuple[Any, Any]:

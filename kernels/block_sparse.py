@@ -142,8 +142,10 @@ def block_sparse_attention(q: Any, k: Any, v: Any, block_map: Any, *, q_tile: in
             rows that see nothing).
 
     A call is validated once per shapes, strides, dtypes, device, tiles, map heads and scale; repeated calls
-    launch the compiled kernel directly. When q, k or v requires grad (and grad mode is on), or under
-    ``torch.compile`` (which needs a BlockMap), the call runs through the custom op
+    launch the compiled kernel directly. On a Hopper GPU a large call with 128-token Q blocks and 64/128-token KV
+    blocks runs the warp-specialized Gluon kernel on the same lists (:mod:`sparsesim.kernels.gluon_fwd`;
+    ``SPARSESIM_FWD_KERNEL=triton`` keeps the Triton kernel). When q, k or v requires grad (and grad mode is
+    on), or under ``torch.compile`` (which needs a BlockMap), the call runs through the custom op
     ``torch.ops.sparsesim.block_sparse_fwd`` (:mod:`sparsesim.kernels.block_ops`), whose backward runs the
     block-sparse backward kernels.
 

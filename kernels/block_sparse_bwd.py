@@ -16,7 +16,17 @@ import triton
 import triton.language as tl
 
 from sparsesim.kernels._common import LOG2E
-from sparsesim.kernels.dense_bwd import _s, bwd_config, bwd_delta, dkdv_step, dq_step, launch, launch_options
+from sparsesim.kernels.dense_bwd import (
+    _s,
+    bwd_config,
+    bwd_delta,
+    dkdv_step,
+    dq_step,
+    launch,
+    launch_options,
+    load_kv_tile,
+    store_dkdv,
+)
 
 
 @triton.jit
@@ -32,14 +42,8 @@ def _bs_bwd_dkdv_kernel(
     b = tl.program_id(2).to(tl.int64)
     hk = hk32.to(tl.int64)
     kvb = pid_n // (KV_TILE // BLOCK_N)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    kv_ok = offs_n < N
-    cols = offs_n.to(tl.int64)
-    k = tl.load(K + b * s_kb + hk * s_kh + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok[:, None],
-                other=0.0)
-    v = tl.load(V + b * s_vb + hk * s_vh + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok[:, None],
-                other=0.0)
+    k, v, offs_n, kv_ok = load_kv_tile(K, V, b, hk, pid_n * BLOCK_N, N, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh,
+                                       s_vd, HEAD_DIM, BLOCK_N)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     for g in range(0, GROUP):
@@ -56,11 +60,8 @@ def _bs_bwd_dkdv_kernel(
             for sub in tl.static_range(Q_TILE // BLOCK_M):
                 dk, dv = dkdv_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, qb * Q_TILE + sub * BLOCK_M,
                                    offs_n, N, s_qn, s_qd, s_don, s_dod, qk_scale, HEAD_DIM, BLOCK_M, False)
-    dk = dk * scale
-    tl.store(DK + b * s_dkb + hk * s_dkh + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_ok[:, None])
-    tl.store(DV + b * s_dvb + hk * s_dvh + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_ok[:, None])
+    store_dkdv(DK, DV, dk * scale, dv, b, hk, offs_n, kv_ok, s_dkb, s_dkn, s_dkh, s_dkd, s_dvb, s_dvn, s_dvh, s_dvd,
+               HEAD_DIM)
 
 
 @triton.jit

@@ -280,7 +280,9 @@ def attention(q: Any, k: Any, v: Any, *, scale: float | None = None, out: Any = 
         ``[batch, tokens_q, heads, head_dim]`` in q's dtype (and the LSE with ``return_lse``).
 
     A call is validated (and autotuned) once per shapes, strides, dtypes, device, scale and config;
-    repeated calls launch the compiled kernel directly. When q, k or v requires grad (and grad mode is on),
+    repeated calls launch the compiled kernel directly. On a Hopper GPU a large non-causal call with no pinned
+    config runs the warp-specialized Gluon kernel instead (:mod:`sparsesim.kernels.gluon_fwd`;
+    ``SPARSESIM_FWD_KERNEL=triton`` keeps the Triton kernel). When q, k or v requires grad (and grad mode is on),
     or under ``torch.compile``, the call runs through the custom op ``torch.ops.sparsesim.dense_fwd``
     (:mod:`sparsesim.kernels.block_ops`), whose backward runs the dense backward kernels.
 

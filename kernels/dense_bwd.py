@@ -158,6 +158,34 @@ def dq_step(dq, q, do, lse2, delta, K, V, start_n, offs_m, N_KV, s_kn, s_kd, s_v
 
 
 @triton.jit
+def load_kv_tile(K, V, b, hk, start_n, N_KV, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The K and V rows ``start_n..`` of batch ``b``, KV head ``hk`` (rows past ``N_KV`` zeros):
+    ``(k, v, offs_n, kv_ok)``, the resident tile of a dK/dV kernel."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    kv_ok = offs_n < N_KV
+    cols = offs_n.to(tl.int64)
+    k = tl.load(K + b * s_kb + hk * s_kh + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok[:, None],
+                other=0.0)
+    v = tl.load(V + b * s_vb + hk * s_vh + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok[:, None],
+                other=0.0)
+    return k, v, offs_n, kv_ok
+
+
+@triton.jit
+def store_dkdv(DK, DV, dk, dv, b, hk, offs_n, kv_ok, s_dkb, s_dkn, s_dkh, s_dkd, s_dvb, s_dvn, s_dvh, s_dvd,
+               HEAD_DIM: tl.constexpr):
+    """Store a dK/dV kernel's accumulators (already scaled) into the rows ``offs_n`` that exist."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    cols = offs_n.to(tl.int64)
+    tl.store(DK + b * s_dkb + hk * s_dkh + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+             dk.to(DK.dtype.element_ty), mask=kv_ok[:, None])
+    tl.store(DV + b * s_dvb + hk * s_dvh + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_ok[:, None])
+
+
+@triton.jit
 def _dense_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, scale, N_Q, N_KV, H, GROUP,
     s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
@@ -169,14 +197,8 @@ def _dense_bwd_dkdv_kernel(
     b = tl.program_id(2).to(tl.int64)
     hk = hk32.to(tl.int64)
     start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    kv_ok = offs_n < N_KV
-    cols = offs_n.to(tl.int64)
-    k = tl.load(K + b * s_kb + hk * s_kh + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok[:, None],
-                other=0.0)
-    v = tl.load(V + b * s_vb + hk * s_vh + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok[:, None],
-                other=0.0)
+    k, v, offs_n, kv_ok = load_kv_tile(K, V, b, hk, start_n, N_KV, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+                                       HEAD_DIM, BLOCK_N)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     if CAUSAL:
@@ -202,11 +224,8 @@ def _dense_bwd_dkdv_kernel(
         for start_m in range(m_even, N_Q, BLOCK_M):
             dk, dv = dkdv_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, start_m, offs_n, N_Q,
                                s_qn, s_qd, s_don, s_dod, qk_scale, HEAD_DIM, BLOCK_M, False)
-    dk = dk * scale
-    tl.store(DK + b * s_dkb + hk * s_dkh + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_ok[:, None])
-    tl.store(DV + b * s_dvb + hk * s_dvh + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_ok[:, None])
+    store_dkdv(DK, DV, dk * scale, dv, b, hk, offs_n, kv_ok, s_dkb, s_dkn, s_dkh, s_dkd, s_dvb, s_dvn, s_dvh, s_dvd,
+               HEAD_DIM)
 
 
 @triton.jit
@@ -226,14 +245,8 @@ def _dense_bwd_fused_kernel(
     b = b32.to(tl.int64)
     hk = hk32.to(tl.int64)
     start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    kv_ok = offs_n < N_KV
-    cols = offs_n.to(tl.int64)
-    k = tl.load(K + b * s_kb + hk * s_kh + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_ok[:, None],
-                other=0.0)
-    v = tl.load(V + b * s_vb + hk * s_vh + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_ok[:, None],
-                other=0.0)
+    k, v, offs_n, kv_ok = load_kv_tile(K, V, b, hk, start_n, N_KV, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
+                                       HEAD_DIM, BLOCK_N)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     if CAUSAL:
@@ -267,11 +280,8 @@ def _dense_bwd_fused_kernel(
             dk, dv = dkdv_dq_step(dk, dv, k, v, q_h, do_h, LSE + row0, DELTA + row0, dqa_h, start_m, offs_n,
                                   N_Q, N_KV, s_qn, s_qd, s_don, s_dod, s_an, b32, col, qk_scale, HEAD_DIM,
                                   BLOCK_M, False, False, EVEN_N, DQ_TMA)
-    dk = dk * scale
-    tl.store(DK + b * s_dkb + hk * s_dkh + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_ok[:, None])
-    tl.store(DV + b * s_dvb + hk * s_dvh + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_ok[:, None])
+    store_dkdv(DK, DV, dk * scale, dv, b, hk, offs_n, kv_ok, s_dkb, s_dkn, s_dkh, s_dkd, s_dvb, s_dvn, s_dvh, s_dvd,
+               HEAD_DIM)
 
 
 @triton.jit

@@ -739,6 +739,11 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
     Returns:
         ``q``'s shape in q's dtype.
 
+    On a Hopper GPU a large call of a perfectly block-sparse plan (no partial tile, no dilation, no extra
+    tokens, 128-token Q tiles, 64/128-token KV tiles dividing the layout) with no head subset and no LSE runs
+    the warp-specialized Gluon kernel on permuted Q/K/V (:meth:`GNALaunch.ws_route`; ``SPARSESIM_FWD_KERNEL=
+    triton`` keeps the Triton kernel).
+
     Autograd and torch.compile: when q, k or v requires grad (and grad mode is on), or while torch.compile
     traces, the call runs as the custom op ``sparsesim::gna_fwd`` (:mod:`sparsesim.kernels.gna_ops`), whose
     backward is ``sparsesim::gna_bwd`` (:mod:`sparsesim.kernels.gna_bwd`); ``out=`` and ``heads=`` (in-place

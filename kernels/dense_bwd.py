@@ -186,6 +186,19 @@ def store_dkdv(DK, DV, dk, dv, b, hk, offs_n, kv_ok, s_dkb, s_dkn, s_dkh, s_dkd,
 
 
 @triton.jit
+def causal_q_bounds(start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """``(lo, mid)`` of a dK/dV kernel's KV tile at ``start_n``: with ``CAUSAL``, Q tiles before ``lo`` see none
+    of it and from ``mid`` on every row sees all of it (``0, 0`` without)."""
+    if CAUSAL:
+        lo = (start_n // BLOCK_M) * BLOCK_M
+        mid = tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+    else:
+        lo = 0
+        mid = 0
+    return lo, mid
+
+
+@triton.jit
 def _dense_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, scale, N_Q, N_KV, H, GROUP,
     s_qb, s_qn, s_qh, s_qd, s_kb, s_kn, s_kh, s_kd, s_vb, s_vn, s_vh, s_vd,
@@ -201,13 +214,7 @@ def _dense_bwd_dkdv_kernel(
                                        HEAD_DIM, BLOCK_N)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    if CAUSAL:
-        # Q tiles above the KV tile see none of it; from ``mid`` on, every row sees all of it.
-        lo = (start_n // BLOCK_M) * BLOCK_M
-        mid = tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M
-    else:
-        lo = 0
-        mid = 0
+    lo, mid = causal_q_bounds(start_n, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(0, GROUP):
         h = hk * GROUP + g
         q_h = Q + b * s_qb + h * s_qh
@@ -249,12 +256,7 @@ def _dense_bwd_fused_kernel(
                                        HEAD_DIM, BLOCK_N)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    if CAUSAL:
-        lo = (start_n // BLOCK_M) * BLOCK_M
-        mid = tl.cdiv(start_n + BLOCK_N - 1, BLOCK_M) * BLOCK_M
-    else:
-        lo = 0
-        mid = 0
+    lo, mid = causal_q_bounds(start_n, BLOCK_M, BLOCK_N, CAUSAL)
     for g in range(0, GROUP):
         h32 = hk32 * GROUP + g
         h = h32.to(tl.int64)

@@ -6,11 +6,7 @@
 # ran), then the dense backward tune. usage: bash benchmarks/device/session24d.sh COMMIT
 set -u
 COMMIT=${1:?commit}
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
-export PYTHONUNBUFFERED=1
-D=$(date -u +%Y-%m-%d)
-t() { CUDA_VISIBLE_DEVICES=0 timeout $1 python3 -m pytest -q -p no:cacheprovider tests/gpu/$2.py -k "$3" \
-        > $OUT/gpu_$4_$COMMIT.log 2>&1; echo "rc=$?" >> $OUT/gpu_$4_$COMMIT.log; }
+source benchmarks/device/setup.sh
 (t 300 test_gluon_fwd_cuda "" gluon & t 300 test_block_backward_cuda "" blk &
  t 300 test_kernels_cuda "dense or block_sparse or repeated or graph" fwd & wait
  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 -m sparsesim.cli.main validate \

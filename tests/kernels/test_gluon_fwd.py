@@ -22,3 +22,32 @@ def test_cpu_calls_still_run_the_triton_kernels(monkeypatch):
     q, k, v = (torch.randn(1, 40, 2, 32) for _ in range(3))
     out = attention(q, k, v)
     assert float((out.double() - reference_attention(q, k, v)).abs().max()) < 1e-3
+
+
+def test_repeated_launches_rebuild_what_changes(monkeypatch):
+    """A launch's cached arguments (its shapes fix them) never go stale: repeated calls with new tensors point the
+    descriptors and pointers at the new tensors, and the LSE switches on and off with its buffer (the launch itself
+    stubbed; the kernel's results are tests/gpu's)."""
+    from sparsesim.kernels import _launch
+
+    seen: list[tuple] = []
+    monkeypatch.setattr(_launch, "launch_compiled",
+                        lambda cache, key, kernel, grid, args, constexprs, options: seen.append(
+                            (key, grid, args, dict(constexprs))))
+    cache: dict = {}
+    keys = []
+    shape = (2, 300, 4, 64)
+    for store_lse in (False, True, False):
+        q, k, v, out = (torch.randn(shape, dtype=torch.float16) for _ in range(4))
+        lse = torch.empty(2, 4, 300) if store_lse else None
+        gluon_fwd.ws_forward(q, k, v, out, lse, 0.125, cache=cache)
+        key, grid, args, constexprs = seen[-1]
+        keys.append(key)
+        assert [d.base.data_ptr() for d in args[:3]] == [x.data_ptr() for x in (q, k, v)]
+        assert args[3] is out and (args[4] is lse if store_lse else args[4] is out)
+        assert constexprs["STORE_LSE"] is store_lse and key[-len(constexprs):] == tuple(constexprs.values())
+        gluon_fwd.ws_forward(q, k, v, out, lse, 0.125, cache={})  # everything computed anew
+        _, fgrid, fargs, fconst = seen[-1]
+        assert (grid, args[5:], constexprs) == (fgrid, fargs[5:], fconst)
+        assert [d.block_shape for d in args[:3]] == [d.block_shape for d in fargs[:3]]
+    assert keys[0] == keys[2] != keys[1]  # the LSE flavour is its own compiled kernel

@@ -294,7 +294,8 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
                map_heads: int = 1, block_n: int = 128, heads_major: bool = False, cache: dict[Any, Any] | None = None,
                stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
-    ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``). ``lse``: a float32
+    ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``; ``kv_idx``'s rows may be
+    shorter than the KV tile count where no tail block is flagged). ``lse``: a float32
     ``[B, H, N_q]`` buffer or None. ``heads_major``: the four tensors are ``[B, H, N, D]`` (a permuted GNA
     layout) instead of ``[B, N, H, D]``. ``cache``: a dict kept with the caller's validated launch; repeated
     calls then copy their TMA descriptors from templates and launch the compiled kernel directly
@@ -310,7 +311,8 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     static_key = ("ws-static", heads_major, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse)
     static = None if cache is None else cache.get(static_key)
     if static is None:  # what the call's shapes fix: a cache belongs to one validated launch (fixed shapes)
-        static = _static_args(q, k, out, scale, map_heads, block_n, heads_major, lse is not None, sparse,
+        static = _static_args(q, k, out, scale, map_heads, block_n, heads_major, lse is not None,
+                              int(lists[1].shape[-1]) if sparse else None,
                               {"STAGES": stages, "OVERLAP": overlap, "PINGPONG": pingpong,
                                "CONSUMER_REGS": consumer_regs})
         if cache is not None:
@@ -331,11 +333,13 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
 
 
 def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n: int, heads_major: bool,
-                 store_lse: bool, sparse: bool, knobs: dict[str, Any]) -> tuple:
+                 store_lse: bool, kv_row: int | None, knobs: dict[str, Any]) -> tuple:
     """The parts of a launch its shapes fix: shared layouts of Q and K/V, each input's 2D view ``(columns,
-    block)``, the integer arguments, the grid and the constexprs (in the kernel's signature order)."""
+    block)``, the integer arguments, the grid and the constexprs (in the kernel's signature order); ``kv_row``:
+    the block lists' row length (block-sparse), None for dense."""
     import torch
 
+    sparse = kv_row is not None
     if heads_major:
         batch, heads, n_q, head_dim = (int(s) for s in q.shape)
         heads_kv, n_kv = int(k.shape[1]), int(k.shape[2])
@@ -354,6 +358,8 @@ def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n
     q_layout = gl.NVMMASharedLayout.get_default_for(q_block, elem)
     kv_layout = gl.NVMMASharedLayout.get_default_for(kv_block, elem)
     qbs, kbs = triton.cdiv(n_q, CONSUMERS * WG_ROWS.value), triton.cdiv(n_kv, block_n)
+    if kv_row is not None:  # the lists' row length (a BlockMap's: every KV block, so the tail block is KB - 1)
+        kbs = kv_row
     ints = (scale * LOG2E, n_q, n_kv, heads, heads // heads_kv, map_heads, qbs, kbs, *out_strides, *q_rows, *k_rows)
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_N": block_n, "STAGES": knobs["STAGES"], "OVERLAP": knobs["OVERLAP"],
                   "PINGPONG": knobs["PINGPONG"], "STORE_LSE": store_lse, "SPARSE": sparse,

@@ -534,7 +534,9 @@ class GNALaunch:
         ws = ws_kernel()
         if ws is None or not ws.supported(q, k, v, out):
             return False
-        visited = int(self._ws_lists_host()[0].sum())
+        visited = self.ws_tables.get("visited")
+        if visited is None:
+            visited = self.ws_tables["visited"] = int(self._ws_lists_host()[0].sum())
         return bool(ws.use_ws(q, k, v, out, work=visited * plan.q_volume * plan.kv_volume * self.batch * self.heads))
 
     def _ws_lists_host(self) -> tuple[Any, Any]:

@@ -207,7 +207,8 @@ def plan_gna(input_size: Sequence[int], *, window: Any, stride: Any = 1, dilatio
 
 def block_lists(plan: GNAPlan) -> tuple[np.ndarray, np.ndarray]:
     """A perfectly block-sparse plan (:attr:`GNAPlan.block_sparse`, no dilation) as a block map's lists over its
-    permuted layouts: ``kv_num [1, QB]`` and ``kv_idx [1, QB, KB]`` (int32; Q and KV tiles numbered row-major over
+    permuted layouts: ``kv_num [1, QB]`` and ``kv_idx [1, QB, W]`` (int32, ``W`` the longest list, so a long 1D
+    layout's rows stay short; Q and KV tiles numbered row-major over
     their tile grids, as :func:`~sparsesim.kernels.permute.tile_permute` lays them out), each Q tile's KV tiles
     the product of its per-axis visited ranges, ascending: the schedule the block-sparse kernels run."""
     if not plan.block_sparse or plan.groups != 1:
@@ -217,7 +218,8 @@ def block_lists(plan: GNAPlan) -> tuple[np.ndarray, np.ndarray]:
     first, count = plan.ranges[:, 0, :, 0], plan.ranges[:, 0, :, 1]
     axes = [[np.arange(first[a, i], first[a, i] + count[a, i]) for i in range(qg[a])] for a in range(3)]
     kv_num = np.zeros((1, math.prod(qg)), dtype=np.int32)
-    kv_idx = np.zeros((1, math.prod(qg), math.prod(kg)), dtype=np.int32)
+    width = int(np.prod(count.max(axis=1)))  # the longest list: rows hold at most this many, not every KV tile
+    kv_idx = np.zeros((1, math.prod(qg), width), dtype=np.int32)
     for flat, (i0, i1, i2) in enumerate(np.ndindex(*qg)):
         ids = ((axes[0][i0][:, None, None] * kg[1] + axes[1][i1][None, :, None]) * kg[2]
                + axes[2][i2][None, None, :]).ravel()

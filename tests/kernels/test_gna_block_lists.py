@@ -35,6 +35,7 @@ def test_block_lists_are_the_visible_tile_pairs(size, window, stride, q_tile, kv
     plan = plan_gna(size, window=window, stride=stride, q_tile=q_tile, kv_tile=kv_tile)
     assert plan.block_sparse
     kv_num, kv_idx = block_lists(plan)
+    assert kv_num.max() <= kv_idx.shape[2] <= plan.num_kv_tiles
     mask = visible_mask(GNAPattern(input_size=size, window=window, stride=stride))
     qt, kt = tile_of(size, q_tile), tile_of(size, kv_tile)
     want = np.zeros((qt.max() + 1, kt.max() + 1), dtype=bool)
@@ -53,3 +54,11 @@ def test_block_lists_refuse_partial_tiles():
     plan = plan_gna((8, 16, 32), window=(6, 8, 16), stride=(2, 8, 8), q_tile=(2, 8, 8), kv_tile=(2, 8, 8))
     with pytest.raises(ValueError, match="block-sparse"):
         block_lists(plan)
+
+
+def test_block_lists_rows_are_as_long_as_the_longest_list():
+    """A long 1D layout: 1,024 KV tiles, each Q tile visits 17 (rows of every KV tile would be 1,024 wide)."""
+    plan = plan_gna((131072,), window=(2176,), stride=(128,), q_tile=(128,), kv_tile=(128,))
+    kv_num, kv_idx = block_lists(plan)
+    assert plan.num_kv_tiles == 1024
+    assert kv_idx.shape == (1, 1024, 17) and int(kv_num.max()) == 17

@@ -27,6 +27,11 @@ interpreter: one small launch      :data:`INTERPRET_WARPS`,         ``kernels._l
                                    :data:`INTERPRET_STAGES`,
                                    :data:`INTERPRET_DENSE_CONFIG`
 permutation kernels' warps         :func:`copy_warps`               ``kernels._launch.copy_launch``
+warp-specialized Hopper forward:   :data:`WS_ARCHITECTURE`,         ``kernels.gluon_fwd.use_ws``, the
+which calls take it                :data:`WS_HEAD_DIMS`,            dense / block-sparse / GNA launches,
+                                   :data:`WS_Q_TILE`,               ``simulator.route`` (the model prices
+                                   :data:`WS_KV_TILES`,             those calls with the ``triton-ws``
+                                   :data:`WS_MIN_WORK`              profile)
 =================================  ===============================  ==========================================
 
 :func:`gpu_for_device` maps a CUDA device (its name, then its compute capability) to a GPU file.
@@ -69,6 +74,17 @@ DENSE_SPACE: dict[str, tuple[int, ...]] = {"BLOCK_M": (64, 128), "BLOCK_N": (64,
 #: The one dense config used under the interpreter (no autotune sweep there).
 INTERPRET_DENSE_CONFIG: dict[str, int] = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": INTERPRET_WARPS,
                                           "num_stages": INTERPRET_STAGES}
+#: The warp-specialized Gluon forward (kernels/gluon_fwd.py): Hopper only, bf16/fp16, these head dims, Q tiles of
+#: 128 rows (two consumer warpgroups of 64), KV tiles of 64 or 128 keys, and calls of at least
+#: :data:`WS_MIN_WORK` visited score elements (``batch x heads x`` visited Q/KV tile pairs ``x`` their volumes;
+#: dense: ``B H N_q N_kv``). 2^28 is 4K tokens x 16 heads: on the H200 (6ba650d) it ran 0.35 / 1.42 ms against
+#: the Triton kernel's 0.39 / 1.54 ms at 4K / 8K tokens x 24 heads, and faster at every larger size measured;
+#: smaller calls are unmeasured.
+WS_ARCHITECTURE = "hopper"
+WS_HEAD_DIMS = (64, 128)
+WS_Q_TILE = 2 * ROWS_PER_WARPGROUP
+WS_KV_TILES = (64, 128)
+WS_MIN_WORK = 2**28
 #: The permutation kernels take 8 warps once a tile moves this many elements (16-byte accesses), else 4.
 COPY_WIDE_ELEMENTS = 16384
 

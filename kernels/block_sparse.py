@@ -22,6 +22,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
+from sparsesim.hwmodels.launch import WS_KV_TILES, WS_Q_TILE
 from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
@@ -300,7 +301,7 @@ def _build(q: Any, k: Any, v: Any, lists: tuple[Any, Any, Any], q_tile: Any, kv_
     qbs, kbs = -(-n // q_tile), -(-n // kv_tile)
     tail_start = (kbs - 1) * kv_tile
     ws = ws_kernel()
-    take_ws = (ws is not None and use_desc is not False and q_tile == 128 and kv_tile in (64, 128)
+    take_ws = (ws is not None and use_desc is not False and q_tile == WS_Q_TILE and kv_tile in WS_KV_TILES
                and ws.use_ws(q, k, v))
     return BlockSparseLaunch(
         grid=(qbs, dims.heads, dims.batch),

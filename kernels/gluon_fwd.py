@@ -29,6 +29,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
+from sparsesim.hwmodels.launch import WS_HEAD_DIMS, WS_MIN_WORK
 from sparsesim.kernels._common import LOG2E
 
 #: Rows of Q per consumer warpgroup (one ``wgmma`` M of 64), consumers per CTA, and the CTA's Q tile.
@@ -251,10 +252,9 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
 BEST = {"block_n": 128, "stages": 3, "overlap": True, "pingpong": True, "consumer_regs": 240}
 
 
-#: Calls of at least this many score elements (``B H N_q N_kv``, 4K tokens x 16 heads) take this kernel where it
-#: can run them (:func:`use_ws`). On the H200 (6ba650d) it ran 0.35 / 1.42 ms against the Triton kernel's 0.39 /
-#: 1.54 ms at 4K / 8K tokens x 24 heads, and faster at every larger size measured; smaller calls are unmeasured.
-MIN_WORK = 2 ** 28
+#: Calls of at least this many score elements take this kernel where it can run them (:func:`use_ws`); the rule
+#: and its measurement live in :mod:`sparsesim.hwmodels.launch` (the model prices the same calls with it).
+MIN_WORK = WS_MIN_WORK
 
 
 def use_ws(q: Any, k: Any, v: Any, out: Any = None, *, work: int | None = None) -> bool:
@@ -282,11 +282,11 @@ def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
         return False
     if not all(isinstance(t, torch.Tensor) and t.is_cuda and t.dim() >= 4 for t in tensors):
         return False
-    if torch.cuda.get_device_capability(q.device)[0] != 9:
+    if torch.cuda.get_device_capability(q.device)[0] != 9:  # WS_ARCHITECTURE (sm_90)
         return False
     if q.dtype not in (torch.bfloat16, torch.float16) or any(t.dtype != q.dtype for t in tensors):
         return False
-    return (all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors) and q.shape[-1] in (64, 128)
+    return (all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors) and q.shape[-1] in WS_HEAD_DIMS
             and k.shape[-1] == q.shape[-1] and v.shape[-1] == q.shape[-1])
 
 

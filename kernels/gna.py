@@ -41,7 +41,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from sparsesim.hwmodels.launch import grid_problem
+from sparsesim.hwmodels.launch import WS_KV_TILES, WS_Q_TILE, grid_problem
 from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
@@ -524,8 +524,8 @@ class GNALaunch:
         keys, 128-token Q tiles, 64/128-token KV tiles, layout axes that the tiles divide (no padding), a
         call large enough (:func:`~sparsesim.kernels.gluon_fwd.use_ws` on its visited tiles)."""
         plan = self.plan
-        if self.extra or not plan.block_sparse or plan.groups != 1 or plan.q_volume != 128 \
-                or plan.kv_volume not in (64, 128):
+        if self.extra or not plan.block_sparse or plan.groups != 1 or plan.q_volume != WS_Q_TILE \
+                or plan.kv_volume not in WS_KV_TILES:
             return False
         size = plan.pattern.input_size
         if any(n % t for n, t in zip(size, plan.schedule.q_tile, strict=True)) \

@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("ampere", "hopper", "blackwell"), default="hopper",
                    help="with --published: the architecture whose reference profile is fitted")
     p.add_argument("--gpu", default=None, help="the GPU the measurements were taken on (default: their gpu column)")
-    p.add_argument("--kernel-profile", default="triton", help="the profile to fit: triton (ours) or cudnn")
+    p.add_argument("--kernel-profile", default="triton",
+                   help="the profile to fit: triton (our Triton kernels), triton-ws (our warp-specialized Hopper "
+                        "forward) or cudnn")
     p.add_argument("--kernels", default=None,
                    help="comma-separated measured kernels to fit to (default: all the profile models: "
                         "gna,block_sparse,dense for triton; cudnn for cudnn)")

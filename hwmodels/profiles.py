@@ -35,6 +35,8 @@ CALIBRATION_DIR = Path(__file__).parent / "calibration"
 #: for 2D/3D or dilated layouts), or sparsesim's kernels (K/V permuted, gathered or read directly,
 #: by :func:`sparsesim.simulator.feasibility.kv_layout`; Q/O gathered in the kernel).
 TOKEN_PERMUTATIONS = ("qkvo", "kv-auto")
+#: Our forward kernels a profile may price (:attr:`KernelProfile.forward_kernel`).
+FORWARD_KERNELS = ("triton", "ws")
 #: Families of profiles resolved per GPU.
 FAMILIES = ("reference", "triton", "cudnn")
 
@@ -124,6 +126,12 @@ class KernelProfile:
     sources: Mapping[str, str]
     path: str
     fit: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: The profile pricing the forward of calls our kernels run on the warp-specialized Hopper forward
+    #: (:mod:`sparsesim.simulator.route`); empty: none.
+    ws_profile: str = ""
+    #: Which of our forward kernels this profile's forward prices (``triton`` or ``ws``): the measured rows
+    #: (``fwd_kernel``) ``simulate calibrate`` fits it to.
+    forward_kernel: str = "triton"
 
 
 def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
@@ -168,6 +176,11 @@ def parse_profile(data: Mapping[str, Any], path: str) -> KernelProfile:
     if data["token_permutation"] not in TOKEN_PERMUTATIONS:
         raise ConfigError(f"{where}: token_permutation={data['token_permutation']!r}; "
                           f"allowed: {', '.join(TOKEN_PERMUTATIONS)}")
+    for key, allowed in (("ws_profile", None), ("forward_kernel", FORWARD_KERNELS)):
+        value = data.get(key, "" if key == "ws_profile" else "triton")
+        if not isinstance(value, str) or (allowed is not None and value not in allowed):
+            raise ConfigError(f"{where}: {key}={value!r}; allowed: "
+                              f"{', '.join(allowed) if allowed else 'a profile name'}")
     fit = data.get("fit", {})
     if not isinstance(fit, dict):
         raise ConfigError(f"{where}: [fit] must be a table")
@@ -180,6 +193,7 @@ def parse_profile(data: Mapping[str, Any], path: str) -> KernelProfile:
         backward=_section(data, "backward", BackwardProfile, where),
         gemm=_section(data, "gemm", GemmProfile, where),
         sources={str(k): str(v) for k, v in data.get("sources", {}).items()}, path=path,
+        ws_profile=data.get("ws_profile", ""), forward_kernel=data.get("forward_kernel", "triton"),
     )
 
 

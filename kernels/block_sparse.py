@@ -216,6 +216,15 @@ def block_sparse_forward(q: Any, k: Any, v: Any, lists: tuple[Any, Any, Any], q_
     return launch.run(q, k, v, out, lists, lse), lse
 
 
+def takes_ws(q: Any, k: Any, v: Any, q_tile: int, kv_tile: int, use_desc: bool | None = None) -> bool:
+    """Whether a block-sparse call of these tiles runs on the warp-specialized Hopper forward
+    (kernels/gluon_fwd.py): TMA loads not turned off, its tiles, and a call the kernel takes (its work counted
+    as dense: :func:`~sparsesim.kernels.gluon_fwd.use_ws`)."""
+    ws = ws_kernel()
+    return (ws is not None and use_desc is not False and q_tile == WS_Q_TILE and kv_tile in WS_KV_TILES
+            and ws.use_ws(q, k, v))
+
+
 @dataclass(frozen=True, eq=False)
 class BlockSparseLaunch:
     """A validated block-sparse call: grid, tiles, constants (the map's lists come with each call)."""
@@ -300,9 +309,7 @@ def _build(q: Any, k: Any, v: Any, lists: tuple[Any, Any, Any], q_tile: Any, kv_
     cfg = fused_launch(q_tile, kv_tile, dims.head_dim, dims.dtype, smem)
     qbs, kbs = -(-n // q_tile), -(-n // kv_tile)
     tail_start = (kbs - 1) * kv_tile
-    ws = ws_kernel()
-    take_ws = (ws is not None and use_desc is not False and q_tile == WS_Q_TILE and kv_tile in WS_KV_TILES
-               and ws.use_ws(q, k, v))
+    take_ws = takes_ws(q, k, v, q_tile, kv_tile, use_desc)
     return BlockSparseLaunch(
         grid=(qbs, dims.heads, dims.batch),
         args=(checked_scale * LOG2E, n, dims.heads, dims.group, map_heads, qbs, kbs, tail_start),

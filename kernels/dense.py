@@ -236,7 +236,7 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
             raise ValueError(f"attention: causal={causal!r}; allowed: True or False")
         first = check_out(out, q, q.shape, "attention")
         lse = _lse_buffer(q) if want_lse else None
-        if config is None and not causal and ws is not None and ws.use_ws(q, k, v, first):
+        if takes_ws(q, k, v, first, config=config, causal=causal):
             built = _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config={}, ws=True))
             ws.ws_forward(q, k, v, first, lse, checked_scale, cache=built.compiled)
             return first, lse
@@ -260,6 +260,14 @@ def _lse_buffer(q: Any) -> Any:
     import torch
 
     return torch.empty((int(q.shape[0]), int(q.shape[2]), int(q.shape[1])), dtype=torch.float32, device=q.device)
+
+
+def takes_ws(q: Any, k: Any, v: Any, out: Any = None, *, config: dict[str, int] | None = None,
+             causal: bool = False) -> bool:
+    """Whether :func:`attention` runs this call on the warp-specialized Hopper forward (kernels/gluon_fwd.py):
+    no forced config, non-causal, and a call the kernel takes (:func:`~sparsesim.kernels.gluon_fwd.use_ws`)."""
+    ws = ws_kernel()
+    return config is None and not causal and ws is not None and ws.use_ws(q, k, v, out)
 
 
 def attention(q: Any, k: Any, v: Any, *, scale: float | None = None, out: Any = None,

@@ -62,7 +62,14 @@ from sparsesim.kernels._launch import (
     ws_kernel,
 )
 from sparsesim.kernels.gna_plan import GNAPlan, block_lists, launch_items, plan_gna
-from sparsesim.kernels.permute import make_layout, permute_checked, tile_permute, tile_permute_pair, tile_unpermute
+from sparsesim.kernels.permute import (
+    make_layout,
+    permute_checked,
+    tile_permute,
+    tile_permute_pair,
+    tile_unpermute,
+    tile_unpermute_rows,
+)
 from sparsesim.simulator.feasibility import KV_LAYOUTS, PERMUTE_MIN_KV_ROWS, kv_layout
 from sparsesim.simulator.makespan import ScheduleChoice, persistent_schedule, schedule_choice
 
@@ -505,12 +512,14 @@ class GNALaunch:
             xkv: tuple[Any, Any] | None = None, lse: Any = None) -> Any:
         """Prepare K/V and launch, on tensors already checked to match this launch (``heads``: the caller's
         query heads it runs, whole GQA groups in order; ``q``/``k``/``v``/``out`` then hold every head;
-        ``xkv``: the extra keys and values, ``lse``: the log-sum-exp buffer, as :meth:`launch` takes them)."""
+        ``xkv``: the extra keys and values, ``lse``: the log-sum-exp buffer, as :meth:`launch` takes them). A call
+        on every head without extra keys, with or without ``lse``, runs the warp-specialized kernel where
+        :meth:`ws_route` says so (:meth:`ws_run`), the Triton GNA kernel otherwise."""
         import torch
 
         out = torch.empty_like(q) if out is None else out
-        if heads is None and xkv is None and lse is None and self.ws_route(q, k, v, out):
-            return self.ws_run(q, k, v, out)
+        if heads is None and xkv is None and self.ws_route(q, k, v, out):
+            return self.ws_run(q, k, v, out, lse)
         if heads is None:
             return self.launch(q, self.prepare_kv(k, v), out, xkv=xkv, lse=lse)
         if lse is not None:
@@ -522,7 +531,9 @@ class GNALaunch:
         """Whether this call runs as a block-sparse call of the warp-specialized Hopper kernel on permuted
         Q/K/V (:mod:`sparsesim.kernels.gluon_fwd`): a perfectly block-sparse plan without dilation or extra
         keys, 128-token Q tiles, 64/128-token KV tiles, layout axes that the tiles divide (no padding), a
-        call large enough (:func:`~sparsesim.kernels.gluon_fwd.use_ws` on its visited tiles)."""
+        call large enough (:func:`~sparsesim.kernels.gluon_fwd.use_ws` on its visited tiles). The inference and
+        the training forward (an LSE buffer, :meth:`run`) alike; :meth:`run` asks it only for calls on every head
+        without extra keys."""
         plan = self.plan
         if self.extra or not plan.block_sparse or plan.groups != 1 or plan.q_volume != WS_Q_TILE \
                 or plan.kv_volume not in WS_KV_TILES:
@@ -545,9 +556,11 @@ class GNALaunch:
             hit = self.ws_tables["host"] = block_lists(self.plan)
         return hit
 
-    def ws_run(self, q: Any, k: Any, v: Any, out: Any) -> Any:
+    def ws_run(self, q: Any, k: Any, v: Any, out: Any, lse: Any = None) -> Any:
         """The ws route (:meth:`ws_route`): Q, K and V permuted into tiles, the kernel on the plan's block lists,
-        the output permuted back into ``out``."""
+        the output permuted back into ``out``; ``lse`` (a float32 ``[batch, heads, tokens]`` view, as
+        :meth:`launch` takes it): the kernel writes each row's log-sum-exp (natural log) in tile order into a
+        buffer of the permuted rows, permuted back into ``lse`` in token order."""
         import torch
 
         plan = self.plan
@@ -561,8 +574,12 @@ class GNALaunch:
         qp = tile_permute(q, plan.schedule.q_tile)
         kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile)
         op = torch.empty_like(qp)
-        ws_kernel().ws_forward(qp, kp, vp, op, None, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume,
+        # [B, H, rows in tile order] (no padding on this route), STORE_LSE's layout with heads_major
+        lp = None if lse is None else torch.empty(qp.shape[:3], dtype=torch.float32, device=q.device)
+        ws_kernel().ws_forward(qp, kp, vp, op, lp, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume,
                                heads_major=True, cache=self.compiled)
+        if lp is not None:
+            tile_unpermute_rows(lp, plan.pattern.input_size, plan.schedule.q_tile, out=lse)
         return unpermute_out(plan, op, out)
 
     def head_tables(self, heads: tuple[int, ...], device: Any) -> tuple[Any, Any]:
@@ -742,9 +759,9 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
         ``q``'s shape in q's dtype.
 
     On a Hopper GPU a large call of a perfectly block-sparse plan (no partial tile, no dilation, no extra
-    tokens, 128-token Q tiles, 64/128-token KV tiles dividing the layout) with no head subset and no LSE runs
-    the warp-specialized Gluon kernel on permuted Q/K/V (:meth:`GNALaunch.ws_route`; ``SPARSESIM_FWD_KERNEL=
-    triton`` keeps the Triton kernel).
+    tokens, 128-token Q tiles, 64/128-token KV tiles dividing the layout) with no head subset runs the
+    warp-specialized Gluon kernel on permuted Q/K/V (:meth:`GNALaunch.ws_route`; the autograd forward too, its
+    LSE permuted back; ``SPARSESIM_FWD_KERNEL=triton`` keeps the Triton kernel).
 
     Autograd and torch.compile: when q, k or v requires grad (and grad mode is on), or while torch.compile
     traces, the call runs as the custom op ``sparsesim::gna_fwd`` (:mod:`sparsesim.kernels.gna_ops`), whose
@@ -955,9 +972,10 @@ def gna_forward(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilatio
     log-sum-exp, the softmax statistic the backward recomputes P from: ``(out, lse)``, ``lse`` float32
     ``[batch, heads, tokens]`` (natural log; tokens: the layout's row-major, or the flat sequence's).
 
-    Layout rows: the GNA kernel writes it (constexpr ``SAVE_LSE``). Extra query rows (``extra_tokens > 0``) go
-    through :func:`sparsesim.kernels.gna_bwd.rows_forward`, a dense-rows kernel that writes their output and
-    log-sum-exp (the fast path's dense kernel has no LSE output).
+    Layout rows: the GNA kernel writes it (constexpr ``SAVE_LSE``; on the warp-specialized route,
+    :meth:`GNALaunch.ws_run`, that kernel's ``STORE_LSE`` in tile order, permuted back). Extra query rows
+    (``extra_tokens > 0``) go through :func:`sparsesim.kernels.gna_bwd.rows_forward`, a dense-rows kernel that
+    writes their output and log-sum-exp (the fast path's dense kernel has no LSE output).
     """
     out, lse, _ = forward_call(q, k, v, (window, stride, dilation, causal, q_tile, kv_tile, scale, kv_layout),
                                extra_tokens, extra_at, input_size, persistent)

@@ -48,7 +48,7 @@ COLUMNS = [
     "config_id", "case_id", "kernel", "input_size", "window", "stride", "dilation", "causal", "q_tile", "kv_tile",
     "tokens", "heads", "heads_kv", "head_dim", "batch", "dtype", "kv_layout", "measured_ms", "rel_err", "unwritten",
     "ok", "predicted_ms", "predicted_profile", "reference_ms", "tile_speedup", "flop_speedup", "gpu", "driver",
-    "torch", "triton", "commit", "date", "note", "passes",
+    "torch", "triton", "commit", "date", "note", "passes", "fwd_kernel",
 ]
 
 
@@ -189,8 +189,10 @@ def block_map_of(kw: Mapping[str, Any]) -> Any:
     return visited, q[0], kv[0]
 
 
-def build_call(case: Case, seed: int) -> tuple[Callable[[Any], Any], Any, Any, Any, Callable[[Any], Any], str]:
-    """Inputs and the call of one case: ``(call(out), q, k, v, mask_fn, kv_layout)``."""
+def build_call(case: Case, seed: int) -> tuple[Callable[[Any], Any], Any, Any, Any, Callable[[Any], Any], str, str]:
+    """Inputs and the call of one case: ``(call(out), q, k, v, mask_fn, kv_layout, fwd_kernel)``; ``fwd_kernel``:
+    which forward kernel the call runs (``ws``: the warp-specialized Hopper kernel, ``triton``: our Triton kernels,
+    else the SDPA backend's name), as the kernels' own route rules say for these tensors."""
     import numpy as np
 
     kw = case.kw
@@ -215,9 +217,14 @@ def build_call(case: Case, seed: int) -> tuple[Callable[[Any], Any], Any, Any, A
         def mask_fn(rows: Any) -> Any:
             return visible_mask(p, rows)
 
-        return (lambda out: gna_attention(q, k, v, out=out, **pat, **tiles)), q, k, v, mask_fn, launch.kv_layout
+        import torch
+
+        route = "ws" if launch.ws_route(q, k, v, torch.empty_like(q)) else "triton"
+        return (lambda out: gna_attention(q, k, v, out=out, **pat, **tiles)), q, k, v, mask_fn, launch.kv_layout, \
+            route
     if case.kernel == "block_sparse":
         from sparsesim.kernels import block_sparse_attention
+        from sparsesim.kernels.block_sparse import takes_ws as block_takes_ws
 
         bm, qt, kt = block_map_of(kw)
 
@@ -225,24 +232,28 @@ def build_call(case: Case, seed: int) -> tuple[Callable[[Any], Any], Any, Any, A
             return np.repeat(bm[rows // qt], kt, axis=1)[:, :n]
 
         return (lambda out: block_sparse_attention(q, k, v, bm, q_tile=qt, kv_tile=kt, out=out)), q, k, v, mask_fn, \
-            "direct"
+            "direct", "ws" if block_takes_ws(q, k, v, qt, kt) else "triton"
 
     def dense_mask(rows: Any) -> Any:
         return np.ones((len(rows), n), dtype=bool)
 
     if case.kernel == "dense":
         from sparsesim.kernels import attention
+        from sparsesim.kernels.dense import takes_ws as dense_takes_ws
 
-        return (lambda out: attention(q, k, v, out=out)), q, k, v, dense_mask, "direct"
-    return _sdpa_call(case.kernel, q, k, v), q, k, v, dense_mask, "direct"
+        return (lambda out: attention(q, k, v, out=out)), q, k, v, dense_mask, "direct", \
+            "ws" if dense_takes_ws(q, k, v) else "triton"
+    return _sdpa_call(case.kernel, q, k, v), q, k, v, dense_mask, "direct", case.kernel
 
 
-def build_grad_call(case: Case, seed: int) -> tuple[Callable[[], Any], Any, Any, Any, Any, Callable[[Any], Any], str]:
-    """Forward+backward of one case: ``(step, q, k, v, dout, mask_fn, kv_layout)``; ``step()`` returns
+def build_grad_call(case: Case, seed: int) -> tuple[Callable[[], Any], Any, Any, Any, Any, Callable[[Any], Any], str,
+                                                    str]:
+    """Forward+backward of one case: ``(step, q, k, v, dout, mask_fn, kv_layout, fwd_kernel)`` (``fwd_kernel`` as
+    :func:`build_call` says); ``step()`` returns
     ``(out, dq, dk, dv)`` in the ``[B, *layout, H, D]`` layout (q, k, v require grad; ``dout`` is fixed)."""
     import torch
 
-    _, q, k, v, mask_fn, layout = build_call(case, seed)
+    _, q, k, v, mask_fn, layout, route = build_call(case, seed)
     for x in (q, k, v):
         x.requires_grad_(True)
     dout = random_qkv(tuple(q.shape), q.dtype, q.device, seed + 4)
@@ -268,14 +279,14 @@ def build_grad_call(case: Case, seed: int) -> tuple[Callable[[], Any], Any, Any,
         def fwd() -> Any:
             return attention(q, k, v)
     else:
-        return _sdpa_grad_call(case.kernel, q, k, v, dout) + (dout, mask_fn, layout)
+        return _sdpa_grad_call(case.kernel, q, k, v, dout) + (dout, mask_fn, layout, route)
 
     def step() -> tuple[Any, Any, Any, Any]:
         out = fwd()
         dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
         return out, dq, dk, dv
 
-    return step, q, k, v, dout, mask_fn, layout
+    return step, q, k, v, dout, mask_fn, layout, route
 
 
 def _sdpa_grad_call(name: str, q: Any, k: Any, v: Any, dout: Any) -> tuple[Callable[[], Any], Any, Any, Any]:
@@ -334,7 +345,7 @@ def check_grad_case(case: Case, seed: int) -> dict[str, Any]:
     from sparsesim.kernels.timing import CHECK_ROWS, TOLERANCE, check_rows, synchronize
 
     try:
-        step, q, k, v, dout, mask_fn, layout = build_grad_call(case, seed)
+        step, q, k, v, dout, mask_fn, layout, route = build_grad_call(case, seed)
         out, dq, _, _ = step()
         synchronize()
         unwritten = int(torch.isnan(out).sum() + torch.isnan(dq).sum())
@@ -347,9 +358,9 @@ def check_grad_case(case: Case, seed: int) -> dict[str, Any]:
         ref = dq_rows_reference(flat[0][:, rows], flat[1], flat[2], flat[3][:, rows], mask)
         err = max(err, rel_error(flat[4][:, rows], ref))
         return {"rel_err": err, "unwritten": unwritten, "ok": bool(err < TOLERANCE and unwritten == 0),
-                "kv_layout": layout, "note": "rel_err: max of output and dQ on sampled rows"}
+                "kv_layout": layout, "fwd_kernel": route, "note": "rel_err: max of output and dQ on sampled rows"}
     except Exception as exc:  # noqa: BLE001 - one failing case is a result, not the end of the run
-        return {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "",
+        return {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "", "fwd_kernel": "",
                 "note": f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
 
 
@@ -433,13 +444,13 @@ def check_case(case: Case, seed: int) -> dict[str, Any]:
     if case.backprop:
         return check_grad_case(case, seed)
     try:
-        call, q, k, v, mask_fn, layout = build_call(case, seed)
+        call, q, k, v, mask_fn, layout, route = build_call(case, seed)
         out, unwritten = poisoned_call(call, q)
         err = check_rows(out, q, k, v, mask_fn, seed=seed + 3)
         return {"rel_err": err, "unwritten": unwritten, "ok": bool(err < TOLERANCE and unwritten == 0),
-                "kv_layout": layout, "note": ""}
+                "kv_layout": layout, "fwd_kernel": route, "note": ""}
     except Exception as exc:  # noqa: BLE001 - one failing case is a result, not the end of the run
-        return {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "",
+        return {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "", "fwd_kernel": "",
                 "note": f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"}
 
 
@@ -512,7 +523,8 @@ def _row(case: Case, env: Mapping[str, str], check: Mapping[str, Any], ms: float
            "heads_kv": kw.get("heads_kv") or kw.get("heads", 24),
            "head_dim": kw.get("head_dim", 128), "batch": kw.get("batch", 1), "dtype": kw.get("dtype", "bf16"),
            "passes": case.passes, "measured_ms": ms,
-           **{k: check[k] for k in ("rel_err", "unwritten", "ok", "kv_layout", "note")}, **env}
+           **{k: check[k] for k in ("rel_err", "unwritten", "ok", "kv_layout", "note")},
+           "fwd_kernel": check.get("fwd_kernel", ""), **env}
     row.update({k: v for k, v in pred.items() if v is not None and (k not in ("q_tile", "kv_tile") or not row[k])})
     return row
 
@@ -645,7 +657,7 @@ def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callabl
                     check, ms, envs[o.device] = o.result
                 else:
                     check, ms = {"rel_err": float("nan"), "unwritten": -1, "ok": False, "kv_layout": "",
-                                 "note": f"ERROR {o.error}"[:200]}, None
+                                 "fwd_kernel": "", "note": f"ERROR {o.error}"[:200]}, None
                 env = envs.get(o.device) or {"commit": commit, "date": today}
                 env = {**env, "gpu": f"{env.get('gpu', '')} (cuda:{o.device})".strip()}
                 row = _row(case, env, check, ms, _with_note(preds[case.case_id], check))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sparsesim.hwmodels import GPU, load_gpu
-from sparsesim.hwmodels.profiles import KernelProfile, load_profile
+from sparsesim.hwmodels.profiles import FORWARD_KERNELS, KernelProfile, load_profile
 from sparsesim.simulator.cost import Problem
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, layout_tuple
@@ -38,6 +38,12 @@ FREE = {
     "cudnn": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "cta_overhead_us": (0.0, 40.0),
               "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0)},
 }
+#: Free parameters of a profile of the warp-specialized forward (``forward_kernel = "ws"``): its K/V always come by
+#: TMA in three stages (no gather or stage term); 64-key KV tiles and the permutation passes of GNA calls
+#: (``hbm_efficiency``) are its own.
+FREE_WS = {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "cta_overhead_us": (0.0, 40.0),
+           "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0), "narrow_kv_penalty": (0.0, 1.0),
+           "hbm_efficiency": (0.5, 1.0)}
 #: Which measured kernels each family is fitted to.
 KERNELS_OF = {"triton": ("gna", "block_sparse", "dense"), "cudnn": ("cudnn",)}
 
@@ -107,6 +113,9 @@ class Row:
     tm: TileMap | None  # None: dense
     pattern: GNAPattern | None
     backprop: bool = False  # passes = "fwd+bwd": forward and backward timed together
+    #: Which of our forward kernels ran (``fwd_kernel``: ``triton`` or ``ws``); rows of files from before the
+    #: column existed ran the Triton kernels. Empty for SDPA rows.
+    route: str = "triton"
 
 
 def prepare(rec: Mapping[str, Any], gpu: GPU, where: str = "measurement row") -> Row:
@@ -138,10 +147,16 @@ def _prepare(rec: Mapping[str, Any], where: str) -> Row:
     if passes not in ("fwd", "fwd+bwd"):
         raise ConfigError(f"{where}: passes={passes[:40]!r}; allowed: fwd, fwd+bwd")
     backprop = passes == "fwd+bwd"
+    route = str(rec.get("fwd_kernel") or "").strip()
+    if kernel in ("dense", "gna", "block_sparse"):
+        route = route or "triton"
+        if route not in FORWARD_KERNELS:
+            raise ConfigError(f"{where}: fwd_kernel={route[:40]!r}; allowed: {', '.join(FORWARD_KERNELS)}")
     label = (f"{kernel}{' fwd+bwd' if backprop else ''} {rec['input_size']} h{problem.heads}/{problem.heads_kv} "
              f"d{problem.head_dim} b{problem.batch}")
     if kernel in ("dense", "cudnn", "flash"):
-        return Row(config_id, kernel, label, measured, problem, tokens, float(tokens) ** 2, None, None, backprop)
+        return Row(config_id, kernel, label, measured, problem, tokens, float(tokens) ** 2, None, None, backprop,
+                   route)
     label += f" w{rec.get('window', '')} s{rec.get('stride', '')}"
     window = _value(rec, "window", where, _ints, shape)
     stride = _value(rec, "stride", where, _ints, shape) if "stride" in rec else None
@@ -163,14 +178,15 @@ def _prepare(rec: Mapping[str, Any], where: str) -> Row:
         tm = tilemap(pattern, q, kv, "box")
         pairs = float(pattern.visible_pairs())
     label += f" q{rec['q_tile']}/kv{rec['kv_tile']}"
-    return Row(config_id, kernel, label, measured, problem, tokens, pairs, tm, pattern, backprop)
+    return Row(config_id, kernel, label, measured, problem, tokens, pairs, tm, pattern, backprop, route)
 
 
 def predicted_ms(row: Row, gpu: GPU, prof: KernelProfile) -> float:
-    """The whole call the row measured, as ``prof`` predicts it."""
+    """The whole call the row measured, as ``prof`` predicts it (its forward by ``prof``'s ``ws_profile`` where the
+    row ran the warp-specialized forward)."""
     if row.tm is None:
-        return dense_pass(gpu, prof, row.problem, None, row.tokens, _dummy(), row.backprop).ms
-    return sparse_call(gpu, prof, row.problem, row.tm, row.tokens, row.pairs, row.backprop).call_ms
+        return dense_pass(gpu, prof, row.problem, None, row.tokens, _dummy(), row.backprop, row.route).ms
+    return sparse_call(gpu, prof, row.problem, row.tm, row.tokens, row.pairs, row.backprop, row.route).call_ms
 
 
 def _dummy() -> TileMap:
@@ -233,7 +249,7 @@ def fit(rows: Sequence[Row], gpu: GPU, prior: KernelProfile, *, holdout: float =
     if free is not None:
         free = dict(free)
     else:
-        free = dict(FREE[family(prior)])
+        free = dict(FREE_WS if prior.forward_kernel == "ws" else FREE[family(prior)])
         if any(r.backprop for r in train):  # the backward terms the model uses (cost.backward_passes / fused)
             free.update(FREE_BACKWARD)
         if any(r.backprop and r.kernel == "block_sparse" for r in train) and family(prior) == "triton":
@@ -305,8 +321,10 @@ def read_measurements(path: str | Path) -> Any:
         raise ConfigError(f"{flag} is not a readable CSV: {reason}") from None
 
 
-def load_rows(paths: Iterable[str | Path], gpu: GPU, kernels: Sequence[str]) -> list[Row]:
-    """The usable rows of some measurement CSVs: checked, measured, of the given kernels."""
+def load_rows(paths: Iterable[str | Path], gpu: GPU, kernels: Sequence[str],
+              forward_kernel: str | None = None) -> list[Row]:
+    """The usable rows of some measurement CSVs: checked, measured, of the given kernels (and, for our kernels'
+    rows, run by ``forward_kernel`` where given: ``triton`` or ``ws``)."""
     paths = list(paths)
     rows = []
     for path in paths:
@@ -317,9 +335,12 @@ def load_rows(paths: Iterable[str | Path], gpu: GPU, kernels: Sequence[str]) -> 
                               f"written by simulate validate")
         for i, rec in enumerate(df.to_dict(orient="records")):
             if rec["kernel"] in kernels and rec["ok"] == "True" and rec["measured_ms"] not in ("", "nan"):
-                rows.append(prepare(rec, gpu, f"--measurements {str(path)!r} row {i + 2}"))
+                row = prepare(rec, gpu, f"--measurements {str(path)!r} row {i + 2}")
+                if forward_kernel is None or row.kernel not in KERNELS_OF["triton"] or row.route == forward_kernel:
+                    rows.append(row)
     if not rows:
-        raise ConfigError(f"no usable rows of kernels {list(kernels)} in {[str(p) for p in paths]}")
+        which = f" run by the {forward_kernel!r} forward" if forward_kernel else ""
+        raise ConfigError(f"no usable rows of kernels {list(kernels)}{which} in {[str(p) for p in paths]}")
     return rows
 
 
@@ -340,7 +361,12 @@ def profile_toml(result: Fit, measurements: Sequence[str], holdout: float, seed:
     lines = [f"# Fitted by `simulate calibrate` on {result.gpu_name} measurements; do not edit by hand.",
              f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
              f"description = {_toml_value(description)}",
-             f"token_permutation = {_toml_value(p.token_permutation)}", ""]
+             f"token_permutation = {_toml_value(p.token_permutation)}"]
+    if p.ws_profile:
+        lines.append(f"ws_profile = {_toml_value(p.ws_profile)}")
+    if p.forward_kernel != "triton":
+        lines.append(f"forward_kernel = {_toml_value(p.forward_kernel)}")
+    lines.append("")
     for section, obj in (("forward", p.forward), ("backward", p.backward), ("gemm", p.gemm)):
         lines.append(f"[{section}]")
         lines += [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in dataclasses.fields(obj)]
@@ -378,7 +404,8 @@ def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile:
     if prior is None:
         path = PROFILE_DIR / f"{name}.toml"
         if not path.exists():
-            raise ConfigError(f"--kernel-profile {kernel_profile!r}: no prior {str(path)!r}; allowed: triton, cudnn")
+            raise ConfigError(f"--kernel-profile {kernel_profile!r}: no prior {str(path)!r}; allowed: triton, "
+                              "triton-ws, cudnn")
         base = parse_profile(read_toml(path, "kernel profile"), str(path))
     else:
         base = load_profile(prior, spec)
@@ -386,7 +413,11 @@ def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile:
     chosen = tuple(kernels) if kernels else allowed
     if not chosen or any(k not in allowed for k in chosen):
         raise ConfigError(f"--kernels {','.join(chosen)}; allowed for {base.name}: a subset of {','.join(allowed)}")
-    rows = load_rows(measurements, spec, chosen)
+    rows = load_rows(measurements, spec, chosen, base.forward_kernel if family(base) == "triton" else None)
+    if base.forward_kernel == "ws":  # a forward-only profile: the backward of its calls is the Triton kernels'
+        rows = [r for r in rows if not r.backprop]
+        if not rows:
+            raise ConfigError(f"no forward-only rows run by the ws forward in {list(measurements)}")
     result = fit(rows, spec, base, holdout=holdout, seed=seed, max_nfev=max_nfev)
     return dataclasses.replace(result, kernels=tuple(chosen), gpu_name=spec.name)
 
@@ -510,6 +541,11 @@ def prepare_published(rec: Mapping[str, Any], where: str) -> PublishedRow:
     dense = all(w == n for w, n in zip(pattern.window, pattern.input_size, strict=True)) and \
         all(d == 1 for d in pattern.dilation)
     backprop = passes == "fwd+bwd"
+    route = str(rec.get("fwd_kernel") or "").strip()
+    if kernel in ("dense", "gna", "block_sparse"):
+        route = route or "triton"
+        if route not in FORWARD_KERNELS:
+            raise ConfigError(f"{where}: fwd_kernel={route[:40]!r}; allowed: {', '.join(FORWARD_KERNELS)}")
     label = (f"{gpu.name} {kernel} {rec.get('input_size')} w{rec.get('window')} s{rec.get('stride') or 1}"
              f"{' causal' if any(pattern.causal) else ''} h{problem.heads} d{problem.head_dim} b{problem.batch} "
              f"{passes} {unit}")
@@ -806,7 +842,12 @@ def published_profile_toml(result: PublishedFit) -> str:
     lines = [f"# Fitted by `simulate calibrate --published` to published {result.arch} kernel figures; do not edit "
              f"by hand.", f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
              f"description = {_toml_value(p.description + '; fitted to published figures')}",
-             f"token_permutation = {_toml_value(p.token_permutation)}", ""]
+             f"token_permutation = {_toml_value(p.token_permutation)}"]
+    if p.ws_profile:
+        lines.append(f"ws_profile = {_toml_value(p.ws_profile)}")
+    if p.forward_kernel != "triton":
+        lines.append(f"forward_kernel = {_toml_value(p.forward_kernel)}")
+    lines.append("")
     for section, obj in (("forward", p.forward), ("backward", p.backward), ("gemm", p.gemm)):
         lines.append(f"[{section}]")
         lines += [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in dataclasses.fields(obj)]

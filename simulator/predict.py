@@ -14,6 +14,7 @@ from sparsesim.simulator.cost import PassTime, Problem, backward_time, combine, 
 from sparsesim.simulator.feasibility import kv_layout
 from sparsesim.simulator.flops import attention_flops
 from sparsesim.simulator.patterns import GNAPattern
+from sparsesim.simulator.route import forward_profile
 from sparsesim.simulator.schedule import box_schedule
 from sparsesim.simulator.tiling import TileMap, tilemap
 
@@ -74,9 +75,9 @@ def full_tilemap(tokens: int, q_tile: int, kv_tile: int) -> TileMap:
 
 
 def run_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs: float,
-               backprop: bool, kv_layout: str = "direct") -> PassTime:
-    """Forward, plus backward when ``backprop``."""
-    fwd = forward_time(gpu, prof, problem, tm, tokens, pairs, kv_layout)
+               backprop: bool, kv_layout: str = "direct", fwd_prof: KernelProfile | None = None) -> PassTime:
+    """Forward (priced by ``fwd_prof``, default ``prof``), plus backward (``prof``) when ``backprop``."""
+    fwd = forward_time(gpu, fwd_prof or prof, problem, tm, tokens, pairs, kv_layout)
     return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, pairs)) if backprop else fwd
 
 
@@ -94,18 +95,27 @@ def layout_of(prof: KernelProfile, tm: TileMap, problem: Problem, tokens: int) -
 
 
 def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPattern | None, tokens: int,
-               sparse_tm: TileMap, backprop: bool) -> PassTime:
+               sparse_tm: TileMap, backprop: bool, route: str | None = None) -> PassTime:
     """The dense kernel's time: the profile's dense tiles over the call's ``tokens`` (the layout's and any extra
-    ones), causal axes kept causal."""
+    ones), causal axes kept causal. A non-causal call's forward is priced by the profile of the kernel that runs
+    it (:func:`~sparsesim.simulator.route.forward_profile`; ``route`` as a measurement recorded it)."""
     q, kv = prof.forward.dense_q_tile, prof.forward.dense_kv_tile
+    fwd_prof = prof
     if pattern is None or not pattern.is_causal:
         tm = full_tilemap(tokens, q, kv)
+        fwd_prof = forward_profile(gpu, prof, problem, None, tokens, route)
+        if fwd_prof is not prof:  # the dense tiles of the kernel that runs the forward
+            fq, fkv = fwd_prof.forward.dense_q_tile, fwd_prof.forward.dense_kv_tile
+            if (fq, fkv) != (q, kv):
+                fwd = forward_time(gpu, fwd_prof, problem, full_tilemap(tokens, fq, fkv), tokens, float(tokens) ** 2)
+                return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, float(tokens) ** 2)) \
+                    if backprop else fwd
     elif pattern.rank == 1:  # the dense kernel's own tiles, however short the sequence (sinks: causal before it)
         tm = box_schedule(GNAPattern(input_size=tokens, window=tokens, causal=True), (q,), (kv,)).tilemap
     else:
         tm = tilemap(pattern.dense(), sparse_tm.q_tile, sparse_tm.kv_tile, sparse_tm.tiling)
     pairs = float(tokens) ** 2 if pattern is None else float(pattern.dense().visible_pairs())
-    return run_passes(gpu, prof, problem, tm, tokens, pairs, backprop)
+    return run_passes(gpu, prof, problem, tm, tokens, pairs, backprop, fwd_prof=fwd_prof)
 
 
 @dataclass(frozen=True)
@@ -116,18 +126,27 @@ class SparseCall:
     permute_ms: float
     call_ms: float
     kv_layout: str
+    #: The profile that priced the forward (``prof``, or its ``ws_profile`` where that kernel runs the call).
+    fwd_prof: KernelProfile | None = dataclasses.field(default=None, compare=False)
 
 
 def sparse_call(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs_per_head: float,
-                backprop: bool = False) -> SparseCall:
-    """The kernel, its permutation passes and the whole call's device time of one configuration."""
-    layout = layout_of(prof, tm, problem, tokens)
-    kernel = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout)
-    padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)
-    perm = permute_ms(gpu, prof, problem, tokens, padded_kv, layout, backprop) if layout in ("qkvo", "permute") \
-        else 0.0
-    return SparseCall(kernel=kernel, permute_ms=perm, call_ms=kernel.ms + perm,
-                      kv_layout=layout)
+                backprop: bool = False, route: str | None = None) -> SparseCall:
+    """The kernel, its permutation passes and the whole call's device time of one configuration. The forward is
+    priced by the profile of the kernel that runs it (:func:`~sparsesim.simulator.route.forward_profile`;
+    ``route`` as a measurement recorded it); a GNA call on the warp-specialized forward permutes Q, K, V and O."""
+    fwd_prof = forward_profile(gpu, prof, problem, tm, tokens, route)
+    if fwd_prof is not prof and tm.tiling == "box":
+        layout = "qkvo"
+        perm = permute_ms(gpu, fwd_prof, problem, tokens, tm.num_kv_tiles * math.prod(tm.kv_tile), layout)
+    else:
+        layout = layout_of(prof, tm, problem, tokens)
+        padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)
+        perm = permute_ms(gpu, prof, problem, tokens, padded_kv, layout, backprop) \
+            if layout in ("qkvo", "permute") else 0.0
+    kernel = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout, fwd_prof)
+    return SparseCall(kernel=kernel, permute_ms=perm, call_ms=kernel.ms + perm, kv_layout=layout,
+                      fwd_prof=fwd_prof)
 
 
 def predict(*, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
@@ -136,12 +155,13 @@ def predict(*, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem
     """Cost-model columns of one configuration, given its dense baseline's :class:`PassTime`."""
     sc = sparse_call(gpu, prof, problem, tm, tokens, pairs_per_head, backprop)
     sparse, perm, call, layout = sc.kernel, sc.permute_ms, sc.call_ms, sc.kv_layout
+    fwd_prof = sc.fwd_prof or prof
     kw = {"heads": problem.heads, "head_dim": problem.head_dim, "batch": problem.batch, "backprop": backprop}
     useful_flops = attention_flops(pairs_per_head, **kw)
     dense_flops = attention_flops(dense_pairs_per_head, **kw)
     return Prediction(
-        kernel_profile=prof.name, dense_profile=dense_prof.name, kv_layout=layout, predicted_ms=sparse.ms,
-        permute_ms=perm, call_ms=call, dense_ms=dense.ms, host_us=prof.forward.host_overhead_us,
+        kernel_profile=fwd_prof.name, dense_profile=dense_prof.name, kv_layout=layout, predicted_ms=sparse.ms,
+        permute_ms=perm, call_ms=call, dense_ms=dense.ms, host_us=fwd_prof.forward.host_overhead_us,
         predicted_speedup=dense.ms / call, kernel_speedup=dense.ms / sparse.ms,
         bound=sparse.bound, wave_efficiency=sparse.wave_efficiency,
         achieved_TFLOPs=useful_flops / sparse.ms / 1e9, effective_TFLOPs=dense_flops / sparse.ms / 1e9,

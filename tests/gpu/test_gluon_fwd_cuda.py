@@ -6,6 +6,7 @@ GPU or under ``TRITON_INTERPRET=1``.
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -139,3 +140,83 @@ def test_gna_block_sparse_runs_ws_kernel(ws_calls, dtype, batch, size, window, s
         assert torch.isfinite(out).all()
         assert float((out.double() - ref.double()).norm() / ref.double().norm()) < REL[dtype]
     assert ws_calls == [True, True]
+
+
+@pytest.fixture
+def ws_lse(ws_calls, monkeypatch):
+    """:func:`ws_calls`, plus the list of its launches' LSE flags (whether an LSE buffer was passed: the training
+    forward); the sparse flags stay in ``ws_calls``."""
+    from sparsesim.kernels import gluon_fwd
+
+    flags: list[bool] = []
+    spy = gluon_fwd.ws_forward
+
+    def lse_spy(q, k, v, out, lse, *args, **kwargs):
+        flags.append(lse is not None)
+        return spy(q, k, v, out, lse, *args, **kwargs)
+
+    monkeypatch.setattr(gluon_fwd, "ws_forward", lse_spy)
+    return flags
+
+
+GNA_WS_TRAIN = [  # batch, size, window, stride, q_tile, kv_tile, heads, heads_kv (block-sparse, tiles divide)
+    (2, (8, 16, 32), (2, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 4, 2),
+    (1, (6, 24, 40), (6, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 3, 3),
+    (1, (64, 64), (32, 32), (16, 16), (16, 8), (8, 8), 2, 2),
+    (2, (4096,), (1024,), (128,), (128,), (64,), 2, 2)]
+
+
+def _gna_lse64(q, k, v, size, window, stride):
+    """Float64 log-sum-exp ``[B, H, N]`` of the GNA scores (the simulator's mask), token order."""
+    from sparsesim.simulator import GNAPattern
+    from sparsesim.simulator.patterns import visible_mask
+
+    mask = torch.from_numpy(visible_mask(GNAPattern(input_size=size, window=window, stride=stride))).cuda()
+    qf, kf = q.flatten(1, -3).double(), k.flatten(1, -3).double()
+    kf = kf.repeat_interleave(int(q.shape[-2]) // int(k.shape[-2]), -2)
+    s = torch.einsum("bnhd,bmhd->bhnm", qf, kf) * int(q.shape[-1]) ** -0.5
+    return s.masked_fill(~mask, float("-inf")).logsumexp(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("batch", "size", "window", "stride", "q_tile", "kv_tile", "heads", "heads_kv"),
+                         GNA_WS_TRAIN)
+def test_gna_training_forward_ws_lse_matches_triton(ws_calls, ws_lse, monkeypatch, dtype, batch, size, window,
+                                                    stride, q_tile, kv_tile, heads, heads_kv):
+    """``gna_forward`` (the training forward: output and LSE) on the ws route, twice (the cached launch too),
+    against the Triton GNA kernel's (``SPARSESIM_FWD_KERNEL=triton``) and the float64 reference."""
+    from sparsesim.kernels import gna_forward
+    from sparsesim.kernels.reference import gna_reference
+
+    q = rand(batch, *size, heads, 128, dtype=dtype, seed=21)
+    k = rand(batch, *size, heads_kv, 128, dtype=dtype, seed=22)
+    v = rand(batch, *size, heads_kv, 128, dtype=dtype, seed=23)
+    kw = {"window": window, "stride": stride}
+    ref = gna_reference(q, k, v, **kw).double()
+    lse_ref = _gna_lse64(q, k, v, size, window, stride)
+    for _ in range(2):
+        out, lse = gna_forward(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)
+        assert lse.shape == (batch, heads, math.prod(size)) and lse.dtype == torch.float32
+        assert float((out.double() - ref).norm() / ref.norm()) < REL[dtype]
+        assert float((lse.double() - lse_ref).abs().max()) < 1e-2
+    assert ws_calls == [True, True] and ws_lse == [True, True]  # the ws route ran, with an LSE buffer
+    monkeypatch.setenv("SPARSESIM_FWD_KERNEL", "triton")
+    out_t, lse_t = gna_forward(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)
+    assert ws_calls == [True, True]  # the Triton GNA kernel ran this one
+    assert float((out.double() - out_t.double()).norm() / out_t.double().norm()) < REL[dtype]
+    assert float((lse - lse_t).abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("size", "window", "stride", "q_tile", "kv_tile", "heads", "heads_kv"),
+                         [case[1:] for case in GNA_WS_TRAIN[:3]])
+def test_gna_gradients_with_ws_training_forward(ws_calls, ws_lse, dtype, size, window, stride, q_tile, kv_tile,
+                                                heads, heads_kv):
+    """``gna_attention`` with requires_grad: forward on the ws route (its LSE permuted back to token order),
+    the GNA backward on it; gradients against float64 autograd (test_gna_backward_cuda's helper and bounds)."""
+    from test_gna_backward_cuda import REL as GRAD_REL
+    from test_gna_backward_cuda import _grads
+
+    errors = _grads(size, {"window": window, "stride": stride}, {}, (q_tile, kv_tile), heads, heads_kv, 128, dtype)
+    assert all(e < GRAD_REL[dtype] for e in errors.values()), errors
+    assert ws_calls == [True] and ws_lse == [True]

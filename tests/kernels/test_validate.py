@@ -53,7 +53,21 @@ def test_run_checks_times_predicts_and_resumes(tmp_path):
         assert float(r["rel_err"]) < 1e-2 and r["unwritten"] == "0"
         assert float(r["measured_ms"]) > 0 and float(r["predicted_ms"]) > 0
         assert r["predicted_profile"] == "triton"
+        assert r["fwd_kernel"] == "triton"  # the interpreter runs the Triton kernels
     assert validate.error_table(every)
+
+
+def test_rows_record_the_forward_kernel_the_route_rules_pick(monkeypatch):
+    """``fwd_kernel`` comes from the kernels' own route rules for the case's tensors (here forced: no Hopper GPU)."""
+    from sparsesim.kernels import block_sparse, dense
+
+    cases = validate.make_cases(CONFIGS, ["block_sparse", "dense"])
+    before = {c.kernel: validate.build_call(c, 0)[-1] for c in cases}
+    assert before == {"block_sparse": "triton", "dense": "triton"}
+    monkeypatch.setattr(dense, "takes_ws", lambda *a, **k: True)
+    monkeypatch.setattr(block_sparse, "takes_ws", lambda *a, **k: True)
+    after = {c.kernel: validate.build_call(c, 0)[-1] for c in cases}
+    assert after == {"block_sparse": "ws", "dense": "ws"}
 
 
 def test_a_failing_case_is_a_row_not_the_end(tmp_path):

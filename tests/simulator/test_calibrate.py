@@ -12,8 +12,9 @@ import pytest
 from sparsesim.cli.main import main
 from sparsesim.hwmodels import load_gpu
 from sparsesim.hwmodels.gpus import read_toml
-from sparsesim.hwmodels.profiles import PROFILE_DIR, parse_profile
+from sparsesim.hwmodels.profiles import PROFILE_DIR, load_profile, parse_profile
 from sparsesim.simulator.calibrate import calibrate, predicted_ms, prepare, profile_toml, split, with_params
+from sparsesim.simulator.errors import ConfigError
 
 H200 = load_gpu("H200")
 CONFIGS = [  # input_size, window, stride, dilation, causal, q_tile, kv_tile, heads, heads_kv, head_dim
@@ -132,3 +133,53 @@ def test_committed_cudnn_fit_is_reproducible(tmp_path):
     assert result.n_train == fit["n_train"] and result.n_heldout == fit["n_heldout"]
     assert result.heldout_mape == pytest.approx(fit["heldout_mape"], rel=1e-6)
     assert result.params["mma_efficiency"] == pytest.approx(committed["forward"]["mma_efficiency"], rel=1e-6)
+
+
+WS_CONFIGS = [  # dense token counts and GNA blocked layouts the warp-specialized forward runs (tiles of 128 rows)
+    ("dense", "4096", "", "", "", 24, 128), ("dense", "8192", "", "", "", 8, 64),
+    ("dense", "16384", "", "", "", 16, 128), ("dense", "6000", "", "", "", 64, 128),
+    ("dense", "12000", "", "", "", 24, 64), ("dense", "24576", "", "", "", 8, 128),
+    ("gna", "16x32x48", "8x16x16", "2x8x8", "2x8x8", 24, 128),
+    ("gna", "16x32x48", "8x16x16", "2x8x8", "1x8x8", 24, 128),
+    ("gna", "32x32x32", "16x16x16", "2x8x8", "2x8x8", 24, 128), ("gna", "128x128", "32x32", "8x16", "8x16", 24, 128),
+    ("gna", "160x160", "32x32", "8x16", "8x8", 24, 64), ("gna", "16x64x64", "16x16x16", "2x8x8", "2x8x8", 16, 128),
+]
+
+
+def ws_records(truth, route="ws"):
+    out = []
+    for i, (kernel, size, w, q, kv, h, dim) in enumerate(WS_CONFIGS):
+        rec = {"config_id": f"w{i:02d}", "kernel": kernel, "input_size": size, "window": w, "stride": w,
+               "dilation": "", "causal": "", "q_tile": q, "kv_tile": kv, "heads": str(h), "heads_kv": str(h),
+               "head_dim": str(dim), "batch": "1", "dtype": "bf16", "ok": "True", "fwd_kernel": route}
+        ms = predicted_ms(prepare({**rec, "measured_ms": "1"}, H200), H200, truth)
+        out.append({**rec, "measured_ms": repr(ms)})
+    return out
+
+
+def test_ws_rows_fit_the_ws_profile_and_the_triton_fit_leaves_them_out(tmp_path):
+    ws_prior = parse_profile(read_toml(PROFILE_DIR / "triton-ws.toml", "kernel profile"), "triton-ws")
+    truth = with_params(ws_prior, {"mma_efficiency": 0.82, "softmax_overlap": 0.6, "cta_overhead_us": 6.0})
+    triton_rows = records(prior())
+    for r in triton_rows:
+        r["fwd_kernel"] = "triton"
+    path = tmp_path / "m.csv"
+    write(path, ws_records(truth) + triton_rows)
+    ws = calibrate([str(path)], gpu="H200", kernel_profile="triton-ws", holdout=0.25, seed=0, max_nfev=60)
+    assert ws.n_train + ws.n_heldout == len(WS_CONFIGS)  # only the rows the ws forward ran
+    assert ws.heldout_mape < 0.03 < ws.prior_heldout_mape
+    assert "forward_kernel = \"ws\"" in profile_toml(ws, [str(path)], 0.25, 0)
+    tr = calibrate([str(path)], gpu="H200", kernel_profile="triton", holdout=0.3, seed=0, max_nfev=5)
+    assert tr.n_train + tr.n_heldout == len(triton_rows)
+    assert "ws_profile = \"triton-ws\"" in profile_toml(tr, [str(path)], 0.3, 0)
+
+
+def test_a_row_run_by_the_ws_forward_is_priced_by_the_ws_profile():
+    rec = ws_records(prior(), "ws")[0]
+    triton = load_profile("triton", H200)
+    ws_ms = predicted_ms(prepare(rec, H200), H200, triton)
+    tr_ms = predicted_ms(prepare({**rec, "fwd_kernel": "triton"}, H200), H200, triton)
+    assert ws_ms == pytest.approx(predicted_ms(prepare(rec, H200), H200, load_profile("triton-ws", H200)))
+    assert ws_ms != pytest.approx(tr_ms, rel=1e-3)
+    with pytest.raises(ConfigError, match="fwd_kernel='cuda'.*allowed: triton, ws"):
+        prepare({**rec, "fwd_kernel": "cuda"}, H200)

@@ -51,3 +51,44 @@ def test_repeated_launches_rebuild_what_changes(monkeypatch):
         assert (grid, args[5:], constexprs) == (fgrid, fargs[5:], fconst)
         assert [d.block_shape for d in args[:3]] == [d.block_shape for d in fargs[:3]]
     assert keys[0] == keys[2] != keys[1]  # the LSE flavour is its own compiled kernel
+
+
+def test_repeated_launches_keep_descriptors_by_address_and_no_tensor(monkeypatch):
+    """Once a launch is compiled, repeated calls get their descriptors by storage address: the same object for the
+    same address, a new one pointing at a new address, none holding a tensor (a cached descriptor must not keep a
+    caller's memory alive), at most MAX_ADDRESSES per view (the launch stubbed)."""
+    import gc
+    import weakref
+
+    from sparsesim.kernels import _launch
+
+    seen: list[tuple] = []
+
+    def fake_launch(cache, key, kernel, grid, args, constexprs, options):
+        cache.setdefault(key, object())  # as if compiled
+        seen.append(args)
+
+    monkeypatch.setattr(_launch, "launch_compiled", fake_launch)
+    cache: dict = {}
+    shape = (1, 256, 2, 64)
+    q, k, v, out = (torch.randn(shape, dtype=torch.float16) for _ in range(4))
+    gluon_fwd.ws_forward(q, k, v, out, None, 0.125, cache=cache)  # the first launch: real tensors
+    assert seen[-1][0].base.data_ptr() == q.data_ptr()
+    gluon_fwd.ws_forward(q, k, v, out, None, 0.125, cache=cache)
+    first = seen[-1][:3]
+    assert [type(d.base).__name__ for d in first] == ["_Address"] * 3
+    assert [d.base.data_ptr() for d in first] == [x.data_ptr() for x in (q, k, v)]
+    gluon_fwd.ws_forward(q, k, v, out, None, 0.125, cache=cache)
+    assert all(a is b for a, b in zip(seen[-1][:3], first, strict=True))  # found again, not rebuilt
+    q2 = torch.randn(shape, dtype=torch.float16)
+    gone = weakref.ref(q2)
+    gluon_fwd.ws_forward(q2, k, v, out, None, 0.125, cache=cache)
+    assert seen[-1][0].base.data_ptr() == q2.data_ptr() and seen[-1][1] is first[1]
+    del q2
+    seen.clear()
+    gc.collect()
+    assert gone() is None  # the cache kept no reference to the tensor
+    for _ in range(gluon_fwd.MAX_ADDRESSES + 3):
+        gluon_fwd.ws_forward(torch.randn(shape, dtype=torch.float16), k, v, out, None, 0.125, cache=cache)
+    sizes = [len(val) for key, val in cache.items() if isinstance(key, tuple) and key[:1] == ("desc",)]
+    assert sizes and max(sizes) <= gluon_fwd.MAX_ADDRESSES

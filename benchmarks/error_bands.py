@@ -3,8 +3,9 @@
     python benchmarks/error_bands.py            # rewrite hwmodels/bands/error_bands.toml and print the bands
     python benchmarks/error_bands.py --check    # exit 1 if the committed file differs from a fresh computation
 
-For each fitted profile of ``hwmodels/calibration/`` (``triton``, ``cudnn-hopper``; both measured on our H200)
-the rows of its ``[fit]`` measurements and kernels are split exactly as ``simulate calibrate`` split them
+For each fitted profile of ``hwmodels/calibration/`` (``triton``, ``triton-ws``, ``cudnn-hopper``; all measured on
+our H200) the rows of its ``[fit]`` measurements and kernels (``calibrate.profile_rows``) are split exactly as
+``simulate calibrate`` split them
 (:func:`sparsesim.simulator.calibrate.split`, the recorded holdout share and seed); on the held-out rows the
 ratio measured / predicted by the fitted profile is taken, and the band of a (profile, kernel, size band) is
 its 5th-95th percentile (numpy's linear interpolation), with the row count. A size band (<= 4096 tokens,
@@ -58,6 +59,7 @@ from sparsesim.simulator.calibrate import (
     load_rows,
     measured_rows,
     predicted_ms,
+    profile_rows,
     published_ratio,
     read_published,
     split,
@@ -114,7 +116,7 @@ def heldout_ratios(profile: str) -> tuple[dict[str, object], list[Row], list[flo
     fit = read_toml(path, "kernel profile")["fit"]
     gpu = load_gpu(fit["gpu"])
     prof = load_profile(str(path), gpu)
-    rows = load_rows([ROOT / m for m in fit["measurements"]], gpu, fit["kernels"])
+    rows = profile_rows([ROOT / m for m in fit["measurements"]], gpu, fit["kernels"], prof)
     _, held = split(rows, fit["holdout"], fit["seed"])
     if len(held) != fit["n_heldout"]:
         raise SystemExit(f"{profile}: {len(held)} held-out rows, the fit recorded {fit['n_heldout']}; refit first")
@@ -179,7 +181,7 @@ def compute() -> tuple[str, list[str]]:
     """The bands file's text and the report lines."""
     report: list[str] = []
     entries: list[dict[str, object]] = []
-    for profile in ("triton", "cudnn-hopper"):
+    for profile in ("triton", "triton-ws", "cudnn-hopper"):
         fit, held, ratios = heldout_ratios(profile)
         rows = [(r.kernel, r.tokens, x) for r, x in zip(held, ratios, strict=True)]
         bands = cells(fit["kernels"], rows)  # type: ignore[arg-type]

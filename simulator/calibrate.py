@@ -344,6 +344,18 @@ def load_rows(paths: Iterable[str | Path], gpu: GPU, kernels: Sequence[str],
     return rows
 
 
+def profile_rows(paths: Sequence[str | Path], gpu: GPU, kernels: Sequence[str], prof: KernelProfile) -> list[Row]:
+    """The rows ``prof`` is fitted to (and its held-out part judged on): :func:`load_rows` of ``kernels``, for our
+    kernels only the rows its forward kernel ran; a ``ws`` profile prices forwards only (the backward of its calls
+    is the Triton kernels'), so it takes no forward+backward row."""
+    rows = load_rows(paths, gpu, kernels, prof.forward_kernel if family(prof) == "triton" else None)
+    if prof.forward_kernel == "ws":
+        rows = [r for r in rows if not r.backprop]
+        if not rows:
+            raise ConfigError(f"no forward-only rows run by the ws forward in {[str(p) for p in paths]}")
+    return rows
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -413,11 +425,7 @@ def calibrate(measurements: Sequence[str], *, gpu: str = "H200", kernel_profile:
     chosen = tuple(kernels) if kernels else allowed
     if not chosen or any(k not in allowed for k in chosen):
         raise ConfigError(f"--kernels {','.join(chosen)}; allowed for {base.name}: a subset of {','.join(allowed)}")
-    rows = load_rows(measurements, spec, chosen, base.forward_kernel if family(base) == "triton" else None)
-    if base.forward_kernel == "ws":  # a forward-only profile: the backward of its calls is the Triton kernels'
-        rows = [r for r in rows if not r.backprop]
-        if not rows:
-            raise ConfigError(f"no forward-only rows run by the ws forward in {list(measurements)}")
+    rows = profile_rows(measurements, spec, chosen, base)
     result = fit(rows, spec, base, holdout=holdout, seed=seed, max_nfev=max_nfev)
     return dataclasses.replace(result, kernels=tuple(chosen), gpu_name=spec.name)
 

@@ -263,7 +263,9 @@ def _bands(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfil
            pred: Prediction) -> dict[str, Any]:
     """The band columns of a prediction (:mod:`~sparsesim.simulator.bands`; computed once, never refitted)."""
     table = load_bands()
-    sparse = table.band(prof.name, gpu.name, kernel, tokens, builtin=_builtin(c.kernel_profile))
+    # a forward priced by the profile's ws_profile (simulator/route.py) carries that profile's band
+    name = pred.kernel_profile if not c.backprop else prof.name
+    sparse = table.band(name, gpu.name, kernel, tokens, builtin=_builtin(c.kernel_profile))
     dense = table.band(dense_prof.name, gpu.name, "dense", tokens, builtin=_builtin(c.dense_profile))
     low, high = speedup_band(pred.predicted_speedup, sparse, dense)
     return {"predicted_ms_low": pred.predicted_ms * sparse.low, "predicted_ms_high": pred.predicted_ms * sparse.high,

@@ -136,7 +136,7 @@ def sparse_call(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, to
     priced by the profile of the kernel that runs it (:func:`~sparsesim.simulator.route.forward_profile`;
     ``route`` as a measurement recorded it); a GNA call on the warp-specialized forward permutes Q, K, V and O."""
     fwd_prof = forward_profile(gpu, prof, problem, tm, tokens, route)
-    if fwd_prof is not prof and tm.tiling == "box":
+    if fwd_prof.forward_kernel == "ws" and tm.tiling == "box":  # (also when ``prof`` is that profile)
         layout = "qkvo"
         perm = permute_ms(gpu, fwd_prof, problem, tokens, tm.num_kv_tiles * math.prod(tm.kv_tile), layout)
     else:

@@ -7,7 +7,9 @@ Reads ``benchmarks/backward_bench.py`` CSVs (H200, bf16, batch 1, 24 heads, head
 ``triton`` at the row's tiles, ``ours_dense`` with ``triton``'s dense kernel, ``cudnn_dense`` with the GPU's
 cuDNN profile; ``fwd`` rows as forward calls, ``fwdbwd`` rows with ``--backprop``. No row of these files is in
 any fit (the ``--backprop`` terms are fitted to ``simulate validate --backprop`` rows only), so the errors are
-out-of-sample. FlexAttention rows have no model and are skipped.
+out-of-sample. FlexAttention rows have no model and are skipped. These files record no ``fwd_kernel``: the default
+one (4441f9d) predates the warp-specialized forward, so ``triton`` prices every forward itself
+(:func:`~sparsesim.simulator.route.without_ws`); a file from a later commit would need its rows' route.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from backward_bench import BATCH, CASES, HEAD_DIM, HEADS  # noqa: E402
 from sparsesim.cli.output import FORMATS, render  # noqa: E402
 from sparsesim.simulator import simulate  # noqa: E402
 from sparsesim.simulator.errors import ConfigError  # noqa: E402
+from sparsesim.simulator.route import without_ws  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The model of each measured implementation: (kernel profile, the column of the result that is its time).
@@ -39,20 +42,24 @@ def _tiles(text: Any) -> tuple[int, ...] | None:
 
 def judge(df: pd.DataFrame, gpu: str = "H200") -> pd.DataFrame:
     """One row per modelled measurement: measured and predicted ms and the error (predicted / measured - 1)."""
+    from sparsesim.hwmodels import load_gpu
+    from sparsesim.hwmodels.profiles import load_profile
+
     shapes = {name: (size, window, stride) for name, size, window, stride, _ in CASES}
+    spec = load_gpu(gpu)
+    ours = without_ws(load_profile("triton", spec))
     rows = []
     for rec in df.to_dict(orient="records"):
         impl, ms = rec.get("impl"), pd.to_numeric(rec.get("ms"), errors="coerce")
         if impl not in MODELLED or rec.get("case") not in shapes or not np.isfinite(ms):
             continue
         size, window, stride = shapes[rec["case"]]
-        profile, column = MODELLED[impl]
+        _, column = MODELLED[impl]
         q, kv = _tiles(rec.get("q_tile")), _tiles(rec.get("kv_tile"))
         tiles = {"q_tile": q, "kv_tile": kv} if q and kv else {}
         r = simulate(input_size=size, window=window, stride=stride, heads=HEADS, head_dim=HEAD_DIM, batch=BATCH,
                      dtype="bf16", gpu=gpu, backprop=rec["pass"] == "fwdbwd",
-                     kernel_profile=profile if impl == "ours_gna" else "triton",
-                     dense_profile=profile if impl != "ours_gna" else "cudnn", **tiles)
+                     kernel_profile=ours, dense_profile=ours if impl == "ours_dense" else "cudnn", **tiles)
         predicted = float(getattr(r, column))
         rows.append({"case": rec["case"], "impl": impl, "pass": rec["pass"], "commit": rec.get("commit", ""),
                      "measured_ms": float(ms), "predicted_ms": predicted, "error": predicted / float(ms) - 1})

@@ -15,6 +15,7 @@ backward is always the Triton kernels'. Pure functions.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from sparsesim.hwmodels.gpus import GPU
@@ -66,3 +67,9 @@ def forward_profile(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     if route == "ws" or (route is None and takes_ws(gpu, problem, tm, tokens)):
         return load_profile(prof.ws_profile, gpu)
     return prof
+
+
+def without_ws(prof: KernelProfile) -> KernelProfile:
+    """``prof`` pricing every forward itself: for measurements taken before the warp-specialized forward existed
+    (files without a ``fwd_kernel`` column, commits before 6ba650d), where the Triton kernels ran every call."""
+    return dataclasses.replace(prof, ws_profile="")

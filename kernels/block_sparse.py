@@ -242,7 +242,7 @@ class BlockSparseLaunch:
 
     def run(self, q: Any, k: Any, v: Any, out: Any, lists: tuple[Any, Any, Any], lse: Any = None) -> Any:
         ws = ws_kernel() if self.ws_scale is not None else None
-        if ws is not None and ws.supported(q, k, v, out):
+        if ws is not None and ws.still_supported(out):  # q, k, v as validated: the call key fixes them
             return ws.ws_forward(q, k, v, out, lse, self.ws_scale, lists=lists, map_heads=self.args[4],
                                  block_n=self.kv_tile, cache=self.compiled)
         kk, vv = k, v

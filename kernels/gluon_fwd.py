@@ -291,6 +291,15 @@ def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
             and k.shape[-1] == q.shape[-1] and v.shape[-1] == q.shape[-1])
 
 
+def still_supported(out: Any) -> bool:
+    """The per-call remainder of :func:`supported` for a launch whose call key fixed Q, K and V (shapes, strides,
+    dtype, device, alignment) when it was validated: TMA not turned off, ``out`` contiguous and 16-byte aligned
+    (its shape, dtype and device are checked by the caller)."""
+    from sparsesim.kernels._launch import tma_enabled
+
+    return tma_enabled() and out.is_contiguous() and out.data_ptr() % 16 == 0
+
+
 @functools.lru_cache(maxsize=64)
 def _major(index: int | None) -> int:
     """A CUDA device's compute capability major (a fixed fact of the device: asked once per device; the
@@ -333,16 +342,26 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     rest = (out, out if lse is None else lse, kv_num, kv_idx, tail)
     options = {"num_warps": 4, "maxnreg": 168}
     # the shapes are fixed; what Triton specializes on besides them: the pointers' 16-byte alignment
-    key = ("ws", *(t.data_ptr() % 16 == 0 for t in rest), *constexprs.values())
-    views_of = [(x.view(-1, cols), block, layout) for x, (cols, block), layout in zip((q, k, v), views, layouts,
-                                                                                       strict=True)]
+    key = ("ws", out.data_ptr() % 16 == 0, rest[1].data_ptr() % 16 == 0, kv_num.data_ptr() % 16 == 0,
+           kv_idx.data_ptr() % 16 == 0, tail.data_ptr() % 16 == 0, *constexprs.values())
+    views_of = [(x, cols, block, layout) for x, (cols, block), layout in zip((q, k, v), views, layouts, strict=True)]
     if cache is not None and cache.get(key) is not None:  # repeated: descriptors by address, the compiled kernel
-        descs = tuple(_descriptor(x, block, layout, cache) for x, block, layout in views_of)
+        # the views' shapes are the launch's; its descriptors depend on the three addresses only
+        by_ptrs = cache.get(("descs", static_key))
+        if by_ptrs is None:
+            by_ptrs = cache[("descs", static_key)] = {}
+        ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr())
+        descs = by_ptrs.get(ptrs)
+        if descs is None:
+            descs = tuple(_descriptor(x.view(-1, cols), block, layout, cache) for x, cols, block, layout in views_of)
+            if len(by_ptrs) >= MAX_ADDRESSES:
+                del by_ptrs[next(iter(by_ptrs))]
+            by_ptrs[ptrs] = descs
         launch_compiled(cache, key, _ws_fwd_kernel, grid, (*descs, *rest, *ints), constexprs, options)
         return out
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    descs = tuple(TensorDescriptor.from_tensor(x, block, layout) for x, block, layout in views_of)
+    descs = tuple(TensorDescriptor.from_tensor(x.view(-1, cols), block, layout) for x, cols, block, layout in views_of)
     if cache is None:
         _ws_fwd_kernel[grid](*descs, *rest, *ints, **constexprs, **options)
     else:  # Triton's launcher binds and specializes the real tensors once per key

@@ -5,7 +5,8 @@
 The case (issue 16): 64K tokens, 24 heads, head dim 128, 128x128 tiles, so a 24 x 512 x 512 map; each Q block
 keeps its diagonal and random KV blocks (``--density``, per head).
 
-Host time per repeated call (median of 5 loops of ``--calls`` calls), for:
+Host time per repeated call (median of 5 loops of ``--calls`` calls; the map variants' loops interleaved,
+round by round), for:
 
 - ``content_hash``: what the per-call content hash used to cost (the map copied to the host, blake2b of its
   bytes); ``prepare``: building a BlockMap once (validation, forward and transposed lists);
@@ -58,12 +59,12 @@ def random_map(heads: int, blocks: int, density: float, seed: int = 0) -> Any:
     return bm
 
 
-def host_us(fn: Any, calls: int, gpu: bool) -> float:
-    """Median over 5 loops of host microseconds per call (on a GPU: queued behind a sleep kernel)."""
+def host_us(fn: Any, calls: int, gpu: bool, loops: int = 5) -> float:
+    """Median over ``loops`` loops of host microseconds per call (on a GPU: queued behind a sleep kernel)."""
     import torch
 
     out = []
-    for _ in range(5):
+    for _ in range(loops):
         if gpu:
             torch.cuda.synchronize()
             torch.cuda._sleep(int(2e9))
@@ -133,16 +134,25 @@ def host_rows(rows: Rows, q: Any, k: Any, v: Any, bm_np: Any, calls: int, gpu: b
         torch.cuda.synchronize()
     rows.add("prepare", host_us=(time.perf_counter() - t0) * 1e6, note="once: validation + forward/transposed lists")
     maps = [("raw_numpy", bm_np), ("raw_torch_cpu", bm_cpu)] + ([("raw_torch_cuda", bm_gpu)] if gpu else [])
+    calls_of = {}
     for name, m in maps + [("prepared", prepared)]:
         def one(m: Any = m) -> Any:
             return block_sparse_attention(q, k, v, m, q_tile=TILE, kv_tile=TILE, out=out)
 
-        def measure(name: str = name, one: Any = one) -> None:
+        try:
             for _ in range(3):
                 one()
-            rows.add(name, host_us=host_us(one, calls, gpu))
-
-        rows.guard(name, measure)
+            calls_of[name] = one
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is a result too
+            rows.add(name, note=f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+    # interleaved: each round times one loop of every variant in turn, so no variant takes all of an early (or
+    # late) stretch of the run (at 1a430a6 the first-measured variant read 14-20 us above the rest, in order)
+    loops: dict[str, list[float]] = {name: [] for name in calls_of}
+    for _ in range(5):
+        for name, one in calls_of.items():
+            loops[name].append(host_us(one, calls, gpu, loops=1))
+    for name, times in loops.items():
+        rows.add(name, host_us=statistics.median(times))
     return prepared
 
 

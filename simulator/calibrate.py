@@ -366,14 +366,9 @@ def _toml_value(v: Any) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def profile_toml(result: Fit, measurements: Sequence[str], holdout: float, seed: int) -> str:
-    """The fitted profile as a TOML data file, with what it was fitted to and how well."""
-    p = result.profile
-    description = p.description.replace("; prior, not fitted", "").removesuffix("; fitted") + "; fitted"
-    lines = [f"# Fitted by `simulate calibrate` on {result.gpu_name} measurements; do not edit by hand.",
-             f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
-             f"description = {_toml_value(description)}",
-             f"token_permutation = {_toml_value(p.token_permutation)}"]
+def _profile_body(p: KernelProfile) -> list[str]:
+    """A profile file's lines after its header keys: the routing keys, the sections and the sources (but ``fit``)."""
+    lines = []
     if p.ws_profile:
         lines.append(f"ws_profile = {_toml_value(p.ws_profile)}")
     if p.forward_kernel != "triton":
@@ -385,6 +380,18 @@ def profile_toml(result: Fit, measurements: Sequence[str], holdout: float, seed:
         lines.append("")
     lines.append("[sources]")
     lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items() if k != "fit"]
+    return lines
+
+
+def profile_toml(result: Fit, measurements: Sequence[str], holdout: float, seed: int) -> str:
+    """The fitted profile as a TOML data file, with what it was fitted to and how well."""
+    p = result.profile
+    description = p.description.replace("; prior, not fitted", "").removesuffix("; fitted") + "; fitted"
+    lines = [f"# Fitted by `simulate calibrate` on {result.gpu_name} measurements; do not edit by hand.",
+             f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
+             f"description = {_toml_value(description)}",
+             f"token_permutation = {_toml_value(p.token_permutation)}"]
+    lines += _profile_body(p)
     lines.append(f"fit = {_toml_value('simulate calibrate: bounded least squares on log(predicted/measured)')}")
     lines += ["", "[fit]", f"gpu = {_toml_value(result.gpu_name)}", f"measurements = {_toml_value(list(measurements))}",
               f"kernels = {_toml_value(list(result.kernels))}",
@@ -851,17 +858,7 @@ def published_profile_toml(result: PublishedFit) -> str:
              f"by hand.", f"name = {_toml_value(p.name)}", f"architecture = {_toml_value(p.architecture)}",
              f"description = {_toml_value(p.description + '; fitted to published figures')}",
              f"token_permutation = {_toml_value(p.token_permutation)}"]
-    if p.ws_profile:
-        lines.append(f"ws_profile = {_toml_value(p.ws_profile)}")
-    if p.forward_kernel != "triton":
-        lines.append(f"forward_kernel = {_toml_value(p.forward_kernel)}")
-    lines.append("")
-    for section, obj in (("forward", p.forward), ("backward", p.backward), ("gemm", p.gemm)):
-        lines.append(f"[{section}]")
-        lines += [f"{f.name} = {_toml_value(getattr(obj, f.name))}" for f in dataclasses.fields(obj)]
-        lines.append("")
-    lines.append("[sources]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in p.sources.items() if k != "fit"]
+    lines += _profile_body(p)
     how = "simulate calibrate --published: bounded least squares on log(predicted/published time)"
     lines.append(f"fit = {_toml_value(how)}")
     papers = sorted({r.source.split(',')[0] for r in result.train if not r.measured})

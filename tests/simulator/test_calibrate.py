@@ -119,16 +119,17 @@ def test_dry_run_writes_no_profile(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["n_train"] > 0
 
 
-def test_committed_cudnn_fit_is_reproducible(tmp_path):
+@pytest.mark.parametrize(("name", "family"), [("cudnn-hopper", "cudnn"), ("triton-ws", "triton-ws")])
+def test_committed_fit_is_reproducible(tmp_path, name, family):
     """Re-fitting the committed measurements as the committed profile records gives its held-out error."""
     from pathlib import Path
 
     from sparsesim.hwmodels.profiles import CALIBRATION_DIR
 
     root = Path(__file__).resolve().parents[2]
-    committed = read_toml(CALIBRATION_DIR / "cudnn-hopper.toml", "kernel profile")
+    committed = read_toml(CALIBRATION_DIR / f"{name}.toml", "kernel profile")
     fit = committed["fit"]
-    result = calibrate([str(root / m) for m in fit["measurements"]], gpu=fit["gpu"], kernel_profile="cudnn",
+    result = calibrate([str(root / m) for m in fit["measurements"]], gpu=fit["gpu"], kernel_profile=family,
                        holdout=fit["holdout"], seed=fit["seed"], kernels=fit["kernels"])
     assert result.n_train == fit["n_train"] and result.n_heldout == fit["n_heldout"]
     assert result.heldout_mape == pytest.approx(fit["heldout_mape"], rel=1e-6)

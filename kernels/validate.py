@@ -639,9 +639,31 @@ def _measure_task(task: tuple[Setup, Case]) -> tuple[dict[str, Any], float | Non
     return check, ms, _probe_once(probe, commit)
 
 
+def compile_key(case: Case) -> tuple:
+    """Roughly what a case compiles on a cold Triton cache (:func:`~sparsesim.kernels.workers.next_task` keeps cases
+    of one key on one device): its kernel, tiles, head dim, dtype, passes, and whether it is causal, dilated or
+    GQA; the SDPA backends compile nothing of ours (one key each)."""
+    kw = case.kw
+    if case.kernel in ("cudnn", "flash"):
+        return (case.kernel,)
+    causal = any(bool(c) for c in _flat(kw.get("causal")))
+    dilated = any(int(d) > 1 for d in _flat(kw.get("dilation")))
+    gqa = bool(kw.get("heads_kv")) and kw.get("heads_kv") != kw.get("heads", 24)
+    flags = (causal, dilated, gqa)
+    tiles = () if case.kernel == "dense" else (_shape(kw.get("q_tile")), _shape(kw.get("kv_tile")))
+    return (case.kernel, *tiles, kw.get("head_dim", 128), kw.get("dtype", "bf16"), case.backprop, *flags)
+
+
+def _flat(value: Any) -> tuple:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
 def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callable[[Mapping[str, Any]], None],
                     setup: Setup, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
-    """The cases on one worker per device, longest predicted first; each row written here as it comes back."""
+    """The cases on one worker per device, longest predicted first, a worker preferring cases whose kernels it has
+    compiled (:func:`compile_key`); each row written here as it comes back."""
     from sparsesim.kernels.workers import WorkersLost, spread
 
     commit, today = setup[3], dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
@@ -650,7 +672,8 @@ def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callabl
     envs: dict[int, dict[str, str]] = {}
     rows: list[dict[str, Any]] = []
     try:
-        with closing(spread(_measure_task, [(setup, c) for c in order], devices)) as outcomes:
+        with closing(spread(_measure_task, [(setup, c) for c in order], devices,
+                            keys=[compile_key(c) for c in order])) as outcomes:
             for o in outcomes:
                 case = order[o.index]
                 if o.result is not None:

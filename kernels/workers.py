@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,14 +125,37 @@ def _start(processes: Sequence[Any]) -> None:
             signal.signal(signal.SIGINT, old)
 
 
+def next_task(todo: Sequence[int], keys: Sequence[Hashable] | None, mine: set[Hashable],
+              claimed: set[Hashable]) -> int:
+    """Which waiting task (an index of ``todo``) a free worker takes: without ``keys`` the first; else the first whose
+    key it has already had (``mine``: its kernels are compiled there), else the first whose key no worker has had
+    (``claimed``), else the first. Keys name what a task compiles, so two workers compile the same kernels only
+    when one would otherwise wait; within each preference the given order (longest first) holds."""
+    if keys is None:
+        return 0
+    fresh = None
+    for pos, index in enumerate(todo):
+        key = keys[index]
+        if key in mine:
+            return pos
+        if fresh is None and key not in claimed:
+            fresh = pos
+    return 0 if fresh is None else fresh
+
+
 def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[int], *,
-           poll_s: float = POLL_S) -> Iterator[Outcome]:
+           poll_s: float = POLL_S, keys: Sequence[Hashable] | None = None) -> Iterator[Outcome]:
     """Run ``work(task)`` for every task on one spawned worker per device; yield the outcomes as they finish.
 
     ``work`` and the tasks must pickle (``work`` a module-level function). Tasks go out in the order given, the
-    next to whichever worker returns first. Close the iterator (``contextlib.closing``) to stop the workers early;
-    on an exception in the caller (Ctrl-C included) they are terminated.
+    next to whichever worker returns first, preferring (with ``keys``, one per task: what it compiles) a task
+    whose kernels that worker already compiled (:func:`next_task`). Close the iterator (``contextlib.closing``)
+    to stop the workers early; on an exception in the caller (Ctrl-C included) they are terminated.
     """
+    if keys is not None and len(keys) != len(tasks):
+        raise ValueError(f"{len(keys)} keys for {len(tasks)} tasks; allowed: one key per task")
+    if len(devices) == 1:  # one worker compiles everything anyway: the given order as it is
+        keys = None
     if not devices or len(set(devices)) != len(devices):
         raise ValueError(f"devices {list(devices)}: one or more distinct indices")
     if not tasks:
@@ -145,10 +168,17 @@ def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[i
     todo = deque(range(len(tasks)))
     held: dict[int, int] = {}  # device -> the task its worker is on
     dead_since: dict[int, float] = {}  # device -> when its worker was first seen exited
+    seen: dict[int, set[Hashable]] = {d: set() for d in devices}  # device -> the keys its worker has had
+    claimed: set[Hashable] = set()
 
     def give(device: int) -> None:
         if todo:
-            index = todo.popleft()
+            pos = next_task(todo, keys, seen[device], claimed)
+            index = todo[pos]
+            del todo[pos]
+            if keys is not None:
+                seen[device].add(keys[index])
+                claimed.add(keys[index])
             held[device] = index
             inboxes[device].put((index, tasks[index]))
 
@@ -200,4 +230,4 @@ def _stop(procs: dict[int, Any], inboxes: dict[int, Any], *, graceful: bool) -> 
             p.join()
 
 
-__all__ = ["Outcome", "WorkersLost", "parse_devices", "pin", "spread"]
+__all__ = ["Outcome", "WorkersLost", "next_task", "parse_devices", "pin", "spread"]

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from sparsesim.kernels import validate
-from sparsesim.kernels.workers import WorkersLost, parse_devices
+from sparsesim.kernels.workers import WorkersLost, next_task, parse_devices, spread
 from sparsesim.simulator.errors import ConfigError
 
 CONFIGS = [
@@ -77,6 +77,29 @@ def rows_of(path):
 
 def without_gpu(rows):
     return {tuple((k, v) for k, v in r.items() if k != "gpu") for r in rows}
+
+
+def sleepy(task):
+    time.sleep(0.05)
+    return task
+
+
+def test_next_task_prefers_what_the_worker_compiled_then_what_nobody_did():
+    keys = ["a", "b", "a", "c", "b"]
+    assert next_task([0, 1, 2, 3, 4], None, set(), set()) == 0  # no keys: the given order
+    assert next_task([1, 2, 3, 4], keys, {"a"}, {"a", "b"}) == 1  # its own key first (task 2)
+    assert next_task([1, 3, 4], keys, {"a"}, {"a", "b"}) == 1  # then a key nobody has (task 3, "c")
+    assert next_task([1, 4], keys, {"a"}, {"a", "b", "c"}) == 0  # else the first: no worker waits
+
+
+def test_two_workers_keep_each_key_on_one_device():
+    keys = ["a", "b"] * 4  # interleaved in the given order
+    outcomes = list(spread(sleepy, list(range(8)), (0, 1), keys=keys))
+    assert sorted(o.result for o in outcomes) == list(range(8))
+    devices_of = {k: {o.device for o in outcomes if keys[o.index] == k} for k in ("a", "b")}
+    assert all(len(d) == 1 for d in devices_of.values()) and devices_of["a"] != devices_of["b"], devices_of
+    with pytest.raises(ValueError, match="one key per task"):
+        list(spread(sleepy, [1, 2], (0, 1), keys=["a"]))
 
 
 def test_parse_devices():
@@ -166,3 +189,14 @@ def test_cli_refuses_bad_devices(capsys, tmp_path):
         err = capsys.readouterr().err
         assert exc.value.code == 2 and f"--devices {bad!r}" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_compile_keys_group_cases_that_compile_the_same_kernels():
+    cfg = {"input_size": (64,), "window": (17,), "q_tile": (16,), "kv_tile": (16,), "heads": 4, "head_dim": 16}
+    bigger = {**cfg, "input_size": (128,), "window": (33,), "heads": 8}  # other sizes, same kernels
+    other_tiles = {**cfg, "q_tile": (32,), "kv_tile": (32,)}
+    causal = {**cfg, "causal": (True,)}
+    key = {name: [validate.compile_key(c) for c in validate.make_cases([c], ["gna", "cudnn"])]
+           for name, c in (("cfg", cfg), ("bigger", bigger), ("tiles", other_tiles), ("causal", causal))}
+    assert key["cfg"] == key["bigger"] and key["cfg"][1] == ("cudnn",)
+    assert key["tiles"][0] != key["cfg"][0] and key["causal"][0] != key["cfg"][0]

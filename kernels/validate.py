@@ -695,17 +695,18 @@ def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callabl
 
 
 def error_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per kernel: rows, MAPE and signed mean error of the prediction against the measurement."""
-    by: dict[str, list[float]] = {}
+    """Per kernel and forward kernel that ran (``fwd_kernel``: ``ws``, ``triton``; the SDPA backend's name):
+    rows, MAPE and signed mean error of the prediction against the measurement."""
+    by: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         try:
             m, p = float(r["measured_ms"]), float(r["predicted_ms"])
         except (KeyError, TypeError, ValueError):
             continue
         if m > 0 and math.isfinite(p):
-            by.setdefault(str(r["kernel"]), []).append(p / m - 1)
-    return [{"kernel": k, "rows": len(v), "mape": sum(abs(x) for x in v) / len(v), "mean_error": sum(v) / len(v)}
-            for k, v in by.items()]
+            by.setdefault((str(r["kernel"]), str(r.get("fwd_kernel") or "")), []).append(p / m - 1)
+    return [{"kernel": k, "fwd_kernel": f, "rows": len(v), "mape": sum(abs(x) for x in v) / len(v),
+             "mean_error": sum(v) / len(v)} for (k, f), v in by.items()]
 
 
 __all__ = ["COLUMNS", "Case", "KERNELS", "error_table", "make_cases", "run"]

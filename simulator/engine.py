@@ -19,6 +19,7 @@ from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.feasibility import kernel_problem
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern, layout_tuple, load_block_map
 from sparsesim.simulator.predict import Prediction, dense_pass, predict
+from sparsesim.simulator.route import forward_profile
 from sparsesim.simulator.tiling import (
     TileMap,
     TileStats,
@@ -248,7 +249,8 @@ def _simulate(c: SimConfig, cache: _Cache) -> SimResult:
     pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=tokens,
                    pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop)
     return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, tiling,
-                   _bands(c, gpu, prof, dense_prof, "gna", tokens, pred), input_size=pattern.input_size,
+                   _bands(c, gpu, prof, _dense_forward(gpu, dense_prof, problem, tokens, pattern.is_causal, backprop),
+                          "gna", tokens, pred), input_size=pattern.input_size,
                    window=pattern.window, stride=pattern.stride,
                    dilation=pattern.dilation, causal=pattern.causal, density=pattern.density(),
                    flop_speedup=flop_speedup)
@@ -257,6 +259,15 @@ def _simulate(c: SimConfig, cache: _Cache) -> SimResult:
 def _builtin(name: Any) -> bool:
     """Whether a profile setting names a built-in profile (not a file or an object), whose bands apply."""
     return isinstance(name, str) and not (name.endswith(".toml") or "/" in name)
+
+
+def _dense_forward(gpu: GPU, dense_prof: KernelProfile, problem: Problem, tokens: int, causal: bool,
+                   backprop: bool) -> KernelProfile:
+    """The profile whose band the dense baseline carries: the one pricing its forward (a non-causal forward-only
+    call our kernels run on the warp-specialized forward: :func:`~sparsesim.simulator.route.forward_profile`)."""
+    if causal or backprop:
+        return dense_prof
+    return forward_profile(gpu, dense_prof, problem, None, tokens)
 
 
 def _bands(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, kernel: str, tokens: int,
@@ -312,7 +323,8 @@ def _block_sparse(c: SimConfig, gpu: GPU, prof: KernelProfile, dense_prof: Kerne
                    pairs_per_head=pattern.visible_pairs() / pattern.heads, dense_pairs_per_head=float(n) ** 2,
                    dense=dense, backprop=backprop)
     return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, "block",
-                   _bands(c, gpu, prof, dense_prof, "block_sparse", n, pred), input_size=size, window=None,
+                   _bands(c, gpu, prof, _dense_forward(gpu, dense_prof, problem, n, False, backprop), "block_sparse",
+                          n, pred), input_size=size, window=None,
                    stride=None, dilation=None, causal=None, density=density, flop_speedup=flop_speedup)
 
 

@@ -104,18 +104,15 @@ def dense_pass(gpu: GPU, prof: KernelProfile, problem: Problem, pattern: GNAPatt
     if pattern is None or not pattern.is_causal:
         tm = full_tilemap(tokens, q, kv)
         fwd_prof = forward_profile(gpu, prof, problem, None, tokens, route)
-        if fwd_prof is not prof:  # the dense tiles of the kernel that runs the forward
-            fq, fkv = fwd_prof.forward.dense_q_tile, fwd_prof.forward.dense_kv_tile
-            if (fq, fkv) != (q, kv):
-                fwd = forward_time(gpu, fwd_prof, problem, full_tilemap(tokens, fq, fkv), tokens, float(tokens) ** 2)
-                return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, float(tokens) ** 2)) \
-                    if backprop else fwd
     elif pattern.rank == 1:  # the dense kernel's own tiles, however short the sequence (sinks: causal before it)
         tm = box_schedule(GNAPattern(input_size=tokens, window=tokens, causal=True), (q,), (kv,)).tilemap
     else:
         tm = tilemap(pattern.dense(), sparse_tm.q_tile, sparse_tm.kv_tile, sparse_tm.tiling)
     pairs = float(tokens) ** 2 if pattern is None else float(pattern.dense().visible_pairs())
-    return run_passes(gpu, prof, problem, tm, tokens, pairs, backprop, fwd_prof=fwd_prof)
+    fq, fkv = fwd_prof.forward.dense_q_tile, fwd_prof.forward.dense_kv_tile  # the forward kernel's own tiles
+    fwd_tm = tm if fwd_prof is prof or (fq, fkv) == (q, kv) else full_tilemap(tokens, fq, fkv)
+    fwd = forward_time(gpu, fwd_prof, problem, fwd_tm, tokens, pairs)
+    return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, pairs)) if backprop else fwd
 
 
 @dataclass(frozen=True)

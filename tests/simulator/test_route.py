@@ -143,3 +143,22 @@ def test_dense_ws_forward_keeps_the_triton_backward():
     both_tr = dense_pass(H200, prof, P24, None, n, full_tilemap(1, 1, 1), True, route="triton")
     assert fwd_ws.ms != fwd_tr.ms
     assert both_ws.ms - fwd_ws.ms == pytest.approx(both_tr.ms - fwd_tr.ms)
+
+
+def test_a_ws_profile_with_other_dense_tiles_prices_the_forward_at_its_own_tiles(tmp_path):
+    """``ws_profile`` may name a profile file; a dense forward it prices runs at that profile's dense tiles."""
+    import dataclasses
+
+    from sparsesim.hwmodels.profiles import CALIBRATION_DIR
+    from sparsesim.simulator.cost import forward_time
+
+    text = (CALIBRATION_DIR / "triton-ws.toml").read_text()
+    path = tmp_path / "ws64.toml"
+    path.write_text(text.replace("dense_kv_tile = 128", "dense_kv_tile = 64"))
+    prof = dataclasses.replace(load_profile("triton", H200), ws_profile=str(path))
+    ws64 = load_profile(str(path), H200)
+    n = 32768
+    got = dense_pass(H200, prof, P24, None, n, full_tilemap(1, 1, 1), False)
+    want = forward_time(H200, ws64, P24, full_tilemap(n, 128, 64), n, float(n) ** 2)
+    assert got.ms == pytest.approx(want.ms) and got.ms != pytest.approx(
+        dense_pass(H200, load_profile("triton", H200), P24, None, n, full_tilemap(1, 1, 1), False).ms)

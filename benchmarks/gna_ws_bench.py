@@ -3,7 +3,8 @@
     python benchmarks/gna_ws_bench.py --out FILE.csv [--commit SHA]
 
 GPU only (bf16, batch 1, 24 heads, head dim 128): HunyuanVideo 30x48x80 window 18x24x24 stride 16x8x8 and
-FLUX-4K 256x256 window 80x80 stride 16x16, tiles (2, 8, 8) / (16, 8) as kernels/NOTES.md times them. Rows (whole
+FLUX-4K 256x256 window 80x80 stride 16x16, tiles (2, 8, 8) / (16, 8) as kernels/NOTES.md times them; and a 1D
+layer (32K tokens, window and stride 2048, 128-token tiles). Rows (whole
 calls, median of :func:`sparsesim.kernels.timing.time_ms`):
 
 - ``cudnn_dense``: SDPA's cuDNN backend, no mask (the issue's dense baseline, ``[B, H, N, D]``);
@@ -35,6 +36,7 @@ HEADS, HEAD_DIM = 24, 128
 CASES = [
     ("hunyuan_w18x24x24_s16x8x8", (30, 48, 80), (18, 24, 24), (16, 8, 8), ((2, 8, 8), (2, 8, 8))),
     ("flux_w80x80_s16x16", (256, 256), (80, 80), (16, 16), ((16, 8), (16, 8))),
+    ("1d_32k_w2048_s2048", (32768,), (2048,), (2048,), ((128,), (128,))),
 ]
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "ms", "vs_cudnn", "tile_speedup",
            "tile_bound", "rel_err", "note"]

@@ -34,7 +34,7 @@ CALIBRATION_DIR = Path(__file__).parent / "calibration"
 #: How a kernel gets box tiles from the caller's token order: NATTEN-style (permute q, k, v in and o out
 #: for 2D/3D or dilated layouts), or sparsesim's kernels (K/V permuted, gathered or read directly,
 #: by :func:`sparsesim.simulator.feasibility.kv_layout`; Q/O gathered in the kernel).
-TOKEN_PERMUTATIONS = ("qkvo", "kv-auto")
+TOKEN_PERMUTATIONS = ("qkvo", "kv-auto", "none")
 #: Our forward kernels a profile may price (:attr:`KernelProfile.forward_kernel`).
 FORWARD_KERNELS = ("triton", "ws")
 #: Families of profiles resolved per GPU.

@@ -23,6 +23,7 @@ drops and whose output rows the masked store never writes.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import triton
@@ -67,21 +68,51 @@ def _tiles(sched, BLOCK_N: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.cons
 
 
 @gluon.jit
-def _kv_start(j, count, sched, BLOCK_N: gl.constexpr, SPARSE: gl.constexpr):
-    """First key of the CTA's ``j``-th KV tile (block-sparse: listed block ``j``, past the list the tail)."""
+def _kv_block(j, count, sched, SPARSE: gl.constexpr):
+    """The CTA's ``j``-th KV tile (block-sparse: listed block ``j``, past the list the tail; dense: ``j``)."""
     KV_IDX, entry, KB = sched[12], sched[14], sched[15]
     if SPARSE:
-        kvb = gl.load(KV_IDX + entry.to(gl.int64) * KB + j, mask=j < count, other=KB - 1)
-        return kvb * BLOCK_N
+        return gl.load(KV_IDX + entry.to(gl.int64) * KB + j, mask=j < count, other=KB - 1)
     else:
-        return j * BLOCK_N
+        return j
+
+
+@gluon.jit
+def _kv_start(j, count, sched, BLOCK_N: gl.constexpr, SPARSE: gl.constexpr):
+    """First key (in tile order) of the CTA's ``j``-th KV tile."""
+    return _kv_block(j, count, sched, SPARSE) * BLOCK_N
+
+
+@gluon.jit
+def _box_origin(tile, L1, L2, T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr):
+    """First position ``(x0, x1, x2)`` of box tile ``tile`` of a 3D layout ``[*, L1, L2]`` cut into
+    ``T0 x T1 x T2`` boxes (the tile grid row-major: the numbering of the plan's block lists)."""
+    n1 = L1 // T1
+    n2 = L2 // T2
+    return (tile // (n1 * n2)) * T0, ((tile // n2) % n1) * T1, (tile % n2) * T2
+
+
+@gluon.jit
+def _box_tokens(local, tile, L1, L2, T0: gl.constexpr, T1: gl.constexpr, T2: gl.constexpr):
+    """Token indices of rows ``local`` of box tile ``tile`` (row ``r``: position ``r`` of the box, row-major)."""
+    x0, x1, x2 = _box_origin(tile, L1, L2, T0, T1, T2)
+    return ((x0 + local // (T1 * T2)) * L1 + x1 + (local // T2) % T1) * L2 + x2 + local % T2
+
+
+@gluon.jit
+def _stage(ring, st, BOX: gl.constexpr):
+    """Stage ``st`` of a K/V ring as the ``[BLOCK_N, HEAD_DIM]`` operand (box mode: its box flattened)."""
+    buf = ring.index(st)
+    if BOX:
+        buf = buf.reshape([buf.shape[0] * buf.shape[1] * buf.shape[2] * buf.shape[3], buf.shape[4]])
+    return buf
 
 
 @gluon.jit
 def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
     """One warpgroup's 64 rows: scores, online softmax, ``P V``; then the normalized output (and LSE)."""
     q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse = bufs
-    qk_scale, N_Q, N_KV, H, b, h, m0, s_ob, s_on, s_oh = sched[0], sched[1], sched[2], sched[3], sched[4], \
+    qk_scale, N_Q, N_KV, b, h, m0, s_ob, s_on, s_oh = sched[0], sched[1], sched[2], sched[4], \
         sched[5], sched[7], sched[8], sched[9], sched[10]
     HEAD_DIM: gl.constexpr = OPTS[6]
     BLOCK_N: gl.constexpr = OPTS[7]
@@ -91,6 +122,7 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
     STORE_LSE: gl.constexpr = OPTS[3]
     SPARSE: gl.constexpr = OPTS[4]
     HAS_TAIL: gl.constexpr = OPTS[5]
+    BOX: gl.constexpr = OPTS[8]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -103,7 +135,10 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
     dtype: gl.constexpr = q_smem.dtype
 
     count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
-    q = q_smem.index(WG)
+    if BOX:
+        q = q_smem.reshape([2 * WG_ROWS, HEAD_DIM]).slice(WG * WG_ROWS, WG_ROWS)
+    else:
+        q = q_smem.index(WG)
     zero_s = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, row_s)
     l_i = gl.zeros([WG_ROWS], gl.float32, row_s)
@@ -115,19 +150,19 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
             st = j % STAGES
             ph = (j // STAGES) & 1
             mbarrier.wait(k_ready.index(st), ph)
-            s = warpgroup_mma(q, k_smem.index(st).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            s = warpgroup_mma(q, _stage(k_smem, st, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
             p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
             mbarrier.wait(v_ready.index(st), ph)
-            acc = warpgroup_mma(p16, v_smem.index(st), acc, is_async=True)
+            acc = warpgroup_mma(p16, _stage(v_smem, st, BOX), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(kv_empty.index(st), count=1)
     elif n_tiles > 0:
         # FA3's order: the scores of tile j and P(j-1) V(j-1) issued together, the softmax of tile j running
         # while the second GEMM does; with PINGPONG the two warpgroups take turns issuing their GEMMs.
         mbarrier.wait(k_ready.index(0), 0)
-        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        s = warpgroup_mma(q, _stage(k_smem, 0, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
         s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
         p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
@@ -137,9 +172,9 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
             if PINGPONG:
                 mbarrier.wait(turn.index(WG), ((j - 1) & 1) ^ (1 - WG))
             mbarrier.wait(k_ready.index(st), (j // STAGES) & 1)
-            s = warpgroup_mma(q, k_smem.index(st).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            s = warpgroup_mma(q, _stage(k_smem, st, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
             mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
-            acc = warpgroup_mma(p16, v_smem.index(prev), acc, is_async=True)
+            acc = warpgroup_mma(p16, _stage(v_smem, prev, BOX), acc, is_async=True)
             if PINGPONG:
                 mbarrier.arrive(turn.index(1 - WG), count=1)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
@@ -156,11 +191,16 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
         last = (n_tiles - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
-        acc = warpgroup_mma(p16, v_smem.index(last), acc, is_async=True)
+        acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(kv_empty.index(last), count=1)
 
-    rows = m0 + WG * WG_ROWS + gl.arange(0, WG_ROWS, layout=row_o)
+    local = WG * WG_ROWS + gl.arange(0, WG_ROWS, layout=row_o)
+    if BOX:  # the box's rows are scattered over the layout; every box is whole (no row past N_Q)
+        rows = _box_tokens(local, m0 // (2 * WG_ROWS), sched[20], sched[21], q_smem.shape[1], q_smem.shape[2],
+                           q_smem.shape[3])
+    else:
+        rows = m0 + local
     row_ok = rows < N_Q
     l_o = gl.convert_layout(l_i, row_o)
     out = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
@@ -169,7 +209,7 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
     gl.store(ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     if STORE_LSE:  # natural log; -inf on a row that sees nothing
         lse = (gl.convert_layout(m_i, row_o) + gl.log2(l_o)) * LN2
-        gl.store(Lse + (b * H + h).to(gl.int64) * N_Q + rows, lse, mask=row_ok)
+        gl.store(Lse + b.to(gl.int64) * sched[22] + h.to(gl.int64) * sched[23] + rows, lse, mask=row_ok)
 
 
 @gluon.jit
@@ -194,27 +234,42 @@ def _loader(bufs, descs, sched, OPTS: gl.constexpr):
     STAGES: gl.constexpr = OPTS[0]
     SPARSE: gl.constexpr = OPTS[4]
     HAS_TAIL: gl.constexpr = OPTS[5]
-    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
-    tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, q_col], q_bar, q_smem.index(1))
+    BOX: gl.constexpr = OPTS[8]
+    b, m0, L1, L2 = sched[4], sched[7], sched[20], sched[21]
+    if BOX:  # one copy of the whole Q box, [b, x0, x1, x2, column] coordinates
+        QS: gl.constexpr = q_desc.block_type.shape
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        x0, x1, x2 = _box_origin(m0 // (2 * WG_ROWS), L1, L2, QS[1], QS[2], QS[3])
+        tma.async_copy_global_to_shared(q_desc, [b, x0, x1, x2, q_col], q_bar, q_smem)
+    else:
+        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
+        tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, q_col], q_bar, q_smem.index(1))
     count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
     for j in range(n_tiles):
         st = j % STAGES
         ph = (j // STAGES) & 1
-        row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
         mbarrier.wait(kv_empty.index(st), ph ^ 1)
         mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(st), k_smem.index(st))
-        mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(st), v_smem.index(st))
+        if BOX:
+            KS: gl.constexpr = k_desc.block_type.shape
+            y0, y1, y2 = _box_origin(_kv_block(j, count, sched, SPARSE), L1, L2, KS[1], KS[2], KS[3])
+            tma.async_copy_global_to_shared(k_desc, [b, y0, y1, y2, kv_col], k_ready.index(st), k_smem.index(st))
+            mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [b, y0, y1, y2, kv_col], v_ready.index(st), v_smem.index(st))
+        else:
+            row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
+            tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(st), k_smem.index(st))
+            mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(st), v_smem.index(st))
 
 
 @gluon.jit
 def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_scale, N_Q, N_KV, H, GROUP,
-                   MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH,
+                   MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh,
                    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
                    PINGPONG: gl.constexpr, STORE_LSE: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr,
-                   CONSUMER_REGS: gl.constexpr):
+                   CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr):
     pid_m = gl.program_id(0)
     h = gl.program_id(1)
     b = gl.program_id(2)
@@ -222,9 +277,16 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
     m0 = pid_m * (2 * WG_ROWS)
     entry = (h % MAP_HEADS) * QB + pid_m  # the map's (head, Q block); 0 heads of a shared map
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    if BOX:  # the TMA boxes' own shapes: [1, T0, T1, T2, HEAD_DIM], flattened to 2D by the consumers
+        QS: gl.constexpr = q_desc.block_type.shape
+        KS: gl.constexpr = k_desc.block_type.shape
+        q_smem = gl.allocate_shared_memory(dtype, [QS[0], QS[1], QS[2], QS[3], QS[4]], q_desc.layout)
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, KS[0], KS[1], KS[2], KS[3], KS[4]], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, KS[0], KS[1], KS[2], KS[3], KS[4]], v_desc.layout)
+    else:
+        q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], q_desc.layout)
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -240,8 +302,8 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
     bufs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse)
     descs = (q_desc, k_desc, v_desc)
     sched = (qk_scale, N_Q, N_KV, H, b, h, hk, m0, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL, entry, KB,
-             b * QRB + h * QRH + m0, h * QCH, b * KRB + hk * KRH, hk * KCH)
-    opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N)
+             b * QRB + h * QRH + m0, h * QCH, b * KRB + hk * KRH, hk * KCH, L1, L2, s_lb, s_lh)
+    opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N, BOX)
     gl.warp_specialize([
         (_consumer_first, (bufs, descs, sched, opts)),
         (_consumer_second, (bufs, descs, sched, opts)),
@@ -310,13 +372,15 @@ def _major(index: int | None) -> int:
 
 
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
-               map_heads: int = 1, block_n: int = 128, heads_major: bool = False, cache: dict[Any, Any] | None = None,
+               map_heads: int = 1, block_n: int = 128, box: Any = None, cache: dict[Any, Any] | None = None,
                stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``; ``kv_idx``'s rows may be
     shorter than the KV tile count where no tail block is flagged). ``lse``: a float32
-    ``[B, H, N_q]`` buffer or None. ``heads_major``: the four tensors are ``[B, H, N, D]`` (a permuted GNA
-    layout) instead of ``[B, N, H, D]``. ``cache``: a dict kept with the caller's validated launch; repeated
+    contiguous ``[B, H, N_q]`` buffer or None. ``box``: ``(layout, q_tile, kv_tile)`` of a GNA layout whose tiles
+    divide it (3-tuples: lower ranks padded with leading 1s): the tensors are ``[B, *layout, H, D]`` and the
+    lists number box tiles (the tile grid row-major); each tile is read as one TMA box of a 5D view and the output
+    rows are written where the box's tokens are, so nothing is permuted. ``cache``: a dict kept with the caller's validated launch; repeated
     calls then reuse their TMA descriptors by storage address (:func:`_descriptor`) and launch the compiled kernel
     directly
     (:func:`~sparsesim.kernels._launch.launch_compiled`), skipping Gluon's argument binding. Returns ``out``.
@@ -328,10 +392,10 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     from sparsesim.kernels._launch import launch_compiled
 
     sparse = lists is not None
-    static_key = ("ws-static", heads_major, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse)
+    static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse)
     static = None if cache is None else cache.get(static_key)
     if static is None:  # what the call's shapes fix: a cache belongs to one validated launch (fixed shapes)
-        static = _static_args(q, k, out, scale, map_heads, block_n, heads_major, lse is not None,
+        static = _static_args(q, k, out, scale, map_heads, block_n, box, lse is not None,
                               int(lists[1].shape[-1]) if sparse else None,
                               {"STAGES": stages, "OVERLAP": overlap, "PINGPONG": pingpong,
                                "CONSUMER_REGS": consumer_regs})
@@ -344,7 +408,7 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     # the shapes are fixed; what Triton specializes on besides them: the pointers' 16-byte alignment
     key = ("ws", out.data_ptr() % 16 == 0, rest[1].data_ptr() % 16 == 0, kv_num.data_ptr() % 16 == 0,
            kv_idx.data_ptr() % 16 == 0, tail.data_ptr() % 16 == 0, *constexprs.values())
-    views_of = [(x, cols, block, layout) for x, (cols, block), layout in zip((q, k, v), views, layouts, strict=True)]
+    views_of = [(x, shape, block, layout) for x, (shape, block), layout in zip((q, k, v), views, layouts, strict=True)]
     if cache is not None and cache.get(key) is not None:  # repeated: descriptors by address, the compiled kernel
         # the views' shapes are the launch's; its descriptors depend on the three addresses only
         by_ptrs = cache.get(("descs", static_key))
@@ -353,7 +417,7 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
         ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr())
         descs = by_ptrs.get(ptrs)
         if descs is None:
-            descs = tuple(_descriptor(x.view(-1, cols), block, layout, cache) for x, cols, block, layout in views_of)
+            descs = tuple(_descriptor(x.view(shape), block, layout, cache) for x, shape, block, layout in views_of)
             if len(by_ptrs) >= MAX_ADDRESSES:
                 del by_ptrs[next(iter(by_ptrs))]
             by_ptrs[ptrs] = descs
@@ -361,7 +425,7 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
         return out
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    descs = tuple(TensorDescriptor.from_tensor(x.view(-1, cols), block, layout) for x, cols, block, layout in views_of)
+    descs = tuple(TensorDescriptor.from_tensor(x.view(shape), block, layout) for x, shape, block, layout in views_of)
     if cache is None:
         _ws_fwd_kernel[grid](*descs, *rest, *ints, **constexprs, **options)
     else:  # Triton's launcher binds and specializes the real tensors once per key
@@ -369,41 +433,44 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     return out
 
 
-def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n: int, heads_major: bool,
+def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n: int, box: Any,
                  store_lse: bool, kv_row: int | None, knobs: dict[str, Any]) -> tuple:
-    """The parts of a launch its shapes fix: shared layouts of Q and K/V, each input's 2D view ``(columns,
-    block)``, the integer arguments, the grid and the constexprs (in the kernel's signature order); ``kv_row``:
-    the block lists' row length (block-sparse), None for dense."""
+    """The parts of a launch its shapes fix: shared layouts of Q and K/V, each input's TMA view ``(shape,
+    block)``, the integer arguments, the grid and the constexprs (in the kernel's signature order); ``box`` as
+    :func:`ws_forward` takes it; ``kv_row``: the block lists' row length (block-sparse), None for dense."""
     import torch
 
     sparse = kv_row is not None
-    if heads_major:
-        batch, heads, n_q, head_dim = (int(s) for s in q.shape)
-        heads_kv, n_kv = int(k.shape[1]), int(k.shape[2])
-        # rows of the 2D [B * H * N, D] views: per batch, per head; no column offset
-        q_rows, k_rows = (heads * n_q, n_q, 0), (heads_kv * n_kv, n_kv, 0)
-        out_strides = (out.stride(0), out.stride(2), out.stride(1))
-        cols, kv_cols = head_dim, head_dim
-    else:
-        batch, n_q, heads, head_dim = (int(s) for s in q.shape)
-        n_kv, heads_kv = int(k.shape[1]), int(k.shape[2])
-        q_rows, k_rows = (n_q, 0, head_dim), (n_kv, 0, head_dim)  # [B * N, H * D] views: heads are columns
-        out_strides = (out.stride(0), out.stride(1), out.stride(2))
-        cols, kv_cols = heads * head_dim, heads_kv * head_dim
+    batch, heads, head_dim = int(q.shape[0]), int(q.shape[-2]), int(q.shape[-1])
+    heads_kv = int(k.shape[-2])
+    n_q, n_kv = math.prod(q.shape[1:-2]), math.prod(k.shape[1:-2])
+    out_strides = (out.stride(0), out.stride(-3), out.stride(-2))
+    if box is not None:  # [B, L0, L1, L2, H * D] views, one box [1, *tile, D] a tile; heads are column offsets
+        layout, q_tile, kv_tile = box
+        q_view, kv_view = (batch, *layout, heads * head_dim), (batch, *layout, heads_kv * head_dim)
+        q_block, kv_block = [1, *q_tile, head_dim], [1, *kv_tile, head_dim]
+        q_rows, k_rows = (0, 0, head_dim), (0, 0, head_dim)
+        axes = (layout[1], layout[2])
+    else:  # [B * N, H * D] views: a tile is rows, heads are column offsets
+        q_view, kv_view = (-1, heads * head_dim), (-1, heads_kv * head_dim)
+        q_block, kv_block = [WG_ROWS.value, head_dim], [block_n, head_dim]
+        q_rows, k_rows = (n_q, 0, head_dim), (n_kv, 0, head_dim)
+        axes = (1, 1)
     elem = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    q_block, kv_block = [WG_ROWS.value, head_dim], [block_n, head_dim]
     q_layout = gl.NVMMASharedLayout.get_default_for(q_block, elem)
     kv_layout = gl.NVMMASharedLayout.get_default_for(kv_block, elem)
     qbs, kbs = triton.cdiv(n_q, CONSUMERS * WG_ROWS.value), triton.cdiv(n_kv, block_n)
     if kv_row is not None:  # the lists' row length (a BlockMap's: every KV block, so the tail block is KB - 1)
         kbs = kv_row
-    ints = (scale * LOG2E, n_q, n_kv, heads, heads // heads_kv, map_heads, qbs, kbs, *out_strides, *q_rows, *k_rows)
+    ints = (scale * LOG2E, n_q, n_kv, heads, heads // heads_kv, map_heads, qbs, kbs, *out_strides, *q_rows, *k_rows,
+            *axes, heads * n_q, n_q)  # the last two: the [B, H, N_q] LSE buffer's strides
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_N": block_n, "STAGES": knobs["STAGES"], "OVERLAP": knobs["OVERLAP"],
                   "PINGPONG": knobs["PINGPONG"], "STORE_LSE": store_lse, "SPARSE": sparse,
-                  "HAS_TAIL": sparse and n_kv % block_n != 0, "CONSUMER_REGS": knobs["CONSUMER_REGS"]}
+                  "HAS_TAIL": sparse and n_kv % block_n != 0, "CONSUMER_REGS": knobs["CONSUMER_REGS"],
+                  "BOX": box is not None}
     # 4 + 4 + 1 (padded to 4) warps at one CTA per SM: 168 registers x 384 threads fit the 64K register file;
     # the load warp gives back all but 24, the consumers take 240 each (the launch options).
-    return ((q_layout, kv_layout, kv_layout), ((cols, q_block), (kv_cols, kv_block), (kv_cols, kv_block)), ints,
+    return ((q_layout, kv_layout, kv_layout), ((q_view, q_block), (kv_view, kv_block), (kv_view, kv_block)), ints,
             (qbs, heads, batch), constexprs)
 
 

@@ -65,10 +65,8 @@ from sparsesim.kernels.gna_plan import GNAPlan, block_lists, launch_items, plan_
 from sparsesim.kernels.permute import (
     make_layout,
     permute_checked,
-    tile_permute,
     tile_permute_pair,
     tile_unpermute,
-    tile_unpermute_rows,
 )
 from sparsesim.simulator.feasibility import KV_LAYOUTS, PERMUTE_MIN_KV_ROWS, kv_layout
 from sparsesim.simulator.makespan import ScheduleChoice, persistent_schedule, schedule_choice
@@ -557,10 +555,10 @@ class GNALaunch:
         return hit
 
     def ws_run(self, q: Any, k: Any, v: Any, out: Any, lse: Any = None) -> Any:
-        """The ws route (:meth:`ws_route`): Q, K and V permuted into tiles, the kernel on the plan's block lists,
-        the output permuted back into ``out``; ``lse`` (a float32 ``[batch, heads, tokens]`` view, as
-        :meth:`launch` takes it): the kernel writes each row's log-sum-exp (natural log) in tile order into a
-        buffer of the permuted rows, permuted back into ``lse`` in token order."""
+        """The ws route (:meth:`ws_route`): the kernel on the plan's block lists, each tile read in place as one
+        TMA box of the layout (nothing permuted), the output rows written where their tokens are; ``lse`` (a
+        float32 ``[batch, heads, tokens]`` view, as :meth:`launch` takes it): each row's log-sum-exp (natural
+        log), through a contiguous buffer where the view is not one."""
         import torch
 
         plan = self.plan
@@ -569,18 +567,15 @@ class GNALaunch:
             kv_num, kv_idx = self._ws_lists_host()
             lists = tuple(torch.from_numpy(x).to(q.device) for x in (kv_num, kv_idx, np.zeros_like(kv_num)))
             self.ws_tables[q.device] = lists
-        if k.stride() != v.stride():
-            k, v = k.contiguous(), v.contiguous()
-        qp = tile_permute(q, plan.schedule.q_tile)
-        kp, vp = tile_permute_pair(k, v, plan.schedule.kv_tile)
-        op = torch.empty_like(qp)
-        # [B, H, rows in tile order] (no padding on this route), STORE_LSE's layout with heads_major
-        lp = None if lse is None else torch.empty(qp.shape[:3], dtype=torch.float32, device=q.device)
-        ws_kernel().ws_forward(qp, kp, vp, op, lp, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume,
-                               heads_major=True, cache=self.compiled)
-        if lp is not None:
-            tile_unpermute_rows(lp, plan.pattern.input_size, plan.schedule.q_tile, out=lse)
-        return unpermute_out(plan, op, out)
+        pad = (1,) * (3 - plan.pattern.rank)
+        box = tuple((*pad, *x) for x in (plan.pattern.input_size, plan.schedule.q_tile, plan.schedule.kv_tile))
+        lp = lse if lse is None or lse.is_contiguous() else torch.empty(lse.shape, dtype=torch.float32,
+                                                                         device=q.device)
+        ws_kernel().ws_forward(q, k, v, out, lp, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume,
+                               box=box, cache=self.compiled)
+        if lp is not lse:
+            lse.copy_(lp)
+        return out
 
     def head_tables(self, heads: tuple[int, ...], device: Any) -> tuple[Any, Any]:
         """The device tables of a head subset (the query heads; their K/V heads; both int32), made once."""

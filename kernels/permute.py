@@ -294,33 +294,3 @@ def tile_unpermute(xp: Any, input_size: Sequence[int], tile: Any, *, dilation: A
                          f"allowed: {list(shape)} {xp.dtype} on {xp.device}")
     _launch(out, xp, layout, inverse=True)
     return out
-
-
-def tile_unpermute_rows(rp: Any, input_size: Sequence[int], tile: Any, *, dilation: Any = 1, out: Any = None) -> Any:
-    """Per-row values (a log-sum-exp) from tile order back to token order: ``rp`` ``[B * G, H, n_tiles *
-    tile_volume]`` (the rows of a :func:`tile_permute` output) -> ``[B, H, prod(input_size)]`` (row-major tokens).
-
-    The inverse permutation of :func:`tile_unpermute` on the rows seen as ``[B, *spatial, H, 1]`` (one launch;
-    padding rows dropped); ``out`` may be any strided ``[B, H, N]`` view (a slice of a longer sequence's buffer).
-    """
-    import torch
-
-    _check_input(rp, 3, "tile_unpermute_rows")
-    layout = make_layout(input_size, tile, dilation)
-    bg, heads, n_pad = (int(s) for s in rp.shape)
-    if bg % layout.groups or n_pad != layout.padded_tokens:
-        raise ValueError(f"tile_unpermute_rows: rp has shape {list(rp.shape)}; allowed: [batch * {layout.groups}, "
-                         f"heads, {layout.padded_tokens}] for input_size={list(layout.input_size)}, "
-                         f"tile={list(layout.tile)}, dilation={list(layout.dilation)}")
-    shape = (bg // layout.groups, heads, math.prod(layout.input_size))
-    if out is None:
-        out = torch.empty(shape, dtype=rp.dtype, device=rp.device)
-    elif tuple(out.shape) != shape or out.dtype != rp.dtype or out.device != rp.device:
-        raise ValueError(f"tile_unpermute_rows: out has shape {list(out.shape)} {out.dtype} on {out.device}; "
-                         f"allowed: {list(shape)} {rp.dtype} on {rp.device}")
-    # out as [B, *spatial, H, 1]: the token axis split row-major (a view: the kernel writes into out's storage)
-    sb, sh, sn = (int(s) for s in out.stride())
-    spatial = [sn * math.prod(layout.input_size[a + 1:]) for a in range(layout.rank)]
-    view = out.as_strided((shape[0], *layout.input_size, heads, 1), (sb, *spatial, sh, 1), out.storage_offset())
-    _launch(view, rp.unsqueeze(-1), layout, inverse=True)
-    return out

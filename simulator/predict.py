@@ -83,8 +83,10 @@ def run_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tok
 
 def layout_of(prof: KernelProfile, tm: TileMap, problem: Problem, tokens: int) -> str:
     """How the modelled kernel gets its box tiles: ``qkvo`` (q, k, v, o permuted), ``permute``, ``gather``
-    or ``direct`` (our kernels, :func:`~sparsesim.simulator.feasibility.kv_layout`), or ``direct``."""
-    if tm.tiling != "box" or (len(tm.q_tile) == 1 and tm.groups == 1 and prof.token_permutation == "qkvo"):
+    or ``direct`` (our kernels, :func:`~sparsesim.simulator.feasibility.kv_layout`), or ``direct`` (token
+    permutation ``none``: each tile read in place as a TMA box of the layout)."""
+    if tm.tiling != "box" or prof.token_permutation == "none" \
+            or (len(tm.q_tile) == 1 and tm.groups == 1 and prof.token_permutation == "qkvo"):
         return "direct"
     if prof.token_permutation == "qkvo":
         return "qkvo"
@@ -131,11 +133,13 @@ def sparse_call(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, to
                 backprop: bool = False, route: str | None = None) -> SparseCall:
     """The kernel, its permutation passes and the whole call's device time of one configuration. The forward is
     priced by the profile of the kernel that runs it (:func:`~sparsesim.simulator.route.forward_profile`;
-    ``route`` as a measurement recorded it); a GNA call on the warp-specialized forward permutes Q, K, V and O."""
+    ``route`` as a measurement recorded it); a GNA call on the warp-specialized forward gets its tiles as that
+    profile's ``token_permutation`` says (``triton-ws``: read in place, nothing permuted)."""
     fwd_prof = forward_profile(gpu, prof, problem, tm, tokens, route)
     if fwd_prof.forward_kernel == "ws" and tm.tiling == "box":  # (also when ``prof`` is that profile)
-        layout = "qkvo"
-        perm = permute_ms(gpu, fwd_prof, problem, tokens, tm.num_kv_tiles * math.prod(tm.kv_tile), layout)
+        layout = layout_of(fwd_prof, tm, problem, tokens)
+        perm = permute_ms(gpu, fwd_prof, problem, tokens, tm.num_kv_tiles * math.prod(tm.kv_tile), layout) \
+            if layout == "qkvo" else 0.0
     else:
         layout = layout_of(prof, tm, problem, tokens)
         padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)

@@ -6,8 +6,9 @@ head dim 64/128, 128-row Q tiles, 64/128-key KV tiles, at least ``WS_MIN_WORK`` 
 - dense: non-causal (the kernel's work is ``batch x heads x tokens^2``);
 - block-sparse map: any map at those tiles (its work is counted as dense: ``block_sparse_attention``'s rule);
 - GNA: a perfectly block-sparse schedule (no partial tile) without dilation groups or extra tokens, tiles that
-  divide the layout (no padding); its work is the visited pairs' elements. Q, K, V are permuted into tiles and
-  O back (``qkvo``).
+  divide the layout (no padding); its work is the visited pairs' elements. Each tile is read in place as one TMA
+  box of the layout and the output written to its tokens: nothing permuted (``triton-ws``'s token permutation
+  ``none``).
 
 A profile names the profile that prices those calls' forward (``ws_profile``; ``triton`` -> ``triton-ws``). The
 backward is always the Triton kernels'. Pure functions.

@@ -67,7 +67,7 @@ def estimate_ms(pattern: GNAPattern, q_tile: Shape, kv_tile: Shape, *, gpu: GPU,
     groups = math.prod(pattern.dilation)
     qv, kvv = math.prod(q_tile), math.prod(kv_tile)
     layout = (kv_layout(pattern.rank, groups, problem.batch * pattern.num_tokens * int(problem.heads_kv or 1))
-              if prof.token_permutation == "kv-auto" else "qkvo")
+              if prof.token_permutation == "kv-auto" else "direct" if prof.token_permutation == "none" else "qkvo")
     shape, cost, fixed = forward_pair(gpu, prof, problem, qv, kvv, layout)
     repeat = problem.heads * problem.batch
     work = repeat * (ctas * fixed + full * cost.full + (visited - full) * cost.partial)

@@ -118,21 +118,24 @@ def test_block_sparse_runs_ws_kernel_with_gradients(ws_calls, dtype, n, kv_tile,
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("batch", "size", "window", "stride", "q_tile", "kv_tile", "heads", "heads_kv"), [
-    (2, (8, 16, 32), (2, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 4, 2),
-    (1, (6, 24, 40), (6, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 3, 3),
-    (1, (64, 64), (48, 48), (16, 16), (16, 8), (16, 8), 2, 1),
-    (1, (64, 64), (32, 32), (16, 16), (16, 8), (8, 8), 2, 2),
-    (2, (4096,), (1024,), (128,), (128,), (64,), 2, 2)])
+@pytest.mark.parametrize(("batch", "size", "window", "stride", "q_tile", "kv_tile", "heads", "heads_kv", "head_dim"), [
+    (2, (8, 16, 32), (2, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 4, 2, 128),
+    (1, (6, 24, 40), (6, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 3, 3, 128),
+    (2, (4, 16, 24), (4, 8, 8), (2, 8, 8), (2, 8, 8), (1, 8, 8), 2, 1, 64),
+    (1, (64, 64), (48, 48), (16, 16), (16, 8), (16, 8), 2, 1, 128),
+    (1, (64, 64), (32, 32), (16, 16), (16, 8), (8, 8), 2, 2, 128),
+    (1, (32, 96), (16, 48), (16, 16), (8, 16), (4, 16), 3, 3, 64),
+    (2, (4096,), (1024,), (128,), (128,), (64,), 2, 2, 128)])
 def test_gna_block_sparse_runs_ws_kernel(ws_calls, dtype, batch, size, window, stride, q_tile, kv_tile, heads,
-                                         heads_kv):
-    """A perfectly block-sparse GNA call (no dilation, tiles dividing the layout) on permuted Q/K/V."""
+                                         heads_kv, head_dim):
+    """A perfectly block-sparse GNA call (no dilation, tiles dividing the layout): each tile read in place as a
+    TMA box of the layout, the output rows written to their tokens."""
     from sparsesim.kernels import gna_attention
     from sparsesim.kernels.reference import gna_reference
 
-    q = rand(batch, *size, heads, 128, dtype=dtype, seed=11)
-    k = rand(batch, *size, heads_kv, 128, dtype=dtype, seed=12)
-    v = rand(batch, *size, heads_kv, 128, dtype=dtype, seed=13)
+    q = rand(batch, *size, heads, head_dim, dtype=dtype, seed=11)
+    k = rand(batch, *size, heads_kv, head_dim, dtype=dtype, seed=12)
+    v = rand(batch, *size, heads_kv, head_dim, dtype=dtype, seed=13)
     kw = {"window": window, "stride": stride}
     for _ in range(2):
         out = gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)
@@ -212,7 +215,7 @@ def test_gna_training_forward_ws_lse_matches_triton(ws_calls, ws_lse, monkeypatc
                          [case[1:] for case in GNA_WS_TRAIN[:3]])
 def test_gna_gradients_with_ws_training_forward(ws_calls, ws_lse, dtype, size, window, stride, q_tile, kv_tile,
                                                 heads, heads_kv):
-    """``gna_attention`` with requires_grad: forward on the ws route (its LSE permuted back to token order),
+    """``gna_attention`` with requires_grad: forward on the ws route (its LSE written in token order),
     the GNA backward on it; gradients against float64 autograd (test_gna_backward_cuda's helper and bounds)."""
     from test_gna_backward_cuda import REL as GRAD_REL
     from test_gna_backward_cuda import _grads

@@ -11,6 +11,8 @@ calls, median of :func:`sparsesim.kernels.timing.time_ms`):
 - ``ours_default``: :func:`~sparsesim.kernels.gna_attention` as it runs by default (on Hopper these layers take
   the warp-specialized Gluon kernel on permuted Q/K/V: ``GNALaunch.ws_route``);
 - ``ours_triton``: the same call with ``SPARSESIM_FWD_KERNEL=triton`` (the Triton GNA kernel);
+- ``ours_kvmask``: the default call with the ws kernel masking the keys in every tile (``mask_kv=True``, as it
+  did before 2026-11-30; the default masks only where the keys end inside a tile);
 - ``ours_dense``: :func:`~sparsesim.kernels.attention` on the same tokens (the tile bound's denominator; the
   note says which kernel it ran); ``ours_dense_ws``: the warp-specialized kernel called directly.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import math
 import os
 import sys
@@ -49,7 +52,7 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from sparsesim.kernels import attention, dense, gna_attention
+    from sparsesim.kernels import attention, dense, gluon_fwd, gna_attention
     from sparsesim.kernels.gluon_fwd import gluon_dense_forward
     from sparsesim.kernels.timing import time_ms
     from sparsesim.simulator import simulate
@@ -80,9 +83,15 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
         out = gna_attention(q, k, v, **kw)
         err = float((out.float() - ref.float()).norm() / ref.float().norm())
         times["ours_default"] = time_ms(lambda: gna_attention(q, k, v, **kw))
+        real = gluon_fwd.ws_forward  # the same call with the keys masked in every tile (before 2026-11-30)
+        gluon_fwd.ws_forward = functools.partial(real, mask_kv=True)
+        try:
+            times["ours_kvmask"] = time_ms(lambda: gna_attention(q, k, v, **kw))
+        finally:
+            gluon_fwd.ws_forward = real
     rows = []
     for impl, ms in times.items():
-        sparse = impl in ("ours_triton", "ours_default")
+        sparse = impl in ("ours_triton", "ours_default", "ours_kvmask")
         rows.append({**env, "case": name, "impl": impl, "ms": ms, "vs_cudnn": times["cudnn_dense"] / ms,
                      "tile_speedup": sim.tile_speedup,
                      "tile_bound": times["ours_dense"] / ms / sim.tile_speedup if sparse else None,

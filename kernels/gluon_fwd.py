@@ -17,7 +17,9 @@ check this kernel against the float64 reference; the Triton kernels (:mod:`spars
 :mod:`sparsesim.kernels.block_sparse`) run every CPU test and every call this one does not take.
 ``[B, N, H, D]`` tensors whose ``(N, H, D)`` block is contiguous are read through 2D ``[B * N, H * D]`` TMA
 views; a tile that runs past its batch's last row reads the next batch's rows, whose scores the key mask
-drops and whose output rows the masked store never writes.
+drops and whose output rows the masked store never writes. GNA layouts whose tiles divide them (``BOX``) are
+read through 5D ``[B, L0, L1, L2, H * D]`` views, a tile one box, so Q/K/V need no permutation; the output rows
+are stored at the box's tokens. Keys are masked only where they end inside a KV tile (``KV_MASK``).
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
     SPARSE: gl.constexpr = OPTS[4]
     HAS_TAIL: gl.constexpr = OPTS[5]
     BOX: gl.constexpr = OPTS[8]
+    KV_MASK: gl.constexpr = OPTS[9]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -152,7 +155,8 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
             mbarrier.wait(k_ready.index(st), ph)
             s = warpgroup_mma(q, _stage(k_smem, st, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-            s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+            if KV_MASK:
+                s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
             p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
             mbarrier.wait(v_ready.index(st), ph)
             acc = warpgroup_mma(p16, _stage(v_smem, st, BOX), acc, is_async=True)
@@ -164,7 +168,8 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
         mbarrier.wait(k_ready.index(0), 0)
         s = warpgroup_mma(q, _stage(k_smem, 0, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+        if KV_MASK:
+            s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
         p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
         for j in range(1, n_tiles):
             st = j % STAGES
@@ -178,7 +183,8 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
             if PINGPONG:
                 mbarrier.arrive(turn.index(1 - WG), count=1)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
-            s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+            if KV_MASK:
+                s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
             m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
             m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
             p = gl.exp2(s * qk_scale - m_safe[:, None])
@@ -269,7 +275,7 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
                    MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh,
                    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
                    PINGPONG: gl.constexpr, STORE_LSE: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr,
-                   CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr):
+                   CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr, KV_MASK: gl.constexpr):
     pid_m = gl.program_id(0)
     h = gl.program_id(1)
     b = gl.program_id(2)
@@ -303,7 +309,7 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
     descs = (q_desc, k_desc, v_desc)
     sched = (qk_scale, N_Q, N_KV, H, b, h, hk, m0, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL, entry, KB,
              b * QRB + h * QRH + m0, h * QCH, b * KRB + hk * KRH, hk * KCH, L1, L2, s_lb, s_lh)
-    opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N, BOX)
+    opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N, BOX, KV_MASK)
     gl.warp_specialize([
         (_consumer_first, (bufs, descs, sched, opts)),
         (_consumer_second, (bufs, descs, sched, opts)),
@@ -373,32 +379,34 @@ def _major(index: int | None) -> int:
 
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
                map_heads: int = 1, block_n: int = 128, box: Any = None, cache: dict[Any, Any] | None = None,
-               stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240) -> Any:
+               stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240,
+               mask_kv: bool | None = None) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``; ``kv_idx``'s rows may be
-    shorter than the KV tile count where no tail block is flagged). ``lse``: a float32
-    contiguous ``[B, H, N_q]`` buffer or None. ``box``: ``(layout, q_tile, kv_tile)`` of a GNA layout whose tiles
-    divide it (3-tuples: lower ranks padded with leading 1s): the tensors are ``[B, *layout, H, D]`` and the
-    lists number box tiles (the tile grid row-major); each tile is read as one TMA box of a 5D view and the output
-    rows are written where the box's tokens are, so nothing is permuted. ``cache``: a dict kept with the caller's validated launch; repeated
-    calls then reuse their TMA descriptors by storage address (:func:`_descriptor`) and launch the compiled kernel
-    directly
-    (:func:`~sparsesim.kernels._launch.launch_compiled`), skipping Gluon's argument binding. Returns ``out``.
+    shorter than the KV tile count where no tail block is flagged). ``lse``: a float32 contiguous ``[B, H, N_q]``
+    buffer or None. ``box``: ``(layout, q_tile, kv_tile)`` of a GNA layout whose tiles divide it (3-tuples, lower
+    ranks padded with leading 1s): the tensors are ``[B, *layout, H, D]``, the lists number box tiles (the tile
+    grid row-major), each tile is read as one TMA box of a 5D view and its output rows are written where its
+    tokens are: nothing is permuted. ``cache``: a dict kept with the caller's validated launch; repeated calls
+    then reuse their TMA descriptors by storage address (:func:`_descriptor`) and launch the compiled kernel
+    directly (:func:`~sparsesim.kernels._launch.launch_compiled`), skipping Gluon's argument binding. Returns
+    ``out``.
 
     ``stages`` (K/V ring depth), ``overlap`` (FA3's order), ``pingpong`` (the consumers take turns issuing
-    GEMMs) and ``consumer_regs`` (registers per thread of the second consumer; the first gets what the kernel's
-    ``maxnreg`` leaves) are the knobs benchmarks/gluon_dense_bench.py varies.
+    GEMMs), ``consumer_regs`` (registers per thread of the second consumer; the first gets what the kernel's
+    ``maxnreg`` leaves) and ``mask_kv`` (mask the keys past ``N_KV`` in every tile; default: only where the keys
+    end inside a KV tile, the one case that needs it) are the knobs benchmarks/gluon_dense_bench.py varies.
     """
     from sparsesim.kernels._launch import launch_compiled
 
     sparse = lists is not None
-    static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse)
+    static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse, mask_kv)
     static = None if cache is None else cache.get(static_key)
     if static is None:  # what the call's shapes fix: a cache belongs to one validated launch (fixed shapes)
         static = _static_args(q, k, out, scale, map_heads, block_n, box, lse is not None,
                               int(lists[1].shape[-1]) if sparse else None,
                               {"STAGES": stages, "OVERLAP": overlap, "PINGPONG": pingpong,
-                               "CONSUMER_REGS": consumer_regs})
+                               "CONSUMER_REGS": consumer_regs, "MASK_KV": mask_kv})
         if cache is not None:
             cache[static_key] = static
     layouts, views, ints, grid, constexprs = static
@@ -467,7 +475,8 @@ def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_N": block_n, "STAGES": knobs["STAGES"], "OVERLAP": knobs["OVERLAP"],
                   "PINGPONG": knobs["PINGPONG"], "STORE_LSE": store_lse, "SPARSE": sparse,
                   "HAS_TAIL": sparse and n_kv % block_n != 0, "CONSUMER_REGS": knobs["CONSUMER_REGS"],
-                  "BOX": box is not None}
+                  "BOX": box is not None,
+                  "KV_MASK": n_kv % block_n != 0 if knobs["MASK_KV"] is None else bool(knobs["MASK_KV"])}
     # 4 + 4 + 1 (padded to 4) warps at one CTA per SM: 168 registers x 384 threads fit the 64K register file;
     # the load warp gives back all but 24, the consumers take 240 each (the launch options).
     return ((q_layout, kv_layout, kv_layout), ((q_view, q_block), (kv_view, kv_block), (kv_view, kv_block)), ints,

@@ -20,6 +20,11 @@ row is appended to the CSV at once, so an interrupted run keeps it and ``--resum
 With ``devices`` (``--devices``), one worker process per GPU checks and times whole cases, handed out longest
 predicted first (:mod:`sparsesim.kernels.workers`); this process predicts and writes every row as above, in the
 order they finish, its ``gpu`` naming the device (``NVIDIA H200 (cuda:1)``).
+
+Where the time goes: with the environment variable ``SPARSESIM_PHASES`` set (``1``: ``<out>.phases.json``; else
+the path), a run that ends normally also writes its phases as JSON (:mod:`sparsesim.kernels.phases`: per device
+the worker's spawn, imports and CUDA start (:func:`warm_up`), each case's first call (compiles), check and timed
+calls, the waits and the idle tail; the calling process's own for a run without ``devices``). The CSV is the same.
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ import json
 import math
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sparsesim.kernels import phases
+from sparsesim.kernels.phases import TaskTiming
 
 KERNELS = ("gna", "block_sparse", "dense", "cudnn", "flash")
 #: The model's profile beside each kernel's measurement, and which of its times is compared.
@@ -346,8 +355,9 @@ def check_grad_case(case: Case, seed: int) -> dict[str, Any]:
 
     try:
         step, q, k, v, dout, mask_fn, layout, route = build_grad_call(case, seed)
-        out, dq, _, _ = step()
-        synchronize()
+        with phases.timed("first_call_s"):
+            out, dq, _, _ = step()
+            synchronize()
         unwritten = int(torch.isnan(out).sum() + torch.isnan(dq).sum())
         err = check_rows(out.detach(), q.detach(), k.detach(), v.detach(), mask_fn, seed=seed + 3)
         n = math.prod(q.shape[1:-2])
@@ -445,7 +455,8 @@ def check_case(case: Case, seed: int) -> dict[str, Any]:
         return check_grad_case(case, seed)
     try:
         call, q, k, v, mask_fn, layout, route = build_call(case, seed)
-        out, unwritten = poisoned_call(call, q)
+        with phases.timed("first_call_s"):
+            out, unwritten = poisoned_call(call, q)
         err = check_rows(out, q, k, v, mask_fn, seed=seed + 3)
         return {"rel_err": err, "unwritten": unwritten, "ok": bool(err < TOLERANCE and unwritten == 0),
                 "kv_layout": layout, "fwd_kernel": route, "note": ""}
@@ -472,17 +483,41 @@ def time_case(case: Case, seed: int) -> float:
 
 def measure_case(case: Case, seed: int, check: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], float | None]:
     """Check a case (unless its ``check`` is given), then time it if the check passed: ``(check, ms or None)``."""
-    result = dict(check) if check is not None else check_case(case, seed)
+    if check is None:
+        with phases.timed("check_s"):
+            check = check_case(case, seed)
+    result = dict(check)
     if not result["ok"]:
         return result, None
     try:
-        return result, time_case(case, seed)
+        with phases.timed("time_s"):
+            return result, time_case(case, seed)
     except Exception as exc:  # noqa: BLE001 - one failing case is a result, not the end of the run
         return {**result, "ok": False, "note": f"ERROR timing {type(exc).__name__}: {exc}"[:200]}, None
 
 
 #: What measures one case: ``measure(case, seed) -> (check, ms or None)`` (:func:`measure_case`).
 Measure = Callable[[Case, int], tuple[dict[str, Any], "float | None"]]
+
+
+def warm_up() -> dict[str, float]:
+    """What a measuring process does once before its first case, timed apart: import torch, triton and the kernels
+    (``import_s``), then start CUDA on the current device (``cuda_init_s``; not under the interpreter or without a
+    GPU)."""
+    t0 = time.perf_counter()
+    import torch
+    import triton  # noqa: F401
+
+    from sparsesim.kernels import block_sparse, dense, gna, reference, timing  # noqa: F401
+    from sparsesim.kernels._launch import interpret
+
+    took = {"import_s": time.perf_counter() - t0}
+    if torch.cuda.is_available() and not interpret():
+        t0 = time.perf_counter()
+        torch.empty(1, device="cuda")
+        torch.cuda.synchronize()
+        took["cuda_init_s"] = time.perf_counter() - t0
+    return took
 
 
 def _check_worker(args: tuple[list[Case], int]) -> list[dict[str, Any]]:
@@ -532,7 +567,7 @@ def _row(case: Case, env: Mapping[str, str], check: Mapping[str, Any], ms: float
 def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1, seed: int = 0,
         commit: str | None = None, progress: Callable[[int, int], None] | None = None,
         devices: Sequence[int] = (), measure: Measure | None = None,
-        probe: Callable[[str], dict[str, str]] = environment) -> list[dict[str, Any]]:
+        probe: Callable[[str], dict[str, str]] = environment, phases_out: Path | None = None) -> list[dict[str, Any]]:
     """Measure ``cases`` into ``out`` (appending; with ``resume`` skipping cases already there). ``out`` is checked
     first (:func:`sparsesim.simulator.files.check_output`): a regular file or a new one, never a device or FIFO.
 
@@ -540,14 +575,22 @@ def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1
     they finish); empty: every case here, in order. ``measure`` replaces :func:`measure_case` and ``probe`` the
     :func:`environment` of the rows (module-level functions where ``devices`` are given: each worker runs them).
     :class:`~sparsesim.kernels.workers.WorkersLost`: every worker exited with cases left (the rows written are
-    kept; ``resume`` measures the rest).
+    kept; ``resume`` measures the rest). ``phases_out`` (default: from ``SPARSESIM_PHASES``, see the module): where
+    the run's phases go as JSON (:func:`sparsesim.kernels.phases.write`), checked first too. Without ``measure``
+    each measuring process runs :func:`warm_up` before its first case.
     """
     from sparsesim.simulator.errors import ConfigError
     from sparsesim.simulator.files import check_output
 
+    start = time.time()
     target = check_output(out, "--out", stdout_ok=False)
     assert target is not None
     out = target
+    env_phases = os.environ.get("SPARSESIM_PHASES", "").strip()
+    if phases_out is None and env_phases:
+        phases_out = Path(f"{out}.phases.json" if env_phases == "1" else env_phases)
+    if phases_out is not None:
+        check_output(phases_out, "SPARSESIM_PHASES", stdout_ok=False)
     if out.exists() and not resume:
         raise ConfigError(f"--out {str(out)!r} exists; pass --resume to continue it, or name a new file")
     if resume and out.exists() and out.stat().st_size:
@@ -559,30 +602,45 @@ def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1
     done = read_done(out) if resume else set()
     todo = [c for c in cases if c.case_id not in done]
     commit = commit or git_commit()
+    timed: list[tuple[str, TaskTiming]] = []  # (case id, its stamps) as they finish
     if devices:
         with _appender(out) as write:
-            return _run_on_devices(todo, devices, write, (measure or measure_case, probe, seed, commit), progress)
-    env = probe(commit)
+            rows = _run_on_devices(todo, devices, write, (measure or measure_case, probe, seed, commit), progress,
+                                   timed, warm_up if measure is None else None)
+        if phases_out is not None:
+            phases.write(phases_out, timed, start, time.time(), out=str(out), devices=list(devices), cases=len(todo))
+        return rows
+    prepared = warm_up() if measure is None else {}
+    with phases.timed("probe_s"):
+        env = probe(commit)
     checks: dict[str, dict[str, Any]] = {}
     if jobs > 1 and len(todo) > 1 and measure is None:
         import multiprocessing as mp
 
-        chunks = [todo[i::jobs] for i in range(jobs)]
+        chunks, t0 = [todo[i::jobs] for i in range(jobs)], time.perf_counter()
         with mp.get_context("spawn").Pool(jobs) as pool:
             for chunk, results in zip(chunks, pool.map(_check_worker, [(c, seed) for c in chunks]), strict=True):
                 checks.update({c.case_id: r for c, r in zip(chunk, results, strict=True)})
+        prepared["checks_s"] = time.perf_counter() - t0
+    prep, ready = tuple({**prepared, **phases.take()}.items()), time.time()
     rows = []
     with _appender(out) as write:
         for i, case in enumerate(todo):
+            got = time.time()
             if case.case_id in checks:
                 check, ms = measure_case(case, seed, checks[case.case_id])
             else:
                 check, ms = (measure or measure_case)(case, seed)
+            ended = time.time()
+            timed.append((case.case_id, TaskTiming(None, i, start, start, ready, prep, got, ended,
+                                                   tuple(phases.take().items()), ended)))
             row = _row(case, env, check, ms, _with_note(_prediction(case), check))
             write(row)
             rows.append(row)
             if progress is not None:
                 progress(i + 1, len(todo))
+    if phases_out is not None:
+        phases.write(phases_out, timed, start, time.time(), out=str(out), devices=[], cases=len(todo))
     return rows
 
 
@@ -636,7 +694,9 @@ def _measure_task(task: tuple[Setup, Case]) -> tuple[dict[str, Any], float | Non
     """One case in a device's worker: its check, its time and the worker's environment (probed once)."""
     (measure, probe, seed, commit), case = task
     check, ms = measure(case, seed)
-    return check, ms, _probe_once(probe, commit)
+    with phases.timed("probe_s"):
+        env = _probe_once(probe, commit)
+    return check, ms, env
 
 
 def compile_key(case: Case) -> tuple:
@@ -661,9 +721,12 @@ def _flat(value: Any) -> tuple:
 
 
 def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callable[[Mapping[str, Any]], None],
-                    setup: Setup, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+                    setup: Setup, progress: Callable[[int, int], None] | None,
+                    timed: list[tuple[str, TaskTiming]] | None = None,
+                    prepare: Callable[[], Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
     """The cases on one worker per device, longest predicted first, a worker preferring cases whose kernels it has
-    compiled (:func:`compile_key`); each row written here as it comes back."""
+    compiled (:func:`compile_key`); each row written here as it comes back, each case's stamps added to ``timed``;
+    ``prepare``: each worker's first step (:func:`~sparsesim.kernels.workers.spread`)."""
     from sparsesim.kernels.workers import WorkersLost, spread
 
     commit, today = setup[3], dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
@@ -673,9 +736,11 @@ def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callabl
     rows: list[dict[str, Any]] = []
     try:
         with closing(spread(_measure_task, [(setup, c) for c in order], devices,
-                            keys=[compile_key(c) for c in order])) as outcomes:
+                            keys=[compile_key(c) for c in order], prepare=prepare)) as outcomes:
             for o in outcomes:
                 case = order[o.index]
+                if timed is not None and o.timing is not None:
+                    timed.append((case.case_id, o.timing))
                 if o.result is not None:
                     check, ms, envs[o.device] = o.result
                 else:

@@ -11,6 +11,10 @@ only the task it held, reported the same way, and the others take the rest. When
 tasks left, :class:`WorkersLost` names them. Ctrl-C reaches the caller only (the workers ignore SIGINT), which
 stops every worker; the outcomes already consumed are the caller's to keep.
 
+Every outcome from a worker carries its stamps (:class:`~sparsesim.kernels.phases.TaskTiming`: the worker's spawn,
+start, prepare step, the task's start and end and the parts its work noted); :func:`sparsesim.kernels.phases.breakdown`
+tells from them where a campaign's wall time went.
+
 Example:
     >>> parse_devices("all", visible=2), parse_devices("1", visible=2), parse_devices("0,2", visible=4)
     ((0, 1), (), (0, 2))
@@ -25,9 +29,12 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from sparsesim.kernels import phases
+from sparsesim.kernels.phases import TaskTiming
 
 #: Seconds between looks at the workers' health while no result arrives.
 POLL_S = 0.5
@@ -46,12 +53,14 @@ class WorkersLost(RuntimeError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """One task's end: ``result`` of ``work(task)``, or ``None`` and ``error`` (one line) when it gave none."""
+    """One task's end: ``result`` of ``work(task)``, or ``None`` and ``error`` (one line) when it gave none;
+    ``timing``: its stamps when its worker sent it (not when the worker was lost)."""
 
     index: int
     device: int
     result: Any
     error: str = ""
+    timing: TaskTiming | None = field(default=None, compare=False)
 
 
 def parse_devices(spec: str, visible: int) -> tuple[int, ...]:
@@ -94,31 +103,45 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any) -> None:
-    """A worker's loop: ``(index, task)`` from its inbox, ``(device, index, result, error)`` to the shared outbox;
-    ``None`` ends it."""
+def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any,
+           prepare: Callable[[], Mapping[str, float]] | None = None) -> None:
+    """A worker's loop: ``(index, task)`` from its inbox, ``(device, index, result, error, stamps)`` to the shared
+    outbox; ``None`` ends it. ``prepare()`` runs first (its failure is left to the tasks to meet)."""
+    started = time.time()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's: it stops the workers
     pin(device)
+    parts: tuple[tuple[str, float], ...] = ()
+    if prepare is not None:
+        try:
+            parts = tuple((str(k), float(v)) for k, v in prepare().items())
+        except Exception:  # noqa: BLE001 - the tasks meet the same failure and report it
+            pass
+    ready = time.time()
     while True:
         item = inbox.get()
         if item is None:
             return
+        got = time.time()
+        phases.take()
         index, task = item
         try:
             result = work(task)
         except Exception as exc:  # noqa: BLE001 - a failing task is an outcome, the worker goes on
-            outbox.put((device, index, None, _one_line(exc)))
+            result, error = None, _one_line(exc)
         else:
-            outbox.put((device, index, result, ""))
+            error = ""
+        stamps = (started, ready, parts, got, time.time(), tuple(phases.take().items()))
+        outbox.put((device, index, result, error, stamps))
 
 
-def _start(processes: Sequence[Any]) -> None:
+def _start(processes: Sequence[Any], spawned: dict[int, float]) -> None:
     """Start the workers with SIGINT ignored from their first instruction (a spawned Python keeps an ignored
-    SIGINT ignored), so that Ctrl-C during their start prints no traceback."""
+    SIGINT ignored), so that Ctrl-C during their start prints no traceback; ``spawned[i]``: when the i-th started."""
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        for p in processes:
+        for i, p in enumerate(processes):
+            spawned[i] = time.time()
             p.start()
     finally:
         if main:
@@ -144,13 +167,17 @@ def next_task(todo: Sequence[int], keys: Sequence[Hashable] | None, mine: set[Ha
 
 
 def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[int], *,
-           poll_s: float = POLL_S, keys: Sequence[Hashable] | None = None) -> Iterator[Outcome]:
+           poll_s: float = POLL_S, keys: Sequence[Hashable] | None = None,
+           prepare: Callable[[], Mapping[str, float]] | None = None) -> Iterator[Outcome]:
     """Run ``work(task)`` for every task on one spawned worker per device; yield the outcomes as they finish.
 
     ``work`` and the tasks must pickle (``work`` a module-level function). Tasks go out in the order given, the
     next to whichever worker returns first, preferring (with ``keys``, one per task: what it compiles) a task
     whose kernels that worker already compiled (:func:`next_task`). Close the iterator (``contextlib.closing``)
     to stop the workers early; on an exception in the caller (Ctrl-C included) they are terminated.
+    ``prepare`` (module-level, or ``None``): each worker's first call, before its tasks; it returns named seconds
+    (``import_s``, ``cuda_init_s``...) which, like the parts the work notes (:func:`sparsesim.kernels.phases.timed`),
+    come back on each :attr:`Outcome.timing`.
     """
     if keys is not None and len(keys) != len(tasks):
         raise ValueError(f"{len(keys)} keys for {len(tasks)} tasks; allowed: one key per task")
@@ -163,13 +190,14 @@ def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[i
     ctx = mp.get_context("spawn")
     outbox = ctx.Queue()
     inboxes = {d: ctx.Queue() for d in devices}
-    procs = {d: ctx.Process(target=_serve, args=(d, work, inboxes[d], outbox), name=f"sparsesim-cuda{d}",
+    procs = {d: ctx.Process(target=_serve, args=(d, work, inboxes[d], outbox, prepare), name=f"sparsesim-cuda{d}",
                             daemon=True) for d in devices}
     todo = deque(range(len(tasks)))
     held: dict[int, int] = {}  # device -> the task its worker is on
     dead_since: dict[int, float] = {}  # device -> when its worker was first seen exited
     seen: dict[int, set[Hashable]] = {d: set() for d in devices}  # device -> the keys its worker has had
     claimed: set[Hashable] = set()
+    started: dict[int, float] = {}  # position in devices -> when its worker's process was started
 
     def give(device: int) -> None:
         if todo:
@@ -184,19 +212,23 @@ def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[i
 
     finished = False
     try:
-        _start(list(procs.values()))
+        _start(list(procs.values()), started)
+        spawned = {d: started[i] for i, d in enumerate(devices)}
         for d in devices:
             give(d)
         while held:
             try:
-                device, index, result, error = outbox.get(timeout=poll_s)
+                device, index, result, error, stamps = outbox.get(timeout=poll_s)
             except queue.Empty:
                 pass
             else:
+                received = time.time()
                 held.pop(device, None)
                 if procs[device].exitcode is None:
                     give(device)
-                yield Outcome(index, device, result, f"worker on cuda:{device}: {error}" if error else "")
+                first, ready, prep, got, done, parts = stamps
+                timing = TaskTiming(device, index, spawned[device], first, ready, prep, got, done, parts, received)
+                yield Outcome(index, device, result, f"worker on cuda:{device}: {error}" if error else "", timing)
             now = time.monotonic()
             for d in [d for d in held if procs[d].exitcode is not None]:
                 if now - dead_since.setdefault(d, now) >= poll_s:  # its last result, if any, had time to arrive

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device call (a 2-GPU machine): one validation campaign on one GPU and on two (`simulate validate --devices`),
-# each from a cold Triton cache; both CSVs, the wall times and their ratio (target: close to 0.5).
+# each from a cold Triton cache; both CSVs, the wall times and their ratio (target: close to 0.5); after each run,
+# where its wall time went per device (SPARSESIM_PHASES: <csv>.phases.json; benchmarks/validate_phases.py).
 # usage: bash benchmarks/device/multi_gpu_validate.sh COMMIT [SWEEP [KERNELS]]   (writes under $OUT; about 2-3 min
 #   with the default sweep, benchmarks/validation/h200_multi_gpu.toml; about 4-5 min with
 #   benchmarks/validation/h200_dense_fidelity_heldout.toml and dense,cudnn)
@@ -20,11 +21,16 @@ for devices in 2 1; do  # two first: any first-run warm-up falls on the parallel
   csv=$OUT/validate_h200_multi_gpu_devices${devices}_${D}_${COMMIT}.csv
   export TRITON_CACHE_DIR=$(mktemp -d)
   t0=$(date +%s.%N)
-  timeout $((devices == 2 ? T2 : T1)) python3 -m sparsesim.cli.main validate --sweep $SWEEP --kernels $KERNELS \
-    --devices $devices --no-progress --out $csv --commit $COMMIT 2>&1 | tail -6
+  SPARSESIM_PHASES=$csv.phases.json timeout $((devices == 2 ? T2 : T1)) python3 -m sparsesim.cli.main validate \
+    --sweep $SWEEP --kernels $KERNELS --devices $devices --no-progress --out $csv --commit $COMMIT 2>&1 | tail -6
   rc=${PIPESTATUS[0]}
   t1=$(date +%s.%N)
   echo "devices=$devices wall_s=$(python3 -c "print(round($t1 - $t0, 1))") rc=$rc csv=$(basename $csv)" | tee -a $SUMMARY
+  if [ -f $csv.phases.json ]; then
+    python3 benchmarks/validate_phases.py $csv.phases.json --start $t0 --end $t1 2>&1 | tee -a $SUMMARY
+  else
+    echo "devices=$devices: no phases file (the run did not end normally)" | tee -a $SUMMARY
+  fi
 done
 python3 - "$OUT" "$D" "$COMMIT" <<'PY' | tee -a $SUMMARY
 import csv, re, statistics, sys

@@ -13,7 +13,8 @@ V="python3 -m sparsesim.cli.main validate --devices 1 --no-progress --commit $CO
 g() { timeout 260 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gluon_fwd_cuda.py -k "$2" \
         > $OUT/gpu_gluon_$1_$COMMIT.log 2>&1; echo "rc=$?" >> $OUT/gpu_gluon_$1_$COMMIT.log; }
 (export CUDA_VISIBLE_DEVICES=0
- g dense "gluon_dense" & g sparse "not gluon_dense and not gna" & g gna "gna" & wait
+ g dense "gluon_dense" & g sparse "not gluon_dense and not gna" & g gna "gna_block_sparse" &
+ g train "gna_training or gna_gradients" & wait
  timeout 200 $V --sweep benchmarks/validation/h200_ws_dense.toml --kernels dense,cudnn \
    --out $OUT/validate_h200_ws_dense_${D}_$COMMIT.csv > $OUT/validate_ws_dense_$COMMIT.log 2>&1
  echo "dense sweep rc=$?" >> $OUT/validate_ws_dense_$COMMIT.log) &

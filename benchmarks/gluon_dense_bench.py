@@ -32,11 +32,13 @@ HEADS, HEAD_DIM = 24, 128
 SIZES = (4096, 8192, 16384, 32768, 65536, 115200)
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "impl", "variant", "check", "tokens", "ms", "tflops",
            "vs_cudnn", "rel_err", "note"]
-#: Gluon variants: (name, block_n, stages, overlap, pingpong, consumer_regs[, mask_kv]); ``mask_kv`` True masks
-#: the keys in every KV tile (the kernel before 2026-11-30: the default masks only where the keys end mid-tile).
+#: Gluon variants: (name, block_n, stages, overlap, pingpong, consumer_regs[, other knobs of ws_forward]);
+#: ``mask_kv`` True masks the keys in every KV tile (the kernel before 2026-11-30: the default masks only where
+#: the keys end mid-tile); ``persistent`` runs a program per SM over the work items.
 VARIANTS = [
     ("ws+overlap+pingpong st3", 128, 3, True, True, 240),
-    ("ws+overlap+pingpong st3 kvmask", 128, 3, True, True, 240, True),
+    ("ws+overlap+pingpong st3 persistent", 128, 3, True, True, 240, {"persistent": True}),
+    ("ws+overlap+pingpong st3 kvmask", 128, 3, True, True, 240, {"mask_kv": True}),
     ("ws+overlap st3", 128, 3, True, False, 240),
     ("ws+overlap+pingpong st3 r232", 128, 3, True, True, 232),
     ("ws", 128, 2, False, False, 240),
@@ -92,9 +94,9 @@ def job(name: str, sizes: list[int]) -> list[dict[str, Any]]:
     else:
         from sparsesim.kernels.gluon_fwd import gluon_dense_forward
 
-        _, bn, stages, overlap, pingpong, regs, *mask = next(v for v in VARIANTS if v[0] == name)
+        _, bn, stages, overlap, pingpong, regs, *extra = next(v for v in VARIANTS if v[0] == name)
         opts = dict(block_n=bn, stages=stages, overlap=overlap, pingpong=pingpong, consumer_regs=regs,
-                    mask_kv=mask[0] if mask else None)
+                    **(extra[0] if extra else {}))
 
         def run(q: Any, k: Any, v: Any) -> Any:
             return gluon_dense_forward(q, k, v, **opts)

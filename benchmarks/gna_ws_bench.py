@@ -13,6 +13,8 @@ calls, median of :func:`sparsesim.kernels.timing.time_ms`):
 - ``ours_triton``: the same call with ``SPARSESIM_FWD_KERNEL=triton`` (the Triton GNA kernel);
 - ``ours_kvmask``: the default call with the ws kernel masking the keys in every tile (``mask_kv=True``, as it
   did before 2026-11-30; the default masks only where the keys end inside a tile);
+- ``ours_persistent``: the default call with the ws kernel's other schedule (persistent where the default
+  launches a program per work item, and the reverse: ``gluon_fwd.PERSISTENT``);
 - ``ours_dense``: :func:`~sparsesim.kernels.attention` on the same tokens (the tile bound's denominator; the
   note says which kernel it ran); ``ours_dense_ws``: the warp-specialized kernel called directly.
 
@@ -40,6 +42,7 @@ CASES = [
     ("hunyuan_w18x24x24_s16x8x8", (30, 48, 80), (18, 24, 24), (16, 8, 8), ((2, 8, 8), (2, 8, 8))),
     ("flux_w80x80_s16x16", (256, 256), (80, 80), (16, 16), ((16, 8), (16, 8))),
     ("1d_32k_w2048_s2048", (32768,), (2048,), (2048,), ((128,), (128,))),
+    ("2d_128x128_w16x16_s16x16", (128, 128), (16, 16), (16, 16), ((16, 8), (16, 8))),
 ]
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "ms", "vs_cudnn", "tile_speedup",
            "tile_bound", "rel_err", "note"]
@@ -83,15 +86,17 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
         out = gna_attention(q, k, v, **kw)
         err = float((out.float() - ref.float()).norm() / ref.float().norm())
         times["ours_default"] = time_ms(lambda: gna_attention(q, k, v, **kw))
-        real = gluon_fwd.ws_forward  # the same call with the keys masked in every tile (before 2026-11-30)
-        gluon_fwd.ws_forward = functools.partial(real, mask_kv=True)
-        try:
-            times["ours_kvmask"] = time_ms(lambda: gna_attention(q, k, v, **kw))
-        finally:
-            gluon_fwd.ws_forward = real
+        real = gluon_fwd.ws_forward  # the same call with other knobs of the ws kernel
+        for impl, knob in (("ours_persistent", {"persistent": not gluon_fwd.PERSISTENT}),
+                           ("ours_kvmask", {"mask_kv": True})):
+            gluon_fwd.ws_forward = functools.partial(real, **knob)
+            try:
+                times[impl] = time_ms(lambda: gna_attention(q, k, v, **kw))
+            finally:
+                gluon_fwd.ws_forward = real
     rows = []
     for impl, ms in times.items():
-        sparse = impl in ("ours_triton", "ours_default", "ours_kvmask")
+        sparse = impl.startswith("ours_") and impl not in ("ours_dense", "ours_dense_ws")
         rows.append({**env, "case": name, "impl": impl, "ms": ms, "vs_cudnn": times["cudnn_dense"] / ms,
                      "tile_speedup": sim.tile_speedup,
                      "tile_bound": times["ours_dense"] / ms / sim.tile_speedup if sparse else None,

@@ -55,6 +55,25 @@ def _softmax_step(s, m_i, l_i, acc, qk_scale, dtype: gl.constexpr, p_layout: gl.
 
 
 @gluon.jit
+def _sched(w, base):
+    """The schedule tuple of work item ``w`` (its Q tile fastest, then head, then batch: the launch order of a
+    grid of one program per item): the launch's ``base`` arguments with the item's batch, head, first row, map
+    entry and TMA row/column offsets in place."""
+    qk_scale, N_Q, N_KV, H, GROUP, MAP_HEADS, QB, KB = base[0], base[1], base[2], base[3], base[4], base[5], \
+        base[6], base[7]
+    QRB, QRH, QCH, KRB, KRH, KCH = base[14], base[15], base[16], base[17], base[18], base[19]
+    pid_m = w % QB
+    h = (w // QB) % H
+    b = w // (QB * H)
+    hk = h // GROUP
+    m0 = pid_m * (2 * WG_ROWS)
+    entry = (h % MAP_HEADS) * QB + pid_m  # the map's (head, Q block); 0 heads of a shared map
+    return (qk_scale, N_Q, N_KV, H, b, h, hk, m0, base[8], base[9], base[10], base[11], base[12], base[13], entry,
+            KB, b * QRB + h * QRH + m0, h * QCH, b * KRB + hk * KRH, hk * KCH, base[20], base[21], base[22],
+            base[23])
+
+
+@gluon.jit
 def _tiles(sched, BLOCK_N: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr):
     """``(count, n_tiles)`` of the CTA: listed KV blocks and, with the tail block, one more (dense: all)."""
     N_KV, KV_NUM, TAIL, entry = sched[2], sched[11], sched[13], sched[14]
@@ -111,11 +130,11 @@ def _stage(ring, st, BOX: gl.constexpr):
 
 
 @gluon.jit
-def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
-    """One warpgroup's 64 rows: scores, online softmax, ``P V``; then the normalized output (and LSE)."""
-    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse = bufs
-    qk_scale, N_Q, N_KV, b, h, m0, s_ob, s_on, s_oh = sched[0], sched[1], sched[2], sched[4], \
-        sched[5], sched[7], sched[8], sched[9], sched[10]
+def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
+    """One warpgroup's 64 rows of each of its program's work items: scores, online softmax, ``P V``; then the
+    normalized output (and LSE). The K/V ring position and the ping-pong turns run on across items; the Q
+    buffer is released (``q_empty``) as soon as an item's last score GEMM is done."""
+    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse, q_empty = bufs
     HEAD_DIM: gl.constexpr = OPTS[6]
     BLOCK_N: gl.constexpr = OPTS[7]
     STAGES: gl.constexpr = OPTS[0]
@@ -137,151 +156,174 @@ def _consumer(bufs, sched, WG: gl.constexpr, OPTS: gl.constexpr):
     col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
     dtype: gl.constexpr = q_smem.dtype
 
-    count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
     if BOX:
         q = q_smem.reshape([2 * WG_ROWS, HEAD_DIM]).slice(WG * WG_ROWS, WG_ROWS)
     else:
         q = q_smem.index(WG)
     zero_s = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
-    m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, row_s)
-    l_i = gl.zeros([WG_ROWS], gl.float32, row_s)
-    acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
     cols = gl.arange(0, BLOCK_N, layout=col_s)
-    mbarrier.wait(q_bar, 0)
-    if not OVERLAP:
-        for j in range(n_tiles):
-            st = j % STAGES
-            ph = (j // STAGES) & 1
-            mbarrier.wait(k_ready.index(st), ph)
-            s = warpgroup_mma(q, _stage(k_smem, st, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    pos = 0  # the ring position of the item's first KV tile
+    turns = 0  # ping-pong turns taken so far
+    for w in range(pid, base[24], nprog):
+        sched = _sched(w, base)
+        qk_scale, N_Q, N_KV, b, h, m0, s_ob, s_on, s_oh = sched[0], sched[1], sched[2], sched[4], sched[5], \
+            sched[7], sched[8], sched[9], sched[10]
+        count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
+        m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, row_s)
+        l_i = gl.zeros([WG_ROWS], gl.float32, row_s)
+        acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
+        mbarrier.wait(q_bar, ((w - pid) // nprog) & 1)
+        if not OVERLAP:
+            for j in range(n_tiles):
+                st = (pos + j) % STAGES
+                ph = ((pos + j) // STAGES) & 1
+                mbarrier.wait(k_ready.index(st), ph)
+                s = warpgroup_mma(q, _stage(k_smem, st, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+                if KV_MASK:
+                    s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s,
+                                 float("-inf"))
+                p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
+                mbarrier.wait(v_ready.index(st), ph)
+                acc = warpgroup_mma(p16, _stage(v_smem, st, BOX), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(kv_empty.index(st), count=1)
+            mbarrier.arrive(q_empty, count=1)
+        elif n_tiles > 0:
+            # FA3's order: the scores of tile j and P(j-1) V(j-1) issued together, the softmax of tile j running
+            # while the second GEMM does; with PINGPONG the two warpgroups take turns issuing their GEMMs.
+            mbarrier.wait(k_ready.index(pos % STAGES), (pos // STAGES) & 1)
+            s = warpgroup_mma(q, _stage(k_smem, pos % STAGES, BOX).permute((1, 0)), zero_s, use_acc=False,
+                              is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
             if KV_MASK:
-                s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+                s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
             p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
-            mbarrier.wait(v_ready.index(st), ph)
-            acc = warpgroup_mma(p16, _stage(v_smem, st, BOX), acc, is_async=True)
+            for j in range(1, n_tiles):
+                st = (pos + j) % STAGES
+                prev = (pos + j - 1) % STAGES
+                if PINGPONG:
+                    mbarrier.wait(turn.index(WG), ((turns + j - 1) & 1) ^ (1 - WG))
+                mbarrier.wait(k_ready.index(st), ((pos + j) // STAGES) & 1)
+                s = warpgroup_mma(q, _stage(k_smem, st, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+                mbarrier.wait(v_ready.index(prev), ((pos + j - 1) // STAGES) & 1)
+                acc = warpgroup_mma(p16, _stage(v_smem, prev, BOX), acc, is_async=True)
+                if PINGPONG:
+                    mbarrier.arrive(turn.index(1 - WG), count=1)
+                s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+                if KV_MASK:
+                    s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s,
+                                 float("-inf"))
+                m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+                p = gl.exp2(s * qk_scale - m_safe[:, None])
+                alpha = gl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                m_i = m_new
+                p16 = gl.convert_layout(p.to(dtype), p_layout)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(kv_empty.index(prev), count=1)
+                acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            mbarrier.arrive(q_empty, count=1)  # the item's last score GEMM is done: the loader may load the next Q
+            last = (pos + n_tiles - 1) % STAGES
+            mbarrier.wait(v_ready.index(last), ((pos + n_tiles - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(st), count=1)
-    elif n_tiles > 0:
-        # FA3's order: the scores of tile j and P(j-1) V(j-1) issued together, the softmax of tile j running
-        # while the second GEMM does; with PINGPONG the two warpgroups take turns issuing their GEMMs.
-        mbarrier.wait(k_ready.index(0), 0)
-        s = warpgroup_mma(q, _stage(k_smem, 0, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-        if KV_MASK:
-            s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
-        p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
-        for j in range(1, n_tiles):
-            st = j % STAGES
-            prev = (j - 1) % STAGES
-            if PINGPONG:
-                mbarrier.wait(turn.index(WG), ((j - 1) & 1) ^ (1 - WG))
-            mbarrier.wait(k_ready.index(st), (j // STAGES) & 1)
-            s = warpgroup_mma(q, _stage(k_smem, st, BOX).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
-            acc = warpgroup_mma(p16, _stage(v_smem, prev, BOX), acc, is_async=True)
-            if PINGPONG:
-                mbarrier.arrive(turn.index(1 - WG), count=1)
-            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
-            if KV_MASK:
-                s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-            p = gl.exp2(s * qk_scale - m_safe[:, None])
-            alpha = gl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + gl.sum(p, axis=1)
-            m_i = m_new
-            p16 = gl.convert_layout(p.to(dtype), p_layout)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(kv_empty.index(prev), count=1)
-            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-        last = (n_tiles - 1) % STAGES
-        mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
-        acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(kv_empty.index(last), count=1)
+            mbarrier.arrive(kv_empty.index(last), count=1)
+            turns += n_tiles - 1
+        else:
+            mbarrier.arrive(q_empty, count=1)
+        pos += n_tiles
 
-    local = WG * WG_ROWS + gl.arange(0, WG_ROWS, layout=row_o)
-    if BOX:  # the box's rows are scattered over the layout; every box is whole (no row past N_Q)
-        rows = _box_tokens(local, m0 // (2 * WG_ROWS), sched[20], sched[21], q_smem.shape[1], q_smem.shape[2],
-                           q_smem.shape[3])
-    else:
-        rows = m0 + local
-    row_ok = rows < N_Q
-    l_o = gl.convert_layout(l_i, row_o)
-    out = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
-    offs_d = gl.arange(0, HEAD_DIM, layout=col_o)
-    ptrs = Out + b.to(gl.int64) * s_ob + h * s_oh + rows.to(gl.int64)[:, None] * s_on + offs_d[None, :]
-    gl.store(ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
-    if STORE_LSE:  # natural log; -inf on a row that sees nothing
-        lse = (gl.convert_layout(m_i, row_o) + gl.log2(l_o)) * LN2
-        gl.store(Lse + b.to(gl.int64) * sched[22] + h.to(gl.int64) * sched[23] + rows, lse, mask=row_ok)
+        local = WG * WG_ROWS + gl.arange(0, WG_ROWS, layout=row_o)
+        if BOX:  # the box's rows are scattered over the layout; every box is whole (no row past N_Q)
+            rows = _box_tokens(local, m0 // (2 * WG_ROWS), sched[20], sched[21], q_smem.shape[1], q_smem.shape[2],
+                               q_smem.shape[3])
+        else:
+            rows = m0 + local
+        row_ok = rows < N_Q
+        l_o = gl.convert_layout(l_i, row_o)
+        out = acc / gl.where(l_o == 0.0, 1.0, l_o)[:, None]
+        offs_d = gl.arange(0, HEAD_DIM, layout=col_o)
+        ptrs = Out + b.to(gl.int64) * s_ob + h * s_oh + rows.to(gl.int64)[:, None] * s_on + offs_d[None, :]
+        gl.store(ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+        if STORE_LSE:  # natural log; -inf on a row that sees nothing
+            lse = (gl.convert_layout(m_i, row_o) + gl.log2(l_o)) * LN2
+            gl.store(Lse + b.to(gl.int64) * sched[22] + h.to(gl.int64) * sched[23] + rows, lse, mask=row_ok)
 
 
 @gluon.jit
-def _consumer_first(bufs, descs, sched, OPTS: gl.constexpr):
+def _consumer_first(bufs, descs, base, OPTS: gl.constexpr):
     """The first consumer warpgroup (rows 0-63 of the CTA's Q tile): the default partition."""
-    _consumer(bufs, sched, 0, OPTS)
+    _consumer(bufs, base, 0, OPTS)
 
 
 @gluon.jit
-def _consumer_second(bufs, descs, sched, OPTS: gl.constexpr):
+def _consumer_second(bufs, descs, base, OPTS: gl.constexpr):
     """The second consumer warpgroup (rows 64-127 of the CTA's Q tile)."""
-    _consumer(bufs, sched, 1, OPTS)
+    _consumer(bufs, base, 1, OPTS)
 
 
 @gluon.jit
-def _loader(bufs, descs, sched, OPTS: gl.constexpr):
-    """The load warp: both halves of the Q tile once, then K and V tile by tile into the ring."""
-    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse = bufs
+def _loader(bufs, descs, base, OPTS: gl.constexpr):
+    """The load warp, item by item of its program: the item's Q tile once the consumers released the last one
+    (``q_empty``), then its K and V tiles into the ring, whose position runs on across items."""
+    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse, q_empty = bufs
     q_desc, k_desc, v_desc = descs
-    q_row, q_col, kv_row, kv_col = sched[16], sched[17], sched[18], sched[19]
     BLOCK_N: gl.constexpr = OPTS[7]
     STAGES: gl.constexpr = OPTS[0]
     SPARSE: gl.constexpr = OPTS[4]
     HAS_TAIL: gl.constexpr = OPTS[5]
     BOX: gl.constexpr = OPTS[8]
-    b, m0, L1, L2 = sched[4], sched[7], sched[20], sched[21]
-    if BOX:  # one copy of the whole Q box, [b, x0, x1, x2, column] coordinates
-        QS: gl.constexpr = q_desc.block_type.shape
-        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-        x0, x1, x2 = _box_origin(m0 // (2 * WG_ROWS), L1, L2, QS[1], QS[2], QS[3])
-        tma.async_copy_global_to_shared(q_desc, [b, x0, x1, x2, q_col], q_bar, q_smem)
-    else:
-        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
-        tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, q_col], q_bar, q_smem.index(1))
-    count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
-    for j in range(n_tiles):
-        st = j % STAGES
-        ph = (j // STAGES) & 1
-        mbarrier.wait(kv_empty.index(st), ph ^ 1)
-        mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
-        if BOX:
-            KS: gl.constexpr = k_desc.block_type.shape
-            y0, y1, y2 = _box_origin(_kv_block(j, count, sched, SPARSE), L1, L2, KS[1], KS[2], KS[3])
-            tma.async_copy_global_to_shared(k_desc, [b, y0, y1, y2, kv_col], k_ready.index(st), k_smem.index(st))
-            mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(v_desc, [b, y0, y1, y2, kv_col], v_ready.index(st), v_smem.index(st))
+    L1, L2 = base[20], base[21]
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    pos = 0
+    for w in range(pid, base[24], nprog):
+        sched = _sched(w, base)
+        b, m0, q_row, q_col, kv_row, kv_col = sched[4], sched[7], sched[16], sched[17], sched[18], sched[19]
+        mbarrier.wait(q_empty, (((w - pid) // nprog) & 1) ^ 1)
+        if BOX:  # one copy of the whole Q box, [b, x0, x1, x2, column] coordinates
+            QS: gl.constexpr = q_desc.block_type.shape
+            mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+            x0, x1, x2 = _box_origin(m0 // (2 * WG_ROWS), L1, L2, QS[1], QS[2], QS[3])
+            tma.async_copy_global_to_shared(q_desc, [b, x0, x1, x2, q_col], q_bar, q_smem)
         else:
-            row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
-            tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(st), k_smem.index(st))
-            mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(st), v_smem.index(st))
+            mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
+            tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, q_col], q_bar, q_smem.index(1))
+        count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
+        for j in range(n_tiles):
+            st = (pos + j) % STAGES
+            ph = ((pos + j) // STAGES) & 1
+            mbarrier.wait(kv_empty.index(st), ph ^ 1)
+            mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
+            if BOX:
+                KS: gl.constexpr = k_desc.block_type.shape
+                y0, y1, y2 = _box_origin(_kv_block(j, count, sched, SPARSE), L1, L2, KS[1], KS[2], KS[3])
+                tma.async_copy_global_to_shared(k_desc, [b, y0, y1, y2, kv_col], k_ready.index(st),
+                                                k_smem.index(st))
+                mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(v_desc, [b, y0, y1, y2, kv_col], v_ready.index(st),
+                                                v_smem.index(st))
+            else:
+                row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
+                tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(st), k_smem.index(st))
+                mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(st), v_smem.index(st))
+        pos += n_tiles
 
 
 @gluon.jit
 def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_scale, N_Q, N_KV, H, GROUP,
-                   MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh,
+                   MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh, N_ITEMS,
                    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
                    PINGPONG: gl.constexpr, STORE_LSE: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr,
                    CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr, KV_MASK: gl.constexpr):
-    pid_m = gl.program_id(0)
-    h = gl.program_id(1)
-    b = gl.program_id(2)
-    hk = h // GROUP
-    m0 = pid_m * (2 * WG_ROWS)
-    entry = (h % MAP_HEADS) * QB + pid_m  # the map's (head, Q block); 0 heads of a shared map
+    # program p runs work items p, p + P, ... (P programs): one item each when launched one per item, else
+    # persistent (static round-robin: the launch order's schedule when the items cost the same)
     dtype: gl.constexpr = q_desc.dtype
     if BOX:  # the TMA boxes' own shapes: [1, T0, T1, T2, HEAD_DIM], flattened to 2D by the consumers
         QS: gl.constexpr = q_desc.block_type.shape
@@ -294,32 +336,37 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
         k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
+    mbarrier.init(q_empty, count=2)  # both consumers release the Q tile
     mbarrier.init(turn.index(0), count=1)
     mbarrier.init(turn.index(1), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(kv_empty.index(i), count=2)  # both consumers release a stage
-    bufs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse)
+    bufs = (q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse, q_empty)
     descs = (q_desc, k_desc, v_desc)
-    sched = (qk_scale, N_Q, N_KV, H, b, h, hk, m0, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL, entry, KB,
-             b * QRB + h * QRH + m0, h * QCH, b * KRB + hk * KRH, hk * KCH, L1, L2, s_lb, s_lh)
+    base = (qk_scale, N_Q, N_KV, H, GROUP, MAP_HEADS, QB, KB, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL,
+            QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh, N_ITEMS)
     opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N, BOX, KV_MASK)
     gl.warp_specialize([
-        (_consumer_first, (bufs, descs, sched, opts)),
-        (_consumer_second, (bufs, descs, sched, opts)),
-        (_loader, (bufs, descs, sched, opts)),
+        (_consumer_first, (bufs, descs, base, opts)),
+        (_consumer_second, (bufs, descs, base, opts)),
+        (_loader, (bufs, descs, base, opts)),
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
 #: The variant the H200 measured fastest (kernels/NOTES.md, version 9): FA3 order, ping-pong, three stages.
 BEST = {"block_n": 128, "stages": 3, "overlap": True, "pingpong": True, "consumer_regs": 240}
 
+
+#: Whether launches run persistent by default (``ws_forward(persistent=None)``).
+PERSISTENT = False
 
 #: Calls of at least this many score elements take this kernel where it can run them (:func:`use_ws`); the rule
 #: and its measurement live in :mod:`sparsesim.hwmodels.launch` (the model prices the same calls with it).
@@ -369,6 +416,14 @@ def still_supported(out: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
+def _sm_count(index: int | None) -> int:
+    """A CUDA device's streaming multiprocessors (asked once per device)."""
+    import torch
+
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+@functools.lru_cache(maxsize=64)
 def _major(index: int | None) -> int:
     """A CUDA device's compute capability major (a fixed fact of the device: asked once per device; the
     per-call query cost ~10 us of the warp-specialized call's host time, benchmarks/ws_host_profile.py)."""
@@ -380,7 +435,7 @@ def _major(index: int | None) -> int:
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
                map_heads: int = 1, block_n: int = 128, box: Any = None, cache: dict[Any, Any] | None = None,
                stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240,
-               mask_kv: bool | None = None) -> Any:
+               mask_kv: bool | None = None, persistent: bool | None = None) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``; ``kv_idx``'s rows may be
     shorter than the KV tile count where no tail block is flagged). ``lse``: a float32 contiguous ``[B, H, N_q]``
@@ -394,19 +449,25 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
 
     ``stages`` (K/V ring depth), ``overlap`` (FA3's order), ``pingpong`` (the consumers take turns issuing
     GEMMs), ``consumer_regs`` (registers per thread of the second consumer; the first gets what the kernel's
-    ``maxnreg`` leaves) and ``mask_kv`` (mask the keys past ``N_KV`` in every tile; default: only where the keys
-    end inside a KV tile, the one case that needs it) are the knobs benchmarks/gluon_dense_bench.py varies.
+    ``maxnreg`` leaves), ``mask_kv`` (mask the keys past ``N_KV`` in every tile; default: only where the keys
+    end inside a KV tile, the one case that needs it) and ``persistent`` (one program per SM, each taking the
+    work items ``p, p + P, ...``: a static round-robin, which is the launch order's schedule when every item costs
+    the same; the next item's Q load overlaps the last one's final GEMM and store; default :data:`PERSISTENT`)
+    are the knobs benchmarks/gluon_dense_bench.py varies.
     """
     from sparsesim.kernels._launch import launch_compiled
 
     sparse = lists is not None
-    static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse, mask_kv)
+    persistent = PERSISTENT if persistent is None else persistent
+    static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse, mask_kv,
+                  persistent)
     static = None if cache is None else cache.get(static_key)
     if static is None:  # what the call's shapes fix: a cache belongs to one validated launch (fixed shapes)
         static = _static_args(q, k, out, scale, map_heads, block_n, box, lse is not None,
                               int(lists[1].shape[-1]) if sparse else None,
                               {"STAGES": stages, "OVERLAP": overlap, "PINGPONG": pingpong,
-                               "CONSUMER_REGS": consumer_regs, "MASK_KV": mask_kv})
+                               "CONSUMER_REGS": consumer_regs, "MASK_KV": mask_kv, "PERSISTENT": persistent},
+                              _sm_count(q.device.index) if persistent else 0)
         if cache is not None:
             cache[static_key] = static
     layouts, views, ints, grid, constexprs = static
@@ -442,10 +503,11 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
 
 
 def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n: int, box: Any,
-                 store_lse: bool, kv_row: int | None, knobs: dict[str, Any]) -> tuple:
+                 store_lse: bool, kv_row: int | None, knobs: dict[str, Any], sms: int) -> tuple:
     """The parts of a launch its shapes fix: shared layouts of Q and K/V, each input's TMA view ``(shape,
     block)``, the integer arguments, the grid and the constexprs (in the kernel's signature order); ``box`` as
-    :func:`ws_forward` takes it; ``kv_row``: the block lists' row length (block-sparse), None for dense."""
+    :func:`ws_forward` takes it; ``kv_row``: the block lists' row length (block-sparse), None for dense; ``sms``:
+    the device's SMs (a persistent launch: one program each, at most one per work item)."""
     import torch
 
     sparse = kv_row is not None
@@ -470,8 +532,9 @@ def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n
     qbs, kbs = triton.cdiv(n_q, CONSUMERS * WG_ROWS.value), triton.cdiv(n_kv, block_n)
     if kv_row is not None:  # the lists' row length (a BlockMap's: every KV block, so the tail block is KB - 1)
         kbs = kv_row
+    items = qbs * heads * batch  # work items: (Q tile, head, batch), the Q tile fastest
     ints = (scale * LOG2E, n_q, n_kv, heads, heads // heads_kv, map_heads, qbs, kbs, *out_strides, *q_rows, *k_rows,
-            *axes, heads * n_q, n_q)  # the last two: the [B, H, N_q] LSE buffer's strides
+            *axes, heads * n_q, n_q, items)  # heads * n_q, n_q: the [B, H, N_q] LSE buffer's strides
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_N": block_n, "STAGES": knobs["STAGES"], "OVERLAP": knobs["OVERLAP"],
                   "PINGPONG": knobs["PINGPONG"], "STORE_LSE": store_lse, "SPARSE": sparse,
                   "HAS_TAIL": sparse and n_kv % block_n != 0, "CONSUMER_REGS": knobs["CONSUMER_REGS"],
@@ -479,8 +542,9 @@ def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n
                   "KV_MASK": n_kv % block_n != 0 if knobs["MASK_KV"] is None else bool(knobs["MASK_KV"])}
     # 4 + 4 + 1 (padded to 4) warps at one CTA per SM: 168 registers x 384 threads fit the 64K register file;
     # the load warp gives back all but 24, the consumers take 240 each (the launch options).
+    programs = min(items, sms) if knobs["PERSISTENT"] else items
     return ((q_layout, kv_layout, kv_layout), ((q_view, q_block), (kv_view, kv_block), (kv_view, kv_block)), ints,
-            (qbs, heads, batch), constexprs)
+            (programs,), constexprs)
 
 
 def _descriptor(base: Any, block: list[int], layout: Any, cache: dict[Any, Any]) -> Any:

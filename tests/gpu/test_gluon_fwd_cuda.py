@@ -223,3 +223,54 @@ def test_gna_gradients_with_ws_training_forward(ws_calls, ws_lse, dtype, size, w
     errors = _grads(size, {"window": window, "stride": stride}, {}, (q_tile, kv_tile), heads, heads_kv, 128, dtype)
     assert all(e < GRAD_REL[dtype] for e in errors.values()), errors
     assert ws_calls == [True] and ws_lse == [True]
+
+
+@pytest.mark.parametrize(("overlap", "pingpong", "stages"), [(True, True, 3), (False, False, 2)])
+@pytest.mark.parametrize(("batch", "n", "heads", "heads_kv", "head_dim"), [(2, 8192, 4, 2, 128), (1, 6000, 3, 3, 64)])
+def test_persistent_dense_matches_reference(batch, n, heads, heads_kv, head_dim, overlap, pingpong, stages):
+    """Persistent (a program per SM, several work items each: the K/V ring, the Q buffer and the ping-pong
+    turns carried across items) against the float64 reference, and equal to one program per item."""
+    from sparsesim.kernels import gluon_fwd
+
+    q = rand(batch, n, heads, head_dim, dtype=torch.bfloat16, seed=31)
+    k = rand(batch, n, heads_kv, head_dim, dtype=torch.bfloat16, seed=32)
+    v = rand(batch, n, heads_kv, head_dim, dtype=torch.bfloat16, seed=33)
+    knobs = {"overlap": overlap, "pingpong": pingpong, "stages": stages}
+    items = -(-n // 128) * heads * batch
+    assert items > 2 * gluon_fwd._sm_count(q.device.index)  # several items per program
+    out, lse = gluon_dense_forward(q, k, v, return_lse=True, persistent=True, **knobs)
+    ref = reference_attention(q, k, v)
+    assert float((out.double() - ref.double()).norm() / ref.double().norm()) < REL[torch.bfloat16]
+    out1, lse1 = gluon_dense_forward(q, k, v, return_lse=True, persistent=False, **knobs)
+    assert torch.equal(out, out1) and torch.equal(lse, lse1)
+
+
+@pytest.mark.parametrize(("batch", "size", "window", "stride", "q_tile", "kv_tile", "heads", "heads_kv"), [
+    (2, (8, 32, 64), (2, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 4, 2),
+    (1, (128, 128), (32, 32), (16, 16), (16, 8), (8, 8), 3, 3)])
+def test_persistent_gna_box_matches_reference(monkeypatch, batch, size, window, stride, q_tile, kv_tile, heads,
+                                              heads_kv):
+    """The box route run persistent (``ws_forward(persistent=True)``) against the float64 reference."""
+    import functools
+
+    from sparsesim.kernels import gluon_fwd, gna, gna_attention
+    from sparsesim.kernels.reference import gna_reference
+
+    calls: list[bool] = []
+    real = gluon_fwd.ws_forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("box") is not None)
+        return functools.partial(real, persistent=True)(*args, **kwargs)
+
+    monkeypatch.setattr(gluon_fwd, "MIN_WORK", 0)
+    monkeypatch.setattr(gluon_fwd, "ws_forward", spy)
+    monkeypatch.setattr(gna, "_LAUNCHES", type(gna._LAUNCHES)())
+    q = rand(batch, *size, heads, 128, dtype=torch.bfloat16, seed=41)
+    k = rand(batch, *size, heads_kv, 128, dtype=torch.bfloat16, seed=42)
+    v = rand(batch, *size, heads_kv, 128, dtype=torch.bfloat16, seed=43)
+    kw = {"window": window, "stride": stride}
+    out = gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)
+    ref = gna_reference(q, k, v, **kw).double()
+    assert float((out.double() - ref).norm() / ref.norm()) < REL[torch.bfloat16]
+    assert calls == [True]

@@ -544,7 +544,7 @@ def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n
     # the load warp gives back all but 24, the consumers take 240 each (the launch options).
     programs = min(items, sms) if knobs["PERSISTENT"] else items
     return ((q_layout, kv_layout, kv_layout), ((q_view, q_block), (kv_view, kv_block), (kv_view, kv_block)), ints,
-            (programs,), constexprs)
+            (programs, 1, 1), constexprs)  # 3D: the compiled launcher reads three grid dimensions
 
 
 def _descriptor(base: Any, block: list[int], layout: Any, cache: dict[Any, Any]) -> Any:

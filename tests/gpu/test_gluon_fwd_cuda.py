@@ -226,7 +226,7 @@ def test_gna_gradients_with_ws_training_forward(ws_calls, ws_lse, dtype, size, w
 
 
 @pytest.mark.parametrize(("overlap", "pingpong", "stages"), [(True, True, 3), (False, False, 2)])
-@pytest.mark.parametrize(("batch", "n", "heads", "heads_kv", "head_dim"), [(2, 8192, 4, 2, 128), (1, 6000, 3, 3, 64)])
+@pytest.mark.parametrize(("batch", "n", "heads", "heads_kv", "head_dim"), [(2, 8192, 4, 2, 128), (2, 6000, 4, 4, 64)])
 def test_persistent_dense_matches_reference(batch, n, heads, heads_kv, head_dim, overlap, pingpong, stages):
     """Persistent (a program per SM, several work items each: the K/V ring, the Q buffer and the ping-pong
     turns carried across items) against the float64 reference, and equal to one program per item."""

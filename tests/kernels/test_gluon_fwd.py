@@ -50,7 +50,24 @@ def test_repeated_launches_rebuild_what_changes(monkeypatch):
         _, fgrid, fargs, fconst = seen[-1]
         assert (grid, args[5:], constexprs) == (fgrid, fargs[5:], fconst)
         assert [d.block_shape for d in args[:3]] == [d.block_shape for d in fargs[:3]]
+        assert grid == (-(-300 // 128) * 4 * 2, 1, 1)  # a program per work item; the launcher reads 3 dimensions
     assert keys[0] == keys[2] != keys[1]  # the LSE flavour is its own compiled kernel
+
+
+def test_persistent_launch_has_a_program_per_sm_at_most(monkeypatch):
+    """``persistent=True``: one program per SM (at most one per work item), the same compiled kernel."""
+    from sparsesim.kernels import _launch
+
+    seen: list[tuple] = []
+    monkeypatch.setattr(_launch, "launch_compiled",
+                        lambda cache, key, kernel, grid, args, constexprs, options: seen.append((key, grid)))
+    monkeypatch.setattr(gluon_fwd, "_sm_count", lambda index: 7)
+    for n, items in ((3000, 24 * 2 * 2), (200, 2 * 2 * 2)):
+        q, k, v, out = (torch.randn(2, n, 2, 64, dtype=torch.float16) for _ in range(4))
+        for persistent in (False, True):
+            gluon_fwd.ws_forward(q, k, v, out, None, 0.125, cache={}, persistent=persistent)
+        (key1, grid1), (key2, grid2) = seen[-2:]
+        assert grid1 == (items, 1, 1) and grid2 == (min(items, 7), 1, 1) and key1 == key2
 
 
 def test_repeated_launches_keep_descriptors_by_address_and_no_tensor(monkeypatch):

@@ -13,8 +13,8 @@ calls, median of :func:`sparsesim.kernels.timing.time_ms`):
 - ``ours_triton``: the same call with ``SPARSESIM_FWD_KERNEL=triton`` (the Triton GNA kernel);
 - ``ours_kvmask``: the default call with the ws kernel masking the keys in every tile (``mask_kv=True``, as it
   did before 2026-11-30; the default masks only where the keys end inside a tile);
-- ``ours_persistent``: the default call with the ws kernel's other schedule (persistent where the default
-  launches a program per work item, and the reverse: ``gluon_fwd.PERSISTENT``);
+- ``ours_persistent`` / ``ours_per_item``: the default call with the ws kernel run persistent / with a program
+  per work item (the default picks by ``gluon_fwd.persistent_for``);
 - ``ours_dense``: :func:`~sparsesim.kernels.attention` on the same tokens (the tile bound's denominator; the
   note says which kernel it ran); ``ours_dense_ws``: the warp-specialized kernel called directly.
 
@@ -46,6 +46,11 @@ CASES = [
 ]
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "ms", "vs_cudnn", "tile_speedup",
            "tile_bound", "rel_err", "note"]
+
+
+def _forced(real: Any, knob: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    """``real(*args, **kwargs)`` with ``knob`` overriding the caller's keywords."""
+    return real(*args, **{**kwargs, **knob})
 
 
 def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tuple[int, ...],
@@ -86,10 +91,10 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
         out = gna_attention(q, k, v, **kw)
         err = float((out.float() - ref.float()).norm() / ref.float().norm())
         times["ours_default"] = time_ms(lambda: gna_attention(q, k, v, **kw))
-        real = gluon_fwd.ws_forward  # the same call with other knobs of the ws kernel
-        for impl, knob in (("ours_persistent", {"persistent": not gluon_fwd.PERSISTENT}),
+        real = gluon_fwd.ws_forward  # the same call with knobs of the ws kernel forced
+        for impl, knob in (("ours_persistent", {"persistent": True}), ("ours_per_item", {"persistent": False}),
                            ("ours_kvmask", {"mask_kv": True})):
-            gluon_fwd.ws_forward = functools.partial(real, **knob)
+            gluon_fwd.ws_forward = functools.partial(_forced, real, knob)
             try:
                 times[impl] = time_ms(lambda: gna_attention(q, k, v, **kw))
             finally:

@@ -31,7 +31,8 @@ warp-specialized Hopper forward:   :data:`WS_ARCHITECTURE`,         ``kernels.gl
 which calls take it                :data:`WS_HEAD_DIMS`,            dense / block-sparse / GNA launches,
                                    :data:`WS_Q_TILE`,               ``simulator.route`` (the model prices
                                    :data:`WS_KV_TILES`,             those calls with the ``triton-ws``
-                                   :data:`WS_MIN_WORK`              profile)
+                                   :data:`WS_MIN_WORK`,             profile)
+                                   :data:`WS_PERSISTENT_MAX_TILES`
 =================================  ===============================  ==========================================
 
 :func:`gpu_for_device` maps a CUDA device (its name, then its compute capability) to a GPU file.
@@ -85,6 +86,13 @@ WS_HEAD_DIMS = (64, 128)
 WS_Q_TILE = 2 * ROWS_PER_WARPGROUP
 WS_KV_TILES = (64, 128)
 WS_MIN_WORK = 2**28
+#: A dense or GNA call on that forward runs persistent (a program per SM taking work items round-robin; the next
+#: item's Q load overlaps the last one's final GEMM and store) when its work items (128-row Q tiles) visit at most
+#: this many KV tiles each on average; block maps run a program per item. On the H200 (0d45d39 / 3ca31f9, one run
+#: each, persistent vs a program per item): dense 24 heads 8K tokens (64 tiles) +8.7%, 16K +0.4%, 32K (256) +1.0%,
+#: 64K (512) -0.4%, 115K -1.3%; GNA HunyuanVideo (81 tiles) +0.6%, FLUX (50) +2.0%, 1D 32K window 2048 (16) +3.2%.
+#: The items of these calls cost the same, so the round-robin is the launch order's schedule (the model's).
+WS_PERSISTENT_MAX_TILES = 256
 #: The permutation kernels take 8 warps once a tile moves this many elements (16-byte accesses), else 4.
 COPY_WIDE_ELEMENTS = 16384
 

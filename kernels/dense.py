@@ -238,7 +238,8 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
         lse = _lse_buffer(q) if want_lse else None
         if takes_ws(q, k, v, first, config=config, causal=causal):
             built = _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config={}, ws=True))
-            ws.ws_forward(q, k, v, first, lse, checked_scale, cache=built.compiled)
+            ws.ws_forward(q, k, v, first, lse, checked_scale, cache=built.compiled,
+                          persistent=ws.persistent_for(-(-int(k.shape[1]) // ws.BEST["block_n"])))
             return first, lse
         picked = launch_dense(q, k, v, first, checked_scale, config, causal=causal, lse=lse)
         _LAUNCHES.put(key, DenseLaunch(scale=checked_scale, config=picked))
@@ -249,7 +250,8 @@ def dense_forward(q: Any, k: Any, v: Any, *, scale: float | None = None, out: An
         check_out(out, q, q.shape, "attention")
     lse = _lse_buffer(q) if want_lse else None
     if launch.ws and ws is not None and ws.use_ws(q, k, v, out):
-        ws.ws_forward(q, k, v, out, lse, launch.scale, cache=launch.compiled)
+        ws.ws_forward(q, k, v, out, lse, launch.scale, cache=launch.compiled,
+                      persistent=ws.persistent_for(-(-int(k.shape[1]) // ws.BEST["block_n"])))
         return out, lse
     launch_dense(q, k, v, out, launch.scale, launch.config or None, compiled=launch.compiled, causal=causal,
                  lse=lse)

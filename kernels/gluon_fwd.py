@@ -33,7 +33,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from sparsesim.hwmodels.launch import WS_HEAD_DIMS, WS_MIN_WORK
+from sparsesim.hwmodels.launch import WS_HEAD_DIMS, WS_MIN_WORK, WS_PERSISTENT_MAX_TILES
 from sparsesim.kernels._common import LOG2E
 
 #: Rows of Q per consumer warpgroup (one ``wgmma`` M of 64), consumers per CTA, and the CTA's Q tile.
@@ -365,9 +365,6 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
 BEST = {"block_n": 128, "stages": 3, "overlap": True, "pingpong": True, "consumer_regs": 240}
 
 
-#: Whether launches run persistent by default (``ws_forward(persistent=None)``).
-PERSISTENT = False
-
 #: Calls of at least this many score elements take this kernel where it can run them (:func:`use_ws`); the rule
 #: and its measurement live in :mod:`sparsesim.hwmodels.launch` (the model prices the same calls with it).
 MIN_WORK = WS_MIN_WORK
@@ -406,6 +403,12 @@ def supported(q: Any, k: Any, v: Any, out: Any = None) -> bool:
             and k.shape[-1] == q.shape[-1] and v.shape[-1] == q.shape[-1])
 
 
+def persistent_for(tiles_per_item: float) -> bool:
+    """Whether a launch whose work items (Q tiles) visit ``tiles_per_item`` KV tiles on average (all alike)
+    should run persistent: :data:`~sparsesim.hwmodels.launch.WS_PERSISTENT_MAX_TILES` and its measurement."""
+    return tiles_per_item <= WS_PERSISTENT_MAX_TILES
+
+
 def still_supported(out: Any) -> bool:
     """The per-call remainder of :func:`supported` for a launch whose call key fixed Q, K and V (shapes, strides,
     dtype, device, alignment) when it was validated: TMA not turned off, ``out`` contiguous and 16-byte aligned
@@ -435,7 +438,7 @@ def _major(index: int | None) -> int:
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
                map_heads: int = 1, block_n: int = 128, box: Any = None, cache: dict[Any, Any] | None = None,
                stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240,
-               mask_kv: bool | None = None, persistent: bool | None = None) -> Any:
+               mask_kv: bool | None = None, persistent: bool = False) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``; ``kv_idx``'s rows may be
     shorter than the KV tile count where no tail block is flagged). ``lse``: a float32 contiguous ``[B, H, N_q]``
@@ -452,13 +455,12 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     ``maxnreg`` leaves), ``mask_kv`` (mask the keys past ``N_KV`` in every tile; default: only where the keys
     end inside a KV tile, the one case that needs it) and ``persistent`` (one program per SM, each taking the
     work items ``p, p + P, ...``: a static round-robin, which is the launch order's schedule when every item costs
-    the same; the next item's Q load overlaps the last one's final GEMM and store; default :data:`PERSISTENT`)
-    are the knobs benchmarks/gluon_dense_bench.py varies.
+    the same; the next item's Q load overlaps the last one's final GEMM and store; the callers decide by
+    :func:`persistent_for`) are the knobs benchmarks/gluon_dense_bench.py varies.
     """
     from sparsesim.kernels._launch import launch_compiled
 
     sparse = lists is not None
-    persistent = PERSISTENT if persistent is None else persistent
     static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse, mask_kv,
                   persistent)
     static = None if cache is None else cache.get(static_key)

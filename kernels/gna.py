@@ -543,10 +543,15 @@ class GNALaunch:
         ws = ws_kernel()
         if ws is None or not ws.supported(q, k, v, out):
             return False
-        visited = self.ws_tables.get("visited")
-        if visited is None:
-            visited = self.ws_tables["visited"] = int(self._ws_lists_host()[0].sum())
+        visited = self._ws_visited()
         return bool(ws.use_ws(q, k, v, out, work=visited * plan.q_volume * plan.kv_volume * self.batch * self.heads))
+
+    def _ws_visited(self) -> int:
+        """Visited (Q tile, KV tile) pairs of the plan's block lists (one head), counted once."""
+        hit = self.ws_tables.get("visited")
+        if hit is None:
+            hit = self.ws_tables["visited"] = int(self._ws_lists_host()[0].sum())
+        return int(hit)
 
     def _ws_lists_host(self) -> tuple[Any, Any]:
         hit = self.ws_tables.get("host")
@@ -571,8 +576,10 @@ class GNALaunch:
         box = tuple((*pad, *x) for x in (plan.pattern.input_size, plan.schedule.q_tile, plan.schedule.kv_tile))
         lp = lse if lse is None or lse.is_contiguous() else torch.empty(lse.shape, dtype=torch.float32,
                                                                          device=q.device)
-        ws_kernel().ws_forward(q, k, v, out, lp, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume,
-                               box=box, cache=self.compiled)
+        visited = self._ws_visited()
+        ws = ws_kernel()
+        ws.ws_forward(q, k, v, out, lp, self.scale, lists=lists, map_heads=1, block_n=plan.kv_volume, box=box,
+                      cache=self.compiled, persistent=ws.persistent_for(visited / lists[0].numel()))
         if lp is not lse:
             lse.copy_(lp)
         return out

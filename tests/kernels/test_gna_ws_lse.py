@@ -32,7 +32,8 @@ def fake_ws_forward(calls):
     """``gluon_fwd.ws_forward``'s box contract in torch: ``[B, *layout, H, D]`` tensors read in place, Q box
     tiles of 128 tokens visiting the listed KV box tiles, the LSE (natural log) into a contiguous ``[B, H, N]``."""
 
-    def ws_forward(q, k, v, out, lse, scale, *, lists, map_heads, block_n, box, cache):
+    def ws_forward(q, k, v, out, lse, scale, *, lists, map_heads, block_n, box, cache, persistent):
+        assert isinstance(persistent, bool)
         layout, q_tile, kv_tile = box
         assert map_heads == 1 and math.prod(q_tile) == 128 and math.prod(kv_tile) == block_n
         assert tuple(q.shape[1:-2]) == layout[3 - (q.dim() - 3):] and all(n == 1 for n in layout[:3 - (q.dim() - 3)])
@@ -67,7 +68,8 @@ def ws_route(monkeypatch):
 
     def on():
         monkeypatch.setattr(gna.GNALaunch, "ws_route", lambda self, q, k, v, out: True)
-        monkeypatch.setattr(gna, "ws_kernel", lambda: SimpleNamespace(ws_forward=fake_ws_forward(calls)))
+        monkeypatch.setattr(gna, "ws_kernel", lambda: SimpleNamespace(ws_forward=fake_ws_forward(calls),
+                                                                       persistent_for=lambda tiles: tiles <= 4))
 
     monkeypatch.setattr(gna, "_LAUNCHES", type(gna._LAUNCHES)())
     return on, calls

@@ -91,6 +91,9 @@ def test_the_model_and_the_kernel_plan_agree_on_the_gna_route(size, data):
     tm = tilemap(pattern, q, kv, "box")
     work = int(tm.visited.sum()) * problem.heads * problem.batch * math.prod(q) * math.prod(kv)
     assert takes_ws(H200, problem, tm, tokens) == (kernel_rule and work >= WS_MIN_WORK)
+    if kernel_rule:  # the ws launch may run persistent, round-robin: the launch order's schedule only if the
+        # work items cost alike; every Q tile of a route-taking plan visits the same number of whole KV tiles
+        assert not tm.partial.any() and len(set(tm.visited.ravel().tolist())) == 1
 
 
 def test_the_agreement_test_sees_both_routes():

@@ -25,7 +25,11 @@ chunk bwd_c test_gna_backward_cuda "graph or compile" &
 chunk blk test_block_backward_cuda "" &
 chunk pers test_gna_persistent_cuda "" &
 chunk apply test_apply_cuda "" &
-chunk gluon test_gluon_fwd_cuda "" &
+chunk gluon_a test_gluon_fwd_cuda "gluon_dense" &
+chunk gluon_b test_gluon_fwd_cuda "not gluon_dense and not gna and not persistent" &
+chunk gluon_c test_gluon_fwd_cuda "gna_block_sparse" &
+chunk gluon_d test_gluon_fwd_cuda "gna_training or gna_gradients" &
+chunk gluon_e test_gluon_fwd_cuda "persistent" &
 wait
 for f in $OUT/gpu_*_$COMMIT.log; do echo "== $(basename $f): $(grep -E 'passed|failed' $f | tail -1) $(tail -1 $f)"
   grep -E "^(FAILED|ERROR)" $f | head -5; done

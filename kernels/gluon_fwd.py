@@ -20,6 +20,12 @@ views; a tile that runs past its batch's last row reads the next batch's rows, w
 drops and whose output rows the masked store never writes. GNA layouts whose tiles divide them (``BOX``) are
 read through 5D ``[B, L0, L1, L2, H * D]`` views, a tile one box, so Q/K/V need no permutation; the output rows
 are stored at the box's tokens. Keys are masked only where they end inside a KV tile (``KV_MASK``).
+
+Work items are (128-row Q tile, head, batch), the Q tile fastest; program ``p`` of ``P`` runs items ``p, p + P,
+...``: one item each when launched one program per item, several when persistent (``P`` = the SMs). The K/V
+ring's position and the ping-pong turns run on across a program's items; the Q buffer is handed back by the
+``q_empty`` barrier once both consumers issued an item's last score GEMM, so the next item's Q load overlaps
+the last one's final ``P V`` and store.
 """
 
 from __future__ import annotations

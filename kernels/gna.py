@@ -526,8 +526,8 @@ class GNALaunch:
         return self.launch(q, self.prepare_kv(k, v, kv_heads), out, hmap, xkv=xkv)
 
     def ws_route(self, q: Any, k: Any, v: Any, out: Any) -> bool:
-        """Whether this call runs as a block-sparse call of the warp-specialized Hopper kernel on permuted
-        Q/K/V (:mod:`sparsesim.kernels.gluon_fwd`): a perfectly block-sparse plan without dilation or extra
+        """Whether this call runs as a block-sparse call of the warp-specialized Hopper kernel reading its tiles
+        in place (:mod:`sparsesim.kernels.gluon_fwd`): a perfectly block-sparse plan without dilation or extra
         keys, 128-token Q tiles, 64/128-token KV tiles, layout axes that the tiles divide (no padding), a
         call large enough (:func:`~sparsesim.kernels.gluon_fwd.use_ws` on its visited tiles). The inference and
         the training forward (an LSE buffer, :meth:`run`) alike; :meth:`run` asks it only for calls on every head
@@ -762,8 +762,8 @@ def gna_attention(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilat
 
     On a Hopper GPU a large call of a perfectly block-sparse plan (no partial tile, no dilation, no extra
     tokens, 128-token Q tiles, 64/128-token KV tiles dividing the layout) with no head subset runs the
-    warp-specialized Gluon kernel on permuted Q/K/V (:meth:`GNALaunch.ws_route`; the autograd forward too, its
-    LSE permuted back; ``SPARSESIM_FWD_KERNEL=triton`` keeps the Triton kernel).
+    warp-specialized Gluon kernel, each tile read in place as a TMA box (:meth:`GNALaunch.ws_route`; the autograd
+    forward too, with its LSE; ``SPARSESIM_FWD_KERNEL=triton`` keeps the Triton kernel).
 
     Autograd and torch.compile: when q, k or v requires grad (and grad mode is on), or while torch.compile
     traces, the call runs as the custom op ``sparsesim::gna_fwd`` (:mod:`sparsesim.kernels.gna_ops`), whose
@@ -975,7 +975,7 @@ def gna_forward(q: Any, k: Any, v: Any, *, window: Any, stride: Any = 1, dilatio
     ``[batch, heads, tokens]`` (natural log; tokens: the layout's row-major, or the flat sequence's).
 
     Layout rows: the GNA kernel writes it (constexpr ``SAVE_LSE``; on the warp-specialized route,
-    :meth:`GNALaunch.ws_run`, that kernel's ``STORE_LSE`` in tile order, permuted back). Extra query rows
+    :meth:`GNALaunch.ws_run`, that kernel's ``STORE_LSE`` at each box row's token). Extra query rows
     (``extra_tokens > 0``) go through :func:`sparsesim.kernels.gna_bwd.rows_forward`, a dense-rows kernel that
     writes their output and log-sum-exp (the fast path's dense kernel has no LSE output).
     """

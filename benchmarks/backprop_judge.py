@@ -1,6 +1,6 @@
 """The model against measured forward and forward+backward times it was never fitted to (CPU).
 
-    python benchmarks/backprop_judge.py [--measurements FILE.csv ...] [--format markdown]
+    python benchmarks/backprop_judge.py [--measurements FILE.csv ...] [--route triton|model] [--format markdown]
 
 Reads ``benchmarks/backward_bench.py`` CSVs (H200, bf16, batch 1, 24 heads, head dim 128; default: the newest run,
 :data:`DEFAULT`) and predicts each measured row with the shipped profiles: ``ours_gna`` with
@@ -8,8 +8,9 @@ Reads ``benchmarks/backward_bench.py`` CSVs (H200, bf16, batch 1, 24 heads, head
 cuDNN profile; ``fwd`` rows as forward calls, ``fwdbwd`` rows with ``--backprop``. No row of these files is in
 any fit (the ``--backprop`` terms are fitted to ``simulate validate --backprop`` rows only), so the errors are
 out-of-sample. FlexAttention rows have no model and are skipped. These files record no ``fwd_kernel``: the default
-one (4441f9d) predates the warp-specialized forward, so ``triton`` prices every forward itself
-(:func:`~sparsesim.simulator.route.without_ws`); a file from a later commit would need its rows' route.
+one (4441f9d) predates the warp-specialized forward, so ``triton`` prices every forward itself (``--route
+triton``: :func:`~sparsesim.simulator.route.without_ws`); for files of the kernels as they ship now (282b27b on)
+``--route model`` lets the model's route rule (the kernels' own) say which forward ran.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ def _tiles(text: Any) -> tuple[int, ...] | None:
     return tuple(int(x) for x in str(text).split("x")) if isinstance(text, str) and text else None
 
 
-def judge(df: pd.DataFrame, gpu: str = "H200") -> pd.DataFrame:
-    """One row per modelled measurement: measured and predicted ms and the error (predicted / measured - 1)."""
+def judge(df: pd.DataFrame, gpu: str = "H200", route: str = "triton") -> pd.DataFrame:
+    """One row per modelled measurement: measured and predicted ms and the error (predicted / measured - 1);
+    ``route``: ``triton`` (every forward on the Triton kernels) or ``model`` (the model's route rule)."""
     from sparsesim.hwmodels import load_gpu
     from sparsesim.hwmodels.profiles import load_profile
 
     shapes = {name: (size, window, stride) for name, size, window, stride, _ in CASES}
     spec = load_gpu(gpu)
-    ours = without_ws(load_profile("triton", spec))
+    ours = load_profile("triton", spec)
+    ours = without_ws(ours) if route == "triton" else ours
     rows = []
     for rec in df.to_dict(orient="records"):
         impl, ms = rec.get("impl"), pd.to_numeric(rec.get("ms"), errors="coerce")
@@ -73,11 +76,13 @@ DEFAULT = ROOT / "hwmodels" / "measurements" / "backward_bench_h200_2026-11-30_4
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/backprop_judge.py", description=__doc__.splitlines()[0])
     parser.add_argument("--measurements", nargs="+", type=Path, default=None, help="backward_bench.py CSVs")
+    parser.add_argument("--route", choices=("triton", "model"), default="triton",
+                        help="which forward ran: the Triton kernels (files before the ws forward) or the model's rule")
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     args = parser.parse_args(argv)
     try:
         paths = args.measurements or [DEFAULT]
-        table = judge(pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths]))
+        table = judge(pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths]), route=args.route)
         if table.empty:
             raise ConfigError(f"no modelled rows ({', '.join(MODELLED)}) in {', '.join(map(str, paths))}")
     except (OSError, KeyError, ValueError, ConfigError) as exc:

@@ -50,3 +50,17 @@ def test_a_file_without_modelled_rows_is_a_one_line_error(tmp_path, capsys):
     assert backprop_judge.main(["--measurements", str(f)]) == 2
     err = capsys.readouterr().err
     assert "no modelled rows" in err and len(err.strip().splitlines()) == 1
+
+
+def test_route_model_prices_the_forward_the_kernels_would_run():
+    """``route="model"``: a HunyuanVideo GNA call, which the kernels run on the ws forward, priced by `triton-ws`
+    (the model's route rule); ``route="triton"`` keeps the Triton kernels' profile."""
+    df = pd.DataFrame([{**_row("ours_gna", "fwd", "25.0", "2x8x8"), "case": "hunyuan_w18x24x24_s16x8x8"}])
+    kw = dict(input_size=(30, 48, 80), window=(18, 24, 24), stride=(16, 8, 8), heads=24, head_dim=128, gpu="H200",
+              batch=1, dtype="bf16", q_tile=(2, 8, 8), kv_tile=(2, 8, 8))
+    via_model = simulate(kernel_profile="triton", **kw).call_ms
+    via_triton = simulate(kernel_profile=without_ws(load_profile("triton", load_gpu("H200"))), **kw).call_ms
+    assert via_model != via_triton
+    assert float(backprop_judge.judge(df, route="model")["predicted_ms"].iloc[0]) == pytest.approx(via_model)
+    assert float(backprop_judge.judge(df)["predicted_ms"].iloc[0]) == pytest.approx(via_triton)
+

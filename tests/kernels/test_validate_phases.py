@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_validate_workers import wait_for_peers
 
 from sparsesim.kernels import phases, validate
 from sparsesim.kernels.phases import COLUMNS, TaskTiming, breakdown
@@ -40,12 +41,7 @@ def noting_work(task):
     """``(index, folder)``: waits (up to 30 s) on its first task until both workers are up, then notes a first call
     of 0.05 s within a task of at least 0.1 s; task 3 raises."""
     index, folder = task
-    mark = os.path.join(folder, str(os.getpid()))
-    if not os.path.exists(mark):
-        open(mark, "w").close()
-        deadline = time.monotonic() + 30
-        while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    wait_for_peers(folder)
     with phases.timed("first_call_s"):
         time.sleep(0.05)
     time.sleep(0.05)

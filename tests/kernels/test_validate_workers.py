@@ -79,16 +79,22 @@ def without_gpu(rows):
     return {tuple((k, v) for k, v in r.items() if k != "gpu") for r in rows}
 
 
-def sleepy(task):
-    """``(index, folder)``: the first task of each worker waits (up to 30 s) until both workers are up, so neither
-    takes every task while the other is still starting; then each task sleeps 0.1 s."""
-    index, folder = task
+def wait_for_peers(folder, workers=2):
+    """On a worker's first call, wait (up to 30 s) until ``workers`` workers have marked ``folder``, so neither takes
+    every task while the other is still starting."""
     mark = os.path.join(folder, str(os.getpid()))
     if not os.path.exists(mark):
         open(mark, "w").close()
         deadline = time.monotonic() + 30
-        while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+        while len(os.listdir(folder)) < workers and time.monotonic() < deadline:
             time.sleep(0.01)
+
+
+def sleepy(task):
+    """``(index, folder)``: the first task of each worker waits until both workers are up (:func:`wait_for_peers`);
+    then each task sleeps 0.1 s."""
+    index, folder = task
+    wait_for_peers(folder)
     time.sleep(0.1)
     return index
 

@@ -33,7 +33,8 @@ def fake_ws_forward(calls):
     tiles of 128 tokens visiting the listed KV box tiles, the LSE (natural log) into a contiguous ``[B, H, N]``."""
 
     def ws_forward(q, k, v, out, lse, scale, *, lists, map_heads, block_n, box, cache, persistent):
-        assert isinstance(persistent, bool)
+        # the launch is persistent by the rule on the Q tiles' mean visited KV tiles (the stand-in rule: <= 1)
+        assert persistent is bool(lists[0].double().mean() <= 1)
         layout, q_tile, kv_tile = box
         assert map_heads == 1 and math.prod(q_tile) == 128 and math.prod(kv_tile) == block_n
         assert tuple(q.shape[1:-2]) == layout[3 - (q.dim() - 3):] and all(n == 1 for n in layout[:3 - (q.dim() - 3)])
@@ -69,7 +70,7 @@ def ws_route(monkeypatch):
     def on():
         monkeypatch.setattr(gna.GNALaunch, "ws_route", lambda self, q, k, v, out: True)
         monkeypatch.setattr(gna, "ws_kernel", lambda: SimpleNamespace(ws_forward=fake_ws_forward(calls),
-                                                                       persistent_for=lambda tiles: tiles <= 4))
+                                                                       persistent_for=lambda tiles: tiles <= 1))
 
     monkeypatch.setattr(gna, "_LAUNCHES", type(gna._LAUNCHES)())
     return on, calls
@@ -80,6 +81,15 @@ WS_CASES = [  # size, window, stride, q_tile (128 tokens), kv_tile (64/128), hea
     ((4, 16, 16), (4, 8, 8), (2, 8, 8), (2, 8, 8), (2, 8, 8), 2, 2),
     ((32, 32), (16, 16), (16, 16), (16, 8), (8, 8), 2, 2),
 ]
+
+
+def test_ws_cases_launch_both_ways():
+    """The cases below reach both launches under the stand-in's rule (mean visited KV tiles per Q tile <= 1)."""
+    from sparsesim.kernels.gna_plan import block_lists, plan_gna
+
+    means = [float(block_lists(plan_gna(size, window=w, stride=s, q_tile=q, kv_tile=kv))[0].mean())
+             for size, w, s, q, kv, _, _ in WS_CASES]
+    assert min(means) <= 1 < max(means)
 
 
 @pytest.mark.parametrize(("size", "window", "stride", "q_tile", "kv_tile", "heads", "heads_kv"), WS_CASES)

@@ -39,8 +39,8 @@ FREE = {
               "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0)},
 }
 #: Free parameters of a profile of the warp-specialized forward (``forward_kernel = "ws"``): its K/V always come by
-#: TMA in three stages (no gather or stage term); 64-key KV tiles and the permutation passes of GNA calls
-#: (``hbm_efficiency``) are its own.
+#: TMA in three stages (no gather or stage term); 64-key KV tiles and its K/V streams (``hbm_efficiency``: strided
+#: TMA boxes for GNA, nothing permuted) are its own.
 FREE_WS = {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "cta_overhead_us": (0.0, 40.0),
            "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0), "narrow_kv_penalty": (0.0, 1.0),
            "hbm_efficiency": (0.5, 1.0)}

@@ -81,15 +81,102 @@ def launch_compiled(compiled: dict[Any, Any], key: Any, kernel: Any, grid: tuple
                     constexprs: dict[str, Any], options: dict[str, Any]) -> None:
     """Launch ``kernel``; the first launch per ``key`` goes through Triton's launcher (binding and specializing
     every argument), later ones call the compiled kernel with the same arguments and the constexprs in
-    signature order (``constexprs`` must list them in that order). ``key`` must fix every specialization:
-    the call key, the K/V mode and the pointers' alignments."""
+    signature order (``constexprs`` must list them in that order): through its C launcher (:class:`DirectLaunch`)
+    where the kernel takes no host descriptors, else through the compiled kernel. ``key`` must fix every
+    specialization: the call key, the K/V mode and the pointers' alignments."""
     hit = compiled.get(key)
     if hit is not None:
-        hit[grid](*args, *constexprs.values())
+        direct = compiled.get(("plain-direct", key))
+        if direct is None:
+            direct = compiled[("plain-direct", key)] = direct_launch(hit, 0) or False
+        if not isinstance(direct, DirectLaunch) or not direct(grid, (), (*args, *constexprs.values())):
+            hit[grid](*args, *constexprs.values())
         return
     done = kernel[grid](*args, **constexprs, **options)
     if FAST_LAUNCH and not interpret() and hasattr(done, "packed_metadata"):
         compiled[key] = done
+
+
+#: The C launcher's leading arguments :class:`DirectLaunch` passes (Triton 3.6: grid x/y/z, stream, function,
+#: cooperative, PDL, global and profile scratch, packed metadata, launch metadata, enter and exit hooks).
+LAUNCHER_BASE_ARGS = "iiiKKppOOOOOO"
+
+
+class DirectLaunch:
+    """A compiled kernel launched by Triton's C launcher itself, its host TMA descriptors encoded once.
+
+    Triton's launcher re-encodes every host ``TensorDescriptor`` argument on each launch (a CUtensorMap per
+    descriptor, built in Python around the driver's encode call); a repeated launch whose descriptors are fixed
+    per storage address (:func:`sparsesim.kernels.gluon_fwd.ws_forward`) can encode them once. :meth:`expand`
+    turns descriptors into the launcher's own argument form (Triton's ``make_tensordesc_arg``); :meth:`__call__`
+    launches on the current device's current stream (CUDA-graph capture included), with no launch metadata
+    while Triton's launch hooks are empty (the normal path builds it and calls the empty chains on every
+    launch). :func:`direct_launch` says whether a compiled kernel can be launched this way (this Triton's
+    launcher, no scratch memory); where it cannot, or while a hook is set, callers keep :func:`launch_compiled`.
+    """
+
+    __slots__ = ("coop", "driver", "encode", "function", "metas", "packed", "pdl", "raw")
+
+    def __init__(self, compiled: Any, raw: Any, metas: tuple, encode: Any, driver: Any) -> None:
+        self.raw, self.metas, self.encode, self.driver = raw, metas, encode, driver
+        self.function, self.packed = compiled.function, compiled.packed_metadata
+        self.coop, self.pdl = compiled.run.launch_cooperative_grid, compiled.run.launch_pdl
+
+    def expand(self, descs: Sequence[Any]) -> tuple:
+        """The kernel's leading descriptor arguments as the C launcher takes them (encoded now, once)."""
+        out: list[Any] = []
+        for desc, meta in zip(descs, self.metas, strict=True):
+            out.extend(self.encode(desc, meta))
+        return tuple(out)
+
+    def __call__(self, grid: tuple[int, ...], expanded: tuple, args: tuple) -> bool:
+        """Launch with ``expanded`` (:meth:`expand` of the leading descriptors) then ``args`` (the other
+        arguments and the constexprs, in signature order); False (nothing launched) while a launch hook is set:
+        the compiled kernel's own launch passes hooks their metadata."""
+        from triton import knobs
+
+        if _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
+            return False
+        device = self.driver.get_current_device()
+        stream = self.driver.get_current_stream(device)
+        self.raw(grid[0], grid[1], grid[2], stream, self.function, self.coop, self.pdl, None, None, self.packed,
+                 None, None, None, *expanded, *args)
+        return True
+
+
+def _hooked(hook: Any) -> bool:
+    """Whether a Triton launch hook (None, or a chain of callables) would call anything."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def direct_launch(compiled: Any, descriptors: int) -> DirectLaunch | None:
+    """A :class:`DirectLaunch` of ``compiled`` (a kernel launched once through Triton) whose first
+    ``descriptors`` arguments are its host TMA descriptors, or None where this Triton's launcher is not the one
+    this was written against (Triton 3.6: the C launcher, wrapped where descriptors need expanding) or the
+    kernel needs scratch memory."""
+    try:
+        from triton.backends.nvidia import driver as nvidia
+
+        if getattr(nvidia, "_BASE_ARGS_FORMAT", None) != LAUNCHER_BASE_ARGS:
+            return None
+        run = compiled.run
+        if run.global_scratch_size or run.profile_scratch_size:
+            return None
+        wrapper = run.launch
+        if descriptors == 0 and not hasattr(wrapper, "__code__"):  # no descriptors: the C launcher itself
+            from triton.runtime import driver
+
+            return DirectLaunch(compiled, wrapper, (), nvidia.make_tensordesc_arg, driver.active)
+        cells = dict(zip(wrapper.__code__.co_freevars, (c.cell_contents for c in wrapper.__closure__ or ()),
+                         strict=True))
+        raw, metas, indices = cells["launcher"], cells["tensordesc_meta"], cells["tensordesc_indices"]
+        if set(indices) != set(range(descriptors)) or len(metas) != descriptors or not callable(raw):
+            return None
+        from triton.runtime import driver
+
+        return DirectLaunch(compiled, raw, tuple(metas), nvidia.make_tensordesc_arg, driver.active)
+    except (ImportError, AttributeError, KeyError, TypeError, ValueError, RuntimeError):
+        return None
 
 
 def spec_key(args: tuple) -> tuple:

@@ -32,7 +32,6 @@ from sparsesim.kernels._launch import (
     descriptors_ok,
     device_gpu,
     fused_launch,
-    hashable,
     interpret,
     launch_compiled,
     tensors_key,
@@ -198,8 +197,9 @@ def block_sparse_forward(q: Any, k: Any, v: Any, lists: tuple[Any, Any, Any], q_
 
     kv_num, kv_idx, tail = lists
     try:
-        key = (tensors_key(q, k, v), kv_num.shape, kv_idx.shape, tail.shape, kv_num.device,
-               hashable((q_tile, kv_tile, scale, use_desc)))
+        key = (tensors_key(q, k, v), kv_num.shape, kv_idx.shape, tail.shape, kv_num.device, q_tile, kv_tile, scale,
+               use_desc)
+        hash(key)  # an unhashable argument: validated on every call
     except (AttributeError, TypeError):
         key = None
     launch = _LAUNCHES.get(key)

@@ -453,8 +453,9 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     grid row-major), each tile is read as one TMA box of a 5D view and its output rows are written where its
     tokens are: nothing is permuted. ``cache``: a dict kept with the caller's validated launch; repeated calls
     then reuse their TMA descriptors by storage address (:func:`_descriptor`) and launch the compiled kernel
-    directly (:func:`~sparsesim.kernels._launch.launch_compiled`), skipping Gluon's argument binding. Returns
-    ``out``.
+    directly, skipping Gluon's argument binding: through Triton's C launcher with the descriptors encoded once
+    per address triple (:func:`~sparsesim.kernels._launch.direct_launch`), else through the compiled kernel
+    (:func:`~sparsesim.kernels._launch.launch_compiled`). Returns ``out``.
 
     ``stages`` (K/V ring depth), ``overlap`` (FA3's order), ``pingpong`` (the consumers take turns issuing
     GEMMs), ``consumer_regs`` (registers per thread of the second consumer; the first gets what the kernel's
@@ -464,7 +465,7 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     the same; the next item's Q load overlaps the last one's final GEMM and store; the callers decide by
     :func:`persistent_for`) are the knobs benchmarks/gluon_dense_bench.py varies.
     """
-    from sparsesim.kernels._launch import launch_compiled
+    from sparsesim.kernels._launch import DirectLaunch, direct_launch, launch_compiled
 
     sparse = lists is not None
     static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse, mask_kv,
@@ -485,7 +486,7 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     # the shapes are fixed; what Triton specializes on besides them: the pointers' 16-byte alignment
     key = ("ws", out.data_ptr() % 16 == 0, rest[1].data_ptr() % 16 == 0, kv_num.data_ptr() % 16 == 0,
            kv_idx.data_ptr() % 16 == 0, tail.data_ptr() % 16 == 0, *constexprs.values())
-    views_of = [(x, shape, block, layout) for x, (shape, block), layout in zip((q, k, v), views, layouts, strict=True)]
+    views_of = zip((q, k, v), views, layouts, strict=True)  # (tensor, (view shape, block), shared layout)
     if cache is not None and cache.get(key) is not None:  # repeated: descriptors by address, the compiled kernel
         # the views' shapes are the launch's; its descriptors depend on the three addresses only
         by_ptrs = cache.get(("descs", static_key))
@@ -494,15 +495,29 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
         ptrs = (q.data_ptr(), k.data_ptr(), v.data_ptr())
         descs = by_ptrs.get(ptrs)
         if descs is None:
-            descs = tuple(_descriptor(x.view(shape), block, layout, cache) for x, shape, block, layout in views_of)
+            descs = tuple(_descriptor(x.view(shape), block, layout, cache) for x, (shape, block), layout in views_of)
             if len(by_ptrs) >= MAX_ADDRESSES:
                 del by_ptrs[next(iter(by_ptrs))]
             by_ptrs[ptrs] = descs
+        direct = cache.get(("direct", key))
+        if direct is None:
+            direct = cache[("direct", key)] = direct_launch(cache[key], 3) or False
+        if isinstance(direct, DirectLaunch):  # Triton's C launcher, the descriptors encoded once per address triple
+            expanded = cache.get(("expanded", static_key, key))
+            if expanded is None:
+                expanded = cache[("expanded", static_key, key)] = {}
+            args = expanded.get(ptrs)
+            if args is None:
+                if len(expanded) >= MAX_ADDRESSES:
+                    del expanded[next(iter(expanded))]
+                args = expanded[ptrs] = direct.expand(descs)
+            if direct(grid, args, (*rest, *ints, *constexprs.values())):
+                return out
         launch_compiled(cache, key, _ws_fwd_kernel, grid, (*descs, *rest, *ints), constexprs, options)
         return out
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    descs = tuple(TensorDescriptor.from_tensor(x.view(shape), block, layout) for x, shape, block, layout in views_of)
+    descs = tuple(TensorDescriptor.from_tensor(x.view(shape), block, layout) for x, (shape, block), layout in views_of)
     if cache is None:
         _ws_fwd_kernel[grid](*descs, *rest, *ints, **constexprs, **options)
     else:  # Triton's launcher binds and specializes the real tensors once per key

@@ -30,6 +30,7 @@ chunk gluon_b test_gluon_fwd_cuda "not gluon_dense and not gna and not persisten
 chunk gluon_c test_gluon_fwd_cuda "gna_block_sparse" &
 chunk gluon_d test_gluon_fwd_cuda "gna_training or gna_gradients" &
 chunk gluon_e test_gluon_fwd_cuda "persistent" &
+chunk direct test_direct_launch_cuda "" &
 wait
 for f in $OUT/gpu_*_$COMMIT.log; do echo "== $(basename $f): $(grep -E 'passed|failed' $f | tail -1) $(tail -1 $f)"
   grep -E "^(FAILED|ERROR)" $f | head -5; done

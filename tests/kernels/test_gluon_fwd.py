@@ -111,3 +111,58 @@ def test_repeated_launches_keep_descriptors_by_address_and_no_tensor(monkeypatch
     sizes = [len(val) for key, val in cache.items() if isinstance(key, tuple) and key[:1] in (("desc",), ("descs",))]
     # per view (Q's, and K's shared with V's) and per address triple: each at the bound, none past it
     assert sorted(sizes) == [2, gluon_fwd.MAX_ADDRESSES, gluon_fwd.MAX_ADDRESSES]
+
+
+def test_direct_launch_only_where_its_launcher_is_known(monkeypatch):
+    """``direct_launch`` gives None (callers keep the compiled kernel's own launch) for anything but Triton 3.6's
+    descriptor-expanding launcher: another launcher format, an object that is not a compiled kernel, a kernel
+    with scratch memory, a wrapper closing over other names; where it is that launcher, the C launcher gets the
+    grid, the current stream, the kernel and its metadata, no hooks, then the encoded descriptors and the other
+    arguments, and nothing is launched while a hook is set (the real launch: tests/gpu/test_direct_launch_cuda.py).
+    """
+    from types import SimpleNamespace
+
+    import triton.runtime
+    from triton.backends.nvidia import driver as nvidia
+
+    from sparsesim.kernels import _launch
+
+    calls: list[tuple] = []
+
+    def wrap(launcher, tensordesc_meta, tensordesc_indices):  # closes over the names Triton 3.6's wrapper does
+        def inner(*args):
+            return launcher, tensordesc_meta, tensordesc_indices
+        return inner
+
+    def wrap_other(launcher, meta, indices):
+        def inner(*args):
+            return launcher, meta, indices
+        return inner
+
+    def compiled(scratch: int = 0, wrapper=wrap):
+        run = SimpleNamespace(global_scratch_size=scratch, profile_scratch_size=0, launch_cooperative_grid=False,
+                              launch_pdl=True, launch=wrapper(lambda *a: calls.append(a), [{"m": 0}, {"m": 1}],
+                                                              {0, 1}))
+        return SimpleNamespace(run=run, function=77, packed_metadata=("packed",))
+
+    monkeypatch.setattr(nvidia, "make_tensordesc_arg", lambda desc, meta: [f"map{desc}{meta['m']}", 8, 1])
+    monkeypatch.setattr(triton.runtime.driver, "_active", SimpleNamespace(get_current_device=lambda: 5,
+                                                                          get_current_stream=lambda d: 1000 + d))
+    monkeypatch.setattr(nvidia, "_BASE_ARGS_FORMAT", "other", raising=False)
+    assert _launch.direct_launch(compiled(), 2) is None  # not the launcher format it was written against
+    monkeypatch.setattr(nvidia, "_BASE_ARGS_FORMAT", _launch.LAUNCHER_BASE_ARGS, raising=False)
+    assert _launch.direct_launch(object(), 2) is None
+    assert _launch.direct_launch(compiled(scratch=64), 2) is None
+    assert _launch.direct_launch(compiled(wrapper=wrap_other), 2) is None
+    assert _launch.direct_launch(compiled(), 3) is None  # the kernel has two descriptors, not three
+    direct = _launch.direct_launch(compiled(), 2)
+    assert isinstance(direct, _launch.DirectLaunch)
+    expanded = direct.expand(["Q", "K"])
+    assert expanded == ("mapQ0", 8, 1, "mapK1", 8, 1)
+    assert direct((3, 1, 1), expanded, ("out", 42, True))
+    assert calls == [(3, 1, 1, 1005, 77, False, True, None, None, ("packed",), None, None, None, *expanded, "out", 42,
+                      True)]
+    from triton import knobs
+
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", SimpleNamespace(calls=[print]))
+    assert not direct((3, 1, 1), expanded, ("out", 42, True)) and len(calls) == 1  # a profiler's hook: not here

@@ -11,13 +11,20 @@ s16x8x8 and FLUX s16x16 cases (their benchmark tiles). Per case, forward (``fwd`
 - ``cudnn_dense``: ``F.scaled_dot_product_attention`` with the cuDNN backend, no mask (``[B, H, N, D]``);
 - ``ours_dense``: our dense kernel, where it has a backward (a failed row with the reason otherwise);
 - ``flex_gna``: ``torch.compile(flex_attention)`` with a BlockMask from the core's tile classes (full/partial
-  split, the GNA predicate as ``mask_mod``) on the token-permuted q/k/v, as kernels/NOTES.md's forward runs.
+  split, the GNA predicate as ``mask_mod``) on the token-permuted q/k/v, as kernels/NOTES.md's forward runs
+  (Flex's best form);
+- ``flex_gna_natural``: the same compiled ``flex_attention`` on q/k/v in natural token order (row-major over the
+  layout, ``[B, H, N, D]``), the GNA predicate as a ``mask_mod`` on token indices
+  (``kernel_cases.flex_natural_mask_mod``: the core's per-axis bounds, stride/dilation/causal included) and
+  ``create_block_mask(BLOCK_SIZE=128)`` built once outside the timing: the form of issue 16's Flex figures
+  (above 2^30 mask elements the same call on row ranges of whole Q blocks, ``kernel_cases.flex_natural_block_mask``).
 
-Our gradients are checked against Flex's (same mask, both bf16) at full size: ``rel_err`` of the ``ours_gna``
-fwdbwd row is the largest of ``||d - d_flex|| / ||d_flex||`` over dq, dk, dv. Ratios printed side by side and in
-the CSV (``vs_cudnn``, ``vs_flex``: their time / ours; ``tile_bound``: (our dense fwdbwd / ours) over the
-simulator's ``tile_speedup``). Every variant runs in its own try/except (a failure is a row with its reason);
-the CSV is rewritten after every row; ``--budget-s`` skips what is left once spent (rows say "skipped").
+Both Flex variants are checked against ours (same mask, both bf16) at full size: ``rel_err`` of a Flex row is
+``||o - o_flex|| / ||o_flex||`` (fwd) or the largest of ``||d - d_flex|| / ||d_flex||`` over dq, dk, dv (fwdbwd).
+Ratios printed side by side and in the CSV (``vs_cudnn``, ``vs_flex``: their time / ours; ``tile_bound``: (our
+dense fwdbwd / ours) over the simulator's ``tile_speedup``). Every variant runs in its own try/except (a failure
+is a row with its reason); the CSV is rewritten after every row; ``--budget-s`` skips what is left once spent (rows
+say "skipped").
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any
 from kernel_cases import rewrite_csv
 
 BATCH, HEADS, HEAD_DIM = 1, 24, 128
+NATURAL_BLOCK = 128  # create_block_mask's BLOCK_SIZE for flex_gna_natural (issue 16's Flex figures)
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "impl", "pass", "ms", "q_tile", "kv_tile",
            "vs_cudnn", "vs_flex", "tile_speedup", "tile_bound", "rel_err", "note"]
 #: name, layout, window, stride, tiles (None: the cost model's pick)
@@ -71,7 +79,7 @@ class Rows:
         row = {**self.env, "case": case, "impl": impl, "pass": pass_, "ms": ms, "note": note,
                **{k: ("x".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in fields.items()}}
         self.rows.append(row)
-        print(f"  {case:28s} {impl:12s} {pass_:7s} ms={'-' if ms is None else f'{ms:9.3f}'} "
+        print(f"  {case:28s} {impl:16s} {pass_:7s} ms={'-' if ms is None else f'{ms:9.3f}'} "
               + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None) + f" {note}", flush=True)
         if self.path is not None:
             rewrite_csv(self.path, COLUMNS, self.rows)
@@ -123,9 +131,11 @@ def run_case(rows: Rows, name: str, size: tuple[int, ...], window: tuple[int, ..
         q, k, v, do = (torch.randn(BATCH, *size, HEADS, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16)
                        for _ in range(4))
         for pass_ in ("fwd", "fwdbwd"):
-            rows.guard(name, "flex_gna", pass_, functools.partial(run_flex, rows, name, size, kw, state["tiles"], flex,
-                                                                  pass_, q, k, v, do, state["times"],
-                                                                  state["grads"]))
+            rows.guard(name, "flex_gna", pass_, functools.partial(run_flex, rows, name, size, kw, flex, pass_,
+                                                                  q, k, v, do, state))
+        for pass_ in ("fwd", "fwdbwd"):
+            rows.guard(name, "flex_gna_natural", pass_, functools.partial(run_flex_natural, rows, name, size, kw,
+                                                                          flex, pass_, q, k, v, do, state))
         _summary(name, state["times"], state["tile_speedup"])
         return
     g = torch.Generator(device="cuda").manual_seed(n)
@@ -145,6 +155,7 @@ def run_case(rows: Rows, name: str, size: tuple[int, ...], window: tuple[int, ..
 
     def ours_fwd() -> None:
         with torch.no_grad():
+            state["out"] = gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw)  # for the Flex checks
             times["ours", "fwd"] = time_ms(lambda: gna_attention(q, k, v, q_tile=q_tile, kv_tile=kv_tile, **kw))
         rows.add(name, "ours_gna", "fwd", times["ours", "fwd"], **tags, tile_speedup=sim.tile_speedup)
 
@@ -217,50 +228,86 @@ def _summary(name: str, times: dict[tuple[str, str], float], tile_speedup: float
         if o:
             ratios.append(f"{p}: cudnn/ours={times.get(('cudnn', p), float('nan')) / o:.2f} "
                           f"flex/ours={times.get(('flex', p), float('nan')) / o:.2f} "
+                          f"flex_natural/ours={times.get(('flex_natural', p), float('nan')) / o:.2f} "
                           f"ours_dense/ours={times.get(('ours_dense', p), float('nan')) / o:.2f} "
                           f"(tile_speedup {tile_speedup:.2f})")
     print(f"[{name}] {summary}\n[{name}] " + " | ".join(ratios), flush=True)
 
 
-def run_flex(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], tiles: Any, flex: Any, pass_: str,
-             q: Any, k: Any, v: Any, do: Any, times: dict, ours_grads: list[Any]) -> None:
+def _flex_row(rows: Rows, name: str, impl: str, key: str, flex: Any, pass_: str, qkv: tuple, do: Any,
+              block_mask: Any, to_ours: tuple[Callable, Callable], state: dict[str, Any], note: str) -> None:
+    """Time one Flex variant on its own layout; check its output (fwd) or gradients (fwdbwd) against ours in the
+    caller's layout (``to_ours``: q-like and k/v-like tensors back to ``[B, *size, H, D]``)."""
     import torch
 
+    from sparsesim.kernels.timing import time_ms
+
+    scale = HEAD_DIM ** -0.5
+    err = None
+    if pass_ == "fwd":
+        with torch.no_grad():
+            out = flex(*qkv, block_mask=block_mask, scale=scale)
+            ms = time_ms(lambda: flex(*qkv, block_mask=block_mask, scale=scale))
+        if state.get("out") is not None:  # ours vs flex, both bf16, same mask
+            err = _rel(state["out"], to_ours[0](out))
+            note += f"; ours_gna out vs flex: rel diff {err:.2e}"
+    else:
+        leaves = [x.clone().requires_grad_() for x in qkv]
+
+        def fb() -> Any:
+            return torch.autograd.grad(flex(*leaves, block_mask=block_mask, scale=scale), leaves, do)
+
+        grads = fb()
+        ms = time_ms(fb)
+        if state["grads"]:  # ours vs flex, both bf16, same mask, in the caller's layout
+            back = (to_ours[0](grads[0]), to_ours[1](grads[1]), to_ours[1](grads[2]))
+            err = max(_rel(a, b) for a, b in zip(state["grads"], back, strict=True))
+            note += f"; ours_gna grads vs flex: max rel diff {err:.2e}"
+    state["times"][key, pass_] = ms
+    ours = state["times"].get(("ours", pass_))
+    rows.add(name, impl, pass_, ms, vs_flex=None if ours is None else ms / ours, rel_err=err, note=note)
+
+
+def run_flex(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], flex: Any, pass_: str,
+             q: Any, k: Any, v: Any, do: Any, state: dict[str, Any]) -> None:
+    """``flex_gna``: token-permuted q/k/v, a BlockMask from the core's tile classes."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from kernel_cases import flex_block_mask
 
     from sparsesim.kernels.gna_plan import plan_gna
     from sparsesim.kernels.permute import tile_permute, tile_unpermute
-    from sparsesim.kernels.timing import time_ms
 
-    plan = plan_gna(size, q_tile=tiles[0], kv_tile=tiles[1], **kw)
+    plan = plan_gna(size, q_tile=state["tiles"][0], kv_tile=state["tiles"][1], **kw)
+    qt, kt = plan.schedule.q_tile, plan.schedule.kv_tile
     block_mask = flex_block_mask(plan, q.device)
-    qp, dop = tile_permute(q, plan.schedule.q_tile), tile_permute(do, plan.schedule.q_tile)
-    kp, vp = tile_permute(k, plan.schedule.kv_tile), tile_permute(v, plan.schedule.kv_tile)
-    scale = HEAD_DIM ** -0.5
+    qkv = (tile_permute(q, qt), tile_permute(k, kt), tile_permute(v, kt))
     note = f"torch.compile(flex_attention), BlockMask BLOCK_SIZE=({plan.q_volume},{plan.kv_volume}), permuted qkv"
-    if pass_ == "fwd":
-        with torch.no_grad():
-            ms = time_ms(lambda: flex(qp, kp, vp, block_mask=block_mask, scale=scale))
-        err = None
-    else:
-        leaves = [x.clone().requires_grad_() for x in (qp, kp, vp)]
+    _flex_row(rows, name, "flex_gna", "flex", flex, pass_, qkv, tile_permute(do, qt), block_mask,
+              (lambda x: tile_unpermute(x, size, qt), lambda x: tile_unpermute(x, size, kt)), state, note)
 
-        def fb() -> Any:
-            return torch.autograd.grad(flex(*leaves, block_mask=block_mask, scale=scale), leaves, dop)
 
-        grads = fb()
-        ms = time_ms(fb)
-        err = None
-        if ours_grads:  # ours vs flex, both bf16, same mask, in the caller's layout
-            dq = tile_unpermute(grads[0], size, plan.schedule.q_tile)
-            dk = tile_unpermute(grads[1], size, plan.schedule.kv_tile)
-            dv = tile_unpermute(grads[2], size, plan.schedule.kv_tile)
-            err = max(_rel(a, b) for a, b in zip(ours_grads, (dq, dk, dv), strict=True))
-            note += f"; ours_gna grads vs flex: max rel diff {err:.2e}"
-    times["flex", pass_] = ms
-    ours = times.get(("ours", pass_))
-    rows.add(name, "flex_gna", pass_, ms, vs_flex=None if ours is None else ms / ours, rel_err=err, note=note)
+def run_flex_natural(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], flex: Any, pass_: str,
+                     q: Any, k: Any, v: Any, do: Any, state: dict[str, Any]) -> None:
+    """``flex_gna_natural``: q/k/v in natural token order ``[B, H, N, D]``, the GNA predicate as a ``mask_mod`` on
+    token indices, ``create_block_mask(BLOCK_SIZE=128)`` (built once per case, outside the timing)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kernel_cases import flex_natural_block_mask, flex_natural_mask_mod
+
+    n = math.prod(size)
+    if state.get("natural_mask") is None:
+        mask_mod = flex_natural_mask_mod(size, device=q.device, **kw)
+        state["natural_mask"] = flex_natural_block_mask(mask_mod, n, q.device, block=NATURAL_BLOCK)
+
+    def natural(x: Any) -> Any:
+        return x.reshape(BATCH, n, HEADS, HEAD_DIM).transpose(1, 2).contiguous()
+
+    def back(x: Any) -> Any:
+        return x.transpose(1, 2).reshape(BATCH, *size, HEADS, HEAD_DIM)
+
+    note = (f"torch.compile(flex_attention), natural token order, create_block_mask BLOCK_SIZE={NATURAL_BLOCK}, "
+            f"mask_mod on token coordinates")
+    _flex_row(rows, name, "flex_gna_natural", "flex_natural", flex, pass_, (natural(q), natural(k), natural(v)),
+              natural(do), state["natural_mask"], (back, back), state, note)
 
 
 def make_flex() -> Any:
@@ -305,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.guard(name, "case", "-", functools.partial(run_case, rows, name, size, window, stride, tiles, engine,
                                                             states[name]))
             torch.cuda.empty_cache()
-    print("\ncase                         impl         pass        ms  vs_cudnn  vs_flex  tile_bound  note")
+    print("\ncase                         impl             pass        ms  vs_cudnn  vs_flex  tile_bound  note")
     for r in rows.rows:
-        print(f"{r['case'][:28]:28s} {r['impl'][:12]:12s} {r['pass']:7s} {_fmt(r['ms']):>9s} "
+        print(f"{r['case'][:28]:28s} {r['impl'][:16]:16s} {r['pass']:7s} {_fmt(r['ms']):>9s} "
               f"{_fmt(r.get('vs_cudnn', '')):>8s} {_fmt(r.get('vs_flex', '')):>8s} {_fmt(r.get('tile_bound', '')):>10s}"
               f"  {str(r['note'])[:100]}")
     if args.out is not None:

@@ -200,3 +200,74 @@ def flex_block_mask(plan: Any, device: Any) -> Any:
         return BlockMask.from_kv_blocks(t(kv_num), t(kv_idx), t(full_num), t(full_idx), seq_lengths=seq, **kwargs)
     except TypeError:  # older torch without seq_lengths
         return BlockMask.from_kv_blocks(t(kv_num), t(kv_idx), t(full_num), t(full_idx), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# FlexAttention on tokens in natural (row-major) order: the GNA predicate as a mask_mod on token indices.
+# --------------------------------------------------------------------------------------------
+
+def flex_natural_mask_mod(layout: Sequence[int], window: Any, stride: Any = 1, dilation: Any = 1, causal: Any = False,
+                          device: Any = "cpu") -> Any:
+    """A FlexAttention ``mask_mod(b, h, q_idx, kv_idx)`` on natural-order (row-major) token indices of ``layout``.
+
+    The core's predicate (:func:`sparsesim.simulator.patterns.rows_mask`): key ``j`` is visible from query ``i``
+    iff on every axis ``lo_a[i_a] <= j_a <= hi_a[i_a]`` and ``j_a % d_a == i_a % d_a``, with ``(lo_a, hi_a)`` the
+    core's :meth:`GNAPattern.axis_bounds` tables (stride, dilation and causal included) indexed by the query's
+    coordinate ``i_a = (i // prod(layout[a+1:])) % layout[a]``. Axes that restrict nothing are left out.
+    """
+    import torch
+
+    from sparsesim.simulator.patterns import GNAPattern
+
+    pattern = GNAPattern(input_size=tuple(layout), window=window, stride=stride, dilation=dilation, causal=causal)
+    size = pattern.input_size
+    lmax = max(size)
+    table = np.zeros((pattern.rank, lmax, 2), dtype=np.int64)
+    axes = []  # (axis, pitch, length, dilation)
+    for a, length in enumerate(size):
+        lo, hi = pattern.axis_bounds(a)
+        table[a, :length, 0], table[a, :length, 1] = lo, hi
+        d = pattern.dilation[a]
+        if d > 1 or lo.any() or (hi != length - 1).any():
+            axes.append((a, math.prod(size[a + 1:]), length, d))
+    lohi = torch.from_numpy(table).to(device)
+
+    def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        ok = None
+        for a, pitch, length, d in axes:
+            qc = (q_idx // pitch) % length
+            kc = (kv_idx // pitch) % length
+            on_axis = (kc >= lohi[a, qc, 0]) & (kc <= lohi[a, qc, 1])
+            if d > 1:
+                on_axis = on_axis & (kc % d == qc % d)
+            ok = on_axis if ok is None else ok & on_axis
+        return (q_idx >= 0) & (kv_idx >= 0) if ok is None else ok  # no restricted axis: dense
+
+    return mask_mod
+
+
+def flex_natural_block_mask(mask_mod: Any, n: int, device: Any, block: int = 128, max_elements: int = 2**30) -> Any:
+    """``create_block_mask(mask_mod, B=None, H=None, Q_LEN=n, KV_LEN=n, BLOCK_SIZE=block)``; when ``n * n`` exceeds
+    ``max_elements`` (the dense ``[n, n]`` mask Flex materializes), the same call on row ranges of whole Q blocks,
+    their block lists concatenated (the same BlockMask, memory bounded)."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
+
+    rows = max(1, max_elements // (n * block)) * block
+    if rows >= n:
+        return create_block_mask(mask_mod, None, None, n, n, device=device, BLOCK_SIZE=block)
+    parts = []
+    for start in range(0, n, rows):
+        def shifted(b: Any, h: Any, q_idx: Any, kv_idx: Any, start: int = start) -> Any:
+            return mask_mod(b, h, q_idx + start, kv_idx)
+
+        parts.append(create_block_mask(shifted, None, None, min(rows, n - start), n, device=device, BLOCK_SIZE=block))
+    kv_num, kv_idx, full_num, full_idx = (torch.cat([getattr(p, f) for p in parts], dim=2)
+                                          for f in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks",
+                                                    "full_kv_indices"))
+    try:
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=(block, block),
+                                        mask_mod=mask_mod, seq_lengths=(n, n))
+    except TypeError:  # older torch without seq_lengths
+        return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=(block, block),
+                                        mask_mod=mask_mod)

@@ -42,6 +42,9 @@ _DTYPE_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "fp16"
 #: Repeated calls launch the compiled kernel directly (``SPARSESIM_FAST_LAUNCH=0`` always goes through Triton's
 #: launcher; benchmarks/host_overhead.py times both).
 FAST_LAUNCH = os.environ.get("SPARSESIM_FAST_LAUNCH", "1") != "0"
+#: Repeated launches go through Triton's C launcher itself (:class:`DirectLaunch`; ``SPARSESIM_DIRECT_LAUNCH=0``:
+#: through the compiled kernel's own launch, which benchmarks/block_map_bench.py times against it).
+DIRECT_LAUNCH = os.environ.get("SPARSESIM_DIRECT_LAUNCH", "1") != "0"
 
 
 class CallCache:
@@ -154,6 +157,8 @@ def direct_launch(compiled: Any, descriptors: int) -> DirectLaunch | None:
     ``descriptors`` arguments are its host TMA descriptors, or None where this Triton's launcher is not the one
     this was written against (Triton 3.6: the C launcher, wrapped where descriptors need expanding) or the
     kernel needs scratch memory."""
+    if not DIRECT_LAUNCH:
+        return None
     try:
         from triton.backends.nvidia import driver as nvidia
 

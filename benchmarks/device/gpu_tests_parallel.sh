@@ -32,7 +32,9 @@ chunk gluon_d test_gluon_fwd_cuda "gna_training or gna_gradients" &
 chunk gluon_e test_gluon_fwd_cuda "persistent" &
 chunk direct test_direct_launch_cuda "" &
 wait
-for f in $OUT/gpu_*_$COMMIT.log; do echo "== $(basename $f): $(grep -E 'passed|failed' $f | tail -1) $(tail -1 $f)"
+for f in $OUT/gpu_*_$COMMIT.log; do  # the progress lines' marks: . passed, s skipped, F failed, E error
+  marks=$(grep -aE '^[.sFExX]+ +\[' $f | tr -d ' [%]0-9\n')
+  echo "== $(basename $f): passed=$(echo -n "$marks" | tr -cd . | wc -c) failed=$(echo -n "$marks" | tr -cd FE | wc -c) skipped=$(echo -n "$marks" | tr -cd s | wc -c) $(tail -1 $f)"
   grep -E "^(FAILED|ERROR)" $f | head -5; done
 # at most 8 files come back from a device call: the chunk logs travel as one archive
 (cd $OUT && tar -czf gpu_logs_$COMMIT.tgz gpu_*_$COMMIT.log && rm -f gpu_*_$COMMIT.log)

@@ -24,8 +24,9 @@ are stored at the box's tokens. Keys are masked only where they end inside a KV 
 Work items are (128-row Q tile, head, batch), the Q tile fastest; program ``p`` of ``P`` runs items ``p, p + P,
 ...``: one item each when launched one program per item, several when persistent (``P`` = the SMs). The K/V
 ring's position and the ping-pong turns run on across a program's items; the Q buffer is handed back by the
-``q_empty`` barrier once both consumers issued an item's last score GEMM, so the next item's Q load overlaps
-the last one's final ``P V`` and store.
+``q_empty`` barrier once both consumers' last score GEMM of an item is done (``EARLY``: before that tile's
+softmax, and the load warp issues the next item's first K/V tiles before it waits for the buffer; else after
+the softmax), so the next item's loads overlap the last one's final softmax, ``P V`` and store.
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
     HAS_TAIL: gl.constexpr = OPTS[5]
     BOX: gl.constexpr = OPTS[8]
     KV_MASK: gl.constexpr = OPTS[9]
+    EARLY: gl.constexpr = OPTS[10]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -204,6 +206,9 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
             s = warpgroup_mma(q, _stage(k_smem, pos % STAGES, BOX).permute((1, 0)), zero_s, use_acc=False,
                               is_async=True)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            if EARLY:
+                if n_tiles == 1:  # the item's last score GEMM is done: the loader may load the next Q
+                    mbarrier.arrive(q_empty, count=1)
             if KV_MASK:
                 s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
             p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
@@ -219,6 +224,9 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
                 if PINGPONG:
                     mbarrier.arrive(turn.index(1 - WG), count=1)
                 s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+                if EARLY:
+                    if j == n_tiles - 1:  # the item's last score GEMM is done: the loader may load the next Q
+                        mbarrier.arrive(q_empty, count=1)
                 if KV_MASK:
                     s = gl.where((cols < N_KV - _kv_start(j, count, sched, BLOCK_N, SPARSE))[None, :], s,
                                  float("-inf"))
@@ -232,7 +240,8 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(kv_empty.index(prev), count=1)
                 acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            mbarrier.arrive(q_empty, count=1)  # the item's last score GEMM is done: the loader may load the next Q
+            if not EARLY:
+                mbarrier.arrive(q_empty, count=1)  # the item's last score GEMM is done: the next Q may load
             last = (pos + n_tiles - 1) % STAGES
             mbarrier.wait(v_ready.index(last), ((pos + n_tiles - 1) // STAGES) & 1)
             acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
@@ -273,52 +282,76 @@ def _consumer_second(bufs, descs, base, OPTS: gl.constexpr):
 
 
 @gluon.jit
-def _loader(bufs, descs, base, OPTS: gl.constexpr):
-    """The load warp, item by item of its program: the item's Q tile once the consumers released the last one
-    (``q_empty``), then its K and V tiles into the ring, whose position runs on across items."""
-    q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse, q_empty = bufs
-    q_desc, k_desc, v_desc = descs
+def _load_q(bufs, descs, sched, L1, L2, BOX: gl.constexpr):
+    """Issue the item's Q tile into the Q buffer (``q_bar`` counts its bytes)."""
+    q_smem, q_bar = bufs[0], bufs[3]
+    q_desc = descs[0]
+    b, m0, q_row, q_col = sched[4], sched[7], sched[16], sched[17]
+    if BOX:  # one copy of the whole Q box, [b, x0, x1, x2, column] coordinates
+        QS: gl.constexpr = q_desc.block_type.shape
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        x0, x1, x2 = _box_origin(m0 // (2 * WG_ROWS), L1, L2, QS[1], QS[2], QS[3])
+        tma.async_copy_global_to_shared(q_desc, [b, x0, x1, x2, q_col], q_bar, q_smem)
+    else:
+        mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
+        tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, q_col], q_bar, q_smem.index(1))
+
+
+@gluon.jit
+def _load_kv(bufs, descs, sched, j, pos, count, L1, L2, OPTS: gl.constexpr):
+    """Issue the item's ``j``-th K and V tiles into ring position ``pos + j`` once the consumers freed it."""
+    k_smem, v_smem, k_ready, v_ready, kv_empty = bufs[1], bufs[2], bufs[4], bufs[5], bufs[6]
+    k_desc, v_desc = descs[1], descs[2]
     BLOCK_N: gl.constexpr = OPTS[7]
     STAGES: gl.constexpr = OPTS[0]
     SPARSE: gl.constexpr = OPTS[4]
+    BOX: gl.constexpr = OPTS[8]
+    b, kv_row, kv_col = sched[4], sched[18], sched[19]
+    st = (pos + j) % STAGES
+    ph = ((pos + j) // STAGES) & 1
+    mbarrier.wait(kv_empty.index(st), ph ^ 1)
+    mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
+    if BOX:
+        KS: gl.constexpr = k_desc.block_type.shape
+        y0, y1, y2 = _box_origin(_kv_block(j, count, sched, SPARSE), L1, L2, KS[1], KS[2], KS[3])
+        tma.async_copy_global_to_shared(k_desc, [b, y0, y1, y2, kv_col], k_ready.index(st), k_smem.index(st))
+        mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [b, y0, y1, y2, kv_col], v_ready.index(st), v_smem.index(st))
+    else:
+        row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
+        tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(st), k_smem.index(st))
+        mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(st), v_smem.index(st))
+
+
+@gluon.jit
+def _loader(bufs, descs, base, OPTS: gl.constexpr):
+    """The load warp, item by item of its program: the item's Q tile once the consumers released the last one
+    (``q_empty``) and its K and V tiles into the ring, whose position runs on across items. With ``EARLY`` the
+    item's first K/V tiles go out before the wait for the Q buffer (they need only a free ring stage)."""
+    q_empty = bufs[10]
+    BLOCK_N: gl.constexpr = OPTS[7]
+    SPARSE: gl.constexpr = OPTS[4]
     HAS_TAIL: gl.constexpr = OPTS[5]
     BOX: gl.constexpr = OPTS[8]
+    EARLY: gl.constexpr = OPTS[10]
     L1, L2 = base[20], base[21]
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
     pos = 0
     for w in range(pid, base[24], nprog):
         sched = _sched(w, base)
-        b, m0, q_row, q_col, kv_row, kv_col = sched[4], sched[7], sched[16], sched[17], sched[18], sched[19]
-        mbarrier.wait(q_empty, (((w - pid) // nprog) & 1) ^ 1)
-        if BOX:  # one copy of the whole Q box, [b, x0, x1, x2, column] coordinates
-            QS: gl.constexpr = q_desc.block_type.shape
-            mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-            x0, x1, x2 = _box_origin(m0 // (2 * WG_ROWS), L1, L2, QS[1], QS[2], QS[3])
-            tma.async_copy_global_to_shared(q_desc, [b, x0, x1, x2, q_col], q_bar, q_smem)
-        else:
-            mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
-            tma.async_copy_global_to_shared(q_desc, [q_row + WG_ROWS, q_col], q_bar, q_smem.index(1))
         count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
-        for j in range(n_tiles):
-            st = (pos + j) % STAGES
-            ph = ((pos + j) // STAGES) & 1
-            mbarrier.wait(kv_empty.index(st), ph ^ 1)
-            mbarrier.expect(k_ready.index(st), k_desc.block_type.nbytes)
-            if BOX:
-                KS: gl.constexpr = k_desc.block_type.shape
-                y0, y1, y2 = _box_origin(_kv_block(j, count, sched, SPARSE), L1, L2, KS[1], KS[2], KS[3])
-                tma.async_copy_global_to_shared(k_desc, [b, y0, y1, y2, kv_col], k_ready.index(st),
-                                                k_smem.index(st))
-                mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(v_desc, [b, y0, y1, y2, kv_col], v_ready.index(st),
-                                                v_smem.index(st))
-            else:
-                row = kv_row + _kv_start(j, count, sched, BLOCK_N, SPARSE)
-                tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(st), k_smem.index(st))
-                mbarrier.expect(v_ready.index(st), v_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(st), v_smem.index(st))
+        first = 0
+        if EARLY:
+            if n_tiles > 0:
+                _load_kv(bufs, descs, sched, 0, pos, count, L1, L2, OPTS)
+                first = 1
+        mbarrier.wait(q_empty, (((w - pid) // nprog) & 1) ^ 1)
+        _load_q(bufs, descs, sched, L1, L2, BOX)
+        for j in range(first, n_tiles):
+            _load_kv(bufs, descs, sched, j, pos, count, L1, L2, OPTS)
         pos += n_tiles
 
 
@@ -327,7 +360,7 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
                    MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh, N_ITEMS,
                    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
                    PINGPONG: gl.constexpr, STORE_LSE: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr,
-                   CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr, KV_MASK: gl.constexpr):
+                   CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr, KV_MASK: gl.constexpr, EARLY: gl.constexpr):
     # program p runs work items p, p + P, ... (P programs): one item each when launched one per item, else
     # persistent (static round-robin: the launch order's schedule when the items cost the same)
     dtype: gl.constexpr = q_desc.dtype
@@ -359,7 +392,8 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
     descs = (q_desc, k_desc, v_desc)
     base = (qk_scale, N_Q, N_KV, H, GROUP, MAP_HEADS, QB, KB, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL,
             QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh, N_ITEMS)
-    opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N, BOX, KV_MASK)
+    opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N, BOX, KV_MASK,
+                          EARLY)
     gl.warp_specialize([
         (_consumer_first, (bufs, descs, base, opts)),
         (_consumer_second, (bufs, descs, base, opts)),
@@ -444,7 +478,7 @@ def _major(index: int | None) -> int:
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
                map_heads: int = 1, block_n: int = 128, box: Any = None, cache: dict[Any, Any] | None = None,
                stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240,
-               mask_kv: bool | None = None, persistent: bool = False) -> Any:
+               mask_kv: bool | None = None, persistent: bool = False, early: bool = True) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``; ``kv_idx``'s rows may be
     shorter than the KV tile count where no tail block is flagged). ``lse``: a float32 contiguous ``[B, H, N_q]``
@@ -463,19 +497,22 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     end inside a KV tile, the one case that needs it) and ``persistent`` (one program per SM, each taking the
     work items ``p, p + P, ...``: a static round-robin, which is the launch order's schedule when every item costs
     the same; the next item's Q load overlaps the last one's final GEMM and store; the callers decide by
-    :func:`persistent_for`) are the knobs benchmarks/gluon_dense_bench.py varies.
+    :func:`persistent_for`) and ``early`` (each consumer hands the Q buffer back right after an item's last score
+    GEMM, and the load warp issues the next item's first K/V tiles before it waits for that buffer) are the knobs
+    benchmarks/gluon_dense_bench.py and benchmarks/gna_ws_bench.py vary.
     """
     from sparsesim.kernels._launch import DirectLaunch, direct_launch, launch_compiled
 
     sparse = lists is not None
     static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse, mask_kv,
-                  persistent)
+                  persistent, early)
     static = None if cache is None else cache.get(static_key)
     if static is None:  # what the call's shapes fix: a cache belongs to one validated launch (fixed shapes)
         static = _static_args(q, k, out, scale, map_heads, block_n, box, lse is not None,
                               int(lists[1].shape[-1]) if sparse else None,
                               {"STAGES": stages, "OVERLAP": overlap, "PINGPONG": pingpong,
-                               "CONSUMER_REGS": consumer_regs, "MASK_KV": mask_kv, "PERSISTENT": persistent},
+                               "CONSUMER_REGS": consumer_regs, "MASK_KV": mask_kv, "PERSISTENT": persistent,
+                               "EARLY": early},
                               _sm_count(q.device.index) if persistent else 0)
         if cache is not None:
             cache[static_key] = static
@@ -562,7 +599,8 @@ def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n
                   "PINGPONG": knobs["PINGPONG"], "STORE_LSE": store_lse, "SPARSE": sparse,
                   "HAS_TAIL": sparse and n_kv % block_n != 0, "CONSUMER_REGS": knobs["CONSUMER_REGS"],
                   "BOX": box is not None,
-                  "KV_MASK": n_kv % block_n != 0 if knobs["MASK_KV"] is None else bool(knobs["MASK_KV"])}
+                  "KV_MASK": n_kv % block_n != 0 if knobs["MASK_KV"] is None else bool(knobs["MASK_KV"]),
+                  "EARLY": bool(knobs["EARLY"])}
     # 4 + 4 + 1 (padded to 4) warps at one CTA per SM: 168 registers x 384 threads fit the 64K register file;
     # the load warp gives back all but 24, the consumers take 240 each (the launch options).
     programs = min(items, sms) if knobs["PERSISTENT"] else items

@@ -269,14 +269,20 @@ def cmd_validate(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as exc:
         raise ConfigError(f"simulate validate needs {exc.name}: pip install 'sparsesim[kernels]'") from None
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not torch.cuda.is_available() and not interpreted:
-        raise ConfigError("simulate validate needs a CUDA GPU (or TRITON_INTERPRET=1 for a CPU dry run of tiny "
-                          "shapes, timed on the host)")
+    no_gpu = ConfigError("simulate validate needs a CUDA GPU (or TRITON_INTERPRET=1 for a CPU dry run of tiny "
+                         "shapes, timed on the host)")
+    # Counted through NVML where it works, starting no CUDA here: the device workers can then be forked
+    # (sparsesim.kernels.workers.fork_safe); torch.cuda.is_available() would start the driver.
+    visible = 0 if interpreted else torch.cuda.device_count()
+    if not visible and not interpreted:
+        raise no_gpu
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}; allowed: 1 or more")
     from sparsesim.kernels.workers import WorkersLost, parse_devices
 
-    devices = parse_devices(args.devices, 0 if interpreted else torch.cuda.device_count())
+    devices = parse_devices(args.devices, visible)
+    if (not devices or args.plan) and not interpreted and not torch.cuda.is_available():  # measured here
+        raise no_gpu
     if devices and args.devices.strip().lower() != "all" and args.plan:
         raise ConfigError(f"--devices {args.devices} with --plan; allowed: --devices with --sweep or --preset")
     if devices and args.jobs > 1 and not args.plan:

@@ -500,10 +500,11 @@ def measure_case(case: Case, seed: int, check: Mapping[str, Any] | None = None) 
 Measure = Callable[[Case, int], tuple[dict[str, Any], "float | None"]]
 
 
-def warm_up() -> dict[str, float]:
+def warm_up(cuda: bool = True) -> dict[str, float]:
     """What a measuring process does once before its first case, timed apart: import torch, triton and the kernels
     (``import_s``), then start CUDA on the current device (``cuda_init_s``; not under the interpreter or without a
-    GPU)."""
+    GPU). ``cuda=False``: the imports only, starting no CUDA (what the caller of forked workers runs before forking
+    them: :func:`~sparsesim.kernels.workers.choose_start`)."""
     t0 = time.perf_counter()
     import torch
     import triton  # noqa: F401
@@ -512,7 +513,7 @@ def warm_up() -> dict[str, float]:
     from sparsesim.kernels._launch import interpret
 
     took = {"import_s": time.perf_counter() - t0}
-    if torch.cuda.is_available() and not interpret():
+    if cuda and torch.cuda.is_available() and not interpret():
         t0 = time.perf_counter()
         torch.empty(1, device="cuda")
         torch.cuda.synchronize()
@@ -726,7 +727,8 @@ def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callabl
                     prepare: Callable[[], Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
     """The cases on one worker per device, longest predicted first, a worker preferring cases whose kernels it has
     compiled (:func:`compile_key`); each row written here as it comes back, each case's stamps added to ``timed``;
-    ``prepare``: each worker's first step (:func:`~sparsesim.kernels.workers.spread`)."""
+    ``prepare``: each worker's first step (:func:`~sparsesim.kernels.workers.spread`); with :func:`warm_up`, forked
+    workers start with its imports made here (``warm_up(cuda=False)``, before forking)."""
     from sparsesim.kernels.workers import WorkersLost, spread
 
     commit, today = setup[3], dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
@@ -734,9 +736,10 @@ def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callabl
     order = sorted(todo, key=lambda c: -expected_ms(c, preds[c.case_id][0]))
     envs: dict[int, dict[str, str]] = {}
     rows: list[dict[str, Any]] = []
+    preload = functools.partial(warm_up, cuda=False) if prepare is warm_up else None
     try:
         with closing(spread(_measure_task, [(setup, c) for c in order], devices,
-                            keys=[compile_key(c) for c in order], prepare=prepare)) as outcomes:
+                            keys=[compile_key(c) for c in order], prepare=prepare, preload=preload)) as outcomes:
             for o in outcomes:
                 case = order[o.index]
                 if timed is not None and o.timing is not None:

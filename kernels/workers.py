@@ -1,15 +1,26 @@
 """One worker process per CUDA device: tasks handed out one at a time, results back to the caller.
 
 ``simulate validate`` spreads its cases over the GPUs of the machine with :func:`spread`. Each worker is a
-spawned process that sees only its own device (``CUDA_VISIBLE_DEVICES`` set before anything starts CUDA); the
+process that sees only its own device (``CUDA_VISIBLE_DEVICES`` set before anything starts CUDA); the
 caller's process hands a worker its next task as soon as it returns a result, in the order given (so the devices
 finish together when the longest tasks come first), and alone consumes the results: whatever it writes is
 written by one process.
 
+Forked or spawned: a forked worker starts with the caller's imports (torch, triton, the kernels: a ``preload``
+runs here first) instead of importing them again, but CUDA cannot start in the child of a process where the
+driver has started. So the workers are forked only where :func:`fork_safe` says the caller has not started CUDA
+(Linux; no CUDA driver library loaded in this process; Triton's driver not created; torch not imported, built
+without CUDA, or with CUDA not initialised, no device count cached and NVML counting the devices, the path on
+which ``torch.cuda.device_count()`` starts no driver); anything uncertain spawns them. A caller that means to fork
+counts its devices with ``torch.cuda.device_count()`` (NVML), never ``torch.cuda.is_available()`` (which starts
+the driver unless ``PYTORCH_NVML_BASED_CUDA_CHECK=1``).
+
 A task whose work raises is an outcome with an ``error`` line; a worker that exits (a crash, a kill) loses
 only the task it held, reported the same way, and the others take the rest. When every worker has exited with
 tasks left, :class:`WorkersLost` names them. Ctrl-C reaches the caller only (the workers ignore SIGINT), which
-stops every worker; the outcomes already consumed are the caller's to keep.
+stops every worker; the outcomes already consumed are the caller's to keep. A worker told to end (after the last
+result) flushes what it sent and exits at once, skipping the interpreter's teardown (torch's and CUDA's take most
+of a second); one that does not end in time is terminated.
 
 Every outcome from a worker carries its stamps (:class:`~sparsesim.kernels.phases.TaskTiming`: the worker's spawn,
 start, prepare step, the task's start and end and the parts its work noted); :func:`sparsesim.kernels.phases.breakdown`
@@ -26,12 +37,14 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from sparsesim.kernels import phases
 from sparsesim.kernels.phases import TaskTiming
@@ -40,6 +53,9 @@ from sparsesim.kernels.phases import TaskTiming
 POLL_S = 0.5
 #: Seconds a finished worker gets to exit before it is terminated.
 JOIN_S = 10.0
+#: Environment variable that forces how the workers start (``fork``, ``spawn`` or ``forkserver``), for measuring
+#: one against the other; unset: :func:`choose_start` decides.
+START_ENV = "SPARSESIM_WORKER_START"
 
 
 class WorkersLost(RuntimeError):
@@ -98,6 +114,87 @@ def pin(device: int) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = entries[device] if device < len(entries) else str(device)
 
 
+def _driver_library_loaded(maps: str = "/proc/self/maps") -> bool | None:
+    """Whether the CUDA driver library (libcuda) is mapped into this process (``maps``: its memory map): whatever
+    starts the driver loads it (``cudaGetDeviceCount`` included), importing torch or triton does not; ``None`` when
+    the map cannot be read."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as fh:
+            return any("/libcuda.so" in line for line in fh)
+    except OSError:
+        return None
+
+
+def _triton_driver_created() -> bool | None:
+    """Whether Triton's active driver exists in this process (creating it asks CUDA for its devices); ``None``
+    when this Triton keeps it in a form not known here. Read without touching the lazy driver."""
+    module = sys.modules.get("triton.runtime.driver")
+    if module is None:
+        return False
+    state = getattr(getattr(module, "driver", None), "__dict__", None)
+    if not isinstance(state, dict):
+        return None
+    if "_default" in state or "_active" in state:  # Triton >= 3.2: created on first use of .default/.active
+        return state.get("_default") is not None or state.get("_active") is not None
+    proxies = [vars(state[k]) for k in ("default", "active") if hasattr(state.get(k), "__dict__")]
+    if proxies and all("_obj" in p for p in proxies):  # Triton 3.0/3.1: LazyProxy objects
+        return any(p["_obj"] is not None for p in proxies)
+    return None
+
+
+def fork_safe() -> bool:
+    """Whether workers forked from this process can start CUDA (the module's rule): Linux, no CUDA driver library
+    loaded, Triton's driver not created, and torch not imported, built without CUDA, or not initialised (nor a bad
+    fork itself, nor a device count cached) with NVML counting the devices. ``False`` whenever unsure."""
+    if not sys.platform.startswith("linux") or "fork" not in mp.get_all_start_methods():
+        return False
+    if _driver_library_loaded() is not False or _triton_driver_created() is not False:
+        return False
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return True
+    try:
+        cuda = torch.cuda
+        if not torch.backends.cuda.is_built():
+            return True  # a build without CUDA never starts it
+        if cuda.is_initialized() or cuda._is_in_bad_fork() or getattr(cuda, "_cached_device_count", None) is not None:
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Can't initialize NVML": an answer (spawn), not news
+            return int(cuda._device_count_nvml()) >= 0
+    except Exception:  # noqa: BLE001 - a torch without these functions, or one that fails: unsure
+        return False
+
+
+def choose_start(preload: Callable[[], object] | None = None, method: str | None = None) -> str:
+    """How :func:`spread` starts its workers: ``method`` when given, else ``SPARSESIM_WORKER_START`` when set, else
+    ``"fork"`` when :func:`fork_safe` holds, else ``"spawn"``. When forking, ``preload()`` runs here first (the
+    imports the workers then start with) and, unless forced, :func:`fork_safe` is asked again after it; a
+    ``preload`` that raises means spawn (unless forced: the workers meet the failure)."""
+    forced = method
+    if forced is None:
+        text = os.environ.get(START_ENV, "").strip().lower()
+        if text and text not in mp.get_all_start_methods():
+            from sparsesim.simulator.errors import ConfigError
+
+            raise ConfigError(f"{START_ENV}={text!r}; allowed: {', '.join(mp.get_all_start_methods())} or unset")
+        forced = text or None
+    elif forced not in mp.get_all_start_methods():
+        raise ValueError(f"start method {forced!r}; allowed: {', '.join(mp.get_all_start_methods())}")
+    if forced is None and not fork_safe():
+        return "spawn"
+    chosen = forced or "fork"
+    if chosen == "fork" and preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - spawned workers meet (and report) the same failure
+            if forced is None:
+                return "spawn"
+        if forced is None and not fork_safe():  # the imports started CUDA after all
+            return "spawn"
+    return chosen
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0][:160] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -106,9 +203,10 @@ def _one_line(exc: BaseException) -> str:
 def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any,
            prepare: Callable[[], Mapping[str, float]] | None = None) -> None:
     """A worker's loop: ``(index, task)`` from its inbox, ``(device, index, result, error, stamps)`` to the shared
-    outbox; ``None`` ends it. ``prepare()`` runs first (its failure is left to the tasks to meet)."""
+    outbox; ``None`` ends it (:func:`_leave`). ``prepare()`` runs first (its failure is left to the tasks to meet)."""
     started = time.time()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's: it stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the caller's handler: terminate() ends it
     pin(device)
     parts: tuple[tuple[str, float], ...] = ()
     if prepare is not None:
@@ -120,7 +218,7 @@ def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any,
     while True:
         item = inbox.get()
         if item is None:
-            return
+            _leave(outbox)
         got = time.time()
         phases.take()
         index, task = item
@@ -134,9 +232,24 @@ def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any,
         outbox.put((device, index, result, error, stamps))
 
 
+def _leave(outbox: Any) -> NoReturn:
+    """End a worker told to end: its results already sent are flushed into the pipe (the queue's feeder thread
+    joined), its standard streams flushed, then the process exits with code 0 without the interpreter's teardown
+    (torch's and CUDA's: most of a second; the driver frees the device when the process is gone)."""
+    outbox.close()
+    outbox.join_thread()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed or broken stream: nothing more to keep
+            pass
+    os._exit(0)
+
+
 def _start(processes: Sequence[Any], spawned: dict[int, float]) -> None:
     """Start the workers with SIGINT ignored from their first instruction (a spawned Python keeps an ignored
-    SIGINT ignored), so that Ctrl-C during their start prints no traceback; ``spawned[i]``: when the i-th started."""
+    SIGINT ignored, a forked child inherits it), so that Ctrl-C during their start prints no traceback;
+    ``spawned[i]``: when the i-th started."""
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
@@ -168,8 +281,9 @@ def next_task(todo: Sequence[int], keys: Sequence[Hashable] | None, mine: set[Ha
 
 def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[int], *,
            poll_s: float = POLL_S, keys: Sequence[Hashable] | None = None,
-           prepare: Callable[[], Mapping[str, float]] | None = None) -> Iterator[Outcome]:
-    """Run ``work(task)`` for every task on one spawned worker per device; yield the outcomes as they finish.
+           prepare: Callable[[], Mapping[str, float]] | None = None,
+           preload: Callable[[], object] | None = None, start_method: str | None = None) -> Iterator[Outcome]:
+    """Run ``work(task)`` for every task on one worker process per device; yield the outcomes as they finish.
 
     ``work`` and the tasks must pickle (``work`` a module-level function). Tasks go out in the order given, the
     next to whichever worker returns first, preferring (with ``keys``, one per task: what it compiles) a task
@@ -177,7 +291,9 @@ def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[i
     to stop the workers early; on an exception in the caller (Ctrl-C included) they are terminated.
     ``prepare`` (module-level, or ``None``): each worker's first call, before its tasks; it returns named seconds
     (``import_s``, ``cuda_init_s``...) which, like the parts the work notes (:func:`sparsesim.kernels.phases.timed`),
-    come back on each :attr:`Outcome.timing`.
+    come back on each :attr:`Outcome.timing`. ``start_method``: ``fork``, ``spawn`` or ``forkserver``; ``None``:
+    :func:`choose_start` decides (fork where :func:`fork_safe`), running ``preload`` (any callable: it runs here)
+    before forking, e.g. the imports that ``prepare`` would make in each worker.
     """
     if keys is not None and len(keys) != len(tasks):
         raise ValueError(f"{len(keys)} keys for {len(tasks)} tasks; allowed: one key per task")
@@ -187,7 +303,7 @@ def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[i
         raise ValueError(f"devices {list(devices)}: one or more distinct indices")
     if not tasks:
         return
-    ctx = mp.get_context("spawn")
+    ctx: Any = mp.get_context(choose_start(preload, start_method))  # queues and processes of one context
     outbox = ctx.Queue()
     inboxes = {d: ctx.Queue() for d in devices}
     procs = {d: ctx.Process(target=_serve, args=(d, work, inboxes[d], outbox, prepare), name=f"sparsesim-cuda{d}",
@@ -262,4 +378,4 @@ def _stop(procs: dict[int, Any], inboxes: dict[int, Any], *, graceful: bool) -> 
             p.join()
 
 
-__all__ = ["Outcome", "WorkersLost", "next_task", "parse_devices", "pin", "spread"]
+__all__ = ["Outcome", "WorkersLost", "choose_start", "fork_safe", "next_task", "parse_devices", "pin", "spread"]

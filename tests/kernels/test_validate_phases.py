@@ -1,7 +1,7 @@
 """Phase timings of ``simulate validate``: worker stamps from ``spread``, the breakdown, the JSON phases file.
 
-Workers run on CPU with fake devices (as in test_validate_workers.py); the work functions below are module-level
-(a spawned worker imports this module to run them).
+Workers run on CPU with fake devices (as in test_validate_workers.py), forked or spawned; the work functions below
+are module-level (a spawned worker imports this module to run them).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def fake_probe(commit):
 def _plain_devices(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("SPARSESIM_PHASES", raising=False)
+    monkeypatch.delenv("SPARSESIM_WORKER_START", raising=False)
     yield
     assert not mp.active_children()
 
@@ -80,9 +81,11 @@ def run(cases, out, **kw):
     return validate.run(cases, out, commit="abc1234", probe=fake_probe, measure=fake_measure, **kw)
 
 
-def test_spread_stamps_every_task_of_every_worker(tmp_path):
+@pytest.mark.parametrize("method", [m for m in ("fork", "spawn") if m in mp.get_all_start_methods()])
+def test_spread_stamps_every_task_of_every_worker(tmp_path, method):
     start = time.time()
-    outcomes = list(spread(noting_work, [(i, str(tmp_path)) for i in range(6)], (0, 1), prepare=slow_prepare))
+    outcomes = list(spread(noting_work, [(i, str(tmp_path)) for i in range(6)], (0, 1), prepare=slow_prepare,
+                           start_method=method))
     end = time.time()
     assert sorted(o.index for o in outcomes) == list(range(6)) and {o.device for o in outcomes} == {0, 1}
     assert [o.error for o in outcomes if o.error] == [f"worker on cuda:{o.device}: ValueError: boom"

@@ -9,7 +9,8 @@ written by one process.
 Forked or spawned: a forked worker starts with the caller's imports (torch, triton, the kernels: a ``preload``
 runs here first) instead of importing them again, but CUDA cannot start in the child of a process where the
 driver has started. So the workers are forked only where :func:`fork_safe` says the caller has not started CUDA
-(Linux; no CUDA driver library loaded in this process; Triton's driver not created; torch not imported, built
+(Linux; the CUDA driver not initialised in this process (its library not mapped, or mapped and answering "not
+initialised"); Triton's driver not created; torch not imported, built
 without CUDA, or with CUDA not initialised, no device count cached and NVML counting the devices, the path on
 which ``torch.cuda.device_count()`` starts no driver); anything uncertain spawns them. A caller that means to fork
 counts its devices with ``torch.cuda.device_count()`` (NVML), never ``torch.cuda.is_available()`` (which starts
@@ -125,6 +126,28 @@ def _driver_library_loaded(maps: str = "/proc/self/maps") -> bool | None:
         return None
 
 
+def _driver_initialized() -> bool | None:
+    """Whether the CUDA driver was initialised (``cuInit``) in this process: False while its library is not mapped
+    or, mapped (importing torch or triton may map it), answers ``cuDeviceGetCount`` with "not initialised" (a call
+    that initialises nothing); True when it counts the devices; ``None`` when unsure."""
+    loaded = _driver_library_loaded()
+    if loaded is not True:
+        return loaded
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD)  # the library already mapped, never a new load
+        count = ctypes.c_int(0)
+        status = int(lib.cuDeviceGetCount(ctypes.byref(count)))
+    except (OSError, AttributeError):
+        return None
+    return {0: True, CUDA_ERROR_NOT_INITIALIZED: False}.get(status)
+
+
+#: The driver API's answer before ``cuInit``.
+CUDA_ERROR_NOT_INITIALIZED = 3
+
+
 def _triton_driver_created() -> bool | None:
     """Whether Triton's active driver exists in this process (creating it asks CUDA for its devices); ``None``
     when this Triton keeps it in a form not known here. Read without touching the lazy driver."""
@@ -143,12 +166,13 @@ def _triton_driver_created() -> bool | None:
 
 
 def fork_safe() -> bool:
-    """Whether workers forked from this process can start CUDA (the module's rule): Linux, no CUDA driver library
-    loaded, Triton's driver not created, and torch not imported, built without CUDA, or not initialised (nor a bad
-    fork itself, nor a device count cached) with NVML counting the devices. ``False`` whenever unsure."""
+    """Whether workers forked from this process can start CUDA (the module's rule): Linux, the CUDA driver not
+    initialised (:func:`_driver_initialized`), Triton's driver not created, and torch not imported, built without
+    CUDA, or not initialised (nor a bad fork itself, nor a device count cached) with NVML counting the devices.
+    ``False`` whenever unsure."""
     if not sys.platform.startswith("linux") or "fork" not in mp.get_all_start_methods():
         return False
-    if _driver_library_loaded() is not False or _triton_driver_created() is not False:
+    if _driver_initialized() is not False or _triton_driver_created() is not False:
         return False
     torch = sys.modules.get("torch")
     if torch is None:

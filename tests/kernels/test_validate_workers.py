@@ -318,6 +318,15 @@ def test_fork_safe_rule(monkeypatch):
     with monkeypatch.context() as m:
         m.delattr(torch.cuda, "_device_count_nvml")  # a torch without NVML counting: unsure
         assert not fork_safe()
+    # the driver library mapped (imports may map it): its own answer to a device count says whether cuInit ran
+    import ctypes
+
+    for status, safe in ((workers.CUDA_ERROR_NOT_INITIALIZED, True), (0, False), (100, False)):
+        with monkeypatch.context() as m:
+            m.setattr(workers, "_driver_library_loaded", lambda: True)
+            m.setattr(ctypes, "CDLL", lambda name, mode=0, status=status: types.SimpleNamespace(
+                cuDeviceGetCount=lambda ref: status))
+            assert fork_safe() is safe, status
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with monkeypatch.context() as m:
         m.setattr(torch.backends.cuda, "is_built", lambda: False)  # a build without CUDA never starts it

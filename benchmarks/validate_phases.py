@@ -6,8 +6,10 @@
 One row per device (``here``: a run without ``--devices``, measured in the CLI's own process), seconds in the
 order of a worker's time line; they add up to the wall time of ``validate.run`` (``sum`` = ``wall``):
 
-    setup     run() start to this worker's spawn (the CLI process predicting and ordering the cases)
-    spawn     spawn call to the worker's first line (interpreter, re-import of the main module, unpickling)
+    setup     run() start to this worker's start (the CLI process predicting and ordering the cases; with
+              forked workers also its preload: the workers' imports made once before the fork)
+    spawn     process start to the worker's first line (spawned: interpreter, re-import of the main module,
+              unpickling; forked: the fork)
     import    import torch, triton and the kernels (validate.warm_up)
     cuda      first CUDA context on the worker's device
     prep+     rest of the start (``here``: check of --out, git, environment probe, --jobs checks)

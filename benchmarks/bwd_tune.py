@@ -19,7 +19,9 @@ is checked against float64 by tests/gpu) and timed with :func:`sparsesim.kernels
   permutation inside the timing). With ``permute`` listed, also (``--quick`` too): each kernel's first-call
   candidates (``DQ_CANDIDATES``/``DKV_CANDIDATES``, gathered) next to ``DQ_PERMUTED_CANDIDATES``/
   ``DKV_PERMUTED_CANDIDATES`` (permuted), the other kernel at the default, then the whole backward with each
-  layout's fastest pair (kernel ``all``, variant ``best gather pair`` / ``best permute pair``).
+  layout's fastest pair (kernel ``all``, variant ``best gather pair`` / ``best permute pair``; ``--stream-layout
+  permute`` alone: the permuted ones only), the split dK/dV on 8 warps (:data:`DKV_WARPS8`), then the whole
+  backward with dQ fused into the dK/dV kernel at each of :data:`FUSED_VARIANTS` (variant ``fused dq, ...``).
 
 The CSV is rewritten after every row; ``--budget-s`` skips what is left once spent.
 """
@@ -56,6 +58,15 @@ DENSE_FUSED = [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 8, 3),
 #: A small causal GQA shape with ragged tiles on which the fused variants are checked against the default too.
 FUSED_CHECK = (4133, 24, 8)
 #: GNA variants: (resident volume, streamed volume, warps, stages); a resident volume of 0 keeps the forward's.
+#: dK/dV settings timed with dQ fused into the dK/dV kernel (``BwdTuning.fused_dq``, with ``permute`` listed): the
+#: pick's (``gna_bwd.FUSED_PICK``) first, then others.
+#: A fourth number pins the warps (0: the heuristic's). Offline compiles for sm_90 (Triton 3.6, 3D tiles, head dim
+#: 128) spill in every setting but the 64-row resident tile with a 32-row stream on 8 warps (kernels/NOTES.md).
+FUSED_VARIANTS = [(1 << 30, 64, 3), (64, 64, 2), (1 << 30, 64, 2, 8), (64, 64, 2, 8), (64, 32, 2, 8),
+                  (64, 32, 3, 8), (1 << 30, 32, 2, 8), (64, 64, 3, 8)]
+#: Split dK/dV settings on 8 warps (resident, stream, stages, warps), the dQ kernel at its default: the offline
+#: compiles spill least there (a 64-row resident tile with a 32-row stream: none).
+DKV_WARPS8 = [(64, 64, 2, 8), (64, 32, 2, 8), (64, 32, 3, 8)]
 GNA_VARIANTS = [(0, 64, 8, 2), (0, 64, 4, 2), (0, 64, 8, 3), (0, 32, 4, 2), (0, 32, 8, 3), (0, 128, 8, 2),
                 (0, 128, 8, 1), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 8, 2)]
 
@@ -221,15 +232,16 @@ def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], 
     tags = {"part": "gna", "case": name}
     _measure(rows, lambda: gna_backward(do, q, k, v, out, lse, **kw), ref, **tags, kernel="all",
              variant=f"picked on the first call, tiles {tiles}")
-    _measure(rows, lambda: gna_backward(do, q, k, v, out, lse, tuning=BwdTuning(), **kw), ref, **tags, kernel="all",
-             variant="BwdTuning() (no pick)")
+    if "gather" in layouts:
+        _measure(rows, lambda: gna_backward(do, q, k, v, out, lse, tuning=BwdTuning(), **kw), ref, **tags,
+                 kernel="all", variant="BwdTuning() (no pick)")
     for layout in layouts:
         if layout != "gather":
             both = BwdTuning(dq_stream_layout=layout, dkv_stream_layout=layout)
             _measure(rows, lambda t=both: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, **tags,
                      kernel="all", variant=f"BwdTuning(*_stream_layout={layout!r})")
     if "permute" in layouts:
-        _candidates(rows, lambda t: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, tags)
+        _candidates(rows, lambda t: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, tags, layouts)
     for layout in layouts:
         for kernel in () if quick else ("dq", "dkdv"):
             for res, stream, warps, stages in GNA_VARIANTS:
@@ -241,16 +253,18 @@ def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], 
                          kernel=kernel, variant=f"res{res or 'fwd'} stream{stream} w{warps} s{stages} {layout}")
 
 
-def _candidates(rows: Rows, run: Any, ref: Any, tags: dict[str, Any]) -> None:
-    """Each kernel's gather candidates (what the first call picks from) and permuted candidates, the other kernel
-    at the default; then the whole backward with each layout's fastest dQ and dK/dV candidates."""
+def _candidates(rows: Rows, run: Any, ref: Any, tags: dict[str, Any],
+                layouts: tuple[str, ...] = ("gather", "permute")) -> None:
+    """Each kernel's gather candidates and permuted candidates (of ``layouts``), the other kernel at the default;
+    then the whole backward with each layout's fastest dQ and dK/dV candidates; then split dK/dV settings on 8
+    warps and the fused-dQ backward's settings."""
     from sparsesim.kernels import gna_bwd as gb
 
     best: dict[tuple[str, str], tuple[float, tuple[int, int, int]]] = {}
     for kernel, gather, permuted in (("dq", gb.DQ_CANDIDATES, gb.DQ_PERMUTED_CANDIDATES),
                                      ("dkv", gb.DKV_CANDIDATES, gb.DKV_PERMUTED_CANDIDATES)):
         for layout, cands in (("gather", gather), ("permute", permuted)):
-            for c in cands:
+            for c in cands if layout in layouts else ():
                 t = gb.candidate_tuning(kernel, c, layout)
                 ms = _measure(rows, lambda t=t: run(t), ref, **tags, kernel="dq" if kernel == "dq" else "dkdv",
                               variant=f"candidate {_cand(c)} {layout}")
@@ -263,6 +277,16 @@ def _candidates(rows: Rows, run: Any, ref: Any, tags: dict[str, Any]) -> None:
             _measure(rows, lambda t=t: run(t), ref, **tags, kernel="all",
                      variant=f"best {layout} pair: dq {_cand(best[('dq', layout)][1])} "
                              f"dkdv {_cand(best[('dkv', layout)][1])}")
+    for res, stream, stages, warps in DKV_WARPS8:
+        t = gb.BwdTuning(dkv_resident=res, dkv_stream=stream, dkv_stages=stages, dkv_warps=warps,
+                         dkv_stream_layout="permute")
+        _measure(rows, lambda t=t: run(t), ref, **tags, kernel="dkdv",
+                 variant=f"candidate {_cand((res, stream, stages))} w{warps} permute")
+    for c in FUSED_VARIANTS:  # dQ fused into the dK/dV kernel: the whole backward, one kernel's settings
+        t = gb.fused_tuning(c)
+        w = f" w{c[3]}" if len(c) > 3 else ""
+        _measure(rows, lambda t=t: run(t), ref, **tags, kernel="all",
+                 variant=f"fused dq, dkdv {_cand(c[:3])}{w} permute")
 
 
 def _cand(c: tuple[int, int, int]) -> str:

@@ -51,8 +51,9 @@ from sparsesim.kernels._launch import (
     tma_enabled,
     tma_strides_ok,
 )
+from sparsesim.kernels.dense_bwd import tma_reduce_ok
 from sparsesim.kernels.gna_plan import GNAPlan, plan_gna
-from sparsesim.kernels.permute import make_layout, permute_checked, tile_permute, tile_permute_pair
+from sparsesim.kernels.permute import make_layout, permute_checked, tile_permute, tile_permute_pair, unpermute_into
 
 # --------------------------------------------------------------------------------------------
 # Device helpers.
@@ -114,16 +115,30 @@ def _dq_update(dq, q, do, k, v, lse2, delta, qk_scale, mask, MASKED: tl.constexp
 
 @triton.jit
 def _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask_t, MASKED: tl.constexpr):
-    """dK (unscaled) and dV of one KV tile gain one Q tile; scores transposed ``[BLOCK_N, BLOCK_M]``."""
+    """dK (unscaled) and dV of one KV tile gain one Q tile; scores transposed ``[BLOCK_N, BLOCK_M]``. Also
+    returns ``dS^T`` in the inputs' dtype (the fused dQ's operand, :func:`_dq_reduce`)."""
     qk_t = tl.dot(k, tl.trans(q))
     p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
     if MASKED:
         p_t = tl.where(mask_t, p_t, 0.0)
     dv = tl.dot(p_t.to(do.dtype), do, dv)
     dp_t = tl.dot(v, tl.trans(do))
-    ds_t = p_t * (dp_t - delta[None, :])
-    dk = tl.dot(ds_t.to(q.dtype), q, dk)
-    return dk, dv
+    ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+    dk = tl.dot(ds_t, q, dk)
+    return dk, dv, ds_t
+
+
+@triton.jit
+def _dq_reduce(DQA, ds_t, k, sm_scale, row, offs_m, offs_d, HEAD_DIM: tl.constexpr, DQ_TMA: tl.constexpr):
+    """Add one tile pair's ``scale * dS K`` into the float32 dQ accumulator at permuted row ``row`` (int32: the
+    buffer holds under 2^31 rows, as the Q stream's descriptors require): a
+    TMA reduction through the 2D descriptor ``DQA`` (``DQ_TMA``) or pointer atomics (``DQA`` the buffer,
+    contiguous rows of ``HEAD_DIM``)."""
+    dq = tl.dot(tl.trans(ds_t), k) * sm_scale
+    if DQ_TMA:
+        DQA.atomic_add([row, 0], dq)
+    else:
+        tl.atomic_add(DQA + (row.to(tl.int64) + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], dq, sem="relaxed")
 
 
 @triton.jit
@@ -310,7 +325,7 @@ def _gna_dq_kernel(
 
 @triton.jit
 def _gna_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, RANGES_T, LOHI, XQ, XDO, XLSE, XDELTA, qk_scale, sm_scale,
+    Q, K, V, DO, DK, DV, LSE, DELTA, RANGES_T, LOHI, XQ, XDO, XLSE, XDELTA, DQA, qk_scale, sm_scale,
     GROUP, D0, D1, D2, L0, L1, L2, NK1, NK2, GMAX, NKMAX, LPMAX, NXQ, NQ1, NQ2, NH, NQP, s_ln, s_xlb, s_xlh,
     s_qb, s_q0, s_q1, s_q2, s_qh, s_qd,
     s_kb, s_k0, s_k1, s_k2, s_kh, s_kd,
@@ -324,11 +339,13 @@ def _gna_dkdv_kernel(
     QT0: tl.constexpr, QT1: tl.constexpr, QT2: tl.constexpr,
     KT0: tl.constexpr, KT1: tl.constexpr, KT2: tl.constexpr,
     MASK0: tl.constexpr, MASK1: tl.constexpr, MASK2: tl.constexpr, BLOCK_SPARSE: tl.constexpr,
-    EXTRA_Q: tl.constexpr, XQTAIL: tl.constexpr, STREAM: tl.constexpr,
+    EXTRA_Q: tl.constexpr, XQTAIL: tl.constexpr, STREAM: tl.constexpr, FUSED_DQ: tl.constexpr,
+    DQ_TMA: tl.constexpr,
 ):
     # STREAM 0: Q/dO tiles gathered from the caller's layout, LSE/Delta rows gathered from [B, H, tokens];
     # 1/2: Q and dO are permuted, zero-padded buffers [B * G, H, NQP, D] (pointers / TMA descriptors), LSE
     # (base 2) and Delta permuted alike ([B * G, H, NQP] views, row stride s_ln; zero on padded rows).
+    # FUSED_DQ (STREAM 1/2, no extra tokens): each tile pair's dQ goes into DQA, float32 rows permuted as Q's.
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
     kt = tl.program_id(0)
@@ -400,7 +417,10 @@ def _gna_dkdv_kernel(
                 rows = qt_full.to(tl.int64) * BLOCK_M + offs_m
                 lse2 = tl.load(LSE + l_base + rows * s_ln)
                 delta = tl.load(DELTA + l_base + rows * s_ln)
-            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
+            dk, dv, ds_t = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
+            if FUSED_DQ:
+                _dq_reduce(DQA, ds_t, k, sm_scale, q_row0 + qt_full * BLOCK_M, offs_m, offs_d,
+                           HEAD_DIM, DQ_TMA)
         if not BLOCK_SPARSE:
             for p in range(0, s0 + s1 + s2):
                 t0, t1, t2 = _partial_tile(p, s0, s1, vf0, nv0, ff0, nf0, vf1, nv1, ff1, nf1, vf2, nv2, ff2, nf2)
@@ -427,7 +447,10 @@ def _gna_dkdv_kernel(
                     mask = _mask_t(mask, LOHI, 1, g1, GMAX, LPMAX, t1 * QT1 + (offs_m // QT2) % QT1, kc1)
                 if MASK2:
                     mask = _mask_t(mask, LOHI, 2, g2, GMAX, LPMAX, t2 * QT2 + offs_m % QT2, kc2)
-                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+                dk, dv, ds_t = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+                if FUSED_DQ:
+                    _dq_reduce(DQA, ds_t, k, sm_scale, q_row0 + qt_part * BLOCK_M, offs_m, offs_d,
+                               HEAD_DIM, DQ_TMA)
         if EXTRA_Q:  # the extra queries see every key (no causal axis)
             xq_base = XQ + b64 * s_xqb + h64 * s_xqh + offs_d[None, :] * s_xqd
             xo_base = XDO + b64 * s_xob + h64 * s_xoh + offs_d[None, :] * s_xod
@@ -439,7 +462,7 @@ def _gna_dkdv_kernel(
                 do = tl.load(xo_base + xrow[:, None] * s_xon)
                 lse2 = tl.load(XLSE + xl_base + xrow) * 1.4426950408889634
                 delta = tl.load(XDELTA + xl_base + xrow)
-                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
+                dk, dv, _ = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, 0, False)
             if XQTAIL:
                 xrow = (n_xfull * BLOCK_M + offs_m).to(tl.int64)
                 x_ok = xrow < NXQ
@@ -447,7 +470,7 @@ def _gna_dkdv_kernel(
                 do = tl.load(xo_base + xrow[:, None] * s_xon, mask=x_ok[:, None], other=0.0)
                 lse2 = tl.load(XLSE + xl_base + xrow, mask=x_ok, other=0.0) * 1.4426950408889634
                 delta = tl.load(XDELTA + xl_base + xrow, mask=x_ok, other=0.0)
-                dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, x_ok[None, :], True)
+                dk, dv, _ = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, x_ok[None, :], True)
 
     _scatter(DK, b64 * s_ab + hk64 * s_ah, y0, y1, y2, k_ok, offs_d, s_a0, s_a1, s_a2, s_ad, dk * sm_scale)
     _scatter(DV, b64 * s_cb + hk64 * s_ch, y0, y1, y2, k_ok, offs_d, s_c0, s_c1, s_c2, s_cd, dv)
@@ -580,7 +603,7 @@ def _cols_dkdv_kernel(
             mask = c_ok[:, None] & row_ok[None, :]
             if CAUSAL:
                 mask = mask & (COL0 + cols[:, None] <= rows[None, :])
-            dk, dv = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
+            dk, dv, _ = _dkdv_update(dk, dv, k, v, q, do, lse2, delta, qk_scale, mask, True)
     tl.store(DK + b * s_ab + hk * s_ah + c64[:, None] * s_an + offs_d[None, :] * s_ad,
              (dk * sm_scale).to(DK.dtype.element_ty), mask=c_ok[:, None])
     tl.store(DV + b * s_cb + hk * s_ch + c64[:, None] * s_cn + offs_d[None, :] * s_cd,
@@ -628,6 +651,10 @@ class BwdTuning:
     from buffers permuted once per call into contiguous tiles of the streamed tile's shape (one block load per
     tile: TMA where :func:`sparsesim.kernels._launch.descriptors_ok` allows, pointers otherwise; timed against
     the gather layout in kernels/NOTES.md). The resident tile is gathered and the gradients scattered either way.
+    ``fused_dq``: no dQ launch; the dK/dV kernel also adds each tile pair's ``scale * dS K`` into a zeroed float32
+    buffer permuted as its Q stream (TMA reductions on Hopper, pointer atomics elsewhere), which one inverse
+    permutation writes into ``dq`` (five GEMMs per tile pair instead of seven; dQ's last bits then depend on the
+    atomics' order). Needs ``dkv_stream_layout="permute"`` and no extra tokens; the ``dq_*`` fields are unused.
     """
 
     dq_resident: int = 1 << 30
@@ -640,6 +667,7 @@ class BwdTuning:
     dkv_stages: int = 0
     dq_stream_layout: str = "gather"
     dkv_stream_layout: str = "gather"
+    fused_dq: bool = False
 
 
 #: What the first GPU call of a backward tries per kernel, ``(resident, stream, stages)``, keeping the fastest
@@ -674,6 +702,11 @@ DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
 #: to 955 us (benchmarks/backward_host.py --mode gpu, 54ccec4 -> 4441f9d).
 DQ_PICK_1D: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "gather") for c in DQ_CANDIDATES)
 DKV_PICK_1D: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "gather") for c in DKV_CANDIDATES)
+#: dK/dV settings the first call's pick tries with dQ fused into the dK/dV kernel (:attr:`BwdTuning.fused_dq`;
+#: 2D/3D layouts without extra tokens, on GPUs with TMA reductions): the dense fused backward's shape (128-row
+#: KV tile, 64-row Q stream, 3 stages: dense_bwd.FUSED_CONFIG) and the 64-row resident tile that won dK/dV on
+#: three of the four layers of kernels/NOTES.md. Kept only where faster than the pick's split pair.
+FUSED_PICK: tuple[tuple[int, ...], ...] = ((1 << 30, 64, 3), (64, 64, 2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -694,6 +727,7 @@ class GNABackward:
     rows_config: tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, warps, stages of the dense-rows kernels
     dq_stream_layout: str = "gather"  # how dQ reads K/V and dK/dV reads Q/dO (BwdTuning's *_stream_layout)
     dkv_stream_layout: str = "gather"
+    fused_dq: bool = False  # BwdTuning's: dQ added by the dK/dV kernel
     #: Compiled dQ / dK/dV kernels by :func:`sparsesim.kernels._launch.spec_key` (repeated calls skip Triton's
     #: argument binding, as the forward's launches do).
     compiled: dict[Any, Any] = field(default_factory=dict)
@@ -723,6 +757,9 @@ def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GN
     for name in ("dq_stream_layout", "dkv_stream_layout"):
         if getattr(tune, name) not in STREAM_LAYOUTS:
             raise ValueError(f"BwdTuning.{name}={getattr(tune, name)!r}; allowed: {', '.join(STREAM_LAYOUTS)}")
+    if tune.fused_dq and (tune.dkv_stream_layout != "permute" or fwd.extra):
+        raise ValueError(f"BwdTuning.fused_dq=True with dkv_stream_layout={tune.dkv_stream_layout!r} and "
+                         f"{fwd.extra} extra tokens; allowed: dkv_stream_layout='permute' and no extra tokens")
     pattern = fwd.plan.pattern
     q_tile, kv_tile = fwd.plan.schedule.q_tile, fwd.plan.schedule.kv_tile
     kw = dict(window=pattern.window, stride=pattern.stride, dilation=pattern.dilation, causal=pattern.causal)
@@ -749,7 +786,7 @@ def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GN
                        dq_config=cfg(dq_plan.q_volume, dq_plan.kv_volume, tune.dq_warps, tune.dq_stages),
                        dkv_config=cfg(dkv_plan.kv_volume, dkv_plan.q_volume, tune.dkv_warps, tune.dkv_stages),
                        rows_config=_rows_config(), dq_stream_layout=tune.dq_stream_layout,
-                       dkv_stream_layout=tune.dkv_stream_layout)
+                       dkv_stream_layout=tune.dkv_stream_layout, fused_dq=tune.fused_dq)
 
 
 def _plan_or(fallback: GNAPlan, size: tuple[int, ...], kw: dict[str, Any], q_tile: tuple[int, ...],
@@ -883,7 +920,15 @@ def backward_call(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, call: tup
         def run_dkdv(b: GNABackward) -> None:
             _launch_dkdv(b, lv, l_lse, l_delta, xv_t, x_lse, x_delta, l_pair)
 
-        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, pick_tuning(fwd, q.device, run_dq, run_dkdv)))
+        def run_fused(b: GNABackward) -> None:
+            _launch_fused(b, lv, l_lse, l_delta, l_pair)
+
+        fusable = not extra and fwd.plan.pattern.rank > 1 and tma_reduce_ok(q.device)
+        tuning = pick_tuning(fwd, q.device, run_dq, run_dkdv, run_fused=run_fused if fusable else None)
+        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
+    if bwd.fused_dq:
+        _launch_fused(bwd, lv, l_lse, l_delta, l_pair)
+        return dq, dk, dv
     _launch_dq(bwd, lv, l_lse, l_delta, xv)
     _launch_dkdv(bwd, lv, l_lse, l_delta, xv_t, x_lse, x_delta, l_pair)
     if extra:
@@ -903,11 +948,14 @@ def candidate_tuning(kernel: str, candidate: tuple[int, int, int], layout: str =
 
 def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
                 dq_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None,
-                dkv_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None) -> BwdTuning:
+                dkv_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None,
+                run_fused: Any = None, fused_candidates: Sequence[tuple[int, ...]] = FUSED_PICK
+                ) -> BwdTuning:
     """The fastest of ``dq_candidates`` for dQ and of ``dkv_candidates`` for dK/dV (``(candidate, stream layout)``
     pairs; default: :data:`DQ_PICK` / :data:`DKV_PICK`, 1D layouts :data:`DQ_PICK_1D` / :data:`DKV_PICK_1D`), each
     timed (CUDA events, after a compiling launch) on the call's own tensors by ``run_dq(backward)`` /
-    ``run_dkdv(backward)``."""
+    ``run_dkdv(backward)``; then, given ``run_fused(backward)`` (the whole fused-dQ backward), the fastest of
+    ``fused_candidates`` (dK/dV settings, permuted, :attr:`BwdTuning.fused_dq`) if it beats that pair's sum."""
     import torch
 
     def timed(run: Any, tuning: BwdTuning) -> float:
@@ -925,9 +973,23 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
     one_d = fwd.plan.pattern.rank == 1
     dq_c = dq_candidates or (DQ_PICK_1D if one_d else DQ_PICK)
     dkv_c = dkv_candidates or (DKV_PICK_1D if one_d else DKV_PICK)
-    dq = min(dq_c, key=lambda c: timed(run_dq, candidate_tuning("dq", *c)))
-    dkv = min(dkv_c, key=lambda c: timed(run_dkdv, candidate_tuning("dkv", *c)))
-    return candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
+    dq_t = {c: timed(run_dq, candidate_tuning("dq", *c)) for c in dq_c}
+    dkv_t = {c: timed(run_dkdv, candidate_tuning("dkv", *c)) for c in dkv_c}
+    dq, dkv = min(dq_t, key=dq_t.__getitem__), min(dkv_t, key=dkv_t.__getitem__)
+    split = candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
+    if run_fused is None or not fused_candidates:
+        return split
+    fused = {c: fused_tuning(c) for c in fused_candidates}
+    fused_t = {c: timed(run_fused, t) for c, t in fused.items()}
+    best = min(fused_t, key=fused_t.__getitem__)
+    return fused[best] if fused_t[best] < dq_t[dq] + dkv_t[dkv] else split
+
+
+def fused_tuning(candidate: tuple[int, ...]) -> BwdTuning:
+    """A fused-dQ backward (:attr:`BwdTuning.fused_dq`) with the dK/dV setting ``candidate`` ``(resident, stream,
+    stages[, warps])`` (warps 0 or left out: the launch heuristic's), its Q/dO stream permuted."""
+    warps = candidate[3] if len(candidate) > 3 else 0
+    return dataclasses.replace(candidate_tuning("dkv", candidate[:3], "permute"), fused_dq=True, dkv_warps=warps)
 
 
 def _tensor_spec(tensors: tuple) -> tuple:
@@ -986,9 +1048,11 @@ def _remember(bwd: GNABackward, sig: tuple, ints: tuple, constexprs: dict[str, A
 
 
 def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | None, x_lse: Any,
-                 x_delta: Any, pair: Any) -> None:
+                 x_delta: Any, pair: Any, dqa: Any = None) -> int:
     """``pair``: the ``[2, B, H, tokens]`` buffer of :func:`_delta` (the layout's rows, Delta in ``pair[1]``), needed
-    by the permuted stream layout (None otherwise)."""
+    by the permuted stream layout (None otherwise). ``dqa`` (fused dQ): a callable that, given the padded rows
+    per head, returns the zeroed float32 accumulator ``[B * G, H, padded, D]``. Returns the padded rows (0 when
+    the stream is gathered)."""
     q, k, v, do, _, dk, dv = lv
     plan = bwd.dkv_plan
     nxq = bwd.extra if xv is not None else 0
@@ -1031,9 +1095,39 @@ def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | 
     tensors: tuple = (k, v, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd)
     if mode != 2:
         tensors = (qq, dd, *tensors)
-    launch_compiled(bwd.compiled, ("dkdv", mode, ints_spec, _tensor_spec(tensors)), _gna_dkdv_kernel, grid,
-                    (qq, k, v, dd, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd, bwd.scale * LOG2E, bwd.scale,
-                     *ints), constexprs, options)
+    acc: Any = k  # an unused pointer when dQ is not fused
+    dq_tma = False
+    if dqa is not None:
+        acc = dqa(nqp)
+        dq_tma = mode == 2 and tma_reduce_ok(acc.device)
+        if dq_tma:
+            acc = descriptor(acc.view(-1, bwd.head_dim), [plan.q_volume, bwd.head_dim], _DESCRIPTORS)
+        else:
+            tensors = (*tensors, acc)
+    fused = {"FUSED_DQ": dqa is not None, "DQ_TMA": dq_tma}
+    launch_compiled(bwd.compiled, ("dkdv", mode, ints_spec, _tensor_spec(tensors), *fused.values()),
+                    _gna_dkdv_kernel, grid,
+                    (qq, k, v, dd, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd, acc, bwd.scale * LOG2E,
+                     bwd.scale, *ints), {**constexprs, **fused}, options)
+    return nqp
+
+
+def _launch_fused(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, pair: Any) -> None:
+    """The fused-dQ backward (:attr:`BwdTuning.fused_dq`): the dK/dV kernel adds dQ into a zeroed float32 buffer
+    permuted as its Q stream, then one inverse permutation writes it into ``dq`` (``lv[4]``) in its dtype."""
+    import torch
+
+    q, dq = lv[0], lv[4]
+    plan = bwd.dkv_plan
+    held: list[Any] = []
+
+    def accumulator(padded: int) -> Any:
+        shape = (q.shape[0] * plan.groups, bwd.heads, padded, bwd.head_dim)
+        held.append(torch.zeros(shape, dtype=torch.float32, device=q.device))
+        return held[0]
+
+    _launch_dkdv(bwd, lv, lse, delta, None, None, None, pair, dqa=accumulator)
+    unpermute_into(held[0], dq, plan.schedule.q_tile, dilation=plan.pattern.dilation)
 
 
 #: Per ``_permuted_pair`` call key (shapes, strides, dtypes, device, tile, dilation, head dim) of a pair permuted
@@ -1120,6 +1214,6 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
 
 __all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DKV_PICK", "DKV_PICK_1D",
            "DQ_CANDIDATES", "DQ_PERMUTED_CANDIDATES", "DQ_PICK", "DQ_PICK_1D",
-           "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "backward_call", "build_backward", "candidate_tuning",
-           "gna_backward",
+           "FUSED_PICK", "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "backward_call", "build_backward",
+           "candidate_tuning", "fused_tuning", "gna_backward",
            "pick_tuning", "rows_forward"]

@@ -294,3 +294,18 @@ def tile_unpermute(xp: Any, input_size: Sequence[int], tile: Any, *, dilation: A
                          f"allowed: {list(shape)} {xp.dtype} on {xp.device}")
     _launch(out, xp, layout, inverse=True)
     return out
+
+
+def unpermute_into(xp: Any, out: Any, tile: Any, *, dilation: Any = 1) -> Any:
+    """:func:`tile_unpermute` of ``xp`` into the given ``out`` ``[B, *spatial, H, D]`` (any strides), its values
+    cast to ``out``'s dtype (a float32 accumulator into a bf16 gradient, say). Returns ``out``."""
+    _check_input(xp, 4, "unpermute_into")
+    _check_input(out, None, "unpermute_into")
+    layout = make_layout(out.shape[1:-2], tile, dilation)
+    shape = (out.shape[0] * layout.groups, out.shape[-2], layout.padded_tokens, out.shape[-1])
+    if tuple(xp.shape) != shape or xp.device != out.device:
+        raise ValueError(f"unpermute_into: xp has shape {list(xp.shape)} on {xp.device}; allowed: {list(shape)} on "
+                         f"{out.device} for out {list(out.shape)}, tile={list(layout.tile)}, "
+                         f"dilation={list(layout.dilation)}")
+    _launch(out, xp, layout, inverse=True)
+    return out

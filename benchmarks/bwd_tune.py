@@ -58,8 +58,8 @@ DENSE_FUSED = [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 8, 2), (64, 64, 8, 3),
 #: A small causal GQA shape with ragged tiles on which the fused variants are checked against the default too.
 FUSED_CHECK = (4133, 24, 8)
 #: GNA variants: (resident volume, streamed volume, warps, stages); a resident volume of 0 keeps the forward's.
-#: dK/dV settings timed with dQ fused into the dK/dV kernel (``BwdTuning.fused_dq``, with ``permute`` listed): the
-#: pick's (``gna_bwd.FUSED_PICK``) first, then others.
+#: dK/dV settings timed with dQ fused into the dK/dV kernel (``BwdTuning.fused_dq``, with ``permute`` listed;
+#: H200 at 1cdb92e: slower than the split pair on all four layers, kernels/NOTES.md).
 #: A fourth number pins the warps (0: the heuristic's). Offline compiles for sm_90 (Triton 3.6, 3D tiles, head dim
 #: 128) spill in every setting but the 64-row resident tile with a 32-row stream on 8 warps (kernels/NOTES.md).
 FUSED_VARIANTS = [(1 << 30, 64, 3), (64, 64, 2), (1 << 30, 64, 2, 8), (64, 64, 2, 8), (64, 32, 2, 8),

@@ -655,6 +655,7 @@ class BwdTuning:
     buffer permuted as its Q stream (TMA reductions on Hopper, pointer atomics elsewhere), which one inverse
     permutation writes into ``dq`` (five GEMMs per tile pair instead of seven; dQ's last bits then depend on the
     atomics' order). Needs ``dkv_stream_layout="permute"`` and no extra tokens; the ``dq_*`` fields are unused.
+    Opt-in: slower than the split pair on every layer the H200 measured (kernels/NOTES.md, session 28).
     """
 
     dq_resident: int = 1 << 30
@@ -702,11 +703,6 @@ DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
 #: to 955 us (benchmarks/backward_host.py --mode gpu, 54ccec4 -> 4441f9d).
 DQ_PICK_1D: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "gather") for c in DQ_CANDIDATES)
 DKV_PICK_1D: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "gather") for c in DKV_CANDIDATES)
-#: dK/dV settings the first call's pick tries with dQ fused into the dK/dV kernel (:attr:`BwdTuning.fused_dq`;
-#: 2D/3D layouts without extra tokens, on GPUs with TMA reductions): the dense fused backward's shape (128-row
-#: KV tile, 64-row Q stream, 3 stages: dense_bwd.FUSED_CONFIG) and the 64-row resident tile that won dK/dV on
-#: three of the four layers of kernels/NOTES.md. Kept only where faster than the pick's split pair.
-FUSED_PICK: tuple[tuple[int, ...], ...] = ((1 << 30, 64, 3), (64, 64, 2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -920,12 +916,7 @@ def backward_call(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, call: tup
         def run_dkdv(b: GNABackward) -> None:
             _launch_dkdv(b, lv, l_lse, l_delta, xv_t, x_lse, x_delta, l_pair)
 
-        def run_fused(b: GNABackward) -> None:
-            _launch_fused(b, lv, l_lse, l_delta, l_pair)
-
-        fusable = not extra and fwd.plan.pattern.rank > 1 and tma_reduce_ok(q.device)
-        tuning = pick_tuning(fwd, q.device, run_dq, run_dkdv, run_fused=run_fused if fusable else None)
-        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
+        bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, pick_tuning(fwd, q.device, run_dq, run_dkdv)))
     if bwd.fused_dq:
         _launch_fused(bwd, lv, l_lse, l_delta, l_pair)
         return dq, dk, dv
@@ -948,14 +939,12 @@ def candidate_tuning(kernel: str, candidate: tuple[int, int, int], layout: str =
 
 def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
                 dq_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None,
-                dkv_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None,
-                run_fused: Any = None, fused_candidates: Sequence[tuple[int, ...]] = FUSED_PICK
-                ) -> BwdTuning:
+                dkv_candidates: Sequence[tuple[tuple[int, int, int], str]] | None = None) -> BwdTuning:
     """The fastest of ``dq_candidates`` for dQ and of ``dkv_candidates`` for dK/dV (``(candidate, stream layout)``
     pairs; default: :data:`DQ_PICK` / :data:`DKV_PICK`, 1D layouts :data:`DQ_PICK_1D` / :data:`DKV_PICK_1D`), each
     timed (CUDA events, after a compiling launch) on the call's own tensors by ``run_dq(backward)`` /
-    ``run_dkdv(backward)``; then, given ``run_fused(backward)`` (the whole fused-dQ backward), the fastest of
-    ``fused_candidates`` (dK/dV settings, permuted, :attr:`BwdTuning.fused_dq`) if it beats that pair's sum."""
+    ``run_dkdv(backward)``. The fused-dQ backward (:attr:`BwdTuning.fused_dq`) is not among them: on the H200 it
+    lost to the split pair on every layer measured (kernels/NOTES.md, session 28)."""
     import torch
 
     def timed(run: Any, tuning: BwdTuning) -> float:
@@ -973,16 +962,9 @@ def pick_tuning(fwd: Any, device: Any, run_dq: Any, run_dkdv: Any,
     one_d = fwd.plan.pattern.rank == 1
     dq_c = dq_candidates or (DQ_PICK_1D if one_d else DQ_PICK)
     dkv_c = dkv_candidates or (DKV_PICK_1D if one_d else DKV_PICK)
-    dq_t = {c: timed(run_dq, candidate_tuning("dq", *c)) for c in dq_c}
-    dkv_t = {c: timed(run_dkdv, candidate_tuning("dkv", *c)) for c in dkv_c}
-    dq, dkv = min(dq_t, key=dq_t.__getitem__), min(dkv_t, key=dkv_t.__getitem__)
-    split = candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
-    if run_fused is None or not fused_candidates:
-        return split
-    fused = {c: fused_tuning(c) for c in fused_candidates}
-    fused_t = {c: timed(run_fused, t) for c, t in fused.items()}
-    best = min(fused_t, key=fused_t.__getitem__)
-    return fused[best] if fused_t[best] < dq_t[dq] + dkv_t[dkv] else split
+    dq = min(dq_c, key=lambda c: timed(run_dq, candidate_tuning("dq", *c)))
+    dkv = min(dkv_c, key=lambda c: timed(run_dkdv, candidate_tuning("dkv", *c)))
+    return candidate_tuning("dkv", *dkv, base=candidate_tuning("dq", *dq))
 
 
 def fused_tuning(candidate: tuple[int, ...]) -> BwdTuning:
@@ -1214,6 +1196,6 @@ def _launch_extra(bwd: GNABackward, whole: tuple, lse: Any, delta: Any, xfirst: 
 
 __all__ = ["BWD_STREAM_VOLUME", "DKV_CANDIDATES", "DKV_PERMUTED_CANDIDATES", "DKV_PICK", "DKV_PICK_1D",
            "DQ_CANDIDATES", "DQ_PERMUTED_CANDIDATES", "DQ_PICK", "DQ_PICK_1D",
-           "FUSED_PICK", "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "backward_call", "build_backward",
+           "STREAM_LAYOUTS", "BwdTuning", "GNABackward", "backward_call", "build_backward",
            "candidate_tuning", "fused_tuning", "gna_backward",
            "pick_tuning", "rows_forward"]

@@ -12,7 +12,7 @@ chunk() {  # name, file, -k expression
 }
 chunk perm_a test_gna_backward_permuted_cuda "1000 or 40x36" &
 chunk perm_b test_gna_backward_permuted_cuda "64x64 or 10x20x24" &
-chunk perm_c test_gna_backward_permuted_cuda "16x16 or pick" &
+chunk perm_c test_gna_backward_permuted_cuda "16x16" &
 chunk perm_d test_gna_backward_permuted_cuda "8x12x12" &
 chunk fwd_a test_kernels_cuda "dense or block_sparse or repeated or graph" &
 chunk fwd_b test_kernels_cuda "test_gna_cuda and (1000 or 40x36 or 64x64)" &

@@ -274,3 +274,40 @@ def test_persistent_gna_box_matches_reference(monkeypatch, batch, size, window, 
     ref = gna_reference(q, k, v, **kw).double()
     assert float((out.double() - ref).norm() / ref.norm()) < REL[torch.bfloat16]
     assert calls == [True]
+
+
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_persistent_handoff_block_sparse_with_empty_rows(monkeypatch, head_dim):
+    """A persistent program's items handed off (an item's last ``P V`` issued with the next item's first scores)
+    on a map with Q blocks that visit nothing (alone, in runs, the last one) and a padded last KV block: equal bit
+    for bit to the same launch without the handoff and to a program per item, and right against float64."""
+    import functools
+
+    import numpy as np
+
+    from sparsesim.kernels import block_sparse, block_sparse_attention, gluon_fwd, prepare_block_map
+
+    n, heads, kv_tile = 8000, 8, 128
+    qb, kb = -(-n // 128), -(-n // kv_tile)
+    rng = np.random.default_rng(head_dim)
+    bm = rng.random((heads, qb, kb)) < 0.2
+    bm[:, -1, -1] = True
+    bm[:, 3, :] = False
+    bm[:, 10:14, :] = False
+    bm[1:, -1, :] = False
+    prepared = prepare_block_map(bm, seq_len=n, q_tile=128, kv_tile=kv_tile, device="cuda")
+    q, k, v = (rand(1, n, heads, head_dim, dtype=torch.bfloat16, seed=50 + i) for i in range(3))
+    assert qb * heads > 2 * gluon_fwd._sm_count(q.device.index)  # several items per program
+    real = gluon_fwd.ws_forward
+    monkeypatch.setattr(gluon_fwd, "MIN_WORK", 0)
+    outs = []
+    for knobs in ({"persistent": True, "handoff": True}, {"persistent": True, "handoff": False},
+                  {"persistent": False}):
+        monkeypatch.setattr(gluon_fwd, "ws_forward", functools.partial(real, **knobs))
+        monkeypatch.setattr(block_sparse, "_LAUNCHES", type(block_sparse._LAUNCHES)())
+        outs.append(block_sparse_attention(q, k, v, prepared))
+    mask = torch.from_numpy(np.repeat(np.repeat(bm, 128, axis=1), kv_tile, axis=2)[:, :n, :n]).cuda()
+    ref = reference_attention(q, k, v, mask)
+    assert float((outs[0].double() - ref.double()).norm() / ref.double().norm()) < REL[torch.bfloat16]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert float(outs[0][:, 3 * 128:4 * 128].abs().max()) == 0.0

@@ -35,14 +35,12 @@ COLUMNS = ["gpu", "date", "commit", "torch", "triton", "impl", "variant", "check
 #: Gluon variants: (name, block_n, stages, overlap, pingpong, consumer_regs[, other knobs of ws_forward]);
 #: ``mask_kv`` True masks the keys in every KV tile (the kernel before 2026-11-30: the default masks only where
 #: the keys end mid-tile); ``persistent`` runs a program per SM over the work items; ``early`` False hands the
-#: Q buffer back after an item's last softmax and loads the next item's K/V after its Q (before session 27);
-#: ``handoff`` False issues a persistent program's last ``P V`` of an item alone (before session 28).
+#: Q buffer back after an item's last softmax and loads the next item's K/V after its Q (before session 27).
 VARIANTS = [
     ("ws+overlap+pingpong st3", 128, 3, True, True, 240),
     ("ws+overlap+pingpong st3 persistent", 128, 3, True, True, 240, {"persistent": True}),
     ("ws+overlap+pingpong st3 kvmask", 128, 3, True, True, 240, {"mask_kv": True}),
     ("ws+overlap+pingpong st3 persistent late", 128, 3, True, True, 240, {"persistent": True, "early": False}),
-    ("ws+overlap+pingpong st3 persistent nohandoff", 128, 3, True, True, 240, {"persistent": True, "handoff": False}),
     ("ws+overlap st3", 128, 3, True, False, 240),
     ("ws+overlap+pingpong st3 r232", 128, 3, True, True, 232),
     ("ws", 128, 2, False, False, 240),

@@ -17,9 +17,6 @@ calls, median of :func:`sparsesim.kernels.timing.time_ms`):
   per work item (the default picks by ``gluon_fwd.persistent_for``);
 - ``ours_late``: the default call with ``early=False`` (the Q buffer handed back after an item's last softmax,
   and the next item's K/V loads after the Q load, as before session 27);
-- ``ours_nohandoff`` / ``ours_persistent_nohandoff``: the default call / the persistent one with ``handoff=False``
-  (an item's last ``P V`` issued alone and waited, the next item's first scores after its output store, as
-  before session 28; ``handoff`` acts on persistent launches only);
 - ``ours_dense``: :func:`~sparsesim.kernels.attention` on the same tokens (the tile bound's denominator; the
   note says which kernel it ran); ``ours_dense_ws``: the warp-specialized kernel called directly.
 
@@ -98,9 +95,7 @@ def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tupl
         times["ours_default"] = time_ms(lambda: gna_attention(q, k, v, **kw))
         real = gluon_fwd.ws_forward  # the same call with knobs of the ws kernel forced
         for impl, knob in (("ours_persistent", {"persistent": True}), ("ours_per_item", {"persistent": False}),
-                           ("ours_kvmask", {"mask_kv": True}), ("ours_late", {"early": False}),
-                           ("ours_nohandoff", {"handoff": False}),
-                           ("ours_persistent_nohandoff", {"persistent": True, "handoff": False})):
+                           ("ours_kvmask", {"mask_kv": True}), ("ours_late", {"early": False})):
             gluon_fwd.ws_forward = functools.partial(_forced, real, knob)
             try:
                 times[impl] = time_ms(lambda: gna_attention(q, k, v, **kw))

@@ -62,15 +62,6 @@ def _softmax_step(s, m_i, l_i, acc, qk_scale, dtype: gl.constexpr, p_layout: gl.
 
 
 @gluon.jit
-def _first_softmax(s, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr):
-    """The softmax of an item's first score tile, no accumulator touched: ``(P as the wgmma A operand, m, l)``."""
-    m_new = gl.max(s, axis=1) * qk_scale
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(s * qk_scale - m_safe[:, None])
-    return gl.convert_layout(p.to(dtype), p_layout), m_new, gl.sum(p, axis=1)
-
-
-@gluon.jit
 def _sched(w, base):
     """The schedule tuple of work item ``w`` (its Q tile fastest, then head, then batch: the launch order of a
     grid of one program per item): the launch's ``base`` arguments with the item's batch, head, first row, map
@@ -149,9 +140,7 @@ def _stage(ring, st, BOX: gl.constexpr):
 def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
     """One warpgroup's 64 rows of each of its program's work items: scores, online softmax, ``P V``; then the
     normalized output (and LSE). The K/V ring position and the ping-pong turns run on across items; the Q
-    buffer is released (``q_empty``) as soon as an item's last score GEMM is done. With ``HANDOFF`` (FA3's order
-    carried across a persistent program's items) an item's last ``P V`` is issued together with the next item's
-    first score GEMM, whose softmax runs while it does; the output is stored after."""
+    buffer is released (``q_empty``) as soon as an item's last score GEMM is done."""
     q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty, turn, Out, Lse, q_empty = bufs
     HEAD_DIM: gl.constexpr = OPTS[6]
     BLOCK_N: gl.constexpr = OPTS[7]
@@ -164,7 +153,6 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
     BOX: gl.constexpr = OPTS[8]
     KV_MASK: gl.constexpr = OPTS[9]
     EARLY: gl.constexpr = OPTS[10]
-    HANDOFF: gl.constexpr = OPTS[11]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -186,20 +174,15 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
     nprog = gl.num_programs(0)
     pos = 0  # the ring position of the item's first KV tile
     turns = 0  # ping-pong turns taken so far
-    # HANDOFF: the item's first tile was done by the last item's tail (P, m, l carried over)
-    pending = pid * 0
-    s_next = gl.zeros([WG_ROWS, BLOCK_N], gl.float32, s_layout)
     for w in range(pid, base[24], nprog):
         sched = _sched(w, base)
         qk_scale, N_Q, N_KV, b, h, m0, s_ob, s_on, s_oh = sched[0], sched[1], sched[2], sched[4], sched[5], \
             sched[7], sched[8], sched[9], sched[10]
         count, n_tiles = _tiles(sched, BLOCK_N, SPARSE, HAS_TAIL)
-        acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
         m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, row_s)
         l_i = gl.zeros([WG_ROWS], gl.float32, row_s)
-        if pending == 0:
-            mbarrier.wait(q_bar, ((w - pid) // nprog) & 1)
-        has_next = pending < 0
+        acc = gl.zeros([WG_ROWS, HEAD_DIM], gl.float32, o_layout)
+        mbarrier.wait(q_bar, ((w - pid) // nprog) & 1)
         if not OVERLAP:
             for j in range(n_tiles):
                 st = (pos + j) % STAGES
@@ -219,20 +202,16 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
         elif n_tiles > 0:
             # FA3's order: the scores of tile j and P(j-1) V(j-1) issued together, the softmax of tile j running
             # while the second GEMM does; with PINGPONG the two warpgroups take turns issuing their GEMMs.
-            if pending == 0:
-                mbarrier.wait(k_ready.index(pos % STAGES), (pos // STAGES) & 1)
-                s = warpgroup_mma(q, _stage(k_smem, pos % STAGES, BOX).permute((1, 0)), zero_s, use_acc=False,
-                                  is_async=True)
-                s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-                if EARLY:
-                    if n_tiles == 1:  # the item's last score GEMM is done: the loader may load the next Q
-                        mbarrier.arrive(q_empty, count=1)
-                if KV_MASK:
-                    s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s,
-                                 float("-inf"))
-            else:
-                s = s_next
-            p16, m_i, l_i = _first_softmax(s, qk_scale, dtype, p_layout)
+            mbarrier.wait(k_ready.index(pos % STAGES), (pos // STAGES) & 1)
+            s = warpgroup_mma(q, _stage(k_smem, pos % STAGES, BOX).permute((1, 0)), zero_s, use_acc=False,
+                              is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+            if EARLY:
+                if n_tiles == 1:  # the item's last score GEMM is done: the loader may load the next Q
+                    mbarrier.arrive(q_empty, count=1)
+            if KV_MASK:
+                s = gl.where((cols < N_KV - _kv_start(0, count, sched, BLOCK_N, SPARSE))[None, :], s, float("-inf"))
+            p16, m_i, l_i, acc = _softmax_step(s, m_i, l_i, acc, qk_scale, dtype, p_layout, row_o)
             for j in range(1, n_tiles):
                 st = (pos + j) % STAGES
                 prev = (pos + j - 1) % STAGES
@@ -264,43 +243,11 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
             if not EARLY:
                 mbarrier.arrive(q_empty, count=1)  # the item's last score GEMM is done: the next Q may load
             last = (pos + n_tiles - 1) % STAGES
-            turns += n_tiles - 1
-            if HANDOFF:  # the program's next item, if it has KV tiles: its first scores go with this P V
-                wn = w + nprog
-                sched_n = _sched(wn, base)
-                count_n, n_tiles_n = _tiles(sched_n, BLOCK_N, SPARSE, HAS_TAIL)
-                has_next = (wn < base[24]) & (n_tiles_n > 0)
-                if has_next:
-                    nxt = pos + n_tiles
-                    mbarrier.wait(q_bar, ((wn - pid) // nprog) & 1)
-                    if PINGPONG:
-                        mbarrier.wait(turn.index(WG), (turns & 1) ^ (1 - WG))
-                    mbarrier.wait(k_ready.index(nxt % STAGES), (nxt // STAGES) & 1)
-                    s = warpgroup_mma(q, _stage(k_smem, nxt % STAGES, BOX).permute((1, 0)), zero_s, use_acc=False,
-                                      is_async=True)
-                    mbarrier.wait(v_ready.index(last), ((pos + n_tiles - 1) // STAGES) & 1)
-                    acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
-                    if PINGPONG:
-                        mbarrier.arrive(turn.index(1 - WG), count=1)
-                    s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
-                    if EARLY:
-                        if n_tiles_n == 1:
-                            mbarrier.arrive(q_empty, count=1)
-                    if KV_MASK:
-                        s = gl.where((cols < N_KV - _kv_start(0, count_n, sched_n, BLOCK_N, SPARSE))[None, :], s,
-                                     float("-inf"))
-                    s_next = s
-                    turns += 1
-                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                else:
-                    mbarrier.wait(v_ready.index(last), ((pos + n_tiles - 1) // STAGES) & 1)
-                    acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
-                    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            else:
-                mbarrier.wait(v_ready.index(last), ((pos + n_tiles - 1) // STAGES) & 1)
-                acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.wait(v_ready.index(last), ((pos + n_tiles - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p16, _stage(v_smem, last, BOX), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(kv_empty.index(last), count=1)
+            turns += n_tiles - 1
         else:
             mbarrier.arrive(q_empty, count=1)
         pos += n_tiles
@@ -320,7 +267,6 @@ def _consumer(bufs, base, WG: gl.constexpr, OPTS: gl.constexpr):
         if STORE_LSE:  # natural log; -inf on a row that sees nothing
             lse = (gl.convert_layout(m_i, row_o) + gl.log2(l_o)) * LN2
             gl.store(Lse + b.to(gl.int64) * sched[22] + h.to(gl.int64) * sched[23] + rows, lse, mask=row_ok)
-        pending = has_next.to(gl.int32)
 
 
 @gluon.jit
@@ -414,8 +360,7 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
                    MAP_HEADS, QB, KB, s_ob, s_on, s_oh, QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh, N_ITEMS,
                    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, OVERLAP: gl.constexpr,
                    PINGPONG: gl.constexpr, STORE_LSE: gl.constexpr, SPARSE: gl.constexpr, HAS_TAIL: gl.constexpr,
-                   CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr, KV_MASK: gl.constexpr, EARLY: gl.constexpr,
-                   HANDOFF: gl.constexpr):
+                   CONSUMER_REGS: gl.constexpr, BOX: gl.constexpr, KV_MASK: gl.constexpr, EARLY: gl.constexpr):
     # program p runs work items p, p + P, ... (P programs): one item each when launched one per item, else
     # persistent (static round-robin: the launch order's schedule when the items cost the same)
     dtype: gl.constexpr = q_desc.dtype
@@ -448,7 +393,7 @@ def _ws_fwd_kernel(q_desc, k_desc, v_desc, Out, Lse, KV_NUM, KV_IDX, TAIL, qk_sc
     base = (qk_scale, N_Q, N_KV, H, GROUP, MAP_HEADS, QB, KB, s_ob, s_on, s_oh, KV_NUM, KV_IDX, TAIL,
             QRB, QRH, QCH, KRB, KRH, KCH, L1, L2, s_lb, s_lh, N_ITEMS)
     opts: gl.constexpr = (STAGES, OVERLAP, PINGPONG, STORE_LSE, SPARSE, HAS_TAIL, HEAD_DIM, BLOCK_N, BOX, KV_MASK,
-                          EARLY, HANDOFF)
+                          EARLY)
     gl.warp_specialize([
         (_consumer_first, (bufs, descs, base, opts)),
         (_consumer_second, (bufs, descs, base, opts)),
@@ -533,7 +478,7 @@ def _major(index: int | None) -> int:
 def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, lists: Any = None,
                map_heads: int = 1, block_n: int = 128, box: Any = None, cache: dict[Any, Any] | None = None,
                stages: int = 3, overlap: bool = True, pingpong: bool = True, consumer_regs: int = 240,
-               mask_kv: bool | None = None, persistent: bool = False, early: bool = True, handoff: bool = True) -> Any:
+               mask_kv: bool | None = None, persistent: bool = False, early: bool = True) -> Any:
     """Launch the kernel on checked tensors (:func:`supported`): dense, or block-sparse on a prepared map's
     ``lists`` ``(kv_num, kv_idx, tail)`` (Q tiles of 128 rows, KV tiles of ``block_n``; ``kv_idx``'s rows may be
     shorter than the KV tile count where no tail block is flagged). ``lse``: a float32 contiguous ``[B, H, N_q]``
@@ -553,23 +498,21 @@ def ws_forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, *, list
     work items ``p, p + P, ...``: a static round-robin, which is the launch order's schedule when every item costs
     the same; the next item's Q load overlaps the last one's final GEMM and store; the callers decide by
     :func:`persistent_for`) and ``early`` (each consumer hands the Q buffer back right after an item's last score
-    GEMM, and the load warp issues the next item's first K/V tiles before it waits for that buffer) and ``handoff``
-    (with ``overlap``: an item's last ``P V`` issued with the program's next item's first score GEMM, the output
-    stored after; it matters only where a program runs several items, i.e. persistent launches) are the knobs
+    GEMM, and the load warp issues the next item's first K/V tiles before it waits for that buffer) are the knobs
     benchmarks/gluon_dense_bench.py and benchmarks/gna_ws_bench.py vary.
     """
     from sparsesim.kernels._launch import DirectLaunch, direct_launch, launch_compiled
 
     sparse = lists is not None
     static_key = ("ws-static", box, block_n, stages, overlap, pingpong, consumer_regs, lse is None, sparse, mask_kv,
-                  persistent, early, handoff)
+                  persistent, early)
     static = None if cache is None else cache.get(static_key)
     if static is None:  # what the call's shapes fix: a cache belongs to one validated launch (fixed shapes)
         static = _static_args(q, k, out, scale, map_heads, block_n, box, lse is not None,
                               int(lists[1].shape[-1]) if sparse else None,
                               {"STAGES": stages, "OVERLAP": overlap, "PINGPONG": pingpong,
                                "CONSUMER_REGS": consumer_regs, "MASK_KV": mask_kv, "PERSISTENT": persistent,
-                               "EARLY": early, "HANDOFF": handoff},
+                               "EARLY": early},
                               _sm_count(q.device.index) if persistent else 0)
         if cache is not None:
             cache[static_key] = static
@@ -657,8 +600,7 @@ def _static_args(q: Any, k: Any, out: Any, scale: float, map_heads: int, block_n
                   "HAS_TAIL": sparse and n_kv % block_n != 0, "CONSUMER_REGS": knobs["CONSUMER_REGS"],
                   "BOX": box is not None,
                   "KV_MASK": n_kv % block_n != 0 if knobs["MASK_KV"] is None else bool(knobs["MASK_KV"]),
-                  "EARLY": bool(knobs["EARLY"]),
-                  "HANDOFF": bool(knobs["HANDOFF"] and knobs["OVERLAP"] and knobs["PERSISTENT"])}
+                  "EARLY": bool(knobs["EARLY"])}
     # 4 + 4 + 1 (padded to 4) warps at one CTA per SM: 168 registers x 384 threads fit the 64K register file;
     # the load warp gives back all but 24, the consumers take 240 each (the launch options).
     programs = min(items, sms) if knobs["PERSISTENT"] else items

@@ -55,8 +55,7 @@ def test_repeated_launches_rebuild_what_changes(monkeypatch):
 
 
 def test_persistent_launch_has_a_program_per_sm_at_most(monkeypatch):
-    """``persistent=True``: one program per SM (at most one per work item); without the handoff the same compiled
-    kernel, with it (the default) the kernel compiled with ``HANDOFF``, which only a persistent launch takes."""
+    """``persistent=True``: one program per SM (at most one per work item), the same compiled kernel."""
     from sparsesim.kernels import _launch
 
     seen: list[tuple] = []
@@ -65,11 +64,10 @@ def test_persistent_launch_has_a_program_per_sm_at_most(monkeypatch):
     monkeypatch.setattr(gluon_fwd, "_sm_count", lambda index: 7)
     for n, items in ((3000, 24 * 2 * 2), (200, 2 * 2 * 2)):
         q, k, v, out = (torch.randn(2, n, 2, 64, dtype=torch.float16) for _ in range(4))
-        for persistent, handoff in ((False, True), (True, False), (True, True)):
-            gluon_fwd.ws_forward(q, k, v, out, None, 0.125, cache={}, persistent=persistent, handoff=handoff)
-        (key1, grid1), (key2, grid2), (key3, grid3) = seen[-3:]
-        assert grid1 == (items, 1, 1) and grid2 == grid3 == (min(items, 7), 1, 1) and key1 == key2
-        assert key3[:-1] == key1[:-1] and (key1[-1], key3[-1]) == (False, True)  # HANDOFF, the last constexpr
+        for persistent in (False, True):
+            gluon_fwd.ws_forward(q, k, v, out, None, 0.125, cache={}, persistent=persistent)
+        (key1, grid1), (key2, grid2) = seen[-2:]
+        assert grid1 == (items, 1, 1) and grid2 == (min(items, 7), 1, 1) and key1 == key2
 
 
 def test_repeated_launches_keep_descriptors_by_address_and_no_tensor(monkeypatch):

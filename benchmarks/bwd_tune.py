@@ -1,7 +1,7 @@
 """Backward tiles and launch options measured side by side on the GPU (issue 16: the backward at the limit).
 
     python benchmarks/bwd_tune.py [--out FILE.csv] [--commit SHA] [--parts dense,gna] [--budget-s 400]
-                                  [--stream-layout gather,permute] [--quick] [--cases SUBSTRINGS]
+                                  [--stream-layout gather,permute,box] [--quick] [--fused] [--cases SUBSTRINGS]
 
 GPU only (bf16, batch 1, 24 heads, head dim 128). Every variant's gradients are checked against the default
 variant's (``rel_err``: the largest ``||d - d_default|| / ||d_default||`` over dq, dk, dv, both bf16; the default
@@ -20,8 +20,9 @@ is checked against float64 by tests/gpu) and timed with :func:`sparsesim.kernels
   candidates (``DQ_CANDIDATES``/``DKV_CANDIDATES``, gathered) next to ``DQ_PERMUTED_CANDIDATES``/
   ``DKV_PERMUTED_CANDIDATES`` (permuted), the other kernel at the default, then the whole backward with each
   layout's fastest pair (kernel ``all``, variant ``best gather pair`` / ``best permute pair``; ``--stream-layout
-  permute`` alone: the permuted ones only), the split dK/dV on 8 warps (:data:`DKV_WARPS8`), then the whole
-  backward with dQ fused into the dK/dV kernel at each of :data:`FUSED_VARIANTS` (variant ``fused dq, ...``).
+  permute`` alone: the permuted ones only; ``box``: the same candidates reading the streamed operands in place
+  by 5D TMA boxes), and with ``--fused`` the split dK/dV on 8 warps (:data:`DKV_WARPS8`) and the whole backward
+  with dQ fused into the dK/dV kernel at each of :data:`FUSED_VARIANTS` (variant ``fused dq, ...``).
 
 The CSV is rewritten after every row; ``--budget-s`` skips what is left once spent.
 """
@@ -203,17 +204,18 @@ def _cfg_name(cfg: dict[str, int]) -> str:
             f"dq {cfg['BLOCK_M2']}x{cfg['BLOCK_N2']} w{opts[1]['num_warps']} s{opts[1]['num_stages']}")
 
 
-def run_gna(rows: Rows, wanted: list[str], quick: bool, layouts: tuple[str, ...] = ("gather",)) -> None:
+def run_gna(rows: Rows, wanted: list[str], quick: bool, layouts: tuple[str, ...] = ("gather",),
+            fused: bool = False) -> None:
     import torch
 
     for name, size, window, stride, tiles in CASES:
         if not wanted or any(w in name for w in wanted):
-            _gna_case(rows, name, size, {"window": window, "stride": stride}, tiles, quick, layouts)
+            _gna_case(rows, name, size, {"window": window, "stride": stride}, tiles, quick, layouts, fused)
             torch.cuda.empty_cache()
 
 
 def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], tiles: Any, quick: bool,
-              layouts: tuple[str, ...] = ("gather",)) -> None:
+              layouts: tuple[str, ...] = ("gather",), fused: bool = False) -> None:
     import torch
 
     from sparsesim.kernels.gna import build_launch, gna_forward
@@ -240,8 +242,8 @@ def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], 
             both = BwdTuning(dq_stream_layout=layout, dkv_stream_layout=layout)
             _measure(rows, lambda t=both: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, **tags,
                      kernel="all", variant=f"BwdTuning(*_stream_layout={layout!r})")
-    if "permute" in layouts:
-        _candidates(rows, lambda t: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, tags, layouts)
+    if "permute" in layouts or "box" in layouts:
+        _candidates(rows, lambda t: gna_backward(do, q, k, v, out, lse, tuning=t, **kw), ref, tags, layouts, fused)
     for layout in layouts:
         for kernel in () if quick else ("dq", "dkdv"):
             for res, stream, warps, stages in GNA_VARIANTS:
@@ -254,35 +256,35 @@ def _gna_case(rows: Rows, name: str, size: tuple[int, ...], kw: dict[str, Any], 
 
 
 def _candidates(rows: Rows, run: Any, ref: Any, tags: dict[str, Any],
-                layouts: tuple[str, ...] = ("gather", "permute")) -> None:
+                layouts: tuple[str, ...] = ("gather", "permute"), fused: bool = False) -> None:
     """Each kernel's gather candidates and permuted candidates (of ``layouts``), the other kernel at the default;
-    then the whole backward with each layout's fastest dQ and dK/dV candidates; then split dK/dV settings on 8
-    warps and the fused-dQ backward's settings."""
+    then the whole backward with each layout's fastest dQ and dK/dV candidates; with ``fused``, split dK/dV
+    settings on 8 warps and the fused-dQ backward's settings."""
     from sparsesim.kernels import gna_bwd as gb
 
     best: dict[tuple[str, str], tuple[float, tuple[int, int, int]]] = {}
     for kernel, gather, permuted in (("dq", gb.DQ_CANDIDATES, gb.DQ_PERMUTED_CANDIDATES),
                                      ("dkv", gb.DKV_CANDIDATES, gb.DKV_PERMUTED_CANDIDATES)):
-        for layout, cands in (("gather", gather), ("permute", permuted)):
+        for layout, cands in (("gather", gather), ("permute", permuted), ("box", permuted)):
             for c in cands if layout in layouts else ():
                 t = gb.candidate_tuning(kernel, c, layout)
                 ms = _measure(rows, lambda t=t: run(t), ref, **tags, kernel="dq" if kernel == "dq" else "dkdv",
                               variant=f"candidate {_cand(c)} {layout}")
                 if ms is not None and (ms < best.get((kernel, layout), (math.inf,))[0]):
                     best[(kernel, layout)] = (ms, c)
-    for layout in ("gather", "permute"):
+    for layout in ("gather", "permute", "box"):
         if (("dq", layout) in best) and (("dkv", layout) in best):
             t = gb.candidate_tuning("dkv", best[("dkv", layout)][1], layout,
                                     base=gb.candidate_tuning("dq", best[("dq", layout)][1], layout))
             _measure(rows, lambda t=t: run(t), ref, **tags, kernel="all",
                      variant=f"best {layout} pair: dq {_cand(best[('dq', layout)][1])} "
                              f"dkdv {_cand(best[('dkv', layout)][1])}")
-    for res, stream, stages, warps in DKV_WARPS8:
+    for res, stream, stages, warps in DKV_WARPS8 if fused else ():
         t = gb.BwdTuning(dkv_resident=res, dkv_stream=stream, dkv_stages=stages, dkv_warps=warps,
                          dkv_stream_layout="permute")
         _measure(rows, lambda t=t: run(t), ref, **tags, kernel="dkdv",
                  variant=f"candidate {_cand((res, stream, stages))} w{warps} permute")
-    for c in FUSED_VARIANTS:  # dQ fused into the dK/dV kernel: the whole backward, one kernel's settings
+    for c in FUSED_VARIANTS if fused else ():  # dQ fused into dK/dV: the whole backward, one kernel's settings
         t = gb.fused_tuning(c)
         w = f" w{c[3]}" if len(c) > 3 else ""
         _measure(rows, lambda t=t: run(t), ref, **tags, kernel="all",
@@ -302,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=400.0)
     parser.add_argument("--quick", action="store_true",
                         help="GNA: the first-call pick, BwdTuning() and (with permute) the candidates only")
+    parser.add_argument("--fused", action="store_true",
+                        help="GNA: also the split dK/dV on 8 warps and the fused-dQ backward (FUSED_VARIANTS)")
     parser.add_argument("--stream-layout", default="gather",
-                        help="GNA: comma-separated stream layouts to sweep (gather, permute)")
+                        help="GNA: comma-separated stream layouts to sweep (gather, permute, box)")
     args = parser.parse_args(argv)
     layouts = tuple(x for x in args.stream_layout.split(",") if x)
-    if not layouts or any(x not in ("gather", "permute") for x in layouts):
-        print(f"bwd_tune: --stream-layout {args.stream_layout!r}; allowed: gather, permute, comma-separated",
+    if not layouts or any(x not in ("gather", "permute", "box") for x in layouts):
+        print(f"bwd_tune: --stream-layout {args.stream_layout!r}; allowed: gather, permute, box, comma-separated",
               file=sys.stderr)
         return 2
     import torch
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = Rows(env, args.out, args.budget_s)
     parts = args.parts.split(",")
     if "gna" in parts:
-        run_gna(rows, [w for w in args.cases.split(",") if w], args.quick, layouts)
+        run_gna(rows, [w for w in args.cases.split(",") if w], args.quick, layouts, args.fused)
     if "dense" in parts:
         run_dense(rows)
     best: dict[tuple[str, str], dict[str, Any]] = {}

@@ -167,6 +167,17 @@ def _tile_pair(X, Y, x_base, y_base, tile, offs, offs_d, s_xn, s_xd, s_yn, s_yd,
     return x, y
 
 
+@triton.jit
+def _box_pair(X, Y, b, t0, t1, t2, col, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
+              HEAD_DIM: tl.constexpr):
+    """Box tile ``(t0, t1, t2)`` of two tensors read in place through 5D TMA descriptors over their ``[B, L0, L1,
+    L2, H * D]`` views (``STREAM`` 3: no dilation, tiles dividing the layout), from column ``col`` (the head's):
+    ``[T0 * T1 * T2, HEAD_DIM]`` each, rows in the box's row-major order (the permuted buffers' order)."""
+    x = X.load([b, t0 * T0, t1 * T1, t2 * T2, col])
+    y = Y.load([b, t0 * T0, t1 * T1, t2 * T2, col])
+    return tl.reshape(x, [T0 * T1 * T2, HEAD_DIM]), tl.reshape(y, [T0 * T1 * T2, HEAD_DIM])
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels.
 # --------------------------------------------------------------------------------------------
@@ -209,7 +220,8 @@ def _gna_dq_kernel(
     EXTRA: tl.constexpr, XTAIL: tl.constexpr, STREAM: tl.constexpr,
 ):
     # STREAM 0: K/V tiles gathered from the caller's layout; 1/2: K and V are permuted, zero-padded buffers
-    # [B * G, H_kv, NKP, D] (pointers / TMA descriptors; strides as the forward's _permuted_strides).
+    # [B * G, H_kv, NKP, D] (pointers / TMA descriptors; strides as the forward's _permuted_strides); 3: K and V
+    # read in place by 5D TMA boxes (no dilation, tiles dividing the layout: every key real).
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
     qt = tl.program_id(0)
@@ -244,7 +256,7 @@ def _gna_dq_kernel(
     tok = (x0 * L1 + x1) * L2 + x2
     lse2 = tl.load(LSE + b64 * s_lb + h64 * s_lh + tok, mask=q_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + b64 * s_lb + h64 * s_lh + tok, mask=q_ok, other=0.0)
-    if STREAM == 0:
+    if STREAM == 0 or STREAM == 3:
         k_base = b64 * s_kb + hk64 * s_kh
         v_base = b64 * s_vb + hk64 * s_vh
     else:
@@ -263,6 +275,8 @@ def _gna_dq_kernel(
                                        D0, D1, D2, L0, L1, L2)
             k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
             v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
+        elif STREAM == 3:
+            k, v = _box_pair(K, V, b, ff0 + i0, ff1 + i1, ff2 + i2, hk * HEAD_DIM, KT0, KT1, KT2, HEAD_DIM)
         else:
             k, v = _tile_pair(K, V, k_base, v_base, ((ff0 + i0) * NK1 + ff1 + i1) * NK2 + ff2 + i2, offs_n, offs_d,
                               s_k2, s_kd, s_v2, s_vd, kv_row0, BLOCK_N, STREAM)
@@ -289,6 +303,9 @@ def _gna_dq_kernel(
                 k = _gather(K, k_base, y0, y1, y2, k_ok, offs_d, s_k0, s_k1, s_k2, s_kd)
                 v = _gather(V, v_base, y0, y1, y2, k_ok, offs_d, s_v0, s_v1, s_v2, s_vd)
                 mask = k_ok[None, :] & q_ok[:, None]
+            elif STREAM == 3:  # every key of a box is real
+                k, v = _box_pair(K, V, b, t0, t1, t2, hk * HEAD_DIM, KT0, KT1, KT2, HEAD_DIM)
+                mask = tl.full([BLOCK_M, BLOCK_N], 1, tl.int1)
             else:  # padded keys are zero rows (no dQ from them) and outside every query's lo/hi (the forward's rule)
                 k, v = _tile_pair(K, V, k_base, v_base, (t0 * NK1 + t1) * NK2 + t2, offs_n, offs_d, s_k2, s_kd,
                                   s_v2, s_vd, kv_row0, BLOCK_N, STREAM)
@@ -345,6 +362,8 @@ def _gna_dkdv_kernel(
     # STREAM 0: Q/dO tiles gathered from the caller's layout, LSE/Delta rows gathered from [B, H, tokens];
     # 1/2: Q and dO are permuted, zero-padded buffers [B * G, H, NQP, D] (pointers / TMA descriptors), LSE
     # (base 2) and Delta permuted alike ([B * G, H, NQP] views, row stride s_ln; zero on padded rows).
+    # 3: Q and dO read in place by 5D TMA boxes (no dilation, tiles dividing the layout), LSE/Delta rows gathered
+    # from [B, H, tokens] as in 0 (every row real).
     # FUSED_DQ (STREAM 1/2, no extra tokens): each tile pair's dQ goes into DQA, float32 rows permuted as Q's.
     BLOCK_M: tl.constexpr = QT0 * QT1 * QT2
     BLOCK_N: tl.constexpr = KT0 * KT1 * KT2
@@ -389,7 +408,7 @@ def _gna_dkdv_kernel(
 
     for hh in range(0, GROUP):  # the query heads of this K/V head: their dK/dV summed here
         h64 = (hk * GROUP + hh).to(tl.int64)
-        if STREAM == 0:
+        if STREAM == 0 or STREAM == 3:
             q_base = b64 * s_qb + h64 * s_qh
             o_base = b64 * s_ob + h64 * s_oh
             l_base = b64 * s_lb + h64 * s_lh
@@ -410,6 +429,14 @@ def _gna_dkdv_kernel(
                 tok = (x0 * L1 + x1) * L2 + x2
                 lse2 = tl.load(LSE + l_base + tok, mask=q_ok, other=0.0) * 1.4426950408889634
                 delta = tl.load(DELTA + l_base + tok, mask=q_ok, other=0.0)
+            elif STREAM == 3:
+                q, do = _box_pair(Q, DO, b, ff0 + i0, ff1 + i1, ff2 + i2, (hk * GROUP + hh) * HEAD_DIM, QT0, QT1, QT2,
+                                  HEAD_DIM)
+                x0, x1, x2, _ = _coords(offs_m, ff0 + i0, ff1 + i1, ff2 + i2, g0, g1, g2, QT0, QT1, QT2,
+                                        D0, D1, D2, L0, L1, L2)
+                tok = (x0 * L1 + x1) * L2 + x2
+                lse2 = tl.load(LSE + l_base + tok) * 1.4426950408889634
+                delta = tl.load(DELTA + l_base + tok)
             else:
                 qt_full = ((ff0 + i0) * NQ1 + ff1 + i1) * NQ2 + ff2 + i2
                 q, do = _tile_pair(Q, DO, q_base, o_base, qt_full, offs_m, offs_d, s_q2, s_qd, s_o2, s_od, q_row0,
@@ -433,6 +460,13 @@ def _gna_dkdv_kernel(
                     lse2 = tl.load(LSE + l_base + tok, mask=q_ok, other=0.0) * 1.4426950408889634
                     delta = tl.load(DELTA + l_base + tok, mask=q_ok, other=0.0)
                     mask = k_ok[:, None] & q_ok[None, :]
+                elif STREAM == 3:  # every row of a box is real
+                    q, do = _box_pair(Q, DO, b, t0, t1, t2, (hk * GROUP + hh) * HEAD_DIM, QT0, QT1, QT2, HEAD_DIM)
+                    x0, x1, x2, _ = _coords(offs_m, t0, t1, t2, g0, g1, g2, QT0, QT1, QT2, D0, D1, D2, L0, L1, L2)
+                    tok = (x0 * L1 + x1) * L2 + x2
+                    lse2 = tl.load(LSE + l_base + tok) * 1.4426950408889634
+                    delta = tl.load(DELTA + l_base + tok)
+                    mask = tl.full([BLOCK_N, BLOCK_M], 1, tl.int1)
                 else:  # padded query rows are zero (q, dO, LSE, Delta): they add exactly nothing to dK/dV
                     qt_part = (t0 * NQ1 + t1) * NQ2 + t2
                     q, do = _tile_pair(Q, DO, q_base, o_base, qt_part, offs_m, offs_d, s_q2, s_qd, s_o2, s_od,
@@ -650,7 +684,10 @@ class BwdTuning:
     dK/dV: Q/dO and their LSE/Delta rows): ``"gather"`` row by row from the caller's layout, or ``"permute"``
     from buffers permuted once per call into contiguous tiles of the streamed tile's shape (one block load per
     tile: TMA where :func:`sparsesim.kernels._launch.descriptors_ok` allows, pointers otherwise; timed against
-    the gather layout in kernels/NOTES.md). The resident tile is gathered and the gradients scattered either way.
+    the gather layout in kernels/NOTES.md), or ``"box"``: read in place, one 5D TMA box per tile over the tensors'
+    ``[B, L0, L1, L2, H * D]`` views, where the layout has no dilation, the streamed tile divides it and the
+    tensors' ``(*spatial, H, D)`` block is contiguous (else as ``"permute"``): no permutation pass, the LSE/Delta
+    rows gathered. The resident tile is gathered and the gradients scattered either way.
     ``fused_dq``: no dQ launch; the dK/dV kernel also adds each tile pair's ``scale * dS K`` into a zeroed float32
     buffer permuted as its Q stream (TMA reductions on Hopper, pointer atomics elsewhere), which one inverse
     permutation writes into ``dq`` (five GEMMs per tile pair instead of seven; dQ's last bits then depend on the
@@ -680,7 +717,7 @@ DKV_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (1 << 30, 
                                                      (64, 64, 2))
 
 #: How the backward kernels may read their streamed operands (:class:`BwdTuning`'s ``*_stream_layout``).
-STREAM_LAYOUTS = ("gather", "permute")
+STREAM_LAYOUTS = ("gather", "permute", "box")
 
 #: The same ``(resident, stream, stages)`` settings run with ``stream_layout="permute"`` (benchmarks/bwd_tune.py,
 #: ``--stream-layout gather,permute``). A 128-row permuted stream was measured too at 185dd22 and dropped: over
@@ -694,10 +731,12 @@ DKV_PERMUTED_CANDIDATES: tuple[tuple[int, int, int], ...] = DKV_CANDIDATES
 #: HunyuanVideo, whole backward -8.8% / -8.4%; 54ccec4: 2D 128x128 3.485 -> 3.045 ms, FLUX 41.29 -> 36.61 ms,
 #: hwmodels/measurements/bwd_tune_permuted_b_h200_2026-11-30_54ccec4.csv). dK/dV keeps the three settings that
 #: won a layer permuted (64-row resident: 3D, HunyuanVideo, FLUX; 32-row 2-stage stream: 2D; 128-row 3-stage:
-#: FLUX's second). 6 compiles on a shape's first call (11 before).
-DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "permute") for c in DQ_PERMUTED_CANDIDATES)
+#: FLUX's second). 6 compiles on a shape's first call (11 before). Session 28: the ``box`` layout (the same
+#: kernels reading the streamed tiles in place by 5D TMA boxes, no permutation pass; ``permute`` where boxes
+#: cannot run), measured against ``permute`` in kernels/NOTES.md.
+DQ_PICK: tuple[tuple[tuple[int, int, int], str], ...] = tuple((c, "box") for c in DQ_PERMUTED_CANDIDATES)
 DKV_PICK: tuple[tuple[tuple[int, int, int], str], ...] = (
-    ((64, 64, 2), "permute"), ((1 << 30, 32, 2), "permute"), ((1 << 30, 64, 3), "permute"))
+    ((64, 64, 2), "box"), ((1 << 30, 32, 2), "box"), ((1 << 30, 64, 3), "box"))
 #: 1D layouts: gathered only. A 1D tile is already a contiguous run of rows, so permuting it copies Q/dO/K/V for
 #: nothing; with the permuted-only pick the 1D 4,096-token forward+backward's host time on the H200 rose from 719
 #: to 955 us (benchmarks/backward_host.py --mode gpu, 54ccec4 -> 4441f9d).
@@ -892,7 +931,7 @@ def backward_call(do: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, call: tup
     if bwd is None and not pick:
         bwd = _BACKWARDS.put(key, build_backward(fwd, q.device, tuning))
     # Delta, and beside it the LSE rows of a permuted dK/dV stream (the pick may try that layout)
-    delta, pair = _delta(out, do, _rows_config()[0], pick or bwd.dkv_stream_layout == "permute")
+    delta, pair = _delta(out, do, _rows_config()[0], pick or bwd.dkv_stream_layout != "gather")
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if seq is None:
         lv = (q, k, v, do, dq, dk, dv)
@@ -987,7 +1026,13 @@ def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | No
         _, xk, xvv, _ = xv  # type: ignore[misc]
     else:
         xk, xvv = q, q
-    if bwd.dq_stream_layout == "permute":  # K/V permuted once into contiguous KV tiles of this plan
+    boxes = (_box_descriptors(k, v, plan.schedule.kv_tile, plan.pattern.dilation, bwd.head_dim)
+             if bwd.dq_stream_layout == "box" else None)
+    if boxes is not None:  # K/V read in place, one TMA box per KV tile
+        kk, vv = boxes
+        nkp, mode = 0, 3
+        kv_key = ("box", k.stride(), v.stride())
+    elif bwd.dq_stream_layout != "gather":  # K/V permuted once into contiguous KV tiles of this plan
         kk, vv, kv_strides, nkp, mode = _permuted_pair(k, v, plan.schedule.kv_tile, plan.pattern.dilation,
                                                        bwd.head_dim)
         kv_key: tuple = kv_strides
@@ -1000,7 +1045,7 @@ def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | No
     hit = bwd.launch_args.get(sig)
     if hit is None:
         x_strides = (*_strides4(xk), *_strides4(xvv)) if nx else (0,) * 8
-        if mode == 0:
+        if mode in (0, 3):
             kv_strides = (*_strides6(k), *_strides6(v))
         ints = (bwd.heads // bwd.heads_kv, *plan.dilation3, *plan.size3, *plan.q_grid3[1:],
                 int(plan.ranges.shape[1]), int(plan.ranges.shape[2]), int(plan.lohi.shape[2]), nx,
@@ -1013,7 +1058,7 @@ def _launch_dq(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | No
                         (plan.num_q_tiles, bwd.heads, bwd.batch * plan.groups))
     ints, ints_spec, constexprs, options, grid = hit
     ranges, lohi = bwd.tables[0], bwd.tables[1]
-    tensors = (q, do, dq, lse, delta, ranges, lohi, xk, xvv) if mode == 2 else (q, kk, vv, do, dq, lse, delta,
+    tensors = (q, do, dq, lse, delta, ranges, lohi, xk, xvv) if mode >= 2 else (q, kk, vv, do, dq, lse, delta,
                                                                                   ranges, lohi, xk, xvv)
     # spec_key of the arguments (descriptors, mode 2, are fixed by the mode), the integers' part computed once
     launch_compiled(bwd.compiled, ("dq", mode, ints_spec, _tensor_spec(tensors)), _gna_dq_kernel, grid,
@@ -1043,8 +1088,15 @@ def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | 
         xl, xd = x_lse, x_delta
     else:
         xq, xdo, xl, xd = q, q, lse, delta
-    if bwd.dkv_stream_layout == "permute":  # Q/dO and their LSE/Delta rows permuted once into contiguous Q tiles
-        tile, dilation = plan.schedule.q_tile, plan.pattern.dilation
+    tile, dilation = plan.schedule.q_tile, plan.pattern.dilation
+    boxes = (_box_descriptors(q, do, tile, dilation, bwd.head_dim) if bwd.dkv_stream_layout == "box" and dqa is None
+             else None)
+    if boxes is not None:  # Q/dO read in place, one TMA box per Q tile; the LSE/Delta rows gathered
+        qq, dd = boxes
+        nqp, mode = 0, 3
+        ll, dl = lse, delta
+        qo_key = ("box", q.stride(), do.stride())
+    elif bwd.dkv_stream_layout != "gather":  # Q/dO and their LSE/Delta rows permuted once into contiguous Q tiles
         qq, dd, qo_strides, nqp, mode = _permuted_pair(q, do, tile, dilation, bwd.head_dim)
         rows = _permuted_rows(lse, pair, plan.pattern.input_size, tile, dilation, bwd.rows_layout)
         ll, dl = rows, rows[..., 1]  # LSE: the buffer's own pointer (the kernel reads it through the strides given)
@@ -1058,7 +1110,7 @@ def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | 
     hit = bwd.launch_args.get(sig)
     if hit is None:
         x_strides = (*_strides4(xq), *_strides4(xdo)) if nxq else (0,) * 8
-        if mode == 0:
+        if mode in (0, 3):
             qo_strides = (*_strides6(q), *_strides6(do))
             l_strides = (int(lse.stride(0)), int(lse.stride(1)), 1)
         else:
@@ -1075,7 +1127,7 @@ def _launch_dkdv(bwd: GNABackward, lv: tuple, lse: Any, delta: Any, xv: tuple | 
     ints, ints_spec, constexprs, options, grid = hit
     ranges_t, lohi = bwd.tables[2], bwd.tables[3]
     tensors: tuple = (k, v, dk, dv, ll, dl, ranges_t, lohi, xq, xdo, xl, xd)
-    if mode != 2:
+    if mode < 2:
         tensors = (qq, dd, *tensors)
     acc: Any = k  # an unused pointer when dQ is not fused
     dq_tma = False
@@ -1149,6 +1201,31 @@ def _permuted_pair(a: Any, b: Any, tile: tuple[int, ...], dilation: tuple[int, .
         return (descriptor(ap.view(-1, head_dim), block, _DESCRIPTORS),
                 descriptor(bp.view(-1, head_dim), block, _DESCRIPTORS), strides, padded, 2)
     return ap, bp, strides, padded, 1
+
+
+def _box_descriptors(a: Any, b: Any, tile: tuple[int, ...], dilation: tuple[int, ...], head_dim: int
+                     ) -> tuple[Any, Any] | None:
+    """5D TMA descriptors of two ``[B, *spatial, H, D]`` tensors over their ``[B, L0, L1, L2, H * D]`` views
+    (lower ranks padded with leading 1s), one ``[1, *tile, D]`` box per tile (the ``box`` stream layout); None
+    where that cannot run: dilation, a tile that does not divide the layout, a ``(*spatial, H, D)`` block that is
+    not contiguous, TMA off or misaligned."""
+    size = tuple(int(x) for x in a.shape[1:-2])
+    if (any(d != 1 for d in dilation) or any(n % t for n, t in zip(size, tile, strict=True))
+            or not tma_enabled()):
+        return None
+    heads = int(a.shape[-2])
+    pad = (1,) * (3 - len(size))
+    block = [1, *pad, *tile, head_dim]
+    descs = []
+    for x in (a, b):
+        inner = [heads * head_dim]
+        for n in reversed(size):
+            inner.insert(0, inner[0] * n)
+        if (tuple(int(t) for t in x.stride()[1:]) != (*inner[1:], head_dim, 1) or int(x.shape[-2]) != heads
+                or not descriptors_ok(x)):
+            return None
+        descs.append(descriptor(x.view(int(x.shape[0]), *pad, *size, heads * head_dim), block, _DESCRIPTORS))
+    return descs[0], descs[1]
 
 
 def _permuted_rows(lse: Any, pair: Any, size: tuple[int, ...], tile: tuple[int, ...],

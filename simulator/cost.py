@@ -299,9 +299,10 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     as in the forward) and its resident tiles' bytes; residency is the forward's at the same tiles. Block maps
     (tiling ``block``) pay ``backward.list_penalty`` per pair. 2D/3D box tiles (GNA) stream operands permuted
     once per call into contiguous tiles, as the kernels' pick runs them (``DQ_PICK``/``DKV_PICK`` in
-    kernels/gna_bwd.py: permuted only): no gather penalty, and a memory pass that reads K, V, Q, dO and writes
-    them padded to whole tiles, with the LSE/Delta rows (fp32). 1D tiles are contiguous runs of rows, read in
-    place (``DQ_PICK_1D``/``DKV_PICK_1D``: gathered).
+    kernels/gna_bwd.py: boxed or permuted): no gather penalty, and a memory pass that reads K, V, Q, dO and writes
+    them padded to whole tiles, with the LSE/Delta rows (fp32), except where the pick's ``box`` layout reads
+    them in place (no dilation, no padding, no extra tokens: no memory pass). 1D tiles are contiguous runs of
+    rows, read in place (``DQ_PICK_1D``/``DKV_PICK_1D``: gathered).
     """
     bwd = prof.backward
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
@@ -310,8 +311,11 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     if tm.tiling == "block":  # a block map's lists (``backward.list_penalty``)
         shape = replace(shape, slowdown=shape.slowdown * (1.0 + bwd.list_penalty))
     permute = None
-    if tm.tiling == "box" and len(tm.q_tile) > 1:  # 1D tiles are contiguous rows: the kernels gather them
-        padded_q, padded_kv = tm.num_q_tiles * q_vol, tm.num_kv_tiles * kv_vol
+    padded_q, padded_kv = tm.num_q_tiles * q_vol, tm.num_kv_tiles * kv_vol
+    # 1D tiles are contiguous rows (gathered); without dilation, padding or extra tokens the tiles are read in
+    # place by TMA boxes (the ``box`` stream layout); otherwise the streamed operands are permuted first
+    boxed = tm.groups == 1 and tm.extra_q_tiles == 0 and padded_q == tokens and padded_kv == tokens
+    if tm.tiling == "box" and len(tm.q_tile) > 1 and not boxed:
         moved = (problem.io_bytes(tokens, 2, 0) + problem.io_bytes(padded_q, 2, 0)  # Q, dO
                  + problem.io_bytes(tokens, 0, 2) + problem.io_bytes(padded_kv, 0, 2)  # K, V (KV heads)
                  + problem.batch * problem.heads * (tokens + padded_q) * ROW_STATS_BYTES)

@@ -10,7 +10,7 @@ chunk() {  # name, file, -k expression
   timeout $T python3 -m pytest -q -p no:cacheprovider tests/gpu/$2.py -k "$3" > $OUT/gpu_$1_$COMMIT.log 2>&1
   echo "rc=$?" >> $OUT/gpu_$1_$COMMIT.log
 }
-chunk perm_a test_gna_backward_permuted_cuda "1000 or 40x36" &
+chunk perm_a test_gna_backward_permuted_cuda "1000 or 40x36 or test_box" &
 chunk perm_b test_gna_backward_permuted_cuda "64x64 or 10x20x24" &
 chunk perm_c test_gna_backward_permuted_cuda "16x16" &
 chunk perm_d test_gna_backward_permuted_cuda "8x12x12" &

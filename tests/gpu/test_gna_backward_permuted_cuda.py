@@ -53,8 +53,8 @@ CASES = [
 ]
 
 #: The default settings permuted, and the first call's permuted candidates (dQ's i-th with dK/dV's i-th, cycling).
-_DQ = [c for c, lay in DQ_PICK if lay == "permute"]
-_DKV = [c for c, lay in DKV_PICK if lay == "permute"]
+_DQ = [c for c, _ in DQ_PICK]
+_DKV = [c for c, _ in DKV_PICK]
 PERMUTED = [BwdTuning(dq_stream_layout="permute", dkv_stream_layout="permute"),
             *(candidate_tuning("dkv", _DKV[i % len(_DKV)], "permute", base=candidate_tuning("dq", c, "permute"))
               for i, c in enumerate(_DQ))]
@@ -108,3 +108,36 @@ def test_fused_dq_gradients_cuda(case, dtype, no_tma, monkeypatch):
         fused = gna_backward(do, q, k, v, out, lse, tuning=fused_tuning(candidate), **call)
         errors = {n_: (rel(f, r.grad), rel(f, s)) for n_, f, s, r in zip("qkv", fused, split, refs, strict=True)}
         assert all(e[0] < REL[dtype] and e[1] < REL[dtype] for e in errors.values()), (candidate, errors)
+
+
+#: Layouts the tiles divide, no dilation: the ``box`` stream layout reads them in place.
+BOX_CASES = [
+    ((64, 64), {"window": (24, 20), "causal": (True, False)}, ((16, 8), (16, 8)), 4, 2, 128),
+    ((8, 16, 32), {"window": (4, 6, 10), "stride": (1, 2, 4)}, ((2, 8, 8), (2, 8, 8)), 2, 2, 128),
+    ((32, 48), {"window": (16, 16), "stride": (16, 16)}, ((16, 8), (16, 8)), 3, 1, 64),  # block-sparse
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", BOX_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_box_gradients_cuda(case, dtype, monkeypatch):
+    """The ``box`` stream layout (5D TMA boxes of the caller's tensors, no permutation pass) at the first call's
+    candidate settings: against float64 autograd and the permuted layout; the boxes ran."""
+    from sparsesim.kernels import gna_bwd
+
+    size, kw, tiles, h, hk, d = case
+    ran: list[bool] = []
+    real = gna_bwd._box_descriptors
+    monkeypatch.setattr(gna_bwd, "_box_descriptors", lambda *a: (ran.append(real(*a) is not None), real(*a))[1])
+    q, k, v, do = (rand(1, *size, x, d, dtype=dtype, seed=60 + s) for s, x in enumerate((h, hk, hk, h)))
+    call = {"q_tile": tiles[0], "kv_tile": tiles[1], **kw}
+    out, lse = gna_forward(q, k, v, **call)
+    permuted = gna_backward(do, q, k, v, out, lse, tuning=PERMUTED[0], **call)
+    refs = [x.double().requires_grad_() for x in (q, k, v)]
+    gna_reference(*refs, **kw).backward(do.double())
+    for i, c in enumerate(_DQ):
+        tuning = candidate_tuning("dkv", _DKV[i % len(_DKV)], "box", base=candidate_tuning("dq", c, "box"))
+        boxed = gna_backward(do, q, k, v, out, lse, tuning=tuning, **call)
+        errors = {n_: (rel(x, r.grad), rel(x, p)) for n_, x, p, r in zip("qkv", boxed, permuted, refs, strict=True)}
+        assert all(e[0] < REL[dtype] and e[1] < REL[dtype] for e in errors.values()), (tuning, errors)
+    assert ran and all(ran), ran

@@ -141,10 +141,10 @@ def test_layout_is_validated_and_gather_stays_the_default():
     # gna_bwd.BwdTuning, not the name imported above: another test file may reload the module at collection.
     assert picked == gna_bwd.BwdTuning(dq_resident=1 << 30, dq_stream=64, dq_stages=3, dkv_resident=1 << 30,
                                        dkv_stream=32, dkv_stages=3, dq_stream_layout="permute")
-    # The first call's pick tries each pair once, permuted (measured fastest on every layer), with valid settings.
+    # The first call's pick tries each pair once, boxed where it can (permuted otherwise), with valid settings.
     for pick, valid in ((gna_bwd.DQ_PICK, gna_bwd.DQ_PERMUTED_CANDIDATES),
                         (gna_bwd.DKV_PICK, gna_bwd.DKV_PERMUTED_CANDIDATES)):
-        assert len(set(pick)) == len(pick) >= 3 and {lay for _, lay in pick} == {"permute"}
+        assert len(set(pick)) == len(pick) >= 3 and {lay for _, lay in pick} == {"box"}
         assert {c for c, _ in pick} <= set(valid)
     # 1D layouts: their tiles are contiguous rows already; the pick tries every gathered candidate, nothing permuted.
     assert gna_bwd.DQ_PICK_1D == tuple((c, "gather") for c in gna_bwd.DQ_CANDIDATES)

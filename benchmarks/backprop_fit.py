@@ -1,13 +1,15 @@
 """The backward model measured (issue 16 item 4): fit ``triton`` to forward and forward+backward H200 rows with a
 held-out split, and report the held-out error of the forward+backward rows by kernel, prior against fitted.
 
-    python benchmarks/backprop_fit.py [--write]
+    python benchmarks/backprop_fit.py [--write] [--loo] [--judge FILE.csv ...]
 
 The split is ``simulate calibrate``'s (by configuration, seeded, 30% held out); the forward files are the ones the
 shipped ``hwmodels/calibration/triton.toml`` was fitted to, the forward+backward file the H200 run of
 ``simulate validate --backprop`` over benchmarks/validation/h200_backprop.toml. ``cudnn`` rows are predicted with
 the shipped ``cudnn-hopper`` fit (its fused FA2 backward; not refitted here). ``--write`` replaces
 hwmodels/calibration/triton.toml with the fit (then rerun benchmarks/error_bands.py and readme_outputs.py).
+``--judge``: ``simulate validate --backprop`` files never fitted to (e.g. h200_backprop_heldout.toml's), their
+forward+backward rows predicted by the shipped profile and by this fit, per kernel.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loo", action="store_true",
                         help="also leave each forward+backward configuration out in turn: fit the backward terms on "
                              "the others, predict it (the split's held-out set has few such rows)")
+    parser.add_argument("--judge", nargs="+", type=Path, default=[],
+                        help="validate --backprop CSVs never fitted to: their rows predicted before and after")
     args = parser.parse_args(argv)
 
     from sparsesim.hwmodels import load_gpu
@@ -106,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
                 result.profile))
     if args.loo:
         _leave_one_out(rows, gpu, shipped, free)
+    if args.judge:
+        judged = [r for r in load_rows([str(f) for f in args.judge], gpu, ("gna", "block_sparse", "dense"))
+                  if r.backprop]
+        print(f"never-fitted forward+backward rows ({', '.join(Path(f).name for f in args.judge)}), shipped "
+              "profile against this fit:")
+        for kernel in ("gna", "block_sparse", "dense"):
+            print(_line(f"{kernel} fwd+bwd", [r for r in judged if r.kernel == kernel], gpu, shipped, result.profile))
+        print(_line("all fwd+bwd", judged, gpu, shipped, result.profile))
     cudnn = load_rows([str(ROOT / f) for f in BACKPROP], gpu, ("cudnn",))
     cudnn_prof = load_profile("cudnn", gpu)
     err = _errors(cudnn, gpu, cudnn_prof)

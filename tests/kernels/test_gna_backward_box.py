@@ -7,29 +7,19 @@ LSE/Delta rows gathered), where the layout has no dilation and the tile divides 
 from __future__ import annotations
 
 import importlib
-import math
 import sys
 
 import pytest
 import torch
-from kernel_testing import randn
+from kernel_testing import check_backward_tuning, gna_kw
 
 if "sparsesim.kernels.gna_bwd" in sys.modules:  # imported before the interpreter was switched on
     importlib.reload(sys.modules["sparsesim.kernels.gna_bwd"])
 
 from sparsesim.kernels import gna_bwd  # noqa: E402
-from sparsesim.kernels.gna import gna_forward  # noqa: E402
-from sparsesim.kernels.reference import gna_reference  # noqa: E402
 
-REL = {torch.float32: 2e-5, torch.float16: 5e-3}
 SAME = {torch.float32: 1e-6, torch.float16: 1e-3}
 BOX = gna_bwd.BwdTuning(dq_stream_layout="box", dkv_stream_layout="box")
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    assert torch.isfinite(a).all(), f"{int((~torch.isfinite(a)).sum())} non-finite elements"
-    return float((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel())))
 
 
 @pytest.fixture
@@ -47,26 +37,11 @@ def boxes(monkeypatch):
     return seen
 
 
-def _kw(window, stride=1, dilation=1, causal=False):
-    return {"window": window, "stride": stride, "dilation": dilation, "causal": causal}
+_kw = gna_kw
 
 
 def check(shape, kw, tiles, heads, heads_kv, dtype, seed, batch=1, tuning=BOX):
-    dim = 16
-    q = randn(batch, *shape, heads, dim, dtype=dtype, seed=seed)
-    k = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 1)
-    v = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 2)
-    do = randn(*q.shape, dtype=dtype, seed=seed + 3)
-    call = {**tiles, **kw}
-    out, lse = gna_forward(q, k, v, **call)
-    gathered = gna_bwd.gna_backward(do, q, k, v, out, lse, **call)
-    boxed = gna_bwd.gna_backward(do, q, k, v, out, lse, tuning=tuning, **call)
-    refs = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    gna_reference(*refs, **kw).backward(do.double())
-    for name, x, g, r in zip(("dq", "dk", "dv"), boxed, gathered, refs, strict=True):
-        assert x.shape == g.shape and x.dtype == dtype, name
-        assert _rel(x, g) < SAME[dtype], (name, "against the gather layout", _rel(x, g))
-        assert _rel(x, r.grad) < REL[dtype], (name, "against float64 autograd", _rel(x, r.grad))
+    check_backward_tuning(shape, kw, tiles, heads, heads_kv, dtype, seed, tuning=tuning, same=SAME, batch=batch)
 
 
 CASES = [

@@ -10,12 +10,11 @@ unequal tiles and block-sparse patterns; the dQ launch must not run.
 from __future__ import annotations
 
 import importlib
-import math
 import sys
 
 import pytest
 import torch
-from kernel_testing import randn
+from kernel_testing import GRAD_REL, check_backward_tuning, gna_kw, grad_rel, randn
 
 if "sparsesim.kernels.gna_bwd" in sys.modules:  # imported before the interpreter was switched on
     importlib.reload(sys.modules["sparsesim.kernels.gna_bwd"])
@@ -25,21 +24,12 @@ from sparsesim.kernels.gna import gna_forward  # noqa: E402
 from sparsesim.kernels.permute import tile_permute, unpermute_into  # noqa: E402
 from sparsesim.kernels.reference import gna_reference  # noqa: E402
 
-#: ||grad - ref|| / ||ref|| against float64 autograd (as tests/kernels/test_gna_backward.py).
-REL = {torch.float32: 2e-5, torch.float16: 5e-3}
 #: ||fused - split|| / ||split||: the same products, dQ summed by atomics in another order (and, in fp16, rounded
 #: from one float32 sum instead of the dQ kernel's float32 accumulator: the same rounding once).
 SAME = {torch.float32: 1e-5, torch.float16: 2e-3}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    assert torch.isfinite(a).all(), f"{int((~torch.isfinite(a)).sum())} non-finite elements"
-    return float((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel())))
-
-
-def _kw(window, stride=1, dilation=1, causal=False):
-    return {"window": window, "stride": stride, "dilation": dilation, "causal": causal}
+_kw = gna_kw
+_rel = grad_rel
+REL = GRAD_REL
 
 
 CASES = [
@@ -58,26 +48,12 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_fused_matches_split_and_float64(case, monkeypatch):
     _, shape, kw, tiles, heads, heads_kv, dtype, batch = case
-    seed = len(shape) + heads
-    dim = 16
-    q = randn(batch, *shape, heads, dim, dtype=dtype, seed=seed)
-    k = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 1)
-    v = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 2)
-    do = randn(*q.shape, dtype=dtype, seed=seed + 3)
-    call = {**tiles, **kw}
-    out, lse = gna_forward(q, k, v, **call)
-    split = gna_bwd.gna_backward(do, q, k, v, out, lse, **call)
     dq_launches: list[int] = []
     real = gna_bwd._launch_dq
     monkeypatch.setattr(gna_bwd, "_launch_dq", lambda *a: (dq_launches.append(1), real(*a)))
-    fused = gna_bwd.gna_backward(do, q, k, v, out, lse, tuning=gna_bwd.fused_tuning((1 << 30, 64, 2)), **call)
-    assert not dq_launches, "the fused backward launched the dQ kernel"
-    refs = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    gna_reference(*refs, **kw).backward(do.double())
-    for name, f, s, r in zip(("dq", "dk", "dv"), fused, split, refs, strict=True):
-        assert f.shape == s.shape and f.dtype == dtype, name
-        assert _rel(f, s) < SAME[dtype], (name, "against the split backward", _rel(f, s))
-        assert _rel(f, r.grad) < REL[dtype], (name, "against float64 autograd", _rel(f, r.grad))
+    check_backward_tuning(shape, kw, tiles, heads, heads_kv, dtype, len(shape) + heads, batch=batch, same=SAME,
+                          tuning=gna_bwd.fused_tuning((1 << 30, 64, 2)))
+    assert dq_launches == [1], "the fused backward launched the dQ kernel (the one launch is the split's)"
 
 
 def test_fused_dq_without_tma_descriptors(monkeypatch):

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 import torch
-from kernel_testing import randn
+from kernel_testing import check_backward_tuning, gna_kw, randn
 
 if "sparsesim.kernels.gna_bwd" in sys.modules:  # imported before the interpreter was switched on
     importlib.reload(sys.modules["sparsesim.kernels.gna_bwd"])
@@ -25,48 +25,18 @@ if "sparsesim.kernels.gna_bwd" in sys.modules:  # imported before the interprete
 from sparsesim.kernels import gna_bwd  # noqa: E402
 from sparsesim.kernels.gna import gna_forward  # noqa: E402
 from sparsesim.kernels.gna_bwd import BwdTuning, gna_backward  # noqa: E402
-from sparsesim.kernels.reference import gna_reference  # noqa: E402
 
-#: Bound on ||grad - ref|| / ||ref|| against float64 autograd (as tests/kernels/test_gna_backward.py).
-REL = {torch.float32: 2e-5, torch.float16: 5e-3}
 #: Bound on ||permuted - gathered|| / ||gathered|| (the same products and sums; padded rows add exact zeros).
 SAME = {torch.float32: 1e-6, torch.float16: 1e-3}
 
 PERMUTED = BwdTuning(dq_stream_layout="permute", dkv_stream_layout="permute")
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||``, the norm floored at 0.1 per element (a gradient can be exactly zero)."""
-    a, b = a.detach().double(), b.detach().double()
-    assert torch.isfinite(a).all(), f"{int((~torch.isfinite(a)).sum())} non-finite elements"
-    return float((a - b).norm() / b.norm().clamp_min(0.1 * math.sqrt(b.numel())))
-
-
-def _kw(window, stride=1, dilation=1, causal=False):
-    return {"window": window, "stride": stride, "dilation": dilation, "causal": causal}
+_kw = gna_kw
 
 
 def check(shape, kw, tiles, heads, heads_kv, dtype, seed, *, xkw=None, batch=1, tuning=PERMUTED, views=None):
     """Permuted against gathered and against float64 autograd; ``views``: (q, k, v) given instead of random."""
-    xkw = xkw or {}
-    dim = 16
-    if views is None:
-        q = randn(batch, *shape, heads, dim, dtype=dtype, seed=seed)
-        k = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 1)
-        v = randn(batch, *shape, heads_kv, dim, dtype=dtype, seed=seed + 2)
-    else:
-        q, k, v = views
-    do = randn(*q.shape, dtype=dtype, seed=seed + 3)
-    call = {**tiles, **kw, **xkw}
-    out, lse = gna_forward(q, k, v, **call)
-    gathered = gna_backward(do, q, k, v, out, lse, **call)
-    permuted = gna_backward(do, q, k, v, out, lse, tuning=tuning, **call)
-    refs = [x.detach().double().requires_grad_() for x in (q, k, v)]
-    gna_reference(*refs, **kw, **xkw).backward(do.double())
-    for name, p, g, r in zip(("dq", "dk", "dv"), permuted, gathered, refs, strict=True):
-        assert p.shape == g.shape and p.dtype == dtype, name
-        assert _rel(p, g) < SAME[dtype], (name, "against the gather layout", _rel(p, g))
-        assert _rel(p, r.grad) < REL[dtype], (name, "against float64 autograd", _rel(p, r.grad))
+    check_backward_tuning(shape, kw, tiles, heads, heads_kv, dtype, seed, tuning=tuning, same=SAME, xkw=xkw,
+                          batch=batch, views=views)
 
 
 CASES = [

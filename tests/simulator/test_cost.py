@@ -777,21 +777,26 @@ def test_split_backward_ctas_per_pass():
     assert bp.dkdv.num_ctas == with_visitors * 2  # one CTA per KV tile with visitors and KV head
     assert bp.delta.num_ctas == 0 and bp.delta.bound == "memory"
     total = bp.total
-    assert bp.permute is not None
-    assert total.ms == pytest.approx(bp.delta.ms + bp.permute.ms + bp.dq.ms + bp.dkdv.ms)
+    assert bp.permute is None  # the 8x8 tiles divide 48x64: read in place by TMA boxes
+    assert total.ms == pytest.approx(bp.delta.ms + bp.dq.ms + bp.dkdv.ms)
+    _, padded = _passes((44, 64), (7, 7), heads=heads, heads_kv=2, stride=(1, 1), causal=(True, False))
+    assert padded.permute is not None
+    assert padded.total.ms == pytest.approx(padded.delta.ms + padded.permute.ms + padded.dq.ms + padded.dkdv.ms)
 
 
-def test_split_backward_permutes_box_tiles_once():
-    # Box tiles: one memory pass permutes Q, dO, K, V (and the rows): read and write, four tensors, more than Delta
-    # reads (O and dO); a layout that pads its last tiles moves more; 1D/blocked maps without box tiles have none.
-    _, bp = _passes((64, 64), (17, 17))
-    assert bp.permute is not None and bp.permute.bound == "memory" and bp.permute.num_ctas == 0
-    assert bp.permute.breakdown["memory_ms"] > 3 * bp.delta.breakdown["memory_ms"]
-    _, padded = _passes((60, 64), (17, 17))  # 60 = 7.5 tiles of 8: the permuted buffers hold 64 x 64 rows
+def test_split_backward_permutes_box_tiles_only_where_boxes_cannot_run():
+    # Tiles that divide the layout, no dilation: read in place (the kernels' ``box`` stream layout), no pass.
     _, exact = _passes((64, 64), (17, 17))
-    assert padded.permute is not None and exact.permute is not None
-    mem_padded, mem_exact = padded.permute.breakdown["memory_ms"], exact.permute.breakdown["memory_ms"]
-    assert mem_exact * 60 / 64 < mem_padded < mem_exact
+    assert exact.permute is None
+    # A layout that pads its last tiles, or dilation: one memory pass permutes Q, dO, K, V (and the rows): read and
+    # write, four tensors, more than Delta reads (O and dO); the padded layout writes its padding too.
+    _, padded = _passes((60, 64), (17, 17))  # 60 = 7.5 tiles of 8: the permuted buffers hold 64 x 64 rows
+    _, dilated = _passes((64, 64), (17, 17), dilation=(2, 1))  # two groups of 32 x 64: no padding
+    assert padded.permute is not None and dilated.permute is not None
+    assert padded.permute.bound == "memory" and padded.permute.num_ctas == 0
+    assert dilated.permute.breakdown["memory_ms"] > 3 * dilated.delta.breakdown["memory_ms"]
+    mem_padded, mem_dilated = padded.permute.breakdown["memory_ms"], dilated.permute.breakdown["memory_ms"]
+    assert mem_dilated * 60 / 64 < mem_padded < mem_dilated
 
 
 def test_split_backward_gqa_sums_the_group_in_one_cta():

@@ -1,6 +1,7 @@
 """The GNA backward's passes timed one by one beside the model's prediction of each (issue 16 item 4).
 
     python benchmarks/bwd_passes.py [--out FILE.csv] [--commit SHA] [--cases SUBSTRINGS]
+    python benchmarks/bwd_passes.py --fit FILE.csv ... [--judge VALIDATE.csv ...] [--write]
 
 GPU only (bf16, batch 1, 24 heads, head dim 128). Per layer: the backward as it ships (its first call's pick), then
 each of its launches timed alone with :func:`sparsesim.kernels.timing.time_ms` on the same tensors: Delta (with
@@ -9,6 +10,11 @@ the LSE/Delta rows the streams may need), dQ (with its streamed operands' permut
 each kernel ran (``GNABackward.dq_plan`` / ``dkv_plan``), so a miss of the whole backward can be traced to a pass.
 Layers: the issue's 3D and 2D ones, a never-fitted 3D layer the model predicts 18% fast
 (``h200_backprop_heldout.toml``: 20x30x40, window 12x16x16), HunyuanVideo and FLUX.
+
+``--fit`` (CPU): fit the terms that set the passes apart (``backward.dq_mma_efficiency``, ``backward.mma_efficiency``
+now dK/dV's, ``backward.mask_scale``) to these per-pass rows, the other backward terms as shipped; print each pass
+before and after, and the forward+backward rows of ``--judge`` files (``simulate validate --backprop``, never fitted
+to) before and after; ``--write`` puts the three values into hwmodels/calibration/triton.toml.
 """
 
 from __future__ import annotations
@@ -60,6 +66,117 @@ def model_passes(size: tuple[int, ...], window: tuple[int, ...], stride: tuple[i
             "all": dq.delta.ms + dq.dq.ms + dkv.dkdv.ms + permute["dq"] + permute["dkdv"]}
 
 
+#: The terms ``--fit`` frees, with their bounds.
+FREE = {"dq_mma_efficiency": (0.2, 1.0), "mma_efficiency": (0.2, 1.0), "mask_scale": (0.2, 20.0)}
+PROFILE = Path(__file__).resolve().parent.parent / "hwmodels" / "calibration" / "triton.toml"
+
+
+def _pass_rows(files: list[Path]) -> list[tuple[str, str, Any, int, float, float]]:
+    """(case, pass, tile map at the tiles it ran, tokens, visible pairs per head, measured ms) of dQ/dK/dV rows."""
+    import re
+
+    import pandas as pd
+
+    from sparsesim.simulator.patterns import GNAPattern
+    from sparsesim.simulator.tiling import tilemap
+
+    cases = {c[0]: c for c in CASES}
+    rows = []
+    for f in files:
+        for _, r in pd.read_csv(f).iterrows():
+            if r["pass"] not in ("dq", "dkdv") or r["case"] not in cases:
+                continue
+            _, size, window, stride, _ = cases[r["case"]]
+            m = re.fullmatch(r"q\((.*)\) kv\((.*)\)", str(r["tiles"]))
+            if m is None:
+                raise SystemExit(f"bwd_passes: {f}: tiles {r['tiles']!r} not understood")
+            q_tile, kv_tile = (tuple(int(x) for x in g.split(",")) for g in m.groups())
+            pattern = GNAPattern(input_size=size, window=window, stride=stride)
+            rows.append((r["case"], r["pass"], tilemap(pattern, q_tile, kv_tile, "box"), math.prod(size),
+                         float(pattern.visible_pairs()), float(r["measured_ms"])))
+    return rows
+
+
+def _pass_ms(gpu: Any, prof: Any, row: tuple) -> float:
+    from sparsesim.simulator.cost import Problem, backward_passes
+
+    _, name, tm, tokens, pairs, _ = row
+    bp = backward_passes(gpu, prof, Problem(heads=HEADS, head_dim=HEAD_DIM), tm, tokens, pairs)
+    half = bp.permute.ms / 2 if bp.permute is not None else 0.0
+    return (bp.dq.ms if name == "dq" else bp.dkdv.ms) + half
+
+
+def fit(files: list[Path], judge: list[Path], write: bool) -> int:
+    """``--fit``: see the module docstring."""
+    import dataclasses
+
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    from sparsesim.hwmodels import load_gpu
+    from sparsesim.hwmodels.profiles import load_profile
+    from sparsesim.simulator.calibrate import load_rows, predicted_ms
+
+    gpu = load_gpu("H200")
+    shipped = load_profile("triton", gpu)
+    rows = _pass_rows(files)
+    measured = np.array([r[-1] for r in rows])
+
+    def profile(x: Any) -> Any:
+        terms = dict(zip(FREE, (float(v) for v in x), strict=True))
+        return dataclasses.replace(shipped, backward=dataclasses.replace(shipped.backward, **terms))
+
+    def errors(prof: Any) -> Any:
+        return np.array([_pass_ms(gpu, prof, r) for r in rows]) / measured - 1
+
+    lo, hi = zip(*FREE.values(), strict=True)
+    x0 = [shipped.backward.dq_mma_efficiency or shipped.backward.mma_efficiency, shipped.backward.mma_efficiency,
+          shipped.backward.mask_scale]
+    res = least_squares(lambda x: np.log1p(errors(profile(x))), x0=np.clip(x0, lo, hi), bounds=(lo, hi))
+    fitted = profile(res.x)
+    before, after = errors(shipped), errors(fitted)
+    print("fitted " + ", ".join(f"backward.{n} {v:.4g}" for n, v in zip(FREE, res.x, strict=True)))
+    for r, e0, e1 in zip(rows, before, after, strict=True):
+        print(f"  {r[0]:32s} {r[1]:5s} measured {r[-1]:9.3f} ms  error shipped {e0:+7.1%}  fitted {e1:+7.1%}")
+    print(f"  per-pass MAPE: shipped {np.mean(np.abs(before)):.1%}, fitted {np.mean(np.abs(after)):.1%}")
+    if judge:
+        judged = [r for r in load_rows([str(f) for f in judge], gpu, ("gna", "block_sparse", "dense")) if r.backprop]
+        for kernel in ("gna", "block_sparse", "dense", "all"):
+            sel = [r for r in judged if kernel in ("all", r.kernel)]
+            if sel:
+                e0 = np.array([predicted_ms(r, gpu, shipped) / r.measured_ms - 1 for r in sel])
+                e1 = np.array([predicted_ms(r, gpu, fitted) / r.measured_ms - 1 for r in sel])
+                print(f"  never fitted, {kernel:12s} fwd+bwd rows {len(sel):3d}: MAPE shipped "
+                      f"{np.mean(np.abs(e0)):.1%} (mean {np.mean(e0):+.1%}), fitted {np.mean(np.abs(e1)):.1%} "
+                      f"(mean {np.mean(e1):+.1%})")
+    if write:
+        _write(dict(zip(FREE, (float(v) for v in res.x), strict=True)), files)
+    return 0
+
+
+def _write(values: dict[str, float], files: list[Path]) -> None:
+    """The three values into the profile's [backward] section (added where absent) and its sources."""
+    import re
+
+    from sparsesim.simulator.files import check_output, write_text
+
+    check_output(PROFILE, "--write")
+    text = PROFILE.read_text()
+    head, sep, rest = text.partition("[backward]\n")
+    body, nxt, tail = rest.partition("\n[")
+    for name, value in values.items():
+        line = f"{name} = {value!r}"
+        body, n = re.subn(rf"^{name} = .*$", line, body, flags=re.M)
+        if not n:
+            body += "\n" + line
+    names = ", ".join(str(f) for f in files)
+    source = (f'passes = "benchmarks/bwd_passes.py --fit: backward.dq_mma_efficiency, mma_efficiency (dK/dV) and '
+              f'mask_scale fitted to the per-pass rows of {names}"')
+    tail = re.sub(r"^passes = .*$\n?", "", tail, flags=re.M).replace("sources]\n", "sources]\n" + source + "\n", 1)
+    write_text(PROFILE, head + sep + body + nxt + tail)
+    print(f"wrote {PROFILE}")
+
+
 def run_case(env: dict[str, str], name: str, size: tuple[int, ...], window: tuple[int, ...],
              stride: tuple[int, ...], tiles: tuple) -> list[dict[str, Any]]:
     import torch
@@ -101,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--commit", default=None)
     parser.add_argument("--cases", default="", help="comma-separated substrings of the case names")
+    parser.add_argument("--fit", nargs="+", type=Path, default=[], help="CSVs of this script: fit the pass terms")
+    parser.add_argument("--judge", nargs="+", type=Path, default=[],
+                        help="with --fit: validate --backprop CSVs never fitted to, predicted before and after")
+    parser.add_argument("--write", action="store_true", help="with --fit: write hwmodels/calibration/triton.toml")
     args = parser.parse_args(argv)
+    if args.fit:
+        return fit(args.fit, args.judge, args.write)
     import torch
     import triton
 

@@ -294,8 +294,9 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
                     useful_pairs_per_head: float) -> BackwardPasses:
     """Delta, dQ (forward schedule) and dK/dV (transposed schedule, KV tiles with visitors) passes of our kernels.
 
-    The pairs run at ``backward.mma_efficiency`` with the forward's softmax, masking and per-KV-tile terms
-    (each pass recomputes P); a CTA pays ``backward.cta_overhead_us`` (overlapped by its resident neighbours
+    The pairs run at ``backward.mma_efficiency`` (dQ at ``backward.dq_mma_efficiency`` where set) with the
+    forward's softmax, masking and per-KV-tile terms (each pass recomputes P; dK/dV's masking scaled by
+    ``backward.mask_scale``); a CTA pays ``backward.cta_overhead_us`` (overlapped by its resident neighbours
     as in the forward) and its resident tiles' bytes; residency is the forward's at the same tiles. Block maps
     (tiling ``block``) pay ``backward.list_penalty`` per pair. 2D/3D box tiles (GNA) stream operands permuted
     once per call into contiguous tiles, as the kernels' pick runs them (``DQ_PICK``/``DKV_PICK`` in
@@ -327,7 +328,8 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     delta = _memory_pass(gpu, prof, problem.io_bytes(tokens, 2, 0) + stats / 2)  # O, dO in; Delta out
     # dQ: per Q tile CTA, Q, dO, LSE, Delta in and dQ out; per KV tile K and V in.
     cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=2 * DQ_GEMMS,
-                     mma_efficiency=bwd.mma_efficiency, load_bytes=2 * kv_vol * d * b, slowdown=shape.slowdown)
+                     mma_efficiency=bwd.dq_mma_efficiency or bwd.mma_efficiency, load_bytes=2 * kv_vol * d * b,
+                     slowdown=shape.slowdown)
     full, reps = _heads_rows(tm.full, problem.heads)
     partial, _ = _heads_rows(tm.partial, problem.heads)
     dq = schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch,
@@ -338,6 +340,7 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=2 * DKDV_GEMMS,
                      mma_efficiency=bwd.mma_efficiency, load_bytes=2 * q_vol * d * b + ROW_STATS_BYTES * q_vol,
                      slowdown=shape.slowdown)
+    cost = replace(cost, mask=cost.mask * bwd.mask_scale)  # the transposed masks, rebuilt per partial tile
     kv_full, reps = _group_rows(tm.kv_full, problem)
     kv_partial, _ = _group_rows(tm.kv_partial, problem)
     seen = (kv_full + kv_partial) > 0

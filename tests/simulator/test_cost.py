@@ -980,3 +980,30 @@ def test_split_backward_reads_1d_tiles_in_place():
     bp = backward_passes(g, prof, Problem(heads=8, head_dim=128), tm, 4096, float(pattern.visible_pairs()))
     assert bp.permute is None
     assert bp.total.ms == pytest.approx(bp.delta.ms + bp.dq.ms + bp.dkdv.ms)
+
+
+def test_backward_pass_terms_price_dq_and_dkdv_apart():
+    """``backward.dq_mma_efficiency`` (0: ``mma_efficiency``) moves only the dQ pass; ``backward.mask_scale`` only
+    dK/dV's partial tiles (a layout with none is unchanged)."""
+    import dataclasses
+
+    from sparsesim.simulator.cost import backward_passes
+    from sparsesim.simulator.tiling import tilemap
+
+    g, prof = load_gpu("H200"), _triton_prior()
+    problem = Problem(heads=4, head_dim=128)
+
+    def passes(pattern, **terms):
+        p = dataclasses.replace(prof, backward=dataclasses.replace(prof.backward, **terms))
+        tm = tilemap(pattern, (8, 8), (8, 8), "box")
+        return backward_passes(g, p, problem, tm, int(np.prod(pattern.input_size)), float(pattern.visible_pairs()))
+
+    sliding = GNAPattern(input_size=(64, 64), window=(17, 17))
+    base = passes(sliding)
+    assert passes(sliding, dq_mma_efficiency=prof.backward.mma_efficiency).dq.ms == pytest.approx(base.dq.ms)
+    faster = passes(sliding, dq_mma_efficiency=min(1.0, 1.5 * prof.backward.mma_efficiency))
+    assert faster.dq.ms < base.dq.ms and faster.dkdv.ms == pytest.approx(base.dkdv.ms)
+    masked = passes(sliding, mask_scale=4.0)
+    assert masked.dkdv.ms > base.dkdv.ms and masked.dq.ms == pytest.approx(base.dq.ms)
+    blocked = GNAPattern(input_size=(64, 64), window=(16, 16), stride=(16, 16))  # tile-aligned: no partial tiles
+    assert passes(blocked, mask_scale=4.0).dkdv.ms == pytest.approx(passes(blocked).dkdv.ms)

@@ -164,16 +164,18 @@ def _write(values: dict[str, float], files: list[Path]) -> None:
     text = PROFILE.read_text()
     head, sep, rest = text.partition("[backward]\n")
     body, nxt, tail = rest.partition("\n[")
+    body = body.rstrip("\n")
     for name, value in values.items():
         line = f"{name} = {value!r}"
         body, n = re.subn(rf"^{name} = .*$", line, body, flags=re.M)
         if not n:
             body += "\n" + line
+    body += "\n"
     names = ", ".join(str(f) for f in files)
     source = (f'passes = "benchmarks/bwd_passes.py --fit: backward.dq_mma_efficiency, mma_efficiency (dK/dV) and '
               f'mask_scale fitted to the per-pass rows of {names}"')
     tail = re.sub(r"^passes = .*$\n?", "", tail, flags=re.M).replace("sources]\n", "sources]\n" + source + "\n", 1)
-    write_text(PROFILE, head + sep + body + nxt + tail)
+    write_text(head + sep + body + nxt + tail, PROFILE, "--write")
     print(f"wrote {PROFILE}")
 
 

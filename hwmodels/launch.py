@@ -33,6 +33,9 @@ which calls take it                :data:`WS_HEAD_DIMS`,            dense / bloc
                                    :data:`WS_KV_TILES`,             those calls with the ``triton-ws``
                                    :data:`WS_MIN_WORK`,             profile)
                                    :data:`WS_PERSISTENT_MAX_TILES`
+GNA backward tiles: the forward's  :func:`shrink_tile`,             ``kernels.gna_bwd`` (its first call's
+halved to a volume, per kernel     :data:`BWD_DQ_CANDIDATES`,       pick), ``simulator.cost`` (the backward
+                                   :data:`BWD_DKV_CANDIDATES`       priced at the pick's tiles)
 =================================  ===============================  ==========================================
 
 :func:`gpu_for_device` maps a CUDA device (its name, then its compute capability) to a GPU file.
@@ -40,6 +43,7 @@ which calls take it                :data:`WS_HEAD_DIMS`,            dense / bloc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from sparsesim.hwmodels.errors import ConfigError
@@ -95,6 +99,38 @@ WS_MIN_WORK = 2**28
 WS_PERSISTENT_MAX_TILES = 256
 #: The permutation kernels take 8 warps once a tile moves this many elements (16-byte accesses), else 4.
 COPY_WIDE_ELEMENTS = 16384
+#: The GNA backward's launch settings its first call times (``kernels.gna_bwd``), ``(resident volume, streamed
+#: volume, stages)`` per kernel: dQ keeps a Q tile and streams K/V, dK/dV keeps a KV tile and streams Q/dO; a
+#: volume of ``1 << 30`` keeps the forward's tile (:func:`shrink_tile`). benchmarks/bwd_tune.py on the H200
+#: (kernels/NOTES.md, 4032037): 3 stages won with 128-row resident tiles, 2 with 64-row ones, a 32-row dK/dV stream
+#: on the stride-1 3D and 2D layers.
+BWD_DQ_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (64, 64, 2), (1 << 30, 64, 2))
+BWD_DKV_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (1 << 30, 32, 3), (1 << 30, 32, 2),
+                                                        (64, 64, 2))
+
+
+def shrink_tile(tile: Sequence[int], volume: int) -> tuple[int, ...]:
+    """A box tile with its outermost axis longer than 1 halved until its volume is at most ``volume`` (min 16):
+    the GNA backward's tile from the forward's.
+
+    Example:
+        >>> shrink_tile((4, 8, 4), 64), shrink_tile((16, 8), 32), shrink_tile((128,), 1 << 30)
+        ((2, 8, 4), (4, 8), (128,))
+    """
+    t = [int(x) for x in tile]
+    while math.prod(t) > max(volume, MIN_TILE_VOLUME):
+        a = next(i for i, x in enumerate(t) if x > 1)
+        t[a] //= 2
+    return tuple(t)
+
+
+def backward_tiles(q_tile: Sequence[int], kv_tile: Sequence[int]) -> tuple[tuple[tuple[tuple[int, ...], ...], ...],
+                                                                            tuple[tuple[tuple[int, ...], ...], ...]]:
+    """The distinct ``(q_tile, kv_tile)`` pairs the GNA backward's dQ and dK/dV kernels may run from a forward's
+    tiles: one per candidate of :data:`BWD_DQ_CANDIDATES` / :data:`BWD_DKV_CANDIDATES`."""
+    dq = tuple(dict.fromkeys((shrink_tile(q_tile, r), shrink_tile(kv_tile, s)) for r, s, _ in BWD_DQ_CANDIDATES))
+    dkv = tuple(dict.fromkeys((shrink_tile(q_tile, s), shrink_tile(kv_tile, r)) for r, s, _ in BWD_DKV_CANDIDATES))
+    return dq, dkv
 
 
 def is_pow2(n: int) -> bool:

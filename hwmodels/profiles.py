@@ -101,9 +101,7 @@ class BackwardProfile:
     #: tensor-core efficiency (0: ``mma_efficiency``, which then prices dK/dV alone), and the dK/dV kernel's cost
     #: of masking one partial-tile element over the forward's ``mask_ops_per_element`` (it rebuilds the masks
     #: transposed for every partial tile, per axis from the visiting queries' bounds). Optional (0 and 1). Fitted by
-    #: ``benchmarks/bwd_passes.py --fit``; the shipped ``triton`` profile keeps the neutral values (kernels/NOTES.md,
-    #: stop 28: fitted per pass at the kernels' tiles, they made the forward+backward rows priced at the forward's
-    #: tiles worse).
+    #: ``benchmarks/bwd_passes.py --fit`` to passes timed alone, priced at the tiles each kernel ran.
     dq_mma_efficiency: float = 0.0
     mask_scale: float = 1.0
 

@@ -36,6 +36,7 @@ from typing import Any
 import triton
 import triton.language as tl
 
+from sparsesim.hwmodels.launch import BWD_DKV_CANDIDATES, BWD_DQ_CANDIDATES, shrink_tile
 from sparsesim.kernels._common import LOG2E, attn_tile_update
 from sparsesim.kernels._launch import (
     CallCache,
@@ -659,15 +660,6 @@ def _strides4(x: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in x.stride())
 
 
-def _shrink(tile: tuple[int, ...], volume: int) -> tuple[int, ...]:
-    """Halve a box tile's outermost axis longer than 1 until its volume is at most ``volume`` (min 16)."""
-    t = list(tile)
-    while math.prod(t) > max(volume, 16):
-        a = next(i for i, x in enumerate(t) if x > 1)
-        t[a] //= 2
-    return tuple(t)
-
-
 #: Tile volume the backward streams against a resident tile of the forward's size (GPU; the interpreter keeps
 #: the forward's tiles): 64 rows of Q (dK/dV) or of K/V (dQ), as FlashAttention-2's backward does at head dim 128.
 BWD_STREAM_VOLUME = 64
@@ -708,13 +700,11 @@ class BwdTuning:
     fused_dq: bool = False
 
 
-#: What the first GPU call of a backward tries per kernel, ``(resident, stream, stages)``, keeping the fastest
-#: (benchmarks/bwd_tune.py on the H200 at 4032037: no one setting was fastest on the four cases of
-#: kernels/NOTES.md; 3 stages won with 128-row resident tiles, 2 with 64-row ones, a 32-row dK/dV stream on the
-#: stride-1 3D and 2D layers).
-DQ_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (64, 64, 2), (1 << 30, 64, 2))
-DKV_CANDIDATES: tuple[tuple[int, int, int], ...] = ((1 << 30, 64, 3), (1 << 30, 32, 3), (1 << 30, 32, 2),
-                                                     (64, 64, 2))
+#: What the first GPU call of a backward tries per kernel, ``(resident, stream, stages)``, keeping the fastest:
+#: :data:`sparsesim.hwmodels.launch.BWD_DQ_CANDIDATES` / ``BWD_DKV_CANDIDATES`` (the model prices the backward at
+#: these candidates' tiles too).
+DQ_CANDIDATES: tuple[tuple[int, int, int], ...] = BWD_DQ_CANDIDATES
+DKV_CANDIDATES: tuple[tuple[int, int, int], ...] = BWD_DKV_CANDIDATES
 
 #: How the backward kernels may read their streamed operands (:class:`BwdTuning`'s ``*_stream_layout``).
 STREAM_LAYOUTS = ("gather", "permute", "box")
@@ -801,10 +791,10 @@ def build_backward(fwd: Any, device: Any, tuning: BwdTuning | None = None) -> GN
     if interpret():
         dq_plan = dkv_plan = fwd.plan
     else:
-        dq_plan = _plan_or(fwd.plan, pattern.input_size, kw, _shrink(q_tile, tune.dq_resident),
-                           _shrink(kv_tile, tune.dq_stream))
-        dkv_plan = _plan_or(fwd.plan, pattern.input_size, kw, _shrink(q_tile, tune.dkv_stream),
-                            _shrink(kv_tile, tune.dkv_resident))
+        dq_plan = _plan_or(fwd.plan, pattern.input_size, kw, shrink_tile(q_tile, tune.dq_resident),
+                           shrink_tile(kv_tile, tune.dq_stream))
+        dkv_plan = _plan_or(fwd.plan, pattern.input_size, kw, shrink_tile(q_tile, tune.dkv_stream),
+                            shrink_tile(kv_tile, tune.dkv_resident))
     _, smem = device_gpu(device)
 
     def cfg(resident: int, streamed: int, warps: int, stages: int) -> FusedLaunch:

@@ -186,7 +186,9 @@ def predicted_ms(row: Row, gpu: GPU, prof: KernelProfile) -> float:
     row ran the warp-specialized forward)."""
     if row.tm is None:
         return dense_pass(gpu, prof, row.problem, None, row.tokens, _dummy(), row.backprop, row.route).ms
-    return sparse_call(gpu, prof, row.problem, row.tm, row.tokens, row.pairs, row.backprop, row.route).call_ms
+    pattern = row.pattern if isinstance(row.pattern, GNAPattern) else None
+    return sparse_call(gpu, prof, row.problem, row.tm, row.tokens, row.pairs, row.backprop, row.route,
+                       pattern).call_ms
 
 
 def _dummy() -> TileMap:

@@ -25,6 +25,7 @@ memory-bound passes before (rowsum of dO * O) and after (dQ from fp32) complete 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -291,7 +292,8 @@ class BackwardPasses:
 
 
 def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
-                    useful_pairs_per_head: float) -> BackwardPasses:
+                    useful_pairs_per_head: float,
+                    kernel_tiles: tuple[Sequence[TileMap], Sequence[TileMap]] | None = None) -> BackwardPasses:
     """Delta, dQ (forward schedule) and dK/dV (transposed schedule, KV tiles with visitors) passes of our kernels.
 
     The pairs run at ``backward.mma_efficiency`` (dQ at ``backward.dq_mma_efficiency`` where set) with the
@@ -303,14 +305,14 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
     kernels/gna_bwd.py: boxed or permuted): no gather penalty, and a memory pass that reads K, V, Q, dO and writes
     them padded to whole tiles, with the LSE/Delta rows (fp32), except where the pick's ``box`` layout reads
     them in place (no dilation, no padding, no extra tokens: no memory pass). 1D tiles are contiguous runs of
-    rows, read in place (``DQ_PICK_1D``/``DKV_PICK_1D``: gathered).
+    rows, read in place (``DQ_PICK_1D``/``DKV_PICK_1D``: gathered). ``kernel_tiles``: the tile maps of the dQ and
+    of the dK/dV kernel at each tile pair their first call's pick may run
+    (:func:`sparsesim.simulator.tiling.backward_tilemaps`); each pass is the fastest of its kernel's, as the pick
+    keeps the fastest. Without them both passes run at ``tm``'s tiles.
     """
     bwd = prof.backward
     q_vol, kv_vol = _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile)
     b, d = problem.bytes, problem.head_dim
-    shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, "direct")
-    if tm.tiling == "block":  # a block map's lists (``backward.list_penalty``)
-        shape = replace(shape, slowdown=shape.slowdown * (1.0 + bwd.list_penalty))
     permute = None
     padded_q, padded_kv = tm.num_q_tiles * q_vol, tm.num_kv_tiles * kv_vol
     # 1D tiles are contiguous rows (gathered); without dilation, padding or extra tokens the tiles are read in
@@ -322,40 +324,60 @@ def backward_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap
                  + problem.batch * problem.heads * (tokens + padded_q) * ROW_STATS_BYTES)
         permute = _memory_pass(gpu, prof, moved)
     hbm_per_sm = gpu.hbm_TBps * 1e12 * prof.forward.hbm_efficiency / gpu.sm_count
-    overhead = bwd.cta_overhead_us * 1e-6 / shape.ctas_per_sm
     useful = useful_pairs_per_head * problem.heads * problem.batch
     stats = float(problem.batch * problem.heads * tokens * ROW_STATS_BYTES)
     delta = _memory_pass(gpu, prof, problem.io_bytes(tokens, 2, 0) + stats / 2)  # O, dO in; Delta out
-    # dQ: per Q tile CTA, Q, dO, LSE, Delta in and dQ out; per KV tile K and V in.
-    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=2 * DQ_GEMMS,
-                     mma_efficiency=bwd.dq_mma_efficiency or bwd.mma_efficiency, load_bytes=2 * kv_vol * d * b,
-                     slowdown=shape.slowdown)
-    full, reps = _heads_rows(tm.full, problem.heads)
-    partial, _ = _heads_rows(tm.partial, problem.heads)
-    dq = schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch,
-                       fixed_s=overhead + (3 * q_vol * d * b + ROW_STATS_BYTES * q_vol) / hbm_per_sm,
-                       useful_elements=useful, hbm_bytes=problem.io_bytes(tokens, 3, 2) + stats,
-                       ctas_per_sm=shape.ctas_per_sm)
-    # dK/dV: per KV tile with visitors and KV head, K, V in and dK, dV out; per visiting Q tile Q, dO, LSE, Delta.
-    cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=2 * DKDV_GEMMS,
-                     mma_efficiency=bwd.mma_efficiency, load_bytes=2 * q_vol * d * b + ROW_STATS_BYTES * q_vol,
-                     slowdown=shape.slowdown)
-    cost = replace(cost, mask=cost.mask * bwd.mask_scale)  # the transposed masks, rebuilt per partial tile
-    kv_full, reps = _group_rows(tm.kv_full, problem)
-    kv_partial, _ = _group_rows(tm.kv_partial, problem)
-    seen = (kv_full + kv_partial) > 0
-    dkdv = schedule_pass(gpu, prof, cost, kv_full[seen], kv_partial[seen], repeat=reps * problem.batch,
-                         fixed_s=overhead + 4 * kv_vol * d * b / hbm_per_sm, useful_elements=useful,
-                         hbm_bytes=problem.io_bytes(tokens, 2, 4) + stats, ctas_per_sm=shape.ctas_per_sm)
+
+    def shape_of(t: TileMap) -> tuple[int, int, LaunchShape]:
+        qv, kv = _tile_volume(t.q_tile), _tile_volume(t.kv_tile)
+        shape = launch_shape(gpu, prof, problem, qv, kv, "direct")
+        if t.tiling == "block":  # a block map's lists (``backward.list_penalty``)
+            shape = replace(shape, slowdown=shape.slowdown * (1.0 + bwd.list_penalty))
+        return qv, kv, shape
+
+    def dq_pass(t: TileMap) -> PassTime:
+        # per Q tile CTA, Q, dO, LSE, Delta in and dQ out; per KV tile K and V in
+        qv, kv, shape = shape_of(t)
+        cost = pair_cost(gpu, prof, problem, qv, kv, flops_per_element=2 * DQ_GEMMS,
+                         mma_efficiency=bwd.dq_mma_efficiency or bwd.mma_efficiency, load_bytes=2 * kv * d * b,
+                         slowdown=shape.slowdown)
+        full, reps = _heads_rows(t.full, problem.heads)
+        partial, _ = _heads_rows(t.partial, problem.heads)
+        return schedule_pass(gpu, prof, cost, full, partial, repeat=reps * problem.batch,
+                             fixed_s=bwd.cta_overhead_us * 1e-6 / shape.ctas_per_sm
+                             + (3 * qv * d * b + ROW_STATS_BYTES * qv) / hbm_per_sm,
+                             useful_elements=useful, hbm_bytes=problem.io_bytes(tokens, 3, 2) + stats,
+                             ctas_per_sm=shape.ctas_per_sm)
+
+    def dkdv_pass(t: TileMap) -> PassTime:
+        # per KV tile with visitors and KV head, K, V in and dK, dV out; per visiting Q tile Q, dO, LSE, Delta
+        qv, kv, shape = shape_of(t)
+        cost = pair_cost(gpu, prof, problem, qv, kv, flops_per_element=2 * DKDV_GEMMS,
+                         mma_efficiency=bwd.mma_efficiency, load_bytes=2 * qv * d * b + ROW_STATS_BYTES * qv,
+                         slowdown=shape.slowdown)
+        cost = replace(cost, mask=cost.mask * bwd.mask_scale)  # the transposed masks, rebuilt per partial tile
+        kv_full, reps = _group_rows(t.kv_full, problem)
+        kv_partial, _ = _group_rows(t.kv_partial, problem)
+        seen = (kv_full + kv_partial) > 0
+        return schedule_pass(gpu, prof, cost, kv_full[seen], kv_partial[seen], repeat=reps * problem.batch,
+                             fixed_s=bwd.cta_overhead_us * 1e-6 / shape.ctas_per_sm + 4 * kv * d * b / hbm_per_sm,
+                             useful_elements=useful, hbm_bytes=problem.io_bytes(tokens, 2, 4) + stats,
+                             ctas_per_sm=shape.ctas_per_sm)
+
+    dq_tms, dkv_tms = kernel_tiles if kernel_tiles is not None else ((tm,), (tm,))
+    dq = min((dq_pass(t) for t in dq_tms), key=lambda p: p.ms)
+    dkdv = min((dkdv_pass(t) for t in dkv_tms), key=lambda p: p.ms)
     return BackwardPasses(delta=delta, dq=dq, dkdv=dkdv, permute=permute)
 
 
 def backward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
-                  useful_pairs_per_head: float) -> PassTime:
-    """The backward as the profile's kernels run it: our split passes (:func:`backward_passes`) for
-    ``kv-auto`` profiles, else the fused FA2 backward (:func:`fused_backward_time`)."""
+                  useful_pairs_per_head: float,
+                  kernel_tiles: tuple[Sequence[TileMap], Sequence[TileMap]] | None = None) -> PassTime:
+    """The backward as the profile's kernels run it: our split passes (:func:`backward_passes`, at
+    ``kernel_tiles`` where given) for ``kv-auto`` profiles, else the fused FA2 backward
+    (:func:`fused_backward_time`)."""
     if prof.token_permutation == "kv-auto":
-        return backward_passes(gpu, prof, problem, tm, tokens, useful_pairs_per_head).total
+        return backward_passes(gpu, prof, problem, tm, tokens, useful_pairs_per_head, kernel_tiles).total
     return fused_backward_time(gpu, prof, problem, tm, tokens, useful_pairs_per_head)
 
 

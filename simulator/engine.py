@@ -247,7 +247,8 @@ def _simulate(c: SimConfig, cache: _Cache) -> SimResult:
     dense = cache.get(("dense", id(gpu), id(dense_prof), problem, tokens, causal_key, backprop),
                       lambda: dense_pass(gpu, dense_prof, problem, pattern, tokens, tm, backprop))
     pred = predict(gpu=gpu, prof=prof, dense_prof=dense_prof, problem=problem, tm=tm, tokens=tokens,
-                   pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop)
+                   pairs_per_head=float(pairs), dense_pairs_per_head=dense_pairs, dense=dense, backprop=backprop,
+                   pattern=pattern)
     return _record(gpu, problem, backprop, pattern, tm, stats, pred, q, kv, tiling,
                    _bands(c, gpu, prof, _dense_forward(gpu, dense_prof, problem, tokens, pattern.is_causal, backprop),
                           "gna", tokens, pred), input_size=pattern.input_size,

@@ -16,7 +16,7 @@ from sparsesim.simulator.flops import attention_flops
 from sparsesim.simulator.patterns import GNAPattern
 from sparsesim.simulator.route import forward_profile
 from sparsesim.simulator.schedule import box_schedule
-from sparsesim.simulator.tiling import TileMap, tilemap
+from sparsesim.simulator.tiling import TileMap, backward_tilemaps, tilemap
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,16 @@ def full_tilemap(tokens: int, q_tile: int, kv_tile: int) -> TileMap:
 
 
 def run_passes(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs: float,
-               backprop: bool, kv_layout: str = "direct", fwd_prof: KernelProfile | None = None) -> PassTime:
-    """Forward (priced by ``fwd_prof``, default ``prof``), plus backward (``prof``) when ``backprop``."""
+               backprop: bool, kv_layout: str = "direct", fwd_prof: KernelProfile | None = None,
+               pattern: GNAPattern | None = None) -> PassTime:
+    """Forward (priced by ``fwd_prof``, default ``prof``), plus backward (``prof``) when ``backprop``: for a GNA
+    ``pattern`` on box tiles, at the tiles the backward's kernels may run (:func:`backward_tilemaps`)."""
     fwd = forward_time(gpu, fwd_prof or prof, problem, tm, tokens, pairs, kv_layout)
-    return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, pairs)) if backprop else fwd
+    if not backprop:
+        return fwd
+    kernel_tiles = backward_tilemaps(pattern, tm.q_tile, tm.kv_tile) \
+        if pattern is not None and tm.tiling == "box" else None
+    return combine(fwd, backward_time(gpu, prof, problem, tm, tokens, pairs, kernel_tiles))
 
 
 def layout_of(prof: KernelProfile, tm: TileMap, problem: Problem, tokens: int) -> str:
@@ -130,11 +136,12 @@ class SparseCall:
 
 
 def sparse_call(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int, pairs_per_head: float,
-                backprop: bool = False, route: str | None = None) -> SparseCall:
+                backprop: bool = False, route: str | None = None, pattern: GNAPattern | None = None) -> SparseCall:
     """The kernel, its permutation passes and the whole call's device time of one configuration. The forward is
     priced by the profile of the kernel that runs it (:func:`~sparsesim.simulator.route.forward_profile`;
     ``route`` as a measurement recorded it); a GNA call on the warp-specialized forward gets its tiles as that
-    profile's ``token_permutation`` says (``triton-ws``: read in place, nothing permuted)."""
+    profile's ``token_permutation`` says (``triton-ws``: read in place, nothing permuted). ``pattern``: the GNA
+    pattern of ``tm`` (the backward is then priced at its kernels' tiles, :func:`run_passes`)."""
     fwd_prof = forward_profile(gpu, prof, problem, tm, tokens, route)
     if fwd_prof.forward_kernel == "ws" and tm.tiling == "box":  # (also when ``prof`` is that profile)
         layout = layout_of(fwd_prof, tm, problem, tokens)
@@ -145,16 +152,16 @@ def sparse_call(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, to
         padded_kv = tm.num_kv_tiles * math.prod(tm.kv_tile)
         perm = permute_ms(gpu, prof, problem, tokens, padded_kv, layout, backprop) \
             if layout in ("qkvo", "permute") else 0.0
-    kernel = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout, fwd_prof)
+    kernel = run_passes(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, layout, fwd_prof, pattern)
     return SparseCall(kernel=kernel, permute_ms=perm, call_ms=kernel.ms + perm, kv_layout=layout,
                       fwd_prof=fwd_prof)
 
 
 def predict(*, gpu: GPU, prof: KernelProfile, dense_prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
             pairs_per_head: float, dense_pairs_per_head: float, dense: PassTime,
-            backprop: bool = False) -> Prediction:
+            backprop: bool = False, pattern: GNAPattern | None = None) -> Prediction:
     """Cost-model columns of one configuration, given its dense baseline's :class:`PassTime`."""
-    sc = sparse_call(gpu, prof, problem, tm, tokens, pairs_per_head, backprop)
+    sc = sparse_call(gpu, prof, problem, tm, tokens, pairs_per_head, backprop, pattern=pattern)
     sparse, perm, call, layout = sc.kernel, sc.permute_ms, sc.call_ms, sc.kv_layout
     fwd_prof = sc.fwd_prof or prof
     kw = {"heads": problem.heads, "head_dim": problem.head_dim, "batch": problem.batch, "backprop": backprop}

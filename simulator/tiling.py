@@ -19,6 +19,7 @@ as sinks: only the extra KV tiles at or before them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsesim.hwmodels.launch import MIN_TILE_VOLUME
+from sparsesim.hwmodels.launch import MIN_TILE_VOLUME, backward_tiles
 from sparsesim.simulator.errors import ConfigError
 from sparsesim.simulator.patterns import BlockSparsePattern, GNAPattern
 
@@ -155,6 +156,29 @@ def tilemap(pattern: GNAPattern, q_tile: Sequence[int], kv_tile: Sequence[int], 
     else:
         tm = box_schedule(layout, tuple(int(t) for t in q_tile), tuple(int(t) for t in kv_tile)).tilemap
     return with_extra_tiles(tm, pattern)
+
+
+@functools.lru_cache(maxsize=256)
+def backward_tilemaps(pattern: GNAPattern, q_tile: tuple[int, ...], kv_tile: tuple[int, ...]
+                      ) -> tuple[tuple[TileMap, ...], tuple[TileMap, ...]]:
+    """Tile maps of the GNA backward's dQ and dK/dV kernels at each tile pair their first call's pick may run
+    from a forward's box tiles (:func:`sparsesim.hwmodels.launch.backward_tiles`); a pair the layout cannot take
+    runs at the forward's tiles, as the kernels fall back (one schedule: the model prices what the kernels run).
+    Cached: a fit prices the same rows many times."""
+    dq_pairs, dkv_pairs = backward_tiles(q_tile, kv_tile)
+
+    def maps(pairs: tuple[tuple[tuple[int, ...], ...], ...]) -> tuple[TileMap, ...]:
+        out = {}
+        for q, kv in pairs:
+            try:
+                check_tiles(pattern, q, kv, "box")
+            except ConfigError:
+                q, kv = q_tile, kv_tile
+            if (q, kv) not in out:
+                out[(q, kv)] = tilemap(pattern, q, kv, "box")
+        return tuple(out.values())
+
+    return maps(dq_pairs), maps(dkv_pairs)
 
 
 def kv_tiles_unpadded(pattern: GNAPattern, kv_tile: Sequence[int], tiling: str) -> np.ndarray:

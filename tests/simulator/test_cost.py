@@ -1007,3 +1007,38 @@ def test_backward_pass_terms_price_dq_and_dkdv_apart():
     assert masked.dkdv.ms > base.dkdv.ms and masked.dq.ms == pytest.approx(base.dq.ms)
     blocked = GNAPattern(input_size=(64, 64), window=(16, 16), stride=(16, 16))  # tile-aligned: no partial tiles
     assert passes(blocked, mask_scale=4.0).dkdv.ms == pytest.approx(passes(blocked).dkdv.ms)
+
+
+def test_backward_priced_at_its_kernels_tiles_takes_the_fastest():
+    """With the tile maps of the pick's candidates, each pass is the fastest of its kernel's (as the pick keeps the
+    fastest), priced at those tiles; the candidates follow the kernels' own rule (hwmodels.launch)."""
+    from sparsesim.hwmodels.launch import BWD_DKV_CANDIDATES, BWD_DQ_CANDIDATES, backward_tiles, shrink_tile
+    from sparsesim.simulator.cost import backward_passes
+    from sparsesim.simulator.tiling import backward_tilemaps, tilemap
+
+    g, prof = load_gpu("H200"), _triton_prior()
+    pattern = GNAPattern(input_size=(16, 32, 48), window=(8, 16, 16))
+    problem = Problem(heads=24, head_dim=128)
+    tokens, pairs = 16 * 32 * 48, float(pattern.visible_pairs())
+    tm = tilemap(pattern, (4, 8, 4), (4, 8, 4), "box")
+    dq_tms, dkv_tms = backward_tilemaps(pattern, (4, 8, 4), (4, 8, 4))
+    dq_pairs, dkv_pairs = backward_tiles((4, 8, 4), (4, 8, 4))
+    assert [(t.q_tile, t.kv_tile) for t in dq_tms] == list(dq_pairs)
+    assert ((4, 8, 4), (2, 8, 4)) in dq_pairs and ((2, 8, 4), (2, 8, 4)) in dkv_pairs
+    assert len(dq_pairs) <= len(BWD_DQ_CANDIDATES) and len(dkv_pairs) <= len(BWD_DKV_CANDIDATES)
+    assert shrink_tile((4, 8, 4), 32) == (1, 8, 4)
+    priced = backward_passes(g, prof, problem, tm, tokens, pairs, (dq_tms, dkv_tms))
+    alone = [backward_passes(g, prof, problem, t, tokens, pairs) for t in (*dq_tms, *dkv_tms)]
+    assert priced.dq.ms == pytest.approx(min(a.dq.ms for a in alone[:len(dq_tms)]))
+    assert priced.dkdv.ms == pytest.approx(min(a.dkdv.ms for a in alone[len(dq_tms):]))
+    assert priced.delta.ms == pytest.approx(backward_passes(g, prof, problem, tm, tokens, pairs).delta.ms)
+
+
+def test_kernels_and_model_share_the_backward_candidates():
+    torch = pytest.importorskip("torch")  # noqa: F841 (the kernels package needs it)
+    from sparsesim.hwmodels import launch
+    from sparsesim.kernels import gna_bwd
+
+    assert gna_bwd.DQ_CANDIDATES is launch.BWD_DQ_CANDIDATES
+    assert gna_bwd.DKV_CANDIDATES is launch.BWD_DKV_CANDIDATES
+    assert {c for c, _ in gna_bwd.DKV_PICK} <= set(launch.BWD_DKV_CANDIDATES)

@@ -9,7 +9,8 @@ the LSE/Delta rows the streams may need), dQ (with its streamed operands' permut
 (likewise), and the whole backward. The model's passes (``simulator.cost.backward_passes``) are priced at the tiles
 each kernel ran (``GNABackward.dq_plan`` / ``dkv_plan``), so a miss of the whole backward can be traced to a pass.
 Layers: the issue's 3D and 2D ones, a never-fitted 3D layer the model predicts 18% fast
-(``h200_backprop_heldout.toml``: 20x30x40, window 12x16x16), HunyuanVideo and FLUX.
+(``h200_backprop_heldout.toml``: 20x30x40, window 12x16x16), HunyuanVideo and FLUX, and three 1D layers (whose
+backward streams gathered rows).
 
 ``--fit`` (CPU): fit the terms that set the passes apart (``backward.dq_mma_efficiency``, ``backward.mma_efficiency``
 now dK/dV's, ``backward.mask_scale``) to these per-pass rows, the other backward terms as shipped; print each pass
@@ -37,6 +38,10 @@ CASES = [  # name, layout, window, stride, (q_tile, kv_tile) of the forward
     ("heldout_3d_20x30x40_w12x16x16", (20, 30, 40), (12, 16, 16), (1, 1, 1), ((2, 8, 8), (2, 8, 8))),
     ("hunyuan_w18x24x24_s16x8x8", (30, 48, 80), (18, 24, 24), (16, 8, 8), ((2, 8, 8), (2, 8, 8))),
     ("flux_w80x80_s16x16", (256, 256), (80, 80), (16, 16), ((16, 8), (16, 8))),
+    # 1D (gathered streams), never in the per-pass fit of kernels/NOTES.md stop 28
+    ("1d_32k_w2048", (32768,), (2048,), (1,), ((128,), (128,))),
+    ("1d_16k_w2048_s256", (16384,), (2048,), (256,), ((128,), (128,))),
+    ("1d_64k_w4096", (65536,), (4096,), (1,), ((128,), (128,))),
 ]
 COLUMNS = ["gpu", "date", "commit", "torch", "triton", "case", "pass", "tiles", "layout", "measured_ms",
            "predicted_ms", "error"]

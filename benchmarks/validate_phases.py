@@ -6,13 +6,14 @@
 One row per device (``here``: a run without ``--devices``, measured in the CLI's own process), seconds in the
 order of a worker's time line; they add up to the wall time of ``validate.run`` (``sum`` = ``wall``):
 
-    setup     run() start to this worker's start (the CLI process predicting and ordering the cases; with
-              forked workers also its preload: the workers' imports made once before the fork)
+    setup     run() start to this worker's start (the CLI process predicting and ordering the cases; the
+              check stage of --jobs; with forked workers also its preload: the workers' imports made once
+              before the fork)
     spawn     process start to the worker's first line (spawned: interpreter, re-import of the main module,
               unpickling; forked: the fork)
     import    import torch, triton and the kernels (validate.warm_up)
     cuda      first CUDA context on the worker's device
-    prep+     rest of the start (``here``: check of --out, git, environment probe, --jobs checks)
+    prep+     rest of the start (``here``: check of --out, git, environment probe, the check stage)
     compile   first call of every case (Triton compiles and autotuning on a cold cache, one run)
     check     rest of the checks (inputs, reference rows)
     measure   timed calls (inputs again, do_bench)
@@ -66,6 +67,16 @@ def table(data: Mapping[str, Any], start: float | None = None, end: float | None
             f"{t['label']} {t['parts']['first_call_s']:.2f} s" + ("" if t["device"] is None else
                                                                   f" (cuda:{t['device']})")
             for t in firsts if t["parts"].get("first_call_s")))
+    stage = data.get("checks")
+    if stage:
+        per = stage["breakdown"]["devices"]
+        compiles = sum(r["compile_s"] for r in per)
+        checks = sum(r["compile_s"] + r["check_s"] for r in per)
+        starts = [r["spawn_s"] + r["import_s"] + r["cuda_init_s"] + r["prepare_other_s"] for r in per]
+        lines.append(f"check stage (--jobs {stage['jobs']}, workers on cuda {stage['workers_on']}): wall "
+                     f"{stage['wall_s']:.2f} s, {stage['passed']} checks passed; first calls {compiles:.2f} s and "
+                     f"checks {checks:.2f} s summed over the workers; worker start {min(starts, default=0):.2f}-"
+                     f"{max(starts, default=0):.2f} s")
     if start is not None and end is not None:
         lines.append(f"command wall {end - start:.2f} s: before run() {b['start'] - start:.2f} s (process start, "
                      f"CLI imports, sweep), run() {b['wall_s']:.2f} s, after run() {end - b['end']:.2f} s")

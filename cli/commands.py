@@ -269,25 +269,19 @@ def cmd_validate(args: argparse.Namespace) -> None:
     except ModuleNotFoundError as exc:
         raise ConfigError(f"simulate validate needs {exc.name}: pip install 'sparsesim[kernels]'") from None
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    no_gpu = ConfigError("simulate validate needs a CUDA GPU (or TRITON_INTERPRET=1 for a CPU dry run of tiny "
-                         "shapes, timed on the host)")
+    no_gpu = ConfigError(validate.NO_GPU)
     # Counted through NVML where it works, starting no CUDA here: the device workers can then be forked
     # (sparsesim.kernels.workers.fork_safe); torch.cuda.is_available() would start the driver.
     visible = 0 if interpreted else torch.cuda.device_count()
     if not visible and not interpreted:
         raise no_gpu
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}; allowed: 1 or more")
     from sparsesim.kernels.workers import WorkersLost, parse_devices
 
     devices = parse_devices(args.devices, visible)
-    if (not devices or args.plan) and not interpreted and not torch.cuda.is_available():  # measured here
-        raise no_gpu
+    if args.plan:  # measured here (a sweep measured here is checked by validate.run, after its check stage)
+        validate.require_cuda()
     if devices and args.devices.strip().lower() != "all" and args.plan:
         raise ConfigError(f"--devices {args.devices} with --plan; allowed: --devices with --sweep or --preset")
-    if devices and args.jobs > 1 and not args.plan:
-        raise ConfigError(f"--jobs {args.jobs} with --devices {args.devices} ({len(devices)} devices); allowed: "
-                          f"--jobs 1 (each device's worker compiles its own cases), or --devices 1")
     if args.plan:
         if args.backprop:
             raise ConfigError("--backprop with --plan; allowed: --backprop with --sweep or --preset")
@@ -301,7 +295,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
         _progress_bar(total)(done)
 
     try:
-        rows = validate.run(cases, Path(args.out), resume=args.resume, jobs=1 if interpreted else args.jobs,
+        jobs = 1 if interpreted else validate.default_jobs(devices) if args.jobs == "auto" else int(args.jobs)
+        rows = validate.run(cases, Path(args.out), resume=args.resume, jobs=jobs,
                             seed=args.seed, commit=args.commit, progress=bar if show else None, devices=devices)
     except WorkersLost as exc:
         print(f"simulate: error: {exc}", file=sys.stderr)

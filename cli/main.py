@@ -80,6 +80,17 @@ def int_in(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]
     return integer
 
 
+def _jobs(text: str) -> str | int:
+    """``--jobs``: ``auto`` or an integer from 1 to 512."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int_in(1, 512)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is out of range; allowed: auto or an integer from 1 to "
+                                         f"512") from None
+
+
 def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
              hi_open: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite ASCII number within ``lo``..``hi`` (``*_open``: that end excluded)."""
@@ -255,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue FILE.csv, skipping the cases it holds")
     p.add_argument("--backprop", action="store_true",
                    help="time forward+backward (q, k, v require grad; passes=fwd+bwd rows for calibrate)")
-    p.add_argument("--jobs", type=int_in(1), default=1, help="worker processes that check (and compile) in parallel")
+    p.add_argument("--jobs", type=_jobs, default="auto",
+                   help="processes that check (and so compile) the cases at once, spread over the devices, before "
+                        "the timings: auto (default: half the CPU cores, at most 8 per GPU) or N (1: each "
+                        "measuring process checks its own cases)")
     p.add_argument("--devices", default="all",
                    help="CUDA devices to measure on, one worker process each: all (default), N (the first N) or "
                         "indices such as 0,2; 1 measures in this process")

@@ -16,15 +16,17 @@ call (median device time of back-to-back calls). With ``backprop`` a case is for
 cuDNN/flash through SDPA); the check compares the output and dQ on the sampled rows against a
 float64 reference (dK/dV need every row: not checked here; tests/kernels check them). Every finished
 row is appended to the CSV at once, so an interrupted run keeps it and ``--resume`` skips it. With
-``jobs > 1`` the checks (and so the compiles) run in parallel worker processes before the timings, which stay serial.
-With ``devices`` (``--devices``), one worker process per GPU checks and times whole cases, handed out longest
-predicted first (:mod:`sparsesim.kernels.workers`); this process predicts and writes every row as above, in the
-order they finish, its ``gpu`` naming the device (``NVIDIA H200 (cuda:1)``).
+``jobs > 1`` the checks (and so the compiles, which are CPU work) first run on ``jobs`` worker processes at once,
+spread over the devices (:func:`check_stage`), and the timings after them, never beside another process's work on
+their GPU. With ``devices`` (``--devices``), one worker process per GPU checks (unless the check stage did) and
+times whole cases, handed out longest predicted first (:mod:`sparsesim.kernels.workers`); this process predicts
+and writes every row as above, in the order they finish, its ``gpu`` naming the device (``NVIDIA H200 (cuda:1)``).
 
 Where the time goes: with the environment variable ``SPARSESIM_PHASES`` set (``1``: ``<out>.phases.json``; else
 the path), a run that ends normally also writes its phases as JSON (:mod:`sparsesim.kernels.phases`: per device
 the worker's spawn, imports and CUDA start (:func:`warm_up`), each case's first call (compiles), check and timed
-calls, the waits and the idle tail; the calling process's own for a run without ``devices``). The CSV is the same.
+calls, the waits and the idle tail; the calling process's own for a run without ``devices``; the check stage's
+per worker under ``checks``). The CSV is the same.
 """
 
 from __future__ import annotations
@@ -176,6 +178,23 @@ def _dtype(name: str) -> Any:
     if interpret():
         return torch.float32 if name == "fp32" else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+#: What a run that measures in this process says when CUDA does not start here.
+NO_GPU = ("simulate validate needs a CUDA GPU (or TRITON_INTERPRET=1 for a CPU dry run of tiny shapes, timed on the "
+          "host)")
+
+
+def require_cuda() -> None:
+    """Raise a ConfigError (:data:`NO_GPU`) unless CUDA starts in this process or the Triton interpreter runs (this
+    starts the CUDA driver here: workers forked after it would be spawned instead)."""
+    import torch
+
+    from sparsesim.kernels._launch import interpret
+    from sparsesim.simulator.errors import ConfigError
+
+    if not interpret() and not torch.cuda.is_available():
+        raise ConfigError(NO_GPU)
 
 
 def _device() -> Any:
@@ -521,9 +540,63 @@ def warm_up(cuda: bool = True) -> dict[str, float]:
     return took
 
 
-def _check_worker(args: tuple[list[Case], int]) -> list[dict[str, Any]]:
-    cases, seed = args
-    return [check_case(c, seed) for c in cases]
+#: How a case is checked: ``check(case, seed) -> check`` (:func:`check_case`).
+Check = Callable[[Case, int], dict[str, Any]]
+
+
+def _check_task(task: tuple[Check, int, Case]) -> dict[str, Any]:
+    """One case's check in a check-stage worker (:func:`check_stage`)."""
+    check, seed, case = task
+    with phases.timed("check_s"):
+        return check(case, seed)
+
+
+#: Check-stage workers per GPU at most (each holds a case's inputs and reference rows on its GPU).
+JOBS_PER_DEVICE = 8
+
+
+def default_jobs(devices: Sequence[int], cpus: int | None = None) -> int:
+    """``--jobs auto``: check-stage workers for a run on ``devices`` (``()``: one GPU) with ``cpus`` usable CPU
+    cores (default: this process's): half the cores (a compile is one core's work; the timings run alone after
+    them), at most :data:`JOBS_PER_DEVICE` per GPU, at least 1.
+
+    >>> default_jobs((), cpus=16), default_jobs((0, 1), cpus=32), default_jobs((0, 1), cpus=2)
+    (8, 16, 1)
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus // 2, JOBS_PER_DEVICE * max(len(devices), 1)))
+
+
+def check_stage(order: Sequence[Case], jobs: int, devices: Sequence[int], seed: int, check: Check | None = None
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Check the cases (and so compile their kernels, into Triton's cache on disk) on ``jobs`` worker processes at
+    once, spread round robin over ``devices`` (``()``: this process's device), in the order given, a worker
+    preferring cases whose kernels it compiled (:func:`compile_key`). Returns the checks of the cases that passed,
+    by case id, and the stage's phases (``jobs``, ``wall_s``, and per worker the :func:`~sparsesim.kernels.phases.
+    breakdown`). A case that failed, or whose worker was lost, is not in the checks: its measuring process checks
+    it again, alone on its GPU (beside other checks it may have run out of memory). No worker left: no checks.
+    ``check`` (module-level) replaces :func:`check_case`."""
+    from sparsesim.kernels.workers import WorkersLost, spread
+
+    slots = [(tuple(devices) or (0,))[j % max(len(devices), 1)] for j in range(jobs)]
+    checks: dict[str, dict[str, Any]] = {}
+    stamps: list[TaskTiming] = []
+    t0 = time.time()
+    try:
+        tasks = [(check or check_case, seed, c) for c in order]
+        with closing(spread(_check_task, tasks, slots, keys=[compile_key(c) for c in order], prepare=warm_up,
+                            preload=functools.partial(warm_up, cuda=False))) as outcomes:
+            for o in outcomes:
+                if o.timing is not None:
+                    stamps.append(dataclasses.replace(o.timing, device=o.worker))
+                if o.result is not None and o.result.get("ok"):
+                    checks[order[o.index].case_id] = o.result
+    except WorkersLost:
+        pass
+    t1 = time.time()
+    return checks, {"jobs": jobs, "workers_on": slots, "wall_s": t1 - t0, "passed": len(checks),
+                    "breakdown": phases.breakdown(stamps, t0, t1)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -578,7 +651,8 @@ def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1
     :class:`~sparsesim.kernels.workers.WorkersLost`: every worker exited with cases left (the rows written are
     kept; ``resume`` measures the rest). ``phases_out`` (default: from ``SPARSESIM_PHASES``, see the module): where
     the run's phases go as JSON (:func:`sparsesim.kernels.phases.write`), checked first too. Without ``measure``
-    each measuring process runs :func:`warm_up` before its first case.
+    each measuring process runs :func:`warm_up` before its first case. ``jobs`` > 1 (without ``measure``): the
+    checks first, on that many processes at once (:func:`check_stage`; :func:`default_jobs` is the CLI's default).
     """
     from sparsesim.simulator.errors import ConfigError
     from sparsesim.simulator.files import check_output
@@ -604,25 +678,28 @@ def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1
     todo = [c for c in cases if c.case_id not in done]
     commit = commit or git_commit()
     timed: list[tuple[str, TaskTiming]] = []  # (case id, its stamps) as they finish
+    preds = {c.case_id: _prediction(c) for c in todo}
+    order = sorted(todo, key=lambda c: -expected_ms(c, preds[c.case_id][0]))
+    checks: dict[str, dict[str, Any]] = {}
+    stage: dict[str, Any] = {}
+    if jobs > 1 and len(todo) > 1 and measure is None:  # before any CUDA here: the check workers may fork
+        checks, stage = check_stage(order, jobs, devices, seed)
+    info = {"checks": stage} if stage else {}
     if devices:
         with _appender(out) as write:
-            rows = _run_on_devices(todo, devices, write, (measure or measure_case, probe, seed, commit), progress,
-                                   timed, warm_up if measure is None else None)
+            rows = _run_on_devices(order, devices, write, (measure or measure_case, probe, seed, commit), progress,
+                                   timed, warm_up if measure is None else None, preds, checks)
         if phases_out is not None:
-            phases.write(phases_out, timed, start, time.time(), out=str(out), devices=list(devices), cases=len(todo))
+            phases.write(phases_out, timed, start, time.time(), out=str(out), devices=list(devices), cases=len(todo),
+                         **info)
         return rows
+    if measure is None:
+        require_cuda()  # after the check stage: its workers are forked only where CUDA has not started here
     prepared = warm_up() if measure is None else {}
+    if stage:
+        prepared["checks_s"] = stage["wall_s"]
     with phases.timed("probe_s"):
         env = probe(commit)
-    checks: dict[str, dict[str, Any]] = {}
-    if jobs > 1 and len(todo) > 1 and measure is None:
-        import multiprocessing as mp
-
-        chunks, t0 = [todo[i::jobs] for i in range(jobs)], time.perf_counter()
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            for chunk, results in zip(chunks, pool.map(_check_worker, [(c, seed) for c in chunks]), strict=True):
-                checks.update({c.case_id: r for c, r in zip(chunk, results, strict=True)})
-        prepared["checks_s"] = time.perf_counter() - t0
     prep, ready = tuple({**prepared, **phases.take()}.items()), time.time()
     rows = []
     with _appender(out) as write:
@@ -635,13 +712,13 @@ def run(cases: Sequence[Case], out: Path, *, resume: bool = False, jobs: int = 1
             ended = time.time()
             timed.append((case.case_id, TaskTiming(None, i, start, start, ready, prep, got, ended,
                                                    tuple(phases.take().items()), ended)))
-            row = _row(case, env, check, ms, _with_note(_prediction(case), check))
+            row = _row(case, env, check, ms, _with_note(preds[case.case_id], check))
             write(row)
             rows.append(row)
             if progress is not None:
                 progress(i + 1, len(todo))
     if phases_out is not None:
-        phases.write(phases_out, timed, start, time.time(), out=str(out), devices=[], cases=len(todo))
+        phases.write(phases_out, timed, start, time.time(), out=str(out), devices=[], cases=len(todo), **info)
     return rows
 
 
@@ -691,10 +768,12 @@ def _probe_once(probe: Callable[[str], dict[str, str]], commit: str) -> dict[str
 Setup = tuple[Measure, Callable[[str], dict[str, str]], int, str]
 
 
-def _measure_task(task: tuple[Setup, Case]) -> tuple[dict[str, Any], float | None, dict[str, str]]:
-    """One case in a device's worker: its check, its time and the worker's environment (probed once)."""
-    (measure, probe, seed, commit), case = task
-    check, ms = measure(case, seed)
+def _measure_task(task: tuple[Setup, Case, Mapping[str, Any] | None]
+                  ) -> tuple[dict[str, Any], float | None, dict[str, str]]:
+    """One case in a device's worker: its check (unless the check stage's is given: then :func:`measure_case`
+    times it), its time and the worker's environment (probed once)."""
+    (measure, probe, seed, commit), case, passed = task
+    check, ms = measure(case, seed) if passed is None else measure_case(case, seed, passed)
     with phases.timed("probe_s"):
         env = _probe_once(probe, commit)
     return check, ms, env
@@ -721,24 +800,28 @@ def _flat(value: Any) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
-def _run_on_devices(todo: Sequence[Case], devices: Sequence[int], write: Callable[[Mapping[str, Any]], None],
+def _run_on_devices(order: Sequence[Case], devices: Sequence[int], write: Callable[[Mapping[str, Any]], None],
                     setup: Setup, progress: Callable[[int, int], None] | None,
                     timed: list[tuple[str, TaskTiming]] | None = None,
-                    prepare: Callable[[], Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
-    """The cases on one worker per device, longest predicted first, a worker preferring cases whose kernels it has
-    compiled (:func:`compile_key`); each row written here as it comes back, each case's stamps added to ``timed``;
-    ``prepare``: each worker's first step (:func:`~sparsesim.kernels.workers.spread`); with :func:`warm_up`, forked
-    workers start with its imports made here (``warm_up(cuda=False)``, before forking)."""
+                    prepare: Callable[[], Mapping[str, float]] | None = None,
+                    preds: Mapping[str, tuple[dict[str, Any], str]] | None = None,
+                    checks: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The cases on one worker per device in the order given (longest predicted first), a worker preferring cases
+    whose kernels it has compiled (:func:`compile_key`); each row written here as it comes back, each case's
+    stamps added to ``timed``; ``prepare``: each worker's first step (:func:`~sparsesim.kernels.workers.spread`);
+    with :func:`warm_up`, forked workers start with its imports made here (``warm_up(cuda=False)``, before
+    forking). ``preds``: each case's :func:`_prediction` (made here when not given); ``checks``: the check stage's
+    passed checks by case id (those cases are only timed)."""
     from sparsesim.kernels.workers import WorkersLost, spread
 
     commit, today = setup[3], dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    preds = {c.case_id: _prediction(c) for c in todo}
-    order = sorted(todo, key=lambda c: -expected_ms(c, preds[c.case_id][0]))
+    preds = preds if preds is not None else {c.case_id: _prediction(c) for c in order}
+    checks = checks or {}
     envs: dict[int, dict[str, str]] = {}
     rows: list[dict[str, Any]] = []
     preload = functools.partial(warm_up, cuda=False) if prepare is warm_up else None
     try:
-        with closing(spread(_measure_task, [(setup, c) for c in order], devices,
+        with closing(spread(_measure_task, [(setup, c, checks.get(c.case_id)) for c in order], devices,
                             keys=[compile_key(c) for c in order], prepare=prepare, preload=preload)) as outcomes:
             for o in outcomes:
                 case = order[o.index]

@@ -1,10 +1,11 @@
-"""One worker process per CUDA device: tasks handed out one at a time, results back to the caller.
+"""Worker processes on CUDA devices (one per device, or several on one): tasks handed out one at a time, results
+back to the caller.
 
-``simulate validate`` spreads its cases over the GPUs of the machine with :func:`spread`. Each worker is a
-process that sees only its own device (``CUDA_VISIBLE_DEVICES`` set before anything starts CUDA); the
-caller's process hands a worker its next task as soon as it returns a result, in the order given (so the devices
-finish together when the longest tasks come first), and alone consumes the results: whatever it writes is
-written by one process.
+``simulate validate`` spreads its cases over the GPUs of the machine with :func:`spread` (and its ``--jobs``
+checks over several workers per device). Each worker is a process that sees only its own device
+(``CUDA_VISIBLE_DEVICES`` set before anything starts CUDA); the caller's process hands a worker its next task as
+soon as it returns a result, in the order given (so the devices finish together when the longest tasks come
+first), and alone consumes the results: whatever it writes is written by one process.
 
 Forked or spawned: a forked worker starts with the caller's imports (torch, triton, the kernels: a ``preload``
 runs here first) instead of importing them again, but CUDA cannot start in the child of a process where the
@@ -60,7 +61,8 @@ START_ENV = "SPARSESIM_WORKER_START"
 
 
 class WorkersLost(RuntimeError):
-    """Every worker exited with tasks left; ``remaining`` are their positions in the list given."""
+    """Every worker exited with tasks left; ``remaining`` are their positions in the list given, ``exits`` each
+    worker's exit code by its position in the devices given."""
 
     def __init__(self, message: str, remaining: tuple[int, ...], exits: dict[int, int | None]) -> None:
         super().__init__(message)
@@ -71,13 +73,15 @@ class WorkersLost(RuntimeError):
 @dataclass(frozen=True)
 class Outcome:
     """One task's end: ``result`` of ``work(task)``, or ``None`` and ``error`` (one line) when it gave none;
-    ``timing``: its stamps when its worker sent it (not when the worker was lost)."""
+    ``timing``: its stamps when its worker sent it (not when the worker was lost); ``worker``: which worker ran
+    it (its position in the devices given to :func:`spread`)."""
 
     index: int
     device: int
     result: Any
     error: str = ""
     timing: TaskTiming | None = field(default=None, compare=False)
+    worker: int = 0
 
 
 def parse_devices(spec: str, visible: int) -> tuple[int, ...]:
@@ -224,14 +228,18 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any,
+def _serve(worker: int, device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any,
            prepare: Callable[[], Mapping[str, float]] | None = None) -> None:
-    """A worker's loop: ``(index, task)`` from its inbox, ``(device, index, result, error, stamps)`` to the shared
-    outbox; ``None`` ends it (:func:`_leave`). ``prepare()`` runs first (its failure is left to the tasks to meet)."""
+    """A worker's loop on ``device``: ``(index, task)`` from its inbox, ``(worker, index, result, error, stamps)`` to
+    the shared outbox; ``None`` ends it (:func:`_leave`). ``prepare()`` runs first (its failure is left to the tasks
+    to meet)."""
     started = time.time()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's: it stops the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the caller's handler: terminate() ends it
     pin(device)
+    torch = sys.modules.get("torch")
+    if torch is not None:  # forked with torch: its CPU thread pool stayed behind (using it would wait for good)
+        torch.set_num_threads(1)
     parts: tuple[tuple[str, float], ...] = ()
     if prepare is not None:
         try:
@@ -253,7 +261,7 @@ def _serve(device: int, work: Callable[[Any], Any], inbox: Any, outbox: Any,
         else:
             error = ""
         stamps = (started, ready, parts, got, time.time(), tuple(phases.take().items()))
-        outbox.put((device, index, result, error, stamps))
+        outbox.put((worker, index, result, error, stamps))
 
 
 def _leave(outbox: Any) -> NoReturn:
@@ -307,7 +315,8 @@ def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[i
            poll_s: float = POLL_S, keys: Sequence[Hashable] | None = None,
            prepare: Callable[[], Mapping[str, float]] | None = None,
            preload: Callable[[], object] | None = None, start_method: str | None = None) -> Iterator[Outcome]:
-    """Run ``work(task)`` for every task on one worker process per device; yield the outcomes as they finish.
+    """Run ``work(task)`` for every task on one worker process per entry of ``devices`` (an index repeated: that
+    many workers on the device); yield the outcomes as they finish.
 
     ``work`` and the tasks must pickle (``work`` a module-level function). Tasks go out in the order given, the
     next to whichever worker returns first, preferring (with ``keys``, one per task: what it compiles) a task
@@ -323,59 +332,67 @@ def spread(work: Callable[[Any], Any], tasks: Sequence[Any], devices: Sequence[i
         raise ValueError(f"{len(keys)} keys for {len(tasks)} tasks; allowed: one key per task")
     if len(devices) == 1:  # one worker compiles everything anyway: the given order as it is
         keys = None
-    if not devices or len(set(devices)) != len(devices):
-        raise ValueError(f"devices {list(devices)}: one or more distinct indices")
+    if not devices or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in devices):
+        raise ValueError(f"devices {list(devices)}: one or more device indices (0 or more)")
     if not tasks:
         return
     ctx: Any = mp.get_context(choose_start(preload, start_method))  # queues and processes of one context
-    outbox = ctx.Queue()
-    inboxes = {d: ctx.Queue() for d in devices}
-    procs = {d: ctx.Process(target=_serve, args=(d, work, inboxes[d], outbox, prepare), name=f"sparsesim-cuda{d}",
-                            daemon=True) for d in devices}
-    todo = deque(range(len(tasks)))
-    held: dict[int, int] = {}  # device -> the task its worker is on
-    dead_since: dict[int, float] = {}  # device -> when its worker was first seen exited
-    seen: dict[int, set[Hashable]] = {d: set() for d in devices}  # device -> the keys its worker has had
-    claimed: set[Hashable] = set()
-    started: dict[int, float] = {}  # position in devices -> when its worker's process was started
+    shared = len(set(devices)) != len(devices)
 
-    def give(device: int) -> None:
+    def name(w: int) -> str:
+        return f"worker {w} on cuda:{devices[w]}" if shared else f"worker on cuda:{devices[w]}"
+
+    workers = range(len(devices))
+    outbox = ctx.Queue()
+    inboxes = {w: ctx.Queue() for w in workers}
+    procs = {w: ctx.Process(target=_serve, args=(w, devices[w], work, inboxes[w], outbox, prepare),
+                            name=f"sparsesim-cuda{devices[w]}" + (f"-{w}" if shared else ""), daemon=True)
+             for w in workers}
+    todo = deque(range(len(tasks)))
+    held: dict[int, int] = {}  # worker -> the task it is on
+    dead_since: dict[int, float] = {}  # worker -> when it was first seen exited
+    seen: dict[int, set[Hashable]] = {w: set() for w in workers}  # worker -> the keys it has had
+    claimed: set[Hashable] = set()
+    spawned: dict[int, float] = {}  # worker -> when its process was started
+
+    def give(w: int) -> None:
         if todo:
-            pos = next_task(todo, keys, seen[device], claimed)
+            pos = next_task(todo, keys, seen[w], claimed)
             index = todo[pos]
             del todo[pos]
             if keys is not None:
-                seen[device].add(keys[index])
+                seen[w].add(keys[index])
                 claimed.add(keys[index])
-            held[device] = index
-            inboxes[device].put((index, tasks[index]))
+            held[w] = index
+            inboxes[w].put((index, tasks[index]))
 
     finished = False
     try:
-        _start(list(procs.values()), started)
-        spawned = {d: started[i] for i, d in enumerate(devices)}
-        for d in devices:
-            give(d)
+        _start(list(procs.values()), spawned)
+        for w in workers:
+            give(w)
         while held:
             try:
-                device, index, result, error, stamps = outbox.get(timeout=poll_s)
+                w, index, result, error, stamps = outbox.get(timeout=poll_s)
             except queue.Empty:
                 pass
             else:
                 received = time.time()
-                held.pop(device, None)
-                if procs[device].exitcode is None:
-                    give(device)
+                held.pop(w, None)
+                if procs[w].exitcode is None:
+                    give(w)
                 first, ready, prep, got, done, parts = stamps
-                timing = TaskTiming(device, index, spawned[device], first, ready, prep, got, done, parts, received)
-                yield Outcome(index, device, result, f"worker on cuda:{device}: {error}" if error else "", timing)
+                timing = TaskTiming(devices[w], index, spawned[w], first, ready, prep, got, done, parts, received)
+                yield Outcome(index, devices[w], result, f"{name(w)}: {error}" if error else "", timing, w)
             now = time.monotonic()
-            for d in [d for d in held if procs[d].exitcode is not None]:
-                if now - dead_since.setdefault(d, now) >= poll_s:  # its last result, if any, had time to arrive
-                    yield Outcome(held.pop(d), d, None, f"worker on cuda:{d} exited (code {procs[d].exitcode})")
+            for w in [w for w in held if procs[w].exitcode is not None]:
+                if now - dead_since.setdefault(w, now) >= poll_s:  # its last result, if any, had time to arrive
+                    yield Outcome(held.pop(w), devices[w], None, f"{name(w)} exited (code {procs[w].exitcode})",
+                                  worker=w)
         if todo:
-            exits = {d: p.exitcode for d, p in procs.items()}
-            codes = "; ".join(f"cuda:{d} code {c}" for d, c in exits.items())
+            exits = {w: p.exitcode for w, p in procs.items()}
+            codes = "; ".join(f"cuda:{devices[w]}{f' worker {w}' if shared else ''} code {c}"
+                              for w, c in exits.items())
             raise WorkersLost(f"every worker exited ({codes}) with {len(todo)} task(s) left", tuple(todo), exits)
         finished = True
     finally:

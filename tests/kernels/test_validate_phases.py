@@ -117,7 +117,7 @@ def test_spread_stamps_every_task_of_every_worker(tmp_path, method):
 
 def test_a_lost_worker_sends_no_stamps(tmp_path):
     cases = validate.make_cases(CONFIGS, ["gna", "dense"])
-    outcomes = list(spread(validate._measure_task, [((crash_on_device_1, fake_probe, 0, "c"), c) for c in cases],
+    outcomes = list(spread(validate._measure_task, [((crash_on_device_1, fake_probe, 0, "c"), c, None) for c in cases],
                            (0, 1)))
     lost = [o for o in outcomes if "exited" in o.error]
     assert len(lost) == 1 and lost[0].timing is None

@@ -370,7 +370,7 @@ def test_driver_state_is_read_without_touching_it(tmp_path, monkeypatch):
 def test_a_worker_told_to_end_exits_at_once_with_its_results_sent(method):
     ctx = mp.get_context(method)
     inbox, outbox = ctx.Queue(), ctx.Queue()
-    p = ctx.Process(target=workers._serve, args=(0, lingering, inbox, outbox), daemon=True)
+    p = ctx.Process(target=workers._serve, args=(0, 0, lingering, inbox, outbox), daemon=True)
     p.start()
     try:
         for i in range(4):
@@ -424,13 +424,22 @@ def test_cli_counts_devices_without_starting_cuda(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert main([*argv, "2"]) == 0 and main([*argv, "all"]) == 0
     assert runs == [(0, 1), (0, 1)] and not started  # workers on both: nothing started CUDA here
-    assert main([*argv, "1"]) == 0 and runs[-1] == () and started  # measured here: CUDA must work
+    assert main([*argv, "1"]) == 0 and runs[-1] == () and not started  # measured here: validate.run checks CUDA
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for count, devices in ((2, "1"), (0, "all")):
-        monkeypatch.setattr(torch.cuda, "device_count", lambda count=count: count)
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exc:
-            main([*argv, devices])
-        err = capsys.readouterr().err
-        assert exc.value.code == 2 and "needs a CUDA GPU" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "all"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "needs a CUDA GPU" in err and len(err.strip().splitlines()) == 1
     assert len(runs) == 3
+
+
+def test_a_run_measured_here_needs_cuda(tmp_path, monkeypatch, cases):
+    torch = pytest.importorskip("torch")
+    monkeypatch.delenv("TRITON_INTERPRET")  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU") as exc:
+        run(cases, tmp_path / "m.csv")
+    assert "\n" not in str(exc.value) and not (tmp_path / "m.csv").exists()
+    assert len(run(cases[:2], tmp_path / "f.csv", measure=fake_measure)) == 2  # a given measurement needs none

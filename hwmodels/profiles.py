@@ -83,6 +83,10 @@ class ForwardProfile:
     #: at N = 64 and the PV GEMM at K = 64: more shared-memory operand traffic and per-tile synchronisation per
     #: FLOP). Optional in a profile file (0: none).
     narrow_kv_penalty: float = 0.0
+    #: Extra pair time of a call whose token count is not a multiple of ``dense_kv_tile`` (the kernel then runs
+    #: its bounds-checked variant on every tile: cuDNN on the H200 takes as long for 111,600 tokens as for
+    #: 115,200). Optional in a profile file (0: none).
+    unaligned_penalty: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ FREE = {
                "rescale_ops_per_element": (0.0, 64.0), "launch_latency_us": (0.0, 40.0),
                "gather_penalty": (0.0, 1.0), "stage_penalty": (0.0, 1.0), "narrow_kv_penalty": (0.0, 1.0)},
     "cudnn": {"mma_efficiency": (0.3, 1.0), "softmax_overlap": (0.0, 1.0), "cta_overhead_us": (0.0, 40.0),
-              "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0)},
+              "kv_tile_overhead_ns": (0.0, 3000.0), "launch_latency_us": (0.0, 40.0),
+              "unaligned_penalty": (0.0, 0.5)},
 }
 #: Free parameters of a profile of the warp-specialized forward (``forward_kernel = "ws"``): its K/V always come by
 #: TMA in three stages (no gather or stage term); 64-key KV tiles and its K/V streams (``hbm_efficiency``: strided

@@ -110,9 +110,10 @@ class LaunchShape:
 
 
 def launch_shape(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vol: int,
-                 kv_layout: str = "direct") -> LaunchShape:
+                 kv_layout: str = "direct", tokens: int | None = None) -> LaunchShape:
     """Resident CTAs (the profile's, or what resources allow for our kernels) and the pair slowdown
-    from gathering K/V and from pipeline stages the shared memory takes away."""
+    from gathering K/V, from pipeline stages the shared memory takes away, from KV tiles narrower than the
+    dense kernel's and (``tokens`` given) from a token count the dense KV tile does not divide."""
     fwd = prof.forward
     elt = problem.bytes
     ctas = fwd.ctas_per_SM
@@ -122,6 +123,8 @@ def launch_shape(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv
     halvings = max(0.0, math.log2(fwd.dense_kv_tile / kv_vol))  # KV tile narrower than the dense kernel's
     slowdown = ((1.0 + fwd.stage_penalty * missing) * (1.0 + (fwd.gather_penalty if kv_layout == "gather" else 0.0))
                 * (1.0 + fwd.narrow_kv_penalty * halvings))
+    if tokens is not None and tokens % fwd.dense_kv_tile:
+        slowdown *= 1.0 + fwd.unaligned_penalty
     return LaunchShape(ctas_per_sm=ctas, slowdown=slowdown)
 
 
@@ -217,10 +220,11 @@ class ForwardCTAs:
 
 
 def forward_pair(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv_vol: int,
-                 kv_layout: str = "direct") -> tuple[LaunchShape, PairCost, float]:
-    """The forward kernel's residency, pair cost and fixed cost per CTA (slot time) for one tile pair."""
+                 kv_layout: str = "direct", tokens: int | None = None) -> tuple[LaunchShape, PairCost, float]:
+    """The forward kernel's residency, pair cost and fixed cost per CTA (slot time) for one tile pair (of a call
+    over ``tokens``, when given: :func:`launch_shape`)."""
     b, d = problem.bytes, problem.head_dim
-    shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, kv_layout)
+    shape = launch_shape(gpu, prof, problem, q_vol, kv_vol, kv_layout, tokens)
     cost = pair_cost(gpu, prof, problem, q_vol, kv_vol, flops_per_element=FWD_FLOPS_PER_PAIR,
                      mma_efficiency=prof.forward.mma_efficiency, load_bytes=2 * kv_vol * d * b,
                      slowdown=shape.slowdown)
@@ -232,10 +236,10 @@ def forward_pair(gpu: GPU, prof: KernelProfile, problem: Problem, q_vol: int, kv
 
 
 def forward_ctas(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap,
-                 kv_layout: str = "direct") -> ForwardCTAs:
+                 kv_layout: str = "direct", tokens: int | None = None) -> ForwardCTAs:
     """The CTAs :func:`forward_time` schedules (also what an SM timeline draws)."""
     shape, cost, fixed = forward_pair(gpu, prof, problem, _tile_volume(tm.q_tile), _tile_volume(tm.kv_tile),
-                                      kv_layout)
+                                      kv_layout, tokens)
     full, reps = _heads_rows(tm.full, problem.heads)
     partial, _ = _heads_rows(tm.partial, problem.heads)
     return ForwardCTAs(cost=cost, fixed_s=fixed, ctas_per_sm=shape.ctas_per_sm, full=full, partial=partial,
@@ -245,7 +249,7 @@ def forward_ctas(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap,
 def forward_time(gpu: GPU, prof: KernelProfile, problem: Problem, tm: TileMap, tokens: int,
                  useful_pairs_per_head: float, kv_layout: str = "direct") -> PassTime:
     """Forward kernel: one CTA per (batch, head, Q tile) over its visited KV tiles."""
-    c = forward_ctas(gpu, prof, problem, tm, kv_layout)
+    c = forward_ctas(gpu, prof, problem, tm, kv_layout, tokens)
     cost, fixed, full, partial = c.cost, c.fixed_s, c.full, c.partial
     return schedule_pass(gpu, prof, cost, full, partial, repeat=c.repeat, fixed_s=fixed,
                          useful_elements=useful_pairs_per_head * problem.heads * problem.batch,

@@ -719,12 +719,13 @@ def _triton_prior():
 
 def test_forward_only_results_do_not_move_with_the_backward_model():
     # Literals from main at 7b4f81f (before the split backward): the forward path is bit-identical. The triton
-    # literals are the shipped forward fit's (refitted with the dense fidelity train set, issue 17).
+    # literals are the shipped forward fit's (refitted with the dense fidelity train set, issue 17); dense_ms is
+    # cudnn-hopper's as refitted with its unaligned_penalty (stop 29).
     kw = dict(input_size=(24, 40), window=(9, 13), stride=(2, 3), gpu="H200", heads=8, head_dim=64,
               q_tile=(4, 8), kv_tile=(4, 8))
     # (The reference literal is of the hand-set reference-hopper; the shipped one is fitted since.)
     tri, ref_ = simulate(kernel_profile="triton", **kw), simulate(kernel_profile=prior_path("H200"), **kw)
-    assert (tri.predicted_ms, tri.dense_ms) == (0.018271486364615216, 0.018808293746065977)
+    assert (tri.predicted_ms, tri.dense_ms) == (0.018271486364615216, 0.018875968773683128)
     assert (ref_.predicted_ms, ref_.call_ms) == (0.004225230317120281, 0.006152759728884987)
 
 
@@ -885,6 +886,34 @@ def test_narrow_kv_penalty_scales_pairs_per_halving_below_the_dense_kv_tile(kv_v
     assert prof.forward.narrow_kv_penalty == 0.0 and prof.forward.dense_kv_tile == 128
     assert launch_shape(g, with_term, p, 128, kv_vol, "gather").slowdown == pytest.approx(
         without.slowdown * (1 + 0.25 * halvings), rel=1e-12)
+
+
+@pytest.mark.parametrize(("tokens", "slower"), [(None, False), (1024, False), (111_616, False), (1000, True),
+                                               (111_600, True), (129, True)])
+def test_unaligned_penalty_slows_every_pair_of_a_call_the_dense_kv_tile_does_not_divide(tokens, slower):
+    from sparsesim.simulator.cost import Problem, launch_shape
+
+    g = load_gpu("H200")
+    prof = load_profile("cudnn-hopper", g)
+    plain = dataclasses.replace(prof, forward=dataclasses.replace(prof.forward, unaligned_penalty=0.0))
+    with_term = dataclasses.replace(prof, forward=dataclasses.replace(prof.forward, unaligned_penalty=0.2))
+    p = Problem(heads=8, head_dim=128)
+    base = launch_shape(g, plain, p, 128, 128, tokens=tokens).slowdown
+    assert launch_shape(g, with_term, p, 128, 128, tokens=tokens).slowdown == pytest.approx(
+        base * (1.2 if slower else 1.0), rel=1e-12)
+    assert prof.forward.unaligned_penalty > 0  # fitted to the H200's cuDNN (hwmodels/calibration)
+
+
+def test_unaligned_penalty_reaches_the_dense_time_of_a_simulation():
+    def cudnn_ms(tokens: int, penalty: float) -> float:
+        g = load_gpu("H200")
+        prof = load_profile("cudnn-hopper", g)
+        prof = dataclasses.replace(prof, forward=dataclasses.replace(prof.forward, unaligned_penalty=penalty))
+        return simulate(input_size=tokens, window=256, heads=24, head_dim=128, gpu="H200",
+                        dense_profile=prof).dense_ms
+
+    assert cudnn_ms(32_768, 0.3) == pytest.approx(cudnn_ms(32_768, 0.0), rel=1e-12)
+    assert cudnn_ms(32_700, 0.3) > 1.2 * cudnn_ms(32_700, 0.0)  # pairs dominate a 32K-token call
 
 
 def test_narrow_kv_penalty_is_optional_in_a_profile_file_and_validated(tmp_path):

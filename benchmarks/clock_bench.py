@@ -9,6 +9,13 @@ while ``nvidia-smi`` samples the timed GPU's SM clock, power draw and temperatur
 and minimum SM clock in MHz, mean power in W, temperature) and the idle clock before the run; prints the table.
 Question it answers: whether the cost model's error that grows with a call's length (cuDNN predicted ~7% slow at
 0.1-1 ms and ~5% fast from 60 ms, stop 29) follows the clock.
+
+``--sustain SECONDS`` also times whole layers two ways, each case with its own fresh inputs: as ``simulate
+validate`` does (do_bench), and under sustained load (the call back to back for SECONDS, then each of the next
+calls timed by CUDA events with no gap and no L2 flush, the median), with the clock sampled in both windows; the
+layers (``--layers``): ``name:size:window:stride[:q_tile:kv_tile]`` GNA configurations, 24 heads, head dim 128,
+our kernel (without tiles: as it picks them) and dense cuDNN on the same tokens. Writes
+``clock_sustain_<gpu>_<date>_<commit>.csv`` and prints each layer's speedup over cuDNN both ways.
 """
 
 from __future__ import annotations
@@ -47,6 +54,65 @@ def sampler(index: int, samples: list[tuple[float, float, float, float]], stop: 
     return t
 
 
+def _window(samples: list[tuple[float, float, float, float]], t0: float, t1: float) -> float:
+    clocks = [s[1] for s in samples if t0 <= s[0] <= t1]
+    return sum(clocks) / len(clocks) if clocks else float("nan")
+
+
+def sustain_layers(spec: str, seconds: float, samples: list[tuple[float, float, float, float]], gpu: str,
+                   commit: str) -> list[dict[str, object]]:
+    """Each layer of ``spec`` (ours and cuDNN) timed by do_bench and under ``seconds`` of sustained load."""
+    import statistics
+
+    import torch
+
+    from sparsesim.kernels import validate
+    from sparsesim.kernels.timing import time_ms
+
+    def shape(text: str) -> list[int]:
+        return [int(x) for x in text.split("x")]
+
+    rows: list[dict[str, object]] = []
+    for item in spec.split(","):
+        layer, size, window, stride, *tiles = item.split(":")
+        cfg = {"input_size": shape(size), "window": shape(window), "stride": shape(stride), "heads": 24,
+               "head_dim": 128}
+        if tiles:
+            cfg["q_tile"], cfg["kv_tile"] = shape(tiles[0]), shape(tiles[1])
+        for case in validate.make_cases([cfg], ["gna", "cudnn"]):
+            call, q, *_ = validate.build_call(case, seed=0)
+            out = torch.empty_like(q)
+            fn = getattr(call, "timed", None)
+            run = (lambda fn=fn, out=out: fn(out)) if fn is not None else (lambda call=call, out=out: call(out))
+            run()
+            torch.cuda.synchronize()
+            t0 = time.time()
+            bench = time_ms(run)
+            t1 = time.time()
+            end = time.time() + seconds
+            while time.time() < end:
+                run()
+                torch.cuda.synchronize()
+            n = max(10, min(200, int(seconds * 1e3 / max(bench, 1e-3))))
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+            t2 = time.time()
+            for a, b in zip(starts, ends, strict=True):
+                a.record()
+                run()
+                b.record()
+            torch.cuda.synchronize()
+            t3 = time.time()
+            times = [a.elapsed_time(b) for a, b in zip(starts, ends, strict=True)]
+            rows.append({"gpu": gpu, "commit": commit, "layer": layer, "kernel": case.kernel,
+                         "tokens": case.kw["input_size"], "do_bench_ms": bench,
+                         "do_bench_mhz": _window(samples, t0, t1), "sustained_s": seconds, "calls": n,
+                         "sustained_ms": statistics.median(times), "sustained_mhz": _window(samples, t2, t3)})
+            del call, q, out
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -59,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="4096,16384,65536,115200")
     ap.add_argument("--kernels", default="cudnn,dense")
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--sustain", type=float, default=0.0, help="seconds of back-to-back calls before the sustained "
+                    "timing (0: no sustained timing)")
+    ap.add_argument("--layers", default="hunyuan:30x48x80:18x24x24:16x8x8:2x8x8:2x8x8,"
+                    "flux:256x256:80x80:16x16:16x8:16x8")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
     index = torch.cuda.current_device()
@@ -99,9 +169,27 @@ def main(argv: list[str] | None = None) -> int:
                              "idle_mhz": max(idle) if idle else float("nan")})
                 del q, k, v
                 time.sleep(0.5)
+    sustained = sustain_layers(args.layers, args.sustain, samples, name, commit) if args.sustain > 0 else []
     stop.set()
     thread.join(2.0)
     date = dt.date.today().isoformat()
+    if sustained:
+        spath = Path(args.out) / f"clock_sustain_{name.replace(' ', '_')}_{date}_{commit}.csv"
+        with open(spath, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(sustained[0]))
+            w.writeheader()
+            w.writerows(sustained)
+        print(f"{'layer':>8} {'kernel':>6} {'do_bench ms':>11} {'MHz':>5} {'sustained ms':>12} {'MHz':>5}")
+        for r in sustained:
+            print(f"{r['layer']:>8} {r['kernel']:>6} {r['do_bench_ms']:>11.3f} {r['do_bench_mhz']:>5.0f} "
+                  f"{r['sustained_ms']:>12.3f} {r['sustained_mhz']:>5.0f}")
+        by = {(r["layer"], r["kernel"]): r for r in sustained}
+        for layer in dict.fromkeys(r["layer"] for r in sustained):
+            g, c = by.get((layer, "gna")), by.get((layer, "cudnn"))
+            if g and c:
+                print(f"{layer}: over cuDNN {c['do_bench_ms'] / g['do_bench_ms']:.2f}x as do_bench times it, "
+                      f"{c['sustained_ms'] / g['sustained_ms']:.2f}x under sustained load")
+        print(f"wrote {spath}")
     path = Path(args.out) / f"clock_bench_{name.replace(' ', '_')}_{date}_{commit}.csv"
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

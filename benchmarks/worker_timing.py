@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             for case, ms in zip(cases, times, strict=True):
                 rows.append({"round": rnd, "place": place, "layer": f"{case.kw['input_size']} w{case.kw['window']} "
                              f"s{case.kw.get('stride', 1)}", "measured_ms": ms, "commit": commit,
-                             "gpu": torch.cuda.get_device_name(), "threads_here": threads})
+                             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                             "threads_here": threads})
     date = dt.date.today().isoformat()
     path = Path(args.out) / f"worker_timing_{date}_{commit}.csv"
     with open(path, "w", newline="") as fh:

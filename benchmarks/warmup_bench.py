@@ -26,7 +26,6 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     import torch
     import triton
-
     from clock_bench import sampler
 
     from sparsesim.kernels import validate
@@ -81,14 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"{'kernel':>6} {'tokens':>10} {'timer':>13} {'median':>8} {'min':>8} {'max':>8} {'MHz 0-50ms':>10} {'MHz':>6}")
+    print(f"{'kernel':>6} {'tokens':>10} {'timer':>13} {'median':>8} {'min':>8} {'max':>8} {'MHz 0-50ms':>10} "
+          f"{'MHz':>6}")
     for key in dict.fromkeys((r["kernel"], str(r["tokens"]), r["timer"]) for r in rows):
         sel = [r for r in rows if (r["kernel"], str(r["tokens"]), r["timer"]) == key]
         ms = [r["measured_ms"] for r in sel]
         f50 = [r["mhz_first_50ms"] for r in sel if r["mhz_first_50ms"] == r["mhz_first_50ms"]]
         fw = [r["mhz_window"] for r in sel if r["mhz_window"] == r["mhz_window"]]
+        c50 = statistics.mean(f50) if f50 else float("nan")
+        cw = statistics.mean(fw) if fw else float("nan")
         print(f"{key[0]:>6} {key[1]:>10} {key[2]:>13} {statistics.median(ms):>8.4f} {min(ms):>8.4f} {max(ms):>8.4f} "
-              f"{statistics.mean(f50) if f50 else float('nan'):>10.0f} {statistics.mean(fw) if fw else float('nan'):>6.0f}")
+              f"{c50:>10.0f} {cw:>6.0f}")
     print(f"wrote {path}")
     return 0
 

@@ -28,9 +28,27 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+#: A call estimated under this many ms is timed by several do_bench runs (:data:`SMALL_CALL_RUNS`), their median
+#: kept: on the H200 a 0.03-0.17 ms call timed alone came out 1.5-2x slow in whole runs, 1 to 3 rounds of 8, with
+#: the SM clock at its maximum and whatever the warm-up (benchmarks/warmup_bench.py, a11c078).
+SMALL_CALL_MS = 0.5
+SMALL_CALL_RUNS = 3
+
+
+def bench_ms(fn: Callable[[], Any], est_ms: float) -> float:
+    """do_bench's median of ``fn`` (warm-up and repetitions sized to ``est_ms``, its time once); a call under
+    :data:`SMALL_CALL_MS` is benched :data:`SMALL_CALL_RUNS` times and the median of those medians kept."""
+    import triton
+
+    runs = SMALL_CALL_RUNS if est_ms < SMALL_CALL_MS else 1
+    return statistics.median(
+        float(triton.testing.do_bench(fn, warmup=max(25, est_ms), rep=max(100, 3 * est_ms), return_mode="median"))
+        for _ in range(runs))
+
+
 def time_ms(fn: Callable[[], Any]) -> float:
-    """Median ms of ``fn``: do_bench on a GPU (warm-up and repetitions sized to the call), the host clock
-    under the interpreter."""
+    """Median ms of ``fn``: do_bench on a GPU (warm-up and repetitions sized to the call; small calls benched
+    several times, :func:`bench_ms`), the host clock under the interpreter."""
     if interpret():
         times = []
         for _ in range(3):
@@ -39,7 +57,6 @@ def time_ms(fn: Callable[[], Any]) -> float:
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
     import torch
-    import triton
 
     fn()
     torch.cuda.synchronize()
@@ -48,8 +65,7 @@ def time_ms(fn: Callable[[], Any]) -> float:
     fn()
     end.record()
     torch.cuda.synchronize()
-    est = start.elapsed_time(end)
-    return float(triton.testing.do_bench(fn, warmup=max(25, est), rep=max(100, 3 * est), return_mode="median"))
+    return bench_ms(fn, start.elapsed_time(end))
 
 
 def random_tensor(shape: tuple[int, ...], dtype: Any, device: Any, seed: int) -> Any:

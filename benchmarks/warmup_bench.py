@@ -1,12 +1,13 @@
 """Are small calls timed slow when the GPU starts from idle? do_bench with short and long warm-ups, after idling.
 
-    python benchmarks/warmup_bench.py --out DIR [--rounds 8] [--idle 1.0]
+    python benchmarks/warmup_bench.py --out DIR [--rounds 8] [--idle 1.0] [--timers validate,one_run]
 
 Small layers (24 heads, d128: cuDNN and our dense kernel at 1,024 tokens, our GNA 64x64 w16 s16) are timed round
-after round, each round after ``--idle`` seconds with the GPU idle (its clock falls to ~345 MHz on the H200), as
-``simulate validate`` times them (:func:`sparsesim.kernels.timing.time_ms`: a do_bench warm-up of at least 25 ms)
-and with a 300 ms warm-up, ``nvidia-smi`` sampling the SM clock every 20 ms (benchmarks/clock_bench.py). Writes
-``warmup_bench_<date>_<commit>.csv`` and prints per layer and warm-up the median, min and max over the rounds and
+after round, each round after ``--idle`` seconds with the GPU idle, by each timer of ``--timers``: ``validate`` as
+``simulate validate`` times them (:func:`sparsesim.kernels.timing.time_ms`; since a11c078 the median of three
+do_bench runs under 0.5 ms), ``warmup_300ms`` (one run, 300 ms warm-up), ``one_run`` (one run, validate's
+warm-up); ``nvidia-smi`` samples the SM clock every 20 ms (benchmarks/clock_bench.py). Writes
+``warmup_bench_<date>_<commit>.csv`` and prints per layer and timer the median, min and max over the rounds and
 the mean clock in the first 50 ms of the timing. Why: the same small configurations measured 1.5-2.7x apart
 between runs (worker_timing.py, 375405a; the 244-case campaign, a954ba2).
 """
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--idle", type=float, default=1.0)
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--timers", default="validate,warmup_300ms",
+                    help="validate (time_ms: since a11c078 the median of three runs under 0.5 ms), warmup_300ms, "
+                         "one_run (one do_bench run with validate's warm-up)")
     args = ap.parse_args(argv)
     commit = args.commit or validate.git_commit()
     layers = validate.make_cases([{"input_size": [1024], "window": [1024], "heads": 24, "head_dim": 128}],
@@ -59,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     def long_warmup(run):  # noqa: ANN001, ANN202
         return float(triton.testing.do_bench(run, warmup=300, rep=100, return_mode="median"))
 
+    def one_run(run):  # noqa: ANN001, ANN202
+        return float(triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median"))
+
+    timers = {"validate": time_ms, "warmup_300ms": long_warmup, "one_run": one_run}
     for rnd in range(args.rounds):
         for case, run in calls:
-            for name, timer in (("validate", time_ms), ("warmup_300ms", long_warmup)):
+            for name in args.timers.split(","):
+                timer = timers[name]
                 time.sleep(args.idle)
                 t0 = time.time()
                 ms = timer(run)

@@ -6,4 +6,4 @@ set -u
 COMMIT=${1:?commit}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
 export PYTHONUNBUFFERED=1
-python3 benchmarks/warmup_bench.py --out $OUT --commit $COMMIT --rounds 8 --idle 1.0 2>&1 | tail -20
+python3 benchmarks/warmup_bench.py --out $OUT --commit $COMMIT --rounds ${ROUNDS:-8} --idle 1.0 --timers ${TIMERS:-validate,warmup_300ms} 2>&1 | tail -20
